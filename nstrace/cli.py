@@ -1,0 +1,113 @@
+"""The nstrace command line. Errors are one line on stderr and a documented exit code."""
+
+import signal
+import sys
+import time
+
+import click
+
+from . import display
+from . import flags as fl
+from .errors import NstraceError, UsageError
+from .tracer import Options, Tracer
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP: stop like Ctrl-C, with the summary."""
+
+
+def _on_signal(signo, _frame):
+    raise _Stop(signo)
+
+
+def status(message):
+    """A status line: always stderr, so --json keeps stdout clean."""
+    click.echo(f"nstrace: {message}", err=True)
+
+
+def _split(values):
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nstrace")
+def cli():
+    """Trace every namespace creation and join on this kernel (clone, clone3, unshare, setns)."""
+
+
+@cli.command()
+@click.option("--pid", type=int, help="Only this process and its descendants.")
+@click.option("--comm", multiple=True, help="Only these command names (repeat or comma-separate).")
+@click.option("--op", "ops", multiple=True, help="Only these operations: clone, clone3, unshare, setns.")
+@click.option("--type", "types", multiple=True, help="Only operations touching these namespace types (mnt, uts, ...).")
+@click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
+@click.option("--raw-addresses", is_flag=True, help="Show kernel nsproxy addresses instead of short ids.")
+@click.option("--no-proc-check", is_flag=True, help="Do not correlate records with /proc/<pid>/ns.")
+@click.option("--buffer-kib", type=click.IntRange(min=4), default=4096, show_default=True,
+              help="Ring buffer size in KiB (a power of two).")
+def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib):
+    """Stream namespace operations system-wide until Ctrl-C."""
+    options = Options(trace_all=trace_all, pid=pid, comms=_split(comm), ops=_split(ops),
+                      types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
+                      raw_addresses=raw_addresses, check_proc=not no_proc_check,
+                      ringbuf_bytes=buffer_kib * 1024)
+    tracer = Tracer(options)
+    tracer.start()
+    shown = 0
+    reported_lost = 0
+    try:
+        status(f"tracing live ({len(tracer.attached)} probes attached); Ctrl-C to stop")
+        if not as_json:
+            click.echo(display.header())
+        deadline = time.monotonic() + duration if duration else None
+        while deadline is None or time.monotonic() < deadline:
+            for rec in tracer.poll():
+                click.echo(display.json_line(rec) if as_json else display.row(rec))
+                shown += 1
+                if count and shown >= count:
+                    raise _Stop(0)
+            lost = sum(tracer.lost.values())
+            if lost > reported_lost:
+                status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
+                reported_lost = lost
+            sys.stdout.flush()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        tracer.close()
+    summary = tracer.summary()
+    if as_json:
+        status("summary " + display.json_summary(summary))
+    else:
+        click.echo("")
+        click.echo(display.summary_table(summary))
+
+
+def main(argv=None):
+    """Entry point: run the CLI, turning every known error into one line and an exit code."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        cli.main(args=argv, prog_name="nstrace", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except click.ClickException as e:
+        click.echo(f"nstrace: error: {e.format_message()}", err=True)
+        return UsageError.exit_code
+    except NstraceError as e:
+        click.echo(f"nstrace: error: {e}", err=True)
+        return e.exit_code
+    except BrokenPipeError:
+        # a reader like `head` went away: stop quietly, as cat does
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

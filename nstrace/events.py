@@ -1,0 +1,222 @@
+"""The operation record: the ctypes mirror of ``struct nstrace_event`` and its decoded form.
+
+probes/nstrace.h is the definition; tests/test_layout.py checks every field
+of the mirror below against the compiled object's BTF.
+"""
+
+import ctypes
+import dataclasses
+import errno as errno_mod
+import time
+
+from . import flags as fl
+
+NS_SLOTS = len(fl.NS_ENTRIES)
+MAX_STEPS = 24
+OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns"}
+TARGET_KINDS = {0: None, 1: "nsfs", 2: "pidfd", 3: "other", 4: "badfd"}
+STEP_KINDS = {1: "enter", 2: "exit"}
+
+
+class NsSet(ctypes.Structure):
+    _fields_ = [
+        ("inum", ctypes.c_uint32 * NS_SLOTS),
+        ("ns_id", ctypes.c_uint64 * NS_SLOTS),
+        ("nsproxy_id", ctypes.c_uint64),
+        ("nsproxy_refs", ctypes.c_uint32),
+        ("valid", ctypes.c_uint32),
+    ]
+
+
+class Step(ctypes.Structure):
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("ret", ctypes.c_int64),
+        ("arg", ctypes.c_uint64),
+        ("nsproxy_id", ctypes.c_uint64),
+        ("func", ctypes.c_uint32),
+        ("kind", ctypes.c_uint32),
+        ("inum", ctypes.c_uint32),
+        ("refs", ctypes.c_uint32),
+    ]
+
+
+class Event(ctypes.Structure):
+    _fields_ = [
+        ("enter_ns", ctypes.c_uint64),
+        ("exit_ns", ctypes.c_uint64),
+        ("start_time_ns", ctypes.c_uint64),
+        ("child_start_ns", ctypes.c_uint64),
+        ("raw_flags", ctypes.c_uint64),
+        ("ret", ctypes.c_int64),
+        ("op", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("ppid", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("child_pid", ctypes.c_uint32),
+        ("child_tid", ctypes.c_uint32),
+        ("exit_signal", ctypes.c_int32),
+        ("setns_fd", ctypes.c_int32),
+        ("target_kind", ctypes.c_uint32),
+        ("target_nstype", ctypes.c_uint32),
+        ("target_inum", ctypes.c_uint32),
+        ("target_ns_id", ctypes.c_uint64),
+        ("target_pid", ctypes.c_uint32),
+        ("nsteps", ctypes.c_uint32),
+        ("steps_dropped", ctypes.c_uint32),
+        ("comm", ctypes.c_char * 16),
+        ("before", NsSet),
+        ("after", NsSet),
+        ("steps", Step * MAX_STEPS),
+    ]
+
+
+HEAD_SIZE = Event.steps.offset
+
+# CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall clock, fixed once per run.
+_WALL_OFFSET_NS = time.time_ns() - time.monotonic_ns()
+
+
+def safe_comm(raw):
+    """A comm or path as text that cannot move a terminal's cursor.
+
+    Invalid UTF-8 becomes \\xNN, control characters (escape sequences,
+    newlines) become \\xNN or \\n: what a hostile process names itself is
+    shown, never interpreted. JSON output stays valid UTF-8.
+    """
+    text = raw.decode("utf-8", errors="backslashreplace")
+    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
+
+
+def _escape(c):
+    if c == "\\":
+        return "\\\\"
+    if c == "\n":
+        return "\\n"
+    if c == "\t":
+        return "\\t"
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def _ns_map(ns_set, field):
+    if not ns_set.valid:
+        return None
+    values = getattr(ns_set, field)
+    return {name: (values[i] or None) for i, name in enumerate(fl.NS_ENTRIES)}
+
+
+def format_id(value, raw_addresses=False):
+    """A short nsproxy id as text: 8 hex digits, or the address when asked for."""
+    if not value:
+        return None
+    return hex(value) if raw_addresses else f"{value:08x}"
+
+
+@dataclasses.dataclass
+class Record:
+    """One namespace operation as nstrace reports it.
+
+    Times: ``ts`` is wall-clock seconds at syscall exit; ``duration_us`` is
+    syscall entry to exit in microseconds. Namespace maps are keyed by
+    /proc/<pid>/ns entry names; values are inode numbers (``ns_id_*``: the
+    kernel's 64-bit namespace id, None where the kernel has none).
+    """
+
+    ts: float
+    duration_us: float
+    op: str
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    comm: str
+    raw_flags: int
+    flags: list
+    ret: int
+    errno: str | None
+    exit_signal: str | None
+    child_pid: int | None
+    child_tid: int | None
+    target: dict | None
+    ns_before: dict | None
+    ns_after: dict | None
+    ns_id_before: dict | None
+    ns_id_after: dict | None
+    changed: list
+    nsproxy: dict
+    start_time_ns: int
+    child_start_ns: int | None
+    kernel_path: list = dataclasses.field(default_factory=list)
+    kernel_path_dropped: int = 0
+    proc_check: dict | None = None
+
+    @property
+    def ok(self):
+        return self.ret >= 0
+
+    @property
+    def checked_pid(self):
+        """The task whose /proc/<pid>/ns the record's "after" set describes."""
+        return self.child_tid if self.op in ("clone", "clone3") else self.tid
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def decode(raw, raw_addresses=False, step_decoder=None):
+    """Decode one ring-buffer record (bytes) into a :class:`Record`."""
+    ev = Event()
+    ctypes.memmove(ctypes.addressof(ev), raw, min(len(raw), ctypes.sizeof(Event)))
+    op = OPS.get(ev.op, f"op{ev.op}")
+    is_clone = op in ("clone", "clone3")
+    before = _ns_map(ev.before, "inum")
+    after = _ns_map(ev.after, "inum")
+    changed = []
+    if before and after:
+        id_before, id_after = _ns_map(ev.before, "ns_id"), _ns_map(ev.after, "ns_id")
+        changed = [n for n in fl.NS_ENTRIES if before[n] != after[n] or id_before[n] != id_after[n]]
+
+    target = None
+    if op == "setns":
+        kind = TARGET_KINDS.get(ev.target_kind, "other")
+        target = {"fd": ev.setns_fd, "kind": kind}
+        if kind == "nsfs":
+            target.update(type=fl.NS_FLAG_VALUES.get(ev.target_nstype, hex(ev.target_nstype)),
+                          inode=ev.target_inum, ns_id=ev.target_ns_id or None)
+        elif kind == "pidfd":
+            target["pid"] = ev.target_pid
+
+    ret = ev.ret
+    steps = []
+    if step_decoder and ev.nsteps:
+        steps = [step_decoder(ev.steps[i], raw_addresses) for i in range(min(ev.nsteps, MAX_STEPS))]
+    return Record(
+        ts=(ev.exit_ns + _WALL_OFFSET_NS) / 1e9,
+        duration_us=max(ev.exit_ns - ev.enter_ns, 0) / 1e3,
+        op=op,
+        pid=ev.pid,
+        tid=ev.tid,
+        ppid=ev.ppid,
+        uid=ev.uid,
+        comm=safe_comm(ev.comm),
+        raw_flags=ev.raw_flags,
+        flags=fl.decode_flags(ev.raw_flags, op),
+        ret=ret,
+        errno=errno_mod.errorcode.get(-ret, str(-ret)) if ret < 0 else None,
+        exit_signal=fl.exit_signal_name(ev.exit_signal) if is_clone else None,
+        child_pid=(ev.child_pid or None) if is_clone else None,
+        child_tid=(ev.child_tid or None) if is_clone else None,
+        target=target,
+        ns_before=before,
+        ns_after=after,
+        ns_id_before=_ns_map(ev.before, "ns_id"),
+        ns_id_after=_ns_map(ev.after, "ns_id"),
+        changed=changed,
+        nsproxy={"before": format_id(ev.before.nsproxy_id, raw_addresses),
+                 "after": format_id(ev.after.nsproxy_id, raw_addresses)},
+        start_time_ns=ev.start_time_ns,
+        child_start_ns=ev.child_start_ns or None if is_clone else None,
+        kernel_path=steps,
+        kernel_path_dropped=ev.steps_dropped,
+    )

@@ -1,0 +1,253 @@
+"""Loading nstrace's one CO-RE object and reading its ring buffer.
+
+The life of a :class:`BpfObject` follows libbpf-bootstrap: open, set the
+``const volatile`` options in ``.rodata``, choose which programs load, load,
+attach each program on its own, poll, then close in reverse order (ring
+buffer, links, object). Every step raises :class:`~nstrace.errors.LibbpfError`
+or a subclass with a one-line reason.
+"""
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+from . import btf as btfmod
+from . import libbpf
+from .errors import KernelSupportError, LibbpfError, PrivilegeError, ProbeError
+
+OBJECT_PATH = Path(__file__).resolve().parent / "_bpf" / "nstrace.bpf.o"
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+TRACEFS = Path("/sys/kernel/tracing")
+
+# include/uapi/linux/capability.h
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def effective_caps(pid="self"):
+    """The CapEff bitmask of a process, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges():
+    """Raise PrivilegeError unless this process may load and attach tracing BPF."""
+    caps = effective_caps()
+    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
+        return
+    who = "not root" if os.geteuid() else "root without the needed capabilities"
+    raise PrivilegeError(f"nstrace needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): running as {who}; try sudo")
+
+
+def check_btf(path=VMLINUX_BTF):
+    """Raise KernelSupportError if the kernel exposes no BTF (CONFIG_DEBUG_INFO_BTF)."""
+    if not Path(path).exists():
+        raise KernelSupportError(f"no kernel BTF at {path}: nstrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+
+def ensure_tracefs(path=TRACEFS):
+    """Make tracefs available for attaching tracepoints; return True if we mounted it.
+
+    libbpf resolves a tracepoint's id through tracefs at attach time only; our
+    machines do not mount it by default (../shared/kernel-env.md).
+    """
+    if (Path(path) / "events").is_dir():
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"nodev", str(path).encode(), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise KernelSupportError(f"tracefs is not mounted at {path} and mounting it failed: {os.strerror(err)}")
+    return True
+
+
+def unmount(path=TRACEFS):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(str(path).encode(), 2)  # MNT_DETACH: a reader may still hold a file
+
+
+class RingBuffer:
+    """A libbpf ring buffer whose records are handed over as ``bytes`` in batches.
+
+    The C callback only copies the record out; decoding happens in Python
+    after the poll, a batch at a time. An exception raised while copying is
+    kept and re-raised from :meth:`poll` instead of being lost inside ctypes.
+    """
+
+    def __init__(self, map_fd):
+        self._batch = []
+        self._exc = None
+        self._cb = libbpf.RING_BUFFER_SAMPLE_FN(self._on_sample)
+        self._rb = libbpf.check_ptr(libbpf.lib().ring_buffer__new(map_fd, self._cb, None, None),
+                                    "creating the ring buffer reader")
+
+    def _on_sample(self, _ctx, data, size):
+        try:
+            self._batch.append(ctypes.string_at(data, size))
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - re-raised by poll()
+            self._exc = exc
+            return -errno.ECANCELED
+
+    def poll(self, timeout_ms):
+        """Wait up to timeout_ms for records, drain everything available, return them."""
+        ret = libbpf.lib().ring_buffer__poll(self._rb, timeout_ms)
+        if ret >= 0:
+            # The BPF side may suppress wake-ups (wakeup_bytes): drain what is there.
+            ret = libbpf.lib().ring_buffer__consume(self._rb)
+        if self._exc is not None:
+            exc, self._exc = self._exc, None
+            raise exc
+        if ret < 0 and ret != -errno.EINTR:
+            libbpf.check(ret, "polling the ring buffer")
+        batch, self._batch = self._batch, []
+        return batch
+
+    def close(self):
+        if self._rb:
+            libbpf.lib().ring_buffer__free(self._rb)
+            self._rb = None
+
+
+class BpfObject:
+    """One opened BPF object file: its programs, maps, globals and links."""
+
+    def __init__(self, path=OBJECT_PATH):
+        path = Path(path)
+        if not path.exists():
+            raise LibbpfError(f"BPF object {path} is missing: build it with `make -C probes`")
+        self._lib = libbpf.lib()
+        libbpf.clear_messages()
+        self._obj = libbpf.check_ptr(self._lib.bpf_object__open_file(str(path).encode(), None),
+                                     f"opening {path.name}")
+        self._links = {}
+        self._rings = []
+        self._loaded = False
+        self._btf = self._lib.bpf_object__btf(self._obj)
+
+    # --- before load -------------------------------------------------------
+
+    def program_names(self):
+        """Every program in the object, as {name: section}."""
+        out, prog = {}, None
+        while True:
+            prog = self._lib.bpf_object__next_program(self._obj, prog)
+            if not prog:
+                return out
+            out[self._lib.bpf_program__name(prog).decode()] = self._lib.bpf_program__section_name(prog).decode()
+
+    def _prog(self, name):
+        prog = self._lib.bpf_object__find_program_by_name(self._obj, name.encode())
+        if not prog:
+            raise LibbpfError(f"no BPF program named {name} in the object")
+        return prog
+
+    def _map(self, name):
+        m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise LibbpfError(f"no BPF map named {name} in the object")
+        return m
+
+    def set_autoload(self, name, autoload):
+        libbpf.check(self._lib.bpf_program__set_autoload(self._prog(name), autoload), f"autoload of {name}")
+
+    def set_max_entries(self, map_name, n):
+        libbpf.check(self._lib.bpf_map__set_max_entries(self._map(map_name), n), f"sizing map {map_name}")
+
+    def _global_ptr(self, section, name):
+        variables = btfmod.datasec_vars(self._btf, section)
+        if name not in variables:
+            raise LibbpfError(f"no global {name} in {section}")
+        offset, size = variables[name]
+        length = ctypes.c_size_t()
+        base = self._lib.bpf_map__initial_value(self._map(section), ctypes.byref(length))
+        if not base or offset + size > length.value:
+            raise LibbpfError(f"cannot map {section} to reach {name}")
+        return base + offset, size
+
+    def set_rodata(self, name, value):
+        """Set a ``const volatile`` global before load (value: int or bool)."""
+        if self._loaded:
+            raise LibbpfError(f"{name}: options are frozen once the object is loaded")
+        addr, size = self._global_ptr(".rodata", name)
+        ctypes.memmove(addr, int(value).to_bytes(size, "little", signed=int(value) < 0), size)
+
+    # --- load and after -------------------------------------------------------
+
+    def load(self):
+        libbpf.clear_messages()
+        ret = self._lib.bpf_object__load(self._obj)
+        if ret < 0:
+            err = -ret
+            if err == errno.EPERM:
+                raise PrivilegeError("the kernel refused to load nstrace's BPF programs (EPERM): "
+                                     "run as root with CAP_BPF and CAP_PERFMON")
+            libbpf.check(ret, "loading nstrace's BPF programs")
+        self._loaded = True
+
+    def attach(self, name):
+        """Attach one program by its section's definition; raise ProbeError naming it."""
+        libbpf.clear_messages()
+        prog = self._prog(name)
+        link = self._lib.bpf_program__attach(prog)
+        if not link:
+            err = ctypes.get_errno() or errno.EINVAL
+            section = self._lib.bpf_program__section_name(prog).decode()
+            raise ProbeError(section, f"the kernel refused probe {section}: {os.strerror(err)} "
+                                      f"({errno.errorcode.get(err, err)})", err)
+        self._links[name] = link
+
+    def program_fd(self, name):
+        return self._lib.bpf_program__fd(self._prog(name))
+
+    def map_fd(self, name):
+        return libbpf.check(self._lib.bpf_map__fd(self._map(name)), f"fd of map {name}")
+
+    def read_global(self, section, name):
+        """Read an integer global of a loaded object (live for ``.bss``)."""
+        addr, size = self._global_ptr(section, name)
+        return int.from_bytes(ctypes.string_at(addr, size), "little")
+
+    def map_update(self, map_name, key, value):
+        """Write one element: key and value are ctypes objects."""
+        ret = self._lib.bpf_map_update_elem(self.map_fd(map_name), ctypes.byref(key), ctypes.byref(value), 0)
+        if ret < 0:
+            libbpf.check(-ctypes.get_errno(), f"updating map {map_name}")
+
+    def ring_buffer(self, map_name):
+        rb = RingBuffer(self.map_fd(map_name))
+        self._rings.append(rb)
+        return rb
+
+    @property
+    def attached(self):
+        return list(self._links)
+
+    @property
+    def btf(self):
+        """The object's own BTF (freed with the object)."""
+        return self._btf
+
+    def detach(self, name):
+        link = self._links.pop(name, None)
+        if link:
+            self._lib.bpf_link__destroy(link)
+
+    def close(self):
+        """Free ring buffers, destroy links, close the object: the reverse of setup."""
+        for rb in self._rings:
+            rb.close()
+        self._rings.clear()
+        for name in list(self._links):
+            self.detach(name)
+        if self._obj:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,211 @@
+"""The watch core: probes in, checked and filtered operation records out.
+
+:class:`Tracer` owns one loaded :class:`~nstrace.loader.BpfObject`. It sets the
+kernel-side options, attaches the syscall layer, reads records in batches,
+checks each against /proc as soon as it arrives and applies the user-space
+filters. The CLI and the launcher both drive it; neither touches libbpf.
+"""
+
+import collections
+import ctypes
+import dataclasses
+import os
+import time
+
+import psutil
+
+from . import events, loader, procns
+from . import flags as fl
+from .errors import UsageError
+
+# The syscall layer (probes/syscalls.bpf.c): program name -> what it hooks.
+SYSCALL_PROGRAMS = (
+    "sys_enter_clone", "sys_exit_clone",
+    "sys_enter_clone3", "sys_exit_clone3",
+    "sys_enter_unshare", "sys_exit_unshare",
+    "sys_enter_setns", "sys_exit_setns",
+    "task_newtask",
+)
+
+
+@dataclasses.dataclass
+class Options:
+    """How to trace. Sizes in bytes, times in milliseconds."""
+
+    trace_all: bool = False          # keep plain forks (clone without CLONE_NEW*)
+    pid: int | None = None           # only this process and its descendants
+    comms: tuple = ()                # only these command names
+    ops: tuple = ()                  # only these operations
+    types: tuple = ()                # only operations touching these namespace types
+    raw_addresses: bool = False      # show kernel addresses instead of short ids
+    check_proc: bool = True          # correlate with /proc/<pid>/ns
+    ringbuf_bytes: int = 4 << 20     # power of two, >= page size
+    wakeup_bytes: int = 256 << 10    # batch reader wake-ups; 0 = one per record
+    poll_ms: int = 100               # the reader's latency bound with batched wake-ups
+
+    def validate(self):
+        if self.pid is not None and self.pid <= 0:
+            raise UsageError(f"--pid must be a positive process id, not {self.pid}")
+        if self.ringbuf_bytes < 4096 or self.ringbuf_bytes & (self.ringbuf_bytes - 1):
+            raise UsageError(f"ring buffer size must be a power of two >= 4096, not {self.ringbuf_bytes}")
+        for op in self.ops:
+            if op not in fl.OPS:
+                raise UsageError(f"unknown operation {op!r}: valid are {', '.join(fl.OPS)}")
+        for t in self.types:
+            if t not in fl.NS_TYPES:
+                raise UsageError(f"unknown namespace type {t!r}: valid are {', '.join(fl.NS_TYPES)}")
+
+
+class _PidKey(ctypes.c_uint32):
+    pass
+
+
+class Tracer:
+    """Trace namespace operations system-wide until closed.
+
+    Use as a context manager; :meth:`poll` returns the next batch of
+    :class:`~nstrace.events.Record`, already checked and filtered.
+    """
+
+    def __init__(self, options=None, object_path=loader.OBJECT_PATH):
+        self.options = options or Options()
+        self.options.validate()
+        self.by_op = collections.Counter()
+        self.by_check = collections.Counter()
+        self.filtered = 0
+        self.attached = []
+        self.live_since = None
+        self._obj = None
+        self._rb = None
+        self._object_path = object_path
+        self._final_lost = {"ringbuf": 0, "inflight": 0}
+
+    # --- set-up -----------------------------------------------------------
+
+    def start(self):
+        """Check the environment, load and attach; raise NstraceError on any failure."""
+        loader.check_privileges()
+        loader.check_btf()
+        if self.options.pid is not None and not psutil.pid_exists(self.options.pid):
+            raise UsageError(f"--pid {self.options.pid}: no such process")
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        self.live_since = time.monotonic()
+        return self
+
+    def _setup(self):
+        o = self.options
+        obj = self._obj = loader.BpfObject(self._object_path)
+        obj.set_rodata("trace_all", o.trace_all)
+        obj.set_rodata("filter_tgid", o.pid or 0)
+        obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))
+        obj.set_rodata("raw_addresses", o.raw_addresses)
+        obj.set_rodata("wakeup_bytes", min(o.wakeup_bytes, o.ringbuf_bytes // 4))
+        obj.set_max_entries("events", o.ringbuf_bytes)
+        for name, section in obj.program_names().items():
+            obj.set_autoload(name, name in SYSCALL_PROGRAMS)
+        obj.load()
+        if o.pid:
+            self._seed_tracked(o.pid)
+        mounted = loader.ensure_tracefs()
+        try:
+            for name in SYSCALL_PROGRAMS:
+                obj.attach(name)
+                self.attached.append(name)
+        finally:
+            if mounted:
+                loader.unmount()
+        self._rb = obj.ring_buffer("events")
+
+    def _seed_tracked(self, pid):
+        try:
+            pids = procns.descendants(pid)
+        except psutil.NoSuchProcess:
+            raise UsageError(f"--pid {pid}: no such process") from None
+        one = ctypes.c_uint8(1)
+        for p in pids:
+            self._obj.map_update("tracked", ctypes.c_uint32(p), one)
+
+    # --- reading ----------------------------------------------------------
+
+    def poll(self, timeout_ms=None):
+        """The next batch of records (possibly empty), checked against /proc and filtered."""
+        raws = self._rb.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
+        records = [events.decode(r, self.options.raw_addresses) for r in raws]
+        if self.options.check_proc:
+            for i, rec in enumerate(records):
+                rec.proc_check = self._check(rec, records[i + 1:])
+        out = []
+        for rec in records:
+            self.by_op[rec.op] += 1
+            if rec.proc_check:
+                self.by_check[rec.proc_check["status"]] += 1
+            if self._wanted(rec):
+                out.append(rec)
+            else:
+                self.filtered += 1
+        return out
+
+    def _check(self, rec, later):
+        if rec.op in ("clone", "clone3"):
+            if not rec.ok or not rec.child_pid:
+                # no child: the caller must still be where it was
+                return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_before, rec.tid, later)
+            return self._check_task(rec.child_pid, rec.child_tid, rec.child_start_ns, rec.ns_after,
+                                    rec.child_tid, later)
+        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.tid, later)
+
+    @staticmethod
+    def _check_task(pid, tid, start_ns, expected, who, later):
+        if not expected:
+            return None
+        result = procns.check(pid, tid, start_ns, expected)
+        if result["status"] == "mismatch" and any(r.tid == who for r in later):
+            # The task went on to another namespace operation, already in this batch.
+            result["status"] = "superseded"
+        return result
+
+    def _wanted(self, rec):
+        o = self.options
+        if o.ops and rec.op not in o.ops:
+            return False
+        if o.comms and rec.comm not in o.comms:
+            return False
+        if o.types:
+            touched = set(fl.ns_types_in(rec.raw_flags if rec.op != "clone" else rec.raw_flags & ~fl.CSIGNAL))
+            touched |= {fl.ns_type_of_entry(e) for e in rec.changed}
+            if rec.target and rec.target.get("type"):
+                touched.add(rec.target["type"])
+            if not touched & set(o.types):
+                return False
+        return True
+
+    # --- accounting and teardown ------------------------------------------
+
+    @property
+    def lost(self):
+        """Records the kernel could not hand over: {"ringbuf": n, "inflight": n}."""
+        if not self._obj:
+            return self._final_lost
+        return {"ringbuf": self._obj.read_global(".bss", "lost_events"),
+                "inflight": self._obj.read_global(".bss", "lost_inflight")}
+
+    def summary(self):
+        return {"events": dict(self.by_op), "total": sum(self.by_op.values()),
+                "proc_check": dict(self.by_check), "filtered": self.filtered, "lost": self.lost}
+
+    def close(self):
+        if self._obj:
+            self._final_lost = self.lost
+            self._obj.close()
+            self._obj = None
+            self._rb = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()

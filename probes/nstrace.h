@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The record nstrace emits, one per namespace operation. Defined once, here:
+ * the BPF programs fill it, and nstrace/events.py mirrors it with ctypes (a
+ * test checks that mirror against this object's BTF, field by field).
+ *
+ * Sent variable-length: the fixed head plus only the kernel-path steps used.
+ */
+#ifndef NSTRACE_H
+#define NSTRACE_H
+
+/* Slots of a namespace snapshot, in the order of /proc/<pid>/ns entries. */
+enum nstrace_ns_slot {
+	NS_MNT,
+	NS_UTS,
+	NS_IPC,
+	NS_PID,			/* the task's active pid ns: fixed for life */
+	NS_PID_FOR_CHILDREN,	/* nsproxy->pid_ns_for_children */
+	NS_NET,
+	NS_USER,		/* cred->user_ns */
+	NS_CGROUP,
+	NS_TIME,		/* nsproxy->time_ns */
+	NS_TIME_FOR_CHILDREN,	/* nsproxy->time_ns_for_children */
+	NS_SLOTS,
+};
+
+enum nstrace_op {
+	OP_CLONE = 1,
+	OP_CLONE3 = 2,
+	OP_UNSHARE = 3,
+	OP_SETNS = 4,
+};
+
+/* What the fd handed to setns() turned out to be. */
+enum nstrace_target_kind {
+	TARGET_NONE = 0,
+	TARGET_NSFS = 1,	/* /proc/<pid>/ns/<type> or a bind mount of it */
+	TARGET_PIDFD = 2,
+	TARGET_OTHER = 3,	/* anything else: setns will fail with EINVAL */
+	TARGET_BADFD = 4,	/* not an open fd: setns will fail with EBADF */
+};
+
+#define NSTRACE_MAX_STEPS 24
+
+/* One kernel function on the way (fentry/fexit or kprobe/kretprobe). */
+struct nstrace_step {
+	__u64 ts_ns;
+	__s64 ret;		/* return value; ERR_PTR decoded to -errno */
+	__u64 arg;		/* the function's flags argument, where it has one */
+	__u64 nsproxy_id;	/* nsproxy returned or installed, as a short id */
+	__u32 func;		/* index into nstrace's function table */
+	__u32 kind;		/* STEP_ENTER or STEP_EXIT */
+	__u32 inum;		/* inode of the namespace returned, where one is */
+	__u32 refs;		/* nsproxy refcount after the step, where readable */
+};
+
+enum nstrace_step_kind {
+	STEP_ENTER = 1,
+	STEP_EXIT = 2,
+};
+
+struct nstrace_ns_set {
+	__u32 inum[NS_SLOTS];
+	__u64 ns_id[NS_SLOTS];	/* 0 where the kernel has no ns_common.ns_id */
+	__u64 nsproxy_id;	/* keyed hash of task->nsproxy, not an address */
+	__u32 nsproxy_refs;
+	__u32 valid;
+};
+
+struct nstrace_event {
+	__u64 enter_ns;		/* bpf_ktime_get_ns() at syscall entry */
+	__u64 exit_ns;		/* ... and at syscall exit */
+	__u64 start_time_ns;	/* the caller's task->start_boottime: tells pid reuse apart */
+	__u64 child_start_ns;	/* clone: the child's task->start_boottime */
+	__u64 raw_flags;	/* clone/clone3/unshare flags, setns nstype */
+	__s64 ret;
+	__u32 op;		/* enum nstrace_op */
+	__u32 pid;		/* tgid */
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;		/* real uid, as in the init user ns */
+	__u32 child_pid;	/* clone: the child's tgid in the init pid ns */
+	__u32 child_tid;
+	__s32 exit_signal;	/* clone: low byte of flags; clone3: args.exit_signal */
+	__s32 setns_fd;
+	__u32 target_kind;	/* enum nstrace_target_kind */
+	__u32 target_nstype;	/* nsfs: CLONE_NEW* of the namespace behind the fd */
+	__u32 target_inum;
+	__u64 target_ns_id;
+	__u32 target_pid;	/* pidfd: the pid it refers to, init pid ns */
+	__u32 nsteps;
+	__u32 steps_dropped;	/* steps beyond NSTRACE_MAX_STEPS */
+	char comm[16];
+	struct nstrace_ns_set before;
+	struct nstrace_ns_set after;	/* clone: the child's */
+	struct nstrace_step steps[NSTRACE_MAX_STEPS];
+};
+
+#endif /* NSTRACE_H */

@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The syscall layer: one record per clone, clone3, unshare and setns, from
+ * the syscalls:sys_{enter,exit}_* tracepoints plus the task_newtask raw
+ * tracepoint for the child of a clone. Needs nothing but tracepoints and
+ * BTF, so it runs on every kernel >= 5.8 (ring buffer), ours included.
+ */
+#include "common.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+const volatile bool trace_all = false;
+const volatile __u32 filter_tgid = 0;
+const volatile __u64 id_key = 0;
+const volatile bool raw_addresses = false;
+const volatile __u32 wakeup_bytes = 0;
+
+__u64 lost_events = 0;
+__u64 lost_inflight = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);	/* resized by user space before load */
+} events SEC(".maps");
+
+struct inflight_map inflight SEC(".maps");
+
+/* --pid: the traced process and every descendant born while tracing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} tracked SEC(".maps");
+
+/* struct clone_args, include/uapi/linux/sched.h: user memory, plain layout */
+struct clone_args {
+	__u64 flags;
+	__u64 pidfd;
+	__u64 child_tid;
+	__u64 parent_tid;
+	__u64 exit_signal;
+};
+
+static const struct nstrace_event empty_event;
+
+/*
+ * A fork without CLONE_NEW* still moves the child into a namespace when the
+ * parent's pid_for_children or time_for_children differs from its own (after
+ * unshare(CLONE_NEWPID) or setns into a pid/time ns): that fork "joins".
+ * kernel/fork.c copy_process() -> alloc_pid(pid_ns_for_children), and
+ * kernel/time/namespace.c timens_on_fork(), checked against 6.1 and 6.18.
+ */
+static __always_inline bool fork_enters_namespace(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+
+	return BPF_CORE_READ(nsp, pid_ns_for_children) != active_pid_ns(t) ||
+	       BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
+}
+
+static __always_inline bool plain_fork(__u64 flags)
+{
+	return !trace_all && !(flags & CLONE_NEW_ANY_BUT_TIME) && !fork_enters_namespace();
+}
+
+static __always_inline bool wanted_process(__u32 tgid)
+{
+	return !filter_tgid || bpf_map_lookup_elem(&tracked, &tgid);
+}
+
+/* Fill what setns() will do with this fd, before the kernel resolves it. */
+static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
+					     struct task_struct *t)
+{
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	struct inode *inode;
+	unsigned long magic;
+	char name[8] = {};
+
+	e->target_kind = TARGET_BADFD;
+	if (fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return;
+
+	inode = BPF_CORE_READ(f, f_inode);
+	magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	e->target_kind = TARGET_OTHER;
+	if (magic == NSFS_MAGIC) {
+		/* fs/nsfs.c: an nsfs inode's i_private is its ns_common */
+		const struct ns_common *ns = BPF_CORE_READ(inode, i_private);
+
+		e->target_kind = TARGET_NSFS;
+		e->target_nstype = ns_type(ns);
+		e->target_inum = BPF_CORE_READ(ns, inum);
+		if (bpf_core_field_exists(ns->ns_id))
+			e->target_ns_id = BPF_CORE_READ(ns, ns_id);
+		return;
+	}
+
+	struct pid *pid = NULL;
+
+	if (magic == PID_FS_MAGIC) {
+		/* fs/pidfs.c (6.9+): the inode's i_private is the struct pid */
+		pid = BPF_CORE_READ(inode, i_private);
+	} else if (magic == ANON_INODE_FS_MAGIC) {
+		/* kernel/pid.c before pidfs: an anon inode file named "[pidfd]" */
+		bpf_probe_read_kernel_str(name, sizeof(name),
+					  BPF_CORE_READ(f, f_path.dentry, d_name.name));
+		if (__builtin_memcmp(name, "[pidfd]", 8) == 0)
+			pid = BPF_CORE_READ(f, private_data);
+	}
+	if (pid) {
+		e->target_kind = TARGET_PIDFD;
+		e->target_pid = BPF_CORE_READ(pid, numbers[0].nr);
+	}
+}
+
+static __always_inline int op_enter(__u32 op, __u64 flags, long arg0)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
+	struct nstrace_event *e;
+
+	if (!wanted_process(tgid))
+		return 0;
+	if (bpf_map_update_elem(&inflight, &tid, &empty_event, BPF_ANY)) {
+		__sync_fetch_and_add(&lost_inflight, 1);
+		return 0;
+	}
+	e = bpf_map_lookup_elem(&inflight, &tid);
+	if (!e)
+		return 0;
+
+	e->enter_ns = bpf_ktime_get_ns();
+	e->op = op;
+	e->pid = tgid;
+	e->tid = tid;
+	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->start_time_ns = BPF_CORE_READ(t, start_boottime);
+	e->raw_flags = flags;
+	e->setns_fd = -1;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	snapshot(&e->before, t);
+
+	if (op == OP_CLONE)
+		e->exit_signal = flags & CSIGNAL;
+	else if (op == OP_SETNS) {
+		e->setns_fd = (int)arg0;
+		resolve_setns_fd(e, (int)arg0, t);
+	}
+	return 0;
+}
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	/* Batch wake-ups: one per wakeup_bytes, the reader also polls on a timer. */
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+	       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline int op_exit(long ret)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct nstrace_event *e;
+	__u32 n;
+
+	e = bpf_map_lookup_elem(&inflight, &tid);
+	if (!e)
+		return 0;
+	/* A task that died inside a syscall leaves its entry; a new task may reuse the tid. */
+	if (e->start_time_ns != BPF_CORE_READ(t, start_boottime))
+		goto out;
+
+	e->exit_ns = bpf_ktime_get_ns();
+	e->ret = ret;
+	if (e->op == OP_UNSHARE || e->op == OP_SETNS)
+		snapshot(&e->after, t);
+	/* clone: e->after was filled from the child by task_newtask, if one was born */
+
+	n = e->nsteps;
+	if (n > NSTRACE_MAX_STEPS)
+		n = NSTRACE_MAX_STEPS;
+	if (bpf_ringbuf_output(&events, e,
+			       __builtin_offsetof(struct nstrace_event, steps) +
+			       n * sizeof(struct nstrace_step), wakeup_flags()))
+		__sync_fetch_and_add(&lost_events, 1);
+out:
+	bpf_map_delete_elem(&inflight, &tid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_clone")
+int sys_enter_clone(struct trace_event_raw_sys_enter *ctx)
+{
+	/* x86-64 clone(flags, newsp, parent_tid, child_tid, tls) */
+	__u64 flags = BPF_CORE_READ(ctx, args[0]);
+
+	if (plain_fork(flags & ~CSIGNAL))
+		return 0;
+	return op_enter(OP_CLONE, flags, 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_clone3")
+int sys_enter_clone3(struct trace_event_raw_sys_enter *ctx)
+{
+	struct clone_args args = {};
+	void *uargs = (void *)BPF_CORE_READ(ctx, args[0]);
+
+	if (bpf_probe_read_user(&args, sizeof(args), uargs) == 0 &&
+	    !(args.flags & CLONE_NEWTIME) && plain_fork(args.flags))
+		return 0;
+	/* unreadable args are kept: the kernel will fail the call with EFAULT */
+	op_enter(OP_CLONE3, args.flags, 0);
+
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct nstrace_event *e = bpf_map_lookup_elem(&inflight, &tid);
+
+	if (e)
+		e->exit_signal = args.exit_signal;
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_unshare")
+int sys_enter_unshare(struct trace_event_raw_sys_enter *ctx)
+{
+	return op_enter(OP_UNSHARE, BPF_CORE_READ(ctx, args[0]), 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_setns")
+int sys_enter_setns(struct trace_event_raw_sys_enter *ctx)
+{
+	return op_enter(OP_SETNS, BPF_CORE_READ(ctx, args[1]), BPF_CORE_READ(ctx, args[0]));
+}
+
+SEC("tracepoint/syscalls/sys_exit_clone")
+int sys_exit_clone(struct trace_event_raw_sys_exit *ctx)
+{
+	return op_exit(BPF_CORE_READ(ctx, ret));
+}
+
+SEC("tracepoint/syscalls/sys_exit_clone3")
+int sys_exit_clone3(struct trace_event_raw_sys_exit *ctx)
+{
+	return op_exit(BPF_CORE_READ(ctx, ret));
+}
+
+SEC("tracepoint/syscalls/sys_exit_unshare")
+int sys_exit_unshare(struct trace_event_raw_sys_exit *ctx)
+{
+	return op_exit(BPF_CORE_READ(ctx, ret));
+}
+
+SEC("tracepoint/syscalls/sys_exit_setns")
+int sys_exit_setns(struct trace_event_raw_sys_exit *ctx)
+{
+	return op_exit(BPF_CORE_READ(ctx, ret));
+}
+
+/*
+ * include/trace/events/task.h: fires in copy_process() after
+ * copy_namespaces(), in the parent's context, so task->nsproxy is already
+ * the child's. Also where --pid learns about descendants.
+ */
+SEC("raw_tp/task_newtask")
+int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct nstrace_event *e;
+
+	if (filter_tgid) {
+		__u32 parent = bpf_get_current_pid_tgid() >> 32;
+		__u32 child = BPF_CORE_READ(task, tgid);
+		__u8 one = 1;
+
+		if (bpf_map_lookup_elem(&tracked, &parent))
+			bpf_map_update_elem(&tracked, &child, &one, BPF_ANY);
+	}
+
+	e = bpf_map_lookup_elem(&inflight, &tid);
+	if (!e || (e->op != OP_CLONE && e->op != OP_CLONE3))
+		return 0;
+	e->child_pid = BPF_CORE_READ(task, tgid);
+	e->child_tid = BPF_CORE_READ(task, pid);
+	e->child_start_ns = BPF_CORE_READ(task, start_boottime);
+	snapshot(&e->after, task);
+	return 0;
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up nstrace on a fresh Debian 12 machine, as root: the packages, the BPF
+# build and the virtualenv at .venv (whose bin/nstrace scripts and CI use).
+# Safe to run again: each step only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  clang llvm make bpftool libbpf-dev libbpf1   # BPF build (compile time only) and the loader's libbpf
+  python3 python3-venv                         # the virtualenv
+  util-linux iproute2 strace                   # unshare/nsenter/lsns, ip netns, the flag oracle in tests
+  qemu-system-x86 busybox-static cpio xz-utils # nstrace lab: Debian kernels under QEMU
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+make -s -C probes
+
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv .venv
+fi
+.venv/bin/pip install -q -e '.[test]'
