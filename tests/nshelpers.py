@@ -1,0 +1,43 @@
+"""Helpers for tests that trace real namespace operations."""
+
+import json
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from nstrace import flags as fl
+
+ROOT = Path(__file__).resolve().parent.parent
+NSTRACE = ROOT / ".venv" / "bin" / "nstrace"
+PYTHON = sys.executable
+
+
+def wait_for(tracer, predicate, timeout=5.0, count=1):
+    """Poll the tracer until `count` records satisfy predicate; return them."""
+    found = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found += [r for r in tracer.poll(20) if predicate(r)]
+        if len(found) >= count:
+            return found
+    raise AssertionError(f"no record matched within {timeout}s (found {len(found)} of {count})")
+
+
+@contextmanager
+def nsop(spec):
+    """Run `python -m nstrace.nsop SPEC`; yield its report while it holds still."""
+    proc = subprocess.Popen([PYTHON, "-m", "nstrace.nsop", json.dumps(spec)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, f"nsop {spec} printed nothing"
+        yield json.loads(line)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def flag(ns_type):
+    return fl.CLONE_FLAGS[fl.NS_TYPES[ns_type]]
