@@ -13,11 +13,16 @@ from .tracer import Options, Tracer
 
 
 class _Stop(Exception):
-    """SIGTERM or SIGHUP: stop like Ctrl-C, with the summary."""
+    """--count reached."""
+
+
+_stop_requested = []
 
 
 def _on_signal(signo, _frame):
-    raise _Stop(signo)
+    # SIGINT, SIGTERM, SIGHUP: finish the current batch, drain, summarise, exit 0.
+    # A flag, not an exception: the poll wakes with EINTR and the loop ends cleanly.
+    _stop_requested.append(signo)
 
 
 def status(message):
@@ -58,24 +63,37 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
     tracer.start()
     shown = 0
     reported_lost = 0
+
+    def emit(records):
+        nonlocal shown
+        for rec in records:
+            if count and shown >= count:
+                raise _Stop(0)
+            click.echo(display.json_line(rec) if as_json else display.row(rec))
+            shown += 1
+
     try:
         status(f"tracing live ({len(tracer.attached)} probes attached); Ctrl-C to stop")
         if not as_json:
             click.echo(display.header())
         deadline = time.monotonic() + duration if duration else None
-        while deadline is None or time.monotonic() < deadline:
-            for rec in tracer.poll():
-                click.echo(display.json_line(rec) if as_json else display.row(rec))
-                shown += 1
+        try:
+            while not _stop_requested and (deadline is None or time.monotonic() < deadline):
+                emit(tracer.poll())
                 if count and shown >= count:
-                    raise _Stop(0)
-            lost = sum(tracer.lost.values())
-            if lost > reported_lost:
-                status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
-                reported_lost = lost
-            sys.stdout.flush()
-    except (KeyboardInterrupt, _Stop):
-        pass
+                    break
+                lost = sum(tracer.lost.values())
+                if lost > reported_lost:
+                    status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
+                    reported_lost = lost
+                sys.stdout.flush()
+        except (KeyboardInterrupt, _Stop):
+            pass
+        # What the kernel already handed over is shown, not dropped, on the way out.
+        try:
+            emit(tracer.poll(0))
+        except _Stop:
+            pass
     finally:
         tracer.close()
     summary = tracer.summary()
@@ -88,8 +106,8 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
 
 def main(argv=None):
     """Entry point: run the CLI, turning every known error into one line and an exit code."""
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, _on_signal)
     try:
         cli.main(args=argv, prog_name="nstrace", standalone_mode=False)
     except click.exceptions.Exit as e:

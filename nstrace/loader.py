@@ -9,6 +9,7 @@ or a subclass with a one-line reason.
 
 import ctypes
 import errno
+import mmap
 import os
 from pathlib import Path
 
@@ -124,6 +125,7 @@ class BpfObject:
                                      f"opening {path.name}")
         self._links = {}
         self._rings = []
+        self._mmaps = {}
         self._loaded = False
         self._btf = self._lib.bpf_object__btf(self._obj)
 
@@ -206,9 +208,21 @@ class BpfObject:
         return libbpf.check(self._lib.bpf_map__fd(self._map(name)), f"fd of map {name}")
 
     def read_global(self, section, name):
-        """Read an integer global of a loaded object (live for ``.bss``)."""
-        addr, size = self._global_ptr(section, name)
-        return int.from_bytes(ctypes.string_at(addr, size), "little")
+        """Read an integer global of the loaded object, live from the kernel's map.
+
+        libbpf 1.1 remaps a data section onto the kernel map only for
+        skeletons, so the section map is mmaped here (BPF_F_MMAPABLE).
+        """
+        variables = btfmod.datasec_vars(self._btf, section)
+        if name not in variables:
+            raise LibbpfError(f"no global {name} in {section}")
+        offset, size = variables[name]
+        if section not in self._mmaps:
+            length = ctypes.c_size_t()
+            self._lib.bpf_map__initial_value(self._map(section), ctypes.byref(length))
+            pages = -(-length.value // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._mmaps[section] = mmap.mmap(self.map_fd(section), pages, mmap.MAP_SHARED, mmap.PROT_READ)
+        return int.from_bytes(self._mmaps[section][offset:offset + size], "little")
 
     def map_update(self, map_name, key, value):
         """Write one element: key and value are ctypes objects."""
@@ -240,6 +254,9 @@ class BpfObject:
         for rb in self._rings:
             rb.close()
         self._rings.clear()
+        for m in self._mmaps.values():
+            m.close()
+        self._mmaps.clear()
         for name in list(self._links):
             self.detach(name)
         if self._obj:

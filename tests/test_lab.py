@@ -1,0 +1,59 @@
+"""Real QEMU boots of Debian kernels (see shared/kernel-env.md); each boot costs ~10-20 s under TCG.
+
+Run with `python3 -m pytest -m lab tests/test_lab.py`.  The first run downloads the kernels into
+$NSTRACE_LAB_CACHE (default /var/cache/nstrace/lab) and needs the Debian mirror.
+"""
+
+import shutil
+import textwrap
+import time
+
+import pytest
+
+from nstrace import lab
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 not installed"),
+]
+
+# Runs with the host's own interpreter inside the guest: proves the 9p root, the chroot and /sys mounts.
+GUEST_CHECK = textwrap.dedent("""
+    import os, platform, sys
+    release = platform.uname().release
+    assert release.startswith(sys.argv[1]), release
+    assert os.path.exists("/sys/kernel/btf/vmlinux"), "no BTF"
+    assert os.path.exists("/sys/bus/event_source/devices/kprobe"), "no kprobe PMU"
+    assert os.path.isdir("/sys/kernel/tracing/events"), "tracefs not mounted"
+    open("/tmp/scratch", "w").write("writable")
+    print("cwd", os.getcwd(), "env", os.environ.get("NSTRACE_LAB_PROBE"))
+    sys.exit(7)
+""")
+
+
+@pytest.mark.parametrize("kernel, release_prefix", [("6.1", "6.1."), ("6.12", "6.12.")])
+def test_guest_runs_host_python_on_debian_kernel(kernel, release_prefix):
+    result = lab.run_in_guest(kernel, ["/usr/bin/python3", "-c", GUEST_CHECK, release_prefix],
+                              cwd="/usr/share", env={"NSTRACE_LAB_PROBE": "hello"}, timeout=300)
+    assert result.kernel_release.startswith(release_prefix)
+    assert result.returncode == 7, result.console[-2000:]
+    assert result.output.strip().splitlines()[-1] == "cwd /usr/share env hello"
+    assert "NSTRACE-LAB" not in result.output
+    assert 0 < result.boot_s < result.duration_s
+
+
+def test_timeout_kills_guest():
+    start = time.monotonic()
+    with pytest.raises(lab.GuestTimeout, match="timed out after"):
+        lab.run_in_guest("6.1", ["/bin/sleep", "600"], cwd="/", timeout=3)
+    assert time.monotonic() - start < 60  # resolution from the cached lists, then 3 s
+
+
+def test_unknown_package_is_reported():
+    with pytest.raises(lab.PackageNotFound, match="linux-image-0.0.0-nstrace-amd64"):
+        lab.run_in_guest("linux-image-0.0.0-nstrace-amd64", ["/bin/true"], cwd="/")
+
+
+def test_unknown_kernel_name_is_reported():
+    with pytest.raises(lab.PackageNotFound, match="unknown kernel"):
+        lab.resolve("not-a-kernel")
