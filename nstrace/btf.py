@@ -48,6 +48,18 @@ def struct_size(btf, struct_name):
     return _type(btf, _find(btf, struct_name, libbpf.BTF_KIND_STRUCT)).size
 
 
+class _BtfEnum(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("val", ctypes.c_int32)]
+
+
+def enum_values(btf, enum_name):
+    """{name: value} of an enum type."""
+    t = _type(btf, _find(btf, enum_name, libbpf.BTF_KIND_ENUM))
+    items = ctypes.cast(ctypes.addressof(t) + ctypes.sizeof(BtfType),
+                        ctypes.POINTER(_BtfEnum * t.vlen)).contents
+    return {_name(btf, e.name_off): e.val for e in items}
+
+
 def datasec_vars(btf, section):
     """{variable name: (byte offset, byte size)} of a data section such as ``.rodata``."""
     try:

@@ -1,5 +1,6 @@
 """The nstrace command line. Errors are one line on stderr and a documented exit code."""
 
+import os
 import signal
 import sys
 import time
@@ -102,6 +103,25 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
     else:
         click.echo("")
         click.echo(display.summary_table(summary))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The table as one JSON document.")
+def doctor(as_json):
+    """Attach every probe point and report, per point, the hook used or why it is unavailable."""
+    tracer = Tracer(Options())
+    tracer.start()
+    try:
+        rows = tracer.availability()
+    finally:
+        tracer.close()
+    import json
+    if as_json:
+        click.echo(json.dumps({"kernel": os.uname().release, "probes": rows}, indent=1))
+        return
+    click.echo(display.availability_table(rows))
+    click.echo("")
+    click.echo(display.availability_verdict(rows))
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ import time
 from tabulate import tabulate
 
 from . import flags as fl
+from . import kernelpath
 
 # (header, width): fixed so that rows streamed one at a time line up.
 COLUMNS = (
@@ -64,7 +65,7 @@ def row(rec):
     for entry in rec.changed:
         details.append(f"    {entry:<17} {rec.ns_before[entry]} -> {rec.ns_after[entry]}")
     if rec.kernel_path:
-        details.append("    path  " + " > ".join(s["short"] for s in rec.kernel_path))
+        details.append("    path  " + " > ".join(kernelpath.calls(rec.kernel_path)))
     if rec.proc_check and rec.proc_check["status"] == "mismatch":
         for entry, d in rec.proc_check["diff"].items():
             details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")
@@ -90,3 +91,22 @@ def summary_table(summary):
 
 def json_summary(summary):
     return json.dumps(summary, separators=(",", ":"), sort_keys=True)
+
+
+def availability_table(rows):
+    table = [[r["probe"], r["layer"], r.get("file", "-"), r["hook"] or "-",
+              "attached" if r["attached"] else "unavailable", r["reason"]] for r in rows]
+    return tabulate(table, headers=["probe point", "layer", "source", "hook", "status", "why not"],
+                    tablefmt="simple")
+
+
+def availability_verdict(rows):
+    functions = [r for r in rows if r["layer"] == "function"]
+    attached = [r for r in functions if r["attached"]]
+    syscalls_ok = all(r["attached"] for r in rows if r["layer"] == "syscall")
+    head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
+    if not attached:
+        reasons = sorted({r["reason"] for r in functions})
+        return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "
+                f"layer runs: {'; '.join(reasons)}")
+    return f"{head}\nkernel-function layer: {len(attached)} of {len(functions)} functions attached"

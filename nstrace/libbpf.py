@@ -24,6 +24,7 @@ BPF_PROG_TYPE_TRACING = 26
 
 # enum btf_func_linkage / kinds, include/uapi/linux/btf.h
 BTF_KIND_STRUCT = 4
+BTF_KIND_ENUM = 6
 BTF_KIND_FUNC = 12
 BTF_KIND_DATASEC = 15
 

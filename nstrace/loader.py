@@ -180,13 +180,7 @@ class BpfObject:
 
     def load(self):
         libbpf.clear_messages()
-        ret = self._lib.bpf_object__load(self._obj)
-        if ret < 0:
-            err = -ret
-            if err == errno.EPERM:
-                raise PrivilegeError("the kernel refused to load nstrace's BPF programs (EPERM): "
-                                     "run as root with CAP_BPF and CAP_PERFMON")
-            libbpf.check(ret, "loading nstrace's BPF programs")
+        libbpf.check(self._lib.bpf_object__load(self._obj), "the kernel refused nstrace's BPF programs")
         self._loaded = True
 
     def attach(self, name):

@@ -10,15 +10,16 @@ import collections
 import ctypes
 import dataclasses
 import os
+import re
 import time
 
 import psutil
 
-from . import events, loader, procns
+from . import events, kernelpath, libbpf, loader, procns
 from . import flags as fl
-from .errors import UsageError
+from .errors import LibbpfError, ProbeError, UsageError
 
-# The syscall layer (probes/syscalls.bpf.c): program name -> what it hooks.
+# The syscall layer (probes/syscalls.bpf.c), attached on every kernel.
 SYSCALL_PROGRAMS = (
     "sys_enter_clone", "sys_exit_clone",
     "sys_enter_clone3", "sys_exit_clone3",
@@ -26,6 +27,11 @@ SYSCALL_PROGRAMS = (
     "sys_enter_setns", "sys_exit_setns",
     "task_newtask",
 )
+
+
+def section_of(program):
+    """'syscalls:sys_enter_clone' or 'task:task_newtask' for a syscall-layer program."""
+    return "task:task_newtask" if program == "task_newtask" else f"syscalls:{program}"
 
 
 @dataclasses.dataclass
@@ -39,6 +45,7 @@ class Options:
     types: tuple = ()                # only operations touching these namespace types
     raw_addresses: bool = False      # show kernel addresses instead of short ids
     check_proc: bool = True          # correlate with /proc/<pid>/ns
+    kernel_path: bool = True         # add the kernel-function layer where the kernel allows it
     ringbuf_bytes: int = 4 << 20     # power of two, >= page size
     wakeup_bytes: int = 256 << 10    # batch reader wake-ups; 0 = one per record
     poll_ms: int = 100               # the reader's latency bound with batched wake-ups
@@ -74,6 +81,7 @@ class Tracer:
         self.by_check = collections.Counter()
         self.filtered = 0
         self.attached = []
+        self.hooks = []
         self.live_since = None
         self._obj = None
         self._rb = None
@@ -98,16 +106,21 @@ class Tracer:
 
     def _setup(self):
         o = self.options
-        obj = self._obj = loader.BpfObject(self._object_path)
-        obj.set_rodata("trace_all", o.trace_all)
-        obj.set_rodata("filter_tgid", o.pid or 0)
-        obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))
-        obj.set_rodata("raw_addresses", o.raw_addresses)
-        obj.set_rodata("wakeup_bytes", min(o.wakeup_bytes, o.ringbuf_bytes // 4))
-        obj.set_max_entries("events", o.ringbuf_bytes)
-        for name, section in obj.program_names().items():
-            obj.set_autoload(name, name in SYSCALL_PROGRAMS)
-        obj.load()
+        self.hooks = kernelpath.plan() if o.kernel_path else []
+        # A program the kernel refuses fails the whole load: drop its hook and
+        # load again, at most once per hook.
+        for _ in range(len(self.hooks) + 1):
+            obj = self._obj = self._open()
+            try:
+                obj.load()
+                break
+            except LibbpfError as err:
+                culprit = self._refused_hook()
+                if not culprit:
+                    raise
+                culprit.reason = f"{culprit.kind} program refused at load ({err.errno and os.strerror(err.errno)})"
+                culprit.kind = None
+                obj.close()
         if o.pid:
             self._seed_tracked(o.pid)
         mounted = loader.ensure_tracefs()
@@ -118,7 +131,53 @@ class Tracer:
         finally:
             if mounted:
                 loader.unmount()
+        for hook in self.hooks:
+            self._attach_hook(hook)
         self._rb = obj.ring_buffer("events")
+
+    def _open(self):
+        o = self.options
+        obj = loader.BpfObject(self._object_path)
+        obj.set_rodata("trace_all", o.trace_all)
+        obj.set_rodata("filter_tgid", o.pid or 0)
+        obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))
+        obj.set_rodata("raw_addresses", o.raw_addresses)
+        obj.set_rodata("wakeup_bytes", min(o.wakeup_bytes, o.ringbuf_bytes // 4))
+        obj.set_max_entries("events", o.ringbuf_bytes)
+        wanted = set(SYSCALL_PROGRAMS) | {p for h in self.hooks for p in h.programs}
+        for name in obj.program_names():
+            obj.set_autoload(name, name in wanted)
+        return obj
+
+    def _refused_hook(self):
+        for line in libbpf.last_messages(40):
+            m = re.search(r"prog '(\w+)'", line)
+            if m:
+                for hook in self.hooks:
+                    if m.group(1) in hook.programs:
+                        return hook
+        return None
+
+    def _attach_hook(self, hook):
+        if not hook.kind:
+            return
+        try:
+            for prog in hook.programs:
+                self._obj.attach(prog)
+            hook.attached = True
+        except ProbeError as err:
+            for prog in hook.programs:
+                self._obj.detach(prog)
+            hook.reason = str(err)
+
+    def availability(self):
+        """Every probe point: layer, hook type, attached or why not."""
+        rows = [{"probe": section_of(name), "layer": "syscall",
+                 "hook": "raw_tracepoint" if name == "task_newtask" else "tracepoint",
+                 "attached": name in self.attached, "reason": ""} for name in SYSCALL_PROGRAMS]
+        rows += [{"probe": h.func, "layer": "function", "file": kernelpath.source_file(h.func),
+                  "hook": h.kind, "attached": h.attached, "reason": h.reason} for h in self.hooks]
+        return rows
 
     def _seed_tracked(self, pid):
         try:
@@ -134,7 +193,7 @@ class Tracer:
     def poll(self, timeout_ms=None):
         """The next batch of records (possibly empty), checked against /proc and filtered."""
         raws = self._rb.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
-        records = [events.decode(r, self.options.raw_addresses) for r in raws]
+        records = [events.decode(r, self.options.raw_addresses, kernelpath.decode_step) for r in raws]
         if self.options.check_proc:
             for i, rec in enumerate(records):
                 rec.proc_check = self._check(rec, records[i + 1:])

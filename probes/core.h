@@ -15,6 +15,9 @@
 #ifndef NSTRACE_CORE_H
 #define NSTRACE_CORE_H
 
+/* bpf_tracing.h reads kernel pt_regs member names (di, si, ax) when this is set, as with a generated vmlinux.h. */
+#define __VMLINUX_H__
+
 typedef unsigned char __u8;
 typedef unsigned short __u16;
 typedef unsigned int __u32;

@@ -42,21 +42,72 @@ enum nstrace_target_kind {
 
 #define NSTRACE_MAX_STEPS 24
 
-/* One kernel function on the way (fentry/fexit or kprobe/kretprobe). */
-struct nstrace_step {
-	__u64 ts_ns;
-	__s64 ret;		/* return value; ERR_PTR decoded to -errno */
-	__u64 arg;		/* the function's flags argument, where it has one */
-	__u64 nsproxy_id;	/* nsproxy returned or installed, as a short id */
-	__u32 func;		/* index into nstrace's function table */
-	__u32 kind;		/* STEP_ENTER or STEP_EXIT */
-	__u32 inum;		/* inode of the namespace returned, where one is */
-	__u32 refs;		/* nsproxy refcount after the step, where readable */
+/*
+ * Kernel functions of the namespace path, in the order kfuncs.bpf.c defines
+ * them. nstrace reads these names and values from the object's BTF, so this
+ * enum is the only list; kernel-notes/paths.toml says what each one does.
+ */
+enum nstrace_func {
+	FN_copy_namespaces = 1,
+	FN_create_new_namespaces,
+	FN_copy_mnt_ns,
+	FN_copy_utsname,
+	FN_copy_ipcs,
+	FN_copy_pid_ns,
+	FN_copy_cgroup_ns,
+	FN_copy_net_ns,
+	FN_copy_time_ns,
+	FN_timens_on_fork,
+	FN_create_user_ns,
+	FN_unshare_userns,
+	FN_unshare_nsproxy_namespaces,
+	FN_switch_task_namespaces,
+	FN___x64_sys_setns,
+	FN_validate_nsset,
+	FN_commit_nsset,
+	FN_free_nsproxy,
+	FN_ksys_unshare,
+	FN_put_nsset,
+	FN_timens_commit,
+	FN_mntns_install,
+	FN_utsns_install,
+	FN_ipcns_install,
+	FN_pidns_install,
+	FN_cgroupns_install,
+	FN_netns_install,
+	FN_userns_install,
+	FN_timens_install,
+	FN_MAX,
 };
 
 enum nstrace_step_kind {
 	STEP_ENTER = 1,
 	STEP_EXIT = 2,
+};
+
+/* What a step's arg, ret, inum and nsproxy fields hold. */
+enum nstrace_step_value {
+	VAL_NONE = 0,
+	VAL_FLAGS = 1,		/* arg: CLONE_* flags */
+	VAL_NSPROXY = 2,	/* nsproxy_id, refs: the nsproxy passed or returned */
+	VAL_SWITCH = 3,		/* arg: old nsproxy id; nsproxy_id, refs: the new one */
+	VAL_INT = 4,		/* ret: 0 or -errno */
+	VAL_NS = 5,		/* inum: the namespace returned (ret: -errno on error) */
+	VAL_NS_ARG = 6,		/* inum: the namespace passed in (an ->install()) */
+};
+
+/* One kernel function on the way in or out (fentry/fexit or kprobe/kretprobe). */
+struct nstrace_step {
+	__u64 ts_ns;
+	__s64 ret;		/* VAL_INT, or -errno of an ERR_PTR */
+	__u64 arg;		/* VAL_FLAGS, VAL_SWITCH */
+	__u64 nsproxy_id;	/* VAL_NSPROXY, VAL_SWITCH */
+	enum nstrace_func func;
+	enum nstrace_step_kind kind;
+	enum nstrace_step_value what;
+	__u32 inum;		/* VAL_NS, VAL_NS_ARG */
+	__u32 refs;		/* nsproxy refcount, where readable */
+	__u32 pad;
 };
 
 struct nstrace_ns_set {
@@ -74,7 +125,7 @@ struct nstrace_event {
 	__u64 child_start_ns;	/* clone: the child's task->start_boottime */
 	__u64 raw_flags;	/* clone/clone3/unshare flags, setns nstype */
 	__s64 ret;
-	__u32 op;		/* enum nstrace_op */
+	enum nstrace_op op;
 	__u32 pid;		/* tgid */
 	__u32 tid;
 	__u32 ppid;
@@ -83,7 +134,7 @@ struct nstrace_event {
 	__u32 child_tid;
 	__s32 exit_signal;	/* clone: low byte of flags; clone3: args.exit_signal */
 	__s32 setns_fd;
-	__u32 target_kind;	/* enum nstrace_target_kind */
+	enum nstrace_target_kind target_kind;
 	__u32 target_nstype;	/* nsfs: CLONE_NEW* of the namespace behind the fd */
 	__u32 target_inum;
 	__u64 target_ns_id;

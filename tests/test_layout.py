@@ -35,6 +35,25 @@ def test_constants_match(object_btf):
     assert ns["inum"] == events.NS_SLOTS * 4
 
 
+@pytest.mark.parametrize("enum_name,table,prefix", [
+    ("nstrace_op", events.OPS, "OP_"),
+    ("nstrace_target_kind", events.TARGET_KINDS, "TARGET_"),
+    ("nstrace_step_kind", events.STEP_KINDS, "STEP_"),
+    ("nstrace_step_value", events.STEP_VALUES, "VAL_"),
+])
+def test_enums_match(object_btf, enum_name, table, prefix):
+    c_enum = btf.enum_values(object_btf, enum_name)
+    py = {prefix + (name or "none").upper(): value for value, name in table.items()}
+    assert py == c_enum
+
+
+def test_function_table_matches(object_btf):
+    c_enum = btf.enum_values(object_btf, "nstrace_func")
+    assert c_enum.pop("FN_MAX") == len(events.FUNCTIONS)
+    assert {name: value for value, name in enumerate(events.FUNCTIONS) if name} == \
+        {name.removeprefix("FN_"): value for name, value in c_enum.items()}
+
+
 def test_options_are_rodata(object_btf):
     """The options user space sets before load live in .rodata (const volatile)."""
     assert set(btf.datasec_vars(object_btf, ".rodata")) >= {
