@@ -10,6 +10,10 @@ import click
 from . import display
 from . import flags as fl
 from .errors import NstraceError, UsageError
+
+
+class LabFailed(NstraceError):
+    exit_code = 1
 from .tracer import Options, Tracer
 
 
@@ -122,6 +126,29 @@ def doctor(as_json):
     click.echo(display.availability_table(rows))
     click.echo("")
     click.echo(display.availability_verdict(rows))
+
+
+@cli.command()
+@click.option("--kernel", "kernels", multiple=True, required=True,
+              help="A Debian kernel: 6.1, 6.12, sid, or a package name (repeatable).")
+@click.option("--timeout", type=click.FloatRange(min=10), default=900, show_default=True,
+              help="Seconds a guest may run before it is killed.")
+@click.option("--verbose", is_flag=True, help="Show the guests' whole output.")
+@click.argument("pytest_args", nargs=-1)
+def lab(kernels, timeout, verbose, pytest_args):
+    """Boot Debian kernels under QEMU and run the kernel-layer tests and `nstrace check` inside."""
+    from . import lab as labmod
+    results = []
+    for kernel in kernels:
+        status(f"{kernel}: booting under QEMU (TCG)...")
+        res = labmod.run_guest_suite(kernel, pytest_args=pytest_args, timeout=timeout)
+        if verbose:
+            click.echo(res["output"])
+        results.append(res)
+        status(f"{kernel}: {res['release']}: {res['summary']} ({res['duration_s']:.0f} s)")
+    click.echo(display.lab_table(results))
+    if any(not r["ok"] for r in results):
+        raise LabFailed(f"kernel-layer suite failed on: {', '.join(r['kernel'] for r in results if not r['ok'])}")
 
 
 def main(argv=None):

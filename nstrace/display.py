@@ -110,3 +110,8 @@ def availability_verdict(rows):
         return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "
                 f"layer runs: {'; '.join(reasons)}")
     return f"{head}\nkernel-function layer: {len(attached)} of {len(functions)} functions attached"
+
+
+def lab_table(results):
+    rows = [[r["kernel"], r["release"], r["summary"], f"{r['duration_s']:.0f}"] for r in results]
+    return tabulate(rows, headers=["kernel", "release", "kernel-layer suite", "seconds"], tablefmt="simple")

@@ -482,8 +482,13 @@ def _init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, s
         *(f"mount -t tmpfs -o mode=1777 tmpfs /host{path}" for path in GUEST_TMPFS),
     ]
     run = ("cd \"$1\" || exit 125; shift; exec \"$@\"")
-    command = " ".join(shlex.quote(w) for w in [
-        "chroot", "/host", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+    # Not a plain `chroot /host`: the kernel refuses CLONE_NEWUSER to a chrooted task
+    # (kernel/user_namespace.c create_user_ns: current_chrooted() -> EPERM), and the tests create
+    # user namespaces. As switch_root does, the host root is moved onto / first; chroot(".") then
+    # lands on the top mount of the namespace root, which current_chrooted() accepts. This shell
+    # keeps the initramfs as its own root and still finds busybox to report and power off.
+    command = "cd /host && mount --move /host / && " + " ".join(shlex.quote(w) for w in [
+        "chroot", ".", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
         "/bin/sh", "-c", run, "nstrace-lab", cwd, *argv,
     ])
     fail = f'fail() {{ echo "{marker} FAIL $*"; poweroff -f; }}'
@@ -663,3 +668,30 @@ def _require(tool: str) -> str:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+# --- the suite nstrace runs in each guest ---------------------------------------------------------
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def run_guest_suite(kernel: str, *, pytest_args: tuple[str, ...] = (), timeout: float = 900) -> dict:
+    """Run the kernel-layer tests (and `nstrace check` where it exists) inside `kernel`.
+
+    The guest sees this checkout and its .venv through the shared root, so what runs is exactly what
+    was built here. Returns {kernel, release, ok, summary, output, duration_s}.
+    """
+    python = PROJECT / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise LabError(f"{python} missing: run scripts/setup.sh first")
+    script = " && ".join([
+        # -p no:cacheprovider: the shared root is read-only in the guest
+        f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath "
+        + " ".join(shlex.quote(a) for a in (pytest_args or ("tests/test_kernelpath.py",))),
+    ])
+    res = run_in_guest(kernel, ["/bin/sh", "-c", script], cwd=str(PROJECT), timeout=timeout)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    summary = next((line.strip("= ") for line in reversed(lines)
+                    if re.search(r"\d+ (passed|failed|error|skipped)", line)), "no pytest summary")
+    return {"kernel": kernel, "release": res.kernel_release, "ok": res.returncode == 0, "summary": summary,
+            "output": res.output, "duration_s": res.duration_s}

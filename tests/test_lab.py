@@ -57,3 +57,16 @@ def test_unknown_package_is_reported():
 def test_unknown_kernel_name_is_reported():
     with pytest.raises(lab.PackageNotFound, match="unknown kernel"):
         lab.resolve("not-a-kernel")
+
+
+def test_kernel_layer_in_lab():
+    """The kernel-function layer, for real, on Debian 12's 6.1 (fentry allowed there):
+    `nstrace lab` runs tests/test_kernelpath.py inside the guest and all of it must pass."""
+    import subprocess
+
+    from nshelpers import NSTRACE
+    res = subprocess.run([str(NSTRACE), "lab", "--kernel", "6.1", "--verbose"], capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    summary = [line for line in res.stdout.splitlines() if " passed" in line and " in " in line][-1]
+    assert "skipped" not in summary and "failed" not in summary and "error" not in summary, summary
