@@ -14,6 +14,10 @@ from .errors import NstraceError, UsageError
 
 class LabFailed(NstraceError):
     exit_code = 1
+
+
+class CheckFailed(NstraceError):
+    exit_code = 1
 from .tracer import Options, Tracer
 
 
@@ -126,6 +130,51 @@ def doctor(as_json):
     click.echo(display.availability_table(rows))
     click.echo("")
     click.echo(display.availability_verdict(rows))
+
+
+@cli.command()
+@click.option("--flags", "flag_text", default="NEWPID|NEWNS|NEWUTS", show_default=True,
+              help="CLONE_* names, with or without CLONE_, '|' or ',' separated, any case.")
+@click.option("--op", type=click.Choice(["clone", "clone3", "unshare", "setns"]), default="clone", show_default=True)
+def demo(flag_text, op):
+    """Run one namespace operation, trace it, and show what the kernel did beside what its source says."""
+    from .demo import run_demo
+    value = fl.parse_flags(flag_text)
+    result, report, availability = run_demo(op, value)
+    click.echo(display.demo_report(result, report, availability))
+    if not result.ok:
+        raise CheckFailed("the trace did not match what the kernel notes document (see above)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Results as one JSON document on stdout.")
+@click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
+@click.argument("names", nargs=-1)
+def check(as_json, list_only, names):
+    """Run the scenario catalogue (or the named scenarios) and check each trace; exit 0 only if all match."""
+    from . import checker, scenarios
+    if list_only:
+        for sc in scenarios.CATALOGUE.values():
+            click.echo(f"{sc.name:28} {sc.summary}")
+        return
+    chosen = checker.select(names)
+    results = []
+    with checker.tracer_for_check() as tracer:
+        status(f"running {len(chosen)} scenarios (kernel-function layer: "
+               f"{sum(h.attached for h in tracer.hooks)} of {len(tracer.hooks)} functions)")
+        for sc in chosen:
+            results.append(checker.run_scenario(sc, tracer))
+            if _stop_requested:
+                break
+    if as_json:
+        import json
+        click.echo(json.dumps(display.check_json(results), indent=1))
+    else:
+        click.echo(display.check_table(results))
+    failed = [r.name for r in results if not r.ok]
+    if failed or len(results) < len(chosen):
+        raise CheckFailed(f"{len(failed)} of {len(chosen)} scenarios failed: {', '.join(failed) or 'interrupted'}")
+    status(f"all {len(results)} scenarios match")
 
 
 @cli.command()

@@ -1,5 +1,6 @@
-"""How records look: the streaming table, JSON lines and the closing summary."""
+"""How records look: the streaming table, JSON lines, summaries, check and demo reports."""
 
+import dataclasses
 import json
 import time
 
@@ -115,3 +116,104 @@ def availability_verdict(rows):
 def lab_table(results):
     rows = [[r["kernel"], r["release"], r["summary"], f"{r['duration_s']:.0f}"] for r in results]
     return tabulate(rows, headers=["kernel", "release", "kernel-layer suite", "seconds"], tablefmt="simple")
+
+
+# --- check and demo ----------------------------------------------------------------
+
+def _path_counts(verdict):
+    steps = verdict.steps
+    observable = [s for s in steps if s.status != "not observable"]
+    observed = [s for s in steps if s.status == "observed"]
+    return f"{len(observed)}/{len(observable)}/{len(steps)}"
+
+
+def _first_problem(result):
+    if result.error:
+        return result.error
+    for v in result.verdicts:
+        for what, ok, detail in v.checks:
+            if not ok:
+                return f"{v.expect.op}: {what}: {detail}"
+        for s in v.steps:
+            if s.failed:
+                return f"{v.expect.op}: {s.name} {s.status} {s.reason}".strip()
+    return ""
+
+
+def check_table(results):
+    rows = []
+    for r in results:
+        ops = ", ".join(v.expect.op for v in r.verdicts if v.expect.op != "facts") or "-"
+        paths = " ".join(_path_counts(v) for v in r.verdicts if v.steps) or "-"
+        rows.append([r.name, ops, "PASS" if r.ok else "FAIL", paths, _fit(_first_problem(r), 70)])
+    out = tabulate(rows, headers=["scenario", "operations", "result", "path seen/observable/documented", "problem"],
+                   tablefmt="simple")
+    passed = sum(r.ok for r in results)
+    return out + f"\n\n{passed} passed, {len(results) - passed} failed"
+
+
+def check_json(results):
+    return [{"scenario": r.name, "ok": r.ok, "error": r.error, "duration_s": round(r.duration_s, 3),
+             "operations": [{"op": v.expect.op, "ok": v.ok, "what": v.expect.what,
+                             "record": v.record.to_json() if v.record else None,
+                             "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in v.checks],
+                             "kernel_path": [dataclasses.asdict(s) for s in v.steps]} for v in r.verdicts]}
+            for r in results]
+
+
+def _common_reason(availability):
+    """The one reason every kernel function is unavailable, if it is the same for all."""
+    reasons = {a["reason"] for a in availability if a["layer"] == "function" and not a["attached"]}
+    attached = any(a["attached"] for a in availability if a["layer"] == "function")
+    return reasons.pop() if len(reasons) == 1 and not attached else None
+
+
+def demo_report(result, report, availability):
+    out = [f"nstrace demo: {result.summary}", ""]
+    records = [v.record for v in result.verdicts if v.record]
+    if result.error:
+        out.append(f"error: {result.error}")
+    if records:
+        out += ["== What the kernel did (syscall layer" +
+                (", kernel functions" if any(r.kernel_path for r in records) else "") + ")",
+                header()] + [row(r) for r in records] + [""]
+    main = records[0] if records else None
+    if main and main.ns_before:
+        proc_now = (report or {}).get("child_ns") or (report or {}).get("ns") or {}
+        rows = []
+        for entry in fl.NS_ENTRIES:
+            before, after = main.ns_before.get(entry), (main.ns_after or {}).get(entry)
+            rows.append([entry, before, after, proc_now.get(entry, "(hidden)"),
+                         "changed" if entry in main.changed else ""])
+        who = "child" if main.op in ("clone", "clone3") else "caller"
+        out += [f"== Namespaces: kernel before/after beside /proc/<{who}>/ns now",
+                tabulate(rows, headers=["entry", "kernel before", "kernel after", "/proc now", ""],
+                         tablefmt="simple"), ""]
+        if main.nsproxy:
+            out.append(f"task->nsproxy: {main.nsproxy['before']} -> {main.nsproxy['after'] or '-'} "
+                       "(short ids, not addresses)")
+            out.append("")
+    seen = [(v.expect.what, v.expect.seen_inside) for v in result.verdicts if v.expect.seen_inside]
+    if seen:
+        out.append("== Seen from inside")
+        for what, facts in seen:
+            shown = {k: v for k, v in facts.items() if k != "monotonic_s" or "time" in what}
+            out.append(f"  {what}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        out.append("")
+    for v in result.verdicts:
+        if not v.steps:
+            continue
+        out.append(f"== Documented kernel path of {v.expect.op} (kernel-notes/paths.toml) beside the trace")
+        common = _common_reason(availability)
+        out.append(tabulate([[s.name, s.file, s.status, "no fentry or kprobes here (below)" if common and
+                              s.reason == common else s.reason] for s in v.steps if s.expected or
+                             s.status in ("observed", "unexpected", "out of order")],
+                            headers=["step", "source", "on this kernel", "why"], tablefmt="simple"))
+        out.append("")
+    functions = [a for a in availability if a["layer"] == "function"]
+    if functions and not any(a["attached"] for a in functions):
+        out.append("kernel functions: not observable here (" + functions[0]["reason"] +
+                   "); `nstrace lab --kernel 6.1` shows them on a Debian kernel")
+    problem = _first_problem(result)
+    out.append("result: " + ("trace matches the documented path" if result.ok else f"MISMATCH: {problem}"))
+    return "\n".join(out)

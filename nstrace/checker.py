@@ -1,0 +1,133 @@
+"""nstrace check: run scenarios under the tracer and judge the trace.
+
+Each scenario runs inside its own Launcher (everything undone afterwards,
+even when the scenario fails midway) under one Tracer restricted, in the
+kernel, to nstrace's own descendants and keeping plain forks: the trace
+holds exactly what the launcher did.
+"""
+
+import dataclasses
+import os
+import time
+
+from . import pathcheck, scenarios
+from .errors import NstraceError, UsageError
+from .launcher import Launcher
+from .tracer import Options, Tracer
+
+
+@dataclasses.dataclass
+class Verdict:
+    """One expectation judged: the matching record (if any) and every check made."""
+
+    expect: scenarios.Expect
+    record: object = None
+    checks: list = dataclasses.field(default_factory=list)   # [(what, ok, detail)]
+    steps: list = dataclasses.field(default_factory=list)    # pathcheck.StepResult
+
+    @property
+    def ok(self):
+        return all(ok for _, ok, _ in self.checks) and pathcheck.passed(self.steps)
+
+
+@dataclasses.dataclass
+class ScenarioResult:
+    name: str
+    summary: str
+    verdicts: list
+    error: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def ok(self):
+        return not self.error and bool(self.verdicts) and all(v.ok for v in self.verdicts)
+
+
+def tracer_for_check():
+    return Tracer(Options(trace_all=True, pid=os.getpid(), poll_ms=20))
+
+
+def _matches(exp, rec):
+    if rec.op != exp.op:
+        return False
+    if exp.pid is not None and rec.pid != exp.pid:
+        return False
+    if exp.comm is not None and rec.comm != exp.comm:
+        return False
+    if exp.flags is not None:
+        raw = rec.raw_flags & ~0xFF if rec.op == "clone" else rec.raw_flags
+        want = exp.flags & ~0xFF if rec.op == "clone" else exp.flags
+        if raw != want:
+            return False
+    return True
+
+
+def _subset(want, seen):
+    """True if every key of want has that value in seen (recursively for dicts)."""
+    if isinstance(want, dict):
+        return isinstance(seen, dict) and all(_subset(v, seen.get(k)) for k, v in want.items())
+    return want == seen
+
+
+def judge(exp, rec, tracer):
+    v = Verdict(exp, rec)
+    if exp.op == "facts":
+        v.checks.append(("inside", _subset(exp.inside, exp.seen_inside), f"saw {exp.seen_inside}"))
+        return v
+    if rec is None:
+        v.checks.append(("traced", False, "no record of this operation"))
+        return v
+    v.checks.append(("traced", True, ""))
+    want_errno = exp.errno
+    v.checks.append(("result", rec.errno == want_errno, f"ret {rec.ret} ({rec.errno or 'ok'})"))
+    if exp.changed is not None:
+        v.checks.append(("changed", rec.changed == exp.changed, f"changed {rec.changed}, expected {exp.changed}"))
+    for entry, inode in (exp.ns_after or {}).items():
+        got = (rec.ns_after or {}).get(entry)
+        v.checks.append((f"{entry} inode", got == inode, f"{got} vs {inode}"))
+    if rec.proc_check:
+        status = rec.proc_check["status"]
+        v.checks.append(("/proc", status in exp.proc, status))
+    if exp.inside:
+        v.checks.append(("inside", _subset(exp.inside, exp.seen_inside), f"saw {exp.seen_inside}"))
+    v.steps = pathcheck.compare(rec, {h.func: h for h in tracer.hooks}, set(map(_tp, tracer.attached)))
+    return v
+
+
+def _tp(program):
+    from .tracer import section_of
+    return section_of(program)
+
+
+def run_scenario(sc, tracer, settle_s=5.0):
+    """Run one scenario; return its ScenarioResult. Never leaves anything behind."""
+    start = time.monotonic()
+    verdicts, error = [], ""
+    records = []
+    try:
+        with Launcher() as launcher:
+            expects = sc.run(launcher)
+            deadline = time.monotonic() + settle_s
+            pending = [e for e in expects if e.op != "facts"]
+            while True:
+                records += tracer.poll(20)
+                matched = [next((r for r in records if _matches(e, r)), None) for e in pending]
+                if all(matched) or time.monotonic() > deadline:
+                    break
+            by_exp = dict(zip(map(id, pending), matched))
+            verdicts = [judge(e, by_exp.get(id(e)), tracer) for e in expects]
+    except NstraceError as e:
+        error = str(e)
+    except OSError as e:
+        error = f"{type(e).__name__}: {e}"
+    tracer.poll(0)  # drop what cleanup itself traced
+    return ScenarioResult(sc.name, sc.summary, verdicts, error, time.monotonic() - start)
+
+
+def select(names):
+    if not names:
+        return list(scenarios.CATALOGUE.values())
+    unknown = [n for n in names if n not in scenarios.CATALOGUE]
+    if unknown:
+        raise UsageError(f"unknown scenario {unknown[0]!r}: `nstrace check --list` shows them")
+    return [scenarios.CATALOGUE[n] for n in names]

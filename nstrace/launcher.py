@@ -1,0 +1,240 @@
+"""The launcher: makes namespaces on purpose, remembers everything it made, undoes it all.
+
+Every resource (process, mount, network namespace, link, directory) is written
+to a state file under /run/nstrace before it is made, so that a launcher
+killed mid-scenario is cleaned up by the next one (see :func:`reap_stale`).
+Cleanup runs in reverse order of creation and goes on past individual
+failures; what could not be undone is reported, never ignored.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from . import procns
+from .errors import NstraceError
+
+STATE_DIR = Path("/run/nstrace")
+MNT_DETACH = 2
+PREFIX = "nstrace-"
+
+
+class LauncherError(NstraceError):
+    exit_code = 6
+
+
+def _libc():
+    import ctypes
+    lib = ctypes.CDLL(None, use_errno=True)
+    return ctypes, lib
+
+
+def mount(source, target, fstype=None, flags=0, data=None):
+    ctypes, lib = _libc()
+    enc = lambda s: s.encode() if s else None  # noqa: E731
+    if lib.mount(enc(source), enc(str(target)), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+
+
+def umount(target):
+    ctypes, lib = _libc()
+    if lib.umount2(str(target).encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+MS_BIND = 4096
+
+
+class Held:
+    """A process of ours holding still (python -m nstrace.nsop): its report, and how to let go."""
+
+    def __init__(self, proc, report):
+        self.proc = proc
+        self.report = report
+        self.pid = report["pid"]
+
+    def release(self, timeout=10):
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Launcher:
+    """One run's resources. Use as a context manager: leaving it undoes everything."""
+
+    def __init__(self, state_dir=STATE_DIR):
+        reap_stale(state_dir)
+        self.id = uuid.uuid4().hex[:8]
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.state_dir / f"launcher-{os.getpid()}-{self.id}.json"
+        self.workdir = self.state_dir / f"work-{self.id}"
+        self.resources = []
+        self._held = []
+        self._record("dir", str(self.workdir))
+        self.workdir.mkdir()
+
+    # --- bookkeeping ---------------------------------------------------------------
+
+    def _record(self, kind, value, **extra):
+        self.resources.append({"kind": kind, "value": value, **extra})
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "start": procns.start_ticks(os.getpid()),
+                                   "resources": self.resources}))
+        tmp.replace(self.state_file)
+
+    def name(self, what):
+        """A name for something this run makes, recognisable as ours (nstrace-<id>-what)."""
+        return f"{PREFIX}{self.id}-{what}"
+
+    # --- making things ---------------------------------------------------------------
+
+    def nsop(self, spec, timeout=10):
+        """Run one namespace operation in a held process (nstrace.nsop); return a Held."""
+        proc = subprocess.Popen([sys.executable, "-m", "nstrace.nsop", json.dumps(spec)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+        self._record("process", proc.pid, start=procns.start_ticks(proc.pid))
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(timeout)
+            raise LauncherError(f"namespace operation {spec.get('op')} did not report (exit {proc.returncode})")
+        held = Held(proc, json.loads(line))
+        self._held.append(held)
+        return held
+
+    def holder(self, types):
+        """A process living in new namespaces of the given types; returns its pid.
+
+        util-linux unshare --fork: the forked child is inside the new PID and time namespaces too.
+        """
+        args = {"mnt": "--mount", "uts": "--uts", "ipc": "--ipc", "net": "--net", "pid": "--pid",
+                "user": "--user", "cgroup": "--cgroup", "time": "--time"}
+        proc = subprocess.Popen(["unshare", *(args[t] for t in types), "--fork", "sleep", "3600"],
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._record("process", proc.pid, start=procns.start_ticks(proc.pid))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            kids = psutil.Process(proc.pid).children() if proc.poll() is None else []
+            if kids and kids[0].name() == "sleep" and procns.ns_links(kids[0].pid):
+                self._record("process", kids[0].pid, start=procns.start_ticks(kids[0].pid))
+                return kids[0].pid
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        err = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None else "timeout"
+        raise LauncherError(f"could not start a process in new {','.join(types)} namespaces: {err}")
+
+    def bind_ns(self, pid, ns_type):
+        """Bind-mount /proc/<pid>/ns/<type> on a file of ours: keeps the namespace alive."""
+        path = self.workdir / f"{ns_type}-{pid}"
+        path.touch()
+        self._record("mount", str(path))
+        mount(f"/proc/{pid}/ns/{ns_type}", path, None, MS_BIND)
+        return path
+
+    def netns(self, what):
+        """A network namespace made by `ip netns add` (bind-mounted under /run/netns)."""
+        name = self.name(what)
+        self._record("netns", name)
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        return name
+
+    def run(self, argv, **kw):
+        """A short command that must succeed."""
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)
+        if res.returncode:
+            raise LauncherError(f"{' '.join(argv)} failed: {res.stderr.strip()}")
+        return res.stdout
+
+    def kill(self, pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    # --- undoing ---------------------------------------------------------------------
+
+    def cleanup(self):
+        """Undo everything, newest first; raise LauncherError naming what could not be undone."""
+        for held in self._held:
+            held.release()
+        left = _undo(self.resources)
+        self.resources = []
+        if not left:
+            self.state_file.unlink(missing_ok=True)
+        if left:
+            raise LauncherError("could not undo: " + "; ".join(left))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+
+def _undo(resources):
+    left = []
+    for res in reversed(resources):
+        kind, value = res["kind"], res["value"]
+        try:
+            if kind == "process":
+                if procns.start_ticks(value) == res.get("start"):  # never a reused pid
+                    os.kill(value, signal.SIGKILL)
+                    _reap(value)
+            elif kind == "mount":
+                if os.path.ismount(value):
+                    umount(value)
+            elif kind == "netns":
+                if Path("/run/netns", value).exists():
+                    subprocess.run(["ip", "netns", "del", value], check=True, capture_output=True)
+            elif kind == "dir":
+                shutil.rmtree(value, ignore_errors=False) if Path(value).exists() else None
+        except (OSError, subprocess.CalledProcessError) as e:
+            left.append(f"{kind} {value}: {e}")
+    return left
+
+
+def _reap(pid):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG | 0x40000000)  # __WALL
+            if done:
+                return
+        except ChildProcessError:  # not our child: wait for it to vanish
+            if procns.start_ticks(pid) is None:
+                return
+        time.sleep(0.01)
+
+
+def reap_stale(state_dir=STATE_DIR):
+    """Undo what launchers that died (SIGKILL, crash) left behind; return what was undone."""
+    undone = []
+    for state in Path(state_dir).glob("launcher-*.json"):
+        try:
+            data = json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        if procns.start_ticks(data["pid"]) == data.get("start"):
+            continue  # that launcher is alive
+        left = _undo(data["resources"])
+        if left:
+            raise LauncherError(f"a previous launcher (pid {data['pid']}) left {'; '.join(left)}: "
+                                f"remove by hand, then delete {state}")
+        undone += data["resources"]
+        state.unlink()
+    return undone
