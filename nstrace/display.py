@@ -115,7 +115,7 @@ def availability_verdict(rows):
 
 def lab_table(results):
     rows = [[r["kernel"], r["release"], r["summary"], f"{r['duration_s']:.0f}"] for r in results]
-    return tabulate(rows, headers=["kernel", "release", "kernel-layer suite", "seconds"], tablefmt="simple")
+    return tabulate(rows, headers=["kernel", "release", "kernel-layer tests and nstrace check", "seconds"], tablefmt="simple")
 
 
 # --- check and demo ----------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from . import flags as fl
 
 NS_SLOTS = len(fl.NS_ENTRIES)
-MAX_STEPS = 24
+MAX_STEPS = 48
 # The enums of probes/nstrace.h (tests/test_layout.py checks them against BTF).
 OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns"}
 TARGET_KINDS = {0: None, 1: "nsfs", 2: "pidfd", 3: "other", 4: "badfd"}

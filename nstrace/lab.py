@@ -41,6 +41,8 @@ METAPACKAGE = "linux-image-amd64"
 # fscache ... the chain listed in kernel-env.md) are read from each module's own modinfo, because the
 # set differs per kernel (6.12 and sid build virtio_pci and fscache in).
 ROOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
+# Loaded when the kernel has them as modules: the launcher's veth scenario needs veth.
+OPTIONAL_MODULES = ("veth",)
 
 DEFAULT_CACHE = "/var/cache/nstrace/lab"
 # apt lists younger than this are trusted, so a second run needs no network at all.
@@ -433,6 +435,9 @@ def _load_order(kernel: _Kernel) -> list[tuple[str, bytes]]:
 
     for name in ROOT_MODULES:
         visit(name)
+    for name in OPTIONAL_MODULES:
+        if name in files:
+            visit(name)
     return ordered
 
 
@@ -479,6 +484,9 @@ def _init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, s
         "mount -t tracefs tracefs /host/sys/kernel/tracing",
         "mount -t bpf bpf /host/sys/fs/bpf",
         "mount -t debugfs debugfs /host/sys/kernel/debug",
+        # As systemd would: until cgroup2 is mounted the kernel lists no v2 line in /proc/<pid>/cgroup
+        # (kernel/cgroup/cgroup.c proc_cgroup_show skips the default root while cgrp_dfl_visible is false).
+        "mount -t cgroup2 cgroup2 /host/sys/fs/cgroup",
         *(f"mount -t tmpfs -o mode=1777 tmpfs /host{path}" for path in GUEST_TMPFS),
     ]
     run = ("cd \"$1\" || exit 125; shift; exec \"$@\"")
@@ -684,14 +692,17 @@ def run_guest_suite(kernel: str, *, pytest_args: tuple[str, ...] = (), timeout: 
     python = PROJECT / ".venv" / "bin" / "python"
     if not python.exists():
         raise LabError(f"{python} missing: run scripts/setup.sh first")
-    script = " && ".join([
-        # -p no:cacheprovider: the shared root is read-only in the guest
-        f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath "
-        + " ".join(shlex.quote(a) for a in (pytest_args or ("tests/test_kernelpath.py",))),
-    ])
+    nstrace = PROJECT / ".venv" / "bin" / "nstrace"
+    pytest = (f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath "
+              + " ".join(shlex.quote(a) for a in (pytest_args or ("tests/test_kernelpath.py",))))
+    # Both always run; the guest's exit status says whether both passed.
+    script = f"{pytest}; a=$?; {shlex.quote(str(nstrace))} check; b=$?; [ $a -eq 0 ] && [ $b -eq 0 ]"
     res = run_in_guest(kernel, ["/bin/sh", "-c", script], cwd=str(PROJECT), timeout=timeout)
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    summary = next((line.strip("= ") for line in reversed(lines)
-                    if re.search(r"\d+ (passed|failed|error|skipped)", line)), "no pytest summary")
+    lines = [line.strip("= ") for line in res.output.splitlines() if line.strip()]
+    tests = next((line for line in reversed(lines) if re.search(r"\d+ (passed|failed|error|skipped).* in ", line)),
+                 "no pytest summary")
+    checks = next((line for line in reversed(lines) if re.fullmatch(r"\d+ passed, \d+ failed", line)),
+                  "no check summary")
+    summary = f"tests: {tests}; check: {checks}"
     return {"kernel": kernel, "release": res.kernel_release, "ok": res.returncode == 0, "summary": summary,
             "output": res.output, "duration_s": res.duration_s}

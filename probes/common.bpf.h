@@ -48,7 +48,7 @@ extern __u64 lost_inflight;	/* in-flight table full: op not traced */
 /* Records under construction, by tid, between syscall entry and exit. */
 struct inflight_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 1024);	/* threads inside clone/unshare/setns at the same moment */
 	__type(key, __u32);
 	__type(value, struct nstrace_event);
 };

@@ -40,7 +40,7 @@ enum nstrace_target_kind {
 	TARGET_BADFD = 4,	/* not an open fd: setns will fail with EBADF */
 };
 
-#define NSTRACE_MAX_STEPS 24
+#define NSTRACE_MAX_STEPS 48
 
 /*
  * Kernel functions of the namespace path, in the order kfuncs.bpf.c defines

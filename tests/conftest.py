@@ -17,11 +17,20 @@ from nstrace.tracer import Options, Tracer
 
 ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
-def tracer():
+def session_tracer():
     if os.geteuid() != 0:
         pytest.skip("loads BPF programs into the kernel: needs root (CI runs as root)")
     with Tracer(Options(poll_ms=20)) as t:
         yield t
+
+
+@pytest.fixture
+def tracer(session_tracer):
+    """The session's tracer, drained: what other tests did while nobody read it is gone,
+    so the ring buffer has room and every record seen is this test's."""
+    while session_tracer.poll(0):
+        pass
+    return session_tracer
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,117 @@
+"""nstrace check and nstrace demo on the running kernel, and proof the launcher leaves nothing."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from nstrace import checker, launcher, procns, scenarios
+from nstrace.launcher import Launcher
+
+from nshelpers import NSTRACE
+
+
+def host_state():
+    """What a launcher could leave behind, as the host sees it."""
+    def out(*argv):
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    mounts = sorted(line.split(" - ")[0].split(" ", 4)[4] for line in open("/proc/self/mountinfo"))
+    children = sorted(p.pid for p in __import__("psutil").Process().children(recursive=True))
+    return {"mounts": mounts, "netns": out("ip", "netns", "list"), "links": out("ip", "-o", "link", "show"),
+            "children": children,
+            "state": sorted(os.listdir(launcher.STATE_DIR)) if launcher.STATE_DIR.exists() else []}
+
+
+def test_whole_catalogue_passes_and_leaves_nothing():
+    before = host_state()
+    res = subprocess.run([str(NSTRACE), "check", "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    results = json.loads(res.stdout)
+    assert {r["scenario"] for r in results} == set(scenarios.CATALOGUE)
+    assert all(r["ok"] for r in results)
+    # every operation was traced, and its documented tracepoint steps were observed here
+    for r in results:
+        for op in r["operations"]:
+            if op["op"] != "facts":
+                assert op["record"], (r["scenario"], op)
+                observed = {s["name"] for s in op["kernel_path"] if s["status"] == "observed"}
+                assert f"syscalls:sys_enter_{op['op']}" in observed
+    assert host_state() == before
+
+
+def test_check_table_and_exit_code():
+    res = subprocess.run([str(NSTRACE), "check", "unshare-uts", "fail-eperm"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "unshare-uts" in res.stdout and "PASS" in res.stdout and "2 passed, 0 failed" in res.stdout
+
+
+def test_unknown_scenario():
+    res = subprocess.run([str(NSTRACE), "check", "no-such-scenario"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown scenario" in res.stderr
+
+
+def test_a_scenario_failing_midway_is_undone(tracer):
+    """Resources made before a scenario breaks are all undone, and the failure is reported."""
+    def broken(lnch):
+        lnch.holder(["uts", "net"])
+        lnch.netns("broken")
+        lnch.bind_ns(lnch.holder(["ipc"]), "ipc")
+        raise launcher.LauncherError("broken on purpose after making things")
+
+    before = host_state()
+    sc = scenarios.Scenario("broken", "fails midway", broken)
+    with checker.tracer_for_check() as t:
+        result = checker.run_scenario(sc, t)
+    assert not result.ok and "broken on purpose" in result.error
+    assert host_state() == before
+
+
+def test_killed_launcher_is_cleaned_by_the_next(tmp_path):
+    """A launcher killed mid-scenario (SIGKILL) leaves a state file; the next launcher undoes it."""
+    script = ("import sys, time\nfrom nstrace.launcher import Launcher\n"
+              f"l = Launcher(state_dir={str(tmp_path)!r})\nl.holder(['uts'])\nl.netns('killed')\n"
+              "print(l.id, flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([str(NSTRACE.parent / "python"), "-c", script], stdout=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()
+    assert run_id
+    assert f"nstrace-{run_id}-killed" in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                       text=True).stdout
+    [state] = tmp_path.glob("launcher-*.json")
+    made = [r for r in json.loads(state.read_text())["resources"] if r["kind"] == "process"]
+    assert len(made) == 2, "util-linux unshare and its sleep child"
+    proc.kill()
+    proc.wait()
+    with Launcher(state_dir=tmp_path):
+        pass  # constructing one reaps the dead one's leftovers
+    assert f"nstrace-{run_id}" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                    text=True).stdout
+    assert list(tmp_path.iterdir()) == []
+    assert all(procns.start_ticks(r["value"]) != r["start"] for r in made), "a holder survived"
+
+
+@pytest.mark.parametrize("op,flags", [("clone", "NEWPID|NEWNS|NEWUTS"), ("clone3", "newtime,newnet"),
+                                      ("unshare", "CLONE_NEWPID|newuser"), ("setns", "NEWNET|NEWUTS")])
+def test_demo(op, flags):
+    res = subprocess.run([str(NSTRACE), "demo", "--op", op, "--flags", flags], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert "== What the kernel did" in out and "== Namespaces" in out and "== Documented kernel path" in out
+    assert "result: trace matches the documented path" in out
+    if op == "clone":
+        assert "pid=1" in out and "hostname=nstrace-demo" in out and "proc_pids=[1]" in out
+
+
+def test_demo_unknown_flag():
+    res = subprocess.run([str(NSTRACE), "demo", "--flags", "NEWPID|NEWBOGUS"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "unknown flag 'NEWBOGUS'" in res.stderr and "NEWPID" in res.stderr
+
+
+def test_demo_clone_newtime_is_refused():
+    res = subprocess.run([str(NSTRACE), "demo", "--op", "clone", "--flags", "NEWTIME"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "clone3" in res.stderr
