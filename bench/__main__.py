@@ -1,0 +1,193 @@
+"""Run the benchmark: `sudo .venv/bin/python -m bench [--quick] [--sustain-seconds 60] [--json PATH]`.
+
+Prints progress on stderr, then the table of figures and targets on stdout,
+and writes the same as JSON (default ./nstrace-bench.json).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from . import figures, kernel, tracers
+from .report import Report, stat
+from .workload import Workload
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny durations, one repetition: checks the benchmark runs (the smoke test)")
+    p.add_argument("--reps", type=int, help="repetitions per figure (default 5, quick 1)")
+    p.add_argument("--workload-seconds", type=float,
+                   help="untraced duration of a churn run; unshare runs a quarter, getppid half of it (default 2, quick 0.1)")
+    p.add_argument("--sustain-seconds", type=float,
+                   help="how long the best event rate must hold with zero loss (default 60, quick 1)")
+    p.add_argument("--probe-seconds", type=float,
+                   help="duration of each rate-search trial (default 5, quick 0.5)")
+    p.add_argument("--tools", default="strace,perf,bpftrace",
+                   help="tools to compare nstrace with, comma-separated (default: %(default)s)")
+    p.add_argument("--json", default="nstrace-bench.json", help="where to write the JSON document")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.reps = a.reps or (1 if q else 5)
+    a.workload_seconds = a.workload_seconds or (0.1 if q else 2.0)
+    a.sustain_seconds = a.sustain_seconds or (1.0 if q else 60.0)
+    a.probe_seconds = a.probe_seconds or (0.2 if q else 5.0)
+    return a
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def version(argv):
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return (r.stdout or r.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+def main(argv=None):
+    a = parse(argv)
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root: it loads BPF programs and sets kernel.bpf_stats_enabled")
+    t_start = time.monotonic()
+    avail = tracers.availability()
+    if avail["nstrace"]:
+        sys.exit(f"bench: {avail['nstrace']}")
+    rep = Report({
+        "kernel": platform.release(), "cpus": os.cpu_count(), "quick": a.quick, "reps": a.reps,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": {"strace": version(["strace", "-V"]), "perf": version(["perf", "--version"]),
+                     "bpftrace": version(["bpftrace", "--version"])},
+        "tools": {t: ("available" if why is None else why) for t, why in avail.items()},
+    })
+    wanted = {t.strip() for t in a.tools.split(",") if t.strip()}
+    for tool in ("strace", "perf", "bpftrace"):
+        if tool not in wanted and not avail[tool]:
+            avail[tool] = "not asked for (--tools)"
+    rep.meta["tools"] = {t: ("available" if why is None else why) for t, why in avail.items()}
+    for tool, why in avail.items():
+        if why:
+            rep.notes.append(f"{tool} not measured: {why}")
+    side_by_side = ["nstrace", *(t for t in ("strace", "perf", "bpftrace") if not avail[t])]
+    if not avail["bpftrace"]:
+        side_by_side.append("floor")
+        rep.notes.append("'floor' = bpftrace with count-only programs on the same nine tracepoints: "
+                         "the least any tracer on this hook set costs")
+    load_before = os.getloadavg()[0]
+    background = [t for t in ("nstrace", "bpftrace") if not avail[t]]
+    hwm = []  # every VmHWM sample of nstrace, KiB
+
+    if a.quick:
+        tracers.NstraceWatch.extra_args = ("--buffer-kib", "256")
+        rep.notes.append("--quick: nstrace ran with --buffer-kib 256 and tiny durations; "
+                         "the figures only show that the benchmark works")
+    work = Workload()
+    try:
+        # the unshare loop is slowed 10x or more by strace and perf: a quarter of the time keeps the run short
+        share = {"churn": 1.0, "unshare": 0.25, "getppid": 0.5}
+        n = {m: work.calibrate(m, a.workload_seconds * f) for m, f in share.items()}
+        log(f"calibrated untraced to ~{a.workload_seconds:g} s: {n}")
+
+        # 1. slowdown, side by side, and nstrace/strace
+        ratios = {}
+        for mode, unit_name in (("churn", "round (4 ns ops + 2 plain forks)"), ("unshare", "unshare()")):
+            times, side = figures.slowdown(work, mode, n[mode], side_by_side, a.reps, log)
+            hwm += [s["vm_hwm_kib"] for s in side if s.get("vm_hwm_kib")]
+            rep.add(f"{mode}: untraced cost", f"per {unit_name}", [t / n[mode] for t in times["untraced"]],
+                    "us", scale=1e-3)
+            for tool in side_by_side:
+                r = [t / u for t, u in zip(times[tool], times["untraced"])]
+                ratios[(mode, tool)] = rep.add(f"{mode}: slowdown", f"{tool} / untraced", r, "x", fmt="{:.3f}")
+            if "strace" in times:
+                rep.add(f"{mode}: nstrace vs strace", "nstrace / strace",
+                        [x / s for x, s in zip(times["nstrace"], times["strace"])], "x", fmt="{:.3f}")
+            lost = sum(s.get("lost", 0) for s in side)
+            if lost:
+                rep.notes.append(f"{mode}: nstrace lost {lost} events during the slowdown runs")
+        for mode in ("churn", "unshare"):
+            s = ratios[(mode, "nstrace")]
+            rep.target(mode, s["median"], f"{s['median']:.3f}x (spread {s['min']:.3f}-{s['max']:.3f})")
+
+        # 2. start-up and shutdown
+        st = figures.startup_shutdown(work, background, a.reps, log)
+        for tool in background:
+            r = st[tool]
+            rep.add("start: exec -> says live", tool, r["live_s"], "ms", scale=1e3, fmt="{:.0f}")
+            rep.add("start: exec -> first event captured", tool, r["first_event_s"], "ms", scale=1e3, fmt="{:.0f}")
+            rep.add("stop: SIGINT -> exited", tool, r["stop_s"], "ms", scale=1e3, fmt="{:.0f}")
+            rep.add("stop: SIGINT -> all programs gone", tool, r["detached_s"], "ms", scale=1e3, fmt="{:.0f}")
+        s = stat(st["nstrace"]["first_event_s"])
+        rep.target("live", s["median"], s["median"] is not None and f"{s['median'] * 1e3:.0f} ms")
+        s = stat(st["nstrace"]["detached_s"])
+        rep.target("shutdown", s["median"], f"{s['median'] * 1e3:.0f} ms (max {s['max'] * 1e3:.0f} ms)"
+                   + (f", {st['nstrace']['hung']} hung" if st["nstrace"]["hung"] else ""))
+
+        # 3. kernel-side cost per probe hit
+        costs = figures.probe_cost(work, "churn", n["churn"], background, a.reps, log)
+        for tool in background:
+            for prog, v in sorted(costs[tool].items()):
+                rep.add("kernel ns per probe hit", f"{tool} {prog}", v, "ns", fmt="{:.0f}")
+        worst = max(((stat(v)["median"], p) for p, v in costs["nstrace"].items()), default=(None, None))
+        rep.target("probe", worst[0], worst[1] and f"worst {worst[1]} {worst[0]:.0f} ns")
+
+        # 4. the tax on unrelated syscalls, per hook set
+        tax = figures.syscall_tax(work, n["getppid"], background, a.reps, log)
+        rep.add("getppid()", "untraced", tax["untraced"], "ns", fmt="{:.0f}")
+        for tool in background:
+            rep.add("getppid() tax: syscall tracepoints", f"{tool} attached",
+                    [t - u for t, u in zip(tax[tool], tax["untraced"])], "ns", fmt="{:.0f}")
+        if not kernel.tracing_prog_type_available():
+            rep.notes.append("hook set 'fentry on syscall functions' not measurable: this kernel refuses "
+                             "BPF_PROG_TYPE_TRACING (bpftool feature probe: have_tracing_prog_type false); "
+                             "the syscall tracepoints are the only hook set here")
+
+        # 5. sustained event rate, and what happens above it
+        sus = figures.sustained(work, a.sustain_seconds, a.probe_seconds, log)
+        hwm += [t["vm_hwm_kib"] for t in sus["trials"] if t["vm_hwm_kib"]]
+        best, above = sus["sustained_rate"], sus["above"]
+        rep.add(f"rate: highest zero-loss for {a.sustain_seconds:g} s", "nstrace (full decoding)",
+                [best or 0], "events/s", fmt="{:.0f}")
+        rep.add("rate: generator ceiling (untraced)", "unshare()", [sus["generator_ceiling"]], "events/s", fmt="{:.0f}")
+        rep.add("rate: nstrace decode capacity (overloaded)", "decoded / busy time", [sus["decode_capacity"]],
+                "events/s", fmt="{:.0f}")
+        rep.add("rate: above it (generator at full speed)", "lost events (counted)", [above["lost"]], "events",
+                fmt="{:.0f}")
+        rep.add("rate: above it (generator at full speed)", "SIGINT -> exited", [above["stop_s"]], "ms",
+                scale=1e3, fmt="{:.0f}")
+        rep.notes.append(f"above the sustained rate: generator at full speed, it reached "
+                         f"{above['achieved_rate']:.0f}/s, nstrace decoded {above['decoded']}, lost {above['lost']} "
+                         f"(counted), {'HUNG (killed)' if above['hung'] else 'stopped'} in {above['stop_s']:.2f} s")
+        foreign = [t for t in sus["trials"] if t["rate"] and t["decoded"] > t["generated"]]
+        if foreign:
+            rep.notes.append(f"{len(foreign)} rate trial(s) saw more records than the workload made: other processes "
+                             "on the machine created namespaces meanwhile, and their records share the ring buffer")
+        detail = f"{best or 0:.0f}/s for {a.sustain_seconds:g} s"
+        rep.target("rate", (best or 0) if a.sustain_seconds >= 60 else None,
+                   detail if a.sustain_seconds >= 60 else detail + " (needs --sustain-seconds >= 60 to check)")
+
+        # 6. memory
+        rep.add("nstrace VmHWM while watching", "every nstrace run", [k / 1024 for k in hwm], "MiB", fmt="{:.1f}")
+        peak = max(hwm) * 1024 if hwm else None
+        rep.target("memory", peak, peak and f"max {peak / 1e6:.1f} MB over {len(hwm)} runs")
+    finally:
+        work.close()
+
+    rep.meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    rep.meta["loadavg_1min"] = {"start": load_before, "end": os.getloadavg()[0]}
+    if max(load_before, os.getloadavg()[0]) > 0.5:
+        rep.notes.append(f"the machine was busy with other work (1-min load {load_before:.2f} at start, "
+                         f"{os.getloadavg()[0]:.2f} at end): absolute figures are noisy, ratios less so")
+    print(rep.table())
+    rep.write_json(a.json)
+    log(f"done in {rep.meta['elapsed_s']} s; JSON in {os.path.abspath(a.json)}")
+
+
+if __name__ == "__main__":
+    main()

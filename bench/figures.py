@@ -1,0 +1,180 @@
+"""One function per figure. Each returns plain data (lists of per-repetition values).
+
+Repetitions interleave the tracers (order rotated each time) so that a noisy
+moment of the machine hits all of them alike, and every ratio is taken
+against the untraced run of the same repetition.
+"""
+
+import os
+import subprocess
+import tempfile
+import time
+
+from . import kernel
+from .tracers import BPFTRACE_FLOOR_SCRIPT, Bpftrace, NstraceWatch, perf_prefix, strace_prefix
+from .workload import COMM
+
+
+def _shm_file(tag):
+    # tmpfs, not disk: output the tracers must write to a readable file costs as little as /dev/null can
+    fd, path = tempfile.mkstemp(prefix=f"nsbench-{tag}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.close(fd)
+    return path
+
+
+def run_traced(work, tool, mode, n):
+    """The workload's own timing (ns) under one tool, plus what the tool reported."""
+    if tool == "untraced":
+        return work.run(mode, n)["ns"], {}
+    if tool == "strace":
+        return work.run(mode, n, prefix=strace_prefix())["ns"], {}
+    if tool == "perf":
+        return work.run(mode, n, prefix=perf_prefix())["ns"], {}
+    if tool == "nstrace":
+        with NstraceWatch() as w:
+            ns = work.run(mode, n)["ns"]
+            hwm = w.vm_hwm_kib()
+        s = w.summary() or {}
+        return ns, {"vm_hwm_kib": hwm, "lost": sum((s.get("lost") or {}).values()), "hung": w.hung}
+    if tool in ("bpftrace", "floor"):
+        out = _shm_file("bt")
+        try:
+            with Bpftrace(out, **({"script": BPFTRACE_FLOOR_SCRIPT} if tool == "floor" else {})):
+                ns = work.run(mode, n)["ns"]
+        finally:
+            os.unlink(out)
+        return ns, {}
+    raise ValueError(tool)
+
+
+def slowdown(work, mode, n, tools, reps, log):
+    """{tool: [ns per repetition]} and nstrace's side data, for one workload."""
+    times = {t: [] for t in ["untraced", *tools]}
+    side = []
+    for rep in range(reps):
+        order = ["untraced", *tools]
+        order = order[rep % len(order):] + order[:rep % len(order)]
+        for tool in order:
+            ns, extra = run_traced(work, tool, mode, n)
+            times[tool].append(ns)
+            if extra:
+                side.append(extra)
+        log(f"{mode} rep {rep + 1}/{reps}: " + ", ".join(f"{t} {times[t][-1] / 1e6:.0f} ms" for t in times))
+    return times, side
+
+
+def startup_shutdown(work, tools, reps, log):
+    """Exec -> live (as the tool says), exec -> first captured event, SIGINT -> probes gone.
+
+    A pinger does unshare(CLONE_NEWUTS) 2000 times a second (every 0.5 ms)
+    from before the tracer starts, so the first event captured marks the
+    moment tracing went live to within 0.5 ms.
+    """
+    res = {t: {"live_s": [], "first_event_s": [], "stop_s": [], "detached_s": [], "hung": 0}
+           for t in tools}
+    for rep in range(reps):
+        for tool in tools:
+            out = _shm_file(tool)
+            pinger = subprocess.Popen(work.argv("rate", 2000, 30), stdout=subprocess.DEVNULL)
+            try:
+                time.sleep(0.05)
+                tracer = (NstraceWatch(out) if tool == "nstrace" else Bpftrace(out)).start()
+                deadline = time.monotonic() + 10
+                while tracer.first_event_s(COMM) is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                ids = [p["id"] for p in kernel.programs_of(tracer.proc.pid)]
+                t = time.monotonic()
+                tracer.stop()
+                while any(kernel.prog_exists(i) for i in ids) and time.monotonic() - t < 30:
+                    time.sleep(0.001)
+                r = res[tool]
+                r["detached_s"].append(time.monotonic() - t)
+                r["live_s"].append(tracer.live_s)
+                r["first_event_s"].append(tracer.first_event_s(COMM))
+                r["stop_s"].append(tracer.stop_s)
+                r["hung"] += tracer.hung
+                r["programs"] = len(ids)
+            finally:
+                pinger.kill()
+                pinger.wait()
+                os.unlink(out)
+        log(f"startup rep {rep + 1}/{reps}: " + ", ".join(
+            f"{t} live {res[t]['first_event_s'][-1] * 1e3:.0f} ms, detached {res[t]['detached_s'][-1] * 1e3:.0f} ms"
+            for t in tools))
+    return res
+
+
+def probe_cost(work, mode, n, tools, reps, log):
+    """{tool: {program: [ns per hit, per repetition]}} from BPF run-time statistics.
+
+    Fresh programs each repetition, so run_time_ns/run_cnt covers only this
+    workload plus whatever else the machine did meanwhile (plain forks hit
+    sys_enter_clone too, and are part of its cost).
+    """
+    out = {t: {} for t in tools}
+    with kernel.bpf_stats():
+        for rep in range(reps):
+            for tool in tools:
+                path = _shm_file(tool)
+                try:
+                    with (NstraceWatch() if tool == "nstrace" else Bpftrace(path)) as tracer:
+                        work.run(mode, n)
+                        costs = kernel.cost_per_hit(kernel.programs_of(tracer.proc.pid))
+                finally:
+                    os.unlink(path)
+                for prog, c in costs.items():
+                    if c["ns_per_hit"] is not None:
+                        out[tool].setdefault(prog, []).append(c["ns_per_hit"])
+            log(f"probe cost rep {rep + 1}/{reps}: " + "; ".join(
+                f"{t} " + ", ".join(f"{k} {v[-1]:.0f} ns" for k, v in out[t].items()) for t in tools))
+    return out
+
+
+def sustained(work, seconds, probe_seconds, log):
+    """The highest unshare rate nstrace decodes with zero loss for `seconds`, and a run above it.
+
+    A rate search with short trials is fooled by the ring buffer, which
+    absorbs a burst of tens of thousands of records whatever the reader's
+    speed. So the first trial overloads nstrace at the generator's full speed
+    (this is also the run "above it": loss must be counted and nstrace must
+    stop), and nstrace's decode capacity is taken from it as records decoded
+    over the time it was busy (the workload plus the drain after SIGINT).
+    The full-length runs then start at 90% of that capacity and step down by
+    a quarter until one holds with zero loss (at most 4 tries).
+    """
+    ceiling_s = min(1.0, probe_seconds)
+    ceiling = work.run("rate", 0, ceiling_s)["ops"] / ceiling_s
+    trials = []
+
+    def trial(rate, secs):
+        with NstraceWatch() as w:
+            r = work.run("rate", rate, secs)
+            hwm = w.vm_hwm_kib()
+        s = w.summary() or {}
+        lost = sum((s.get("lost") or {}).values())
+        seen = (s.get("events") or {}).get("unshare", 0)
+        t = {"rate": rate, "seconds": secs, "generated": r["ops"], "achieved_rate": r["ops"] * 1e9 / r["ns"],
+             "decoded": seen, "lost": lost, "ok": lost == 0 and seen >= r["ops"], "vm_hwm_kib": hwm,
+             "stop_s": w.stop_s, "hung": w.hung,
+             "decode_rate": seen / (r["ns"] / 1e9 + w.stop_s)}
+        trials.append(t)
+        log(f"rate {rate:.0f}/s for {secs:g} s: generated {r['ops']} ({t['achieved_rate']:.0f}/s), "
+            f"decoded {seen}, lost {lost}, stop {w.stop_s:.2f} s, VmHWM {hwm / 1024:.0f} MiB, "
+            f"decoding ~{t['decode_rate']:.0f}/s")
+        return t
+
+    above = trial(0, probe_seconds)
+    rate, confirmed = 0.9 * above["decode_rate"], None
+    for _ in range(4):
+        if trial(rate, seconds)["ok"]:
+            confirmed = rate
+            break
+        rate *= 0.75
+    return {"sustained_rate": confirmed, "seconds": seconds, "generator_ceiling": ceiling,
+            "decode_capacity": above["decode_rate"], "above": above, "trials": trials}
+
+
+def syscall_tax(work, n, tools, reps, log):
+    """ns per getppid() untraced and with each tool's hooks attached (same repetition)."""
+    times, _ = slowdown(work, "getppid", n, tools, reps, log)
+    return {t: [ns / n for ns in v] for t, v in times.items()}
