@@ -1,0 +1,163 @@
+"""The viewing commands: ``nstrace ls``, ``nstrace show FILE``, ``nstrace render FILE``.
+
+Plain click commands, registered on the main group by nstrace/cli.py
+(``viewcli.register(cli)``). None of them loads BPF: ``show`` and
+``render`` read a recorded session on any machine, without root; ``ls``
+reads /proc and sees everything only as root (like lsns).
+"""
+
+import json
+
+import click
+from tabulate import tabulate
+
+from . import display, nsmap, render, session
+from . import flags as fl
+
+
+def _split(values):
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def _types(values):
+    return tuple(fl.parse_ns_types(",".join(values))) if values else ()
+
+
+def _status(message):
+    click.echo(f"nstrace: {message}", err=True)
+
+
+# --- ls ------------------------------------------------------------------------------
+
+def _cell(value):
+    return "-" if value is None else value
+
+
+def _ls_row(n):
+    who = n.command if n.nprocs else "(" + "; ".join(n.held_by[:2]) + (" ..." if len(n.held_by) > 2 else "") + ")"
+    return [n.inode, n.type, _cell(n.ns_id), n.nprocs, _cell(n.pid), _cell(n.owner), _cell(n.parent),
+            nsmap.container_label(n.container) if n.container else
+            ("several" if len(n.containers) > 1 else "-"), (who or "")[:60]]
+
+
+def _label(n):
+    procs = f"{n.nprocs} process{'es' if n.nprocs > 1 else ''}, pid {n.pid} {n.comm}" if n.nprocs else "; ".join(n.held_by) or "no process"
+    ns_id = f" id {n.ns_id}" if n.ns_id else ""
+    box = f" [{nsmap.container_label(n.container)}]" if n.container else ""
+    return f"{n.type}:[{n.inode}]{ns_id} {procs}{box}"
+
+
+def _tree_lines(forest):
+    lines = []
+
+    def walk(n, kids, prefix, connector):
+        lines.append(prefix + connector + _label(n))
+        inner = prefix + {"": "", "├─ ": "│  ", "└─ ": "   "}[connector]
+        for i, (child, grandchildren) in enumerate(kids):
+            walk(child, grandchildren, inner, "└─ " if i == len(kids) - 1 else "├─ ")
+    for n, kids in forest:
+        walk(n, kids, "", "")
+    return lines
+
+
+def _tree_json(forest):
+    return [dict(n.to_json(), children=_tree_json(kids)) for n, kids in forest]
+
+
+@click.command("ls")
+@click.option("--tree", is_flag=True, help="Show user-namespace ownership and the PID-namespace hierarchy.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--type", "types", multiple=True, help="Only these namespace types (repeat or comma-separate).")
+@click.option("--pid", type=int, help="Only the namespaces of this process.")
+def ls_command(tree, as_json, types, pid):
+    """List every namespace on the system: type, inode, ns_id, processes, owner, parent, container."""
+    snap = nsmap.snapshot()
+    chosen = snap.select(_types(types), pid)
+    if snap.unreadable:
+        _status(f"{len(snap.unreadable)} processes could not be read (pid {', '.join(map(str, snap.unreadable[:5]))}"
+                f"{' ...' if len(snap.unreadable) > 5 else ''}): their namespaces are not counted")
+    if as_json:
+        doc = {"namespaces": [n.to_json() for n in chosen], "unreadable": snap.unreadable, "taken": snap.taken}
+        if tree:
+            context = nsmap.with_ancestors(chosen, snap.namespaces)
+            doc["user_tree"] = _tree_json(nsmap.tree(context, "owner"))
+            doc["pid_tree"] = _tree_json(nsmap.tree(context, "parent"))
+        click.echo(json.dumps(doc, indent=1))
+        return
+    if tree:
+        context = nsmap.with_ancestors(chosen, snap.namespaces)
+        click.echo("User namespaces and what they own:")
+        click.echo("\n".join(_tree_lines(nsmap.tree(context, "owner"))))
+        click.echo("")
+        click.echo("PID namespaces:")
+        click.echo("\n".join(_tree_lines(nsmap.tree(context, "parent"))) or "(none)")
+        return
+    click.echo(tabulate([_ls_row(n) for n in chosen],
+                        headers=["NS", "TYPE", "NS_ID", "NPROCS", "PID", "OWNER", "PARENT", "CONTAINER", "COMMAND"],
+                        tablefmt="plain", disable_numparse=True))
+
+
+# --- show and render ---------------------------------------------------------------
+
+def _filter_options(fn):
+    for option in reversed((
+        click.option("--pid", type=int, help="Only this process and its descendants."),
+        click.option("--comm", multiple=True, help="Only these command names (repeat or comma-separate)."),
+        click.option("--op", "ops", multiple=True, help="Only these operations: clone, clone3, unshare, setns."),
+        click.option("--type", "types", multiple=True, help="Only operations touching these namespace types."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+def _load_selected(file, pid, comm, ops, types):
+    sess = session.load(file)
+    for warning in sess.warnings:
+        _status(f"{file}: {warning}")
+    shown, filtered = session.select(sess, pid=pid, comms=_split(comm), ops=_split(ops), types=_types(types))
+    return sess, shown, filtered
+
+
+@click.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_filter_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
+def show_command(file, pid, comm, ops, types, as_json):
+    """Replay a recorded session (watch --record FILE) with watch's filters and formats."""
+    sess, shown, filtered = _load_selected(file, pid, comm, ops, types)
+    _status(sess.describe())
+    if not as_json:
+        click.echo(display.header())
+    for rec in shown:
+        click.echo(display.json_line(rec) if as_json else display.row(rec))
+    summary = session.summary(sess, shown, filtered)
+    if as_json:
+        _status("summary " + display.json_summary(summary))
+    else:
+        click.echo("")
+        click.echo(display.summary_table(summary))
+
+
+@click.command("render")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="html", show_default=True,
+              help="svg: the process/namespace graph; html: a self-contained page; perfetto: Trace Event JSON.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write here (default: stdout).")
+@_filter_options
+def render_command(file, fmt, out, pid, comm, ops, types):
+    """Draw a recorded session: SVG graph, HTML page with timeline and kernel paths, or a Perfetto trace."""
+    sess, shown, _ = _load_selected(file, pid, comm, ops, types)
+    text = render.write(sess, fmt, out, shown)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        _status(f"wrote {fmt} of {len(shown)} operations to {out}")
+
+
+COMMANDS = (ls_command, show_command, render_command)
+
+
+def register(group):
+    """Add ls, show and render to a click group (nstrace/cli.py: ``viewcli.register(cli)``)."""
+    for command in COMMANDS:
+        group.add_command(command)
