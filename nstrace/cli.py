@@ -7,7 +7,7 @@ import time
 
 import click
 
-from . import display
+from . import __version__, display
 from . import flags as fl
 from .errors import NstraceError, UsageError
 
@@ -44,7 +44,7 @@ def _split(values):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="nstrace")
+@click.version_option(version=__version__, prog_name="nstrace")
 def cli():
     """Trace every namespace creation and join on this kernel (clone, clone3, unshare, setns)."""
 

@@ -4,16 +4,19 @@ import dataclasses
 import json
 import time
 
-from tabulate import tabulate
-
 from . import flags as fl
-from . import kernelpath
 
 # (header, width): fixed so that rows streamed one at a time line up.
 COLUMNS = (
     ("TIME", 12), ("COMM", 15), ("PID", 7), ("TID", 7), ("OP", 7), ("FLAGS", 32),
     ("RET", 6), ("CHILD", 7), ("NSPROXY", 17), ("PROC", 10),
 )
+
+
+def tabulate(*args, **kw):
+    # Imported on first use: it costs ~35 ms, and `watch --json` never needs it.
+    from tabulate import tabulate as _tabulate
+    return _tabulate(*args, **kw)
 
 
 def _fit(text, width):
@@ -66,7 +69,8 @@ def row(rec):
     for entry in rec.changed:
         details.append(f"    {entry:<17} {rec.ns_before[entry]} -> {rec.ns_after[entry]}")
     if rec.kernel_path:
-        details.append("    path  " + " > ".join(kernelpath.calls(rec.kernel_path)))
+        from .kernelpath import calls  # only records from the function layer get here
+        details.append("    path  " + " > ".join(calls(rec.kernel_path)))
     if rec.proc_check and rec.proc_check["status"] == "mismatch":
         for entry, d in rec.proc_check["diff"].items():
             details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")

@@ -14,8 +14,7 @@ with the reason. A feature check, never a version check.
 import dataclasses
 import errno
 import functools
-import gzip
-import tomllib
+import json
 from pathlib import Path
 
 from . import events, libbpf, loader
@@ -31,6 +30,7 @@ KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe/type")
 @functools.cache
 def notes():
     """kernel-notes/paths.toml, parsed."""
+    import tomllib
     with open(PATHS_TOML, "rb") as f:
         return tomllib.load(f)
 
@@ -61,6 +61,7 @@ class Hook:
 
 def kernel_config(option):
     """'y', 'm', None (not set) or '' (no /proc/config.gz) for a CONFIG_ option."""
+    import gzip
     try:
         with gzip.open("/proc/config.gz", "rt") as f:
             for line in f:
@@ -71,15 +72,38 @@ def kernel_config(option):
         return ""
 
 
+CACHE_DIR = Path("/run/nstrace")
+
+
 @functools.cache
 def fentry_refusal():
     """None if this kernel loads fentry/fexit programs, else why not (one line).
 
     libbpf's feature probe answers first; when it says no, one real fentry
-    program of ours is loaded to learn the kernel's errno.
+    program of ours is loaded to learn the kernel's errno. That costs ~80 ms,
+    so the answer is kept for the rest of this boot (/run is a tmpfs).
     """
     if libbpf.lib().libbpf_probe_bpf_prog_type(libbpf.BPF_PROG_TYPE_TRACING, None) == 1:
         return None
+    cache = CACHE_DIR / f"fentry-{_boot_id()}.json"
+    try:
+        return json.loads(cache.read_text())["refusal"]
+    except (OSError, ValueError, KeyError):
+        pass
+    refusal = _load_one_fentry_program()
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"refusal": refusal}))
+    except OSError:
+        pass  # a read-only /run (the lab guest's host root) only costs the probe again
+    return refusal
+
+
+def _boot_id():
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _load_one_fentry_program():
     probe = "fentry_copy_namespaces"
     try:
         with loader.BpfObject() as obj:
@@ -107,6 +131,7 @@ def _kallsyms_text():
     return names
 
 
+@functools.cache
 def no_hook_reason():
     """Why neither fentry nor kprobes work on this kernel, in one line."""
     config = kernel_config("CONFIG_KPROBES")

@@ -69,14 +69,20 @@ class BtfVarSecinfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
 
 
+_DEBUG = bool(os.environ.get("NSTRACE_LIBBPF_DEBUG"))
+
+
 def _c_printer(level, fmt, va_list):
     # libbpf hands us a printf format and a va_list: vsnprintf formats it.
+    # Debug lines (thousands per load) are dropped unformatted unless asked for.
+    if level == LIBBPF_DEBUG and not _DEBUG:
+        return 0
     buf = ctypes.create_string_buffer(1024)
     _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(va_list))
     text = buf.value.decode(errors="replace").rstrip()
     if text:
         _messages.append(text)
-        if os.environ.get("NSTRACE_LIBBPF_DEBUG"):
+        if _DEBUG:
             os.write(2, (text + "\n").encode())
     return 0
 
@@ -128,11 +134,15 @@ def lib():
     global _lib, _print_cb
     if _lib is not None:
         return _lib
-    name = os.environ.get("NSTRACE_LIBBPF") or ctypes.util.find_library("bpf") or "libbpf.so.1"
+    # The soname first: ctypes.util.find_library runs `ldconfig -p` (~40 ms of startup).
+    name = os.environ.get("NSTRACE_LIBBPF") or "libbpf.so.1"
     try:
         handle = ctypes.CDLL(name, use_errno=True)
     except OSError:
-        raise LibbpfError(f"libbpf not found ({name}): install the libbpf1 package") from None
+        other = None if "NSTRACE_LIBBPF" in os.environ else ctypes.util.find_library("bpf")
+        if not other:
+            raise LibbpfError(f"libbpf not found ({name}): install the libbpf1 package") from None
+        name, handle = other, ctypes.CDLL(other, use_errno=True)
     try:
         for fn, (restype, argtypes) in _PROTOTYPES.items():
             f = getattr(handle, fn)

@@ -11,12 +11,14 @@ import ctypes
 import errno
 import mmap
 import os
+import threading
 from pathlib import Path
 
 from . import btf as btfmod
 from . import libbpf
 from .errors import KernelSupportError, LibbpfError, PrivilegeError, ProbeError
 
+_libc = ctypes.CDLL(None)
 OBJECT_PATH = Path(__file__).resolve().parent / "_bpf" / "nstrace.bpf.o"
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 TRACEFS = Path("/sys/kernel/tracing")
@@ -77,6 +79,8 @@ class RingBuffer:
     kept and re-raised from :meth:`poll` instead of being lost inside ctypes.
     """
 
+    BATCH = 4096  # records per poll: decode and print as a stream, not one huge list
+
     def __init__(self, map_fd):
         self._batch = []
         self._exc = None
@@ -87,7 +91,8 @@ class RingBuffer:
     def _on_sample(self, _ctx, data, size):
         try:
             self._batch.append(ctypes.string_at(data, size))
-            return 0
+            # A negative return stops libbpf after consuming this record; the rest waits.
+            return -errno.E2BIG if len(self._batch) >= self.BATCH else 0
         except BaseException as exc:  # noqa: BLE001 - re-raised by poll()
             self._exc = exc
             return -errno.ECANCELED
@@ -101,7 +106,7 @@ class RingBuffer:
         if self._exc is not None:
             exc, self._exc = self._exc, None
             raise exc
-        if ret < 0 and ret != -errno.EINTR:
+        if ret < 0 and ret not in (-errno.EINTR, -errno.E2BIG):
             libbpf.check(ret, "polling the ring buffer")
         batch, self._batch = self._batch, []
         return batch
@@ -182,6 +187,8 @@ class BpfObject:
         libbpf.clear_messages()
         libbpf.check(self._lib.bpf_object__load(self._obj), "the kernel refused nstrace's BPF programs")
         self._loaded = True
+        # libbpf parsed the kernel's BTF (megabytes) and freed it; hand the pages back.
+        _libc.malloc_trim(0)
 
     def attach(self, name):
         """Attach one program by its section's definition; raise ProbeError naming it."""
@@ -251,8 +258,14 @@ class BpfObject:
         for m in self._mmaps.values():
             m.close()
         self._mmaps.clear()
-        for name in list(self._links):
-            self.detach(name)
+        # Each tracepoint detach waits for an RCU grace period: do them side by side
+        # (ctypes drops the GIL during the call), not one after another.
+        links = [self._links.pop(name) for name in list(self._links)]
+        threads = [threading.Thread(target=self._lib.bpf_link__destroy, args=(link,)) for link in links]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         if self._obj:
             self._lib.bpf_object__close(self._obj)
             self._obj = None

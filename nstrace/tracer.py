@@ -13,8 +13,6 @@ import os
 import re
 import time
 
-import psutil
-
 from . import events, kernelpath, libbpf, loader, procns
 from . import flags as fl
 from .errors import LibbpfError, ProbeError, UsageError
@@ -48,7 +46,7 @@ class Options:
     kernel_path: bool = True         # add the kernel-function layer where the kernel allows it
     ringbuf_bytes: int = 4 << 20     # power of two, >= page size
     wakeup_bytes: int = 256 << 10    # batch reader wake-ups; 0 = one per record
-    poll_ms: int = 100               # the reader's latency bound with batched wake-ups
+    poll_ms: int = 50                # the reader's latency bound with batched wake-ups
 
     def validate(self):
         if self.pid is not None and self.pid <= 0:
@@ -94,7 +92,7 @@ class Tracer:
         """Check the environment, load and attach; raise NstraceError on any failure."""
         loader.check_privileges()
         loader.check_btf()
-        if self.options.pid is not None and not psutil.pid_exists(self.options.pid):
+        if self.options.pid is not None and not os.path.exists(f"/proc/{self.options.pid}"):
             raise UsageError(f"--pid {self.options.pid}: no such process")
         try:
             self._setup()
@@ -180,6 +178,7 @@ class Tracer:
         return rows
 
     def _seed_tracked(self, pid):
+        import psutil
         try:
             pids = procns.descendants(pid)
         except psutil.NoSuchProcess:

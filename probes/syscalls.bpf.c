@@ -159,12 +159,20 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg0)
 	return 0;
 }
 
-static __always_inline __u64 wakeup_flags(void)
+/*
+ * Batched wake-ups: wake the reader only for the record that crosses
+ * wakeup_bytes of unread data. While the reader lags, every further record
+ * would otherwise force a wake-up (an irq_work self-interrupt, microseconds
+ * in a VM); the reader also polls on a timer, so nothing waits for long.
+ */
+static __always_inline __u64 wakeup_flags(__u64 size)
 {
+	__u64 avail;
+
 	if (!wakeup_bytes)
 		return 0;
-	/* Batch wake-ups: one per wakeup_bytes, the reader also polls on a timer. */
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return avail < wakeup_bytes && avail + size >= wakeup_bytes ?
 	       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
@@ -173,6 +181,7 @@ static __always_inline int op_exit(long ret)
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct nstrace_event *e;
+	__u64 size;
 	__u32 n;
 
 	e = bpf_map_lookup_elem(&inflight, &tid);
@@ -191,9 +200,8 @@ static __always_inline int op_exit(long ret)
 	n = e->nsteps;
 	if (n > NSTRACE_MAX_STEPS)
 		n = NSTRACE_MAX_STEPS;
-	if (bpf_ringbuf_output(&events, e,
-			       __builtin_offsetof(struct nstrace_event, steps) +
-			       n * sizeof(struct nstrace_step), wakeup_flags()))
+	size = __builtin_offsetof(struct nstrace_event, steps) + n * sizeof(struct nstrace_step);
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flags(size)))
 		__sync_fetch_and_add(&lost_events, 1);
 out:
 	bpf_map_delete_elem(&inflight, &tid);

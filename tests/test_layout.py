@@ -27,6 +27,10 @@ def test_mirror_matches_btf(object_btf, struct_name, mirror):
     assert ctypes.sizeof(mirror) == btf.struct_size(object_btf, struct_name)
 
 
+def test_head_is_the_event_up_to_its_steps():
+    assert ctypes.sizeof(events.EventHead) == events.HEAD_SIZE == events.Event.steps.offset
+
+
 def test_constants_match(object_btf):
     # the array bounds the mirror uses are the ones C was compiled with
     members = dict((m[0], m[2]) for m in btf.struct_members(object_btf, "nstrace_event"))
