@@ -43,7 +43,23 @@ def _split(values):
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The nstrace group; ls, show and render (nstrace/viewcli.py) are imported on first use,
+    so that `watch` does not pay for graph and map code at start-up."""
+
+    LAZY = ("ls", "show", "render")
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.LAZY))
+
+    def get_command(self, ctx, name):
+        if name in self.LAZY and name not in self.commands:
+            from . import viewcli
+            viewcli.register(self)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="nstrace")
 def cli():
     """Trace every namespace creation and join on this kernel (clone, clone3, unshare, setns)."""
@@ -62,7 +78,10 @@ def cli():
 @click.option("--no-proc-check", is_flag=True, help="Do not correlate records with /proc/<pid>/ns.")
 @click.option("--buffer-kib", type=click.IntRange(min=4), default=4096, show_default=True,
               help="Ring buffer size in KiB (a power of two).")
-def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib):
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write the session (records, namespace snapshots, kernel, probes) to this file.")
+def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
+          record_path):
     """Stream namespace operations system-wide until Ctrl-C."""
     options = Options(trace_all=trace_all, pid=pid, comms=_split(comm), ops=_split(ops),
                       types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
@@ -70,6 +89,14 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                       ringbuf_bytes=buffer_kib * 1024)
     tracer = Tracer(options)
     tracer.start()
+    recorder = None
+    if record_path:
+        from . import session
+        try:
+            recorder = session.Recorder(record_path, tracer)
+        except BaseException:
+            tracer.close()
+            raise
     shown = 0
     reported_lost = 0
 
@@ -78,6 +105,8 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
         for rec in records:
             if count and shown >= count:
                 raise _Stop(0)
+            if recorder:
+                recorder.write(rec)
             click.echo(display.json_line(rec) if as_json else display.row(rec))
             shown += 1
 
@@ -106,6 +135,9 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
     finally:
         tracer.close()
     summary = tracer.summary()
+    if recorder:
+        recorder.close(summary)
+        status(f"session written to {record_path}")
     if as_json:
         status("summary " + display.json_summary(summary))
     else:
@@ -136,12 +168,27 @@ def doctor(as_json):
 @click.option("--flags", "flag_text", default="NEWPID|NEWNS|NEWUTS", show_default=True,
               help="CLONE_* names, with or without CLONE_, '|' or ',' separated, any case.")
 @click.option("--op", type=click.Choice(["clone", "clone3", "unshare", "setns"]), default="clone", show_default=True)
-def demo(flag_text, op):
+@click.option("--record", "record_path", type=click.Path(dir_okay=False),
+              help="Also write the run as a session file (for nstrace show / render).")
+@click.option("--picture", type=click.Choice(["svg", "html", "perfetto"]),
+              help="Also draw the run: an SVG graph, an HTML page, or a Perfetto trace.")
+@click.option("--output", "-o", "picture_path", type=click.Path(dir_okay=False),
+              help="Where --picture goes (default: nstrace-demo.<svg|html|json>).")
+def demo(flag_text, op, record_path, picture, picture_path):
     """Run one namespace operation, trace it, and show what the kernel did beside what its source says."""
+    import tempfile
+
     from .demo import run_demo
     value = fl.parse_flags(flag_text)
-    result, report, availability = run_demo(op, value)
-    click.echo(display.demo_report(result, report, availability))
+    with tempfile.TemporaryDirectory(prefix="nstrace-demo-") as tmp:
+        path = record_path or (os.path.join(tmp, "session.jsonl") if picture else None)
+        result, report, availability = run_demo(op, value, path)
+        click.echo(display.demo_report(result, report, availability))
+        if picture:
+            from . import render, session
+            out = picture_path or f"nstrace-demo.{'json' if picture == 'perfetto' else picture}"
+            render.write(session.load(path), picture, out)
+            status(f"{picture} picture of this run written to {out}")
     if not result.ok:
         raise CheckFailed("the trace did not match what the kernel notes document (see above)")
 

@@ -53,9 +53,19 @@ def build(op, flags):
     return scenarios.Scenario("demo", f"{op} {fl.short(fl.decode_flags(flags, op))}", run), run
 
 
-def run_demo(op, flags):
-    """Run the demo; return (ScenarioResult, nsop report, tracer hooks)."""
+def run_demo(op, flags, record_path=None):
+    """Run the demo; return (ScenarioResult, nsop report, probe availability).
+
+    With record_path, the run is also written as a session file (for
+    `nstrace show` and `nstrace render`).
+    """
     sc, fn = build(op, flags)
     with checker.tracer_for_check() as tracer:
-        result = checker.run_scenario(sc, tracer)
+        if not record_path:
+            result = checker.run_scenario(sc, tracer)
+            return result, fn.report, tracer.availability()
+        from . import session
+        with session.Recorder(record_path, tracer) as recorder:
+            result = checker.run_scenario(sc, session.RecordingTracer(tracer, recorder))
+            recorder.close(tracer.summary())
         return result, fn.report, tracer.availability()

@@ -97,7 +97,7 @@ class EventHead(ctypes.Structure):
 HEAD_SIZE = Event.steps.offset
 
 # CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall clock, fixed once per run.
-_WALL_OFFSET_NS = time.time_ns() - time.monotonic_ns()
+WALL_OFFSET_NS = time.time_ns() - time.monotonic_ns()
 
 
 def safe_comm(raw):
@@ -220,7 +220,7 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         steps = [step_decoder(Step.from_buffer_copy(raw, HEAD_SIZE + i * ctypes.sizeof(Step)), raw_addresses)
                  for i in range(n)]
     return Record(
-        ts=(ev.exit_ns + _WALL_OFFSET_NS) / 1e9,
+        ts=(ev.exit_ns + WALL_OFFSET_NS) / 1e9,
         duration_us=max(ev.exit_ns - ev.enter_ns, 0) / 1e3,
         op=op,
         pid=ev.pid,

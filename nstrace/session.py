@@ -73,7 +73,7 @@ class Recorder:
             "options": _options_json(tracer.options) if tracer else {},
             "availability": tracer.availability() if tracer else [],
             # what events.decode added to bpf_ktime_get_ns() in this process
-            "clock": {"monotonic_to_wall_ns": events._WALL_OFFSET_NS},
+            "clock": {"monotonic_to_wall_ns": events.WALL_OFFSET_NS},
             "snapshot": nsmap.snapshot().to_json() if snapshots else None,
         }
         self._line(header)
@@ -222,13 +222,10 @@ def load(path):
 # --- replay filters --------------------------------------------------------------
 
 def _wanted(options):
-    """watch's user-space filter (--comm, --op, --type) for these options, as a predicate.
-
-    The one copy of that logic is Tracer._wanted; a Tracer that is never
-    started loads nothing and needs no privilege.
-    """
-    from .tracer import Tracer
-    return Tracer(options)._wanted
+    """watch's user-space filter (--comm, --op, --type) for these options, as a predicate."""
+    from . import filters
+    options.validate()
+    return lambda rec: filters.wanted(rec, options)
 
 
 def select(session, pid=None, comms=(), ops=(), types=()):

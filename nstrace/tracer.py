@@ -13,7 +13,7 @@ import os
 import re
 import time
 
-from . import events, kernelpath, libbpf, loader, procns
+from . import events, filters, kernelpath, libbpf, loader, procns
 from . import flags as fl
 from .errors import LibbpfError, ProbeError, UsageError
 
@@ -227,19 +227,7 @@ class Tracer:
         return result
 
     def _wanted(self, rec):
-        o = self.options
-        if o.ops and rec.op not in o.ops:
-            return False
-        if o.comms and rec.comm not in o.comms:
-            return False
-        if o.types:
-            touched = set(fl.ns_types_in(rec.raw_flags if rec.op != "clone" else rec.raw_flags & ~fl.CSIGNAL))
-            touched |= {fl.ns_type_of_entry(e) for e in rec.changed}
-            if rec.target and rec.target.get("type"):
-                touched.add(rec.target["type"])
-            if not touched & set(o.types):
-                return False
-        return True
+        return filters.wanted(rec, self.options)
 
     # --- accounting and teardown ------------------------------------------
 

@@ -10,6 +10,9 @@ packages=(
   python3 python3-venv                         # the virtualenv
   util-linux iproute2 strace                   # unshare/nsenter/lsns, ip netns, the flag oracle in tests
   qemu-system-x86 busybox-static cpio xz-utils # nstrace lab: Debian kernels under QEMU
+  graphviz                                     # nstrace render: dot lays out the session graph
+  chromium                                     # tests: the rendered HTML page loads without console errors
+  linux-perf bpftrace                          # bench: the tracers nstrace is measured beside
 )
 missing=()
 for p in "${packages[@]}"; do
