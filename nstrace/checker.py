@@ -13,7 +13,7 @@ import time
 from . import pathcheck, scenarios
 from .errors import NstraceError, UsageError
 from .launcher import Launcher
-from .tracer import Options, Tracer
+from .tracer import Options, Tracer, section_of
 
 
 @dataclasses.dataclass
@@ -78,8 +78,7 @@ def judge(exp, rec, tracer):
         v.checks.append(("traced", False, "no record of this operation"))
         return v
     v.checks.append(("traced", True, ""))
-    want_errno = exp.errno
-    v.checks.append(("result", rec.errno == want_errno, f"ret {rec.ret} ({rec.errno or 'ok'})"))
+    v.checks.append(("result", rec.errno == exp.errno, f"ret {rec.ret} ({rec.errno or 'ok'})"))
     if exp.changed is not None:
         v.checks.append(("changed", rec.changed == exp.changed, f"changed {rec.changed}, expected {exp.changed}"))
     for entry, inode in (exp.ns_after or {}).items():
@@ -90,13 +89,8 @@ def judge(exp, rec, tracer):
         v.checks.append(("/proc", status in exp.proc, status))
     if exp.inside:
         v.checks.append(("inside", _subset(exp.inside, exp.seen_inside), f"saw {exp.seen_inside}"))
-    v.steps = pathcheck.compare(rec, {h.func: h for h in tracer.hooks}, set(map(_tp, tracer.attached)))
+    v.steps = pathcheck.compare(rec, {h.func: h for h in tracer.hooks}, set(map(section_of, tracer.attached)))
     return v
-
-
-def _tp(program):
-    from .tracer import section_of
-    return section_of(program)
 
 
 def run_scenario(sc, tracer, settle_s=5.0):

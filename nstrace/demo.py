@@ -35,7 +35,7 @@ def build(op, flags):
         rep = h.report
         run.report = rep
         changed = sorted({e for t in types for e in scenarios.changes(op, t)}, key=fl.NS_ENTRIES.index)
-        want_inside = scenarios._inside_for([t for t in types if not (op == "setns" and t == "user")],
+        want_inside = scenarios.inside_for([t for t in types if not (op == "setns" and t == "user")],
                                             op in ("clone", "clone3"))
         expects = [scenarios.Expect(op, pid=h.pid, flags=flags, changed=changed, inside=want_inside,
                                     seen_inside=rep.get("inside"), what=f"{op} {fl.short(fl.decode_flags(flags, op))}")]

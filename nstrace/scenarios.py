@@ -80,7 +80,7 @@ def scenario(name, summary):
     return register
 
 
-def _inside_for(types, pid_one):
+def inside_for(types, pid_one):
     want = {}
     for t in types:
         want.update(INSIDE.get(t, {}))
@@ -96,7 +96,7 @@ def create(op, ns_type):
         h = launcher.nsop(spec)
         rep = h.report
         expects = [Expect(op, pid=h.pid, flags=flag(ns_type), changed=changes(op, ns_type),
-                          inside=_inside_for([ns_type], op != "unshare"), seen_inside=rep.get("inside"),
+                          inside=inside_for([ns_type], op != "unshare"), seen_inside=rep.get("inside"),
                           what=f"{op} makes a new {ns_type} namespace")]
         if op == "unshare" and ns_type in ("pid", "time"):
             # the caller stays where it was; its next child is the first one inside
@@ -118,7 +118,7 @@ def join(ns_type):
         h = launcher.nsop({"op": "setns", "ns_path": path, "flags": flag(ns_type), "inside": True})
         expects = [Expect("setns", pid=h.pid, flags=flag(ns_type), changed=changes("setns", ns_type),
                           ns_after={e: target for e in changes("setns", ns_type)},
-                          inside=_inside_for([ns_type], False) if ns_type != "user" else {},
+                          inside=inside_for([ns_type], False) if ns_type != "user" else {},
                           seen_inside=h.report.get("inside"), what=f"setns joins a live {ns_type} namespace")]
         if ns_type == "pid":
             expects.append(Expect("clone", pid=h.pid, changed=["pid"], ns_after={"pid": target},
@@ -150,7 +150,7 @@ def setns_pidfd(launcher):
     h = launcher.nsop({"op": "setns", "pidfd_of": holder, "flags": nstype, "inside": True})
     targets = {t: os.stat(f"/proc/{holder}/ns/{t}").st_ino for t in types}
     return [Expect("setns", pid=h.pid, flags=nstype, changed=[e for e in fl.NS_ENTRIES if e in types],
-                   ns_after=targets, inside=_inside_for(types, False), seen_inside=h.report.get("inside"),
+                   ns_after=targets, inside=inside_for(types, False), seen_inside=h.report.get("inside"),
                    what="one setns through a pidfd moves the caller into all five")]
 
 
