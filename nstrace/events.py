@@ -103,22 +103,31 @@ WALL_OFFSET_NS = time.time_ns() - time.monotonic_ns()
 def safe_comm(raw):
     """A comm or path as text that cannot move a terminal's cursor.
 
-    Invalid UTF-8 becomes \\xNN, control characters (escape sequences,
-    newlines) become \\xNN or \\n: what a hostile process names itself is
-    shown, never interpreted. JSON output stays valid UTF-8.
+    Bytes that are not UTF-8 become \\xNN (NN >= 80); ASCII control characters
+    (escape sequences, newlines) become \\xNN (NN < 80), \\n or \\t; other
+    non-printable characters (C1 controls, bidi overrides, unassigned) become
+    \\uNNNN or \\UNNNNNNNN; a backslash becomes two. What a hostile process
+    names itself is shown, never interpreted, and no two names look alike:
+    the escaping can be undone exactly. JSON output stays valid UTF-8.
     """
-    text = raw.decode("utf-8", errors="backslashreplace")
+    # surrogateescape keeps each invalid byte as one lone surrogate U+DC80..U+DCFF
+    text = raw.decode("utf-8", errors="surrogateescape")
     return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
 
 
 def _escape(c):
+    code = ord(c)
     if c == "\\":
         return "\\\\"
     if c == "\n":
         return "\\n"
     if c == "\t":
         return "\\t"
-    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _ns_map(ns_set, field):

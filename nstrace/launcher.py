@@ -54,6 +54,29 @@ def umount(target):
 
 
 MS_BIND = 4096
+PR_SET_PDEATHSIG = 1
+
+# setpriv(1) arguments that leave a process no privilege at all (see Launcher.holder).
+UNPRIVILEGED = ("setpriv", "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all")
+
+# ip(8) global options that take no argument and change nothing by themselves.
+IP_FLAG_OPTIONS = {"4", "6", "0", "d", "details", "s", "stats", "statistics", "o", "oneline", "j", "json",
+                   "p", "pretty", "br", "brief", "c", "color", "r", "resolve", "a", "all", "h", "human"}
+
+
+def _die_with(parent):
+    """A preexec_fn: the child gets SIGKILL when the launcher dies, even by SIGKILL.
+
+    Without it a killed launcher's children live on until the next launcher
+    reaps them (reap_stale); with it nothing privileged outlives us.
+    """
+    _, lib = _libc()  # resolved here: between fork and exec only the call itself runs
+
+    def preexec():
+        lib.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before the prctl took effect
+            os._exit(1)
+    return preexec
 
 
 class Held:
@@ -108,7 +131,7 @@ class Launcher:
         """Run one namespace operation in a held process (nstrace.nsop); return a Held."""
         proc = subprocess.Popen([sys.executable, "-m", "nstrace.nsop", json.dumps(spec)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).resolve().parent.parent)
+                                cwd=Path(__file__).resolve().parent.parent, preexec_fn=_die_with(os.getpid()))
         self._record("process", proc.pid, start=procns.start_ticks(proc.pid))
         line = proc.stdout.readline()
         if not line:
@@ -122,11 +145,19 @@ class Launcher:
         """A process living in new namespaces of the given types; returns its pid.
 
         util-linux unshare --fork: the forked child is inside the new PID and time namespaces too.
+        The holder only has to exist, so it keeps no privilege: setpriv empties its capability
+        bounding set (and so every capability set at the exec of sleep) and sets no_new_privs.
+        Joining it still works: setns checks the caller's capabilities over the target
+        namespace's owning user namespace, not the holder's. --keep-caps lets setpriv drop
+        the bounding set inside a new user namespace, where the exec would otherwise have
+        taken CAP_SETPCAP away first. --kill-child: the holder dies with its unshare, which
+        dies with this launcher (PR_SET_PDEATHSIG).
         """
         args = {"mnt": "--mount", "uts": "--uts", "ipc": "--ipc", "net": "--net", "pid": "--pid",
                 "user": "--user", "cgroup": "--cgroup", "time": "--time"}
-        proc = subprocess.Popen(["unshare", *(args[t] for t in types), "--fork", "sleep", "3600"],
-                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(["unshare", *(args[t] for t in types), "--fork", "--kill-child", "--keep-caps",
+                                 *UNPRIVILEGED, "sleep", "3600"],
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with(os.getpid()))
         self._record("process", proc.pid, start=procns.start_ticks(proc.pid))
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -156,11 +187,44 @@ class Launcher:
         return name
 
     def run(self, argv, **kw):
-        """A short command that must succeed."""
+        """A short command that must succeed. `ip` may only touch network namespaces of ours."""
+        self._confine(argv)
         res = subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)
         if res.returncode:
             raise LauncherError(f"{' '.join(argv)} failed: {res.stderr.strip()}")
         return res.stdout
+
+    def _confine(self, argv):
+        """Raise LauncherError unless an `ip` command is confined to a network namespace we made.
+
+        Scenarios must never change the host's network: every `ip` command runs as
+        `ip [opts] -n OURS ...` or `ip [opts] netns exec OURS ...`, and any `netns X` inside
+        it (moving a link) names one of ours too. Anything else is refused before it runs.
+        """
+        if not argv or os.path.basename(str(argv[0])) != "ip":
+            return
+        ours = {r["value"] for r in self.resources if r["kind"] == "netns"}
+        args = [str(a) for a in argv[1:]]
+        confined = None
+        i = 0
+        while i < len(args) and args[i].startswith("-"):
+            opt = args[i].lstrip("-")
+            if opt in ("n", "netns") and i + 1 < len(args):
+                confined = args[i + 1]
+                i += 2
+            elif opt in IP_FLAG_OPTIONS:
+                i += 1
+            else:  # -batch, -force, -rc ...: anything we cannot judge is refused
+                raise LauncherError(f"refusing `{' '.join(argv)}`: ip option {args[i]} is not allowed in a scenario")
+        rest = args[i:]
+        if confined is None and rest[:2] == ["netns", "exec"] and len(rest) > 2:
+            confined, rest = rest[2], []  # what runs inside is confined to it
+        if confined not in ours:
+            raise LauncherError(f"refusing `{' '.join(argv)}`: it would touch the host's network; "
+                                f"confine it with -n <a netns of this launcher> or `ip netns exec`")
+        for j, word in enumerate(rest[:-1]):
+            if word == "netns" and rest[j + 1] not in ours:
+                raise LauncherError(f"refusing `{' '.join(argv)}`: netns {rest[j + 1]} is not one of this launcher's")
 
     def kill(self, pid):
         with contextlib.suppress(ProcessLookupError):

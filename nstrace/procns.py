@@ -7,13 +7,24 @@ kernel from ``task->start_boottime`` in fs/proc/array.c) with the one the
 BPF side recorded, before and after reading the links.
 """
 
+import errno
+import fcntl
 import os
+import struct
 
 import psutil
 
 from . import flags as fl
 
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
+
+# include/uapi/linux/nsfs.h (6.18): #define NS_GET_ID _IOR(NSIO, 13, __u64), NSIO 0xb7.
+# The 64-bit ns_common.ns_id the BPF side records: unlike the inode it is
+# never reused while the system runs, so it tells apart two namespaces that
+# had the same inode at different times.
+NS_GET_ID = 0x8008B70D
+# None: not tried yet; False: the kernel has no NS_GET_ID (ENOTTY), stop asking.
+_ns_get_id_works = None
 
 
 def ns_links(pid, tid=None):
@@ -41,8 +52,38 @@ def ns_links(pid, tid=None):
     return out
 
 
-def start_ticks(pid, tid=None):
-    """The task's start time in clock ticks since boot, or None if it is gone."""
+def ns_ids(pid, tid=None):
+    """{entry: ns_id} from NS_GET_ID on /proc/<pid>/task/<tid>/ns/*, or None.
+
+    None when the kernel has no NS_GET_ID (before 6.18: ENOTTY). Entries that
+    cannot be opened (see :func:`ns_links`; all of them once the task is gone)
+    are left out.
+    """
+    global _ns_get_id_works
+    if _ns_get_id_works is False:
+        return None
+    base = f"/proc/{pid}/task/{tid or pid}/ns"
+    out = {}
+    for name in fl.NS_ENTRIES:
+        try:
+            fd = os.open(f"{base}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # absent on this kernel, hidden for now, or the task exited
+        try:
+            out[name] = struct.unpack("Q", fcntl.ioctl(fd, NS_GET_ID, bytes(8)))[0]
+            _ns_get_id_works = True
+        except OSError as e:
+            if e.errno == errno.ENOTTY:  # nsfs answers unknown ioctls with ENOTTY
+                _ns_get_id_works = False  # an older kernel: inodes only, as before
+                return None
+            continue  # this entry only: the check goes on with its inode
+        finally:
+            os.close(fd)
+    return out
+
+
+def _stat(pid, tid=None):
+    """(state letter, start ticks) of a task from its stat file, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/task/{tid or pid}/stat", "rb") as f:
             stat = f.read()
@@ -50,7 +91,24 @@ def start_ticks(pid, tid=None):
         return None
     # comm (field 2) may hold spaces and parentheses: split after the last ')'
     fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[19])
+    return fields[0].decode(), int(fields[19])
+
+
+def start_ticks(pid, tid=None):
+    """The task's start time in clock ticks since boot, or None if it is gone."""
+    st = _stat(pid, tid)
+    return st[1] if st else None
+
+
+def _alive_ticks(pid, tid):
+    """Start ticks of a task that still has namespaces: None once it is a zombie.
+
+    A zombie keeps its stat file but has dropped its nsproxy: /proc then shows
+    only the pid and user links (from its struct pid and cred), which would
+    look like a partial match.
+    """
+    st = _stat(pid, tid)
+    return st[1] if st and st[0] not in ("Z", "X", "x") else None
 
 
 def ns_to_ticks(ns):
@@ -58,22 +116,32 @@ def ns_to_ticks(ns):
     return ns // (1_000_000_000 // _TICKS_PER_SEC)
 
 
-def check(pid, tid, start_ns, expected):
+def check(pid, tid, start_ns, expected, expected_ids=None):
     """Compare expected {entry: inode} with /proc for task (pid, tid) born at start_ns.
 
     Returns a dict: ``status`` is ``match``, ``mismatch`` (with ``diff``:
     entry -> {"kernel": inode, "proc": inode}) or ``gone`` (with ``reason``).
     ``unseen`` lists entries the kernel recorded but /proc does not show.
+    With ``expected_ids`` ({entry: ns_id}, the record's ns_id_*) and a kernel
+    that answers NS_GET_ID, an entry whose inode agrees but whose ns_id does
+    not is a mismatch too (diff adds "kernel_ns_id" and "proc_ns_id"): the
+    inode was reused by another namespace.
     """
     want_ticks = ns_to_ticks(start_ns)
-    if start_ticks(pid, tid) != want_ticks:
-        return {"status": "gone", "pid": tid, "reason": _gone_reason(pid, tid)}
+    if _alive_ticks(pid, tid) != want_ticks:
+        return {"status": "gone", "pid": tid, "reason": _gone_reason(pid, tid, want_ticks)}
     links = ns_links(pid, tid)
-    # Read the start time again: the links must belong to the same task.
-    if not links or start_ticks(pid, tid) != want_ticks:
-        return {"status": "gone", "pid": tid, "reason": "exited"}
+    ids = ns_ids(pid, tid) if expected_ids and any(expected_ids.values()) else None
+    # Read the start time again: the links must belong to the same, living task.
+    if not links or _alive_ticks(pid, tid) != want_ticks:
+        return {"status": "gone", "pid": tid, "reason": _gone_reason(pid, tid, want_ticks)}
     diff = {name: {"kernel": expected.get(name), "proc": links[name]}
             for name in links if expected.get(name) and expected[name] != links[name]}
+    for name, proc_id in (ids or {}).items():
+        kernel_id = expected_ids.get(name)
+        if name in links and name not in diff and kernel_id and proc_id != kernel_id:
+            diff[name] = {"kernel": expected.get(name), "proc": links[name],
+                          "kernel_ns_id": kernel_id, "proc_ns_id": proc_id}
     result = {"status": "mismatch" if diff else "match", "pid": tid}
     if diff:
         result["diff"] = diff
@@ -83,8 +151,9 @@ def check(pid, tid, start_ns, expected):
     return result
 
 
-def _gone_reason(pid, tid):
-    return "exited" if start_ticks(pid, tid) is None else "pid reused"
+def _gone_reason(pid, tid, want_ticks):
+    ticks = start_ticks(pid, tid)
+    return "pid reused" if ticks is not None and ticks != want_ticks else "exited"
 
 
 def descendants(pid):
