@@ -1,5 +1,6 @@
 """The nstrace command line. Errors are one line on stderr and a documented exit code."""
 
+import math
 import os
 import signal
 import sys
@@ -39,6 +40,13 @@ def status(message):
     click.echo(f"nstrace: {message}", err=True)
 
 
+def _finite(value):
+    # click's FloatRange lets nan (and inf) through: neither is a duration
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 def _split(values):
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
@@ -72,7 +80,8 @@ def cli():
 @click.option("--type", "types", multiple=True, help="Only operations touching these namespace types (mnt, uts, ...).")
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=lambda _c, _p, v: _finite(v),
+              help="Stop after this many seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
 @click.option("--raw-addresses", is_flag=True, help="Show kernel nsproxy addresses instead of short ids.")
 @click.option("--no-proc-check", is_flag=True, help="Do not correlate records with /proc/<pid>/ns.")
@@ -234,6 +243,11 @@ def check(as_json, list_only, names):
 def lab(kernels, timeout, verbose, pytest_args):
     """Boot Debian kernels under QEMU and run the kernel-layer tests and `nstrace check` inside."""
     from . import lab as labmod
+    for kernel in kernels:  # every name resolved before anything boots: a typo fails fast
+        try:
+            labmod.resolve(kernel)
+        except labmod.PackageNotFound as e:
+            raise UsageError(str(e)) from None
     results = []
     for kernel in kernels:
         status(f"{kernel}: booting under QEMU (TCG)...")

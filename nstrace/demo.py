@@ -14,6 +14,10 @@ from .errors import UsageError
 
 def build(op, flags):
     """A Scenario performing op with flags (setns: into new namespaces of those types)."""
+    other = flags & ~fl.CLONE_NEW_MASK
+    if other:
+        raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, 'clone3'))}: "
+                         f"valid are {', '.join(n.removeprefix('CLONE_') for n in fl.NS_TYPES.values())}")
     types = fl.ns_types_in(flags & ~fl.CSIGNAL if op == "clone" else flags)
     if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
         raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")

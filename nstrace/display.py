@@ -88,7 +88,8 @@ def summary_table(summary):
     checks = ", ".join(f"{k} {v}" for k, v in sorted(summary["proc_check"].items())) or "none"
     lost = summary["lost"]
     out.append(f"/proc check: {checks}")
-    out.append(f"lost events: {lost['ringbuf']} (ring buffer full), {lost['inflight']} (in-flight table full)")
+    out.append(f"lost events: {lost['ringbuf']} (ring buffer full), {lost['inflight']} (in-flight table full)"
+               + (f", {lost['untracked']} processes not followed (--pid table full)" if "untracked" in lost else ""))
     if summary["filtered"]:
         out.append(f"filtered out by --comm/--op/--type: {summary['filtered']}")
     return "\n".join(out)

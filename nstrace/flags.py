@@ -82,7 +82,10 @@ def parse_flags(text):
         if not part:
             raise UsageError(f"empty flag name in {text!r}")
         if re.fullmatch(r"0[xX][0-9a-fA-F]+|[0-9]+", part):
-            value |= int(part, 0)
+            number = int(part, 16) if part[:2].lower() == "0x" else int(part)
+            if number >= 1 << 64:
+                raise UsageError(f"flag value {part} does not fit in 64 bits")
+            value |= number
             continue
         name = part.upper()
         if not name.startswith("CLONE_"):

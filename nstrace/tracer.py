@@ -28,8 +28,9 @@ SYSCALL_PROGRAMS = (
 
 
 def section_of(program):
-    """'syscalls:sys_enter_clone' or 'task:task_newtask' for a syscall-layer program."""
-    return "task:task_newtask" if program == "task_newtask" else f"syscalls:{program}"
+    """'syscalls:sys_enter_clone', 'task:task_newtask' ... for a syscall-layer program."""
+    return {"task_newtask": "task:task_newtask",
+            "sched_process_exit": "sched:sched_process_exit"}.get(program, f"syscalls:{program}")
 
 
 @dataclasses.dataclass
@@ -51,8 +52,9 @@ class Options:
     def validate(self):
         if self.pid is not None and self.pid <= 0:
             raise UsageError(f"--pid must be a positive process id, not {self.pid}")
-        if self.ringbuf_bytes < 4096 or self.ringbuf_bytes & (self.ringbuf_bytes - 1):
-            raise UsageError(f"ring buffer size must be a power of two >= 4096, not {self.ringbuf_bytes}")
+        if self.ringbuf_bytes < 4096 or self.ringbuf_bytes & (self.ringbuf_bytes - 1) \
+                or self.ringbuf_bytes > 1 << 30:
+            raise UsageError(f"ring buffer size must be a power of two from 4 KiB to 1 GiB, not {self.ringbuf_bytes} bytes")
         for op in self.ops:
             if op not in fl.OPS:
                 raise UsageError(f"unknown operation {op!r}: valid are {', '.join(fl.OPS)}")
@@ -123,7 +125,7 @@ class Tracer:
             self._seed_tracked(o.pid)
         mounted = loader.ensure_tracefs()
         try:
-            for name in SYSCALL_PROGRAMS:
+            for name in self._syscall_programs():
                 obj.attach(name)
                 self.attached.append(name)
         finally:
@@ -132,6 +134,10 @@ class Tracer:
         for hook in self.hooks:
             self._attach_hook(hook)
         self._rb = obj.ring_buffer("events")
+
+    def _syscall_programs(self):
+        # sched_process_exit runs on every exit on the machine: only --pid needs it
+        return SYSCALL_PROGRAMS + (("sched_process_exit",) if self.options.pid else ())
 
     def _open(self):
         o = self.options
@@ -142,7 +148,7 @@ class Tracer:
         obj.set_rodata("raw_addresses", o.raw_addresses)
         obj.set_rodata("wakeup_bytes", min(o.wakeup_bytes, o.ringbuf_bytes // 4))
         obj.set_max_entries("events", o.ringbuf_bytes)
-        wanted = set(SYSCALL_PROGRAMS) | {p for h in self.hooks for p in h.programs}
+        wanted = set(self._syscall_programs()) | {p for h in self.hooks for p in h.programs}
         for name in obj.program_names():
             obj.set_autoload(name, name in wanted)
         return obj
@@ -172,7 +178,7 @@ class Tracer:
         """Every probe point: layer, hook type, attached or why not."""
         rows = [{"probe": section_of(name), "layer": "syscall",
                  "hook": "raw_tracepoint" if name == "task_newtask" else "tracepoint",
-                 "attached": name in self.attached, "reason": ""} for name in SYSCALL_PROGRAMS]
+                 "attached": name in self.attached, "reason": ""} for name in self._syscall_programs()]
         rows += [{"probe": h.func, "layer": "function", "file": kernelpath.source_file(h.func),
                   "hook": h.kind, "attached": h.attached, "reason": h.reason} for h in self.hooks]
         return rows
@@ -211,16 +217,17 @@ class Tracer:
         if rec.op in ("clone", "clone3"):
             if not rec.ok or not rec.child_pid:
                 # no child: the caller must still be where it was
-                return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_before, rec.tid, later)
+                return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_before, rec.ns_id_before,
+                                        rec.tid, later)
             return self._check_task(rec.child_pid, rec.child_tid, rec.child_start_ns, rec.ns_after,
-                                    rec.child_tid, later)
-        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.tid, later)
+                                    rec.ns_id_after, rec.child_tid, later)
+        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.ns_id_after, rec.tid, later)
 
     @staticmethod
-    def _check_task(pid, tid, start_ns, expected, who, later):
+    def _check_task(pid, tid, start_ns, expected, expected_ids, who, later):
         if not expected:
             return None
-        result = procns.check(pid, tid, start_ns, expected)
+        result = procns.check(pid, tid, start_ns, expected, expected_ids)
         if result["status"] == "mismatch" and any(r.tid == who for r in later):
             # The task went on to another namespace operation, already in this batch.
             result["status"] = "superseded"
@@ -236,8 +243,11 @@ class Tracer:
         """Records the kernel could not hand over: {"ringbuf": n, "inflight": n}."""
         if not self._obj:
             return self._final_lost
-        return {"ringbuf": self._obj.read_global(".bss", "lost_events"),
+        lost = {"ringbuf": self._obj.read_global(".bss", "lost_events"),
                 "inflight": self._obj.read_global(".bss", "lost_inflight")}
+        if self.options.pid:
+            lost["untracked"] = self._obj.read_global(".bss", "lost_tracked")
+        return lost
 
     def summary(self):
         return {"events": dict(self.by_op), "total": sum(self.by_op.values()),

@@ -44,6 +44,7 @@ extern const volatile __u32 wakeup_bytes;	/* 0: wake the reader per record */
 /* Counters user space reads live through the mmaped .bss. */
 extern __u64 lost_events;	/* ring buffer full: record dropped */
 extern __u64 lost_inflight;	/* in-flight table full: op not traced */
+extern __u64 lost_tracked;	/* --pid descendant table full: that process not followed */
 
 /* Records under construction, by tid, between syscall entry and exit. */
 struct inflight_map {

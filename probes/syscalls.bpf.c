@@ -17,6 +17,7 @@ const volatile __u32 wakeup_bytes = 0;
 
 __u64 lost_events = 0;
 __u64 lost_inflight = 0;
+__u64 lost_tracked = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -25,9 +26,14 @@ struct {
 
 struct inflight_map inflight SEC(".maps");
 
-/* --pid: the traced process and every descendant born while tracing. */
+/*
+ * --pid: the traced process and every descendant born while tracing. Not an
+ * LRU: an evicted live descendant would vanish from the trace uncounted.
+ * Entries leave when the process exits (sched_process_exit below); a full
+ * table is counted in lost_tracked.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, __u8);
@@ -291,8 +297,9 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 		__u32 child = BPF_CORE_READ(task, tgid);
 		__u8 one = 1;
 
-		if (bpf_map_lookup_elem(&tracked, &parent))
-			bpf_map_update_elem(&tracked, &child, &one, BPF_ANY);
+		if (bpf_map_lookup_elem(&tracked, &parent) &&
+		    bpf_map_update_elem(&tracked, &child, &one, BPF_ANY))
+			__sync_fetch_and_add(&lost_tracked, 1);
 	}
 
 	e = bpf_map_lookup_elem(&inflight, &tid);
@@ -302,5 +309,17 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 	e->child_tid = BPF_CORE_READ(task, pid);
 	e->child_start_ns = BPF_CORE_READ(task, start_boottime);
 	snapshot(&e->after, task);
+	return 0;
+}
+
+/* --pid only: forget a process when its thread-group leader exits, so a reused pid is not traced. */
+SEC("tracepoint/sched/sched_process_exit")
+int sched_process_exit(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+
+	if (filter_tgid && (__u32)pid_tgid == tgid)
+		bpf_map_delete_elem(&tracked, &tgid);
 	return 0;
 }

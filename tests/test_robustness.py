@@ -370,26 +370,18 @@ def test_not_privileged_every_command(command):
     assert "needs root" in res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="lab prints its 'booting' status before resolving the kernel and "
-                                       "reports an unknown kernel as exit 1; change requested in cli.py/lab.py")
 def test_lab_unknown_kernel_is_bad_input():
     assert_one_line_error(nstrace("lab", "--kernel", "no-such-kernel"), 2)
 
 
-@pytest.mark.xfail(strict=True, reason="click's FloatRange lets nan through: watch --duration nan traces for "
-                                       "no time and exits 0; change requested in cli.py")
 def test_duration_nan_is_bad_input():
     assert_one_line_error(nstrace("watch", "--duration", "nan"), 2)
 
 
-@pytest.mark.xfail(strict=True, reason="a 4 GiB ring buffer passes the power-of-two check and fails in "
-                                       "libbpf (exit 5, misleading .bss message); change requested in tracer.py")
 def test_oversized_ring_buffer_is_bad_input():
     assert_one_line_error(nstrace("watch", "--buffer-kib", "4194304", "--duration", "0.1"), 2)
 
 
-@pytest.mark.xfail(strict=True, reason="demo runs clone(CLONE_VM|CLONE_THREAD...) from nsop and reports a "
-                                       "failed check (exit 1); change requested in demo.py: CLONE_NEW* only")
 def test_demo_refuses_flags_that_are_not_namespaces():
     assert_one_line_error(nstrace("demo", "--flags", "VM"), 2)
 
