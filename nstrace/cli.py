@@ -251,7 +251,12 @@ def lab(kernels, timeout, verbose, pytest_args):
     results = []
     for kernel in kernels:
         status(f"{kernel}: booting under QEMU (TCG)...")
-        res = labmod.run_guest_suite(kernel, pytest_args=pytest_args, timeout=timeout)
+        try:
+            res = labmod.run_guest_suite(kernel, pytest_args=pytest_args, timeout=timeout)
+        except (labmod.GuestTimeout, labmod.BootError) as e:
+            if verbose:  # the guest's last words, for whoever reads a CI log
+                click.echo("\n".join(e.console.splitlines()[-60:]), err=True)
+            raise
         if verbose:
             click.echo(res["output"])
         results.append(res)

@@ -65,8 +65,9 @@ def test_kernel_layer_in_lab():
     import subprocess
 
     from nshelpers import NSTRACE
-    res = subprocess.run([str(NSTRACE), "lab", "--kernel", "6.1", "--verbose"], capture_output=True,
-                         text=True, timeout=900)
+    # nstrace's own guest timeout fires first, with the console's tail in the output
+    res = subprocess.run([str(NSTRACE), "lab", "--kernel", "6.1", "--verbose", "--timeout", "900"],
+                         capture_output=True, text=True, timeout=2400)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     summary = [line for line in res.stdout.splitlines() if " passed" in line and " in " in line][-1]
     assert "skipped" not in summary and "failed" not in summary and "error" not in summary, summary
