@@ -63,10 +63,6 @@ class Options:
                 raise UsageError(f"unknown namespace type {t!r}: valid are {', '.join(fl.NS_TYPES)}")
 
 
-class _PidKey(ctypes.c_uint32):
-    pass
-
-
 class Tracer:
     """Trace namespace operations system-wide until closed.
 
@@ -200,8 +196,9 @@ class Tracer:
         raws = self._rb.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
         records = [events.decode(r, self.options.raw_addresses, kernelpath.decode_step) for r in raws]
         if self.options.check_proc:
+            last = {rec.tid: i for i, rec in enumerate(records)}  # each task's latest record in the batch
             for i, rec in enumerate(records):
-                rec.proc_check = self._check(rec, records[i + 1:])
+                rec.proc_check = self._check(rec, lambda tid, i=i: last.get(tid, -1) > i)
         out = []
         for rec in records:
             self.by_op[rec.op] += 1
@@ -213,22 +210,22 @@ class Tracer:
                 self.filtered += 1
         return out
 
-    def _check(self, rec, later):
+    def _check(self, rec, acts_later):
         if rec.op in ("clone", "clone3"):
             if not rec.ok or not rec.child_pid:
                 # no child: the caller must still be where it was
                 return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_before, rec.ns_id_before,
-                                        rec.tid, later)
+                                        acts_later)
             return self._check_task(rec.child_pid, rec.child_tid, rec.child_start_ns, rec.ns_after,
-                                    rec.ns_id_after, rec.child_tid, later)
-        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.ns_id_after, rec.tid, later)
+                                    rec.ns_id_after, acts_later)
+        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.ns_id_after, acts_later)
 
     @staticmethod
-    def _check_task(pid, tid, start_ns, expected, expected_ids, who, later):
+    def _check_task(pid, tid, start_ns, expected, expected_ids, acts_later):
         if not expected:
             return None
         result = procns.check(pid, tid, start_ns, expected, expected_ids)
-        if result["status"] == "mismatch" and any(r.tid == who for r in later):
+        if result["status"] == "mismatch" and acts_later(tid):
             # The task went on to another namespace operation, already in this batch.
             result["status"] = "superseded"
         return result
