@@ -129,6 +129,7 @@ class BpfObject:
         self._obj = libbpf.check_ptr(self._lib.bpf_object__open_file(str(path).encode(), None),
                                      f"opening {path.name}")
         self._links = {}
+        self._sections = {}
         self._rings = []
         self._mmaps = {}
         self._loaded = False
@@ -201,6 +202,7 @@ class BpfObject:
             raise ProbeError(section, f"the kernel refused probe {section}: {os.strerror(err)} "
                                       f"({errno.errorcode.get(err, err)})", err)
         self._links[name] = link
+        self._sections[name] = self._lib.bpf_program__section_name(prog).decode()
 
     def program_fd(self, name):
         return self._lib.bpf_program__fd(self._prog(name))
@@ -258,10 +260,17 @@ class BpfObject:
         for m in self._mmaps.values():
             m.close()
         self._mmaps.clear()
-        # Each tracepoint detach waits for an RCU grace period: do them side by side
-        # (ctypes drops the GIL during the call), not one after another.
-        links = [self._links.pop(name) for name in list(self._links)]
-        threads = [threading.Thread(target=self._lib.bpf_link__destroy, args=(link,)) for link in links]
+        # A tracepoint detach waits for an RCU grace period (20-50 ms each): those go side by side
+        # (ctypes drops the GIL during the call). Trampoline and kprobe links go one at a time:
+        # they patch kernel text, and concurrent fentry detaches under QEMU TCG were seen to leave
+        # both vCPUs of a 6.1 guest in a soft lockup.
+        parallel = []
+        for name in list(self._links):
+            if self._sections.get(name, "").startswith(("tracepoint/", "raw_tp/")):
+                parallel.append(self._links.pop(name))
+            else:
+                self.detach(name)
+        threads = [threading.Thread(target=self._lib.bpf_link__destroy, args=(link,)) for link in parallel]
         for t in threads:
             t.start()
         for t in threads:
