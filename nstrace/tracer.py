@@ -143,6 +143,7 @@ class Tracer:
         obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))
         obj.set_rodata("raw_addresses", o.raw_addresses)
         obj.set_rodata("wakeup_bytes", min(o.wakeup_bytes, o.ringbuf_bytes // 4))
+        obj.set_rodata("kernel_path", any(h.kind for h in self.hooks))
         obj.set_max_entries("events", o.ringbuf_bytes)
         wanted = set(self._syscall_programs()) | {p for h in self.hooks for p in h.programs}
         for name in obj.program_names():

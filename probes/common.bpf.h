@@ -40,20 +40,42 @@ extern const volatile __u32 filter_tgid;	/* 0: every process */
 extern const volatile __u64 id_key;		/* secret for nsproxy ids */
 extern const volatile bool raw_addresses;	/* show kernel addresses */
 extern const volatile __u32 wakeup_bytes;	/* 0: wake the reader per record */
+extern const volatile bool kernel_path;		/* function probes are loaded */
 
 /* Counters user space reads live through the mmaped .bss. */
 extern __u64 lost_events;	/* ring buffer full: record dropped */
 extern __u64 lost_inflight;	/* in-flight table full: op not traced */
 extern __u64 lost_tracked;	/* --pid descendant table full: that process not followed */
 
-/* Records under construction, by tid, between syscall entry and exit. */
+#define NSTRACE_HEAD_SIZE __builtin_offsetof(struct nstrace_event, steps)
+
+/*
+ * Records under construction, by tid, between syscall entry and exit: the
+ * head of struct nstrace_event only, so that entering a syscall copies a
+ * few hundred bytes, not the whole step array.
+ */
 struct inflight_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);	/* threads inside clone/unshare/setns at the same moment */
 	__type(key, __u32);
-	__type(value, struct nstrace_event);
+	__uint(value_size, NSTRACE_HEAD_SIZE);
 };
 extern struct inflight_map inflight SEC(".maps");
+
+/* The kernel path of an in-flight record, made by its first function step. */
+struct nstrace_path {
+	__u32 nsteps;
+	__u32 dropped;
+	struct nstrace_step steps[NSTRACE_MAX_STEPS];
+};
+
+struct paths_map {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct nstrace_path);
+};
+extern struct paths_map paths SEC(".maps");
 
 /*
  * An nsproxy or namespace pointer as a short id: a keyed splitmix64

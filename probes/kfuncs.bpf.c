@@ -31,21 +31,32 @@ enum ret_kind {
 	RET_NS,			/* a namespace of the type in `slot`, or ERR_PTR */
 };
 
+static const struct nstrace_path empty_path;
+
 static __always_inline struct nstrace_step *next_step(void)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct nstrace_event *e = bpf_map_lookup_elem(&inflight, &tid);
+	struct nstrace_path *p;
 	__u32 i;
 
-	if (!e)		/* not inside a traced syscall: nothing to join */
-		return NULL;
-	i = e->nsteps;
+	if (!bpf_map_lookup_elem(&inflight, &tid))
+		return NULL;	/* not inside a traced syscall: nothing to join */
+	p = bpf_map_lookup_elem(&paths, &tid);
+	if (!p) {
+		bpf_map_update_elem(&paths, &tid, &empty_path, BPF_NOEXIST);
+		p = bpf_map_lookup_elem(&paths, &tid);
+		if (!p) {
+			__sync_fetch_and_add(&lost_inflight, 1);
+			return NULL;
+		}
+	}
+	i = p->nsteps;
 	if (i >= NSTRACE_MAX_STEPS) {
-		e->steps_dropped++;
+		p->dropped++;
 		return NULL;
 	}
-	e->nsteps = i + 1;
-	return &e->steps[i];
+	p->nsteps = i + 1;
+	return &p->steps[i];
 }
 
 static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, __u64 arg0, __u64 arg1)

@@ -14,6 +14,7 @@ const volatile __u32 filter_tgid = 0;
 const volatile __u64 id_key = 0;
 const volatile bool raw_addresses = false;
 const volatile __u32 wakeup_bytes = 0;
+const volatile bool kernel_path = false;
 
 __u64 lost_events = 0;
 __u64 lost_inflight = 0;
@@ -25,6 +26,7 @@ struct {
 } events SEC(".maps");
 
 struct inflight_map inflight SEC(".maps");
+struct paths_map paths SEC(".maps");
 
 /*
  * --pid: the traced process and every descendant born while tracing. Not an
@@ -48,7 +50,10 @@ struct clone_args {
 	__u64 exit_signal;
 };
 
-static const struct nstrace_event empty_event;
+static const char empty_head[NSTRACE_HEAD_SIZE];
+
+/* Keeps struct nstrace_event in the object's BTF: nstrace checks its ctypes mirror against it. */
+const struct nstrace_event *btf_anchor_event __attribute__((unused));
 
 /*
  * A fork without CLONE_NEW* still moves the child into a namespace when the
@@ -136,10 +141,12 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg0)
 
 	if (!wanted_process(tgid))
 		return 0;
-	if (bpf_map_update_elem(&inflight, &tid, &empty_event, BPF_ANY)) {
+	if (bpf_map_update_elem(&inflight, &tid, empty_head, BPF_ANY)) {
 		__sync_fetch_and_add(&lost_inflight, 1);
 		return 0;
 	}
+	if (kernel_path)	/* a path left by a task that died inside a syscall */
+		bpf_map_delete_elem(&paths, &tid);
 	e = bpf_map_lookup_elem(&inflight, &tid);
 	if (!e)
 		return 0;
@@ -182,13 +189,39 @@ static __always_inline __u64 wakeup_flags(__u64 size)
 	       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
+/* Head and kernel path as one record; on kernels without function probes, the head alone. */
+static __always_inline void emit(struct nstrace_event *e, __u32 tid)
+{
+	struct nstrace_path *p = kernel_path ? bpf_map_lookup_elem(&paths, &tid) : NULL;
+	struct nstrace_event *rec;
+	__u32 n;
+
+	if (!p) {
+		if (bpf_ringbuf_output(&events, e, NSTRACE_HEAD_SIZE, wakeup_flags(NSTRACE_HEAD_SIZE)))
+			__sync_fetch_and_add(&lost_events, 1);
+		return;
+	}
+	n = p->nsteps;
+	if (n > NSTRACE_MAX_STEPS)
+		n = NSTRACE_MAX_STEPS;
+	e->nsteps = n;
+	e->steps_dropped = p->dropped;
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		__sync_fetch_and_add(&lost_events, 1);
+		return;
+	}
+	bpf_probe_read_kernel(rec, NSTRACE_HEAD_SIZE, e);
+	if (n)
+		bpf_probe_read_kernel(rec->steps, n * sizeof(struct nstrace_step), p->steps);
+	bpf_ringbuf_submit(rec, wakeup_flags(sizeof(*rec)));
+}
+
 static __always_inline int op_exit(long ret)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct nstrace_event *e;
-	__u64 size;
-	__u32 n;
 
 	e = bpf_map_lookup_elem(&inflight, &tid);
 	if (!e)
@@ -202,15 +235,11 @@ static __always_inline int op_exit(long ret)
 	if (e->op == OP_UNSHARE || e->op == OP_SETNS)
 		snapshot(&e->after, t);
 	/* clone: e->after was filled from the child by task_newtask, if one was born */
-
-	n = e->nsteps;
-	if (n > NSTRACE_MAX_STEPS)
-		n = NSTRACE_MAX_STEPS;
-	size = __builtin_offsetof(struct nstrace_event, steps) + n * sizeof(struct nstrace_step);
-	if (bpf_ringbuf_output(&events, e, size, wakeup_flags(size)))
-		__sync_fetch_and_add(&lost_events, 1);
+	emit(e, tid);
 out:
 	bpf_map_delete_elem(&inflight, &tid);
+	if (kernel_path)
+		bpf_map_delete_elem(&paths, &tid);
 	return 0;
 }
 
