@@ -4,6 +4,7 @@ Run with `python3 -m pytest -m lab tests/test_lab.py`.  The first run downloads 
 $NSTRACE_LAB_CACHE (default /var/cache/nstrace/lab) and needs the Debian mirror.
 """
 
+import re
 import shutil
 import textwrap
 import time
@@ -69,5 +70,8 @@ def test_kernel_layer_in_lab():
     res = subprocess.run([str(NSTRACE), "lab", "--kernel", "6.1", "--verbose", "--timeout", "900"],
                          capture_output=True, text=True, timeout=2400)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    summary = [line for line in res.stdout.splitlines() if " passed" in line and " in " in line][-1]
-    assert "skipped" not in summary and "failed" not in summary and "error" not in summary, summary
+    [row] = [line for line in res.stdout.splitlines() if line.strip().startswith("6.1 ") and "tests:" in line]
+    tests = re.search(r"tests: (.*?); check: (\d+) passed, (\d+) failed", row)
+    assert tests, row
+    assert re.fullmatch(r"\d+ passed in [\d.]+s", tests.group(1)), f"kernel-layer tests: {tests.group(1)}"
+    assert int(tests.group(2)) >= 42 and tests.group(3) == "0", row
