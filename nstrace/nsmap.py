@@ -27,22 +27,17 @@ import errno
 import fcntl
 import os
 import re
-import struct
 import time
 
 import psutil
 
 from . import flags as fl
+from . import nsfs
 from .errors import UsageError
 
-# include/uapi/linux/nsfs.h (6.18): NSIO 0xb7; _IO(NSIO, 1), _IO(NSIO, 2), _IOR(NSIO, 13, __u64).
-NS_GET_USERNS = 0xB701
-NS_GET_PARENT = 0xB702
-NS_GET_ID = 0x8008B70D
 
 TYPES = tuple(fl.NS_TYPES)              # the eight namespace types, lsns's rows
 HIERARCHICAL = ("pid", "user")          # NS_GET_PARENT answers only for these
-_LINK = re.compile(r"^(\w+):\[(\d+)\]$")  # readlink of an nsfs file: "net:[4026531833]"
 
 
 # --- containers ----------------------------------------------------------------
@@ -216,16 +211,12 @@ def _links(base):
     out = {}
     for entry in fl.NS_ENTRIES:
         try:
-            m = _LINK.match(os.readlink(f"{base}/{entry}"))
+            link = nsfs.parse_link(os.readlink(f"{base}/{entry}"))
         except (FileNotFoundError, ProcessLookupError):
             continue  # not on this kernel, hidden (pid_for_children before the first child), or a zombie
-        if m:
-            out[entry] = (m.group(1), int(m.group(2)))
+        if link:
+            out[entry] = link
     return out
-
-
-def _ioctl_u64(fd, request):
-    return struct.unpack("Q", fcntl.ioctl(fd, request, bytes(8)))[0]
 
 
 def _related_fd(fd, request):
@@ -246,11 +237,11 @@ def _mount_points(pid):
                 if not right.startswith("nsfs "):
                     continue
                 fields = left.split()
-                m = _LINK.match(fields[3])
-                if m:
+                link = nsfs.parse_link(fields[3])
+                if link:
                     # mountinfo escapes space, tab, newline and backslash as octal
                     point = re.sub(r"\\([0-7]{3})", lambda o: chr(int(o.group(1), 8)), fields[4])
-                    out.append((point, m.group(1), int(m.group(2))))
+                    out.append((point, *link))
     except OSError:
         pass
     return out
@@ -339,11 +330,11 @@ def _fds(pid, note):
         return
     for fd in fds:
         try:
-            m = _LINK.match(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            link = nsfs.parse_link(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:
             continue
-        if m and m.group(1) in TYPES:
-            note(m.group(1), int(m.group(2)), f"/proc/{pid}/fd/{fd}", f"fd {fd} of pid {pid}")
+        if link and link[0] in TYPES:
+            note(*link, f"/proc/{pid}/fd/{fd}", f"fd {fd} of pid {pid}")
 
 
 def _fill_members(ns, by_pid):
@@ -388,10 +379,10 @@ def _ask_kernel(namespaces, openers):
         try:
             if id_works:
                 try:
-                    ns.ns_id = _ioctl_u64(fd, NS_GET_ID)
+                    ns.ns_id = nsfs.get_id(fd)
                 except OSError as e:
                     id_works = e.errno != errno.ENOTTY  # before 6.18 nsfs has no NS_GET_ID
-            for request, ns_type, field in ((NS_GET_USERNS, "user", "owner"), (NS_GET_PARENT, ns.type, "parent")):
+            for request, ns_type, field in ((nsfs.NS_GET_USERNS, "user", "owner"), (nsfs.NS_GET_PARENT, ns.type, "parent")):
                 if field == "parent" and ns.type not in HIERARCHICAL:
                     continue
                 other = _related_fd(fd, request)

@@ -8,19 +8,13 @@ BPF side recorded, before and after reading the links.
 """
 
 import errno
-import fcntl
 import os
-import struct
 
 from . import flags as fl
+from . import nsfs
 
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 
-# include/uapi/linux/nsfs.h (6.18): #define NS_GET_ID _IOR(NSIO, 13, __u64), NSIO 0xb7.
-# The 64-bit ns_common.ns_id the BPF side records: unlike the inode it is
-# never reused while the system runs, so it tells apart two namespaces that
-# had the same inode at different times.
-NS_GET_ID = 0x8008B70D
 # None: not tried yet; False: the kernel has no NS_GET_ID (ENOTTY), stop asking.
 _ns_get_id_works = None
 
@@ -46,7 +40,7 @@ def ns_links(pid, tid=None):
             link = os.readlink(f"{base}/{name}")  # e.g. "uts:[4026531838]"
         except (FileNotFoundError, ProcessLookupError):
             continue  # see above; a task that exited is caught by check()
-        out[name] = int(link[link.index("[") + 1:-1])
+        out[name] = nsfs.parse_link(link)[1]
     return out
 
 
@@ -68,7 +62,7 @@ def ns_ids(pid, tid=None):
         except OSError:
             continue  # absent on this kernel, hidden for now, or the task exited
         try:
-            out[name] = struct.unpack("Q", fcntl.ioctl(fd, NS_GET_ID, bytes(8)))[0]
+            out[name] = nsfs.get_id(fd)
             _ns_get_id_works = True
         except OSError as e:
             if e.errno == errno.ENOTTY:  # nsfs answers unknown ioctls with ENOTTY

@@ -5,7 +5,6 @@ prctl(PR_SET_NAME), real pids are reused through /proc/sys/kernel/ns_last_pid, r
 namespace inodes are recycled, real setpriv drops real privileges.
 """
 
-import ctypes
 import errno
 import fcntl
 import json
@@ -21,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nstrace import events, nscalls, procns
+from nstrace import events, nscalls, nsfs, procns
 from nstrace import flags as fl
 from nstrace.errors import UsageError
 from nstrace.launcher import Launcher, LauncherError
@@ -326,7 +325,7 @@ def test_ns_get_id_missing_falls_back_to_inodes(recycler, monkeypatch):
         assert e.value.errno == errno.ENOTTY
     finally:
         os.close(fd)
-    monkeypatch.setattr(procns, "NS_GET_ID", 0x8008B77F)
+    monkeypatch.setattr(nsfs, "NS_GET_ID", 0x8008B77F)
     monkeypatch.setattr(procns, "_ns_get_id_works", None)
     inode, now_id = seen[-1]
     stale = [ns_id for i, ns_id in seen[:-1] if i == inode]
