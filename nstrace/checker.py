@@ -10,6 +10,7 @@ import dataclasses
 import os
 import time
 
+from . import flags as fl
 from . import pathcheck, scenarios
 from .errors import NstraceError, UsageError
 from .launcher import Launcher
@@ -55,8 +56,8 @@ def _matches(exp, rec):
     if exp.comm is not None and rec.comm != exp.comm:
         return False
     if exp.flags is not None:
-        raw = rec.raw_flags & ~0xFF if rec.op == "clone" else rec.raw_flags
-        want = exp.flags & ~0xFF if rec.op == "clone" else exp.flags
+        raw = rec.raw_flags & ~fl.CSIGNAL if rec.op == "clone" else rec.raw_flags
+        want = exp.flags & ~fl.CSIGNAL if rec.op == "clone" else exp.flags
         if raw != want:
             return False
     return True

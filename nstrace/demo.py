@@ -18,7 +18,7 @@ def build(op, flags):
     if other:
         raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, 'clone3'))}: "
                          f"valid are {', '.join(n.removeprefix('CLONE_') for n in fl.NS_TYPES.values())}")
-    types = fl.ns_types_in(flags & ~fl.CSIGNAL if op == "clone" else flags)
+    types = fl.requested_types(flags, op)
     if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
         raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")
     if op == "setns" and not types:

@@ -14,7 +14,7 @@ def wanted(rec, options):
     if o.comms and rec.comm not in o.comms:
         return False
     if o.types:
-        touched = set(fl.ns_types_in(rec.raw_flags if rec.op != "clone" else rec.raw_flags & ~fl.CSIGNAL))
+        touched = set(fl.requested_types(rec.raw_flags, rec.op))
         touched |= {fl.ns_type_of_entry(e) for e in rec.changed}
         if rec.target and rec.target.get("type"):
             touched.add(rec.target["type"])

@@ -140,6 +140,11 @@ def exit_signal_name(signo):
         return str(signo)
 
 
+def requested_types(value, op):
+    """Namespace types an operation's flags ask for: clone()'s low byte is a signal, not NEWTIME."""
+    return ns_types_in(value & ~CSIGNAL if op == "clone" else value)
+
+
 def ns_types_in(value):
     """Namespace types whose CLONE_NEW* bit is set in value, in NS_TYPES order."""
     return [ns for ns, flag in NS_TYPES.items() if value & CLONE_FLAGS[flag]]

@@ -39,7 +39,7 @@ def _drop_to(uid):
 
 
 def _new_types(flags, op):
-    return set(fl.ns_types_in(flags & ~fl.CSIGNAL if op == "clone" else flags))
+    return set(fl.requested_types(flags, op))
 
 
 def _child(go_r, facts_w, types, want_inside, rootfs=None):

@@ -39,7 +39,7 @@ class StepResult:
 
 def effective_flags(rec):
     """The CLONE_NEW* names the documented `when` conditions test (without CLONE_)."""
-    value = rec.raw_flags & ~fl.CSIGNAL if rec.op == "clone" else rec.raw_flags
+    value = rec.raw_flags  # decode_flags drops clone()'s signal byte itself
     if rec.op == "setns" and not value and rec.target and rec.target.get("type"):
         value = fl.CLONE_FLAGS[fl.NS_TYPES[rec.target["type"]]]
     names = {name.removeprefix("CLONE_") for name in fl.decode_flags(value, rec.op)}

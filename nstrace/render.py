@@ -99,7 +99,7 @@ def graph(records, snapshots=()):
         if is_clone and rec.child_pid and rec.child_pid != rec.pid:
             mover = procs.node(rec.child_pid, rec.comm, rec.child_start_ns if rec.child_tid == rec.child_pid else None)
             edges.append({"n": n, "from": caller, "to": mover, "kind": "clone", "op": rec.op, "ts": rec.ts})
-        made = set(fl.ns_types_in(rec.raw_flags & ~fl.CSIGNAL if rec.op == "clone" else rec.raw_flags))
+        made = set(fl.requested_types(rec.raw_flags, rec.op))
         done = set()
         for entry in rec.changed:
             ns_type = fl.ns_type_of_entry(entry)
