@@ -132,7 +132,8 @@ static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
 	}
 }
 
-static __always_inline int op_enter(__u32 op, __u64 flags, long arg0)
+/* arg: setns's fd; clone3's args.exit_signal (clone's is in its flags) */
+static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -165,9 +166,11 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg0)
 
 	if (op == OP_CLONE)
 		e->exit_signal = flags & CSIGNAL;
+	else if (op == OP_CLONE3)
+		e->exit_signal = arg;
 	else if (op == OP_SETNS) {
-		e->setns_fd = (int)arg0;
-		resolve_setns_fd(e, (int)arg0, t);
+		e->setns_fd = (int)arg;
+		resolve_setns_fd(e, (int)arg, t);
 	}
 	return 0;
 }
@@ -264,14 +267,7 @@ int sys_enter_clone3(struct trace_event_raw_sys_enter *ctx)
 	    !(args.flags & CLONE_NEWTIME) && plain_fork(args.flags))
 		return 0;
 	/* unreadable args are kept: the kernel will fail the call with EFAULT */
-	op_enter(OP_CLONE3, args.flags, 0);
-
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct nstrace_event *e = bpf_map_lookup_elem(&inflight, &tid);
-
-	if (e)
-		e->exit_signal = args.exit_signal;
-	return 0;
+	return op_enter(OP_CLONE3, args.flags, args.exit_signal);
 }
 
 SEC("tracepoint/syscalls/sys_enter_unshare")
