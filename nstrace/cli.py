@@ -107,11 +107,17 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
             tracer.close()
             raise
     shown = 0
-    reported_lost = 0
+    reported_lost, reported_at = 0, 0.0
 
-    def emit(records):
+    def emit(timeout_ms=None):
         nonlocal shown
-        for rec in records:
+        if as_json and not recorder:
+            # native/batch.c writes the lines: the rate a firehose needs
+            lines, n = tracer.poll_json(timeout_ms, limit=count - shown if count else 0)
+            sys.stdout.buffer.write(lines)
+            shown += n
+            return
+        for rec in tracer.poll(timeout_ms):
             if count and shown >= count:
                 raise _Stop(0)
             if recorder:
@@ -126,19 +132,21 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
         deadline = time.monotonic() + duration if duration else None
         try:
             while not _stop_requested and (deadline is None or time.monotonic() < deadline):
-                emit(tracer.poll())
+                emit()
                 if count and shown >= count:
                     break
-                lost = sum(tracer.lost.values())
-                if lost > reported_lost:
-                    status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
-                    reported_lost = lost
+                # at most one loss line a second: an overloaded reader must not also flood stderr
+                if time.monotonic() - reported_at >= 1:
+                    lost = sum(tracer.lost.values())
+                    if lost > reported_lost:
+                        status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
+                        reported_lost, reported_at = lost, time.monotonic()
                 sys.stdout.flush()
         except (KeyboardInterrupt, _Stop):
             pass
         # What the kernel already handed over is shown, not dropped, on the way out.
         try:
-            emit(tracer.poll(0))
+            emit(0)
         except _Stop:
             pass
     finally:

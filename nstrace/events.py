@@ -187,9 +187,9 @@ class Record:
         return self.ret >= 0
 
     @property
-    def checked_pid(self):
-        """The task whose /proc/<pid>/ns the record's "after" set describes."""
-        return self.child_tid if self.op in ("clone", "clone3") else self.tid
+    def checked_tid(self):
+        """The task whose /proc/<pid>/task/<tid>/ns the record describes: a clone's child, else the caller."""
+        return self.child_tid if self.op in ("clone", "clone3") and self.ok and self.child_pid else self.tid
 
     def to_json(self):
         # Shallow on purpose: dataclasses.asdict deep-copies every nested dict and list
@@ -229,7 +229,8 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         steps = [step_decoder(Step.from_buffer_copy(raw, HEAD_SIZE + i * ctypes.sizeof(Step)), raw_addresses)
                  for i in range(n)]
     return Record(
-        ts=(ev.exit_ns + WALL_OFFSET_NS) / 1e9,
+        # whole microseconds: the float then prints as its 6 decimals (native/batch.c prints the same)
+        ts=((ev.exit_ns + WALL_OFFSET_NS + 500) // 1000) / 1e6,
         duration_us=max(ev.exit_ns - ev.enter_ns, 0) / 1e3,
         op=op,
         pid=ev.pid,

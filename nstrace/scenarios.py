@@ -222,7 +222,8 @@ def netns_veth(launcher):
     time.sleep(0.3)
     launcher.run(["ip", "netns", "exec", a, sys.executable, "-c", send])
     got = receiver.communicate(timeout=10)[0].strip()
-    return [Expect("unshare", comm="ip", flags=flag("net"), changed=["net"], proc=("match", "gone"),
+    # `ip netns add` setns()es back to its own netns right after: its unshare is superseded (ip/ipnetns.c)
+    return [Expect("unshare", comm="ip", flags=flag("net"), changed=["net"], proc=("match", "gone", "superseded"),
                    what="`ip netns add` is unshare(CLONE_NEWNET) plus a bind mount of the ns file"),
             Expect("setns", comm="ip", flags=flag("net"), changed=["net"], proc=("match", "gone"),
                    what="`ip netns exec` is setns into the bind-mounted ns file"),

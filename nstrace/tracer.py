@@ -9,11 +9,12 @@ filters. The CLI and the launcher both drive it; neither touches libbpf.
 import collections
 import ctypes
 import dataclasses
+import json
 import os
 import re
 import time
 
-from . import events, filters, kernelpath, libbpf, loader, procns
+from . import batch, events, filters, kernelpath, libbpf, loader, procns
 from . import flags as fl
 from .errors import LibbpfError, ProbeError, UsageError
 
@@ -55,6 +56,8 @@ class Options:
         if self.ringbuf_bytes < 4096 or self.ringbuf_bytes & (self.ringbuf_bytes - 1) \
                 or self.ringbuf_bytes > 1 << 30:
             raise UsageError(f"ring buffer size must be a power of two from 4 KiB to 1 GiB, not {self.ringbuf_bytes} bytes")
+        if len(self.comms) > 16:
+            raise UsageError(f"at most 16 --comm values, not {len(self.comms)}")
         for op in self.ops:
             if op not in fl.OPS:
                 raise UsageError(f"unknown operation {op!r}: valid are {', '.join(fl.OPS)}")
@@ -73,14 +76,15 @@ class Tracer:
     def __init__(self, options=None, object_path=loader.OBJECT_PATH):
         self.options = options or Options()
         self.options.validate()
-        self.by_op = collections.Counter()
-        self.by_check = collections.Counter()
-        self.filtered = 0
+        self._checked = collections.Counter()  # /proc check results, by status
+        self._python_filtered = 0              # records C left to Python that a filter dropped
+        self._python_superseded = 0
+        self._counts = None                    # the batch's counters once it is closed
         self.attached = []
         self.hooks = []
         self.live_since = None
         self._obj = None
-        self._rb = None
+        self._batch = None
         self._object_path = object_path
         self._final_lost = {"ringbuf": 0, "inflight": 0}
 
@@ -129,7 +133,7 @@ class Tracer:
                 loader.unmount()
         for hook in self.hooks:
             self._attach_hook(hook)
-        self._rb = obj.ring_buffer("events")
+        self._batch = batch.Batch(obj.map_fd("events"), o)
 
     def _syscall_programs(self):
         # sched_process_exit runs on every exit on the machine: only --pid needs it
@@ -194,45 +198,70 @@ class Tracer:
 
     def poll(self, timeout_ms=None):
         """The next batch of records (possibly empty), checked against /proc and filtered."""
-        raws = self._rb.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
-        records = [events.decode(r, self.options.raw_addresses, kernelpath.decode_step) for r in raws]
-        if self.options.check_proc:
-            last = {rec.tid: i for i, rec in enumerate(records)}  # each task's latest record in the batch
-            for i, rec in enumerate(records):
-                rec.proc_check = self._check(rec, lambda tid, i=i: last.get(tid, -1) > i)
+        states = self._read(timeout_ms)
         out = []
-        for rec in records:
-            self.by_op[rec.op] += 1
-            if rec.proc_check:
-                self.by_check[rec.proc_check["status"]] += 1
-            if self._wanted(rec):
-                out.append(rec)
-            else:
-                self.filtered += 1
+        for i, state in enumerate(states):
+            if state != batch.FILTERED:
+                rec = self._record(i, state)
+                if rec:
+                    out.append(rec)
         return out
 
-    def _check(self, rec, acts_later):
+    def poll_json(self, timeout_ms=None, limit=0):
+        """poll() as JSON lines: (bytes-like, number of lines), at most `limit` lines (0: all).
+
+        The same records and lines as poll() with display.json_line(), written
+        by native/batch.c: Python only decodes the records it must check
+        against /proc (each task's last in the batch) or that C leaves to it.
+        """
+        states = self._read(timeout_ms)
+        for i, state in enumerate(states):
+            if state in (batch.CHECK, batch.PYTHON, batch.PYTHON | batch.LATER):
+                rec = self._record(i, state)
+                if state == batch.CHECK:
+                    self._batch.set(i, json.dumps(rec.proc_check, separators=(",", ":")).encode())
+                else:
+                    self._batch.set(i, (json.dumps(rec.to_json(), separators=(",", ":")) + "\n").encode()
+                                    if rec else None)
+        before = self._batch.counts.lines
+        lines = self._batch.format(limit)
+        return lines, self._batch.counts.lines - before
+
+    def _read(self, timeout_ms):
+        self._batch.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
+        return self._batch.classify()
+
+    def _record(self, i, state):
+        """Record i of the batch, decoded, with its /proc check; None if a user-space filter drops it."""
+        rec = events.decode(self._batch.raw(i), self.options.raw_addresses, kernelpath.decode_step)
+        if state & ~batch.LATER == batch.PYTHON and not filters.wanted(rec, self.options):
+            self._python_filtered += 1
+            return None
+        if state in (batch.SUPERSEDED, batch.PYTHON | batch.LATER):
+            # The task made another namespace operation later in this batch:
+            # /proc shows that one's result, so this one is not read.
+            rec.proc_check = {"status": "superseded", "pid": rec.checked_tid}
+            self._python_superseded += state != batch.SUPERSEDED
+        elif state in (batch.CHECK, batch.PYTHON) and self.options.check_proc:
+            rec.proc_check = self._check(rec)
+            if rec.proc_check:
+                self._checked[rec.proc_check["status"]] += 1
+        return rec
+
+    def _check(self, rec):
         if rec.op in ("clone", "clone3"):
             if not rec.ok or not rec.child_pid:
                 # no child: the caller must still be where it was
-                return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_before, rec.ns_id_before,
-                                        acts_later)
+                return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_before, rec.ns_id_before)
             return self._check_task(rec.child_pid, rec.child_tid, rec.child_start_ns, rec.ns_after,
-                                    rec.ns_id_after, acts_later)
-        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.ns_id_after, acts_later)
+                                    rec.ns_id_after)
+        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.ns_id_after)
 
     @staticmethod
-    def _check_task(pid, tid, start_ns, expected, expected_ids, acts_later):
+    def _check_task(pid, tid, start_ns, expected, expected_ids):
         if not expected:
             return None
-        result = procns.check(pid, tid, start_ns, expected, expected_ids)
-        if result["status"] == "mismatch" and acts_later(tid):
-            # The task went on to another namespace operation, already in this batch.
-            result["status"] = "superseded"
-        return result
-
-    def _wanted(self, rec):
-        return filters.wanted(rec, self.options)
+        return procns.check(pid, tid, start_ns, expected, expected_ids)
 
     # --- accounting and teardown ------------------------------------------
 
@@ -247,16 +276,46 @@ class Tracer:
             lost["untracked"] = self._obj.read_global(".bss", "lost_tracked")
         return lost
 
+    def _batch_counts(self):
+        if self._batch:
+            c = self._batch.counts
+            return {"by_op": list(c.by_op), "superseded": c.superseded, "filtered": c.filtered}
+        return self._counts or {"by_op": [0] * 5, "superseded": 0, "filtered": 0}
+
+    @property
+    def by_op(self):
+        """Records read, by operation (before filtering)."""
+        by_op = self._batch_counts()["by_op"]
+        return {events.OPS.get(num, "unknown"): n for num, n in enumerate(by_op) if n}
+
+    @property
+    def by_check(self):
+        """/proc check results of the records shown, by status."""
+        out = dict(self._checked)
+        superseded = self._batch_counts()["superseded"] + self._python_superseded
+        if superseded:
+            out["superseded"] = superseded
+        return out
+
+    @property
+    def filtered(self):
+        """Records a --comm/--op/--type filter dropped."""
+        return self._batch_counts()["filtered"] + self._python_filtered
+
     def summary(self):
-        return {"events": dict(self.by_op), "total": sum(self.by_op.values()),
-                "proc_check": dict(self.by_check), "filtered": self.filtered, "lost": self.lost}
+        by_op = self.by_op
+        return {"events": by_op, "total": sum(by_op.values()),
+                "proc_check": self.by_check, "filtered": self.filtered, "lost": self.lost}
 
     def close(self):
+        if self._batch:
+            self._counts = self._batch_counts()
+            self._batch.close()
+            self._batch = None
         if self._obj:
             self._final_lost = self.lost
             self._obj.close()
             self._obj = None
-            self._rb = None
 
     def __enter__(self):
         return self.start()

@@ -1,0 +1,700 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Ring-buffer records in batches, and their JSON lines, at kernel speed.
+ *
+ * A Python callback per record costs microseconds (ctypes builds a frame for
+ * every call); `nstrace watch --json` has to keep up with hundreds of
+ * thousands of records a second. So the ring buffer's sample callback is
+ * jl_sample() below: it only copies the record into a batch. Python then asks
+ * jl_classify() which records it must look at itself (a /proc check, or a
+ * record this file cannot format), and jl_format() writes the rest.
+ *
+ * One source of truth for names: every string (op, flag, errno, signal and
+ * namespace names) comes from nstrace/flags.py and nstrace/events.py through
+ * struct jl_tables. The record layout is probes/nstrace.h itself. The
+ * reference decoder is nstrace/events.py + display.json_line(): for every
+ * record formatted here the bytes are identical, which tests/test_batch.py
+ * checks on records of real namespace operations.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/types.h>
+
+#include "../probes/nstrace.h"
+
+#define JL_EXPORT __attribute__((visibility("default")))
+#define CLONE_CSIGNAL 0xffull
+
+/* What jl_classify() decided for a record. */
+enum jl_state {
+	JL_FORMAT = 0,		/* formatted here, proc_check null */
+	JL_SUPERSEDED = 1,	/* formatted here: the checked task acts again later in the batch */
+	JL_CHECK = 2,		/* formatted here once Python hands over its proc_check */
+	JL_PYTHON = 3,		/* Python decodes, filters and formats it (jl_set_line) */
+	JL_FILTERED = 4,	/* not shown: --op/--comm/--type */
+	JL_LATER = 0x10,	/* JL_PYTHON: superseded, as JL_SUPERSEDED */
+};
+
+/* Names, filled once by nstrace/batch.py; strings are JSON-ready ("\"clone\""). */
+struct jl_tables {
+	const char *ops[5];		/* by enum nstrace_op; NULL: "op<n>" */
+	const char *flag_names[64];	/* flags.CLONE_FLAGS, in its order */
+	__u64 flag_bits[64];
+	__u32 nflags;
+	const char *entries[NS_SLOTS];	/* /proc/<pid>/ns entry names, JSON-ready */
+	__u64 entry_type_bit[NS_SLOTS];	/* CLONE_NEW* of each entry (pid_for_children: NEWPID) */
+	const char *errnos[256];	/* errno.errorcode; NULL: the number as a string */
+	const char *signals[65];	/* signal.Signals names; NULL: the number as a string */
+	const char *target_kinds[5];	/* events.TARGET_KINDS; NULL: null */
+	const char *nstype_names[8];	/* the namespace types, by nstype_bits */
+	__u64 nstype_bits[8];
+	__s64 wall_offset_ns;		/* CLOCK_MONOTONIC -> wall clock (events.WALL_OFFSET_NS) */
+	__u32 raw_addresses;
+};
+
+/* --op/--comm/--type (zero: no filter); comms are raw bytes, NUL-padded. */
+struct jl_filter {
+	__u32 ops_mask;			/* bit n: enum nstrace_op n wanted */
+	__u32 ncomms;
+	char comms[16][16];
+	__u64 types_mask;		/* CLONE_NEW* bits wanted */
+};
+
+struct jl_counts {
+	__u64 by_op[5];			/* every record, by enum nstrace_op (0: unknown) */
+	__u64 superseded;
+	__u64 filtered;
+	__u64 lines;			/* lines written by jl_format */
+};
+
+struct jl_batch {
+	char *data;			/* records back to back, 8-byte aligned */
+	size_t used, cap;
+	__u32 n, max;
+	__u32 *off, *len;
+	__u8 *state;
+	const char **frag;		/* JL_CHECK: proc_check JSON; JL_PYTHON: the line */
+	__u32 *frag_len;
+	char *out;
+	size_t out_len, out_cap;
+	struct jl_counts counts;
+	int oom;
+};
+
+JL_EXPORT struct jl_batch *jl_new(__u32 max)
+{
+	struct jl_batch *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return NULL;
+	b->max = max;
+	b->off = calloc(max, sizeof(*b->off));
+	b->len = calloc(max, sizeof(*b->len));
+	b->state = calloc(max, sizeof(*b->state));
+	b->frag = calloc(max, sizeof(*b->frag));
+	b->frag_len = calloc(max, sizeof(*b->frag_len));
+	if (!b->off || !b->len || !b->state || !b->frag || !b->frag_len) {
+		free(b->off), free(b->len), free(b->state), free(b->frag), free(b->frag_len), free(b);
+		return NULL;
+	}
+	return b;
+}
+
+JL_EXPORT void jl_free(struct jl_batch *b)
+{
+	if (!b)
+		return;
+	free(b->data), free(b->out);
+	free(b->off), free(b->len), free(b->state), free(b->frag), free(b->frag_len);
+	free(b);
+}
+
+static int reserve(char **buf, size_t *cap, size_t need)
+{
+	size_t cap2 = *cap ? *cap : 64 << 10;
+	char *p;
+
+	if (need <= *cap)
+		return 0;
+	while (cap2 < need)
+		cap2 *= 2;
+	p = realloc(*buf, cap2);
+	if (!p)
+		return -1;
+	*buf = p, *cap = cap2;
+	return 0;
+}
+
+/*
+ * libbpf's ring_buffer_sample_fn. A negative return makes libbpf stop after
+ * this record (which it has already consumed), so a full batch ends the
+ * consume call and the rest waits in the ring buffer.
+ */
+JL_EXPORT int jl_sample(void *ctx, void *data, size_t size)
+{
+	struct jl_batch *b = ctx;
+	size_t at = (b->used + 7) & ~(size_t)7;
+
+	if (reserve(&b->data, &b->cap, at + size)) {
+		b->oom = 1;
+		return -ENOMEM;
+	}
+	memcpy(b->data + at, data, size);
+	b->off[b->n] = at;
+	b->len[b->n] = size;
+	b->frag[b->n] = NULL;
+	b->used = at + size;
+	return ++b->n >= b->max ? -E2BIG : 0;
+}
+
+JL_EXPORT void jl_reset(struct jl_batch *b)
+{
+	b->n = 0, b->used = 0, b->out_len = 0;
+}
+
+JL_EXPORT __u32 jl_count(const struct jl_batch *b)
+{
+	return b->n;
+}
+
+JL_EXPORT const void *jl_record(const struct jl_batch *b, __u32 i, __u32 *size)
+{
+	*size = b->len[i];
+	return b->data + b->off[i];
+}
+
+JL_EXPORT const __u8 *jl_states(const struct jl_batch *b)
+{
+	return b->state;
+}
+
+JL_EXPORT const struct jl_counts *jl_counts(const struct jl_batch *b)
+{
+	return &b->counts;
+}
+
+JL_EXPORT int jl_oom(const struct jl_batch *b)
+{
+	return b->oom;
+}
+
+/* Python's fragment for record i: its proc_check (JL_CHECK) or its whole line (JL_PYTHON; NULL: filtered). */
+JL_EXPORT void jl_set(struct jl_batch *b, __u32 i, const char *frag, __u32 len)
+{
+	b->frag[i] = frag;
+	b->frag_len[i] = len;
+	if (b->state[i] == JL_PYTHON && !frag)
+		b->state[i] = JL_FILTERED;
+}
+
+static const struct nstrace_event *rec(const struct jl_batch *b, __u32 i)
+{
+	return (const void *)(b->data + b->off[i]);
+}
+
+static int is_clone(__u32 op)
+{
+	return op == OP_CLONE || op == OP_CLONE3;
+}
+
+/*
+ * A comm events.safe_comm() leaves as it is and --comm compares byte for
+ * byte: printable ASCII without a backslash. Anything else (escapes,
+ * UTF-8) goes to Python, the reference, so there is one escaping rule.
+ */
+static int comm_is_plain(const char *comm)
+{
+	for (int i = 0; i < 16 && comm[i]; i++)
+		if (comm[i] < 0x20 || comm[i] > 0x7e || comm[i] == '\\')
+			return 0;
+	return 1;
+}
+
+/* filters.wanted(): the types an operation touches (as CLONE_NEW* bits). */
+static __u64 touched_types(const struct jl_tables *t, const struct nstrace_event *e)
+{
+	__u64 flags = e->op == OP_CLONE ? e->raw_flags & ~CLONE_CSIGNAL : e->raw_flags;
+	__u64 types = 0;
+
+	for (int i = 0; i < 8; i++)
+		types |= flags & t->nstype_bits[i];
+	if (e->before.valid && e->after.valid)
+		for (int s = 0; s < NS_SLOTS; s++)
+			if (e->before.inum[s] != e->after.inum[s] || e->before.ns_id[s] != e->after.ns_id[s])
+				types |= t->entry_type_bit[s];
+	if (e->op == OP_SETNS && e->target_kind == TARGET_NSFS)
+		types |= e->target_nstype;
+	return types;
+}
+
+static int wanted(const struct jl_tables *t, const struct jl_filter *f, const struct nstrace_event *e)
+{
+	if (f->ops_mask && (e->op > 31 || !(f->ops_mask & (1u << e->op))))
+		return 0;
+	if (f->ncomms) {
+		__u32 i;
+
+		for (i = 0; i < f->ncomms; i++)
+			if (!strncmp(f->comms[i], e->comm, 16))
+				break;
+		if (i == f->ncomms)
+			return 0;
+	}
+	if (f->types_mask && !(touched_types(t, e) & f->types_mask))
+		return 0;
+	return 1;
+}
+
+/*
+ * The task whose /proc/<pid>/ns the record's namespaces should show, and
+ * which set that is: the child after a clone that made one, else the caller
+ * (before a failed clone, after unshare/setns). Returns NULL: nothing to check.
+ */
+static const struct nstrace_ns_set *checked(const struct nstrace_event *e, __u32 *tid)
+{
+	if (is_clone(e->op)) {
+		if (e->ret < 0 || !e->child_pid) {
+			*tid = e->tid;
+			return e->before.valid ? &e->before : NULL;
+		}
+		*tid = e->child_tid;
+	} else {
+		*tid = e->tid;
+	}
+	return e->after.valid ? &e->after : NULL;
+}
+
+/* Open addressing: tid -> index of the task's last record in the batch. */
+struct last_seen {
+	__u32 *tid, *idx;
+	__u32 mask;
+};
+
+static __u32 *last_slot(struct last_seen *h, __u32 tid)
+{
+	__u32 s = (tid * 2654435761u) & h->mask;
+
+	while (h->tid[s] && h->tid[s] != tid)
+		s = (s + 1) & h->mask;
+	h->tid[s] = tid;
+	return &h->idx[s];
+}
+
+/*
+ * Did this operation move its caller to other namespaces? Only a successful
+ * unshare or setns does: a clone changes the child, never the caller.
+ */
+static int moves_caller(const struct nstrace_event *e)
+{
+	if ((e->op != OP_UNSHARE && e->op != OP_SETNS) || e->ret < 0)
+		return 0;
+	if (!e->before.valid || !e->after.valid)
+		return 1;
+	return memcmp(e->before.inum, e->after.inum, sizeof(e->before.inum)) ||
+	       memcmp(e->before.ns_id, e->after.ns_id, sizeof(e->before.ns_id));
+}
+
+/*
+ * Decide every record's state; count ops, filtered and superseded records.
+ * Returns how many records Python must see (JL_CHECK or JL_PYTHON), or -1.
+ * A record is superseded when the task it would check moves to other
+ * namespaces later in this batch: /proc already shows where it went, so it
+ * is not read. A JL_PYTHON record carries JL_LATER when that holds.
+ */
+JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const struct jl_filter *f,
+			  int check_proc)
+{
+	struct last_seen h;
+	__u32 size = 16;
+	int python = 0;
+
+	while (size < 2 * b->n)
+		size *= 2;
+	h.mask = size - 1;
+	h.tid = calloc(size, sizeof(__u32));
+	h.idx = calloc(size, sizeof(__u32));
+	if (!h.tid || !h.idx) {
+		free(h.tid), free(h.idx);
+		return -1;
+	}
+	/* tid 0 (the idle task) must not look like an empty slot */
+	for (__u32 i = 0; i < b->n; i++)
+		if (moves_caller(rec(b, i)))
+			*last_slot(&h, rec(b, i)->tid ?: ~0u) = i + 1;
+
+	for (__u32 i = 0; i < b->n; i++) {
+		const struct nstrace_event *e = rec(b, i);
+		int check = 0, later = 0;
+		__u32 tid;
+
+		b->counts.by_op[e->op < 5 ? e->op : 0]++;
+		if (check_proc && checked(e, &tid)) {
+			check = 1;
+			later = *last_slot(&h, tid ?: ~0u) > i + 1;
+		}
+		if (b->len[i] < offsetof(struct nstrace_event, steps) || !comm_is_plain(e->comm) || e->nsteps) {
+			b->state[i] = JL_PYTHON | (later ? JL_LATER : 0);
+			python++;
+		} else if (!wanted(t, f, e)) {
+			b->state[i] = JL_FILTERED;
+			b->counts.filtered++;
+		} else if (later) {
+			b->state[i] = JL_SUPERSEDED;
+			b->counts.superseded++;
+		} else if (check) {
+			b->state[i] = JL_CHECK;
+			python++;
+		} else {
+			b->state[i] = JL_FORMAT;
+		}
+	}
+	free(h.tid), free(h.idx);
+	return python;
+}
+
+/* --- JSON ------------------------------------------------------------------ */
+
+struct out {
+	char *p;
+};
+
+static void put(struct out *o, const char *s, size_t n)
+{
+	memcpy(o->p, s, n);
+	o->p += n;
+}
+
+#define PUT(o, lit) put(o, lit, sizeof(lit) - 1)
+
+static void puts_(struct out *o, const char *s)
+{
+	put(o, s, strlen(s));
+}
+
+static void put_u64(struct out *o, __u64 v)
+{
+	char tmp[20];
+	int n = 0;
+
+	do {
+		tmp[n++] = '0' + v % 10;
+		v /= 10;
+	} while (v);
+	while (n)
+		*o->p++ = tmp[--n];
+}
+
+static void put_s64(struct out *o, __s64 v)
+{
+	if (v < 0) {
+		*o->p++ = '-';
+		put_u64(o, -(__u64)v);
+	} else {
+		put_u64(o, v);
+	}
+}
+
+static void put_hex(struct out *o, __u64 v, int min_digits)
+{
+	char tmp[16];
+	int n = 0;
+
+	do {
+		tmp[n++] = "0123456789abcdef"[v & 15];
+		v >>= 4;
+	} while (v);
+	while (n < min_digits)
+		tmp[n++] = '0';
+	while (n)
+		*o->p++ = tmp[--n];
+}
+
+/* whole.frac as Python's float repr shows a value with `digits` decimals: trailing zeros dropped, at least one. */
+static void put_fixed(struct out *o, __u64 whole, __u64 frac, int digits)
+{
+	char tmp[8];
+
+	put_u64(o, whole);
+	*o->p++ = '.';
+	for (int i = digits - 1; i >= 0; i--, frac /= 10)
+		tmp[i] = '0' + frac % 10;
+	while (digits > 1 && tmp[digits - 1] == '0')
+		digits--;
+	put(o, tmp, digits);
+}
+
+/* The number as a JSON string, as Python's str(n) for an unknown errno or signal. */
+static void put_num_str(struct out *o, __s64 v)
+{
+	*o->p++ = '"';
+	put_s64(o, v);
+	*o->p++ = '"';
+}
+
+/* json.dumps() of a plain comm (see comm_is_plain): only '"' needs escaping. */
+static void put_comm(struct out *o, const char *comm)
+{
+	*o->p++ = '"';
+	for (int i = 0; i < 16 && comm[i]; i++) {
+		if (comm[i] == '"')
+			*o->p++ = '\\';
+		*o->p++ = comm[i];
+	}
+	*o->p++ = '"';
+}
+
+/* flags.decode_flags(): names in table order, then leftover bits as one hex string. */
+static void put_flags(struct out *o, const struct jl_tables *t, __u64 v, __u32 op)
+{
+	int first = 1;
+
+	if (op == OP_CLONE)
+		v &= ~CLONE_CSIGNAL;
+	*o->p++ = '[';
+	for (__u32 i = 0; i < t->nflags; i++) {
+		if (!(v & t->flag_bits[i]))
+			continue;
+		if (!first)
+			*o->p++ = ',';
+		puts_(o, t->flag_names[i]);
+		v &= ~t->flag_bits[i];
+		first = 0;
+	}
+	if (v) {
+		if (!first)
+			*o->p++ = ',';
+		PUT(o, "\"0x");
+		put_hex(o, v, 1);
+		*o->p++ = '"';
+	}
+	*o->p++ = ']';
+}
+
+static void put_ns_map(struct out *o, const struct jl_tables *t, const struct nstrace_ns_set *s, int ids)
+{
+	if (!s->valid) {
+		PUT(o, "null");
+		return;
+	}
+	*o->p++ = '{';
+	for (int i = 0; i < NS_SLOTS; i++) {
+		__u64 v = ids ? s->ns_id[i] : s->inum[i];
+
+		if (i)
+			*o->p++ = ',';
+		puts_(o, t->entries[i]);
+		*o->p++ = ':';
+		if (v)
+			put_u64(o, v);
+		else
+			PUT(o, "null");
+	}
+	*o->p++ = '}';
+}
+
+/* events.format_id(): 8 hex digits, or the address with --raw-addresses. */
+static void put_id(struct out *o, const struct jl_tables *t, __u64 v)
+{
+	if (!v) {
+		PUT(o, "null");
+		return;
+	}
+	PUT(o, "\"");
+	if (t->raw_addresses)
+		PUT(o, "0x");
+	put_hex(o, v, t->raw_addresses ? 1 : 8);
+	PUT(o, "\"");
+}
+
+static void put_target(struct out *o, const struct jl_tables *t, const struct nstrace_event *e)
+{
+	const char *kind = e->target_kind < 5 ? t->target_kinds[e->target_kind] : t->target_kinds[TARGET_OTHER];
+
+	PUT(o, "{\"fd\":");
+	put_s64(o, e->setns_fd);
+	PUT(o, ",\"kind\":");
+	if (kind)
+		puts_(o, kind);
+	else
+		PUT(o, "null");
+	if (e->target_kind == TARGET_NSFS) {
+		int i;
+
+		PUT(o, ",\"type\":");
+		for (i = 0; i < 8 && t->nstype_bits[i] != e->target_nstype; i++)
+			;
+		if (i < 8) {
+			puts_(o, t->nstype_names[i]);
+		} else {
+			PUT(o, "\"0x");
+			put_hex(o, e->target_nstype, 1);
+			*o->p++ = '"';
+		}
+		PUT(o, ",\"inode\":");
+		put_u64(o, e->target_inum);
+		PUT(o, ",\"ns_id\":");
+		if (e->target_ns_id)
+			put_u64(o, e->target_ns_id);
+		else
+			PUT(o, "null");
+	} else if (e->target_kind == TARGET_PIDFD) {
+		PUT(o, ",\"pid\":");
+		put_u64(o, e->target_pid);
+	}
+	*o->p++ = '}';
+}
+
+static void put_opt_u64(struct out *o, __u64 v)
+{
+	if (v)
+		put_u64(o, v);
+	else
+		PUT(o, "null");
+}
+
+/* Longest line put_line() can write, without the proc_check fragment. */
+#define LINE_MAX_BYTES (4096 + 16 * 8 + 64 * 32)
+
+static void put_line(struct out *o, const struct jl_tables *t, const struct nstrace_event *e,
+		     const char *proc, __u32 proc_len)
+{
+	int clone = is_clone(e->op);
+	__u64 us = (e->exit_ns + t->wall_offset_ns + 500) / 1000;
+	__u64 dur = e->exit_ns > e->enter_ns ? e->exit_ns - e->enter_ns : 0;
+
+	PUT(o, "{\"ts\":");
+	put_fixed(o, us / 1000000, us % 1000000, 6);
+	PUT(o, ",\"duration_us\":");
+	put_fixed(o, dur / 1000, dur % 1000, 3);
+	PUT(o, ",\"op\":");
+	if (e->op < 5 && t->ops[e->op]) {
+		puts_(o, t->ops[e->op]);
+	} else {
+		PUT(o, "\"op");
+		put_u64(o, e->op);
+		*o->p++ = '"';
+	}
+	PUT(o, ",\"pid\":");
+	put_u64(o, e->pid);
+	PUT(o, ",\"tid\":");
+	put_u64(o, e->tid);
+	PUT(o, ",\"ppid\":");
+	put_u64(o, e->ppid);
+	PUT(o, ",\"uid\":");
+	put_u64(o, e->uid);
+	PUT(o, ",\"comm\":");
+	put_comm(o, e->comm);
+	PUT(o, ",\"raw_flags\":");
+	put_u64(o, e->raw_flags);
+	PUT(o, ",\"flags\":");
+	put_flags(o, t, e->raw_flags, e->op);
+	PUT(o, ",\"ret\":");
+	put_s64(o, e->ret);
+	PUT(o, ",\"errno\":");
+	if (e->ret >= 0)
+		PUT(o, "null");
+	else if (-(__u64)e->ret < 256 && t->errnos[-e->ret])
+		puts_(o, t->errnos[-e->ret]);
+	else {
+		*o->p++ = '"';
+		put_u64(o, -(__u64)e->ret);
+		*o->p++ = '"';
+	}
+	PUT(o, ",\"exit_signal\":");
+	if (!clone || !e->exit_signal)
+		PUT(o, "null");
+	else if (e->exit_signal > 0 && e->exit_signal <= 64 && t->signals[e->exit_signal])
+		puts_(o, t->signals[e->exit_signal]);
+	else
+		put_num_str(o, e->exit_signal);
+	PUT(o, ",\"child_pid\":");
+	put_opt_u64(o, clone ? e->child_pid : 0);
+	PUT(o, ",\"child_tid\":");
+	put_opt_u64(o, clone ? e->child_tid : 0);
+	PUT(o, ",\"target\":");
+	if (e->op == OP_SETNS)
+		put_target(o, t, e);
+	else
+		PUT(o, "null");
+	PUT(o, ",\"ns_before\":");
+	put_ns_map(o, t, &e->before, 0);
+	PUT(o, ",\"ns_after\":");
+	put_ns_map(o, t, &e->after, 0);
+	PUT(o, ",\"ns_id_before\":");
+	put_ns_map(o, t, &e->before, 1);
+	PUT(o, ",\"ns_id_after\":");
+	put_ns_map(o, t, &e->after, 1);
+	PUT(o, ",\"changed\":[");
+	if (e->before.valid && e->after.valid) {
+		int first = 1;
+
+		for (int s = 0; s < NS_SLOTS; s++) {
+			if (e->before.inum[s] == e->after.inum[s] && e->before.ns_id[s] == e->after.ns_id[s])
+				continue;
+			if (!first)
+				*o->p++ = ',';
+			puts_(o, t->entries[s]);
+			first = 0;
+		}
+	}
+	PUT(o, "],\"nsproxy\":{\"before\":");
+	put_id(o, t, e->before.nsproxy_id);
+	PUT(o, ",\"after\":");
+	put_id(o, t, e->after.nsproxy_id);
+	PUT(o, "},\"start_time_ns\":");
+	put_u64(o, e->start_time_ns);
+	PUT(o, ",\"child_start_ns\":");
+	put_opt_u64(o, clone ? e->child_start_ns : 0);
+	PUT(o, ",\"kernel_path\":[],\"kernel_path_dropped\":");
+	put_u64(o, e->steps_dropped);
+	PUT(o, ",\"proc_check\":");
+	if (proc)
+		put(o, proc, proc_len);
+	else
+		PUT(o, "null");
+	PUT(o, "}\n");
+}
+
+/*
+ * Write the lines of up to `limit` shown records (0: all) into the batch's
+ * output buffer; *out points at them. Returns the byte count, or -1.
+ */
+JL_EXPORT long jl_format(struct jl_batch *b, const struct jl_tables *t, __u32 limit, const char **out)
+{
+	struct out o;
+	__u32 lines = 0;
+
+	b->out_len = 0;
+	for (__u32 i = 0; i < b->n && (!limit || lines < limit); i++) {
+		__u8 st = b->state[i];
+		size_t need = b->out_len + LINE_MAX_BYTES + b->frag_len[i];
+
+		if (st == JL_FILTERED || (st == JL_PYTHON && !b->frag[i]))
+			continue;
+		if (reserve(&b->out, &b->out_cap, need))
+			return -1;
+		o.p = b->out + b->out_len;
+		if (st == JL_PYTHON) {
+			put(&o, b->frag[i], b->frag_len[i]);
+		} else if (st == JL_SUPERSEDED) {
+			char frag[48] = "{\"status\":\"superseded\",\"pid\":";
+			struct out f = { frag + strlen(frag) };
+			__u32 tid;
+
+			checked(rec(b, i), &tid);
+			put_u64(&f, tid);
+			*f.p++ = '}';
+			put_line(&o, t, rec(b, i), frag, f.p - frag);
+		} else {
+			put_line(&o, t, rec(b, i), b->frag[i], b->frag_len[i]);
+		}
+		b->out_len = o.p - b->out;
+		lines++;
+	}
+	b->counts.lines += lines;
+	*out = b->out;
+	return b->out_len;
+}
