@@ -10,9 +10,10 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
-from . import figures, kernel, tracers
+from . import figures, hooks, tracers
 from .report import Report, stat
 from .workload import Workload
 
@@ -50,6 +51,44 @@ def version(argv):
         return (r.stdout or r.stderr).strip().splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return None
+
+
+def hook_sets(rep, work, n, a, log):
+    """Rows "hook set: ..." for every set of bench/hooks.py, the refused ones included, and the reading note."""
+    with tempfile.TemporaryDirectory(prefix="nsbench-hooks-") as tmp:
+        obj, why = hooks.build(tmp)
+        if obj is None:
+            rep.notes.append(f"hook sets not measured: {why}")
+            return
+        status, messages = hooks.probe(obj)
+        usable = [k for k, _, _ in hooks.HOOK_SETS if status[k] is None]
+        res = figures.hook_sets(work, obj, usable, n["unshare"], n["getppid"], a.reps, log,
+                                wait_budget_s=0 if a.quick else 60)
+    base = res["untraced"]
+    rep.add("hook set: untraced baseline", "unshare()", [t / n["unshare"] for t in base["unshare_ns"]],
+            "us", scale=1e-3)
+    rep.add("hook set: untraced baseline", "getppid()", [t / n["getppid"] for t in base["getppid_ns"]],
+            "ns", fmt="{:.0f}")
+    summary = {}
+    for fig_id, figure, unit, fmt in hooks.FIGURES:
+        for key, label, _ in hooks.HOOK_SETS:
+            if status[key]:
+                rep.add(figure, f"{label}: {status[key]}", [], unit, fmt=fmt)
+                continue
+            values = hooks.values(fig_id, res[key], base, n)
+            summary.setdefault(key, {})[fig_id] = rep.add(figure, label, values, unit, fmt=fmt)
+    rep.meta["hook_sets"] = {
+        key: {"label": label, "status": "measured" if status[key] is None else status[key],
+              **({"error": messages[key]} if key in messages else {}),
+              **({k: res[key][k] for k in ("bpf_runs_per_unshare", "hits_per_unshare")} if key in res else {})}
+        for key, label, _ in hooks.HOOK_SETS}
+    rep.meta["hook_sets_contaminated_reps"] = res["contaminated_reps"]
+    rep.notes += hooks.reading(summary, status, stat([t / n["unshare"] for t in base["unshare_ns"]])["median"])
+    if res["contaminated_reps"]:
+        rep.notes.append(f"hook sets: {res['contaminated_reps']} of {a.reps} repetition(s) ran while other processes "
+                         f"had BPF programs on the syscall tracepoints ({', '.join(res['others_seen'][:4])}...): "
+                         "their 'untraced' runs already paid the syscall-work path, so those hook-set slowdowns and taxes "
+                         "are understated")
 
 
 def main(argv=None):
@@ -143,10 +182,9 @@ def main(argv=None):
         for tool in background:
             rep.add("getppid() tax: syscall tracepoints", f"{tool} attached",
                     [t - u for t, u in zip(tax[tool], tax["untraced"])], "ns", fmt="{:.0f}")
-        if not kernel.tracing_prog_type_available():
-            rep.notes.append("hook set 'fentry on syscall functions' not measurable: this kernel refuses "
-                             "BPF_PROG_TYPE_TRACING (bpftool feature probe: have_tracing_prog_type false); "
-                             "the syscall tracepoints are the only hook set here")
+
+        # 4b. the hook itself, per hook set that could carry the syscall layer (count-only programs of ours)
+        hook_sets(rep, work, n, a, log)
 
         # 5. sustained event rate, and what happens above it
         sus = figures.sustained(work, a.sustain_seconds, a.probe_seconds, log)

@@ -31,12 +31,47 @@ def prog_ids_of(pid):
     return ids
 
 
+def _bpftool(*args):
+    return json.loads(subprocess.run(["bpftool", "-j", *args], capture_output=True,
+                                     text=True, check=True).stdout or "[]")
+
+
 def programs_of(pid):
     """bpftool's record (name, run_time_ns, run_cnt ...) of every BPF program a process holds."""
     ids = prog_ids_of(pid)
-    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                      text=True, check=True).stdout or "[]")
-    return [p for p in progs if p["id"] in ids]
+    return [p for p in _bpftool("prog", "show") if p["id"] in ids]
+
+
+def programs_by_id(ids):
+    """{id: bpftool's record} of the given program ids that still exist."""
+    return {p["id"]: p for p in _bpftool("prog", "show") if p["id"] in ids}
+
+
+SYSCALL_TRACEPOINT_PREFIXES = ("sys_enter", "sys_exit")
+
+
+def others_syscall_hooks(own_pid=None):
+    """BPF programs of other processes on the syscall tracepoints, as short strings.
+
+    Any of them sets the syscall-work flag on every thread (kernel/tracepoint.c,
+    syscall_regfunc()), so an "untraced" run beside it is not untraced. Seen
+    through bpftool's perf view (perf-event tracepoints, with their pid) and
+    link view (raw tracepoints and tp_btf, by prog id). Not seen: perf trace
+    and ftrace, which enable the events without BPF.
+    """
+    own_pid = own_pid or os.getpid()
+    own = prog_ids_of(own_pid)
+    out = []
+    try:
+        for e in _bpftool("perf", "show"):
+            if e.get("pid") != own_pid and str(e.get("tracepoint", "")).startswith(SYSCALL_TRACEPOINT_PREFIXES):
+                out.append(f"pid {e['pid']} {e['tracepoint']}")
+        for link in _bpftool("link", "show"):
+            if link.get("prog_id") not in own and str(link.get("tp_name", "")).startswith(SYSCALL_TRACEPOINT_PREFIXES):
+                out.append(f"{link.get('type')} {link['tp_name']} (prog {link['prog_id']})")
+    except (subprocess.CalledProcessError, ValueError):
+        pass
+    return out
 
 
 @contextlib.contextmanager
@@ -77,11 +112,3 @@ def prog_exists(prog_id):
         return True
     return False
 
-
-def tracing_prog_type_available():
-    """fentry/fexit need BPF_PROG_TYPE_TRACING: bpftool's own feature probe says whether it loads."""
-    r = subprocess.run(["bpftool", "-j", "feature", "probe", "kernel"], capture_output=True, text=True)
-    try:
-        return bool(json.loads(r.stdout)["program_types"].get("have_tracing_prog_type"))
-    except (ValueError, KeyError):
-        return False
