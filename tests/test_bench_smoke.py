@@ -35,3 +35,36 @@ def test_quick_benchmark_table_and_json(tmp_path):
     assert "| figure" in r.stdout and ("HOLDS" in r.stdout or "MISSED" in r.stdout)
     for tool, state in doc["tools"].items():
         assert state == "available" or any(tool in n for n in doc["notes"])
+    check_hook_set_rows(doc, r.stdout)
+
+
+def check_hook_set_rows(doc, stdout):
+    """Every hook set has a row in every "hook set:" figure: measured, or refused with the reason."""
+    from bench import hooks
+
+    rows = [f for f in doc["figures"] if f["figure"].startswith("hook set: ")]
+    base = {f["variant"]: f for f in rows if f["figure"] == "hook set: untraced baseline"}
+    assert set(base) == {"unshare()", "getppid()"} and all(f["n"] >= 1 for f in base.values())
+    sets = doc["hook_sets"]
+    assert set(sets) == {k for k, _, _ in hooks.HOOK_SETS}
+    # the hook set nstrace uses loads here by definition; fentry is the one this kernel may refuse
+    assert sets["tracepoints"]["status"] == "measured"
+    for _, figure, unit, _ in hooks.FIGURES:
+        got = [f for f in rows if f["figure"] == figure]
+        assert len(got) == len(hooks.HOOK_SETS) and all(f["unit"] == unit for f in got), figure
+        for (key, label, _), f in zip(hooks.HOOK_SETS, got):
+            assert f["variant"].startswith(label), (figure, f["variant"])
+            if sets[key]["status"] == "measured":
+                assert f["n"] >= 1 and f["min"] <= f["median"] <= f["max"], (figure, key)
+            else:
+                assert sets[key]["status"].startswith("refused: ") and sets[key]["error"]
+                assert f["n"] == 0 and f["median"] is None and sets[key]["status"] in f["variant"]
+    for key, s in sets.items():
+        if s["status"] == "measured":
+            # the programs really fired: each unshare() ran an entry and an exit program, and counted once in each
+            assert min(s["bpf_runs_per_unshare"]) >= 2 and min(s["hits_per_unshare"]) >= 1, key
+    slowdown = [f for f in rows if f["figure"] == "hook set: unshare loop slowdown" and f["n"]]
+    assert all(f["min"] > 0.5 for f in slowdown)
+    assert any(n.startswith("hook set cheapest for the traced syscalls") for n in doc["notes"])
+    assert any(n.startswith("hook set cheapest for the rest of the machine") for n in doc["notes"])
+    assert "| hook set: getppid tax" in stdout
