@@ -69,6 +69,19 @@ class BtfVarSecinfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
 
 
+class OpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts as of libbpf 1.0 (later versions only append: sz says which)."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p), ("relaxed_maps", ctypes.c_bool),
+                ("pin_root_path", ctypes.c_char_p), ("_attach_prog_fd", ctypes.c_uint32),
+                ("kconfig", ctypes.c_char_p), ("btf_custom_path", ctypes.c_char_p),
+                ("kernel_log_buf", ctypes.c_char_p), ("kernel_log_size", ctypes.c_size_t),
+                ("kernel_log_level", ctypes.c_uint32)]
+
+    def __init__(self, **fields):
+        super().__init__(sz=ctypes.sizeof(self), **fields)
+
+
 _DEBUG = bool(os.environ.get("NSTRACE_LIBBPF_DEBUG"))
 
 
@@ -97,7 +110,7 @@ _PROTOTYPES = {
     "libbpf_minor_version": (ctypes.c_uint32, []),
     "libbpf_set_print": (ctypes.c_void_p, [_PRINT_FN]),
     "libbpf_probe_bpf_prog_type": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]),
-    "bpf_object__open_file": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_void_p]),
+    "bpf_object__open_file": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.POINTER(OpenOpts)]),
     "bpf_object__load": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_object__close": (None, [ctypes.c_void_p]),
     "bpf_object__btf": (ctypes.c_void_p, [ctypes.c_void_p]),
@@ -110,6 +123,8 @@ _PROTOTYPES = {
     "bpf_program__autoload": (ctypes.c_bool, [ctypes.c_void_p]),
     "bpf_program__attach": (ctypes.c_void_p, [ctypes.c_void_p]),
     "bpf_program__fd": (ctypes.c_int, [ctypes.c_void_p]),
+    "bpf_program__insns": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "bpf_program__insn_cnt": (ctypes.c_size_t, [ctypes.c_void_p]),
     "bpf_link__destroy": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map__set_max_entries": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
@@ -121,6 +136,7 @@ _PROTOTYPES = {
     "ring_buffer__consume": (ctypes.c_int, [ctypes.c_void_p]),
     "ring_buffer__free": (None, [ctypes.c_void_p]),
     "btf__load_vmlinux_btf": (ctypes.c_void_p, []),
+    "btf__new": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_uint32]),
     "btf__free": (None, [ctypes.c_void_p]),
     "btf__find_by_name_kind": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]),
     "btf__type_by_id": (ctypes.POINTER(BtfType), [ctypes.c_void_p, ctypes.c_uint32]),

@@ -1,0 +1,81 @@
+"""The minimal kernel BTF (nstrace/corebtf.py) relocates our programs exactly as the whole kernel BTF does."""
+
+import ctypes
+import os
+
+import pytest
+
+from nstrace import corebtf, kernelpath, libbpf, loader
+
+root = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root (CI runs as root)")
+
+
+@pytest.mark.parametrize("name,essential", [
+    ("nsproxy", "nsproxy"), ("nsproxy___old", "nsproxy"), ("ns_common___a___b", "ns_common___a"),
+    ("__u32", "__u32"), ("a____b", "a____b"), ("x___", "x___"),
+])
+def test_essential_name_is_libbpfs(name, essential):
+    assert corebtf.essential_name(name) == essential
+
+
+def _relocated(core_btf):
+    """{program: its instructions after CO-RE, as libbpf handed them to the kernel}, map fds blanked."""
+    lib = libbpf.lib()
+    with loader.BpfObject(core_btf=core_btf) as obj:
+        # None with core_btf=True: a relocation of a kind the copy cannot answer (corebtf.SAFE_KINDS)
+        assert bool(obj.core_btf) == core_btf, "no minimal BTF for this object"
+        fentry = kernelpath.fentry_refusal() is None
+        names = [n for n, sec in obj.program_names().items() if fentry or not sec.startswith(("fentry/", "fexit/"))]
+        for name in obj.program_names():
+            obj.set_autoload(name, name in names)
+        obj.load()
+        out = {}
+        for name in names:
+            prog = obj._prog(name)
+            n = lib.bpf_program__insn_cnt(prog)
+            code = bytearray(ctypes.string_at(lib.bpf_program__insns(prog), 8 * n))
+            i = 0
+            while i < n:
+                if code[8 * i] == 0x18:  # ld_imm64: a map's fd (src 1) or value (src 2) differs per object
+                    if code[8 * i + 1] >> 4 in (1, 2):
+                        code[8 * i + 4:8 * i + 8] = bytes(4)
+                    i += 1
+                i += 1
+            out[name] = bytes(code)
+    return out
+
+
+@root
+def test_same_instructions_as_with_the_whole_kernel_btf():
+    minimal, whole = _relocated(True), _relocated(False)
+    assert len(minimal) >= 9 and minimal.keys() == whole.keys()
+    assert [n for n in minimal if minimal[n] != whole[n]] == []
+
+
+def test_built_once_then_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(corebtf, "CACHE_DIR", str(tmp_path))
+    path = corebtf.ensure(loader.OBJECT_PATH)
+    assert path and os.path.dirname(path) == str(tmp_path)
+    built = os.stat(path).st_mtime_ns
+    assert corebtf.ensure(loader.OBJECT_PATH) == path and os.stat(path).st_mtime_ns == built
+    data = open(path, "rb").read()
+    assert len(data) < 200_000 < os.path.getsize(corebtf.VMLINUX_BTF)
+    assert list(tmp_path.iterdir()) == [tmp_path / os.path.basename(path)]  # no temporary file left
+
+
+def test_without_a_writable_cache_libbpf_reads_the_kernel_btf(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(corebtf, "CACHE_DIR", str(blocker / "sub"))
+    assert corebtf.ensure(loader.OBJECT_PATH) is None
+    with loader.BpfObject() as obj:
+        assert obj.core_btf is None and obj.program_names()
+
+
+def test_a_relocation_the_copy_cannot_answer_gets_the_whole_kernel_btf(tmp_path, monkeypatch):
+    monkeypatch.setattr(corebtf, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(corebtf, "SAFE_KINDS", set())
+    monkeypatch.setattr(corebtf, "TYPE_KINDS", set())
+    with pytest.raises(ValueError, match="needs the whole kernel BTF"):
+        corebtf.core_roots(loader.OBJECT_PATH.read_bytes())
+    assert corebtf.ensure(loader.OBJECT_PATH) is None and not list(tmp_path.iterdir())
