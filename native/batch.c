@@ -21,6 +21,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/bpf.h>
 #include <linux/types.h>
 
 #include "../probes/nstrace.h"
@@ -82,6 +86,13 @@ struct jl_batch {
 	size_t out_len, out_cap;
 	struct jl_counts counts;
 	int oom;
+	/* the ring buffer again, read-only, to look at records not consumed yet (jl_moved_on) */
+	const char *ring;
+	size_t ring_map_bytes;
+	__u64 ring_mask;
+	long page;
+	int inflight_fd;
+	void *inflight_value;
 };
 
 JL_EXPORT struct jl_batch *jl_new(__u32 max)
@@ -107,6 +118,9 @@ JL_EXPORT void jl_free(struct jl_batch *b)
 {
 	if (!b)
 		return;
+	if (b->ring)
+		munmap((void *)b->ring, b->ring_map_bytes);
+	free(b->inflight_value);
 	free(b->data), free(b->out);
 	free(b->off), free(b->len), free(b->state), free(b->frag), free(b->frag_len);
 	free(b);
@@ -355,6 +369,80 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
 	return python;
 }
 
+/* --- has the task moved on? ------------------------------------------------ */
+
+/*
+ * Map the ring buffer a second time, read-only: the consumer page, the
+ * producer page, then the data pages twice over so a record that wraps is
+ * contiguous (kernel/bpf/ringbuf.c, ringbuf_map_mmap_kern(): a mapping
+ * without PROT_WRITE may cover all of it; checked on 6.1 and 6.18).
+ * inflight_fd: the in-flight map (tid -> record head of a syscall in progress).
+ */
+JL_EXPORT int jl_watch_ring(struct jl_batch *b, int ring_fd, __u32 data_bytes, int inflight_fd, __u32 value_bytes)
+{
+	void *p;
+
+	b->page = sysconf(_SC_PAGESIZE);
+	b->ring_map_bytes = 2 * b->page + 2 * (size_t)data_bytes;
+	p = mmap(NULL, b->ring_map_bytes, PROT_READ, MAP_SHARED, ring_fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	b->ring = p;
+	b->ring_mask = data_bytes - 1;
+	b->inflight_fd = inflight_fd;
+	b->inflight_value = calloc(1, value_bytes);
+	return b->inflight_value ? 0 : -ENOMEM;
+}
+
+static int in_flight_move(struct jl_batch *b, __u32 tid)
+{
+	union bpf_attr attr = {
+		.map_fd = b->inflight_fd,
+		.key = (uintptr_t)&tid,
+		.value = (uintptr_t)b->inflight_value,
+	};
+	const struct nstrace_event *head = b->inflight_value;
+
+	if (syscall(SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr, sizeof(attr)))
+		return 0;
+	return head->op == OP_UNSHARE || head->op == OP_SETNS;
+}
+
+/*
+ * Called when /proc shows other namespaces than a task's last record said:
+ * is that because the task moved on? Yes if a record the kernel submitted
+ * but nobody read yet moves it, or if it is inside unshare/setns right now.
+ * /proc was read before this runs, so any move it could show is one of the
+ * two. Returns 0 if neither: then the mismatch is real.
+ */
+JL_EXPORT int jl_moved_on(struct jl_batch *b, __u32 tid)
+{
+	const char *data;
+	__u64 cons, prod;
+
+	if (!b->ring)
+		return 0;
+	cons = __atomic_load_n((const __u64 *)b->ring, __ATOMIC_ACQUIRE);
+	prod = __atomic_load_n((const __u64 *)(b->ring + b->page), __ATOMIC_ACQUIRE);
+	data = b->ring + 2 * b->page;
+	while (cons < prod) {
+		const __u32 *hdr = (const void *)(data + (cons & b->ring_mask));
+		__u32 len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+
+		if (len & BPF_RINGBUF_BUSY_BIT)
+			break;
+		if (!(len & BPF_RINGBUF_DISCARD_BIT) && len >= offsetof(struct nstrace_event, steps)) {
+			const struct nstrace_event *e = (const void *)(hdr + 2);
+
+			if (e->tid == tid && moves_caller(e))
+				return 1;
+		}
+		len &= ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+		cons += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7ull;
+	}
+	return in_flight_move(b, tid);
+}
+
 /* --- JSON ------------------------------------------------------------------ */
 
 struct out {
@@ -376,15 +464,26 @@ static void puts_(struct out *o, const char *s)
 
 static void put_u64(struct out *o, __u64 v)
 {
+	static const char pairs[] =
+		"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+		"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+		"8081828384858687888990919293949596979899";
 	char tmp[20];
-	int n = 0;
+	int n = 20;
 
-	do {
-		tmp[n++] = '0' + v % 10;
-		v /= 10;
-	} while (v);
-	while (n)
-		*o->p++ = tmp[--n];
+	/* two digits per division: these are most of a record's bytes */
+	while (v >= 100) {
+		n -= 2;
+		memcpy(tmp + n, pairs + (v % 100) * 2, 2);
+		v /= 100;
+	}
+	if (v >= 10) {
+		n -= 2;
+		memcpy(tmp + n, pairs + v * 2, 2);
+	} else {
+		tmp[--n] = '0' + v;
+	}
+	put(o, tmp + n, 20 - n);
 }
 
 static void put_s64(struct out *o, __s64 v)
@@ -473,26 +572,62 @@ static void put_flags(struct out *o, const struct jl_tables *t, __u64 v, __u32 o
 	*o->p++ = ']';
 }
 
-static void put_ns_map(struct out *o, const struct jl_tables *t, const struct nstrace_ns_set *s, int ids)
+static void put_ns_map_uncached(struct out *o, const struct jl_tables *t, const __u64 *v)
 {
-	if (!s->valid) {
-		PUT(o, "null");
-		return;
-	}
 	*o->p++ = '{';
 	for (int i = 0; i < NS_SLOTS; i++) {
-		__u64 v = ids ? s->ns_id[i] : s->inum[i];
-
 		if (i)
 			*o->p++ = ',';
 		puts_(o, t->entries[i]);
 		*o->p++ = ':';
-		if (v)
-			put_u64(o, v);
+		if (v[i])
+			put_u64(o, v[i]);
 		else
 			PUT(o, "null");
 	}
 	*o->p++ = '}';
+}
+
+/*
+ * A record carries four such maps and most of them repeat from record to
+ * record (the host's namespaces): the last few are kept as text.
+ */
+#define MAP_CACHE 8
+#define MAP_TEXT (NS_SLOTS * 48)
+
+static struct map_text {
+	__u64 v[NS_SLOTS];
+	const struct jl_tables *t;
+	__u32 len;
+	char text[MAP_TEXT];
+} map_cache[MAP_CACHE];
+static __u32 map_next;
+
+static void put_ns_map(struct out *o, const struct jl_tables *t, const struct nstrace_ns_set *s, int ids)
+{
+	__u64 v[NS_SLOTS];
+	struct map_text *m;
+
+	if (!s->valid) {
+		PUT(o, "null");
+		return;
+	}
+	for (int i = 0; i < NS_SLOTS; i++)
+		v[i] = ids ? s->ns_id[i] : s->inum[i];
+	for (m = map_cache; m < map_cache + MAP_CACHE; m++) {
+		if (m->t == t && !memcmp(m->v, v, sizeof(v))) {
+			put(o, m->text, m->len);
+			return;
+		}
+	}
+	m = &map_cache[map_next++ % MAP_CACHE];
+	struct out text = { m->text };
+
+	put_ns_map_uncached(&text, t, v);
+	memcpy(m->v, v, sizeof(v));
+	m->t = t;
+	m->len = text.p - m->text;
+	put(o, m->text, m->len);
 }
 
 /* events.format_id(): 8 hex digits, or the address with --raw-addresses. */

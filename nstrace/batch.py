@@ -127,6 +127,9 @@ def lib():
             ("jl_states", ctypes.POINTER(ctypes.c_uint8), [ctypes.c_void_p]),
             ("jl_counts", ctypes.POINTER(Counts), [ctypes.c_void_p]),
             ("jl_oom", ctypes.c_int, [ctypes.c_void_p]),
+            ("jl_watch_ring", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_int,
+                                             ctypes.c_uint32]),
+            ("jl_moved_on", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
             ("jl_set", None, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint32]),
             ("jl_classify", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.POINTER(Filter),
                                            ctypes.c_int]),
@@ -147,7 +150,7 @@ class Batch:
     for the next poll.
     """
 
-    def __init__(self, map_fd, options, max_records=1024):
+    def __init__(self, map_fd, options, inflight_fd=-1, max_records=1024):
         self._lib = lib()
         self._b = self._lib.jl_new(max_records)
         if not self._b:
@@ -164,6 +167,20 @@ class Batch:
             self._b = None
             libbpf.check_ptr(None, "creating the ring buffer reader")
         self.n = 0
+        if inflight_fd >= 0:
+            err = self._lib.jl_watch_ring(self._b, map_fd, options.ringbuf_bytes, inflight_fd,
+                                          ctypes.sizeof(events.Event))
+            if err:
+                self.close()
+                raise LibbpfError(f"mapping the ring buffer read-only: {errno.errorcode.get(-err, err)}")
+
+    def moved_on(self, tid):
+        """True if task tid moved to other namespaces after its last record read so far.
+
+        For a /proc check that found other namespaces than the record: a
+        record not read yet, or an unshare/setns in progress, explains it.
+        """
+        return bool(self._lib.jl_moved_on(self._b, tid))
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms, take up to max_records; return how many."""

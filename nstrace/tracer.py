@@ -133,7 +133,7 @@ class Tracer:
                 loader.unmount()
         for hook in self.hooks:
             self._attach_hook(hook)
-        self._batch = batch.Batch(obj.map_fd("events"), o)
+        self._batch = batch.Batch(obj.map_fd("events"), o, inflight_fd=obj.map_fd("inflight"))
 
     def _syscall_programs(self):
         # sched_process_exit runs on every exit on the machine: only --pid needs it
@@ -237,13 +237,17 @@ class Tracer:
         if state & ~batch.LATER == batch.PYTHON and not filters.wanted(rec, self.options):
             self._python_filtered += 1
             return None
+        superseded = {"status": "superseded", "pid": rec.checked_tid}
         if state in (batch.SUPERSEDED, batch.PYTHON | batch.LATER):
-            # The task made another namespace operation later in this batch:
-            # /proc shows that one's result, so this one is not read.
-            rec.proc_check = {"status": "superseded", "pid": rec.checked_tid}
+            # The task moved to other namespaces later in this batch:
+            # /proc shows where it went, so it is not read.
+            rec.proc_check = superseded
             self._python_superseded += state != batch.SUPERSEDED
         elif state in (batch.CHECK, batch.PYTHON) and self.options.check_proc:
             rec.proc_check = self._check(rec)
+            if rec.proc_check and rec.proc_check["status"] == "mismatch" and self._batch.moved_on(rec.checked_tid):
+                # ... or after it, in a record not read yet or a syscall still running
+                rec.proc_check = superseded
             if rec.proc_check:
                 self._checked[rec.proc_check["status"]] += 1
         return rec
@@ -294,7 +298,7 @@ class Tracer:
         out = dict(self._checked)
         superseded = self._batch_counts()["superseded"] + self._python_superseded
         if superseded:
-            out["superseded"] = superseded
+            out["superseded"] = out.get("superseded", 0) + superseded
         return out
 
     @property

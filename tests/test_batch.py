@@ -150,3 +150,18 @@ def test_counts_match_poll(traced):
     n = sum(len(raws) for raws, _, _ in batches)
     assert sum(tracer.by_op.values()) >= n
     assert set(tracer.by_op) <= set(fl.OPS)
+
+
+def test_moved_on_sees_records_not_read_yet(tracer):
+    """A /proc mismatch is 'superseded' only if the task really moved on: an unread record says so."""
+    from nshelpers import flag, nsop
+    with nsop({"op": "unshare", "flags": flag("uts")}) as rep:
+        assert rep["ret"] == 0, rep
+        time.sleep(0.05)
+        # its unshare sits in the ring buffer, not read yet
+        assert tracer._batch.moved_on(rep["pid"])
+        assert not tracer._batch.moved_on(os.getpid())
+        while tracer.poll(0):
+            pass
+        # read: nothing left that moves it, and it is inside no unshare/setns
+        assert not tracer._batch.moved_on(rep["pid"])
