@@ -111,12 +111,14 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
 
     def emit(timeout_ms=None):
         nonlocal shown
+        if count and shown >= count:
+            raise _Stop(0)
         if as_json and not recorder:
             # native/batch.c writes the lines: the rate a firehose needs
             lines, n = tracer.poll_json(timeout_ms, limit=count - shown if count else 0)
             sys.stdout.buffer.write(lines)
             shown += n
-            return
+            return tracer.last_read
         for rec in tracer.poll(timeout_ms):
             if count and shown >= count:
                 raise _Stop(0)
@@ -124,6 +126,7 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                 recorder.write(rec)
             click.echo(display.json_line(rec) if as_json else display.row(rec))
             shown += 1
+        return tracer.last_read
 
     try:
         status(f"tracing live ({len(tracer.attached)} probes attached); Ctrl-C to stop")
@@ -144,9 +147,12 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                 sys.stdout.flush()
         except (KeyboardInterrupt, _Stop):
             pass
-        # What the kernel already handed over is shown, not dropped, on the way out.
+        # What the kernel already handed over is shown, not dropped, on the way out:
+        # the probes go first, so the stream has an end, then the ring buffer is read to it.
+        tracer.stop()
         try:
-            emit(0)
+            while emit(0):
+                pass
         except _Stop:
             pass
     finally:
@@ -274,6 +280,12 @@ def lab(kernels, timeout, verbose, pytest_args):
         raise LabFailed(f"kernel-layer suite failed on: {', '.join(r['kernel'] for r in results if not r['ok'])}")
 
 
+def _one_line(text):
+    """An error message as one line: what the user typed (a CR, an escape) is shown, not obeyed."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
 def main(argv=None):
     """Entry point: run the CLI, turning every known error into one line and an exit code."""
     for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -285,10 +297,10 @@ def main(argv=None):
     except click.exceptions.Abort:
         return 130
     except click.ClickException as e:
-        click.echo(f"nstrace: error: {e.format_message()}", err=True)
+        click.echo(f"nstrace: error: {_one_line(e.format_message())}", err=True)
         return UsageError.exit_code
     except NstraceError as e:
-        click.echo(f"nstrace: error: {e}", err=True)
+        click.echo(f"nstrace: error: {_one_line(str(e))}", err=True)
         return e.exit_code
     except BrokenPipeError:
         # a reader like `head` went away: stop quietly, as cat does

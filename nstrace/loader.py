@@ -267,6 +267,13 @@ class BpfObject:
         for m in self._mmaps.values():
             m.close()
         self._mmaps.clear()
+        self.detach_all()
+        if self._obj:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def detach_all(self):
+        """Destroy every link: no program runs after this returns; maps stay readable."""
         # A tracepoint detach waits for an RCU grace period (20-50 ms each): those go side by side
         # (ctypes drops the GIL during the call). Trampoline and kprobe links go one at a time:
         # they patch kernel text, and concurrent fentry detaches under QEMU TCG were seen to leave
@@ -282,9 +289,6 @@ class BpfObject:
             t.start()
         for t in threads:
             t.join()
-        if self._obj:
-            self._lib.bpf_object__close(self._obj)
-            self._obj = None
 
     def __enter__(self):
         return self

@@ -85,6 +85,7 @@ class Tracer:
         self.live_since = None
         self._obj = None
         self._batch = None
+        self.last_read = 0                     # records the last poll took from the ring buffer
         self._object_path = object_path
         self._final_lost = {"ringbuf": 0, "inflight": 0}
 
@@ -228,7 +229,7 @@ class Tracer:
         return lines, self._batch.counts.lines - before
 
     def _read(self, timeout_ms):
-        self._batch.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
+        self.last_read = self._batch.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
         return self._batch.classify()
 
     def _record(self, i, state):
@@ -310,6 +311,11 @@ class Tracer:
         by_op = self.by_op
         return {"events": by_op, "total": sum(by_op.values()),
                 "proc_check": self.by_check, "filtered": self.filtered, "lost": self.lost}
+
+    def stop(self):
+        """Detach every probe: the stream ends; what the ring buffer holds can still be read."""
+        if self._obj:
+            self._obj.detach_all()
 
     def close(self):
         if self._batch:
