@@ -165,3 +165,18 @@ def test_moved_on_sees_records_not_read_yet(tracer):
             pass
         # read: nothing left that moves it, and it is inside no unshare/setns
         assert not tracer._batch.moved_on(rep["pid"])
+
+
+def test_a_batch_is_bounded_and_the_rest_waits(tracer):
+    """max_records caps a batch; what does not fit stays in the ring buffer for the next poll."""
+    small = batch.Batch(tracer._obj.map_fd("events"), tracer.options, max_records=2)
+    try:
+        while small.poll(0):
+            pass
+        for _ in range(5):
+            subprocess.run(["unshare", "--uts", "true"], check=True)
+        time.sleep(0.05)
+        sizes = [small.poll(0) for _ in range(4)]
+        assert sizes[:2] == [2, 2] and sizes[2] >= 1 and sum(sizes) >= 5, sizes
+    finally:
+        small.close()
