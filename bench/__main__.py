@@ -32,12 +32,18 @@ def parse(argv):
     p.add_argument("--tools", default="strace,perf,bpftrace",
                    help="tools to compare nstrace with, comma-separated (default: %(default)s)")
     p.add_argument("--json", default="nstrace-bench.json", help="where to write the JSON document")
+    p.add_argument("--wait-quiet", type=float,
+                   help="seconds the hook-set figure may wait, in all, for other processes' BPF programs on the "
+                        "syscall tracepoints to go (default 60, quick 0)")
+    p.add_argument("--only", choices=["hooks"],
+                   help="hooks: only the hook-set figure (a minute or two), e.g. to repeat it when the machine is quiet")
     a = p.parse_args(argv)
     q = a.quick
     a.reps = a.reps or (1 if q else 5)
     a.workload_seconds = a.workload_seconds or (0.1 if q else 2.0)
     a.sustain_seconds = a.sustain_seconds or (1.0 if q else 60.0)
     a.probe_seconds = a.probe_seconds or (0.2 if q else 5.0)
+    a.wait_quiet = a.wait_quiet if a.wait_quiet is not None else (0.0 if q else 60.0)
     return a
 
 
@@ -63,7 +69,7 @@ def hook_sets(rep, work, n, a, log):
         status, messages = hooks.probe(obj)
         usable = [k for k, _, _ in hooks.HOOK_SETS if status[k] is None]
         res = figures.hook_sets(work, obj, usable, n["unshare"], n["getppid"], a.reps, log,
-                                wait_budget_s=0 if a.quick else 60)
+                                wait_budget_s=a.wait_quiet)
     base = res["untraced"]
     rep.add("hook set: untraced baseline", "unshare()", [t / n["unshare"] for t in base["unshare_ns"]],
             "us", scale=1e-3)
@@ -83,6 +89,7 @@ def hook_sets(rep, work, n, a, log):
               **({k: res[key][k] for k in ("bpf_runs_per_unshare", "hits_per_unshare")} if key in res else {})}
         for key, label, _ in hooks.HOOK_SETS}
     rep.meta["hook_sets_contaminated_reps"] = res["contaminated_reps"]
+    rep.meta["hook_sets_discarded_reps"] = res["discarded_reps"]
     rep.notes += hooks.reading(summary, status, stat([t / n["unshare"] for t in base["unshare_ns"]])["median"])
     if res["contaminated_reps"]:
         rep.notes.append(f"hook sets: {res['contaminated_reps']} of {a.reps} repetition(s) ran while other processes "
@@ -100,7 +107,7 @@ def main(argv=None):
     if avail["nstrace"]:
         sys.exit(f"bench: {avail['nstrace']}")
     rep = Report({
-        "kernel": platform.release(), "cpus": os.cpu_count(), "quick": a.quick, "reps": a.reps,
+        "kernel": platform.release(), "cpus": os.cpu_count(), "quick": a.quick, "only": a.only, "reps": a.reps,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"strace": version(["strace", "-V"]), "perf": version(["perf", "--version"]),
                      "bpftrace": version(["bpftrace", "--version"])},
@@ -115,7 +122,7 @@ def main(argv=None):
         if why:
             rep.notes.append(f"{tool} not measured: {why}")
     side_by_side = ["nstrace", *(t for t in ("strace", "perf", "bpftrace") if not avail[t])]
-    if not avail["bpftrace"]:
+    if not avail["bpftrace"] and not a.only:
         side_by_side.append("floor")
         rep.notes.append("'floor' = bpftrace with count-only programs on the same nine tracepoints: "
                          "the least any tracer on this hook set costs")
@@ -125,14 +132,19 @@ def main(argv=None):
 
     if a.quick:
         tracers.NstraceWatch.extra_args = ("--buffer-kib", "256")
-        rep.notes.append("--quick: nstrace ran with --buffer-kib 256 and tiny durations; "
-                         "the figures only show that the benchmark works")
+        rep.notes.append("--quick: tiny durations" + ("" if a.only else ", nstrace ran with --buffer-kib 256") +
+                         "; the figures only show that the benchmark works")
     work = Workload()
     try:
         # the unshare loop is slowed 10x or more by strace and perf: a quarter of the time keeps the run short
         share = {"churn": 1.0, "unshare": 0.25, "getppid": 0.5}
+        if a.only:
+            del share["churn"]
         n = {m: work.calibrate(m, a.workload_seconds * f) for m, f in share.items()}
         log(f"calibrated untraced to ~{a.workload_seconds:g} s: {n}")
+        if a.only == "hooks":
+            hook_sets(rep, work, n, a, log)
+            return finish(rep, a, t_start, load_before)
 
         # 1. slowdown, side by side, and nstrace/strace
         ratios = {}
@@ -216,7 +228,11 @@ def main(argv=None):
         rep.target("memory", peak, peak and f"max {peak / 1e6:.1f} MB over {len(hwm)} runs")
     finally:
         work.close()
+    finish(rep, a, t_start, load_before)
 
+
+def finish(rep, a, t_start, load_before):
+    """Print the table and write the JSON."""
     rep.meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     rep.meta["loadavg_1min"] = {"start": load_before, "end": os.getloadavg()[0]}
     if max(load_before, os.getloadavg()[0]) > 0.5:

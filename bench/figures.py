@@ -180,6 +180,35 @@ def syscall_tax(work, n, tools, reps, log):
     return {t: [ns / n for ns in v] for t, v in times.items()}
 
 
+def _hook_rep(work, obj, order, n_unshare, n_getppid):
+    """One repetition of hook_sets: {set: {figure: value}}, sets in the given order."""
+    n_u_stats, n_g_stats = max(1, n_unshare // 4), max(1, n_getppid // 4)
+    one = {}
+    for s in order:
+        r = one[s] = {}
+        if s == "untraced":
+            r["unshare_ns"] = work.run("unshare", n_unshare)["ns"]
+            r["getppid_ns"] = work.run("getppid", n_getppid)["ns"]
+            continue
+        with hooks.attached(obj, s) as h:
+            before = h.hits()
+            r["unshare_ns"] = work.run("unshare", n_unshare)["ns"]
+            after = h.hits()
+            r["hits_per_unshare"] = min(after[k] - before[k] for k in hooks.SLOTS) / n_unshare
+            r["getppid_ns"] = work.run("getppid", n_getppid)["ns"]
+            with kernel.bpf_stats():
+                s0 = h.stats()
+                work.run("unshare", n_u_stats)
+                s1 = h.stats()
+                work.run("getppid", n_g_stats)
+                s2 = h.stats()
+        runs = sum(s1[p][0] - s0[p][0] for p in s1)
+        r["bpf_ns_per_run"] = sum(s1[p][1] - s0[p][1] for p in s1) / runs if runs else None
+        r["bpf_runs_per_unshare"] = runs / n_u_stats
+        r["bpf_ns_per_getppid"] = sum(s2[p][1] - s1[p][1] for p in s2) / n_g_stats
+    return one
+
+
 def hook_sets(work, obj, sets, n_unshare, n_getppid, reps, log, wait_budget_s=0.0):
     """Each hook set's own cost, with count-only programs (bench/hooks.bpf.c), side by side.
 
@@ -187,58 +216,44 @@ def hook_sets(work, obj, sets, n_unshare, n_getppid, reps, log, wait_budget_s=0.
     the tight unshare loop and the getppid loop with statistics off (they
     are what the slowdown and tax are taken from), then, still attached,
     a quarter-length run of each with kernel.bpf_stats_enabled on, for the
-    BPF programs' own ns per run. Another process's BPF program on the
-    syscall tracepoints would make "untraced" traced (the flag is machine-wide),
-    so before each repetition we wait for it to go, up to wait_budget_s in all,
-    and count the repetitions it was there for.
+    BPF programs' own ns per run.
+
+    Another process's BPF program on the syscall tracepoints makes "untraced"
+    traced (the syscall-work flag is machine-wide), so while wait_budget_s
+    lasts we wait for such programs to go before a repetition and run it
+    again if one was there at its start or end. Once the budget is spent,
+    repetitions are kept as they come and counted in "contaminated_reps".
     """
-    res = {"untraced": {"unshare_ns": [], "getppid_ns": []},
-           **{s: {"unshare_ns": [], "getppid_ns": [], "bpf_ns_per_run": [], "bpf_ns_per_getppid": [],
-                  "bpf_runs_per_unshare": [], "hits_per_unshare": []} for s in sets}}
-    n_u_stats, n_g_stats = max(1, n_unshare // 4), max(1, n_getppid // 4)
-    contaminated, others_seen = 0, set()
-    for rep in range(reps):
-        others = kernel.others_syscall_hooks()
+    keys = ("unshare_ns", "getppid_ns", "bpf_ns_per_run", "bpf_ns_per_getppid",
+            "bpf_runs_per_unshare", "hits_per_unshare")
+    res = {"untraced": {"unshare_ns": [], "getppid_ns": []}, **{s: {k: [] for k in keys} for s in sets}}
+    deadline = time.monotonic() + wait_budget_s
+    contaminated, discarded, others_seen, rep, attempt = 0, 0, set(), 0, 0
+    while rep < reps:
         t_wait = time.monotonic()
-        while others and wait_budget_s > 0:
+        others = kernel.others_syscall_hooks()
+        while others and time.monotonic() < deadline:
             time.sleep(0.5)
             others = kernel.others_syscall_hooks()
-            wait_budget_s -= 0.5
         if time.monotonic() - t_wait > 1:
             log(f"hook sets: waited {time.monotonic() - t_wait:.0f} s for other processes' syscall hooks to go")
         order = ["untraced", *sets]
-        order = order[rep % len(order):] + order[:rep % len(order)]
-        for s in order:
-            r = res[s]
-            if s == "untraced":
-                r["unshare_ns"].append(work.run("unshare", n_unshare)["ns"])
-                r["getppid_ns"].append(work.run("getppid", n_getppid)["ns"])
-                continue
-            with hooks.attached(obj, s) as h:
-                before = h.hits()
-                r["unshare_ns"].append(work.run("unshare", n_unshare)["ns"])
-                after = h.hits()
-                r["hits_per_unshare"].append(
-                    min(after[k] - before[k] for k in hooks.SLOTS) / n_unshare)
-                r["getppid_ns"].append(work.run("getppid", n_getppid)["ns"])
-                with kernel.bpf_stats():
-                    s0 = h.stats()
-                    work.run("unshare", n_u_stats)
-                    s1 = h.stats()
-                    work.run("getppid", n_g_stats)
-                    s2 = h.stats()
-            runs = sum(s1[p][0] - s0[p][0] for p in s1)
-            ns = sum(s1[p][1] - s0[p][1] for p in s1)
-            r["bpf_ns_per_run"].append(ns / runs if runs else None)
-            r["bpf_runs_per_unshare"].append(runs / n_u_stats)
-            r["bpf_ns_per_getppid"].append(sum(s2[p][1] - s1[p][1] for p in s2) / n_g_stats)
-        after = kernel.others_syscall_hooks()
-        if others or after:
-            contaminated += 1
-            others_seen.update(others + after)
-        log(f"hook sets rep {rep + 1}/{reps}: " + ", ".join(
-            f"{s} unshare {res[s]['unshare_ns'][-1] / n_unshare:.0f} ns getppid {res[s]['getppid_ns'][-1] / n_getppid:.0f} ns"
-            for s in ["untraced", *sets]) + (" (other processes' syscall hooks present)" if others or after else ""))
-    res["contaminated_reps"] = contaminated
-    res["others_seen"] = sorted(others_seen)
+        order = order[attempt % len(order):] + order[:attempt % len(order)]
+        attempt += 1
+        one = _hook_rep(work, obj, order, n_unshare, n_getppid)
+        others += kernel.others_syscall_hooks()
+        others_seen.update(others)
+        if others and time.monotonic() < deadline:
+            discarded += 1
+            log("hook sets: repetition discarded, other processes' syscall hooks came meanwhile: " + others[0])
+            continue
+        contaminated += bool(others)
+        for s, r in one.items():
+            for k, v in r.items():
+                res[s][k].append(v)
+        rep += 1
+        log(f"hook sets rep {rep}/{reps}: " + ", ".join(
+            f"{s} unshare {one[s]['unshare_ns'] / n_unshare:.0f} ns getppid {one[s]['getppid_ns'] / n_getppid:.0f} ns"
+            for s in ["untraced", *sets]) + (" (other processes' syscall hooks present)" if others else ""))
+    res.update(contaminated_reps=contaminated, discarded_reps=discarded, others_seen=sorted(others_seen))
     return res

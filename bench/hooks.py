@@ -190,15 +190,15 @@ def reading(summary, status, untraced_unshare_ns, limit=1.25):
 
     best, s, second, overlap = _cheapest(summary, "slowdown")
     line = (f"hook set cheapest for the traced syscalls (tight unshare loop, count-only programs): {best} "
-            f"{s['median']:.2f}x (+{added(best):.0f} ns per unshare)")
+            f"{s['median']:.2f}x ({added(best):+.0f} ns per unshare)")
     if second:
-        line += (f"; next {second} {summary[second]['slowdown']['median']:.2f}x (+{added(second):.0f} ns)"
+        line += (f"; next {second} {summary[second]['slowdown']['median']:.2f}x ({added(second):+.0f} ns)"
                  + (" - spreads overlap, no clear difference at this noise" if overlap else ""))
     notes.append(line)
     best, s, second, overlap = _cheapest(summary, "tax")
-    line = (f"hook set cheapest for the rest of the machine (getppid tax): {best} +{s['median']:.0f} ns per "
+    line = (f"hook set cheapest for the rest of the machine (getppid tax): {best} {s['median']:+.0f} ns per "
             f"unrelated syscall")
-    others = [f"{k} +{summary[k]['tax']['median']:.0f} ns" for k in summary if k != best]
+    others = [f"{k} {summary[k]['tax']['median']:+.0f} ns" for k in summary if k != best]
     if others:
         line += "; " + ", ".join(others) + (" - spreads overlap" if overlap else "")
     on_tp = [k for k in summary if k != "fentry"]

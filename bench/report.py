@@ -56,7 +56,8 @@ class Report:
                         tablefmt="github", disable_numparse=True)]
         trows = [[{True: "HOLDS", False: "MISSED", None: "NOT MEASURED"}[t["holds"]], t["what"],
                   t["detail"]] for t in self.targets]
-        out += ["", tabulate(trows, headers=["target", "issue 5", "measured"], tablefmt="github")]
+        if trows:   # none with --only
+            out += ["", tabulate(trows, headers=["target", "issue 5", "measured"], tablefmt="github")]
         if self.notes:
             out += [""] + [f"note: {n}" for n in self.notes]
         return "\n".join(out)
