@@ -99,12 +99,82 @@ static __always_inline __u64 ptr_id(const void *p)
 	return (x >> 32) | 1;	/* never 0: 0 means "no nsproxy" */
 }
 
+/*
+ * Two ways to read kernel memory, with very different costs per probe hit.
+ *
+ * BPF_CORE_READ(a, b, c) is one bpf_probe_read_kernel() call per pointer hop:
+ * a helper call into copy_from_kernel_nofault() and its address check, tens
+ * of ns each on the 6.18 build VMs (retpolines and return thunks). A record's
+ * namespace snapshot took 35 of them.
+ *
+ * A pointer from bpf_get_current_task_btf() (5.11+) carries the kernel's BTF
+ * type: the verifier lets the program load through it and through every
+ * struct pointer loaded from it, and the JIT makes each such load one
+ * instruction with an exception-table entry (BPF_PROBE_MEM, 5.5+): a faulting
+ * or NULL address reads as 0, as a failed probe read does. The syscall
+ * programs read their caller that way (snapshot_btf()).
+ *
+ * The child in task_newtask is a raw tracepoint argument, a plain number to
+ * the verifier, and so is the caller on 5.8-5.10 (no such helper): snapshot()
+ * reads those with as few helper calls as the kernel's layout allows.
+ */
+#define have_task_btf() bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)
+
+/*
+ * Bytes one read may span to take ns_type, inum and ns_id of an ns_common
+ * together: 16 on 6.18 (inum at 24, ns_id at 32), 40 with ns_type (at 0);
+ * 7.2 keeps the same 40 (ns_type at 64 after the cache-line aligned
+ * refcount, ns_id heading the anonymous struct ns_tree at 96).
+ * include/linux/ns_common.h of 6.18 and 7.2.
+ */
+#define NS_SPAN 48
+
+/*
+ * inum and ns_id of an ns_common with one helper call where the kernel has
+ * ns_id (6.18+), also ns_type when type is not NULL. Offsets are the running
+ * kernel's (CO-RE), so the span is a constant to the verifier.
+ */
+static __always_inline void ns_fields(const struct ns_common *ns, __u32 *inum, __u64 *id,
+				      __u32 *type)
+{
+	__u64 buf[NS_SPAN / 8];
+	__u32 o_inum, o_id, o_type, lo, hi;
+
+	if (!bpf_core_field_exists(ns->ns_id)) {	/* before 6.18: no ns_id, no ns_type */
+		bpf_core_read(inum, sizeof(*inum), &ns->inum);
+		if (type)
+			*type = BPF_CORE_READ(ns, ops, type);
+		return;
+	}
+	o_inum = bpf_core_field_offset(ns->inum);
+	o_id = bpf_core_field_offset(ns->ns_id);
+	lo = o_inum < o_id ? o_inum : o_id;
+	hi = o_inum + 4 > o_id + 8 ? o_inum + 4 : o_id + 8;
+	if (type) {
+		o_type = bpf_core_field_offset(ns->ns_type);
+		lo = o_type < lo ? o_type : lo;
+		hi = o_type + 4 > hi ? o_type + 4 : hi;
+	}
+	lo &= ~7;	/* ns_id is 8-aligned in the struct: keep it 8-aligned in buf */
+	if (hi - lo > sizeof(buf)) {	/* a future layout that spreads them out */
+		bpf_core_read(inum, sizeof(*inum), &ns->inum);
+		bpf_core_read(id, sizeof(*id), &ns->ns_id);
+		if (type)
+			bpf_core_read(type, sizeof(*type), &ns->ns_type);
+		return;
+	}
+	if (bpf_probe_read_kernel(buf, hi - lo, (void *)ns + lo))
+		return;
+	*inum = *(__u32 *)((void *)buf + (o_inum - lo));
+	*id = *(__u64 *)((void *)buf + (o_id - lo));
+	if (type)
+		*type = *(__u32 *)((void *)buf + (o_type - lo));
+}
+
 static __always_inline void read_ns(struct nstrace_ns_set *s, int slot,
 				    const struct ns_common *ns)
 {
-	s->inum[slot] = BPF_CORE_READ(ns, inum);
-	if (bpf_core_field_exists(ns->ns_id))
-		s->ns_id[slot] = BPF_CORE_READ(ns, ns_id);
+	ns_fields(ns, &s->inum[slot], &s->ns_id[slot], NULL);
 }
 
 /* The CLONE_NEW* type of a namespace: ns_common.ns_type since 6.18, else ops->type. */
@@ -135,29 +205,156 @@ static __always_inline const struct pid_namespace *active_pid_ns(struct task_str
 	return up.ns;
 }
 
-/* What /proc/<pid>/ns/ would show for task t, read from the kernel's own pointers. */
+/* The namespaces an nsproxy points to, as plain numbers. */
+struct nsproxy_ptrs {
+	const struct mnt_namespace *mnt;
+	const struct uts_namespace *uts;
+	const struct ipc_namespace *ipc;
+	const struct pid_namespace *pid_for_children;
+	const struct net *net;
+	const struct cgroup_namespace *cgroup;
+	const struct time_namespace *time;
+	const struct time_namespace *time_for_children;
+	__u32 refs;
+};
+
+/*
+ * All of *nsp with one helper call: a whole copy of the kernel's struct
+ * (72 bytes on 6.1, 6.18 and 7.2, include/linux/nsproxy.h), read at the offsets
+ * CO-RE gives core.h's struct nsproxy, which applies inside the copy as in
+ * the kernel. A kernel whose nsproxy outgrew the copy is read field by field.
+ */
+static __always_inline void nsproxy_read(struct nsproxy_ptrs *p, const struct nsproxy *nsp)
+{
+	union {
+		struct nsproxy n;
+		__u64 raw[16];
+	} c;	/* only bytes the read wrote (or zeroed, on a fault) are used */
+
+	if (bpf_core_type_size(struct nsproxy) > sizeof(c)) {
+		p->mnt = BPF_CORE_READ(nsp, mnt_ns);
+		p->uts = BPF_CORE_READ(nsp, uts_ns);
+		p->ipc = BPF_CORE_READ(nsp, ipc_ns);
+		p->pid_for_children = BPF_CORE_READ(nsp, pid_ns_for_children);
+		p->net = BPF_CORE_READ(nsp, net_ns);
+		p->cgroup = BPF_CORE_READ(nsp, cgroup_ns);
+		p->time = BPF_CORE_READ(nsp, time_ns);
+		p->time_for_children = BPF_CORE_READ(nsp, time_ns_for_children);
+		p->refs = nsproxy_refs(nsp);
+		return;
+	}
+	bpf_core_read(&c, bpf_core_type_size(struct nsproxy), nsp);
+	p->mnt = c.n.mnt_ns;
+	p->uts = c.n.uts_ns;
+	p->ipc = c.n.ipc_ns;
+	p->pid_for_children = c.n.pid_ns_for_children;
+	p->net = c.n.net_ns;
+	p->cgroup = c.n.cgroup_ns;
+	p->time = c.n.time_ns;
+	p->time_for_children = c.n.time_ns_for_children;
+	p->refs = *(int *)&c.n.count;
+}
+
+/*
+ * What /proc/<pid>/ns/ would show for task t, read from the kernel's own
+ * pointers with bpf_probe_read_kernel(): for a task that is not a BTF
+ * pointer (task_newtask's child; the caller before 5.11). The "for children"
+ * entries usually point to the same namespace as their neighbour: then its
+ * inode and id are copied, not read again.
+ */
 static __always_inline void snapshot(struct nstrace_ns_set *s, struct task_struct *t)
 {
 	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
 	const struct pid_namespace *pidns;
 	const struct user_namespace *userns;
+	struct nsproxy_ptrs p;
 
 	if (!nsp)	/* exiting task: exit_task_namespaces() already ran */
 		return;
-	read_ns(s, NS_MNT, &BPF_CORE_READ(nsp, mnt_ns)->ns);
-	read_ns(s, NS_UTS, &BPF_CORE_READ(nsp, uts_ns)->ns);
-	read_ns(s, NS_IPC, &BPF_CORE_READ(nsp, ipc_ns)->ns);
+	nsproxy_read(&p, nsp);
+	read_ns(s, NS_MNT, &p.mnt->ns);
+	read_ns(s, NS_UTS, &p.uts->ns);
+	read_ns(s, NS_IPC, &p.ipc->ns);
 	pidns = active_pid_ns(t);
 	read_ns(s, NS_PID, &pidns->ns);
-	read_ns(s, NS_PID_FOR_CHILDREN, &BPF_CORE_READ(nsp, pid_ns_for_children)->ns);
-	read_ns(s, NS_NET, &BPF_CORE_READ(nsp, net_ns)->ns);
+	if (p.pid_for_children == pidns) {
+		s->inum[NS_PID_FOR_CHILDREN] = s->inum[NS_PID];
+		s->ns_id[NS_PID_FOR_CHILDREN] = s->ns_id[NS_PID];
+	} else {
+		read_ns(s, NS_PID_FOR_CHILDREN, &p.pid_for_children->ns);
+	}
+	read_ns(s, NS_NET, &p.net->ns);
 	userns = BPF_CORE_READ(t, real_cred, user_ns);
 	read_ns(s, NS_USER, &userns->ns);
-	read_ns(s, NS_CGROUP, &BPF_CORE_READ(nsp, cgroup_ns)->ns);
-	read_ns(s, NS_TIME, &BPF_CORE_READ(nsp, time_ns)->ns);
-	read_ns(s, NS_TIME_FOR_CHILDREN, &BPF_CORE_READ(nsp, time_ns_for_children)->ns);
+	read_ns(s, NS_CGROUP, &p.cgroup->ns);
+	read_ns(s, NS_TIME, &p.time->ns);
+	if (p.time_for_children == p.time) {
+		s->inum[NS_TIME_FOR_CHILDREN] = s->inum[NS_TIME];
+		s->ns_id[NS_TIME_FOR_CHILDREN] = s->ns_id[NS_TIME];
+	} else {
+		read_ns(s, NS_TIME_FOR_CHILDREN, &p.time_for_children->ns);
+	}
 	s->nsproxy_id = ptr_id(nsp);
-	s->nsproxy_refs = nsproxy_refs(nsp);
+	s->nsproxy_refs = p.refs;
+	s->valid = 1;
+}
+
+/*
+ * ptr_id() of a BTF pointer, stored in *slot (map memory). The verifier
+ * refuses XOR and multiply on a pointer register ("bitwise operator on
+ * pointer prohibited", kernel/bpf/verifier.c adjust_ptr_min_max_vals(), 6.1
+ * and 6.18), but lets a privileged program (CAP_PERFMON: nstrace's
+ * requirement anyway) store one in a map value, and a load from a map value
+ * is a plain number: park the pointer in the slot, load it back, hash it.
+ */
+static __always_inline void ptr_id_into(__u64 *slot, const void *p)
+{
+	*slot = (__u64)p;
+	*slot = ptr_id((const void *)*(volatile __u64 *)slot);
+}
+
+/* inum and ns_id through a BTF pointer: plain loads. */
+static __always_inline void load_ns(struct nstrace_ns_set *s, int slot, const struct ns_common *ns)
+{
+	s->inum[slot] = ns->inum;
+	if (bpf_core_field_exists(ns->ns_id))
+		s->ns_id[slot] = ns->ns_id;
+}
+
+/*
+ * snapshot() of the current task through BTF pointers. One helper call is
+ * left, and only for a task in a nested pid namespace: numbers[level] is at
+ * an offset the verifier cannot know, and it allows only fixed offsets into
+ * a BTF pointer (numbers[0], level 0, is one).
+ */
+static __always_inline void snapshot_btf(struct nstrace_ns_set *s, struct task_struct *t)
+{
+	struct nsproxy *nsp = t->nsproxy;
+	struct pid *pid = t->thread_pid;
+	unsigned int level;
+
+	if (!nsp)	/* exiting task: exit_task_namespaces() already ran */
+		return;
+	load_ns(s, NS_MNT, &nsp->mnt_ns->ns);
+	load_ns(s, NS_UTS, &nsp->uts_ns->ns);
+	load_ns(s, NS_IPC, &nsp->ipc_ns->ns);
+	level = pid->level;
+	if (level == 0) {
+		load_ns(s, NS_PID, &pid->numbers[0].ns->ns);
+	} else {
+		struct upid up = {};
+
+		bpf_core_read(&up, sizeof(up), &pid->numbers[level]);
+		read_ns(s, NS_PID, &up.ns->ns);
+	}
+	load_ns(s, NS_PID_FOR_CHILDREN, &nsp->pid_ns_for_children->ns);
+	load_ns(s, NS_NET, &nsp->net_ns->ns);
+	load_ns(s, NS_USER, &t->real_cred->user_ns->ns);
+	load_ns(s, NS_CGROUP, &nsp->cgroup_ns->ns);
+	load_ns(s, NS_TIME, &nsp->time_ns->ns);
+	load_ns(s, NS_TIME_FOR_CHILDREN, &nsp->time_ns_for_children->ns);
+	ptr_id_into(&s->nsproxy_id, nsp);
+	s->nsproxy_refs = *(int *)&nsp->count;
 	s->valid = 1;
 }
 

@@ -43,6 +43,13 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
+/*
+ * include/uapi/linux/bpf.h: only for bpf_core_enum_value_exists(), which asks
+ * the running kernel's BTF whether it has the helper (the value is relocated).
+ */
+enum bpf_func_id {
+	BPF_FUNC_get_current_task_btf = 158,	/* 5.11 */
+};
 enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,

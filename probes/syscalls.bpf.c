@@ -61,14 +61,37 @@ const struct nstrace_event *btf_anchor_event __attribute__((unused));
  * unshare(CLONE_NEWPID) or setns into a pid/time ns): that fork "joins".
  * kernel/fork.c copy_process() -> alloc_pid(pid_ns_for_children), and
  * kernel/time/namespace.c timens_on_fork(), checked against 6.1 and 6.18.
+ * Runs on every plain fork of the machine, so: loads through BTF pointers,
+ * and a helper call only for a task in a nested pid namespace.
  */
 static __always_inline bool fork_enters_namespace(void)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+	if (have_task_btf()) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		struct nsproxy *nsp = t->nsproxy;
+		struct pid *pid = t->thread_pid;
+		unsigned int level = pid->level;
+		const struct pid_namespace *active = NULL;
 
-	return BPF_CORE_READ(nsp, pid_ns_for_children) != active_pid_ns(t) ||
-	       BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
+		if (nsp->time_ns_for_children != nsp->time_ns)
+			return true;
+		if (level == 0) {
+			active = pid->numbers[0].ns;
+			/* else clang merges this load with the stack load of the
+			 * other branch, and the verifier wants one pointer type
+			 * per instruction */
+			barrier_var(active);
+		} else {
+			bpf_core_read(&active, sizeof(active), &pid->numbers[level].ns);
+		}
+		return nsp->pid_ns_for_children != active;
+	} else {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+		struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+
+		return BPF_CORE_READ(nsp, pid_ns_for_children) != active_pid_ns(t) ||
+		       BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
+	}
 }
 
 static __always_inline bool plain_fork(__u64 flags)
@@ -81,19 +104,22 @@ static __always_inline bool wanted_process(__u32 tgid)
 	return !filter_tgid || bpf_map_lookup_elem(&tracked, &tgid);
 }
 
-/* Fill what setns() will do with this fd, before the kernel resolves it. */
+/*
+ * Fill what setns() will do with this fd, before the kernel resolves it.
+ * fds is the fd array of the caller's fdtable and max_fds its size; the
+ * file is read with helper calls: a struct file ** is a plain number to the
+ * verifier even when the fdtable is a BTF pointer.
+ */
 static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
-					     struct task_struct *t)
+					     unsigned int max_fds, struct file **fds)
 {
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *f = NULL;
 	struct inode *inode;
 	unsigned long magic;
 	char name[8] = {};
 
 	e->target_kind = TARGET_BADFD;
-	if (fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0 || (unsigned int)fd >= max_fds)
 		return;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	if (!f)
@@ -107,10 +133,7 @@ static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
 		const struct ns_common *ns = BPF_CORE_READ(inode, i_private);
 
 		e->target_kind = TARGET_NSFS;
-		e->target_nstype = ns_type(ns);
-		e->target_inum = BPF_CORE_READ(ns, inum);
-		if (bpf_core_field_exists(ns->ns_id))
-			e->target_ns_id = BPF_CORE_READ(ns, ns_id);
+		ns_fields(ns, &e->target_inum, &e->target_ns_id, &e->target_nstype);
 		return;
 	}
 
@@ -135,7 +158,6 @@ static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
 /* arg: setns's fd; clone3's args.exit_signal (clone's is in its flags) */
 static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
 	struct nstrace_event *e;
@@ -156,21 +178,41 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 	e->op = op;
 	e->pid = tgid;
 	e->tid = tid;
-	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
 	e->uid = (__u32)bpf_get_current_uid_gid();
-	e->start_time_ns = BPF_CORE_READ(t, start_boottime);
 	e->raw_flags = flags;
 	e->setns_fd = -1;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	snapshot(&e->before, t);
 
 	if (op == OP_CLONE)
 		e->exit_signal = flags & CSIGNAL;
 	else if (op == OP_CLONE3)
 		e->exit_signal = arg;
-	else if (op == OP_SETNS) {
+	else if (op == OP_SETNS)
 		e->setns_fd = (int)arg;
-		resolve_setns_fd(e, (int)arg, t);
+
+	if (have_task_btf()) {
+		struct task_struct *t = bpf_get_current_task_btf();
+
+		e->ppid = t->real_parent->tgid;
+		e->start_time_ns = t->start_boottime;
+		snapshot_btf(&e->before, t);
+		if (op == OP_SETNS) {
+			struct fdtable *fdt = t->files->fdt;
+
+			resolve_setns_fd(e, (int)arg, fdt->max_fds, fdt->fd);
+		}
+	} else {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+		e->ppid = BPF_CORE_READ(t, real_parent, tgid);
+		e->start_time_ns = BPF_CORE_READ(t, start_boottime);
+		snapshot(&e->before, t);
+		if (op == OP_SETNS) {
+			struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+
+			resolve_setns_fd(e, (int)arg, BPF_CORE_READ(fdt, max_fds),
+					 BPF_CORE_READ(fdt, fd));
+		}
 	}
 	return 0;
 }
@@ -220,26 +262,46 @@ static __always_inline void emit(struct nstrace_event *e, __u32 tid)
 	bpf_ringbuf_submit(rec, wakeup_flags(sizeof(*rec)));
 }
 
+/*
+ * Whether e is the caller's (a task that died inside a syscall leaves its
+ * entry, and a new task may reuse the tid: start times tell them apart), and
+ * if so, for unshare and setns, the snapshot of after.
+ */
+static __always_inline bool same_task_snapshot(struct nstrace_event *e)
+{
+	bool snap = e->op == OP_UNSHARE || e->op == OP_SETNS;
+
+	if (have_task_btf()) {
+		struct task_struct *t = bpf_get_current_task_btf();
+
+		if (e->start_time_ns != t->start_boottime)
+			return false;
+		if (snap)
+			snapshot_btf(&e->after, t);
+	} else {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+		if (e->start_time_ns != BPF_CORE_READ(t, start_boottime))
+			return false;
+		if (snap)
+			snapshot(&e->after, t);
+	}
+	return true;
+}
+
 static __always_inline int op_exit(long ret)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct nstrace_event *e;
 
 	e = bpf_map_lookup_elem(&inflight, &tid);
 	if (!e)
 		return 0;
-	/* A task that died inside a syscall leaves its entry; a new task may reuse the tid. */
-	if (e->start_time_ns != BPF_CORE_READ(t, start_boottime))
-		goto out;
-
 	e->exit_ns = bpf_ktime_get_ns();
 	e->ret = ret;
-	if (e->op == OP_UNSHARE || e->op == OP_SETNS)
-		snapshot(&e->after, t);
 	/* clone: e->after was filled from the child by task_newtask, if one was born */
-	emit(e, tid);
-out:
+	if (same_task_snapshot(e))
+		emit(e, tid);
 	bpf_map_delete_elem(&inflight, &tid);
 	if (kernel_path)
 		bpf_map_delete_elem(&paths, &tid);
@@ -249,8 +311,11 @@ out:
 SEC("tracepoint/syscalls/sys_enter_clone")
 int sys_enter_clone(struct trace_event_raw_sys_enter *ctx)
 {
-	/* x86-64 clone(flags, newsp, parent_tid, child_tid, tls) */
-	__u64 flags = BPF_CORE_READ(ctx, args[0]);
+	/*
+	 * x86-64 clone(flags, newsp, parent_tid, child_tid, tls). The context is
+	 * the tracepoint's own record: read in place, no helper call needed.
+	 */
+	__u64 flags = ctx->args[0];
 
 	if (plain_fork(flags & ~CSIGNAL))
 		return 0;
@@ -261,7 +326,7 @@ SEC("tracepoint/syscalls/sys_enter_clone3")
 int sys_enter_clone3(struct trace_event_raw_sys_enter *ctx)
 {
 	struct clone_args args = {};
-	void *uargs = (void *)BPF_CORE_READ(ctx, args[0]);
+	void *uargs = (void *)ctx->args[0];
 
 	if (bpf_probe_read_user(&args, sizeof(args), uargs) == 0 &&
 	    !(args.flags & CLONE_NEWTIME) && plain_fork(args.flags))
@@ -273,37 +338,37 @@ int sys_enter_clone3(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_unshare")
 int sys_enter_unshare(struct trace_event_raw_sys_enter *ctx)
 {
-	return op_enter(OP_UNSHARE, BPF_CORE_READ(ctx, args[0]), 0);
+	return op_enter(OP_UNSHARE, ctx->args[0], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_setns")
 int sys_enter_setns(struct trace_event_raw_sys_enter *ctx)
 {
-	return op_enter(OP_SETNS, BPF_CORE_READ(ctx, args[1]), BPF_CORE_READ(ctx, args[0]));
+	return op_enter(OP_SETNS, ctx->args[1], ctx->args[0]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone")
 int sys_exit_clone(struct trace_event_raw_sys_exit *ctx)
 {
-	return op_exit(BPF_CORE_READ(ctx, ret));
+	return op_exit(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone3")
 int sys_exit_clone3(struct trace_event_raw_sys_exit *ctx)
 {
-	return op_exit(BPF_CORE_READ(ctx, ret));
+	return op_exit(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_unshare")
 int sys_exit_unshare(struct trace_event_raw_sys_exit *ctx)
 {
-	return op_exit(BPF_CORE_READ(ctx, ret));
+	return op_exit(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_setns")
 int sys_exit_setns(struct trace_event_raw_sys_exit *ctx)
 {
-	return op_exit(BPF_CORE_READ(ctx, ret));
+	return op_exit(ctx->ret);
 }
 
 /*
