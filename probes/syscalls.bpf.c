@@ -347,16 +347,26 @@ int sys_enter_setns(struct trace_event_raw_sys_enter *ctx)
 	return op_enter(OP_SETNS, ctx->args[1], ctx->args[0]);
 }
 
+/*
+ * clone and clone3 return twice: 0 in the child, which starts with no
+ * in-flight record (its tid is new), and the child's pid or -errno in the
+ * caller. Half the hits, so the child's return is told apart before any
+ * map lookup.
+ */
 SEC("tracepoint/syscalls/sys_exit_clone")
 int sys_exit_clone(struct trace_event_raw_sys_exit *ctx)
 {
-	return op_exit(ctx->ret);
+	long ret = ctx->ret;
+
+	return ret ? op_exit(ret) : 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone3")
 int sys_exit_clone3(struct trace_event_raw_sys_exit *ctx)
 {
-	return op_exit(ctx->ret);
+	long ret = ctx->ret;
+
+	return ret ? op_exit(ret) : 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_unshare")
