@@ -142,6 +142,7 @@ static __always_inline void ns_fields(const struct ns_common *ns, __u32 *inum, _
 
 	if (!bpf_core_field_exists(ns->ns_id)) {	/* before 6.18: no ns_id, no ns_type */
 		bpf_core_read(inum, sizeof(*inum), &ns->inum);
+		*id = 0;
 		if (type)
 			*type = BPF_CORE_READ(ns, ops, type);
 		return;
@@ -163,18 +164,11 @@ static __always_inline void ns_fields(const struct ns_common *ns, __u32 *inum, _
 			bpf_core_read(type, sizeof(*type), &ns->ns_type);
 		return;
 	}
-	if (bpf_probe_read_kernel(buf, hi - lo, (void *)ns + lo))
-		return;
+	bpf_probe_read_kernel(buf, hi - lo, (void *)ns + lo);	/* zeroes buf on a fault */
 	*inum = *(__u32 *)((void *)buf + (o_inum - lo));
 	*id = *(__u64 *)((void *)buf + (o_id - lo));
 	if (type)
 		*type = *(__u32 *)((void *)buf + (o_type - lo));
-}
-
-static __always_inline void read_ns(struct nstrace_ns_set *s, int slot,
-				    const struct ns_common *ns)
-{
-	ns_fields(ns, &s->inum[slot], &s->ns_id[slot], NULL);
 }
 
 /* The CLONE_NEW* type of a namespace: ns_common.ns_type since 6.18, else ops->type. */
@@ -256,14 +250,84 @@ static __always_inline void nsproxy_read(struct nsproxy_ptrs *p, const struct ns
 }
 
 /*
- * What /proc/<pid>/ns/ would show for task t, read from the kernel's own
- * pointers with bpf_probe_read_kernel(): for a task that is not a BTF
- * pointer (task_newtask's child; the caller before 5.11). The "for children"
- * entries usually point to the same namespace as their neighbour: then its
- * inode and id are copied, not read again.
+ * A record's two snapshots: what /proc/<pid>/ns/ would show, read from the
+ * kernel's own pointers, at syscall entry (e->before) and after it
+ * (e->after: the caller at exit for unshare and setns, the child in
+ * task_newtask for clone).
+ *
+ * The stash. Between entry and exit, e->after.ns_id[] holds, by slot, the
+ * address of the ns_common behind e->before. An after snapshot reads only
+ * the namespaces whose address differs and copies the others from before:
+ * an operation changes one or two of ten, and a namespace's line is one
+ * other CPUs keep writing (its refcount sits beside inum and ns_id). Equal
+ * addresses are the same namespace: the caller holds every namespace of
+ * before, through its nsproxy and cred, until switch_task_namespaces() and
+ * commit_creds(), after every namespace the operation creates was allocated
+ * (kernel/nsproxy.c create_new_namespaces(), unshare_nsproxy_namespaces(),
+ * prepare_nsset(), commit_nsset(); kernel/fork.c ksys_unshare() and
+ * copy_process(): 6.1 and 6.18), so no new one can have an old one's
+ * address. op_exit() clears an after that was never filled: the stash
+ * never leaves the kernel.
  */
-static __always_inline void snapshot(struct nstrace_ns_set *s, struct task_struct *t)
+static __always_inline void copy_slot(struct nstrace_event *e, int slot)
 {
+	e->after.inum[slot] = e->before.inum[slot];
+	e->after.ns_id[slot] = e->before.ns_id[slot];
+}
+
+/* One slot from a pointer that is a plain number, with bpf_probe_read_kernel(). */
+static __always_inline void slot_probe(struct nstrace_event *e, bool after, int slot,
+				       const struct ns_common *ns)
+{
+	if (!after) {
+		e->after.ns_id[slot] = (__u64)ns;
+		ns_fields(ns, &e->before.inum[slot], &e->before.ns_id[slot], NULL);
+	} else if (e->after.ns_id[slot] == (__u64)ns) {
+		copy_slot(e, slot);
+	} else {
+		ns_fields(ns, &e->after.inum[slot], &e->after.ns_id[slot], NULL);
+	}
+}
+
+/*
+ * One slot through a BTF pointer: plain loads. A privileged program may
+ * store a pointer in map memory and compare it with a number (CAP_PERFMON,
+ * kernel/bpf/verifier.c allow_ptr_leaks).
+ */
+static __always_inline void slot_btf(struct nstrace_event *e, bool after, int slot,
+				     const struct ns_common *ns)
+{
+	struct nstrace_ns_set *s = after ? &e->after : &e->before;
+	__u32 inum;
+	__u64 id = 0;
+
+	if (!after)
+		e->after.ns_id[slot] = (__u64)ns;
+	else if (e->after.ns_id[slot] == (__u64)ns) {
+		copy_slot(e, slot);
+		return;
+	}
+	inum = ns->inum;
+	if (bpf_core_field_exists(ns->ns_id))
+		id = ns->ns_id;
+	/*
+	 * Else clang merges these loads with copy_slot()'s from map memory
+	 * into one instruction, and the verifier wants one pointer type per
+	 * instruction ("same insn cannot be used with different pointers").
+	 */
+	barrier_var(inum);
+	barrier_var(id);
+	s->inum[slot] = inum;
+	s->ns_id[slot] = id;
+}
+
+/*
+ * A snapshot of task t read with bpf_probe_read_kernel(), for a task that is
+ * not a BTF pointer: task_newtask's child; the caller before 5.11.
+ */
+static __always_inline void snapshot(struct nstrace_event *e, bool after, struct task_struct *t)
+{
+	struct nstrace_ns_set *s = after ? &e->after : &e->before;
 	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
 	const struct pid_namespace *pidns;
 	const struct user_namespace *userns;
@@ -272,28 +336,18 @@ static __always_inline void snapshot(struct nstrace_ns_set *s, struct task_struc
 	if (!nsp)	/* exiting task: exit_task_namespaces() already ran */
 		return;
 	nsproxy_read(&p, nsp);
-	read_ns(s, NS_MNT, &p.mnt->ns);
-	read_ns(s, NS_UTS, &p.uts->ns);
-	read_ns(s, NS_IPC, &p.ipc->ns);
+	slot_probe(e, after, NS_MNT, &p.mnt->ns);
+	slot_probe(e, after, NS_UTS, &p.uts->ns);
+	slot_probe(e, after, NS_IPC, &p.ipc->ns);
 	pidns = active_pid_ns(t);
-	read_ns(s, NS_PID, &pidns->ns);
-	if (p.pid_for_children == pidns) {
-		s->inum[NS_PID_FOR_CHILDREN] = s->inum[NS_PID];
-		s->ns_id[NS_PID_FOR_CHILDREN] = s->ns_id[NS_PID];
-	} else {
-		read_ns(s, NS_PID_FOR_CHILDREN, &p.pid_for_children->ns);
-	}
-	read_ns(s, NS_NET, &p.net->ns);
+	slot_probe(e, after, NS_PID, &pidns->ns);
+	slot_probe(e, after, NS_PID_FOR_CHILDREN, &p.pid_for_children->ns);
+	slot_probe(e, after, NS_NET, &p.net->ns);
 	userns = BPF_CORE_READ(t, real_cred, user_ns);
-	read_ns(s, NS_USER, &userns->ns);
-	read_ns(s, NS_CGROUP, &p.cgroup->ns);
-	read_ns(s, NS_TIME, &p.time->ns);
-	if (p.time_for_children == p.time) {
-		s->inum[NS_TIME_FOR_CHILDREN] = s->inum[NS_TIME];
-		s->ns_id[NS_TIME_FOR_CHILDREN] = s->ns_id[NS_TIME];
-	} else {
-		read_ns(s, NS_TIME_FOR_CHILDREN, &p.time_for_children->ns);
-	}
+	slot_probe(e, after, NS_USER, &userns->ns);
+	slot_probe(e, after, NS_CGROUP, &p.cgroup->ns);
+	slot_probe(e, after, NS_TIME, &p.time->ns);
+	slot_probe(e, after, NS_TIME_FOR_CHILDREN, &p.time_for_children->ns);
 	s->nsproxy_id = ptr_id(nsp);
 	s->nsproxy_refs = p.refs;
 	s->valid = 1;
@@ -303,9 +357,8 @@ static __always_inline void snapshot(struct nstrace_ns_set *s, struct task_struc
  * ptr_id() of a BTF pointer, stored in *slot (map memory). The verifier
  * refuses XOR and multiply on a pointer register ("bitwise operator on
  * pointer prohibited", kernel/bpf/verifier.c adjust_ptr_min_max_vals(), 6.1
- * and 6.18), but lets a privileged program (CAP_PERFMON: nstrace's
- * requirement anyway) store one in a map value, and a load from a map value
- * is a plain number: park the pointer in the slot, load it back, hash it.
+ * and 6.18), but a load from a map value is a plain number: park the
+ * pointer in the slot, load it back, hash it.
  */
 static __always_inline void ptr_id_into(__u64 *slot, const void *p)
 {
@@ -313,46 +366,45 @@ static __always_inline void ptr_id_into(__u64 *slot, const void *p)
 	*slot = ptr_id((const void *)*(volatile __u64 *)slot);
 }
 
-/* inum and ns_id through a BTF pointer: plain loads. */
-static __always_inline void load_ns(struct nstrace_ns_set *s, int slot, const struct ns_common *ns)
-{
-	s->inum[slot] = ns->inum;
-	if (bpf_core_field_exists(ns->ns_id))
-		s->ns_id[slot] = ns->ns_id;
-}
-
 /*
- * snapshot() of the current task through BTF pointers. One helper call is
+ * snapshot() of the calling task through BTF pointers. One helper call is
  * left, and only for a task in a nested pid namespace: numbers[level] is at
  * an offset the verifier cannot know, and it allows only fixed offsets into
- * a BTF pointer (numbers[0], level 0, is one).
+ * a BTF pointer (numbers[0], level 0, is one). After, at syscall exit, the
+ * pid slot is copied: a task's struct pid, so its active pid namespace, is
+ * its own for life (only exec by a non-leader thread swaps it, fs/exec.c
+ * de_thread(), not unshare or setns).
  */
-static __always_inline void snapshot_btf(struct nstrace_ns_set *s, struct task_struct *t)
+static __always_inline void snapshot_btf(struct nstrace_event *e, bool after, struct task_struct *t)
 {
+	struct nstrace_ns_set *s = after ? &e->after : &e->before;
 	struct nsproxy *nsp = t->nsproxy;
-	struct pid *pid = t->thread_pid;
-	unsigned int level;
 
 	if (!nsp)	/* exiting task: exit_task_namespaces() already ran */
 		return;
-	load_ns(s, NS_MNT, &nsp->mnt_ns->ns);
-	load_ns(s, NS_UTS, &nsp->uts_ns->ns);
-	load_ns(s, NS_IPC, &nsp->ipc_ns->ns);
-	level = pid->level;
-	if (level == 0) {
-		load_ns(s, NS_PID, &pid->numbers[0].ns->ns);
+	slot_btf(e, after, NS_MNT, &nsp->mnt_ns->ns);
+	slot_btf(e, after, NS_UTS, &nsp->uts_ns->ns);
+	slot_btf(e, after, NS_IPC, &nsp->ipc_ns->ns);
+	if (after) {
+		copy_slot(e, NS_PID);
 	} else {
+		struct pid *pid = t->thread_pid;
+		unsigned int level = pid->level;
 		struct upid up = {};
 
-		bpf_core_read(&up, sizeof(up), &pid->numbers[level]);
-		read_ns(s, NS_PID, &up.ns->ns);
+		if (level == 0) {
+			slot_btf(e, false, NS_PID, &pid->numbers[0].ns->ns);
+		} else {
+			bpf_core_read(&up, sizeof(up), &pid->numbers[level]);
+			slot_probe(e, false, NS_PID, &up.ns->ns);
+		}
 	}
-	load_ns(s, NS_PID_FOR_CHILDREN, &nsp->pid_ns_for_children->ns);
-	load_ns(s, NS_NET, &nsp->net_ns->ns);
-	load_ns(s, NS_USER, &t->real_cred->user_ns->ns);
-	load_ns(s, NS_CGROUP, &nsp->cgroup_ns->ns);
-	load_ns(s, NS_TIME, &nsp->time_ns->ns);
-	load_ns(s, NS_TIME_FOR_CHILDREN, &nsp->time_ns_for_children->ns);
+	slot_btf(e, after, NS_PID_FOR_CHILDREN, &nsp->pid_ns_for_children->ns);
+	slot_btf(e, after, NS_NET, &nsp->net_ns->ns);
+	slot_btf(e, after, NS_USER, &t->real_cred->user_ns->ns);
+	slot_btf(e, after, NS_CGROUP, &nsp->cgroup_ns->ns);
+	slot_btf(e, after, NS_TIME, &nsp->time_ns->ns);
+	slot_btf(e, after, NS_TIME_FOR_CHILDREN, &nsp->time_ns_for_children->ns);
 	ptr_id_into(&s->nsproxy_id, nsp);
 	s->nsproxy_refs = *(int *)&nsp->count;
 	s->valid = 1;

@@ -155,13 +155,47 @@ static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
 	}
 }
 
+/*
+ * bpf_get_current_comm() without the call: strscpy_pad(buf, comm, 16)
+ * (kernel/bpf/helpers.c), up to 15 bytes before the first NUL and zeros
+ * after, from two 8-byte loads. (w - 0x01..01) & ~w & 0x80..80 flags the
+ * zero bytes of w; the lowest flag is exactly the first zero byte.
+ */
+static __always_inline void comm_copy(char *dst, const char *src)
+{
+	__u64 lo = *(const __u64 *)src, hi = *(const __u64 *)(src + 8);
+	__u64 z = (lo - 0x0101010101010101ULL) & ~lo & 0x8080808080808080ULL;
+
+	if (z) {
+		lo &= ((z & -z) >> 7) - 1;
+		hi = 0;
+	} else {
+		z = (hi - 0x0101010101010101ULL) & ~hi & 0x8080808080808080ULL;
+		if (z)
+			hi &= ((z & -z) >> 7) - 1;
+		hi &= 0x00ffffffffffffffULL;	/* the 16th byte is always NUL */
+	}
+	__builtin_memcpy(dst, &lo, sizeof(lo));
+	__builtin_memcpy(dst + 8, &hi, sizeof(hi));
+}
+
 /* arg: setns's fd; clone3's args.exit_signal (clone's is in its flags) */
 static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
+	struct task_struct *t = NULL;
 	struct nstrace_event *e;
+	__u32 tid, tgid;
 
+	if (have_task_btf()) {
+		t = bpf_get_current_task_btf();
+		tid = t->pid;
+		tgid = t->tgid;
+	} else {
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+		tid = (__u32)pid_tgid;
+		tgid = pid_tgid >> 32;
+	}
 	if (!wanted_process(tgid))
 		return 0;
 	if (bpf_map_update_elem(&inflight, &tid, empty_head, BPF_ANY)) {
@@ -178,11 +212,8 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 	e->op = op;
 	e->pid = tgid;
 	e->tid = tid;
-	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->raw_flags = flags;
 	e->setns_fd = -1;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-
 	if (op == OP_CLONE)
 		e->exit_signal = flags & CSIGNAL;
 	else if (op == OP_CLONE3)
@@ -191,24 +222,27 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 		e->setns_fd = (int)arg;
 
 	if (have_task_btf()) {
-		struct task_struct *t = bpf_get_current_task_btf();
-
+		/* bpf_get_current_uid_gid() is from_kuid(&init_user_ns, cred->uid): the kuid itself */
+		e->uid = t->cred->uid.val;
+		comm_copy(e->comm, t->comm);
 		e->ppid = t->real_parent->tgid;
 		e->start_time_ns = t->start_boottime;
-		snapshot_btf(&e->before, t);
+		snapshot_btf(e, false, t);
 		if (op == OP_SETNS) {
 			struct fdtable *fdt = t->files->fdt;
 
 			resolve_setns_fd(e, (int)arg, fdt->max_fds, fdt->fd);
 		}
 	} else {
-		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
-		e->ppid = BPF_CORE_READ(t, real_parent, tgid);
-		e->start_time_ns = BPF_CORE_READ(t, start_boottime);
-		snapshot(&e->before, t);
+		e->uid = (__u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		e->ppid = BPF_CORE_READ(ct, real_parent, tgid);
+		e->start_time_ns = BPF_CORE_READ(ct, start_boottime);
+		snapshot(e, false, ct);
 		if (op == OP_SETNS) {
-			struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+			struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
 
 			resolve_setns_fd(e, (int)arg, BPF_CORE_READ(fdt, max_fds),
 					 BPF_CORE_READ(fdt, fd));
@@ -265,43 +299,52 @@ static __always_inline void emit(struct nstrace_event *e, __u32 tid)
 /*
  * Whether e is the caller's (a task that died inside a syscall leaves its
  * entry, and a new task may reuse the tid: start times tell them apart), and
- * if so, for unshare and setns, the snapshot of after.
+ * if so, for unshare and setns, the snapshot of after. t: the caller as a
+ * BTF pointer, where the kernel has them.
  */
-static __always_inline bool same_task_snapshot(struct nstrace_event *e)
+static __always_inline bool same_task_snapshot(struct nstrace_event *e, struct task_struct *t)
 {
 	bool snap = e->op == OP_UNSHARE || e->op == OP_SETNS;
 
 	if (have_task_btf()) {
-		struct task_struct *t = bpf_get_current_task_btf();
-
 		if (e->start_time_ns != t->start_boottime)
 			return false;
 		if (snap)
-			snapshot_btf(&e->after, t);
+			snapshot_btf(e, true, t);
 	} else {
-		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
-		if (e->start_time_ns != BPF_CORE_READ(t, start_boottime))
+		if (e->start_time_ns != BPF_CORE_READ(ct, start_boottime))
 			return false;
 		if (snap)
-			snapshot(&e->after, t);
+			snapshot(e, true, ct);
 	}
 	return true;
 }
 
 static __always_inline int op_exit(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct task_struct *t = NULL;
 	struct nstrace_event *e;
+	__u32 tid;
 
+	if (have_task_btf()) {
+		t = bpf_get_current_task_btf();
+		tid = t->pid;
+	} else {
+		tid = (__u32)bpf_get_current_pid_tgid();
+	}
 	e = bpf_map_lookup_elem(&inflight, &tid);
 	if (!e)
 		return 0;
 	e->exit_ns = bpf_ktime_get_ns();
 	e->ret = ret;
 	/* clone: e->after was filled from the child by task_newtask, if one was born */
-	if (same_task_snapshot(e))
+	if (same_task_snapshot(e, t)) {
+		if (!e->after.valid)	/* no child, or no nsproxy: clear the stash */
+			__builtin_memset(&e->after, 0, sizeof(e->after));
 		emit(e, tid);
+	}
 	bpf_map_delete_elem(&inflight, &tid);
 	if (kernel_path)
 		bpf_map_delete_elem(&paths, &tid);
@@ -405,10 +448,19 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 	e = bpf_map_lookup_elem(&inflight, &tid);
 	if (!e || (e->op != OP_CLONE && e->op != OP_CLONE3))
 		return 0;
-	e->child_pid = BPF_CORE_READ(task, tgid);
-	e->child_tid = BPF_CORE_READ(task, pid);
+	/* pid and tgid are neighbours in task_struct: one read where CO-RE says they still are */
+	if (bpf_core_field_offset(task->tgid) == bpf_core_field_offset(task->pid) + 4) {
+		__u32 ids[2] = {};
+
+		bpf_core_read(ids, sizeof(ids), &task->pid);
+		e->child_tid = ids[0];
+		e->child_pid = ids[1];
+	} else {
+		e->child_pid = BPF_CORE_READ(task, tgid);
+		e->child_tid = BPF_CORE_READ(task, pid);
+	}
 	e->child_start_ns = BPF_CORE_READ(task, start_boottime);
-	snapshot(&e->after, task);
+	snapshot(e, true, task);
 	return 0;
 }
 
