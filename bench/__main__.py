@@ -71,17 +71,15 @@ def hook_sets(rep, work, n, a, log):
         res = figures.hook_sets(work, obj, usable, n["unshare"], n["getppid"], a.reps, log,
                                 wait_budget_s=a.wait_quiet)
     base = res["untraced"]
-    rep.add("hook set: untraced baseline", "unshare()", [t / n["unshare"] for t in base["unshare_ns"]],
-            "us", scale=1e-3)
-    rep.add("hook set: untraced baseline", "getppid()", [t / n["getppid"] for t in base["getppid_ns"]],
-            "ns", fmt="{:.0f}")
+    rep.add("hook set: untraced baseline", "unshare()", base["unshare_ns"], "us", scale=1e-3)
+    rep.add("hook set: untraced baseline", "getppid()", base["getppid_ns"], "ns", fmt="{:.0f}")
     summary = {}
     for fig_id, figure, unit, fmt in hooks.FIGURES:
         for key, label, _ in hooks.HOOK_SETS:
             if status[key]:
                 rep.add(figure, f"{label}: {status[key]}", [], unit, fmt=fmt)
                 continue
-            values = hooks.values(fig_id, res[key], base, n)
+            values = hooks.values(fig_id, res[key], base)
             summary.setdefault(key, {})[fig_id] = rep.add(figure, label, values, unit, fmt=fmt)
     rep.meta["hook_sets"] = {
         key: {"label": label, "status": "measured" if status[key] is None else status[key],
@@ -90,7 +88,7 @@ def hook_sets(rep, work, n, a, log):
         for key, label, _ in hooks.HOOK_SETS}
     rep.meta["hook_sets_contaminated_reps"] = res["contaminated_reps"]
     rep.meta["hook_sets_discarded_reps"] = res["discarded_reps"]
-    rep.notes += hooks.reading(summary, status, stat([t / n["unshare"] for t in base["unshare_ns"]])["median"])
+    rep.notes += hooks.reading(summary, status, stat(base["unshare_ns"])["median"])
     if res["contaminated_reps"]:
         rep.notes.append(f"hook sets: {res['contaminated_reps']} of {a.reps} repetition(s) ran while other processes "
                          f"had BPF programs on the syscall tracepoints ({', '.join(res['others_seen'][:4])}...): "

@@ -152,12 +152,15 @@ FIGURES = (
 )
 
 
-def values(fig_id, r, base, n):
-    """One hook set's per-repetition values for one figure; ratios and differences within a repetition."""
+def values(fig_id, r, base):
+    """One hook set's per-repetition values for one figure; ratios and differences within a repetition.
+
+    r and base hold ns per call (figures.hook_sets).
+    """
     if fig_id == "slowdown":
         return [h / u for h, u in zip(r["unshare_ns"], base["unshare_ns"])]
     if fig_id == "tax":
-        return [(h - u) / n["getppid"] for h, u in zip(r["getppid_ns"], base["getppid_ns"])]
+        return [h - u for h, u in zip(r["getppid_ns"], base["getppid_ns"])]
     if fig_id == "bpf_run":
         return r["bpf_ns_per_run"]
     if fig_id == "bpf_getppid":
