@@ -40,6 +40,10 @@ def ns_links(pid, tid=None):
             link = os.readlink(f"{base}/{name}")  # e.g. "uts:[4026531838]"
         except (FileNotFoundError, ProcessLookupError):
             continue  # see above; a task that exited is caught by check()
+        except PermissionError:
+            # EACCES: fs/proc/namespaces.c proc_ns_readlink() answers so for a task reaped since
+            # the listdir (and for one its ptrace check refuses); check() then finds it gone
+            continue
         out[name] = nsfs.parse_link(link)[1]
     return out
 
