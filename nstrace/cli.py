@@ -8,7 +8,7 @@ import time
 
 import click
 
-from . import __version__, display
+from . import __version__
 from . import flags as fl
 from .errors import NstraceError, UsageError
 
@@ -98,6 +98,7 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                       ringbuf_bytes=buffer_kib * 1024)
     tracer = Tracer(options)
     tracer.start()
+    from . import display  # after the probes are attached: tracing is live a little sooner
     recorder = None
     if record_path:
         from . import session
@@ -179,6 +180,8 @@ def doctor(as_json):
     finally:
         tracer.close()
     import json
+
+    from . import display
     if as_json:
         click.echo(json.dumps({"kernel": os.uname().release, "probes": rows}, indent=1))
         return
@@ -201,6 +204,7 @@ def demo(flag_text, op, record_path, picture, picture_path):
     """Run one namespace operation, trace it, and show what the kernel did beside what its source says."""
     import tempfile
 
+    from . import display
     from .demo import run_demo
     value = fl.parse_flags(flag_text)
     with tempfile.TemporaryDirectory(prefix="nstrace-demo-") as tmp:
@@ -222,7 +226,7 @@ def demo(flag_text, op, record_path, picture, picture_path):
 @click.argument("names", nargs=-1)
 def check(as_json, list_only, names):
     """Run the scenario catalogue (or the named scenarios) and check each trace; exit 0 only if all match."""
-    from . import checker, scenarios
+    from . import checker, display, scenarios
     if list_only:
         for sc in scenarios.CATALOGUE.values():
             click.echo(f"{sc.name:28} {sc.summary}")
@@ -256,6 +260,7 @@ def check(as_json, list_only, names):
 @click.argument("pytest_args", nargs=-1)
 def lab(kernels, timeout, verbose, pytest_args):
     """Boot Debian kernels under QEMU and run the kernel-layer tests and `nstrace check` inside."""
+    from . import display
     from . import lab as labmod
     for kernel in kernels:  # every name resolved before anything boots: a typo fails fast
         try:

@@ -14,7 +14,7 @@ with the reason. A feature check, never a version check.
 import dataclasses
 import errno
 import functools
-import json
+import os
 from pathlib import Path
 
 from . import events, libbpf, loader
@@ -75,28 +75,35 @@ def kernel_config(option):
 CACHE_DIR = Path("/run/nstrace")
 
 
+def _per_boot(name, compute):
+    """compute()'s text, kept in /run/nstrace (a tmpfs) for the rest of this boot."""
+    cache = CACHE_DIR / f"{name}-{_boot_id()}.txt"
+    try:
+        return cache.read_text()
+    except OSError:
+        pass
+    text = compute()
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(cache)  # whole or absent: a run starting meanwhile never reads half of it
+    except OSError:
+        pass  # a read-only /run only costs the work again
+    return text
+
+
 @functools.cache
 def fentry_refusal():
     """None if this kernel loads fentry/fexit programs, else why not (one line).
 
     libbpf's feature probe answers first; when it says no, one real fentry
     program of ours is loaded to learn the kernel's errno. That costs ~80 ms,
-    so the answer is kept for the rest of this boot (/run is a tmpfs).
+    so the answer is kept for the rest of this boot.
     """
     if libbpf.lib().libbpf_probe_bpf_prog_type(libbpf.BPF_PROG_TYPE_TRACING, None) == 1:
         return None
-    cache = CACHE_DIR / f"fentry-{_boot_id()}.json"
-    try:
-        return json.loads(cache.read_text())["refusal"]
-    except (OSError, ValueError, KeyError):
-        pass
-    refusal = _load_one_fentry_program()
-    try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"refusal": refusal}))
-    except OSError:
-        pass  # a read-only /run (the lab guest's host root) only costs the probe again
-    return refusal
+    return _per_boot("fentry", lambda: _load_one_fentry_program() or "") or None
 
 
 def _boot_id():
@@ -133,10 +140,13 @@ def _kallsyms_text():
 
 @functools.cache
 def no_hook_reason():
-    """Why neither fentry nor kprobes work on this kernel, in one line."""
-    config = kernel_config("CONFIG_KPROBES")
-    kprobes = "no kprobes (CONFIG_KPROBES is not set)" if config is None else f"no kprobe PMU at {KPROBE_PMU.parent}"
-    return f"{kprobes}; {fentry_refusal()}"
+    """Why neither fentry nor kprobes work on this kernel, in one line (kept for the boot: reading
+    /proc/config.gz costs 3 ms of every start on the kernels where it is needed)."""
+    def reason():
+        config = kernel_config("CONFIG_KPROBES")
+        kprobes = "no kprobes (CONFIG_KPROBES is not set)" if config is None else f"no kprobe PMU at {KPROBE_PMU.parent}"
+        return f"{kprobes}; {fentry_refusal()}"
+    return _per_boot("nohook", reason)
 
 
 def plan():
