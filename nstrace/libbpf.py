@@ -8,7 +8,6 @@ everything else; :func:`check` and :func:`check_ptr` turn both into
 
 import collections
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import os
 
@@ -82,20 +81,20 @@ class OpenOpts(ctypes.Structure):
         super().__init__(sz=ctypes.sizeof(self), **fields)
 
 
-_DEBUG = bool(os.environ.get("NSTRACE_LIBBPF_DEBUG"))
+DEBUG = bool(os.environ.get("NSTRACE_LIBBPF_DEBUG"))
 
 
 def _c_printer(level, fmt, va_list):
     # libbpf hands us a printf format and a va_list: vsnprintf formats it.
     # Debug lines (thousands per load) are dropped unformatted unless asked for.
-    if level == LIBBPF_DEBUG and not _DEBUG:
+    if level == LIBBPF_DEBUG and not DEBUG:
         return 0
     buf = ctypes.create_string_buffer(1024)
     _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(va_list))
     text = buf.value.decode(errors="replace").rstrip()
     if text:
         _messages.append(text)
-        if _DEBUG:
+        if DEBUG:
             os.write(2, (text + "\n").encode())
     return 0
 
@@ -155,7 +154,8 @@ def lib():
     try:
         handle = ctypes.CDLL(name, use_errno=True)
     except OSError:
-        other = None if "NSTRACE_LIBBPF" in os.environ else ctypes.util.find_library("bpf")
+        from ctypes.util import find_library  # imports subprocess, shutil, tempfile: ~9 ms, fallback only
+        other = None if "NSTRACE_LIBBPF" in os.environ else find_library("bpf")
         if not other:
             raise LibbpfError(f"libbpf not found ({name}): install the libbpf1 package") from None
         name, handle = other, ctypes.CDLL(other, use_errno=True)
@@ -179,6 +179,18 @@ def version():
     """libbpf's (major, minor) version."""
     h = lib()
     return (h.libbpf_major_version(), h.libbpf_minor_version())
+
+
+def unheard(fn, *args):
+    """fn(*args) with libbpf printing nothing (everything, as always, under NSTRACE_LIBBPF_DEBUG)."""
+    if DEBUG:
+        return fn(*args)
+    handle = lib()
+    handle.libbpf_set_print(_PRINT_FN())  # NULL: libbpf prints nothing
+    try:
+        return fn(*args)
+    finally:
+        handle.libbpf_set_print(_print_cb)
 
 
 def last_messages(n=6):

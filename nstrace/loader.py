@@ -131,16 +131,22 @@ class BpfObject:
             raise LibbpfError(f"BPF object {path} is missing: build it with `make -C probes`")
         self._lib = libbpf.lib()
         self.core_btf = corebtf.ensure(path) if core_btf else None
-        opts = libbpf.OpenOpts(btf_custom_path=self.core_btf.encode()) if self.core_btf else None
-        libbpf.clear_messages()
-        self._obj = libbpf.check_ptr(self._lib.bpf_object__open_file(str(path).encode(), opts),
-                                     f"opening {path.name}")
+        self._path = path
+        self._opts = libbpf.OpenOpts(btf_custom_path=self.core_btf.encode()) if self.core_btf else None
+        self._obj = self._open()
+        self._settings = []  # (setter, args) before load, to open again and replay them (see load)
         self._links = {}
         self._sections = {}
         self._rings = []
         self._mmaps = {}
+        self._vars = {}
         self._loaded = False
         self._btf = self._lib.bpf_object__btf(self._obj)
+
+    def _open(self):
+        libbpf.clear_messages()
+        return libbpf.check_ptr(self._lib.bpf_object__open_file(str(self._path).encode(), self._opts),
+                                f"opening {self._path.name}")
 
     # --- before load -------------------------------------------------------
 
@@ -165,14 +171,31 @@ class BpfObject:
             raise LibbpfError(f"no BPF map named {name} in the object")
         return m
 
+    def _setting(self, setter, *args):
+        setter(*args)
+        self._settings.append((setter, args))
+
     def set_autoload(self, name, autoload):
+        self._setting(self._set_autoload, name, autoload)
+
+    def _set_autoload(self, name, autoload):
         libbpf.check(self._lib.bpf_program__set_autoload(self._prog(name), autoload), f"autoload of {name}")
 
     def set_max_entries(self, map_name, n):
+        self._setting(self._set_max_entries, map_name, n)
+
+    def _set_max_entries(self, map_name, n):
         libbpf.check(self._lib.bpf_map__set_max_entries(self._map(map_name), n), f"sizing map {map_name}")
 
+    def _variables(self, section):
+        # one walk of the section's BTF per object: set_rodata runs six times before load,
+        # read_global on every pass of the watch loop
+        if section not in self._vars:
+            self._vars[section] = btfmod.datasec_vars(self._btf, section)
+        return self._vars[section]
+
     def _global_ptr(self, section, name):
-        variables = btfmod.datasec_vars(self._btf, section)
+        variables = self._variables(section)
         if name not in variables:
             raise LibbpfError(f"no global {name} in {section}")
         offset, size = variables[name]
@@ -186,14 +209,29 @@ class BpfObject:
         """Set a ``const volatile`` global before load (value: int or bool)."""
         if self._loaded:
             raise LibbpfError(f"{name}: options are frozen once the object is loaded")
+        self._setting(self._set_rodata, name, value)
+
+    def _set_rodata(self, name, value):
         addr, size = self._global_ptr(".rodata", name)
         ctypes.memmove(addr, int(value).to_bytes(size, "little", signed=int(value) < 0), size)
 
     # --- load and after -------------------------------------------------------
 
     def load(self):
+        # libbpf prints ~8,000 debug lines per load, each a call into Python that must take the GIL:
+        # while another thread runs Python (the command line importing, beside nstrace.preload)
+        # each waits its turn. So the load runs with no printer, and only a load that failed is
+        # made again, listening, for libbpf's lines that say why.
         libbpf.clear_messages()
-        libbpf.check(self._lib.bpf_object__load(self._obj), "the kernel refused nstrace's BPF programs")
+        ret = libbpf.unheard(self._lib.bpf_object__load, self._obj)
+        if ret < 0 and not libbpf.DEBUG:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = self._open()
+            self._btf, self._vars = self._lib.bpf_object__btf(self._obj), {}
+            for setter, args in self._settings:
+                setter(*args)
+            ret = self._lib.bpf_object__load(self._obj)
+        libbpf.check(ret, "the kernel refused nstrace's BPF programs")
         self._loaded = True
         # libbpf parsed the kernel's BTF (megabytes) and freed it; hand the pages back.
         _libc.malloc_trim(0)
@@ -223,7 +261,7 @@ class BpfObject:
         libbpf 1.1 remaps a data section onto the kernel map only for
         skeletons, so the section map is mmaped here (BPF_F_MMAPABLE).
         """
-        variables = btfmod.datasec_vars(self._btf, section)
+        variables = self._variables(section)
         if name not in variables:
             raise LibbpfError(f"no global {name} in {section}")
         offset, size = variables[name]
