@@ -107,21 +107,10 @@ class Tracer:
 
     def _setup(self):
         o = self.options
-        self.hooks = kernelpath.plan() if o.kernel_path else []
-        # A program the kernel refuses fails the whole load: drop its hook and
-        # load again, at most once per hook.
-        for _ in range(len(self.hooks) + 1):
-            obj = self._obj = self._open()
-            try:
-                obj.load()
-                break
-            except LibbpfError as err:
-                culprit = self._refused_hook()
-                if not culprit:
-                    raise
-                culprit.reason = f"{culprit.kind} program refused at load ({err.errno and os.strerror(err.errno)})"
-                culprit.kind = None
-                obj.close()
+        if not self._adopt_preloaded():
+            self.hooks = kernelpath.plan() if o.kernel_path else []
+            self._load()
+        obj = self._obj
         if o.pid:
             self._seed_tracked(o.pid)
         mounted = loader.ensure_tracefs()
@@ -136,23 +125,79 @@ class Tracer:
             self._attach_hook(hook)
         self._batch = batch.Batch(obj.map_fd("events"), o, inflight_fd=obj.map_fd("inflight"))
 
+    def _load(self, loading=None):
+        # A program the kernel refuses fails the whole load: drop its hook and
+        # load again, at most once per hook.
+        for _ in range(len(self.hooks) + 1):
+            obj = self._obj = self._open()
+            if loading:
+                loading()
+            try:
+                obj.load()
+                return
+            except LibbpfError as err:
+                culprit = self._refused_hook()
+                if not culprit:
+                    raise
+                culprit.reason = f"{culprit.kind} program refused at load ({err.errno and os.strerror(err.errno)})"
+                culprit.kind = None
+                obj.close()
+
+    def preload(self, loading=None):
+        """Check, plan and load, attaching nothing: nstrace.preload runs this in a thread while the
+        command line is still being imported and parsed; start() of a tracer whose options ask for
+        the same object takes it over. loading() is called as each load begins."""
+        loader.check_privileges()
+        loader.check_btf()
+        self.hooks = kernelpath.plan() if self.options.kernel_path else []
+        self._planned = self._object_settings()  # as planned, before a refused hook is dropped
+        try:
+            self._load(loading)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _adopt_preloaded(self):
+        """Take the object nstrace.preload loaded, if it is the one these options ask for."""
+        from . import preload
+        pre = preload.take()
+        if pre is None:
+            return False
+        hooks = kernelpath.plan() if self.options.kernel_path else []  # answered from cache by now
+        if pre._object_path != self._object_path or pre._planned != self._object_settings(hooks):
+            pre.close()  # guessed wrong: load the right one
+            return False
+        self.hooks, self._obj, pre._obj = pre.hooks, pre._obj, None
+        return True
+
     def _syscall_programs(self):
         # sched_process_exit runs on every exit on the machine: only --pid needs it
         return SYSCALL_PROGRAMS + (("sched_process_exit",) if self.options.pid else ())
 
-    def _open(self):
+    def _object_settings(self, hooks=None):
+        """Everything the loaded object depends on: its .rodata options, map sizes, the programs
+        that load. Two tracers with equal settings can use the same object (see preload)."""
         o = self.options
+        hooks = self.hooks if hooks is None else hooks
+        return {
+            "rodata": {"trace_all": o.trace_all, "filter_tgid": o.pid or 0, "raw_addresses": o.raw_addresses,
+                       "wakeup_bytes": min(o.wakeup_bytes, o.ringbuf_bytes // 4),
+                       "kernel_path": any(h.kind for h in hooks)},
+            "max_entries": {"events": o.ringbuf_bytes},
+            "autoload": set(self._syscall_programs()) | {p for h in hooks for p in h.programs},
+        }
+
+    def _open(self):
+        settings = self._object_settings()
         obj = loader.BpfObject(self._object_path)
-        obj.set_rodata("trace_all", o.trace_all)
-        obj.set_rodata("filter_tgid", o.pid or 0)
-        obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))
-        obj.set_rodata("raw_addresses", o.raw_addresses)
-        obj.set_rodata("wakeup_bytes", min(o.wakeup_bytes, o.ringbuf_bytes // 4))
-        obj.set_rodata("kernel_path", any(h.kind for h in self.hooks))
-        obj.set_max_entries("events", o.ringbuf_bytes)
-        wanted = set(self._syscall_programs()) | {p for h in self.hooks for p in h.programs}
+        obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))  # a new key for every object
+        for name, value in settings["rodata"].items():
+            obj.set_rodata(name, value)
+        for name, entries in settings["max_entries"].items():
+            obj.set_max_entries(name, entries)
         for name in obj.program_names():
-            obj.set_autoload(name, name in wanted)
+            obj.set_autoload(name, name in settings["autoload"])
         return obj
 
     def _refused_hook(self):

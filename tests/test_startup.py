@@ -1,0 +1,81 @@
+"""Start-up: watch loads its object while the command line is imported (nstrace/preload.py), and
+libbpf loads without calling into Python for every line it prints."""
+
+import os
+import threading
+
+import pytest
+
+from nstrace import kernelpath, libbpf, loader, preload
+from nstrace.errors import LibbpfError
+from nstrace.tracer import Options, Tracer
+
+
+@pytest.mark.parametrize("args,fields", [
+    (["watch"], {}),
+    (["watch", "--json", "--comm", "x"], {}),
+    (["watch", "--all", "--raw-addresses"], {"trace_all": True, "raw_addresses": True}),
+    (["watch", "--pid", "42", "--buffer-kib=256"], {"pid": 42, "ringbuf_bytes": 256 * 1024}),
+    (["watch", "--pid=7", "--buffer-kib", "8"], {"pid": 7, "ringbuf_bytes": 8192}),
+    (["watch", "--pid", "x"], None),
+    (["watch", "--help"], None),
+    (["doctor"], None),
+    ([], None),
+])
+def test_guess(args, fields):
+    assert preload.guess(args) == fields
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """The threads that loaded an object, in order."""
+    seen = []
+    real = Tracer._load
+
+    def load(self, *args):
+        seen.append(threading.current_thread().name)
+        return real(self, *args)
+    monkeypatch.setattr(Tracer, "_load", load)
+    yield seen
+    preload.discard()
+
+
+root = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root (CI runs as root)")
+
+
+@root
+def test_the_preloaded_object_is_taken_when_the_options_agree(loads):
+    preload.begin(["watch", "--json", "--buffer-kib", "256"])
+    with Tracer(Options(ringbuf_bytes=256 * 1024)) as tracer:
+        assert tracer.attached and tracer._obj
+    assert loads == ["nstrace-preload"]  # the main thread loaded nothing
+
+
+@root
+def test_a_wrong_guess_is_closed_and_the_right_object_loaded(loads):
+    preload.begin(["watch", "--all"])
+    with Tracer(Options()) as tracer:
+        assert tracer.attached
+        assert tracer._object_settings()["rodata"]["trace_all"] is False
+    assert loads == ["nstrace-preload", threading.main_thread().name]
+    assert preload.take() is None
+
+
+def test_a_failed_guess_leaves_nothing_behind(loads):
+    preload.begin(["watch", "--buffer-kib", "3"])  # not a power of two: Options refuses it in the thread
+    assert preload.take() is None and loads == []
+
+
+@root
+def test_a_load_that_fails_still_says_why():
+    """Loads run without libbpf's printer; a failed one is made again, listening, for the reason."""
+    if kernelpath.fentry_refusal() is None:
+        pytest.skip("this kernel loads fentry programs: no load to see fail here")
+    with loader.BpfObject() as obj:
+        for name in obj.program_names():
+            obj.set_autoload(name, name == "fentry_copy_namespaces")
+        obj.set_rodata("trace_all", True)
+        with pytest.raises(LibbpfError) as exc:
+            obj.load()
+    assert exc.value.errno and "[libbpf: " in str(exc.value)
+    assert any("prog 'fentry_copy_namespaces'" in line for line in libbpf.last_messages(40))
