@@ -75,8 +75,10 @@ class RawBtf:
         Strings are found where they start (after a NUL): a BTF string table
         holds each string once, and names point at their starts.
         """
-        alternatives = b"|".join(re.escape(n.encode()) for n in sorted(essential_names, key=len, reverse=True))
         found = set()
+        if not essential_names:
+            return found  # (an empty alternative would match the empty string)
+        alternatives = b"|".join(re.escape(n.encode()) for n in sorted(essential_names, key=len, reverse=True))
         pattern = re.compile(rb"\0(" + alternatives + rb")(?=\0|___)")
         for m in pattern.finditer(self.data, self.strings, self.strings_end):
             start, end = m.start(1), self.data.index(b"\0", m.end(1))
