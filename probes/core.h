@@ -177,6 +177,7 @@ struct path {
 
 struct file {
 	struct path f_path;
+	const void *f_op;	/* const struct file_operations *: only compared */
 	struct inode *f_inode;
 	void *private_data;
 };

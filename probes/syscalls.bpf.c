@@ -41,6 +41,21 @@ struct {
 	__type(value, __u8);
 } tracked SEC(".maps");
 
+/*
+ * The f_op of nsfs files, learned from the first one resolve_setns_fd()
+ * meets: every nsfs file has f_op == &ns_file_operations (fs/nsfs.c gives
+ * each nsfs inode that i_fop, do_dentry_open() copies it into the file;
+ * 6.1, 6.18), an address in the kernel image, fixed for the boot. Once known,
+ * one comparison stands in for two reads (inode->i_sb->s_magic). A map, not
+ * .bss: user space maps .bss, and this is a kernel address.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} nsfs_fop SEC(".maps");
+
 /* struct clone_args, include/uapi/linux/sched.h: user memory, plain layout */
 struct clone_args {
 	__u64 flags;
@@ -104,6 +119,24 @@ static __always_inline bool wanted_process(__u32 tgid)
 	return !filter_tgid || bpf_map_lookup_elem(&tracked, &tgid);
 }
 
+/* f->f_op and f->f_inode in one read: neighbours in struct file on 6.1, 6.18 and 7.2. */
+static __always_inline void file_op_inode(const struct file *f, __u64 *op, struct inode **inode)
+{
+	__u32 o_op = bpf_core_field_offset(f->f_op), o_inode = bpf_core_field_offset(f->f_inode);
+	__u32 lo = (o_op < o_inode ? o_op : o_inode) & ~7;
+	__u32 hi = (o_op > o_inode ? o_op : o_inode) + 8;
+	__u64 buf[8];
+
+	if (hi - lo > sizeof(buf)) {
+		bpf_core_read(op, sizeof(*op), &f->f_op);
+		bpf_core_read(inode, sizeof(*inode), &f->f_inode);
+		return;
+	}
+	bpf_probe_read_kernel(buf, hi - lo, (void *)f + lo);	/* zeroes buf on a fault */
+	*op = *(__u64 *)((void *)buf + (o_op - lo));
+	*inode = *(struct inode **)((void *)buf + (o_inode - lo));
+}
+
 /*
  * Fill what setns() will do with this fd, before the kernel resolves it.
  * fds is the fd array of the caller's fdtable and max_fds its size; the
@@ -113,10 +146,13 @@ static __always_inline bool wanted_process(__u32 tgid)
 static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
 					     unsigned int max_fds, struct file **fds)
 {
+	struct inode *inode = NULL;
 	struct file *f = NULL;
-	struct inode *inode;
 	unsigned long magic;
 	char name[8] = {};
+	__u32 zero = 0;
+	__u64 fop = 0;
+	__u64 *nsfs;
 
 	e->target_kind = TARGET_BADFD;
 	if (fd < 0 || (unsigned int)fd >= max_fds)
@@ -125,8 +161,15 @@ static __always_inline void resolve_setns_fd(struct nstrace_event *e, int fd,
 	if (!f)
 		return;
 
-	inode = BPF_CORE_READ(f, f_inode);
-	magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	file_op_inode(f, &fop, &inode);
+	nsfs = bpf_map_lookup_elem(&nsfs_fop, &zero);
+	if (nsfs && *nsfs && *nsfs == fop) {
+		magic = NSFS_MAGIC;
+	} else {
+		magic = BPF_CORE_READ(inode, i_sb, s_magic);
+		if (nsfs && magic == NSFS_MAGIC)
+			*nsfs = fop;
+	}
 	e->target_kind = TARGET_OTHER;
 	if (magic == NSFS_MAGIC) {
 		/* fs/nsfs.c: an nsfs inode's i_private is its ns_common */
