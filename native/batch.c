@@ -87,9 +87,9 @@ struct jl_batch {
 	struct jl_counts counts;
 	int oom;
 	/* the ring buffer again, read-only, to look at records not consumed yet (jl_moved_on) */
-	const char *ring;
-	size_t ring_map_bytes;
-	__u64 ring_mask;
+	const char *ring_pos;		/* its consumer and producer pages */
+	int ring_fd;
+	__u64 ring_mask;		/* data bytes - 1 */
 	long page;
 	int inflight_fd;
 	void *inflight_value;
@@ -118,8 +118,8 @@ JL_EXPORT void jl_free(struct jl_batch *b)
 {
 	if (!b)
 		return;
-	if (b->ring)
-		munmap((void *)b->ring, b->ring_map_bytes);
+	if (b->ring_pos)
+		munmap((void *)b->ring_pos, 2 * b->page);
 	free(b->inflight_value);
 	free(b->data), free(b->out);
 	free(b->off), free(b->len), free(b->state), free(b->frag), free(b->frag_len);
@@ -372,10 +372,12 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
 /* --- has the task moved on? ------------------------------------------------ */
 
 /*
- * Map the ring buffer a second time, read-only: the consumer page, the
- * producer page, then the data pages twice over so a record that wraps is
- * contiguous (kernel/bpf/ringbuf.c, ringbuf_map_mmap_kern(): a mapping
- * without PROT_WRITE may cover all of it; checked on 6.1 and 6.18).
+ * The ring buffer's consumer and producer positions, mapped read-only. Its
+ * data pages are mapped only for a look, a window at a time: the kernel
+ * inserts every page of a ring-buffer mapping when it is made
+ * (kernel/bpf/ringbuf.c, ringbuf_map_mmap_kern() -> remap_vmalloc_range(),
+ * with no fault handler), so a standing second view of 4 MiB of data, mapped
+ * twice over for wrap-around, would add 8 MiB to the resident set.
  * inflight_fd: the in-flight map (tid -> record head of a syscall in progress).
  */
 JL_EXPORT int jl_watch_ring(struct jl_batch *b, int ring_fd, __u32 data_bytes, int inflight_fd, __u32 value_bytes)
@@ -383,11 +385,11 @@ JL_EXPORT int jl_watch_ring(struct jl_batch *b, int ring_fd, __u32 data_bytes, i
 	void *p;
 
 	b->page = sysconf(_SC_PAGESIZE);
-	b->ring_map_bytes = 2 * b->page + 2 * (size_t)data_bytes;
-	p = mmap(NULL, b->ring_map_bytes, PROT_READ, MAP_SHARED, ring_fd, 0);
+	p = mmap(NULL, 2 * b->page, PROT_READ, MAP_SHARED, ring_fd, 0);
 	if (p == MAP_FAILED)
 		return -errno;
-	b->ring = p;
+	b->ring_pos = p;
+	b->ring_fd = ring_fd;
 	b->ring_mask = data_bytes - 1;
 	b->inflight_fd = inflight_fd;
 	b->inflight_value = calloc(1, value_bytes);
@@ -415,30 +417,75 @@ static int in_flight_move(struct jl_batch *b, __u32 tid)
  * /proc was read before this runs, so any move it could show is one of the
  * two. Returns 0 if neither: then the mismatch is real.
  */
+#define WINDOW_PAGES 16	/* 64 KiB: a record is at most ~3.5 KiB */
+
+/*
+ * Look through records [*cons, prod) that fit one window of data pages.
+ * The data pages follow the two position pages, and are there twice over,
+ * so a window can run past the end of the data and a record never wraps.
+ * Returns 1: tid moves in one; 0: not in this window (*cons advanced);
+ * -1: stop (an uncommitted record, or the window cannot be mapped).
+ */
+static int look_in_window(struct jl_batch *b, __u32 tid, __u64 *cons, __u64 prod)
+{
+	size_t data_pages = (b->ring_mask + 1 + b->page - 1) / b->page;
+	size_t first = (*cons & b->ring_mask) / b->page;
+	size_t pages = 2 * data_pages - first < WINDOW_PAGES ? 2 * data_pages - first : WINDOW_PAGES;
+	size_t bytes = pages * b->page, at = (*cons & b->ring_mask) - first * b->page;
+	const char *win = mmap(NULL, bytes, PROT_READ, MAP_SHARED, b->ring_fd, (2 + first) * b->page);
+	int found = 0;
+
+	if (win == MAP_FAILED)
+		return -1;
+	while (*cons < prod && at + BPF_RINGBUF_HDR_SZ <= bytes) {
+		__u32 len = __atomic_load_n((const __u32 *)(win + at), __ATOMIC_ACQUIRE);
+		__u64 size;
+
+		if (len & BPF_RINGBUF_BUSY_BIT) {
+			found = -1;
+			break;
+		}
+		size = ((len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)) + BPF_RINGBUF_HDR_SZ + 7) & ~7ull;
+		if (at + size > bytes)
+			break;	/* the next window starts with it */
+		if (!(len & BPF_RINGBUF_DISCARD_BIT) && len >= offsetof(struct nstrace_event, steps)) {
+			const struct nstrace_event *e = (const void *)(win + at + BPF_RINGBUF_HDR_SZ);
+
+			if (e->tid == tid && moves_caller(e)) {
+				found = 1;
+				break;
+			}
+		}
+		*cons += size;
+		at += size;
+	}
+	munmap((void *)win, bytes);
+	return found;
+}
+
+/*
+ * Called when /proc shows other namespaces than a task's last record said:
+ * is that because the task moved on? Yes if a record the kernel submitted
+ * but nobody read yet moves it, or if it is inside unshare/setns right now.
+ * /proc was read before this runs, so any move it could show is one of the
+ * two. Returns 0 if neither: then the mismatch is real.
+ */
 JL_EXPORT int jl_moved_on(struct jl_batch *b, __u32 tid)
 {
-	const char *data;
 	__u64 cons, prod;
 
-	if (!b->ring)
+	if (!b->ring_pos)
 		return 0;
-	cons = __atomic_load_n((const __u64 *)b->ring, __ATOMIC_ACQUIRE);
-	prod = __atomic_load_n((const __u64 *)(b->ring + b->page), __ATOMIC_ACQUIRE);
-	data = b->ring + 2 * b->page;
+	cons = __atomic_load_n((const __u64 *)b->ring_pos, __ATOMIC_ACQUIRE);
+	prod = __atomic_load_n((const __u64 *)(b->ring_pos + b->page), __ATOMIC_ACQUIRE);
 	while (cons < prod) {
-		const __u32 *hdr = (const void *)(data + (cons & b->ring_mask));
-		__u32 len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+		__u64 was = cons;
+		int r = look_in_window(b, tid, &cons, prod);
 
-		if (len & BPF_RINGBUF_BUSY_BIT)
+		if (r > 0)
+			return 1;
+		if (r < 0 || cons == was)
 			break;
-		if (!(len & BPF_RINGBUF_DISCARD_BIT) && len >= offsetof(struct nstrace_event, steps)) {
-			const struct nstrace_event *e = (const void *)(hdr + 2);
-
-			if (e->tid == tid && moves_caller(e))
-				return 1;
-		}
-		len &= ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
-		cons += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7ull;
 	}
 	return in_flight_move(b, tid);
 }
