@@ -11,12 +11,11 @@ to :func:`nstrace.display.json_line` (tests/test_batch.py).
 
 import ctypes
 import errno
-import signal
 from pathlib import Path
 
 from . import events, libbpf
 from . import flags as fl
-from .errors import LibbpfError, UsageError
+from .errors import LibbpfError
 
 LIB_PATH = Path(__file__).resolve().parent / "_bpf" / "libnstrace-batch.so"
 
@@ -82,7 +81,8 @@ def tables(raw_addresses=False):
         if 0 < num < 256:
             t.errnos[num] = _js(name)
     for num in range(1, 65):
-        t.signals[num] = _js(fl.exit_signal_name(num)) if fl.exit_signal_name(num) != str(num) else None
+        name = fl.exit_signal_name(num)
+        t.signals[num] = _js(name) if name != str(num) else None
     for num, kind in events.TARGET_KINDS.items():
         t.target_kinds[num] = _js(kind) if kind else None
     for i, (bit, ns) in enumerate(fl.NS_FLAG_VALUES.items()):
@@ -93,13 +93,14 @@ def tables(raw_addresses=False):
 
 
 def make_filter(options):
-    """struct jl_filter for --op/--comm/--type (filters.wanted() is the reference)."""
+    """struct jl_filter for --op/--comm/--type (filters.wanted() is the reference).
+
+    Options.validate() has refused more than MAX_COMMS comms.
+    """
     f = Filter()
     op_numbers = {name: num for num, name in events.OPS.items()}
     for op in options.ops:
         f.ops_mask |= 1 << op_numbers[op]
-    if len(options.comms) > MAX_COMMS:
-        raise UsageError(f"at most {MAX_COMMS} --comm values, not {len(options.comms)}")  # Options.validate says so first
     for i, comm in enumerate(options.comms):
         f.comms[i].value = comm.encode("utf-8", "surrogateescape")[:16]
     f.ncomms = len(options.comms)

@@ -187,9 +187,19 @@ class Record:
         return self.ret >= 0
 
     @property
+    def checked_task(self):
+        """(pid, tid, start_time_ns, ns, ns_id) of the task whose /proc/<pid>/task/<tid>/ns the record
+        describes: a clone's child after it, else the caller (before a failed clone, after unshare/setns).
+        native/batch.c checked() keeps the same rule."""
+        if self.op in ("clone", "clone3"):
+            if self.ok and self.child_pid:
+                return self.child_pid, self.child_tid, self.child_start_ns, self.ns_after, self.ns_id_after
+            return self.pid, self.tid, self.start_time_ns, self.ns_before, self.ns_id_before
+        return self.pid, self.tid, self.start_time_ns, self.ns_after, self.ns_id_after
+
+    @property
     def checked_tid(self):
-        """The task whose /proc/<pid>/task/<tid>/ns the record describes: a clone's child, else the caller."""
-        return self.child_tid if self.op in ("clone", "clone3") and self.ok and self.child_pid else self.tid
+        return self.checked_task[1]
 
     def to_json(self):
         # Shallow on purpose: dataclasses.asdict deep-copies every nested dict and list

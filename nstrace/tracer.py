@@ -56,8 +56,8 @@ class Options:
         if self.ringbuf_bytes < 4096 or self.ringbuf_bytes & (self.ringbuf_bytes - 1) \
                 or self.ringbuf_bytes > 1 << 30:
             raise UsageError(f"ring buffer size must be a power of two from 4 KiB to 1 GiB, not {self.ringbuf_bytes} bytes")
-        if len(self.comms) > 16:
-            raise UsageError(f"at most 16 --comm values, not {len(self.comms)}")
+        if len(self.comms) > batch.MAX_COMMS:
+            raise UsageError(f"at most {batch.MAX_COMMS} --comm values, not {len(self.comms)}")
         for op in self.ops:
             if op not in fl.OPS:
                 raise UsageError(f"unknown operation {op!r}: valid are {', '.join(fl.OPS)}")
@@ -260,6 +260,7 @@ class Tracer:
         by native/batch.c: Python only decodes the records it must check
         against /proc (each task's last in the batch) or that C leaves to it.
         """
+        from . import display  # imported once tracing is live: start-up is measured to the first event
         states = self._read(timeout_ms)
         for i, state in enumerate(states):
             if state in (batch.CHECK, batch.PYTHON, batch.PYTHON | batch.LATER):
@@ -267,8 +268,7 @@ class Tracer:
                 if state == batch.CHECK:
                     self._batch.set(i, json.dumps(rec.proc_check, separators=(",", ":")).encode())
                 else:
-                    self._batch.set(i, (json.dumps(rec.to_json(), separators=(",", ":")) + "\n").encode()
-                                    if rec else None)
+                    self._batch.set(i, (display.json_line(rec) + "\n").encode() if rec else None)
         before = self._batch.counts.lines
         lines = self._batch.format(limit)
         return lines, self._batch.counts.lines - before
@@ -298,20 +298,10 @@ class Tracer:
                 self._checked[rec.proc_check["status"]] += 1
         return rec
 
-    def _check(self, rec):
-        if rec.op in ("clone", "clone3"):
-            if not rec.ok or not rec.child_pid:
-                # no child: the caller must still be where it was
-                return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_before, rec.ns_id_before)
-            return self._check_task(rec.child_pid, rec.child_tid, rec.child_start_ns, rec.ns_after,
-                                    rec.ns_id_after)
-        return self._check_task(rec.pid, rec.tid, rec.start_time_ns, rec.ns_after, rec.ns_id_after)
-
     @staticmethod
-    def _check_task(pid, tid, start_ns, expected, expected_ids):
-        if not expected:
-            return None
-        return procns.check(pid, tid, start_ns, expected, expected_ids)
+    def _check(rec):
+        pid, tid, start_ns, expected, expected_ids = rec.checked_task
+        return procns.check(pid, tid, start_ns, expected, expected_ids) if expected else None
 
     # --- accounting and teardown ------------------------------------------
 
