@@ -71,52 +71,6 @@ def unmount(path=TRACEFS):
     libc.umount2(str(path).encode(), 2)  # MNT_DETACH: a reader may still hold a file
 
 
-class RingBuffer:
-    """A libbpf ring buffer whose records are handed over as ``bytes`` in batches.
-
-    The C callback only copies the record out; decoding happens in Python
-    after the poll, a batch at a time. An exception raised while copying is
-    kept and re-raised from :meth:`poll` instead of being lost inside ctypes.
-    """
-
-    BATCH = 4096  # records per poll: decode and print as a stream, not one huge list
-
-    def __init__(self, map_fd):
-        self._batch = []
-        self._exc = None
-        self._cb = libbpf.RING_BUFFER_SAMPLE_FN(self._on_sample)
-        self._rb = libbpf.check_ptr(libbpf.lib().ring_buffer__new(map_fd, self._cb, None, None),
-                                    "creating the ring buffer reader")
-
-    def _on_sample(self, _ctx, data, size):
-        try:
-            self._batch.append(ctypes.string_at(data, size))
-            # A negative return stops libbpf after consuming this record; the rest waits.
-            return -errno.E2BIG if len(self._batch) >= self.BATCH else 0
-        except BaseException as exc:  # noqa: BLE001 - re-raised by poll()
-            self._exc = exc
-            return -errno.ECANCELED
-
-    def poll(self, timeout_ms):
-        """Wait up to timeout_ms for records, drain everything available, return them."""
-        ret = libbpf.lib().ring_buffer__poll(self._rb, timeout_ms)
-        if ret >= 0:
-            # The BPF side may suppress wake-ups (wakeup_bytes): drain what is there.
-            ret = libbpf.lib().ring_buffer__consume(self._rb)
-        if self._exc is not None:
-            exc, self._exc = self._exc, None
-            raise exc
-        if ret < 0 and ret not in (-errno.EINTR, -errno.E2BIG):
-            libbpf.check(ret, "polling the ring buffer")
-        batch, self._batch = self._batch, []
-        return batch
-
-    def close(self):
-        if self._rb:
-            libbpf.lib().ring_buffer__free(self._rb)
-            self._rb = None
-
-
 class BpfObject:
     """One opened BPF object file: its programs, maps, globals and links.
 
@@ -137,7 +91,6 @@ class BpfObject:
         self._settings = []  # (setter, args) before load, to open again and replay them (see load)
         self._links = {}
         self._sections = {}
-        self._rings = []
         self._mmaps = {}
         self._vars = {}
         self._loaded = False
@@ -278,11 +231,6 @@ class BpfObject:
         if ret < 0:
             libbpf.check(-ctypes.get_errno(), f"updating map {map_name}")
 
-    def ring_buffer(self, map_name):
-        rb = RingBuffer(self.map_fd(map_name))
-        self._rings.append(rb)
-        return rb
-
     @property
     def attached(self):
         return list(self._links)
@@ -298,10 +246,7 @@ class BpfObject:
             self._lib.bpf_link__destroy(link)
 
     def close(self):
-        """Free ring buffers, destroy links, close the object: the reverse of setup."""
-        for rb in self._rings:
-            rb.close()
-        self._rings.clear()
+        """Unmap globals, destroy links, close the object: the reverse of setup (nstrace/batch.py owns the ring buffer reader)."""
         for m in self._mmaps.values():
             m.close()
         self._mmaps.clear()

@@ -51,39 +51,6 @@ def test_options_are_frozen_after_load():
             obj.set_rodata("filter_tgid", 2)
 
 
-def test_callback_exceptions_are_raised_from_poll():
-    """An exception while a record is handed over surfaces from poll(), not lost inside ctypes."""
-    class Boom(RuntimeError):
-        pass
-
-    class FailingRing(loader.RingBuffer):
-        def _on_sample(self, ctx, data, size):
-            try:
-                raise Boom(f"record of {size} bytes")
-            except BaseException as exc:  # the same path the real callback takes
-                self._exc = exc
-                return -errno.ECANCELED
-
-    with loader.BpfObject() as obj:
-        only(obj, *SYSCALL_PROGRAMS)
-        obj.load()
-        mounted = loader.ensure_tracefs()
-        try:
-            for name in ("sys_enter_unshare", "sys_exit_unshare"):
-                obj.attach(name)
-        finally:
-            if mounted:
-                loader.unmount()
-        ring = FailingRing(obj.map_fd("events"))
-        try:
-            subprocess.run(["unshare", "--uts", "true"], check=True)
-            with pytest.raises(Boom, match="bytes"):
-                for _ in range(50):
-                    ring.poll(20)
-        finally:
-            ring.close()
-
-
 def test_missing_object_file(tmp_path):
     with pytest.raises(LibbpfError, match="make -C probes"):
         loader.BpfObject(tmp_path / "nstrace.bpf.o")
