@@ -26,6 +26,9 @@ SYSCALL_PROGRAMS = (
     "sys_enter_setns", "sys_exit_setns",
     "task_newtask",
 )
+# What those tail-call into, in the order of their slots in the map "bodies"
+# (probes/syscalls.bpf.c BODY_ENTER, BODY_EXIT): loaded, never attached.
+BODY_PROGRAMS = ("sys_enter", "sys_exit")
 
 
 def section_of(program):
@@ -134,7 +137,6 @@ class Tracer:
                 loading()
             try:
                 obj.load()
-                return
             except LibbpfError as err:
                 culprit = self._refused_hook()
                 if not culprit:
@@ -142,6 +144,10 @@ class Tracer:
                 culprit.reason = f"{culprit.kind} program refused at load ({err.errno and os.strerror(err.errno)})"
                 culprit.kind = None
                 obj.close()
+                continue
+            for slot, name in enumerate(BODY_PROGRAMS):
+                obj.map_update("bodies", ctypes.c_uint32(slot), ctypes.c_uint32(obj.program_fd(name)))
+            return
 
     def preload(self, loading=None):
         """Check, plan and load, attaching nothing: nstrace.preload runs this in a thread while the
@@ -185,7 +191,7 @@ class Tracer:
                        "wakeup_bytes": min(o.wakeup_bytes, o.ringbuf_bytes // 4),
                        "kernel_path": any(h.kind for h in hooks)},
             "max_entries": {"events": o.ringbuf_bytes},
-            "autoload": set(self._syscall_programs()) | {p for h in hooks for p in h.programs},
+            "autoload": set(self._syscall_programs()) | set(BODY_PROGRAMS) | {p for h in hooks for p in h.programs},
         }
 
     def _open(self):

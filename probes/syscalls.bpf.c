@@ -71,6 +71,19 @@ static const char empty_head[NSTRACE_HEAD_SIZE];
 const struct nstrace_event *btf_anchor_event __attribute__((unused));
 
 /*
+ * The caller as BTF pointers (5.11+): the task and the task_struct pointer
+ * fields a record reads, each loaded once per program, because each such
+ * load costs the verifier milliseconds (see snapshot_btf()). All NULL on
+ * kernels without bpf_get_current_task_btf(), whose readers use helpers.
+ */
+struct caller {
+	struct task_struct *t;
+	struct nsproxy *nsp;		/* t->nsproxy */
+	struct pid *pid;		/* t->thread_pid */
+	const struct cred *cred;	/* t->real_cred */
+};
+
+/*
  * A fork without CLONE_NEW* still moves the child into a namespace when the
  * parent's pid_for_children or time_for_children differs from its own (after
  * unshare(CLONE_NEWPID) or setns into a pid/time ns): that fork "joins".
@@ -79,12 +92,9 @@ const struct nstrace_event *btf_anchor_event __attribute__((unused));
  * Runs on every plain fork of the machine, so: loads through BTF pointers,
  * and a helper call only for a task in a nested pid namespace.
  */
-static __always_inline bool fork_enters_namespace(void)
+static __always_inline bool fork_enters_namespace(struct nsproxy *nsp, struct pid *pid)
 {
 	if (have_task_btf()) {
-		struct task_struct *t = bpf_get_current_task_btf();
-		struct nsproxy *nsp = t->nsproxy;
-		struct pid *pid = t->thread_pid;
 		unsigned int level = pid->level;
 		const struct pid_namespace *active = NULL;
 
@@ -102,16 +112,17 @@ static __always_inline bool fork_enters_namespace(void)
 		return nsp->pid_ns_for_children != active;
 	} else {
 		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-		struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
 
+		nsp = BPF_CORE_READ(t, nsproxy);
 		return BPF_CORE_READ(nsp, pid_ns_for_children) != active_pid_ns(t) ||
 		       BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
 	}
 }
 
-static __always_inline bool plain_fork(__u64 flags)
+/* nsp, pid: the caller's task->nsproxy and ->thread_pid as BTF pointers (NULL before 5.11) */
+static __always_inline bool plain_fork(__u64 flags, struct nsproxy *nsp, struct pid *pid)
 {
-	return !trace_all && !(flags & CLONE_NEW_ANY_BUT_TIME) && !fork_enters_namespace();
+	return !trace_all && !(flags & CLONE_NEW_ANY_BUT_TIME) && !fork_enters_namespace(nsp, pid);
 }
 
 static __always_inline bool wanted_process(__u32 tgid)
@@ -222,15 +233,21 @@ static __always_inline void comm_copy(char *dst, const char *src)
 	__builtin_memcpy(dst + 8, &hi, sizeof(hi));
 }
 
-/* arg: setns's fd; clone3's args.exit_signal (clone's is in its flags) */
-static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
+/*
+ * A new in-flight record: the caller, its comm, the before snapshot. NULL
+ * if the op is not traced. Nothing here branches on op: the verifier walks
+ * this once for all four syscalls only while no register it compares tells
+ * them apart (a branch on op would make op "precise", kernel/bpf/verifier.c
+ * mark_chain_precision(), and each syscall's walk its own).
+ */
+static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op, __u64 flags,
+						      int exit_signal, int setns_fd)
 {
-	struct task_struct *t = NULL;
+	struct task_struct *t = c->t;
 	struct nstrace_event *e;
 	__u32 tid, tgid;
 
 	if (have_task_btf()) {
-		t = bpf_get_current_task_btf();
 		tid = t->pid;
 		tgid = t->tgid;
 	} else {
@@ -240,42 +257,37 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 		tgid = pid_tgid >> 32;
 	}
 	if (!wanted_process(tgid))
-		return 0;
+		return NULL;
 	if (bpf_map_update_elem(&inflight, &tid, empty_head, BPF_ANY)) {
 		__sync_fetch_and_add(&lost_inflight, 1);
-		return 0;
+		return NULL;
 	}
 	if (kernel_path)	/* a path left by a task that died inside a syscall */
 		bpf_map_delete_elem(&paths, &tid);
 	e = bpf_map_lookup_elem(&inflight, &tid);
 	if (!e)
-		return 0;
+		return NULL;
 
 	e->enter_ns = bpf_ktime_get_ns();
 	e->op = op;
 	e->pid = tgid;
 	e->tid = tid;
 	e->raw_flags = flags;
-	e->setns_fd = -1;
-	if (op == OP_CLONE)
-		e->exit_signal = flags & CSIGNAL;
-	else if (op == OP_CLONE3)
-		e->exit_signal = arg;
-	else if (op == OP_SETNS)
-		e->setns_fd = (int)arg;
+	e->exit_signal = exit_signal;
+	e->setns_fd = setns_fd;
 
 	if (have_task_btf()) {
-		/* bpf_get_current_uid_gid() is from_kuid(&init_user_ns, cred->uid): the kuid itself */
-		e->uid = t->cred->uid.val;
+		/*
+		 * The kuid is the uid as in the init user ns. From real_cred, as
+		 * /proc/<pid>/status (fs/proc/array.c task_state()); it differs
+		 * from the subjective cred only inside override_creds(), which
+		 * no syscall entry is.
+		 */
+		e->uid = c->cred->uid.val;
 		comm_copy(e->comm, t->comm);
 		e->ppid = t->real_parent->tgid;
 		e->start_time_ns = t->start_boottime;
-		snapshot_btf(e, false, t);
-		if (op == OP_SETNS) {
-			struct fdtable *fdt = t->files->fdt;
-
-			resolve_setns_fd(e, (int)arg, fdt->max_fds, fdt->fd);
-		}
+		snapshot_btf(e, false, c->nsp, c->cred, c->pid);
 	} else {
 		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
@@ -284,14 +296,23 @@ static __always_inline int op_enter(__u32 op, __u64 flags, long arg)
 		e->ppid = BPF_CORE_READ(ct, real_parent, tgid);
 		e->start_time_ns = BPF_CORE_READ(ct, start_boottime);
 		snapshot(e, false, ct);
-		if (op == OP_SETNS) {
-			struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
-
-			resolve_setns_fd(e, (int)arg, BPF_CORE_READ(fdt, max_fds),
-					 BPF_CORE_READ(fdt, fd));
-		}
 	}
-	return 0;
+	return e;
+}
+
+/* setns: what the caller's fd e->setns_fd is, before the kernel resolves it. */
+static __always_inline void setns_target(struct caller *c, struct nstrace_event *e)
+{
+	if (have_task_btf()) {
+		struct fdtable *fdt = c->t->files->fdt;
+
+		resolve_setns_fd(e, e->setns_fd, fdt->max_fds, fdt->fd);
+	} else {
+		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
+		struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
+
+		resolve_setns_fd(e, e->setns_fd, BPF_CORE_READ(fdt, max_fds), BPF_CORE_READ(fdt, fd));
+	}
 }
 
 /*
@@ -353,7 +374,7 @@ static __always_inline bool same_task_snapshot(struct nstrace_event *e, struct t
 		if (e->start_time_ns != t->start_boottime)
 			return false;
 		if (snap)
-			snapshot_btf(e, true, t);
+			snapshot_btf(e, true, t->nsproxy, t->real_cred, NULL);
 	} else {
 		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
@@ -394,77 +415,163 @@ static __always_inline int op_exit(long ret)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_clone")
-int sys_enter_clone(struct trace_event_raw_sys_enter *ctx)
-{
-	/*
-	 * x86-64 clone(flags, newsp, parent_tid, child_tid, tls). The context is
-	 * the tracepoint's own record: read in place, no helper call needed.
-	 */
-	__u64 flags = ctx->args[0];
+/*
+ * x86-64 syscall numbers, arch/x86/entry/syscalls/syscall_64.tbl (the same
+ * on every kernel): how the shared bodies tell their callers apart.
+ */
+#define NR_clone	56
+#define NR_unshare	272
+#define NR_setns	308
+#define NR_clone3	435
 
-	if (plain_fork(flags & ~CSIGNAL))
+/*
+ * One body for every syscall entry and one for every exit, reached by tail
+ * call from a small program per tracepoint. Why not a body inlined into each
+ * of the eight: since 6.2 the verifier spends ~1.5 ms on every load of a
+ * pointer field through a trusted task_struct pointer (check_ptr_to_btf_access()
+ * looks up the type's "__safe_trusted", "__safe_rcu" ... lists by name in the
+ * kernel's BTF, one linear walk each; kernel/bpf/verifier.c, kernel/bpf/btf.c,
+ * 6.18), and a snapshot makes a dozen: verified once per body instead of
+ * once per tracepoint, start-up loses ~50 ms. The tail call keeps one
+ * program per tracepoint, so bpf_stats still price each syscall on its own
+ * (the body's run time counts to the program that called it).
+ */
+/* Slots of bodies: nstrace/tracer.py BODY_PROGRAMS lists the programs in this order. */
+enum { BODY_ENTER, BODY_EXIT };
+
+/*
+ * Filled by user space after load, not declared with .values: libbpf would
+ * then refuse every load that leaves the bodies out, such as the single
+ * program loads that probe what a kernel allows.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} bodies SEC(".maps");
+
+/* Returns only if the body could not be called: count the op as not traced. */
+static __always_inline int to_body(void *ctx, __u32 body)
+{
+	bpf_tail_call(ctx, &bodies, body);
+	__sync_fetch_and_add(&lost_inflight, 1);
+	return 0;
+}
+
+SEC("tracepoint")
+int sys_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	struct caller c = {};
+	struct nstrace_event *e;
+	int exit_signal = 0, setns_fd = -1;
+	__u64 flags;
+	__u32 op;
+
+	if (have_task_btf()) {
+		c.t = bpf_get_current_task_btf();
+		c.nsp = c.t->nsproxy;
+		c.pid = c.t->thread_pid;
+		c.cred = c.t->real_cred;
+	}
+	/* __syscall_nr is an int: kernel/trace/trace_syscalls.c struct syscall_trace_enter */
+	switch ((int)ctx->id) {
+	case NR_clone:
+		/* x86-64 clone(flags, newsp, parent_tid, child_tid, tls), read in place */
+		flags = ctx->args[0];
+		if (plain_fork(flags & ~CSIGNAL, c.nsp, c.pid))
+			return 0;
+		op = OP_CLONE;
+		exit_signal = flags & CSIGNAL;
+		break;
+	case NR_clone3: {
+		struct clone_args args = {};
+
+		if (bpf_probe_read_user(&args, sizeof(args), (void *)ctx->args[0]) == 0 &&
+		    !(args.flags & CLONE_NEWTIME) && plain_fork(args.flags, c.nsp, c.pid))
+			return 0;
+		/* unreadable args are kept: the kernel will fail the call with EFAULT */
+		op = OP_CLONE3;
+		flags = args.flags;
+		exit_signal = args.exit_signal;
+		break;
+	}
+	case NR_unshare:
+		op = OP_UNSHARE;
+		flags = ctx->args[0];
+		break;
+	case NR_setns:
+		op = OP_SETNS;
+		flags = ctx->args[1];
+		setns_fd = ctx->args[0];
+		break;
+	default:
 		return 0;
-	return op_enter(OP_CLONE, flags, 0);
+	}
+	e = op_enter(&c, op, flags, exit_signal, setns_fd);
+	/* op read back from the record, an unknown to the verifier: see op_enter() */
+	if (e && *(volatile __u32 *)&e->op == OP_SETNS)
+		setns_target(&c, e);
+	return 0;
+}
+
+SEC("tracepoint")
+int sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return op_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_enter_clone")
+int sys_enter_clone(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
 }
 
 SEC("tracepoint/syscalls/sys_enter_clone3")
-int sys_enter_clone3(struct trace_event_raw_sys_enter *ctx)
+int sys_enter_clone3(void *ctx)
 {
-	struct clone_args args = {};
-	void *uargs = (void *)ctx->args[0];
-
-	if (bpf_probe_read_user(&args, sizeof(args), uargs) == 0 &&
-	    !(args.flags & CLONE_NEWTIME) && plain_fork(args.flags))
-		return 0;
-	/* unreadable args are kept: the kernel will fail the call with EFAULT */
-	return op_enter(OP_CLONE3, args.flags, args.exit_signal);
+	return to_body(ctx, BODY_ENTER);
 }
 
 SEC("tracepoint/syscalls/sys_enter_unshare")
-int sys_enter_unshare(struct trace_event_raw_sys_enter *ctx)
+int sys_enter_unshare(void *ctx)
 {
-	return op_enter(OP_UNSHARE, ctx->args[0], 0);
+	return to_body(ctx, BODY_ENTER);
 }
 
 SEC("tracepoint/syscalls/sys_enter_setns")
-int sys_enter_setns(struct trace_event_raw_sys_enter *ctx)
+int sys_enter_setns(void *ctx)
 {
-	return op_enter(OP_SETNS, ctx->args[1], ctx->args[0]);
+	return to_body(ctx, BODY_ENTER);
 }
 
 /*
  * clone and clone3 return twice: 0 in the child, which starts with no
  * in-flight record (its tid is new), and the child's pid or -errno in the
- * caller. Half the hits, so the child's return is told apart before any
- * map lookup.
+ * caller. Half the hits, so the child's return is told apart here.
  */
 SEC("tracepoint/syscalls/sys_exit_clone")
 int sys_exit_clone(struct trace_event_raw_sys_exit *ctx)
 {
-	long ret = ctx->ret;
-
-	return ret ? op_exit(ret) : 0;
+	return ctx->ret ? to_body(ctx, BODY_EXIT) : 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone3")
 int sys_exit_clone3(struct trace_event_raw_sys_exit *ctx)
 {
-	long ret = ctx->ret;
-
-	return ret ? op_exit(ret) : 0;
+	return ctx->ret ? to_body(ctx, BODY_EXIT) : 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_unshare")
-int sys_exit_unshare(struct trace_event_raw_sys_exit *ctx)
+int sys_exit_unshare(void *ctx)
 {
-	return op_exit(ctx->ret);
+	return to_body(ctx, BODY_EXIT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_setns")
-int sys_exit_setns(struct trace_event_raw_sys_exit *ctx)
+int sys_exit_setns(void *ctx)
 {
-	return op_exit(ctx->ret);
+	return to_body(ctx, BODY_EXIT);
 }
 
 /*
