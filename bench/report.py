@@ -32,9 +32,11 @@ class Report:
         self.notes = []
 
     def add(self, figure, variant, values, unit, scale=1.0, fmt="{:.3g}"):
+        """One row; values times scale are in unit (table and JSON alike). Returns the unscaled stat."""
         s = stat(values)
-        row = {"figure": figure, "variant": variant, "unit": unit, **s, "values": list(values)}
-        row["_shown"] = [fmt.format(x * scale) if x is not None else "-" for x in (s["median"], s["min"], s["max"])]
+        scaled = [x * scale if x is not None else None for x in values]
+        row = {"figure": figure, "variant": variant, "unit": unit, **stat(scaled), "values": scaled}
+        row["_shown"] = [fmt.format(row[k]) if row[k] is not None else "-" for k in ("median", "min", "max")]
         self.figures.append(row)
         return s
 

@@ -1,15 +1,16 @@
-"""`nstrace watch` loads its BPF object while Python is still importing the command line.
+"""`nstrace watch` loads and attaches its BPF object while Python is still importing the command line.
 
 From exec, importing click and nstrace takes about 60 ms, and loading the
-object another 10 to 80 ms (80 since the syscall programs read through BTF
-pointers), nearly all of it in the kernel's verifier. ctypes lets go of the
-GIL for the length of bpf_object__load(), so a thread can load while the
-main thread imports and parses. The thread guesses the options
-that decide the object from argv; Tracer.start() takes the loaded object
-only if the options the command line really parsed ask for the same one
-(Tracer._object_settings()), and otherwise closes it and loads again.
-Nothing is attached before that: no probe runs until the arguments have
-been parsed and checked.
+object another 30, most of it in the kernel's verifier. ctypes lets go of
+the GIL for the length of bpf_object__load(), so a thread can load while
+the main thread imports and parses. The thread guesses the options that
+decide the object from argv, loads it and attaches it: tracing is live
+before click is imported, and what happens meanwhile waits in the ring
+buffer. Tracer.start() takes the object only if the options the command
+line really parsed ask for the same one (Tracer._object_settings()), and
+otherwise closes it, records and all, and loads again; a command line
+that fails to parse closes it too (discard()). With --pid the thread only
+loads: the descendant table must be filled before any probe runs.
 """
 
 import threading
@@ -63,7 +64,8 @@ def _load(fields):
     global _tracer
     try:
         from .tracer import Options, Tracer
-        _tracer = Tracer(Options(**fields)).preload(loading=_loading.set)
+        # --pid must fill the descendant table before a probe runs: the main thread attaches that one
+        _tracer = Tracer(Options(**fields)).preload(loading=_loading.set, attach="pid" not in fields)
     except Exception:  # noqa: BLE001 - the command meets the same error itself, and reports it
         _tracer = None
     finally:
@@ -71,7 +73,7 @@ def _load(fields):
 
 
 def take():
-    """The preloaded Tracer (loaded, nothing attached), once the thread is done; None if there is none."""
+    """The preloaded Tracer (loaded, and attached unless --pid), once the thread is done; None if there is none."""
     global _thread, _tracer
     if _thread is None:
         return None

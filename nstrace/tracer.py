@@ -105,7 +105,6 @@ class Tracer:
         except BaseException:
             self.close()
             raise
-        self.live_since = time.monotonic()
         return self
 
     def _setup(self):
@@ -113,20 +112,24 @@ class Tracer:
         if not self._adopt_preloaded():
             self.hooks = kernelpath.plan() if o.kernel_path else []
             self._load()
-        obj = self._obj
-        if o.pid:
-            self._seed_tracked(o.pid)
+        if not self.attached:
+            if o.pid:
+                self._seed_tracked(o.pid)
+            self._attach()
+        self._batch = batch.Batch(self._obj.map_fd("events"), o, inflight_fd=self._obj.map_fd("inflight"))
+
+    def _attach(self):
         mounted = loader.ensure_tracefs()
         try:
             for name in self._syscall_programs():
-                obj.attach(name)
+                self._obj.attach(name)
                 self.attached.append(name)
         finally:
             if mounted:
                 loader.unmount()
         for hook in self.hooks:
             self._attach_hook(hook)
-        self._batch = batch.Batch(obj.map_fd("events"), o, inflight_fd=obj.map_fd("inflight"))
+        self.live_since = time.monotonic()
 
     def _load(self, loading=None):
         # A program the kernel refuses fails the whole load: drop its hook and
@@ -149,16 +152,18 @@ class Tracer:
                 obj.map_update("bodies", ctypes.c_uint32(slot), ctypes.c_uint32(obj.program_fd(name)))
             return
 
-    def preload(self, loading=None):
-        """Check, plan and load, attaching nothing: nstrace.preload runs this in a thread while the
-        command line is still being imported and parsed; start() of a tracer whose options ask for
-        the same object takes it over. loading() is called as each load begins."""
+    def preload(self, loading=None, attach=False):
+        """Check, plan and load, and with `attach` attach too: nstrace.preload runs this in a thread
+        while the command line is still being imported and parsed; start() of a tracer whose
+        options ask for the same object takes it over. loading() is called as each load begins."""
         loader.check_privileges()
         loader.check_btf()
         self.hooks = kernelpath.plan() if self.options.kernel_path else []
         self._planned = self._object_settings()  # as planned, before a refused hook is dropped
         try:
             self._load(loading)
+            if attach:
+                self._attach()
         except BaseException:
             self.close()
             raise
@@ -174,7 +179,8 @@ class Tracer:
         if pre._object_path != self._object_path or pre._planned != self._object_settings(hooks):
             pre.close()  # guessed wrong: load the right one
             return False
-        self.hooks, self._obj, pre._obj = pre.hooks, pre._obj, None
+        self.hooks, self.attached, self.live_since = pre.hooks, pre.attached, pre.live_since
+        self._obj, pre._obj = pre._obj, None
         return True
 
     def _syscall_programs(self):

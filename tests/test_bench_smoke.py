@@ -28,6 +28,9 @@ def test_quick_benchmark_table_and_json(tmp_path):
         f = figures[key]
         assert f["n"] >= 1 and f["min"] <= f["median"] <= f["max"], key
     assert any(f["figure"] == "kernel ns per probe hit" for f in doc["figures"])
+    # numbers are in the unit their row names, in the JSON as in the table: no start takes under 5 ms
+    start = figures[("start: exec -> first event captured", "nstrace")]
+    assert start["unit"] == "ms" and 5 < start["median"] < 60_000, start
     # every target of issue 5 is stated, with a verdict or the reason it was not measured
     assert {t["target"] for t in doc["targets"]} == {"live", "shutdown", "churn", "unshare", "rate", "memory", "probe"}
     assert all(t["holds"] in (True, False, None) and t["detail"] for t in doc["targets"])

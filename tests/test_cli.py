@@ -10,6 +10,7 @@ import time
 import pytest
 
 from nshelpers import NSTRACE, ROOT
+from nstrace.tracer import BODY_PROGRAMS, SYSCALL_PROGRAMS
 
 REQUIRED_KEYS = {"ts", "op", "pid", "tid", "comm", "uid", "flags", "raw_flags", "ret", "errno", "child_pid",
                  "target", "ns_before", "ns_after", "changed", "nsproxy", "proc_check"}
@@ -121,7 +122,7 @@ def wait_gone(ids, timeout=5):
 def test_stopping_leaves_no_probe(tracer, sig):
     w = Watch()
     ids = prog_ids_held_by(w.proc.pid)
-    assert len(ids) == 9, "the syscall layer's nine programs"
+    assert len(ids) == len(SYSCALL_PROGRAMS + BODY_PROGRAMS), "the syscall layer's nine programs and their two bodies"
     assert ids <= kernel_prog_ids()
     out, err = w.stop(sig)
     if sig != signal.SIGKILL:

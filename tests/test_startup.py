@@ -2,6 +2,7 @@
 libbpf loads without calling into Python for every line it prints."""
 
 import os
+import subprocess
 import threading
 
 import pytest
@@ -49,6 +50,35 @@ def test_the_preloaded_object_is_taken_when_the_options_agree(loads):
     with Tracer(Options(ringbuf_bytes=256 * 1024)) as tracer:
         assert tracer.attached and tracer._obj
     assert loads == ["nstrace-preload"]  # the main thread loaded nothing
+
+
+@root
+def test_the_thread_attaches_so_tracing_is_live_before_the_command_line_is_parsed(loads):
+    """An unshare done after the thread finished, before any Tracer.start(), is in the trace."""
+    preload.begin(["watch", "--json"])
+    preload._thread.join()
+    before_start = subprocess.run(["unshare", "--uts", "true"], check=True)
+    with Tracer(Options()) as tracer:
+        assert loads == ["nstrace-preload"] and tracer.attached
+        seen = []
+        for _ in range(20):
+            seen += [r for r in tracer.poll(100) if r.op == "unshare" and r.comm == "unshare"]
+            if seen:
+                break
+    assert seen and seen[0].ret == 0, before_start
+
+
+@root
+def test_with_pid_the_thread_loads_but_leaves_attaching_to_start(loads):
+    """--pid fills the descendant table first: a probe attached before that would miss the process."""
+    preload.begin(["watch", "--pid", str(os.getpid())])
+    pre = preload.take()
+    try:
+        assert pre._obj and not pre.attached and pre.live_since is None
+    finally:
+        pre.close()
+    with Tracer(Options(pid=os.getpid())) as tracer:
+        assert "sched_process_exit" in tracer.attached
 
 
 @root
