@@ -25,6 +25,7 @@ import array
 import os
 import re
 import struct
+import time
 import zlib
 
 from . import libbpf
@@ -290,6 +291,28 @@ def path_for(object_data):
     return os.path.join(CACHE_DIR, f"core-{FORMAT}-{_boot_id()}-{len(object_data):x}-{zlib.crc32(object_data):08x}.btf")
 
 
+STALE_S = 60
+
+
+def _prune(keep):
+    """Remove the other copies nobody built or used for STALE_S seconds.
+
+    Every build of the object makes a new copy, and /run is only emptied at
+    reboot. A copy is read only by the load that follows ensure() within
+    milliseconds, and ensure() touches the copy it hands out, so one left a
+    minute is not about to be read; were it needed again, it is built again.
+    """
+    now = time.time()
+    for name in os.listdir(CACHE_DIR):
+        path = os.path.join(CACHE_DIR, name)
+        if name.startswith("core-") and name.endswith(".btf") and path != keep:
+            try:
+                if now - os.stat(path).st_mtime > STALE_S:
+                    os.unlink(path)
+            except OSError:
+                pass  # gone meanwhile: another run pruned it
+
+
 def ensure(object_path):
     """The path of a minimal kernel BTF for this object, built now if needed; None if it cannot be had.
 
@@ -301,6 +324,7 @@ def ensure(object_path):
             obj = f.read()
         path = path_for(obj)
         if os.path.exists(path):
+            os.utime(path)  # in use: see _prune()
             return path
         names = core_roots(obj)
         with open(VMLINUX_BTF, "rb") as f:
@@ -313,6 +337,7 @@ def ensure(object_path):
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)  # whole or absent: a concurrent run reads one or the other
+        _prune(keep=path)
         return path
     except (OSError, ValueError, KeyError, IndexError, struct.error):
         return None

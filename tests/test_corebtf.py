@@ -56,11 +56,23 @@ def test_built_once_then_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(corebtf, "CACHE_DIR", str(tmp_path))
     path = corebtf.ensure(loader.OBJECT_PATH)
     assert path and os.path.dirname(path) == str(tmp_path)
-    built = os.stat(path).st_mtime_ns
-    assert corebtf.ensure(loader.OBJECT_PATH) == path and os.stat(path).st_mtime_ns == built
+    built = os.stat(path).st_ino
+    assert corebtf.ensure(loader.OBJECT_PATH) == path and os.stat(path).st_ino == built  # not written again
     data = open(path, "rb").read()
     assert len(data) < 200_000 < os.path.getsize(corebtf.VMLINUX_BTF)
     assert list(tmp_path.iterdir()) == [tmp_path / os.path.basename(path)]  # no temporary file left
+
+
+def test_a_new_build_removes_copies_unused_for_a_minute(tmp_path, monkeypatch):
+    monkeypatch.setattr(corebtf, "CACHE_DIR", str(tmp_path))
+    old, recent, other = (tmp_path / n for n in ("core-1-x-1-a.btf", "core-1-x-2-b.btf", "fentry-x.txt"))
+    for f in (old, recent, other):
+        f.write_bytes(b"x")
+    minutes_ago = os.stat(old).st_mtime - 120
+    os.utime(old, (minutes_ago, minutes_ago))
+    os.utime(other, (minutes_ago, minutes_ago))
+    path = corebtf.ensure(loader.OBJECT_PATH)
+    assert sorted(tmp_path.iterdir()) == sorted([tmp_path / os.path.basename(path), recent, other])
 
 
 def test_without_a_writable_cache_libbpf_reads_the_kernel_btf(tmp_path, monkeypatch):
