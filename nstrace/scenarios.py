@@ -215,11 +215,14 @@ def netns_veth(launcher):
     launcher.run(["ip", "-n", b, "addr", "add", "10.253.0.2/30", "dev", vb])
     for ns, dev in ((a, va), (b, vb)):
         launcher.run(["ip", "-n", ns, "link", "set", dev, "up"])
+    # The receiver says when it is bound; the sender repeats itself in case the link was not
+    # carrying yet. No fixed sleep: under load the receiver's start once outlasted one.
     recv = ("import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('10.253.0.2',4789));"
-            "s.settimeout(5);print(s.recvfrom(64)[0].decode())")
-    send = "import socket;socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(b'hello',('10.253.0.2',4789))"
+            "print('bound',flush=True);s.settimeout(5);print(s.recvfrom(64)[0].decode())")
+    send = ("import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "for _ in range(5):s.sendto(b'hello',('10.253.0.2',4789));time.sleep(0.05)")
     receiver = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-c", recv], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+    receiver.stdout.readline()  # "bound", or "" if it died: then got is "" and the expectation says so
     launcher.run(["ip", "netns", "exec", a, sys.executable, "-c", send])
     got = receiver.communicate(timeout=10)[0].strip()
     # `ip netns add` setns()es back to its own netns right after: its unshare is superseded (ip/ipnetns.c)
