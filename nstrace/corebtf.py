@@ -23,7 +23,6 @@ vmlinux BTF in Python), and only the first run after a boot or a rebuild pays.
 
 import array
 import os
-import re
 import struct
 import time
 import zlib
@@ -76,6 +75,7 @@ class RawBtf:
         Strings are found where they start (after a NUL): a BTF string table
         holds each string once, and names point at their starts.
         """
+        import re  # only when a copy is built, once per boot: not on every start
         found = set()
         if not essential_names:
             return found  # (an empty alternative would match the empty string)

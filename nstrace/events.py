@@ -18,14 +18,6 @@ OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns"}
 TARGET_KINDS = {0: None, 1: "nsfs", 2: "pidfd", 3: "other", 4: "badfd"}
 STEP_KINDS = {1: "enter", 2: "exit"}
 STEP_VALUES = {0: "none", 1: "flags", 2: "nsproxy", 3: "switch", 4: "int", 5: "ns", 6: "ns_arg"}
-FUNCTIONS = (
-    None, "copy_namespaces", "create_new_namespaces", "copy_mnt_ns", "copy_utsname", "copy_ipcs",
-    "copy_pid_ns", "copy_cgroup_ns", "copy_net_ns", "copy_time_ns", "timens_on_fork", "create_user_ns",
-    "unshare_userns", "unshare_nsproxy_namespaces", "switch_task_namespaces", "__x64_sys_setns",
-    "validate_nsset", "commit_nsset", "free_nsproxy", "ksys_unshare", "put_nsset", "timens_commit",
-    "mntns_install", "utsns_install", "ipcns_install", "pidns_install", "cgroupns_install",
-    "netns_install", "userns_install", "timens_install",
-)
 
 
 class NsSet(ctypes.Structure):

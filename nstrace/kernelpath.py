@@ -3,7 +3,7 @@
 Facts about the functions (source file, what each does to task->nsproxy, the
 expected order per operation) live in kernel-notes/paths.toml, the one copy;
 this module reads it. The function list the BPF side can hook is the enum
-nstrace_func of probes/nstrace.h, mirrored in events.FUNCTIONS.
+nstrace_func of probes/nstrace.h, mirrored in FUNCTIONS below.
 
 Hook choice per function, each decided on its own: fentry/fexit where the
 kernel loads BPF_PROG_TYPE_TRACING programs and has the function in its BTF;
@@ -11,20 +11,29 @@ else kprobe/kretprobe where it has kprobes and the symbol; else unavailable,
 with the reason. A feature check, never a version check.
 """
 
-import dataclasses
 import errno
 import functools
 import os
-from pathlib import Path
 
-from . import events, libbpf, loader
-from . import flags as fl
+# plan() runs in nstrace.preload's thread before the first probe is attached:
+# nothing here imports more than the loader at module level (events, flags: in decode_step).
+from . import libbpf, loader
 from .btf import KernelBtf
 from .errors import LibbpfError
 
-NOTES = Path(__file__).resolve().parent.parent / "kernel-notes"
-PATHS_TOML = NOTES / "paths.toml"
-KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe/type")
+NOTES = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "kernel-notes")
+PATHS_TOML = os.path.join(NOTES, "paths.toml")
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
+
+# enum nstrace_func of probes/nstrace.h, by value (tests/test_layout.py holds the two equal)
+FUNCTIONS = (
+    None, "copy_namespaces", "create_new_namespaces", "copy_mnt_ns", "copy_utsname", "copy_ipcs",
+    "copy_pid_ns", "copy_cgroup_ns", "copy_net_ns", "copy_time_ns", "timens_on_fork", "create_user_ns",
+    "unshare_userns", "unshare_nsproxy_namespaces", "switch_task_namespaces", "__x64_sys_setns",
+    "validate_nsset", "commit_nsset", "free_nsproxy", "ksys_unshare", "put_nsset", "timens_commit",
+    "mntns_install", "utsns_install", "ipcns_install", "pidns_install", "cgroupns_install",
+    "netns_install", "userns_install", "timens_install",
+)
 
 
 @functools.cache
@@ -40,14 +49,19 @@ def source_file(func):
     return notes().get("function", {}).get(func, {}).get("file", "?")
 
 
-@dataclasses.dataclass
 class Hook:
     """How one function is (or is not) probed on this kernel."""
 
-    func: str
-    kind: str | None          # "fentry", "kprobe" or None
-    reason: str = ""          # why not, when kind is None or attaching failed
-    attached: bool = False
+    __slots__ = ("func", "kind", "reason", "attached")
+
+    def __init__(self, func, kind, reason="", attached=False):
+        self.func = func
+        self.kind = kind              # "fentry", "kprobe" or None
+        self.reason = reason          # why not, when kind is None or attaching failed
+        self.attached = attached
+
+    def __repr__(self):
+        return f"Hook({self.func!r}, {self.kind!r}, reason={self.reason!r}, attached={self.attached})"
 
     @property
     def programs(self):
@@ -72,22 +86,24 @@ def kernel_config(option):
         return ""
 
 
-CACHE_DIR = Path("/run/nstrace")
+CACHE_DIR = "/run/nstrace"
 
 
 def _per_boot(name, compute):
     """compute()'s text, kept in /run/nstrace (a tmpfs) for the rest of this boot."""
-    cache = CACHE_DIR / f"{name}-{_boot_id()}.txt"
+    cache = os.path.join(CACHE_DIR, f"{name}-{_boot_id()}.txt")
     try:
-        return cache.read_text()
+        with open(cache) as f:
+            return f.read()
     except OSError:
         pass
     text = compute()
     try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(cache)  # whole or absent: a run starting meanwhile never reads half of it
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, cache)  # whole or absent: a run starting meanwhile never reads half of it
     except OSError:
         pass  # a read-only /run only costs the work again
     return text
@@ -107,7 +123,8 @@ def fentry_refusal():
 
 
 def _boot_id():
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
 
 
 def _load_one_fentry_program():
@@ -124,7 +141,7 @@ def _load_one_fentry_program():
 
 
 def kprobes_supported():
-    return KPROBE_PMU.exists()
+    return os.path.exists(KPROBE_PMU)
 
 
 @functools.cache
@@ -144,18 +161,18 @@ def no_hook_reason():
     /proc/config.gz costs 3 ms of every start on the kernels where it is needed)."""
     def reason():
         config = kernel_config("CONFIG_KPROBES")
-        kprobes = "no kprobes (CONFIG_KPROBES is not set)" if config is None else f"no kprobe PMU at {KPROBE_PMU.parent}"
+        kprobes = "no kprobes (CONFIG_KPROBES is not set)" if config is None else f"no kprobe PMU at {os.path.dirname(KPROBE_PMU)}"
         return f"{kprobes}; {fentry_refusal()}"
     return _per_boot("nohook", reason)
 
 
 def plan():
-    """A Hook per function of events.FUNCTIONS, chosen for the running kernel."""
+    """A Hook per function of FUNCTIONS, chosen for the running kernel."""
     hooks = []
     fentry, kprobes = fentry_refusal() is None, kprobes_supported()
     btf = KernelBtf() if fentry else None
     try:
-        for func in events.FUNCTIONS[1:]:
+        for func in FUNCTIONS[1:]:
             if fentry and btf.has_function(func):
                 hooks.append(Hook(func, "fentry"))
             elif kprobes and func in _kallsyms_text():
@@ -174,7 +191,9 @@ def plan():
 
 def decode_step(step, raw_addresses=False):
     """One struct nstrace_step as a dict (JSON-ready)."""
-    func = events.FUNCTIONS[step.func] if step.func < len(events.FUNCTIONS) else f"fn{step.func}"
+    from . import events
+    from . import flags as fl
+    func = FUNCTIONS[step.func] if step.func < len(FUNCTIONS) else f"fn{step.func}"
     what = events.STEP_VALUES.get(step.what, "none")
     out = {"func": func, "file": source_file(func), "kind": events.STEP_KINDS.get(step.kind, "?"),
            "ts_ns": step.ts_ns}
@@ -196,6 +215,7 @@ def decode_step(step, raw_addresses=False):
 def _short(s):
     if s["kind"] == "enter":
         if "flags" in s:
+            from . import flags as fl
             return f"{s['func']}({fl.short(s['flags'])})"
         if "old_nsproxy" in s:
             return f"{s['func']}({s['old_nsproxy']}->{s['nsproxy']})"

@@ -63,7 +63,7 @@ def _observability(step, hooks, tracepoints):
         return "inlined: no symbol to probe"
     if name in NOT_PROBED:
         return NOT_PROBED[name]
-    if name not in events.FUNCTIONS:
+    if name not in kernelpath.FUNCTIONS:
         return "not probed by nstrace"
     hook = hooks.get(name)
     if hook is None:

@@ -1,22 +1,25 @@
-"""`nstrace watch` loads and attaches its BPF object while Python is still importing the command line.
+"""`nstrace watch` loads and attaches its probes while Python is still importing the command line.
 
-From exec, importing click and nstrace takes about 60 ms, and loading the
-object another 30, most of it in the kernel's verifier. ctypes lets go of
-the GIL for the length of bpf_object__load(), so a thread can load while
-the main thread imports and parses. The thread guesses the options that
+From exec, importing click and the rest of nstrace takes 60 ms and more,
+loading the BPF object ~30 ms, most of it in the kernel's verifier. ctypes
+lets go of the GIL for the length of bpf_object__load(), so a thread can
+load while the main thread imports. The thread imports no more than
+nstrace.probeset (the loader, not the tracer), guesses the options that
 decide the object from argv, loads it and attaches it: tracing is live
 before click is imported, and what happens meanwhile waits in the ring
-buffer. Tracer.start() takes the object only if the options the command
-line really parsed ask for the same one (Tracer._object_settings()), and
-otherwise closes it, records and all, and loads again; a command line
-that fails to parse closes it too (discard()). With --pid the thread only
+buffer. Tracer.start() takes the probes only if the options the command
+line really parsed ask for the same object (ProbeSet.settings()), and
+otherwise closes them, records and all, and loads again; a command line
+that fails to parse closes them too (discard()). With --pid the thread only
 loads: the descendant table must be filled before any probe runs.
 """
 
+import sys
 import threading
 
 _thread = None
-_tracer = None
+_probes = None
+_interval = 0.005
 _loading = threading.Event()  # the thread has reached the load (or given up)
 
 
@@ -49,9 +52,14 @@ def guess(args):
 
 def begin(args):
     """Start loading in a thread if `args` is a watch command line."""
-    global _thread
+    global _thread, _interval
     fields = guess(args)
     if fields is not None:
+        # Every ctypes call gives up the GIL; taking it back waits out the main thread's
+        # switch interval (5 ms) while it imports. The thread makes a few dozen such calls
+        # between its load and its last attach: hand the GIL over sooner until it is done.
+        _interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-4)
         _thread = threading.Thread(target=_load, args=(fields,), name="nstrace-preload")
         _thread.start()
         # The thread's Python (imports, plan, open) goes first, alone: taking turns on the GIL
@@ -61,30 +69,41 @@ def begin(args):
 
 
 def _load(fields):
-    global _tracer
+    global _probes
     try:
-        from .tracer import Options, Tracer
-        # --pid must fill the descendant table before a probe runs: the main thread attaches that one
-        _tracer = Tracer(Options(**fields)).preload(loading=_loading.set, attach="pid" not in fields)
+        from . import loader
+        from .probeset import ProbeSet
+        loader.check_privileges()
+        loader.check_btf()
+        probes = ProbeSet(**fields)
+        try:
+            probes.load(loading=_loading.set)
+            if "pid" not in fields:  # --pid fills the descendant table first: start() attaches
+                probes.attach()
+        except BaseException:
+            probes.close()
+            raise
+        _probes = probes
     except Exception:  # noqa: BLE001 - the command meets the same error itself, and reports it
-        _tracer = None
+        _probes = None
     finally:
         _loading.set()
+        sys.setswitchinterval(_interval)
 
 
 def take():
-    """The preloaded Tracer (loaded, and attached unless --pid), once the thread is done; None if there is none."""
-    global _thread, _tracer
+    """The preloaded ProbeSet (loaded, and attached unless --pid), once the thread is done; None if there is none."""
+    global _thread, _probes
     if _thread is None:
         return None
     _thread.join()
     _thread = None
-    tracer, _tracer = _tracer, None
-    return tracer
+    probes, _probes = _probes, None
+    return probes
 
 
 def discard():
-    """Close a preloaded object nobody took (the command failed before it started tracing)."""
-    tracer = take()
-    if tracer:
-        tracer.close()
+    """Close preloaded probes nobody took (the command failed before it started tracing)."""
+    probes = take()
+    if probes:
+        probes.close()

@@ -11,30 +11,11 @@ import ctypes
 import dataclasses
 import json
 import os
-import re
-import time
 
-from . import batch, events, filters, kernelpath, libbpf, loader, procns
+from . import batch, events, filters, kernelpath, loader, probeset, procns
 from . import flags as fl
-from .errors import LibbpfError, ProbeError, UsageError
-
-# The syscall layer (probes/syscalls.bpf.c), attached on every kernel.
-SYSCALL_PROGRAMS = (
-    "sys_enter_clone", "sys_exit_clone",
-    "sys_enter_clone3", "sys_exit_clone3",
-    "sys_enter_unshare", "sys_exit_unshare",
-    "sys_enter_setns", "sys_exit_setns",
-    "task_newtask",
-)
-# What those tail-call into, in the order of their slots in the map "bodies"
-# (probes/syscalls.bpf.c BODY_ENTER, BODY_EXIT): loaded, never attached.
-BODY_PROGRAMS = ("sys_enter", "sys_exit")
-
-
-def section_of(program):
-    """'syscalls:sys_enter_clone', 'task:task_newtask' ... for a syscall-layer program."""
-    return {"task_newtask": "task:task_newtask",
-            "sched_process_exit": "sched:sched_process_exit"}.get(program, f"syscalls:{program}")
+from .errors import UsageError
+from .probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: F401 (the CLI's and tests' names)
 
 
 @dataclasses.dataclass
@@ -49,16 +30,14 @@ class Options:
     raw_addresses: bool = False      # show kernel addresses instead of short ids
     check_proc: bool = True          # correlate with /proc/<pid>/ns
     kernel_path: bool = True         # add the kernel-function layer where the kernel allows it
-    ringbuf_bytes: int = 4 << 20     # power of two, >= page size
-    wakeup_bytes: int = 256 << 10    # batch reader wake-ups; 0 = one per record
+    ringbuf_bytes: int = probeset.RINGBUF_BYTES  # power of two, >= page size
+    wakeup_bytes: int = probeset.WAKEUP_BYTES    # batch reader wake-ups; 0 = one per record
     poll_ms: int = 50                # the reader's latency bound with batched wake-ups
 
     def validate(self):
         if self.pid is not None and self.pid <= 0:
             raise UsageError(f"--pid must be a positive process id, not {self.pid}")
-        if self.ringbuf_bytes < 4096 or self.ringbuf_bytes & (self.ringbuf_bytes - 1) \
-                or self.ringbuf_bytes > 1 << 30:
-            raise UsageError(f"ring buffer size must be a power of two from 4 KiB to 1 GiB, not {self.ringbuf_bytes} bytes")
+        probeset.check_ringbuf_bytes(self.ringbuf_bytes)
         if len(self.comms) > batch.MAX_COMMS:
             raise UsageError(f"at most {batch.MAX_COMMS} --comm values, not {len(self.comms)}")
         for op in self.ops:
@@ -77,20 +56,37 @@ class Tracer:
     """
 
     def __init__(self, options=None, object_path=loader.OBJECT_PATH):
-        self.options = options or Options()
+        self.options = o = options or Options()
         self.options.validate()
+        self.probes = probeset.ProbeSet(trace_all=o.trace_all, pid=o.pid, raw_addresses=o.raw_addresses,
+                                        kernel_path=o.kernel_path, ringbuf_bytes=o.ringbuf_bytes,
+                                        wakeup_bytes=o.wakeup_bytes, object_path=object_path)
         self._checked = collections.Counter()  # /proc check results, by status
         self._python_filtered = 0              # records C left to Python that a filter dropped
         self._python_superseded = 0
         self._counts = None                    # the batch's counters once it is closed
-        self.attached = []
-        self.hooks = []
-        self.live_since = None
-        self._obj = None
         self._batch = None
         self.last_read = 0                     # records the last poll took from the ring buffer
-        self._object_path = object_path
         self._final_lost = {"ringbuf": 0, "inflight": 0}
+
+    @property
+    def attached(self):
+        """The syscall-layer programs attached."""
+        return self.probes.attached
+
+    @property
+    def hooks(self):
+        """kernelpath.Hook per kernel function: how it is probed here, or why not."""
+        return self.probes.hooks
+
+    @property
+    def live_since(self):
+        """time.monotonic() when the probes were attached (by nstrace.preload, perhaps)."""
+        return self.probes.live_since
+
+    @property
+    def _obj(self):
+        return self.probes.obj
 
     # --- set-up -----------------------------------------------------------
 
@@ -108,139 +104,29 @@ class Tracer:
         return self
 
     def _setup(self):
-        o = self.options
         if not self._adopt_preloaded():
-            self.hooks = kernelpath.plan() if o.kernel_path else []
-            self._load()
-        if not self.attached:
-            if o.pid:
-                self._seed_tracked(o.pid)
-            self._attach()
-        self._batch = batch.Batch(self._obj.map_fd("events"), o, inflight_fd=self._obj.map_fd("inflight"))
-
-    def _attach(self):
-        mounted = loader.ensure_tracefs()
-        try:
-            for name in self._syscall_programs():
-                self._obj.attach(name)
-                self.attached.append(name)
-        finally:
-            if mounted:
-                loader.unmount()
-        for hook in self.hooks:
-            self._attach_hook(hook)
-        self.live_since = time.monotonic()
-
-    def _load(self, loading=None):
-        # A program the kernel refuses fails the whole load: drop its hook and
-        # load again, at most once per hook.
-        for _ in range(len(self.hooks) + 1):
-            obj = self._obj = self._open()
-            if loading:
-                loading()
-            try:
-                obj.load()
-            except LibbpfError as err:
-                culprit = self._refused_hook()
-                if not culprit:
-                    raise
-                culprit.reason = f"{culprit.kind} program refused at load ({err.errno and os.strerror(err.errno)})"
-                culprit.kind = None
-                obj.close()
-                continue
-            for slot, name in enumerate(BODY_PROGRAMS):
-                obj.map_update("bodies", ctypes.c_uint32(slot), ctypes.c_uint32(obj.program_fd(name)))
-            return
-
-    def preload(self, loading=None, attach=False):
-        """Check, plan and load, and with `attach` attach too: nstrace.preload runs this in a thread
-        while the command line is still being imported and parsed; start() of a tracer whose
-        options ask for the same object takes it over. loading() is called as each load begins."""
-        loader.check_privileges()
-        loader.check_btf()
-        self.hooks = kernelpath.plan() if self.options.kernel_path else []
-        self._planned = self._object_settings()  # as planned, before a refused hook is dropped
-        try:
-            self._load(loading)
-            if attach:
-                self._attach()
-        except BaseException:
-            self.close()
-            raise
-        return self
+            self.probes.load()
+        if not self.probes.attached:
+            if self.options.pid:
+                self._seed_tracked(self.options.pid)
+            self.probes.attach()
+        self._batch = batch.Batch(self._obj.map_fd("events"), self.options, inflight_fd=self._obj.map_fd("inflight"))
 
     def _adopt_preloaded(self):
-        """Take the object nstrace.preload loaded, if it is the one these options ask for."""
+        """Take the probes nstrace.preload loaded, if they are the ones these options ask for."""
         from . import preload
         pre = preload.take()
         if pre is None:
             return False
-        hooks = kernelpath.plan() if self.options.kernel_path else []  # answered from cache by now
-        if pre._object_path != self._object_path or pre._planned != self._object_settings(hooks):
+        if pre.planned != self.probes.settings(self.probes.plan()):  # plan(): from cache by now
             pre.close()  # guessed wrong: load the right one
             return False
-        self.hooks, self.attached, self.live_since = pre.hooks, pre.attached, pre.live_since
-        self._obj, pre._obj = pre._obj, None
+        self.probes = pre
         return True
-
-    def _syscall_programs(self):
-        # sched_process_exit runs on every exit on the machine: only --pid needs it
-        return SYSCALL_PROGRAMS + (("sched_process_exit",) if self.options.pid else ())
-
-    def _object_settings(self, hooks=None):
-        """Everything the loaded object depends on: its .rodata options, map sizes, the programs
-        that load. Two tracers with equal settings can use the same object (see preload)."""
-        o = self.options
-        hooks = self.hooks if hooks is None else hooks
-        return {
-            "rodata": {"trace_all": o.trace_all, "filter_tgid": o.pid or 0, "raw_addresses": o.raw_addresses,
-                       "wakeup_bytes": min(o.wakeup_bytes, o.ringbuf_bytes // 4),
-                       "kernel_path": any(h.kind for h in hooks)},
-            "max_entries": {"events": o.ringbuf_bytes},
-            "autoload": set(self._syscall_programs()) | set(BODY_PROGRAMS) | {p for h in hooks for p in h.programs},
-        }
-
-    def _open(self):
-        settings = self._object_settings()
-        obj = loader.BpfObject(self._object_path)
-        obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))  # a new key for every object
-        for name, value in settings["rodata"].items():
-            obj.set_rodata(name, value)
-        for name, entries in settings["max_entries"].items():
-            obj.set_max_entries(name, entries)
-        for name in obj.program_names():
-            obj.set_autoload(name, name in settings["autoload"])
-        return obj
-
-    def _refused_hook(self):
-        for line in libbpf.last_messages(40):
-            m = re.search(r"prog '(\w+)'", line)
-            if m:
-                for hook in self.hooks:
-                    if m.group(1) in hook.programs:
-                        return hook
-        return None
-
-    def _attach_hook(self, hook):
-        if not hook.kind:
-            return
-        try:
-            for prog in hook.programs:
-                self._obj.attach(prog)
-            hook.attached = True
-        except ProbeError as err:
-            for prog in hook.programs:
-                self._obj.detach(prog)
-            hook.reason = str(err)
 
     def availability(self):
         """Every probe point: layer, hook type, attached or why not."""
-        rows = [{"probe": section_of(name), "layer": "syscall",
-                 "hook": "raw_tracepoint" if name == "task_newtask" else "tracepoint",
-                 "attached": name in self.attached, "reason": ""} for name in self._syscall_programs()]
-        rows += [{"probe": h.func, "layer": "function", "file": kernelpath.source_file(h.func),
-                  "hook": h.kind, "attached": h.attached, "reason": h.reason} for h in self.hooks]
-        return rows
+        return self.probes.availability()
 
     def _seed_tracked(self, pid):
         import psutil
@@ -371,8 +257,7 @@ class Tracer:
             self._batch = None
         if self._obj:
             self._final_lost = self.lost
-            self._obj.close()
-            self._obj = None
+            self.probes.close()
 
     def __enter__(self):
         return self.start()

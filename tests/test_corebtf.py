@@ -89,7 +89,7 @@ def test_a_relocation_the_copy_cannot_answer_gets_the_whole_kernel_btf(tmp_path,
     monkeypatch.setattr(corebtf, "SAFE_KINDS", set())
     monkeypatch.setattr(corebtf, "TYPE_KINDS", set())
     with pytest.raises(ValueError, match="needs the whole kernel BTF"):
-        corebtf.core_roots(loader.OBJECT_PATH.read_bytes())
+        corebtf.core_roots(open(loader.OBJECT_PATH, "rb").read())
     assert corebtf.ensure(loader.OBJECT_PATH) is None and not list(tmp_path.iterdir())
 
 

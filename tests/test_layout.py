@@ -4,7 +4,7 @@ import ctypes
 
 import pytest
 
-from nstrace import btf, events, libbpf, loader
+from nstrace import btf, events, kernelpath, libbpf, loader
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_enums_match(object_btf, enum_name, table, prefix):
 
 def test_function_table_matches(object_btf):
     c_enum = btf.enum_values(object_btf, "nstrace_func")
-    assert c_enum.pop("FN_MAX") == len(events.FUNCTIONS)
-    assert {name: value for value, name in enumerate(events.FUNCTIONS) if name} == \
+    assert c_enum.pop("FN_MAX") == len(kernelpath.FUNCTIONS)
+    assert {name: value for value, name in enumerate(kernelpath.FUNCTIONS) if name} == \
         {name.removeprefix("FN_"): value for name, value in c_enum.items()}
 
 

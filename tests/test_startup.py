@@ -9,6 +9,7 @@ import pytest
 
 from nstrace import kernelpath, libbpf, loader, preload
 from nstrace.errors import LibbpfError
+from nstrace.probeset import ProbeSet
 from nstrace.tracer import Options, Tracer
 
 
@@ -31,12 +32,12 @@ def test_guess(args, fields):
 def loads(monkeypatch):
     """The threads that loaded an object, in order."""
     seen = []
-    real = Tracer._load
+    real = ProbeSet.load
 
-    def load(self, *args):
+    def load(self, *args, **kwargs):
         seen.append(threading.current_thread().name)
-        return real(self, *args)
-    monkeypatch.setattr(Tracer, "_load", load)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(ProbeSet, "load", load)
     yield seen
     preload.discard()
 
@@ -74,7 +75,7 @@ def test_with_pid_the_thread_loads_but_leaves_attaching_to_start(loads):
     preload.begin(["watch", "--pid", str(os.getpid())])
     pre = preload.take()
     try:
-        assert pre._obj and not pre.attached and pre.live_since is None
+        assert pre.obj and not pre.attached and pre.live_since is None
     finally:
         pre.close()
     with Tracer(Options(pid=os.getpid())) as tracer:
@@ -86,7 +87,7 @@ def test_a_wrong_guess_is_closed_and_the_right_object_loaded(loads):
     preload.begin(["watch", "--all"])
     with Tracer(Options()) as tracer:
         assert tracer.attached
-        assert tracer._object_settings()["rodata"]["trace_all"] is False
+        assert tracer.probes.settings()["rodata"]["trace_all"] is False
     assert loads == ["nstrace-preload", threading.main_thread().name]
     assert preload.take() is None
 
