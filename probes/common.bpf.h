@@ -369,14 +369,15 @@ static __always_inline void ptr_id_into(__u64 *slot, const void *p)
 /*
  * snapshot() of the calling task through BTF pointers: nsp, cred and pid are
  * its task->nsproxy, ->real_cred and ->thread_pid, which the caller loads
- * once for the whole program. Why once: since 6.2 the verifier spends about
- * 2 ms (6.18, these VMs) on each instruction that loads a pointer field
- * through the trusted pointer bpf_get_current_task_btf() returns: it looks
- * the field up in task_struct's "__safe_trusted" and "__safe_rcu" lists,
- * found by name with a linear walk of the kernel's BTF
- * (kernel/bpf/verifier.c check_ptr_to_btf_access(), kernel/bpf/btf.c
- * btf_find_by_name_kind(), 6.18). Loads through the pointers loaded that way
- * cost nothing of the kind.
+ * once for the whole program. Why once: the verifier spends about 2 ms (6.18,
+ * these VMs) on each instruction that loads a pointer field through the
+ * trusted pointer bpf_get_current_task_btf() returns. It asks whether the
+ * field is in task_struct's "__safe_trusted", "__safe_rcu" ... lists, each
+ * found by name with a linear walk of the kernel's ~127k BTF types, four
+ * walks per load (kernel/bpf/verifier.c check_ptr_to_btf_access(),
+ * kernel/bpf/btf.c btf_find_by_name_kind(); since about 6.4, none of it in
+ * 6.1; 7.x sorts the BTF and searches it). Scalar fields, and loads through
+ * the pointers loaded that way (plain, untrusted), cost nothing of the kind.
  *
  * One helper call is left, and only for a task in a nested pid namespace:
  * numbers[level] is at an offset the verifier cannot know, and it allows
