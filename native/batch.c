@@ -378,7 +378,7 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
  * (kernel/bpf/ringbuf.c, ringbuf_map_mmap_kern() -> remap_vmalloc_range(),
  * with no fault handler), so a standing second view of 4 MiB of data, mapped
  * twice over for wrap-around, would add 8 MiB to the resident set.
- * inflight_fd: the in-flight map (tid -> record head of a syscall in progress).
+ * inflight_fd: the in-flight table (record heads of syscalls in progress, by slot).
  */
 JL_EXPORT int jl_watch_ring(struct jl_batch *b, int ring_fd, __u32 data_bytes, int inflight_fd, __u32 value_bytes)
 {
@@ -396,18 +396,37 @@ JL_EXPORT int jl_watch_ring(struct jl_batch *b, int ring_fd, __u32 data_bytes, i
 	return b->inflight_value ? 0 : -ENOMEM;
 }
 
-static int in_flight_move(struct jl_batch *b, __u32 tid)
+/*
+ * The operation tid is inside now (OP_*), 0 if none: its slot of the
+ * in-flight table (probes/common.bpf.h).
+ */
+JL_EXPORT __u32 jl_in_flight(struct jl_batch *b, __u32 tid)
 {
-	union bpf_attr attr = {
-		.map_fd = b->inflight_fd,
-		.key = (uintptr_t)&tid,
-		.value = (uintptr_t)b->inflight_value,
-	};
 	const struct nstrace_event *head = b->inflight_value;
 
-	if (syscall(SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr, sizeof(attr)))
+	if (!head)
 		return 0;
-	return head->op == OP_UNSHARE || head->op == OP_SETNS;
+	for (__u32 i = 0; i < INFLIGHT_PROBES; i++) {
+		__u32 slot = (tid + i) & (INFLIGHT_SLOTS - 1);
+		union bpf_attr attr = {
+			.map_fd = b->inflight_fd,
+			.key = (uintptr_t)&slot,
+			.value = (uintptr_t)b->inflight_value,
+		};
+
+		if (syscall(SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr, sizeof(attr)))
+			return 0;
+		if (head->tid == tid)
+			return head->op;
+	}
+	return 0;
+}
+
+static int in_flight_move(struct jl_batch *b, __u32 tid)
+{
+	__u32 op = jl_in_flight(b, tid);
+
+	return op == OP_UNSHARE || op == OP_SETNS;
 }
 
 /*

@@ -131,6 +131,7 @@ def lib():
             ("jl_watch_ring", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_int,
                                              ctypes.c_uint32]),
             ("jl_moved_on", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
+            ("jl_in_flight", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_uint32]),
             ("jl_set", None, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint32]),
             ("jl_classify", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.POINTER(Filter),
                                            ctypes.c_int]),
@@ -182,6 +183,10 @@ class Batch:
         record not read yet, or an unshare/setns in progress, explains it.
         """
         return bool(self._lib.jl_moved_on(self._b, tid))
+
+    def in_flight(self, tid):
+        """The operation thread tid is inside now ("clone", "unshare" ...), None if none (or not traced)."""
+        return events.OPS.get(self._lib.jl_in_flight(self._b, tid))
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms, take up to max_records; return how many."""

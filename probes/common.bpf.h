@@ -50,17 +50,91 @@ extern __u64 lost_tracked;	/* --pid descendant table full: that process not foll
 #define NSTRACE_HEAD_SIZE __builtin_offsetof(struct nstrace_event, steps)
 
 /*
- * Records under construction, by tid, between syscall entry and exit: the
- * head of struct nstrace_event only, so that entering a syscall copies a
- * few hundred bytes, not the whole step array.
+ * Records under construction, between syscall entry and exit: the head of
+ * struct nstrace_event only, so that entering a syscall writes a few hundred
+ * bytes, not the whole step array. An array of INFLIGHT_SLOTS, not a hash
+ * map keyed by tid: in the namespace-churn benchmark a hash update and
+ * delete cost ~0.7 us each (bucket lock, per-CPU free list, value copy),
+ * more than all the rest of a probe, where an array slot is an address
+ * computation. A slot is taken by writing its tid (0: free; the idle task
+ * makes no syscalls) and given back by zeroing it.
  */
 struct inflight_map {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);	/* threads inside clone/unshare/setns at the same moment */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, INFLIGHT_SLOTS);
 	__type(key, __u32);
 	__uint(value_size, NSTRACE_HEAD_SIZE);
 };
 extern struct inflight_map inflight SEC(".maps");
+
+/* BPF atomics (5.12) arrived with this helper: a CO-RE answer, resolved at load. */
+#define have_atomics() bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_check_mtu)
+
+/* tid's in-flight record, or NULL. */
+static __always_inline struct nstrace_event *inflight_find(__u32 tid)
+{
+	for (__u32 i = 0; i < INFLIGHT_PROBES; i++) {
+		__u32 slot = (tid + i) & (INFLIGHT_SLOTS - 1);
+		struct nstrace_event *e = bpf_map_lookup_elem(&inflight, &slot);
+
+		if (e && e->tid == tid)
+			return e;
+	}
+	return NULL;
+}
+
+/*
+ * A slot is taken with a compare-and-swap of tid and the field after it as
+ * one 8-byte word (the 4-byte form needs -mcpu=v3): free is a zero word,
+ * taken a word whose low half is the tid.
+ */
+_Static_assert(__builtin_offsetof(struct nstrace_event, tid) % 8 == 0, "tid heads an 8-byte word");
+
+static __always_inline __u64 *slot_word(struct nstrace_event *e)
+{
+	return (__u64 *)&e->tid;
+}
+
+/*
+ * A slot for tid, all but its tid zeroed; NULL if all of tid's slots are
+ * taken by other threads. A slot tid already holds is taken again: a task
+ * that died inside a syscall left it, and its tid was reused (op_exit()
+ * tells such a record apart by start time). Before 5.12, without
+ * compare-and-swap, two threads of the same slot entering at the same
+ * instant on two CPUs can both take it; one record is then wrong.
+ */
+static __always_inline struct nstrace_event *inflight_take(__u32 tid)
+{
+	for (__u32 i = 0; i < INFLIGHT_PROBES; i++) {
+		__u32 slot = (tid + i) & (INFLIGHT_SLOTS - 1);
+		struct nstrace_event *e = bpf_map_lookup_elem(&inflight, &slot);
+		__u64 was;
+
+		if (!e)
+			continue;
+		if (have_atomics()) {
+			was = __sync_val_compare_and_swap(slot_word(e), 0, tid);
+		} else {
+			was = *slot_word(e);
+			if (!was)
+				*slot_word(e) = tid;
+		}
+		if (!was || (__u32)was == tid) {
+			__builtin_memset(e, 0, __builtin_offsetof(struct nstrace_event, tid));
+			__builtin_memset((void *)e + __builtin_offsetof(struct nstrace_event, tid) + sizeof(e->tid),
+					 0, NSTRACE_HEAD_SIZE - __builtin_offsetof(struct nstrace_event, tid) -
+					 sizeof(e->tid));
+			return e;
+		}
+	}
+	return NULL;
+}
+
+/* Give e's slot back: after its record was emitted (or dropped). */
+static __always_inline void inflight_give_back(struct nstrace_event *e)
+{
+	*slot_word(e) = 0;
+}
 
 /* The kernel path of an in-flight record, made by its first function step. */
 struct nstrace_path {

@@ -39,7 +39,7 @@ static __always_inline struct nstrace_step *next_step(void)
 	struct nstrace_path *p;
 	__u32 i;
 
-	if (!bpf_map_lookup_elem(&inflight, &tid))
+	if (!inflight_find(tid))
 		return NULL;	/* not inside a traced syscall: nothing to join */
 	p = bpf_map_lookup_elem(&paths, &tid);
 	if (!p) {

@@ -43,6 +43,14 @@ enum nstrace_target_kind {
 #define NSTRACE_MAX_STEPS 48
 
 /*
+ * The in-flight table (probes/common.bpf.h): a thread's record under
+ * construction is in the first of INFLIGHT_PROBES slots from
+ * tid % INFLIGHT_SLOTS whose tid is its own. native/batch.c looks there too.
+ */
+#define INFLIGHT_SLOTS 1024	/* a power of two */
+#define INFLIGHT_PROBES 4
+
+/*
  * Kernel functions of the namespace path, in the order kfuncs.bpf.c defines
  * them. nstrace reads these names and values from the object's BTF, so this
  * enum is the only list; kernel-notes/paths.toml says what each one does.

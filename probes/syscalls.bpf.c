@@ -65,7 +65,6 @@ struct clone_args {
 	__u64 exit_signal;
 };
 
-static const char empty_head[NSTRACE_HEAD_SIZE];
 
 /* Keeps struct nstrace_event in the object's BTF: nstrace checks its ctypes mirror against it. */
 const struct nstrace_event *btf_anchor_event __attribute__((unused));
@@ -258,20 +257,17 @@ static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op
 	}
 	if (!wanted_process(tgid))
 		return NULL;
-	if (bpf_map_update_elem(&inflight, &tid, empty_head, BPF_ANY)) {
+	e = inflight_take(tid);
+	if (!e) {
 		__sync_fetch_and_add(&lost_inflight, 1);
 		return NULL;
 	}
 	if (kernel_path)	/* a path left by a task that died inside a syscall */
 		bpf_map_delete_elem(&paths, &tid);
-	e = bpf_map_lookup_elem(&inflight, &tid);
-	if (!e)
-		return NULL;
 
 	e->enter_ns = bpf_ktime_get_ns();
 	e->op = op;
 	e->pid = tgid;
-	e->tid = tid;
 	e->raw_flags = flags;
 	e->exit_signal = exit_signal;
 	e->setns_fd = setns_fd;
@@ -398,7 +394,7 @@ static __always_inline int op_exit(long ret)
 	} else {
 		tid = (__u32)bpf_get_current_pid_tgid();
 	}
-	e = bpf_map_lookup_elem(&inflight, &tid);
+	e = inflight_find(tid);
 	if (!e)
 		return 0;
 	e->exit_ns = bpf_ktime_get_ns();
@@ -409,7 +405,7 @@ static __always_inline int op_exit(long ret)
 			__builtin_memset(&e->after, 0, sizeof(e->after));
 		emit(e, tid);
 	}
-	bpf_map_delete_elem(&inflight, &tid);
+	inflight_give_back(e);
 	if (kernel_path)
 		bpf_map_delete_elem(&paths, &tid);
 	return 0;
@@ -594,7 +590,7 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 			__sync_fetch_and_add(&lost_tracked, 1);
 	}
 
-	e = bpf_map_lookup_elem(&inflight, &tid);
+	e = inflight_find(tid);
 	if (!e || (e->op != OP_CLONE && e->op != OP_CLONE3))
 		return 0;
 	/* pid and tgid are neighbours in task_struct: one read where CO-RE says they still are */

@@ -167,6 +167,29 @@ def test_moved_on_sees_records_not_read_yet(tracer):
         assert not tracer._batch.moved_on(rep["pid"])
 
 
+def test_a_thread_inside_a_syscall_is_in_the_in_flight_table(tracer):
+    """clone(CLONE_VFORK) keeps its caller inside the syscall until the child exits: the in-flight
+    table (an array probed from tid, probes/common.bpf.h) has it while it waits, then gives it back."""
+    from nstrace import nscalls
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if nscalls.clone(fl.CLONE_FLAGS["CLONE_VFORK"] | fl.CLONE_FLAGS["CLONE_NEWUTS"]) == 0:
+                time.sleep(0.5)  # the vfork child: its parent waits inside clone meanwhile
+                os._exit(0)
+            os.wait()
+        finally:
+            os._exit(0)
+    try:
+        deadline, seen = time.monotonic() + 0.4, None
+        while seen is None and time.monotonic() < deadline:
+            seen = tracer._batch.in_flight(pid)
+        assert seen == "clone"
+    finally:
+        os.waitpid(pid, 0)
+    assert tracer._batch.in_flight(pid) is None
+
+
 def test_a_batch_is_bounded_and_the_rest_waits(tracer):
     """max_records caps a batch; what does not fit stays in the ring buffer for the next poll."""
     small = batch.Batch(tracer._obj.map_fd("events"), tracer.options, max_records=2)
