@@ -84,7 +84,8 @@ def test_pid_filter_follows_descendants(tracer):
 
 
 def test_type_and_op_filters(tracer):
-    w = Watch("--json", "--type", "ipc", "--op", "unshare", "--count", "1")
+    # --comm: only this test's unshare(1) runs, not another unshare(IPC) elsewhere on the machine
+    w = Watch("--json", "--type", "ipc", "--op", "unshare", "--comm", "unshare", "--count", "1")
     subprocess.run(["unshare", "--uts", "true"], check=True)
     subprocess.run(["unshare", "--ipc", "true"], check=True)
     out, _ = w.finish()
