@@ -1,9 +1,10 @@
 """The watch core: probes in, checked and filtered operation records out.
 
-:class:`Tracer` owns one loaded :class:`~nstrace.loader.BpfObject`. It sets the
-kernel-side options, attaches the syscall layer, reads records in batches,
-checks each against /proc as soon as it arrives and applies the user-space
-filters. The CLI and the launcher both drive it; neither touches libbpf.
+:class:`Tracer` owns one :class:`~nstrace.probeset.ProbeSet` (the BPF object,
+its kernel-side options and attached probes, perhaps loaded by nstrace.preload),
+reads records in batches, checks each against /proc as soon as it arrives and
+applies the user-space filters. The CLI and the launcher both drive it;
+neither touches libbpf.
 """
 
 import collections
