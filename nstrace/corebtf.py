@@ -27,10 +27,9 @@ import struct
 import time
 import zlib
 
-from . import libbpf
+from . import bootcache, libbpf
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
-CACHE_DIR = "/run/nstrace"
 FORMAT = 1  # bump when what is written changes: a file of another format is not reused
 
 # BTF kinds (include/uapi/linux/btf.h) and the bytes that follow a struct btf_type
@@ -280,15 +279,10 @@ def _check_parses(data):
     lib.btf__free(btf)
 
 
-def _boot_id():
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
-
-
 def path_for(object_data):
     """Where this boot's copy for this object lives (whether or not it exists yet)."""
     # crc32, not sha256: hashlib's OpenSSL import alone costs 4 ms of every start
-    return os.path.join(CACHE_DIR, f"core-{FORMAT}-{_boot_id()}-{len(object_data):x}-{zlib.crc32(object_data):08x}.btf")
+    return os.path.join(bootcache.DIR, f"core-{FORMAT}-{bootcache.boot_id()}-{len(object_data):x}-{zlib.crc32(object_data):08x}.btf")
 
 
 STALE_S = 60
@@ -303,8 +297,8 @@ def _prune(keep):
     minute is not about to be read; were it needed again, it is built again.
     """
     now = time.time()
-    for name in os.listdir(CACHE_DIR):
-        path = os.path.join(CACHE_DIR, name)
+    for name in os.listdir(bootcache.DIR):
+        path = os.path.join(bootcache.DIR, name)
         if name.startswith("core-") and name.endswith(".btf") and path != keep:
             try:
                 if now - os.stat(path).st_mtime > STALE_S:
@@ -332,11 +326,7 @@ def ensure(object_path):
         data = minimal(vmlinux, names)
         del vmlinux
         _check_parses(data)
-        os.makedirs(CACHE_DIR, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # whole or absent: a concurrent run reads one or the other
+        bootcache.write(path, data)
         _prune(keep=path)
         return path
     except (OSError, ValueError, KeyError, IndexError, struct.error):

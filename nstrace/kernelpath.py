@@ -17,7 +17,7 @@ import os
 
 # plan() runs in nstrace.preload's thread before the first probe is attached:
 # nothing here imports more than the loader at module level (events, flags: in decode_step).
-from . import libbpf, loader
+from . import bootcache, libbpf, loader
 from .btf import KernelBtf
 from .errors import LibbpfError
 
@@ -86,29 +86,6 @@ def kernel_config(option):
         return ""
 
 
-CACHE_DIR = "/run/nstrace"
-
-
-def _per_boot(name, compute):
-    """compute()'s text, kept in /run/nstrace (a tmpfs) for the rest of this boot."""
-    cache = os.path.join(CACHE_DIR, f"{name}-{_boot_id()}.txt")
-    try:
-        with open(cache) as f:
-            return f.read()
-    except OSError:
-        pass
-    text = compute()
-    try:
-        os.makedirs(CACHE_DIR, exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, cache)  # whole or absent: a run starting meanwhile never reads half of it
-    except OSError:
-        pass  # a read-only /run only costs the work again
-    return text
-
-
 @functools.cache
 def fentry_refusal():
     """None if this kernel loads fentry/fexit programs, else why not (one line).
@@ -119,12 +96,7 @@ def fentry_refusal():
     """
     if libbpf.lib().libbpf_probe_bpf_prog_type(libbpf.BPF_PROG_TYPE_TRACING, None) == 1:
         return None
-    return _per_boot("fentry", lambda: _load_one_fentry_program() or "") or None
-
-
-def _boot_id():
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
+    return bootcache.text("fentry", lambda: _load_one_fentry_program() or "") or None
 
 
 def _load_one_fentry_program():
@@ -163,7 +135,7 @@ def no_hook_reason():
         config = kernel_config("CONFIG_KPROBES")
         kprobes = "no kprobes (CONFIG_KPROBES is not set)" if config is None else f"no kprobe PMU at {os.path.dirname(KPROBE_PMU)}"
         return f"{kprobes}; {fentry_refusal()}"
-    return _per_boot("nohook", reason)
+    return bootcache.text("nohook", reason)
 
 
 def plan():

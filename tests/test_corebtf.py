@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from nstrace import corebtf, kernelpath, libbpf, loader
+from nstrace import bootcache, corebtf, kernelpath, libbpf, loader
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root (CI runs as root)")
 
@@ -53,7 +53,7 @@ def test_same_instructions_as_with_the_whole_kernel_btf():
 
 
 def test_built_once_then_reused(tmp_path, monkeypatch):
-    monkeypatch.setattr(corebtf, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(bootcache, "DIR", str(tmp_path))
     path = corebtf.ensure(loader.OBJECT_PATH)
     assert path and os.path.dirname(path) == str(tmp_path)
     built = os.stat(path).st_ino
@@ -64,7 +64,7 @@ def test_built_once_then_reused(tmp_path, monkeypatch):
 
 
 def test_a_new_build_removes_copies_unused_for_a_minute(tmp_path, monkeypatch):
-    monkeypatch.setattr(corebtf, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(bootcache, "DIR", str(tmp_path))
     old, recent, other = (tmp_path / n for n in ("core-1-x-1-a.btf", "core-1-x-2-b.btf", "fentry-x.txt"))
     for f in (old, recent, other):
         f.write_bytes(b"x")
@@ -78,14 +78,14 @@ def test_a_new_build_removes_copies_unused_for_a_minute(tmp_path, monkeypatch):
 def test_without_a_writable_cache_libbpf_reads_the_kernel_btf(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setattr(corebtf, "CACHE_DIR", str(blocker / "sub"))
+    monkeypatch.setattr(bootcache, "DIR", str(blocker / "sub"))
     assert corebtf.ensure(loader.OBJECT_PATH) is None
     with loader.BpfObject() as obj:
         assert obj.core_btf is None and obj.program_names()
 
 
 def test_a_relocation_the_copy_cannot_answer_gets_the_whole_kernel_btf(tmp_path, monkeypatch):
-    monkeypatch.setattr(corebtf, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(bootcache, "DIR", str(tmp_path))
     monkeypatch.setattr(corebtf, "SAFE_KINDS", set())
     monkeypatch.setattr(corebtf, "TYPE_KINDS", set())
     with pytest.raises(ValueError, match="needs the whole kernel BTF"):
