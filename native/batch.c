@@ -429,13 +429,6 @@ static int in_flight_move(struct jl_batch *b, __u32 tid)
 	return op == OP_UNSHARE || op == OP_SETNS;
 }
 
-/*
- * Called when /proc shows other namespaces than a task's last record said:
- * is that because the task moved on? Yes if a record the kernel submitted
- * but nobody read yet moves it, or if it is inside unshare/setns right now.
- * /proc was read before this runs, so any move it could show is one of the
- * two. Returns 0 if neither: then the mismatch is real.
- */
 #define WINDOW_PAGES 16	/* 64 KiB: a record is at most ~3.5 KiB */
 
 /*

@@ -81,11 +81,6 @@ class Tracer:
         return self.probes.hooks
 
     @property
-    def live_since(self):
-        """time.monotonic() when the probes were attached (by nstrace.preload, perhaps)."""
-        return self.probes.live_since
-
-    @property
     def _obj(self):
         return self.probes.obj
 

@@ -202,7 +202,6 @@ struct task_struct {
 	struct task_struct *group_leader;
 	struct pid *thread_pid;
 	const struct cred *real_cred;
-	const struct cred *cred;	/* subjective: what current_cred() returns */
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
 };

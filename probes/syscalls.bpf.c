@@ -65,7 +65,6 @@ struct clone_args {
 	__u64 exit_signal;
 };
 
-
 /* Keeps struct nstrace_event in the object's BTF: nstrace checks its ctypes mirror against it. */
 const struct nstrace_event *btf_anchor_event __attribute__((unused));
 
