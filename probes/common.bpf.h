@@ -96,7 +96,8 @@ static __always_inline __u64 *slot_word(struct nstrace_event *e)
 }
 
 /*
- * A slot for tid, all but its tid zeroed; NULL if all of tid's slots are
+ * A slot for tid, with the bytes of the record that last had it: the caller
+ * writes every field (op_enter()). NULL if all of tid's slots are
  * taken by other threads. A slot tid already holds is taken again: a task
  * that died inside a syscall left it, and its tid was reused (op_exit()
  * tells such a record apart by start time). Before 5.12, without
@@ -119,19 +120,8 @@ static __always_inline struct nstrace_event *inflight_take(__u32 tid)
 			if (!was)
 				*slot_word(e) = tid;
 		}
-		if (!was || (__u32)was == tid) {
-			/*
-			 * All but the slot word, and the word's upper half. Through
-			 * __u64 pointers: from a void * clang assumes byte alignment
-			 * and writes the ~350 bytes one byte at a time.
-			 */
-			__u64 *head = (__u64 *)e, *word = slot_word(e);
-
-			__builtin_memset(head, 0, (word - head) * sizeof(*head));
-			*((__u32 *)word + 1) = 0;
-			__builtin_memset(word + 1, 0, NSTRACE_HEAD_SIZE - (word + 1 - head) * sizeof(*head));
+		if (!was || (__u32)was == tid)
 			return e;
-		}
 	}
 	return NULL;
 }
@@ -355,6 +345,19 @@ static __always_inline void copy_slot(struct nstrace_event *e, int slot)
 	e->after.ns_id[slot] = e->before.ns_id[slot];
 }
 
+/*
+ * A snapshot of a task without an nsproxy: not valid. Before, that is also
+ * an empty stash: the slot holds the last record's bytes (inflight_take()).
+ * After, valid stays 0 and op_exit() clears the set.
+ */
+static __always_inline void no_nsproxy(struct nstrace_event *e, bool after)
+{
+	if (after)
+		return;
+	__builtin_memset(&e->before, 0, sizeof(e->before));
+	__builtin_memset(e->after.ns_id, 0, sizeof(e->after.ns_id));
+}
+
 /* One slot from a pointer that is a plain number, with bpf_probe_read_kernel(). */
 static __always_inline void slot_probe(struct nstrace_event *e, bool after, int slot,
 				       const struct ns_common *ns)
@@ -413,8 +416,10 @@ static __always_inline void snapshot(struct nstrace_event *e, bool after, struct
 	const struct user_namespace *userns;
 	struct nsproxy_ptrs p;
 
-	if (!nsp)	/* exiting task: exit_task_namespaces() already ran */
+	if (!nsp) {	/* exiting task: exit_task_namespaces() already ran */
+		no_nsproxy(e, after);
 		return;
+	}
 	nsproxy_read(&p, nsp);
 	slot_probe(e, after, NS_MNT, &p.mnt->ns);
 	slot_probe(e, after, NS_UTS, &p.uts->ns);
@@ -471,8 +476,10 @@ static __always_inline void snapshot_btf(struct nstrace_event *e, bool after, st
 {
 	struct nstrace_ns_set *s = after ? &e->after : &e->before;
 
-	if (!nsp)	/* exiting task: exit_task_namespaces() already ran */
+	if (!nsp) {	/* exiting task: exit_task_namespaces() already ran */
+		no_nsproxy(e, after);
 		return;
+	}
 	slot_btf(e, after, NS_MNT, &nsp->mnt_ns->ns);
 	slot_btf(e, after, NS_UTS, &nsp->uts_ns->ns);
 	slot_btf(e, after, NS_IPC, &nsp->ipc_ns->ns);

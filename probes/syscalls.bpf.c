@@ -232,6 +232,29 @@ static __always_inline void comm_copy(char *dst, const char *src)
 }
 
 /*
+ * The fields of a new in-flight record that its entry does not write and
+ * that may stay unwritten (the clone child, ret, the setns target, the step
+ * counts, the bytes after comm, after.valid), zeroed. The slot still holds
+ * the last record's bytes; writing each field once instead of zeroing the
+ * whole 408-byte head first saves ~40 stores on every entry, to lines that
+ * are cold in the churn benchmark (-9% of an unshare's entry and exit there).
+ */
+#define HEAD_OFF(f) __builtin_offsetof(struct nstrace_event, f)
+_Static_assert(HEAD_OFF(uid) % 8 == 0 && HEAD_OFF(comm) - HEAD_OFF(uid) == 52,
+	       "uid .. steps_dropped: 13 u32 from an 8-byte boundary");
+_Static_assert(HEAD_OFF(before) - HEAD_OFF(comm) == 16 + 4, "4 bytes of padding after comm");
+
+static __always_inline void clear_unwritten(struct nstrace_event *e)
+{
+	e->child_start_ns = 0;
+	e->ret = 0;
+	__builtin_memset((__u64 *)&e->uid, 0, 48);	/* uid .. nsteps */
+	e->steps_dropped = 0;
+	*(__u32 *)((void *)e + HEAD_OFF(comm) + sizeof(e->comm)) = 0;
+	e->after.valid = 0;
+}
+
+/*
  * A new in-flight record: the caller, its comm, the before snapshot. NULL
  * if the op is not traced. Nothing here branches on op: the verifier walks
  * this once for all four syscalls only while no register it compares tells
@@ -264,6 +287,7 @@ static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op
 	if (kernel_path)	/* a path left by a task that died inside a syscall */
 		bpf_map_delete_elem(&paths, &tid);
 
+	clear_unwritten(e);
 	e->enter_ns = bpf_ktime_get_ns();
 	e->op = op;
 	e->pid = tgid;

@@ -4,9 +4,12 @@ traced on the running kernel and compared with /proc of the live process."""
 import errno
 import os
 import subprocess
+import sys
+import time
 
 import pytest
 
+from nstrace import events
 from nstrace import flags as fl
 from nstrace.tracer import Options, Tracer
 
@@ -190,3 +193,45 @@ def test_fork_entering_a_pid_namespace_is_kept(tracer):
     assert proc.wait() == 0
     assert not fl.ns_types_in(rec.raw_flags & ~fl.CSIGNAL), "a plain fork"
     assert "pid" in rec.changed and rec.ns_after["pid"] == rec.ns_before["pid_for_children"]
+
+
+# --- a reused in-flight slot -------------------------------------------------
+
+SAME_THREAD_OPS = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+pid = libc.syscall(56, 0x04000000 | 17, 0, 0, 0, 0)  # clone(CLONE_NEWUTS | SIGCHLD), fork-like
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+fd = os.open("/proc/self/ns/uts", os.O_RDONLY)
+assert libc.setns(fd, 0x04000000) == 0 and libc.unshare(0x04000000) == 0
+"""
+
+
+def test_reused_slot_keeps_nothing_of_the_record_before(tracer):
+    """One thread's clone, setns and unshare go through the same in-flight slot
+    (same tid), which the entry does not zero as a whole: each record carries
+    only its own operation's fields, and the padding after comm is zero."""
+    proc = subprocess.Popen([sys.executable, "-c", SAME_THREAD_OPS])
+    assert proc.wait(timeout=30) == 0
+    mine, deadline = {}, time.monotonic() + 5
+    while len(mine) < 3 and time.monotonic() < deadline:
+        tracer.poll_json(20)
+        for i in range(tracer._batch.n):
+            raw = tracer._batch.raw(i)
+            head = events.EventHead.from_buffer_copy(raw)
+            if head.pid == proc.pid:
+                mine.setdefault(events.OPS.get(head.op), (head, raw))
+    assert set(mine) == {"clone", "setns", "unshare"}, mine.keys()
+    for op, (head, raw) in mine.items():
+        comm_end = events.EventHead.comm.offset + events.EventHead.comm.size
+        assert raw[comm_end:events.EventHead.before.offset] == b"\0" * 4, op
+        if head.nsteps == 0:
+            assert head.steps_dropped == 0, op
+        if op != "clone":
+            assert (head.child_pid, head.child_tid, head.child_start_ns) == (0, 0, 0), op
+        if op != "setns":
+            assert (head.target_kind, head.target_nstype, head.target_inum, head.target_ns_id,
+                    head.target_pid) == (0, 0, 0, 0, 0), op
+    assert mine["clone"][0].child_pid and mine["setns"][0].target_inum
