@@ -236,8 +236,9 @@ static __always_inline void comm_copy(char *dst, const char *src)
  * that may stay unwritten (the clone child, ret, the setns target, the step
  * counts, the bytes after comm, after.valid), zeroed. The slot still holds
  * the last record's bytes; writing each field once instead of zeroing the
- * whole 408-byte head first saves ~40 stores on every entry, to lines that
- * are cold in the churn benchmark (-9% of an unshare's entry and exit there).
+ * whole 408-byte head first saves ~35 stores on every entry, to lines that
+ * are cold in the churn benchmark (unshare's entry and exit together: -7%
+ * there, 10 paired runs).
  */
 #define HEAD_OFF(f) __builtin_offsetof(struct nstrace_event, f)
 _Static_assert(HEAD_OFF(uid) % 8 == 0 && HEAD_OFF(comm) - HEAD_OFF(uid) == 52,
