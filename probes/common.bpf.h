@@ -70,12 +70,19 @@ extern struct inflight_map inflight SEC(".maps");
 /* BPF atomics (5.12) arrived with this helper: a CO-RE answer, resolved at load. */
 #define have_atomics() bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_check_mtu)
 
+/* The i-th of tid's INFLIGHT_PROBES slots, from tid % INFLIGHT_SLOTS on (NULL: never, for an array). */
+static __always_inline struct nstrace_event *inflight_at(__u32 tid, __u32 i)
+{
+	__u32 slot = (tid + i) & (INFLIGHT_SLOTS - 1);
+
+	return bpf_map_lookup_elem(&inflight, &slot);
+}
+
 /* tid's in-flight record, or NULL. */
 static __always_inline struct nstrace_event *inflight_find(__u32 tid)
 {
 	for (__u32 i = 0; i < INFLIGHT_PROBES; i++) {
-		__u32 slot = (tid + i) & (INFLIGHT_SLOTS - 1);
-		struct nstrace_event *e = bpf_map_lookup_elem(&inflight, &slot);
+		struct nstrace_event *e = inflight_at(tid, i);
 
 		if (e && e->tid == tid)
 			return e;
@@ -107,8 +114,7 @@ static __always_inline __u64 *slot_word(struct nstrace_event *e)
 static __always_inline struct nstrace_event *inflight_take(__u32 tid)
 {
 	for (__u32 i = 0; i < INFLIGHT_PROBES; i++) {
-		__u32 slot = (tid + i) & (INFLIGHT_SLOTS - 1);
-		struct nstrace_event *e = bpf_map_lookup_elem(&inflight, &slot);
+		struct nstrace_event *e = inflight_at(tid, i);
 		__u64 was;
 
 		if (!e)
