@@ -11,7 +11,6 @@ and the record decoder among them, were ~40 ms of it).
 
 import ctypes
 import os
-import time
 
 from . import kernelpath, libbpf, loader
 from .errors import LibbpfError, ProbeError, UsageError
@@ -59,7 +58,6 @@ class ProbeSet:
         self.object_path = object_path
         self.hooks = []         # kernelpath.Hook per function, once planned
         self.attached = []      # syscall-layer programs attached, in order
-        self.live_since = None  # time.monotonic() when the last probe was attached
         self.obj = None         # the loaded loader.BpfObject
         self.planned = None     # settings() as planned, before a refused hook is dropped
 
@@ -153,7 +151,6 @@ class ProbeSet:
                 loader.unmount()
         for hook in self.hooks:
             self._attach_hook(hook)
-        self.live_since = time.monotonic()
 
     def _attach_hook(self, hook):
         if not hook.kind:
