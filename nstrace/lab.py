@@ -48,6 +48,20 @@ DEFAULT_CACHE = "/var/cache/nstrace/lab"
 # apt lists younger than this are trusted, so a second run needs no network at all.
 LISTS_MAX_AGE_S = 24 * 3600
 BOOT_TIMEOUT_S = 150
+# The guest kernel's command line.  Its console (ttyS0) carries kernel messages only; the command's
+# output has a port of its own (ttyS1, see _init_script), so no kernel message can split it.  A hang
+# must end the run at once with every CPU's stack, not at the timeout (kernel/watchdog.c, 6.1-7.2):
+# softlockup_panic panics on a soft lockup, softlockup_all_cpu_backtrace first has every other CPU
+# print its stack (NMI), panic=-1 with qemu's -no-reboot ends qemu on the panic, and hung_task_panic
+# does the same for a task stuck in D state for 120 s (kernel/hung_task.c).  loglevel=5 lets the
+# stack dumps through (printed at KERN_DEFAULT, 4; `quiet` allows only levels below 4) and keeps the
+# boot's info chatter off the slow emulated UART; init raises it to 7 once booted (GUEST_PRINTK).
+KERNEL_ARGS = ("console=ttyS0", "loglevel=5", "panic=-1", "softlockup_panic=1",
+               "softlockup_all_cpu_backtrace=1", "hung_task_panic=1")
+GUEST_PRINTK = "7 4 1 7"  # /proc/sys/kernel/printk while the command runs: NMI backtrace headers are pr_info
+# What on the kernel's console means the guest is wedged (each ends the run as GuestLockup).
+LOCKUP_PATTERNS = (r"watchdog: BUG: soft lockup", r"INFO: task \S+ blocked for more than",
+                   r"rcu: INFO: rcu_\w+ detected stalls", r"Kernel panic - not syncing")
 GUEST_MEMORY = "1536M"
 GUEST_CPUS = "2"
 BUSYBOX = "/bin/busybox"  # from busybox-static: the initramfs has no libc
@@ -82,18 +96,27 @@ class DownloadError(LabError):
     pass
 
 
-class BootError(LabError):
+class _GuestFailure(LabError):
+    """A guest that ended without reporting its command's exit status.
+
+    console: the kernel's console; output: the command's channel so far; began: the command had started.
+    """
+
+    def __init__(self, message: str, console: str = "", output: str = "", began: bool = False):
+        super().__init__(message)
+        self.console, self.output, self.began = console, output, began
+
+
+class BootError(_GuestFailure):
     """The guest never reached the command, or died before reporting its exit status."""
 
-    def __init__(self, message: str, console: str = ""):
-        super().__init__(message)
-        self.console = console
+
+class GuestTimeout(_GuestFailure):
+    """The guest outlived its timeout."""
 
 
-class GuestTimeout(LabError):
-    def __init__(self, message: str, console: str = ""):
-        super().__init__(message)
-        self.console = console
+class GuestLockup(BootError):
+    """The guest kernel reported a soft lockup, hung task or panic; `console` holds its stacks."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +135,10 @@ class GuestResult:
     kernel: str
     kernel_release: str  # `uname -r` inside the guest
     returncode: int
-    output: str  # the command's stdout+stderr as seen on the console
+    output: str  # the command's stdout+stderr, from its own serial port (no kernel messages in it)
     duration_s: float  # qemu start to qemu exit
     boot_s: float  # qemu start until the command started
-    console: str = dataclasses.field(default="", repr=False)  # everything, boot messages included
+    console: str = dataclasses.field(default="", repr=False)  # the kernel's console (ttyS0)
 
 
 def cache_dir() -> Path:
@@ -507,24 +530,28 @@ def _init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, s
         "chroot", ".", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
         "/bin/sh", "-c", run, "nstrace-lab", cwd, *argv,
     ])
-    fail = f'fail() {{ echo "{marker} FAIL $*"; poweroff -f; }}'
+    # fd 3 is the host's channel (ttyS1): the markers and the command's output.  Raw, so the tty's
+    # line discipline neither turns \n into \r\n nor echoes anything back.
+    fail = f'fail() {{ echo "{marker} FAIL $*" >&3; echo "{marker} FAIL $*"; poweroff -f; }}'
     lines = [
         "#!/bin/busybox sh",
         "/bin/busybox --install -s",
         "export PATH=/bin:/sbin:/usr/bin:/usr/sbin",
-        fail,
         "mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev",
+        "stty -F /dev/ttyS1 raw -echo; exec 3>/dev/ttyS1",
+        fail,
         *(f"insmod /modules/{m}.ko || fail insmod {m}" for m in modules),
         # ro: the guest must never write the host's files; remap: the host root spans several devices.
         "mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host "
         "|| fail mount 9p host root",
         *(f"{m} || fail {shlex.quote(m)}" for m in host_mounts),
-        f'echo "{marker} RELEASE $(uname -r)"',
-        f'echo "{marker} BEGIN"',
-        f"{command} </dev/null",
+        f'echo "{marker} RELEASE $(uname -r)" >&3',
+        f"echo {GUEST_PRINTK} > /proc/sys/kernel/printk",
+        f'echo "{marker} BEGIN" >&3',
+        f"{command} </dev/null >&3 2>&3 3>&-",
         "rc=$?",
         # Leading newline: the command's last line may lack one; the parser drops it again.
-        f'printf "\\n{marker} EXIT %d\\n" "$rc"',
+        f'printf "\\n{marker} EXIT %d\\n" "$rc" >&3',
         "poweroff -f",
     ]
     return "\n".join(lines) + "\n"
@@ -548,11 +575,13 @@ def _write_initramfs(path: Path, init: str, modules: list[tuple[str, bytes]]) ->
 
 
 def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] | None = None,
-                 timeout: float = 600, log: TextIO | None = None) -> GuestResult:
+                 timeout: float = 600, log: TextIO | None = None,
+                 kernel_args: tuple[str, ...] = ()) -> GuestResult:
     """Boot `kernel`, run `argv` in `cwd` on the read-only host root, return its exit status and output.
 
     `env` is added to a small base environment (PATH, HOME=/tmp, LANG, PYTHONDONTWRITEBYTECODE); the
-    host's own environment is not passed on.  `log` receives the raw console as it arrives.  `timeout`
+    host's own environment is not passed on.  `log` receives the command's output as it arrives.
+    `kernel_args` are added to KERNEL_ARGS.  A lockup, stall or panic raises GuestLockup at once.  `timeout`
     covers the guest (boot + command), not a first download of the kernel.
     Writable in the guest: tmpfs on /tmp, /run, /var/tmp, /dev/shm; everything else is read-only (so
     run pytest with `-p no:cacheprovider`, and create virtualenvs under /tmp).
@@ -589,19 +618,21 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
             qemu,
             # kernel-env.md: -enable-kvm hangs on these machines (no nested virtualisation); TCG only.
             "-accel", "tcg", "-cpu", "max", "-smp", GUEST_CPUS, "-m", GUEST_MEMORY,
-            "-nographic", "-no-reboot", "-nic", "none",
+            "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
             "-kernel", str(unpacked.vmlinuz), "-initrd", str(initrd),
-            # panic=-1 + -no-reboot: a panicking guest ends qemu at once instead of waiting for timeout.
-            "-append", "console=ttyS0 quiet panic=-1",
+            "-append", " ".join((*KERNEL_ARGS, *kernel_args)),
             "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+            # ttyS0: the kernel's console on qemu's stdout; ttyS1: the command's channel (a pipe)
+            "-serial", "stdio", "-serial", "chardev:out",
         ]
         try:
             return _supervise(command, kernel, marker, timeout, log)
         except (BootError, GuestTimeout) as first:
             # TCG guests very rarely panic or stall before the command starts (seen a few times in
             # dozens of boots here); one more boot tells a fluke from a real failure. A failure
-            # after the command began is the command's, and a caller's own short timeout is theirs.
-            if marker + " BEGIN" in (first.console or "") or \
+            # after the command began is the command's, a lockup is never a fluke, and a caller's
+            # own short timeout is theirs.
+            if first.began or isinstance(first, GuestLockup) or \
                     (isinstance(first, GuestTimeout) and timeout <= BOOT_TIMEOUT_S):
                 raise
             return _supervise(command, kernel, marker, timeout, log)
@@ -614,30 +645,48 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
+# After the console first shows a lockup, the guest's own panic should end qemu within seconds;
+# this is how long the host waits for it (the stacks still print) before killing qemu itself.
+LOCKUP_GRACE_S = 60
+
+
 def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log: TextIO | None) -> GuestResult:
     start = time.monotonic()
+    out_r, out_w = os.pipe()
+    command = [*command, "-chardev", f"file,id=out,path=/proc/self/fd/{out_w}"]
     # Own process group: a Ctrl-C meant for us must not reach qemu before we kill it ourselves.
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
-    console, errors = bytearray(), bytearray()
-    begin_at = None
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent,
+                                pass_fds=(out_w,))
+    finally:
+        os.close(out_w)
+    channel = os.fdopen(out_r, "rb", buffering=0)
+    console, output, errors = bytearray(), bytearray(), bytearray()
+    begin_at = lockup_at = None
+    lockup = re.compile("|".join(LOCKUP_PATTERNS).encode())
 
     def deadline() -> float:
         # A healthy guest reaches the command in 5-25 s: a stalled boot is cut short and retried.
-        return start + (timeout if begin_at else min(timeout, BOOT_TIMEOUT_S))
+        limit = start + (timeout if begin_at else min(timeout, BOOT_TIMEOUT_S))
+        return min(limit, lockup_at + LOCKUP_GRACE_S) if lockup_at else limit
 
     try:
-        for stream, chunk in _read_until_exit(proc, deadline):
+        for stream, chunk in _read_until_exit(proc, (proc.stdout, proc.stderr, channel), deadline):
             if stream is proc.stdout:
                 console += chunk
+                if lockup_at is None and lockup.search(console[-len(chunk) - 200:]):
+                    lockup_at = time.monotonic()
+            elif stream is channel:
+                output += chunk
                 if log is not None:
                     log.write(chunk.decode(errors="replace"))
                     log.flush()
-                if begin_at is None and f"{marker} BEGIN".encode() in console:
+                if begin_at is None and f"{marker} BEGIN".encode() in output:
                     begin_at = time.monotonic()
             else:
                 errors += chunk
-        try:  # both pipes closed: qemu is exiting, but may not have yet
+        try:  # every pipe closed: qemu is exiting, but may not have yet
             proc.wait(max(0.0, deadline() - time.monotonic()))
             timed_out = False
         except subprocess.TimeoutExpired:
@@ -646,23 +695,36 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in (proc.stdout, proc.stderr, channel):
             pipe.close()
     duration = time.monotonic() - start
     text = console.decode(errors="replace").replace("\r\n", "\n")
+    out = output.decode(errors="replace")
+    began = begin_at is not None
 
+    if lockup_at is not None or lockup.search(console):
+        raise GuestLockup(f"guest {kernel} locked up {'while the command ran' if began else 'during boot'}: "
+                          f"{lockup_report(text).splitlines()[0]}", text, out, began)
     if timed_out:
-        phase = "the command" if begin_at else "boot"
-        limit = timeout if begin_at else min(timeout, BOOT_TIMEOUT_S)
+        phase = "the command" if began else "boot"
+        limit = timeout if began else min(timeout, BOOT_TIMEOUT_S)
         raise GuestTimeout(f"guest {kernel} timed out after {limit:g} s during {phase}; "
-                           f"last console line: {_last_line(text)!r}", text)
-    return _parse_console(text, kernel, marker, duration, (begin_at or start) - start, proc.returncode,
+                           f"last output line: {_last_line(out or text)!r}", text, out, began)
+    return _parse_console(text, out, kernel, marker, duration, (begin_at or start) - start, proc.returncode,
                           errors.decode(errors="replace"))
 
 
-def _read_until_exit(proc: subprocess.Popen, deadline) -> Iterator[tuple[object, bytes]]:
+def lockup_report(console: str) -> str:
+    """The part of a guest console that tells why it hung: from the first lockup, stall or panic
+    line to the end (every CPU's stack under KERNEL_ARGS), or the console's last lines if none."""
+    match = re.search("|".join(LOCKUP_PATTERNS), console)
+    lines = console[match.start():].splitlines() if match else console.splitlines()[-60:]
+    return "\n".join(lines) if lines else "(empty console)"
+
+
+def _read_until_exit(proc: subprocess.Popen, streams, deadline) -> Iterator[tuple[object, bytes]]:
     with selectors.DefaultSelector() as selector:
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in streams:
             os.set_blocking(pipe.fileno(), False)
             selector.register(pipe, selectors.EVENT_READ)
         while selector.get_map():
@@ -677,15 +739,14 @@ def _read_until_exit(proc: subprocess.Popen, deadline) -> Iterator[tuple[object,
                     yield key.fileobj, chunk
 
 
-def _parse_console(text: str, kernel: str, marker: str, duration: float, boot: float, qemu_rc: int,
+def _parse_console(text: str, out: str, kernel: str, marker: str, duration: float, boot: float, qemu_rc: int,
                    qemu_stderr: str) -> GuestResult:
-    # Not anchored at line starts: the firmware's screen-clearing escapes may precede the first marker.
-    failed = re.search(rf"{marker} FAIL (.*)$", text, re.M)
+    failed = re.search(rf"{marker} FAIL (.*)$", out, re.M)
     if failed:
-        raise BootError(f"guest {kernel} could not set up: {failed.group(1).strip()}", text)
-    release = re.search(rf"{marker} RELEASE (\S+)", text)
-    begin = text.find(f"{marker} BEGIN\n")
-    end = re.search(rf"\n{marker} EXIT (-?\d+)\n", text)
+        raise BootError(f"guest {kernel} could not set up: {failed.group(1).strip()}", text, out)
+    release = re.search(rf"{marker} RELEASE (\S+)", out)
+    begin = out.find(f"{marker} BEGIN\n")
+    end = re.search(rf"\n{marker} EXIT (-?\d+)\n", out)
     if release is None or begin < 0 or end is None:
         panic = re.search(r"Kernel panic[^\n]*", text)
         if panic:
@@ -696,8 +757,8 @@ def _parse_console(text: str, kernel: str, marker: str, duration: float, boot: f
             reason = f"qemu exited with {qemu_rc}: {_last_line(qemu_stderr)}"
         else:
             reason = f"no start marker; last console line: {_last_line(text)!r}"
-        raise BootError(f"guest {kernel}: {reason}", text)
-    output = text[begin + len(marker) + len(" BEGIN\n") : end.start()]
+        raise BootError(f"guest {kernel}: {reason}", text, out, begin >= 0)
+    output = out[begin + len(marker) + len(" BEGIN\n") : end.start()]
     return GuestResult(kernel=kernel, kernel_release=release.group(1), returncode=int(end.group(1)),
                        output=output, duration_s=duration, boot_s=boot, console=text)
 
