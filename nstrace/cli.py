@@ -272,9 +272,14 @@ def lab(kernels, timeout, verbose, pytest_args):
         status(f"{kernel}: booting under QEMU (TCG)...")
         try:
             res = labmod.run_guest_suite(kernel, pytest_args=pytest_args, timeout=timeout)
+        except labmod.GuestLockup as e:
+            # always: a hang is worth its stacks in any log, and they are why the run ended
+            click.echo(labmod.lockup_report(e.console), err=True)
+            raise
         except (labmod.GuestTimeout, labmod.BootError) as e:
             if verbose:  # the guest's last words, for whoever reads a CI log
                 click.echo("\n".join(e.console.splitlines()[-60:]), err=True)
+                click.echo("\n".join(e.output.splitlines()[-60:]), err=True)
             raise
         if verbose:
             click.echo(res["output"])

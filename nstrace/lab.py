@@ -59,9 +59,17 @@ BOOT_TIMEOUT_S = 150
 KERNEL_ARGS = ("console=ttyS0", "loglevel=5", "panic=-1", "softlockup_panic=1",
                "softlockup_all_cpu_backtrace=1", "hung_task_panic=1")
 GUEST_PRINTK = "7 4 1 7"  # /proc/sys/kernel/printk while the command runs: NMI backtrace headers are pr_info
-# What on the kernel's console means the guest is wedged (each ends the run as GuestLockup).
+# What on the kernel's console means the guest is wedged: each ends the run as GuestLockup.  (Not an
+# RCU stall warning: under TCG on a busy host a slow grace period is no hang, and a real one ends in
+# a soft lockup anyway.)
 LOCKUP_PATTERNS = (r"watchdog: BUG: soft lockup", r"INFO: task \S+ blocked for more than",
-                   r"rcu: INFO: rcu_\w+ detected stalls", r"Kernel panic - not syncing")
+                   r"Kernel panic - not syncing")
+# TCG with one host thread for every vCPU, not a thread per vCPU (qemu's default, MTTCG): under
+# MTTCG a vCPU can translate a block of kernel code while another vCPU is patching it (text_poke_bp,
+# arch/x86/kernel/alternative.c), and keep the stale translation; a CPU that then runs the patched
+# site traps on an int3 that memory no longer holds, forever (kernel-notes/text-patching-under-tcg.md).
+# One thread cannot translate and store at once, so that window does not exist.
+TCG_THREAD = "single"
 GUEST_MEMORY = "1536M"
 GUEST_CPUS = "2"
 BUSYBOX = "/bin/busybox"  # from busybox-static: the initramfs has no libc
@@ -576,12 +584,14 @@ def _write_initramfs(path: Path, init: str, modules: list[tuple[str, bytes]]) ->
 
 def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] | None = None,
                  timeout: float = 600, log: TextIO | None = None,
-                 kernel_args: tuple[str, ...] = ()) -> GuestResult:
+                 kernel_args: tuple[str, ...] = (), tcg_thread: str = TCG_THREAD) -> GuestResult:
     """Boot `kernel`, run `argv` in `cwd` on the read-only host root, return its exit status and output.
 
     `env` is added to a small base environment (PATH, HOME=/tmp, LANG, PYTHONDONTWRITEBYTECODE); the
     host's own environment is not passed on.  `log` receives the command's output as it arrives.
-    `kernel_args` are added to KERNEL_ARGS.  A lockup, stall or panic raises GuestLockup at once.  `timeout`
+    `kernel_args` are added to KERNEL_ARGS.  A lockup, stall or panic raises GuestLockup at once.
+    `tcg_thread`: "single" (one host thread runs every vCPU) or "multi" (a thread per vCPU), see
+    TCG_THREAD; "multi" is there to reproduce the hang it causes (scripts/lab-lockup-loop.py).  `timeout`
     covers the guest (boot + command), not a first download of the kernel.
     Writable in the guest: tmpfs on /tmp, /run, /var/tmp, /dev/shm; everything else is read-only (so
     run pytest with `-p no:cacheprovider`, and create virtualenvs under /tmp).
@@ -617,7 +627,7 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
         command = [
             qemu,
             # kernel-env.md: -enable-kvm hangs on these machines (no nested virtualisation); TCG only.
-            "-accel", "tcg", "-cpu", "max", "-smp", GUEST_CPUS, "-m", GUEST_MEMORY,
+            "-accel", f"tcg,thread={tcg_thread}", "-cpu", "max", "-smp", GUEST_CPUS, "-m", GUEST_MEMORY,
             "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
             "-kernel", str(unpacked.vmlinuz), "-initrd", str(initrd),
             "-append", " ".join((*KERNEL_ARGS, *kernel_args)),

@@ -6,7 +6,7 @@
 Each guest boots with nstrace.lab.KERNEL_ARGS: a soft lockup prints every CPU's stack and panics,
 which ends the run at once.  Every run's duration and verdict goes to DIR/runs.tsv as it ends; a
 lockup's whole console goes to DIR/lockup-<n>.console and its report (the lockup line onward) is
-printed.  The loop stops at the first lockup (exit 1), or after N clean runs (exit 0).
+printed.  DIR/run-<n>.output is each run's command output, written as it arrives.  The loop stops at the first lockup (exit 1), or after N clean runs (exit 0).
 
 --command runs something other than the suite in each guest (a shell line, in the checkout).
 """
@@ -39,6 +39,8 @@ def main():
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--command", help="shell line to run in each guest instead of the suite")
     parser.add_argument("--kernel-arg", action="append", default=[], help="added to the guest's command line")
+    parser.add_argument("--tcg-thread", choices=("single", "multi"), default="single",
+                        help="multi: a host thread per vCPU, which the lab no longer uses (it hangs)")
     parser.add_argument("--out", type=Path, default=Path("lab-lockup"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -53,14 +55,15 @@ def main():
             n = next(counter)
         start = time.monotonic()
         try:
-            res = lab.run_in_guest(args.kernel, ["/bin/sh", "-c", command], cwd=str(lab.PROJECT),
-                                   timeout=args.timeout, kernel_args=tuple(args.kernel_arg))
+            with open(args.out / f"run-{n}.output", "w") as live:  # the command's output as it comes
+                res = lab.run_in_guest(args.kernel, ["/bin/sh", "-c", command], cwd=str(lab.PROJECT),
+                                       timeout=args.timeout, kernel_args=tuple(args.kernel_arg), log=live,
+                                       tcg_thread=args.tcg_thread)
             verdict, console = ("ok" if res.returncode == 0 else f"exit {res.returncode}"), res.console
             release = res.kernel_release
         except lab.GuestLockup as e:
             verdict, console, release = "LOCKUP", e.console, "?"
             (args.out / f"lockup-{n}.console").write_text(e.console)
-            (args.out / f"lockup-{n}.output").write_text(e.output)
             stop.set()
         except (lab.GuestTimeout, lab.BootError) as e:
             verdict, console, release = type(e).__name__, e.console, "?"

@@ -50,6 +50,22 @@ def test_timeout_kills_guest():
     assert time.monotonic() - start < 60  # resolution from the cached lists, then 3 s
 
 
+def test_kernel_hang_ends_the_run_at_once_with_its_stack():
+    """A guest whose kernel dies must end the run within seconds, with the stack on the kernel's
+    console, not at the timeout (issue 13). sysrq 'c' makes the kernel panic for real, the way a
+    soft lockup does under lab.KERNEL_ARGS (softlockup_panic=1); the command's output channel
+    (ttyS1) keeps what the command printed before it."""
+    start = time.monotonic()
+    with pytest.raises(lab.GuestLockup) as caught:
+        lab.run_in_guest("6.1", ["/bin/sh", "-c", "echo before the crash; echo c > /proc/sysrq-trigger; sleep 600"],
+                         cwd="/", timeout=600)
+    assert time.monotonic() - start < 120, "waited for the timeout instead of ending at the panic"
+    report = lab.lockup_report(caught.value.console)
+    assert report.startswith("Kernel panic - not syncing: sysrq triggered crash") or "sysrq triggered crash" in report
+    assert "Call Trace:" in report and "sysrq_handle_crash" in report, report
+    assert caught.value.began and caught.value.output.strip().endswith("before the crash")
+
+
 def test_unknown_package_is_reported():
     with pytest.raises(lab.PackageNotFound, match="linux-image-0.0.0-nstrace-amd64"):
         lab.run_in_guest("linux-image-0.0.0-nstrace-amd64", ["/bin/true"], cwd="/")
