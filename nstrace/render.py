@@ -39,7 +39,7 @@ import subprocess
 import time
 
 from . import flags as fl
-from . import kernelpath, pathcheck
+from . import fstrust, kernelpath, pathcheck
 from .errors import NstraceError, UsageError
 
 FORMATS = ("svg", "html", "perfetto")
@@ -474,9 +474,10 @@ def write(session, fmt, out_path, records=None):
     text = render(session, fmt, records)
     if out_path in (None, "-"):
         return text
+    fd = fstrust.create_output(out_path)  # never through another user's symlink
     try:
-        with open(out_path, "w", encoding="utf-8") as f:
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
-        raise UsageError(f"cannot write {out_path}: {e.strerror}") from None
+        raise fstrust.WriteFailed(f"cannot write {out_path}: {e.strerror}") from None
     return None
