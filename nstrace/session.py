@@ -67,12 +67,14 @@ class Recorder:
         fd = fstrust.create_output(self.path, "session file ")  # never through another user's symlink
         # line-buffered: every record reaches the file as soon as it is written
         self._file = open(fd, "w", encoding="utf-8", buffering=1)
+        # sethostname() takes any bytes (a container's root picks the UTS name): escaped as comms are
         uname = os.uname()
+        text = lambda s: events.safe_comm(s.encode("utf-8", "surrogateescape"))  # noqa: E731
         header = {
             "nstrace_session": VERSION, "kind": "header", "nstrace": nstrace_version(),
-            "started": time.time(), "host": uname.nodename,
-            "kernel": {"sysname": uname.sysname, "release": uname.release, "version": uname.version,
-                       "machine": uname.machine},
+            "started": time.time(), "host": text(uname.nodename),
+            "kernel": {"sysname": text(uname.sysname), "release": text(uname.release),
+                       "version": text(uname.version), "machine": text(uname.machine)},
             "options": _options_json(tracer.options) if tracer else {},
             "availability": tracer.availability() if tracer else [],
             # what events.decode added to bpf_ktime_get_ns() in this process
