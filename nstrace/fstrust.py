@@ -81,7 +81,7 @@ def _root():
     return os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def _walk(path, strict, euid, fd=None, parts=None, links=0):
+def _walk(path, strict, euid, fd=None, parts=None, links=0, label=None):
     """(fd of the directory holding path's last component, that name, its stat, links followed).
 
     The walk starts at fd with parts (default: path from / or the working
@@ -94,6 +94,7 @@ def _walk(path, strict, euid, fd=None, parts=None, links=0):
         fd = _root() if path.startswith("/") else os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         parts = path.split("/")
     parts = list(parts)
+    label = label or path
     try:
         while True:
             while parts and parts[0] in ("", "."):
@@ -123,8 +124,8 @@ def _walk(path, strict, euid, fd=None, parts=None, links=0):
                 else:
                     if shared and not _trusted_owner(st, euid):
                         os.close(entry)
-                        raise UnsafePath(f"refusing {path}: {name} is a symlink of {_who(st)} in a directory "
-                                         "other users can write")
+                        raise UnsafePath(f"refusing {'to write ' if not strict else ''}{label}: {name} is a "
+                                         f"symlink of {_who(st)} in a directory other users can write")
                     target = os.readlink("", dir_fd=entry)
                     os.close(entry)
                     links += 1
@@ -276,16 +277,16 @@ def create_output(path, what=""):
     """
     euid = os.geteuid()
     try:
-        return _create(path, euid)
+        return _create(path, euid, f"{what}{path}")
     except OSError as e:
         raise UsageError(f"cannot write {what}{path}: {e.strerror}") from None
 
 
-def _create(path, euid):
-    fd, name, dir_st, links = _walk(path, False, euid)
+def _create(path, euid, label):
+    fd, name, dir_st, links = _walk(path, False, euid, label=label)
     while True:
         try:
-            out, target = _open_last(path, fd, name, dir_st, euid)
+            out, target = _open_last(path, fd, name, dir_st, euid, label)
             if out is not None:
                 return out
             if links >= _MAX_LINKS:
@@ -293,10 +294,10 @@ def _create(path, euid):
             start = _root() if target.startswith("/") else os.dup(fd)
         finally:
             os.close(fd)
-        fd, name, dir_st, links = _walk(path, False, euid, start, target.split("/"), links + 1)
+        fd, name, dir_st, links = _walk(path, False, euid, start, target.split("/"), links + 1, label)
 
 
-def _open_last(path, fd, name, dir_st, euid):
+def _open_last(path, fd, name, dir_st, euid, label):
     """(fd open for writing, None), or (None, symlink target) when name is a symlink that may be followed."""
     shared = _others_can_write(dir_st, euid)
     try:
@@ -318,7 +319,7 @@ def _open_last(path, fd, name, dir_st, euid):
             if _in_procfs(dir_st):
                 return os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd), None
             if shared and not _trusted_owner(st, euid):
-                raise UnsafePath(f"refusing to write {path}: {name} is a symlink of {_who(st)} in a "
+                raise UnsafePath(f"refusing to write {label}: {name} is a symlink of {_who(st)} in a "
                                  "directory other users can write") from None
             return None, os.readlink("", dir_fd=entry)
         finally:
@@ -327,7 +328,7 @@ def _open_last(path, fd, name, dir_st, euid):
     if stat.S_ISREG(st.st_mode) and shared and (st.st_uid != euid or st.st_nlink != 1):
         os.close(out)
         why = f"belongs to {_who(st)}" if st.st_uid != euid else f"has {st.st_nlink} hard links"
-        raise UnsafePath(f"refusing to write {path}: it {why}, in a directory other users can write; "
+        raise UnsafePath(f"refusing to write {label}: it {why}, in a directory other users can write; "
                          "remove it or write elsewhere")
     if stat.S_ISREG(st.st_mode):
         os.ftruncate(out, 0)
