@@ -3,6 +3,7 @@
 import math
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -118,6 +119,7 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
     # that cannot be written (disk full) with one error line; either way the probes are detached,
     # what they already handed over is still recorded, and the record file gets its end line.
     stdout_open, record_ok, failure = True, True, None
+    watch_reader = _stdout_is_pipe()
 
     def out(write):
         nonlocal stdout_open, failure
@@ -178,6 +180,9 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                         status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
                         reported_lost, reported_at = lost, time.monotonic()
                 out(sys.stdout.flush)
+                if watch_reader and _reader_gone():  # `| head` is done: no need to wait for the next record
+                    stdout_open = False
+                    _silence_stdout()
         except (KeyboardInterrupt, _Stop):
             pass
         # What the kernel already handed over is shown, not dropped, on the way out:
@@ -332,6 +337,23 @@ def _one_line(text):
     """An error message as one line: what the user typed (a CR, an escape) is shown, not obeyed."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
                    for c in text)
+
+
+def _stdout_is_pipe():
+    try:
+        return stat.S_ISFIFO(os.fstat(1).st_mode)
+    except OSError:
+        return False
+
+
+def _reader_gone():
+    """True once the reading end of the stdout pipe is closed: the kernel says POLLERR on the
+    writing end (fs/pipe.c pipe_poll, 6.18), so a quiet watch ends with `| head` at once instead
+    of at its next write."""
+    import select
+    poller = select.poll()
+    poller.register(1, 0)  # POLLERR and POLLHUP are reported whatever is asked for
+    return any(event & select.POLLERR for _, event in poller.poll(0))
 
 
 def _silence_stdout():

@@ -81,7 +81,14 @@ class Recorder:
             "clock": {"monotonic_to_wall_ns": events.WALL_OFFSET_NS},
             "snapshot": nsmap.snapshot().to_json() if snapshots else None,
         }
-        self._line(header)
+        try:
+            self._line(header)
+        except OSError as e:  # a full disk, an I/O error: said as for any record that cannot be written
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the same error again, flushing what did not fit
+            raise fstrust.WriteFailed(f"cannot write session file {self.path}: {e.strerror}") from None
 
     def _line(self, obj):
         self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
