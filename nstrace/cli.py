@@ -441,8 +441,8 @@ def main(argv=None):
         click.echo(f"nstrace: error: {_one_line(e.format_message())}", err=True)
         return UsageError.exit_code
     except NstraceError as e:
-        if isinstance(e, WriteFailed):
-            _silence_stdout()
+        if isinstance(e, WriteFailed) and real_stdout is not None and not stdout_closed:
+            _silence_stdout()  # (not a closed stdout's fd 1: the preload thread may have opened it)
         click.echo(f"nstrace: error: {_one_line(str(e))}", err=True)
         return e.exit_code
     except BrokenPipeError:

@@ -656,3 +656,17 @@ def test_broken_pipe_ends_quietly_and_closes_the_record(tracer, tmp_path):
     proc.wait(timeout=30)
     rest = err.read()
     assert rc.read().strip() == "0" and "Traceback" not in rest and "error" not in rest, rest
+
+
+def test_watch_and_ls_never_import_the_session_validator(tmp_path):
+    # the validator is for reading sessions: watch (even --record) and ls must not pay for it
+    for args in (["watch", "--duration", "0.1"], ["watch", "--duration", "0.1", "--record", str(tmp_path / "s.jsonl")],
+                 ["ls"]):
+        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", *args], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+        assert not {m for m in imported if "jsonschema" in m or m == "nstrace._session_schema"}, args
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", "show", str(tmp_path / "s.jsonl")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "nstrace._session_schema" in res.stderr and "| jsonschema" not in res.stderr  # (the check is not blind)
