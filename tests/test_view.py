@@ -580,23 +580,28 @@ def test_a_session_line_that_is_not_strict_json_is_refused(recorded, tmp_path, w
     assert words in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
-def test_every_line_nstrace_writes_meets_the_published_schema(recorded, tmp_path):
-    """The schema is valid draft-07 (jsonschema checks it), the compiled validator is the one the
-    script makes from it, and what watch writes (Python's recorder and native/batch.c) passes."""
+def test_the_compiled_validator_is_made_from_the_schema_in_the_repo():
     import importlib.util
 
     import fastjsonschema
+    generated = (ROOT / "nstrace" / "_session_schema.py").read_text()
+    made_by = re.search(r'^VERSION = "([^"]+)"', generated, re.M).group(1)
+    if made_by != fastjsonschema.VERSION:
+        pytest.skip(f"nstrace/_session_schema.py was made by fastjsonschema {made_by}, {fastjsonschema.VERSION} is "
+                    "installed: its code differs by version (the fuzz still checks it against jsonschema)")
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "session-validator.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.code() == generated, "nstrace/_session_schema.py is stale: run scripts/session-validator.py"
+
+
+def test_every_line_nstrace_writes_meets_the_published_schema(recorded, tmp_path):
+    """The schema is valid draft-07 (jsonschema checks it), and what watch writes (Python's
+    recorder and native/batch.c) passes it."""
     import jsonschema
     schema = json.loads((ROOT / "nstrace" / "session.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     reference = jsonschema.Draft7Validator(schema)
-    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "session-validator.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    generated = (ROOT / "nstrace" / "_session_schema.py").read_text()
-    made_by = re.search(r'^VERSION = "([^"]+)"', generated, re.M).group(1)
-    if made_by == fastjsonschema.VERSION:
-        assert gen.code() == generated, "nstrace/_session_schema.py is stale: run scripts/session-validator.py"
     for obj in _session_lines(recorded):
         assert not list(reference.iter_errors(obj))
     # native/batch.c's lines (watch --json without --record)
