@@ -560,15 +560,21 @@ NOT_JSON = [
 
 
 @pytest.mark.parametrize("what,line,field,damage", CRAFTED, ids=[c[0] for c in CRAFTED])
-def test_a_crafted_session_file_is_refused_naming_line_and_field(recorded, tmp_path, what, line, field, damage):
+def test_a_crafted_session_file_is_refused_naming_line_and_field(recorded, tmp_path, capsys, what, line, field,
+                                                                 damage):
+    from nstrace.cli import main
     lines = _session_lines(recorded)
     header, record, end = lines[0], lines[1], lines[-1]
     path = _write_session(tmp_path / "crafted.jsonl", damage(header, record, end))
-    for args in (("show",), ("show", "--json"), ("render", "--format", "perfetto")):
-        done = nstrace(*args, str(path))
-        assert done.returncode == 2, (what, args, done.stderr)
-        assert done.stderr.startswith(f"nstrace: error: {path}:{line}: field {field}:"), (what, done.stderr)
-        assert done.stderr.count("\n") == 1 and not CONTROL.search(done.stderr), done.stderr
+    want = f"nstrace: error: {path}:{line}: field {field}:"
+    done = nstrace("show", str(path))  # the command as a user runs it
+    assert done.returncode == 2 and done.stderr.startswith(want), (what, done.stderr)
+    assert done.stderr.count("\n") == 1 and not CONTROL.search(done.stderr), done.stderr
+    for args in (["show", "--json"], ["render", "--format", "perfetto"], ["render", "--format", "html"]):
+        capsys.readouterr()
+        assert main([*args, str(path)]) == 2, (what, args)  # the same entry point, in this process
+        err = capsys.readouterr().err
+        assert err.startswith(want) and err.count("\n") == 1, (what, args, err)
 
 
 @pytest.mark.parametrize("what,line,words,damage", NOT_JSON, ids=[c[0] for c in NOT_JSON])
