@@ -3,11 +3,20 @@
 Answers that cost a start tens of milliseconds to find again (whether the
 kernel loads fentry programs, a minimal copy of its BTF) are kept under a
 name carrying this boot's id, so a file of another boot is never read.
+
+The directory and every file read from it are root's alone (nstrace/fstrust.py):
+made 0755 and 0644 whatever the umask, and refused with one line
+(fstrust.UnsafePath) when another user could have written them, because
+what is read here steers what root loads into the kernel.
 """
 
 import os
 
+from . import fstrust
+
 DIR = "/run/nstrace"
+
+_checked = set()  # directories found trusted by this process: only root can change them after that
 
 
 def boot_id():
@@ -16,23 +25,30 @@ def boot_id():
         return f.read().strip()
 
 
+def directory(create=True):
+    """DIR, checked (and made) once per process: raises fstrust.UnsafePath, or OSError if it cannot be made."""
+    if DIR not in _checked:
+        fstrust.trusted_dir(DIR, create=create)
+        _checked.add(DIR)
+    return DIR
+
+
 def write(path, data):
-    """Write bytes or text to path whole or not at all: a run starting meanwhile reads one or the other."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Write bytes or text to path in DIR whole or not at all: a run starting meanwhile reads one or the other."""
+    directory()
+    fstrust.write_whole(path, data)
 
 
 def text(name, compute):
     """compute()'s text, kept as DIR/<name>-<boot id>.txt for the rest of this boot."""
     path = os.path.join(DIR, f"{name}-{boot_id()}.txt")
     try:
-        with open(path) as f:
-            return f.read()
+        directory()
+        cached = fstrust.read_file(path)
     except OSError:
-        pass
+        cached = None  # no /run/nstrace and none can be made: the answer is only not kept
+    if cached is not None:
+        return cached
     value = compute()
     try:
         write(path, value)

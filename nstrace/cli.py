@@ -3,6 +3,7 @@
 import math
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -10,7 +11,8 @@ import click
 
 from . import __version__
 from . import flags as fl
-from .errors import NstraceError, UsageError
+from .errors import NstraceError, PrivilegeError, UsageError
+from .fstrust import WriteFailed
 
 
 class LabFailed(NstraceError):
@@ -38,6 +40,10 @@ def _on_signal(signo, _frame):
 def status(message):
     """A status line: always stderr, so --json keeps stdout clean."""
     click.echo(f"nstrace: {message}", err=True)
+
+
+# A week: selectors and Popen.wait take their timeouts as C ints of milliseconds (about 24 days at most).
+LAB_MAX_TIMEOUT_S = 7 * 24 * 3600
 
 
 def _finite(value):
@@ -109,6 +115,33 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
             raise
     shown = 0
     reported_lost, reported_at = 0, 0.0
+    # A reader that goes away (EPIPE: `| head`) ends the watch quietly, a stdout or record file
+    # that cannot be written (disk full) with one error line; either way the probes are detached,
+    # what they already handed over is still recorded, and the record file gets its end line.
+    stdout_open, record_ok, failure = True, True, None
+    watch_reader = _stdout_is_pipe()
+
+    def out(write):
+        nonlocal stdout_open, failure
+        if not stdout_open:
+            return
+        try:
+            write()
+        except BrokenPipeError:
+            stdout_open = False
+            _silence_stdout()
+        except WriteFailed as e:
+            stdout_open, failure = False, failure or e
+            _silence_stdout()
+
+    def record(rec):
+        nonlocal record_ok, failure
+        try:
+            recorder.write(rec)
+        except OSError as e:
+            record_ok = False
+            failure = failure or WriteFailed(f"cannot write session file {record_path}: {e.strerror} "
+                                             f"(it holds the first {recorder.count} records)")
 
     def emit(timeout_ms=None):
         nonlocal shown
@@ -117,25 +150,26 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
         if as_json and not recorder:
             # native/batch.c writes the lines: the rate a firehose needs
             lines, n = tracer.poll_json(timeout_ms, limit=count - shown if count else 0)
-            sys.stdout.buffer.write(lines)
             shown += n
+            out(lambda: sys.stdout.buffer.write(lines))
             return tracer.last_read
         for rec in tracer.poll(timeout_ms):
             if count and shown >= count:
                 raise _Stop(0)
-            if recorder:
-                recorder.write(rec)
-            click.echo(display.json_line(rec) if as_json else display.row(rec))
+            if recorder and record_ok:
+                record(rec)
             shown += 1
+            out(lambda: click.echo(display.json_line(rec) if as_json else display.row(rec)))
         return tracer.last_read
 
     try:
         status(f"tracing live ({len(tracer.attached)} probes attached); Ctrl-C to stop")
-        if not as_json:
-            click.echo(display.header())
         deadline = time.monotonic() + duration if duration else None
         try:
-            while not _stop_requested and (deadline is None or time.monotonic() < deadline):
+            if not as_json:
+                out(lambda: click.echo(display.header()))
+            while stdout_open and record_ok and not _stop_requested and \
+                    (deadline is None or time.monotonic() < deadline):
                 emit()
                 if count and shown >= count:
                     break
@@ -145,14 +179,18 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                     if lost > reported_lost:
                         status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
                         reported_lost, reported_at = lost, time.monotonic()
-                sys.stdout.flush()
+                out(sys.stdout.flush)
+                if watch_reader and _reader_gone():  # `| head` is done: no need to wait for the next record
+                    stdout_open = False
+                    _silence_stdout()
         except (KeyboardInterrupt, _Stop):
             pass
         # What the kernel already handed over is shown, not dropped, on the way out:
-        # the probes go first, so the stream has an end, then the ring buffer is read to it.
+        # the probes go first, so the stream has an end, then the ring buffer is read to it
+        # (into the record file alone once stdout is gone).
         tracer.stop()
         try:
-            while emit(0):
+            while record_ok and (stdout_open or recorder) and emit(0):
                 pass
         except _Stop:
             pass
@@ -160,13 +198,19 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
         tracer.close()
     summary = tracer.summary()
     if recorder:
-        recorder.close(summary)
-        status(f"session written to {record_path}")
+        try:
+            recorder.close(summary)
+        except OSError as e:
+            record_ok = False
+            failure = failure or WriteFailed(f"cannot write session file {record_path}: {e.strerror}")
+        if record_ok:
+            status(f"session written to {record_path}")
+    if failure:
+        raise failure
     if as_json:
         status("summary " + display.json_summary(summary))
-    else:
-        click.echo("")
-        click.echo(display.summary_table(summary))
+    elif stdout_open:
+        out(lambda: click.echo("\n" + display.summary_table(summary)))
 
 
 @cli.command()
@@ -254,12 +298,16 @@ def check(as_json, list_only, names):
 @cli.command()
 @click.option("--kernel", "kernels", multiple=True, required=True,
               help="A Debian kernel: 6.1, 6.12, sid, or a package name (repeatable).")
-@click.option("--timeout", type=click.FloatRange(min=10), default=900, show_default=True,
-              help="Seconds a guest may run before it is killed.")
+@click.option("--timeout", type=click.FloatRange(min=10, max=LAB_MAX_TIMEOUT_S), default=900, show_default=True,
+              callback=lambda _c, _p, v: _finite(v), help="Seconds a guest may run before it is killed.")
 @click.option("--verbose", is_flag=True, help="Show the guests' whole output.")
 @click.argument("pytest_args", nargs=-1)
 def lab(kernels, timeout, verbose, pytest_args):
     """Boot Debian kernels under QEMU and run the kernel-layer tests and `nstrace check` inside."""
+    if os.geteuid() != 0:
+        # apt and dpkg-deb fill /var/cache/nstrace as root, and the guest runs the suite as root
+        raise PrivilegeError("nstrace lab needs root: it unpacks kernels into its cache as root and runs "
+                             f"the suite as root in the guest; running as uid {os.geteuid()}; try sudo")
     from . import display
     from . import lab as labmod
     for kernel in kernels:  # every name resolved before anything boots: a typo fails fast
@@ -296,12 +344,100 @@ def _one_line(text):
                    for c in text)
 
 
+def _stdout_is_pipe():
+    try:
+        return stat.S_ISFIFO(os.fstat(1).st_mode)
+    except OSError:
+        return False
+
+
+def _reader_gone():
+    """True once the reading end of the stdout pipe is closed: the kernel says POLLERR on the
+    writing end (fs/pipe.c pipe_poll, 6.18), so a quiet watch ends with `| head` at once instead
+    of at its next write."""
+    import select
+    poller = select.poll()
+    poller.register(1, 0)  # POLLERR and POLLHUP are reported whatever is asked for
+    return any(event & select.POLLERR for _, event in poller.poll(0))
+
+
+def _silence_stdout():
+    """Point fd 1 at /dev/null: what stdout still buffers, and Python's flush at exit, go nowhere
+    instead of failing again (EPIPE, ENOSPC) after nstrace has said what it had to."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except OSError:
+        pass
+
+
+class _Stdout:
+    """sys.stdout (and its .buffer) whose failed writes say so as WriteFailed: one error line, exit 7.
+
+    A reader that went away stays BrokenPipeError (a quiet end, exit 0). Everything
+    else is the stream's own.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise WriteFailed(f"cannot write to stdout: {e.strerror}") from None
+
+    def write(self, data):
+        return self._call(self._stream.write, data)
+
+    def flush(self):
+        return self._call(self._stream.flush)
+
+    @property
+    def buffer(self):
+        return _Stdout(self._stream.buffer)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _open_std_fds():
+    """Occupy closed fds 0-2 with /dev/null, so that no file nstrace opens becomes its stdout;
+    True if stdout was closed."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    return 1 in closed
+
+
 def main(argv=None):
     """Entry point: run the CLI, turning every known error into one line and an exit code."""
     for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, _on_signal)
+    stdout_closed = _open_std_fds()
+    real_stdout = sys.stdout
+    if real_stdout is not None:
+        sys.stdout = _Stdout(real_stdout)
     try:
-        cli.main(args=argv, prog_name="nstrace", standalone_mode=False)
+        if stdout_closed or real_stdout is None:
+            raise WriteFailed("stdout is closed: nstrace would write into whatever file it opens next; "
+                              "redirect it to /dev/null to discard the output")
+        # Not cli.main(): click turns EPIPE into exit 1 there, before the record file is closed.
+        args = list(sys.argv[1:] if argv is None else argv)
+        with cli.make_context("nstrace", args) as ctx:
+            cli.invoke(ctx)
+        sys.stdout.flush()
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
@@ -310,12 +446,17 @@ def main(argv=None):
         click.echo(f"nstrace: error: {_one_line(e.format_message())}", err=True)
         return UsageError.exit_code
     except NstraceError as e:
+        if isinstance(e, WriteFailed) and real_stdout is not None and not stdout_closed:
+            _silence_stdout()  # (not a closed stdout's fd 1: the preload thread may have opened it)
         click.echo(f"nstrace: error: {_one_line(str(e))}", err=True)
         return e.exit_code
     except BrokenPipeError:
         # a reader like `head` went away: stop quietly, as cat does
-        sys.stderr.close()
+        _silence_stdout()
         return 0
+    finally:
+        if sys.stdout is not real_stdout and real_stdout is not None:
+            sys.stdout = real_stdout
     return 0
 
 

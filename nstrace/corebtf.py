@@ -27,7 +27,7 @@ import struct
 import time
 import zlib
 
-from . import bootcache, libbpf
+from . import bootcache, fstrust, libbpf
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 FORMAT = 1  # bump when what is written changes: a file of another format is not reused
@@ -297,7 +297,7 @@ def _prune(keep):
     minute is not about to be read; were it needed again, it is built again.
     """
     now = time.time()
-    for name in os.listdir(bootcache.DIR):
+    for name in os.listdir(bootcache.directory()):
         path = os.path.join(bootcache.DIR, name)
         if name.startswith("core-") and name.endswith(".btf") and path != keep:
             try:
@@ -311,13 +311,16 @@ def ensure(object_path):
     """The path of a minimal kernel BTF for this object, built now if needed; None if it cannot be had.
 
     None (no kernel BTF, /run not writable, anything unexpected) only means
-    libbpf reads the whole kernel BTF, as it would without us.
+    libbpf reads the whole kernel BTF, as it would without us. A copy that
+    another user could have written is refused (fstrust.UnsafePath), not
+    handed to libbpf: it decides what the verifier is told about the kernel.
     """
     try:
         with open(object_path, "rb") as f:
             obj = f.read()
         path = path_for(obj)
-        if os.path.exists(path):
+        bootcache.directory()
+        if fstrust.check_file(path):
             os.utime(path)  # in use: see _prune()
             return path
         names = core_roots(obj)

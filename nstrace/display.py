@@ -1,4 +1,11 @@
-"""How records look: the streaming table, JSON lines, summaries, check and demo reports."""
+"""How records look: the streaming table, JSON lines, summaries, check and demo reports.
+
+Every line for a terminal goes through :func:`printable` on its way out: a
+record's comm is escaped where it is decoded (events.safe_comm), but a table
+also shows what a session file from elsewhere says, and no control byte
+(C0, C1, ESC, DEL) or bidirectional override may reach the terminal whatever
+field it came in. JSON output escapes them itself (json.dumps: \\uNNNN).
+"""
 
 import dataclasses
 import json
@@ -17,6 +24,22 @@ def tabulate(*args, **kw):
     # Imported on first use: it costs ~35 ms, and `watch --json` never needs it.
     from tabulate import tabulate as _tabulate
     return _tabulate(*args, **kw)
+
+
+def printable(text):
+    """text as it may go to a terminal: each character str.isprintable() refuses (controls, ESC,
+    bidi overrides, line separators, unassigned) as \\xNN, \\uNNNN or \\UNNNNNNNN. Cheap when
+    there is nothing to escape: one C-level scan."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else
+                   f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text)
+
+
+def lines(text):
+    """Multi-line text with every line made printable (newlines kept)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def _fit(text, width):
@@ -38,9 +61,9 @@ def flags_cell(rec):
         nstype = fl.short(rec.flags) if rec.raw_flags else "0"
         target = rec.target or {}
         if target.get("kind") == "nsfs":
-            return f"{nstype} fd={target['fd']}:{target['type']}"
+            return f"{nstype} fd={target.get('fd')}:{target.get('type')}"
         if target.get("kind") == "pidfd":
-            return f"{nstype} pidfd={target['pid']}"
+            return f"{nstype} pidfd={target.get('pid')}"
         return f"{nstype} fd={target.get('fd')}:{target.get('kind')}"
     return fl.short(rec.flags)
 
@@ -50,7 +73,7 @@ def ret_cell(rec):
 
 
 def nsproxy_cell(rec):
-    before, after = rec.nsproxy["before"], rec.nsproxy["after"]
+    before, after = rec.nsproxy.get("before"), rec.nsproxy.get("after")
     if not after or before == after:
         return before or "-"
     return f"{before}>{after}"
@@ -67,14 +90,14 @@ def row(rec):
                  rec.child_pid or "-", nsproxy_cell(rec), proc_cell(rec)])
     details = []
     for entry in rec.changed:
-        details.append(f"    {entry:<17} {rec.ns_before[entry]} -> {rec.ns_after[entry]}")
+        details.append(f"    {entry:<17} {(rec.ns_before or {}).get(entry)} -> {(rec.ns_after or {}).get(entry)}")
     if rec.kernel_path:
         from .kernelpath import calls  # only records from the function layer get here
         details.append("    path  " + " > ".join(calls(rec.kernel_path)))
     if rec.proc_check and rec.proc_check["status"] == "mismatch":
-        for entry, d in rec.proc_check["diff"].items():
+        for entry, d in (rec.proc_check.get("diff") or {}).items():
             details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")
-    return "\n".join([line] + details)
+    return "\n".join(printable(text) for text in [line] + details)
 
 
 def json_line(rec):
@@ -88,11 +111,11 @@ def summary_table(summary):
     checks = ", ".join(f"{k} {v}" for k, v in sorted(summary["proc_check"].items())) or "none"
     lost = summary["lost"]
     out.append(f"/proc check: {checks}")
-    out.append(f"lost events: {lost['ringbuf']} (ring buffer full), {lost['inflight']} (in-flight table full)"
+    out.append(f"lost events: {lost.get('ringbuf', 0)} (ring buffer full), {lost.get('inflight', 0)} (in-flight table full)"
                + (f", {lost['untracked']} processes not followed (--pid table full)" if "untracked" in lost else ""))
     if summary["filtered"]:
         out.append(f"filtered out by --comm/--op/--type: {summary['filtered']}")
-    return "\n".join(out)
+    return lines("\n".join(out))
 
 
 def json_summary(summary):

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from . import fstrust
 from .errors import NstraceError
 
 # Short names -> Debian suite whose `linux-image-amd64` metapackage picks the kernel.  The generic
@@ -150,7 +151,14 @@ class GuestResult:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("NSTRACE_LAB_CACHE", DEFAULT_CACHE))
+    return Path(os.path.abspath(os.environ.get("NSTRACE_LAB_CACHE", DEFAULT_CACHE)))
+
+
+def _trusted(path: Path) -> Path:
+    """path, made if missing, checked to be root's alone (fstrust.UnsafePath if not): root unpacks
+    and boots what is in the cache, so no other user may be able to change any of it."""
+    fstrust.trusted_dir(path, create=True)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,19 +254,22 @@ class _Apt:
     def ensure_lists(self) -> None:
         if self._fresh:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "no-hooks.conf").write_text(
-            "#clear APT::Update::Post-Invoke-Success;\n#clear APT::Update::Post-Invoke;\n")
+        _trusted(self.root)
+        fstrust.write_whole(str(self.root / "no-hooks.conf"),
+                            "#clear APT::Update::Post-Invoke-Success;\n#clear APT::Update::Post-Invoke;\n")
         sources = self.root / "sources.sources"
         wanted = _sources_for(self.suite)
         stamp = self.root / "lists" / ".updated"
-        if (sources.exists() and sources.read_text() == wanted and stamp.exists()
+        if (fstrust.read_file(str(sources)) == wanted and fstrust.check_file(str(stamp))
                 and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S):
             self._fresh = True
             return
+        for sub in ("lists", "cache", "cache/archives"):
+            _trusted(self.root / sub)
         for sub in ("lists/partial", "cache/archives/partial"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        sources.write_text(wanted)
+            # apt's own: it makes them _apt's (0700) before it downloads into them
+            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        fstrust.write_whole(str(sources), wanted)
         proc = subprocess.run(["apt-get", "update", *self.options()], capture_output=True, text=True)
         # apt-get update exits 0 even when a source failed; "W:/E:" lines tell.
         failed = proc.returncode != 0 or re.search(r"^(E:|W: Failed)", proc.stderr, re.M)
@@ -267,7 +278,7 @@ class _Apt:
                 self._fresh = True
                 return
             raise DownloadError(f"apt-get update for {self.suite} failed: {_last_line(proc.stderr)}")
-        stamp.touch()
+        fstrust.write_whole(str(stamp), "")
         self._fresh = True
 
     def show(self, package: str) -> dict[str, str] | None:
@@ -371,32 +382,59 @@ class _Kernel:
 
 
 def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a")
+    _trusted(path.parent)
+    fstrust.check_file(str(path))
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "a")
     fcntl.flock(handle, fcntl.LOCK_EX)  # two test processes must not unpack the same kernel at once
     return handle
 
 
+# apt-get download drops to this user (APT::Sandbox::User) to fetch; it needs a directory of its own
+APT_USER = "_apt"
+
+
+def _download_dir(private: Path) -> Path:
+    """A directory inside `private` that only apt's download user (else root) can write."""
+    debs = private / "debs"
+    debs.mkdir(mode=0o700)
+    try:
+        import pwd
+        os.chown(debs, pwd.getpwnam(APT_USER).pw_uid, 0)
+        os.chmod(private, 0o711)  # the download user may pass through, not list or write
+    except KeyError:
+        pass  # no such user: apt downloads as root, and warns
+    return debs
+
+
 def prepare(spec: KernelSpec) -> _Kernel:
-    """Download and unpack `spec` unless the cache already has it."""
+    """Download and unpack `spec` unless the cache already has it.
+
+    Everything happens in a private directory that only root can write (the
+    .deb files in a subdirectory of apt's download user), and the unpacked
+    tree is renamed into place whole: nobody else can plant a path that
+    dpkg-deb, running as root, would follow.
+    """
     key = re.sub(r"[^A-Za-z0-9.+_-]", "_", f"{'+'.join(sorted(spec.packages))}_{spec.version}")
-    tree = cache_dir() / "kernels" / key
-    with _locked(cache_dir() / ".lock"):
-        if not (tree / ".complete").exists():
+    kernels = cache_dir() / "kernels"
+    tree = kernels / key
+    with _locked(_trusted(cache_dir()) / ".lock"):
+        if os.path.lexists(tree):
+            fstrust.trusted_dir(tree)  # what is there is root's, or refused
+        if fstrust.check_file(str(tree / ".complete")) is None:
             _require("dpkg-deb")
-            with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
-                # apt drops to the _apt user for downloads; let it write here instead of warning.
-                os.chmod(tmp, 0o777)
-                debs = _Apt(spec.suite).download(spec.packages, Path(tmp))
+            with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:  # 0700, root's
+                debs = _Apt(spec.suite).download(spec.packages, _download_dir(Path(tmp)))
                 unpacked = Path(tmp) / "tree"
+                unpacked.mkdir(mode=0o755)
                 for deb in debs:
                     proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], capture_output=True, text=True)
                     if proc.returncode != 0:
                         raise DownloadError(f"dpkg-deb -x {deb.name} failed: {_last_line(proc.stderr)}")
-                (unpacked / ".complete").write_text(json.dumps(dataclasses.asdict(spec)) + "\n")
-                if tree.exists():
-                    shutil.rmtree(tree)  # a half-unpacked leftover of a killed run
-                tree.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(unpacked, 0o755)  # the package's "./" entry may have set another mode
+                fstrust.write_whole(str(unpacked / ".complete"), json.dumps(dataclasses.asdict(spec)) + "\n")
+                _trusted(kernels)
+                if os.path.lexists(tree):
+                    shutil.rmtree(tree)  # a half-unpacked leftover of a killed run (checked above)
                 os.rename(unpacked, tree)
     return _find_kernel(tree)
 

@@ -5,11 +5,19 @@ to a state file under /run/nstrace before it is made, so that a launcher
 killed mid-scenario is cleaned up by the next one (see :func:`reap_stale`).
 Cleanup runs in reverse order of creation and goes on past individual
 failures; what could not be undone is reported, never ignored.
+
+A state file is obeyed by root: the next launcher kills, unmounts and
+deletes what it names. So the directory and each file must be root's alone
+(nstrace/fstrust.py; anything else is refused with one line, exit 7), and
+a file may only name what a launcher makes: processes by pid and start
+time, mounts and directories inside its own work-<id> directory, network
+namespaces named nstrace-<id>-*.
 """
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from . import procns
+from . import fstrust, procns
 from .errors import NstraceError
 
 STATE_DIR = Path("/run/nstrace")
@@ -101,25 +109,23 @@ class Launcher:
     """One run's resources. Use as a context manager: leaving it undoes everything."""
 
     def __init__(self, state_dir=STATE_DIR):
-        reap_stale(state_dir)
+        self.state_dir = Path(os.path.abspath(state_dir))
+        fstrust.trusted_dir(self.state_dir, create=True)
+        reap_stale(self.state_dir)
         self.id = uuid.uuid4().hex[:8]
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.state_dir / f"launcher-{os.getpid()}-{self.id}.json"
         self.workdir = self.state_dir / f"work-{self.id}"
         self.resources = []
         self._held = []
         self._record("dir", str(self.workdir))
-        self.workdir.mkdir()
+        self.workdir.mkdir(mode=0o755)  # (the umask can only take bits away)
 
     # --- bookkeeping ---------------------------------------------------------------
 
     def _record(self, kind, value, **extra):
         self.resources.append({"kind": kind, "value": value, **extra})
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "start": procns.start_ticks(os.getpid()),
-                                   "resources": self.resources}))
-        tmp.replace(self.state_file)
+        fstrust.write_whole(str(self.state_file), json.dumps({"pid": os.getpid(), "start": procns.start_ticks(os.getpid()),
+                                                             "resources": self.resources}))
 
     def name(self, what):
         """A name for something this run makes, recognisable as ours (nstrace-<id>-what)."""
@@ -174,7 +180,7 @@ class Launcher:
     def bind_ns(self, pid, ns_type):
         """Bind-mount /proc/<pid>/ns/<type> on a file of ours: keeps the namespace alive."""
         path = self.workdir / f"{ns_type}-{pid}"
-        path.touch()
+        path.touch(mode=0o644)
         self._record("mount", str(path))
         mount(f"/proc/{pid}/ns/{ns_type}", path, None, MS_BIND)
         return path
@@ -250,13 +256,33 @@ class Launcher:
         self.cleanup()
 
 
+def _unexpected(res, state_dir):
+    """Why a resource is none a launcher of state_dir makes (None if it is one)."""
+    if not isinstance(res, dict):
+        return "not a resource"
+    kind, value = res.get("kind"), res.get("value")
+    if kind == "process":
+        start = res.get("start")
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 1 and \
+            (start is None or isinstance(start, int) and not isinstance(start, bool))
+    elif kind == "netns":
+        ok = isinstance(value, str) and re.fullmatch(re.escape(PREFIX) + r"[0-9a-f]{8}-[A-Za-z0-9_.-]+", value)
+    elif kind in ("dir", "mount"):
+        work = r"work-[0-9a-f]{8}" + ("" if kind == "dir" else r"/[A-Za-z0-9_.-]+")
+        ok = isinstance(value, str) and re.fullmatch(re.escape(str(state_dir)) + "/" + work, value) \
+            and ".." not in value.split("/")
+    else:
+        ok = False
+    return None if ok else f"{kind} {value!r}"
+
+
 def _undo(resources):
     left = []
     for res in reversed(resources):
         kind, value = res["kind"], res["value"]
         try:
             if kind == "process":
-                if procns.start_ticks(value) == res.get("start"):  # never a reused pid
+                if res.get("start") is not None and procns.start_ticks(value) == res["start"]:  # never a reused pid
                     os.kill(value, signal.SIGKILL)
                     _reap(value)
             elif kind == "mount":
@@ -286,13 +312,30 @@ def _reap(pid):
 
 
 def reap_stale(state_dir=STATE_DIR):
-    """Undo what launchers that died (SIGKILL, crash) left behind; return what was undone."""
+    """Undo what launchers that died (SIGKILL, crash) left behind; return what was undone.
+
+    Raises fstrust.UnsafePath if the directory or a state file could have
+    been written by another user, LauncherError if a state file names
+    something no launcher makes.
+    """
     undone = []
-    for state in Path(state_dir).glob("launcher-*.json"):
+    state_dir = Path(os.path.abspath(state_dir))
+    try:
+        fstrust.trusted_dir(state_dir)
+    except FileNotFoundError:
+        return undone
+    for state in state_dir.glob("launcher-*.json"):
         try:
-            data = json.loads(state.read_text())
+            text = fstrust.read_file(str(state))
+            data = json.loads(text) if text is not None else None
         except (OSError, ValueError):
-            continue
+            continue  # gone meanwhile, or cut short by a crash mid-write (write_whole makes that rare)
+        if not (isinstance(data, dict) and isinstance(data.get("pid"), int) and isinstance(data.get("resources"), list)):
+            raise LauncherError(f"{state} is not a launcher state file: remove it by hand")
+        bad = [why for why in (_unexpected(r, state_dir) for r in data["resources"]) if why]
+        if bad:
+            raise LauncherError(f"{state} names {bad[0]}, which no launcher makes: nothing was undone; "
+                                f"remove the file by hand")
         if procns.start_ticks(data["pid"]) == data.get("start"):
             continue  # that launcher is alive
         left = _undo(data["resources"])

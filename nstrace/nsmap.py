@@ -20,6 +20,11 @@ processes.
 Containers are recognised from each process's cgroup path by the runtimes'
 naming conventions (:func:`classify_cgroup`); a namespace belongs to a
 container when all its processes are in that one container.
+
+Names, command lines, mount points and container names are what other users
+chose: they are escaped where they are read (events.safe_comm: \\xNN for a
+control byte or a byte that is not UTF-8), so that the table, the trees, the
+JSON and the session snapshots hold no control character.
 """
 
 import dataclasses
@@ -34,6 +39,12 @@ import psutil
 from . import flags as fl
 from . import nsfs
 from .errors import UsageError
+from .events import safe_comm
+
+
+def _text(s):
+    """Outside text (psutil and os give str with undecodable bytes as surrogates), escaped."""
+    return safe_comm(s.encode("utf-8", "surrogateescape"))
 
 
 TYPES = tuple(fl.NS_TYPES)              # the eight namespace types, lsns's rows
@@ -78,9 +89,9 @@ def classify_cgroup(path):
         groups = m.groupdict()
         out = {"runtime": runtime, "id": None, "name": None, "pod": None}
         if runtime == "systemd-nspawn":
-            out["name"] = _unescape_systemd(groups["svc"] or groups["scope"])
+            out["name"] = _text(_unescape_systemd(groups["svc"] or groups["scope"]))
         elif runtime == "lxc":
-            out["name"] = groups["lxc"]
+            out["name"] = _text(groups["lxc"])
         else:
             out["id"] = m.group(m.re.groups)  # the last group is the hex id
         if runtime == "kubernetes":
@@ -278,7 +289,8 @@ def snapshot():
         if not links:
             continue  # gone, or a zombie without namespaces
         uids = info.get("uids")
-        p = Process(pid, info["ppid"] or 0, info["name"] or "", " ".join(info["cmdline"] or []) or info["name"] or "",
+        name = _text(info["name"] or "")
+        p = Process(pid, info["ppid"] or 0, name, " ".join(_text(a) for a in info["cmdline"] or []) or name,
                     uids.real if uids else None, {e: ino for e, (_, ino) in links.items()}, _container_of(pid))
         processes.append(p)
         for entry, (ns_type, inode) in links.items():
@@ -296,7 +308,7 @@ def snapshot():
         mnt_readers.setdefault(p.ns.get("mnt"), p.pid)
     for mnt_ns, pid in mnt_readers.items():
         for point, ns_type, inode in _mount_points(pid):
-            note(ns_type, inode, f"/proc/{pid}/root{point}", f"bind mount {point} (mnt:[{mnt_ns}])")
+            note(ns_type, inode, f"/proc/{pid}/root{point}", f"bind mount {_text(point)} (mnt:[{mnt_ns}])")
 
     by_pid = {p.pid: p for p in processes}
     for ns in namespaces.values():

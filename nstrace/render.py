@@ -38,8 +38,8 @@ import shutil
 import subprocess
 import time
 
+from . import display, fstrust, kernelpath, pathcheck
 from . import flags as fl
-from . import kernelpath, pathcheck
 from .errors import NstraceError, UsageError
 
 FORMATS = ("svg", "html", "perfetto")
@@ -133,8 +133,12 @@ def graph(records, snapshots=()):
 
 
 def _q(text):
-    """A DOT double-quoted string."""
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A DOT double-quoted string, shown as it is: dot reads backslash escapes (\\N, \\G ...) and
+    HTML entities (&#27; would put a raw ESC into the SVG) in labels, so both are escaped, and
+    control characters arrive as \\xNN text. A newline stays a line break."""
+    lines = (display.printable(line) for line in str(text).split("\n"))
+    return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"').replace("&", "&amp;")
+                            for line in lines) + '"'
 
 
 def dot_source(records, snapshots=(), started=None):
@@ -225,7 +229,8 @@ def ident_url(tag, func):
 # --- HTML ------------------------------------------------------------------------
 
 def _e(text):
-    return html.escape(str(text), quote=True)
+    """Any value as HTML text or attribute: escaped, and with control characters as \\xNN text."""
+    return html.escape(display.printable(str(text)), quote=True)
 
 
 def _hooks_from(availability):
@@ -290,7 +295,7 @@ def timeline_svg(records, started, width=960):
     comm = {r.pid: r.comm for r in records}
     for lane, pid in enumerate(lanes):
         y = top + lane * lane_h
-        out.append(f'<text x="4" y="{y + 15}" class="lane">{_e(comm[pid])} {pid}</text>')
+        out.append(f'<text x="4" y="{y + 15}" class="lane">{_e(comm[pid])} {_e(pid)}</text>')
     for n, r in enumerate(records, 1):
         y = top + lanes.index(r.pid) * lane_h
         start = r.ts - r.duration_us / 1e6
@@ -298,7 +303,7 @@ def timeline_svg(records, started, width=960):
         what = f"{n}. {r.op} {fl.short(r.flags)} ret {r.errno or r.ret} (+{r.ts - t0:.6f}s)"
         klass = "op failed" if not r.ok else "op"
         out.append(f'<a href="#op-{n}"><rect id="mark-{n}" class="{klass}" x="{x(start):.1f}" y="{y + 4}" width="{w:.1f}" '
-                   f'height="{lane_h - 8}" fill="{OP_COLOURS.get(r.op, "#777")}"><title>{_e(what)}</title></rect></a>')
+                   f'height="{lane_h - 8}" fill="{_e(OP_COLOURS.get(r.op, "#777"))}"><title>{_e(what)}</title></rect></a>')
     out.append("</svg>")
     return "".join(out)
 
@@ -315,7 +320,16 @@ li.observed .status{color:#080}li.not-observed .status,li.unexpected .status,li.
 a.def{font-size:.8em;color:#888}#graph svg{max-width:100%;height:auto}
 .legend span{display:inline-block;padding:1px 6px;margin-right:4px;border-radius:3px}
 #filter{margin:.4em 0}
-"""
+""" + "".join(f".legend .t-{t}{{background:{c}}}" for t, c in TYPE_COLOURS.items()) + \
+    "".join(f".legend .o-{o}{{background:{c};color:#fff}}" for o, c in OP_COLOURS.items()) + "\n"
+
+
+def _csp_hash(text):
+    """A CSP source for one inline <style> or <script>: the page runs no other inline code, and
+    none an attacker could slip into a field (no 'unsafe-inline')."""
+    import base64
+    import hashlib  # here: ls and show import this module too, and need no hash
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 # The only script: a filter box for the operations table. It marks the page
 # ready when it ran, which the tests check in the rendered DOM.
@@ -362,16 +376,16 @@ def html_page(session, records=None):
         proc = r.proc_check["status"] if r.proc_check else "-"
         rows.append(
             f'<tr id="op-{n}" class="{"failed" if not r.ok else "ok"}"><td><a href="#mark-{n}">{n}</a></td>'
-            f"<td>+{r.ts - t0:.6f}s</td><td>{_e(r.comm)}</td><td>{r.pid}/{r.tid}</td><td>{_e(r.op)}</td>"
+            f"<td>+{r.ts - t0:.6f}s</td><td>{_e(r.comm)}</td><td>{_e(r.pid)}/{_e(r.tid)}</td><td>{_e(r.op)}</td>"
             f"<td>{_e(fl.short(r.flags))}</td><td class=\"ret\">{_e(r.errno or r.ret)}</td>"
             f"<td>{_e(r.child_pid or '-')}</td><td>{changed}</td><td>{_e(proc)}</td>"
             f"<td>{_path_html(r, tag, hooks, tracepoints, common)}</td></tr>")
-    legend = "".join(f'<span style="background:{c}">{t}</span>' for t, c in TYPE_COLOURS.items())
-    ops_legend = "".join(f'<span style="background:{c};color:#fff">{o}</span>' for o, c in OP_COLOURS.items())
+    legend = "".join(f'<span class="t-{t}">{t}</span>' for t in TYPE_COLOURS)
+    ops_legend = "".join(f'<span class="o-{o}">{o}</span>' for o in OP_COLOURS)
     title = f"nstrace session: {(session.header or {}).get('host', '')} {k.get('release', '')}".strip()
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; img-src data:">
 <title>{_e(title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{_e(title)}</h1>
@@ -474,9 +488,10 @@ def write(session, fmt, out_path, records=None):
     text = render(session, fmt, records)
     if out_path in (None, "-"):
         return text
+    fd = fstrust.create_output(out_path)  # never through another user's symlink
     try:
-        with open(out_path, "w", encoding="utf-8") as f:
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
-        raise UsageError(f"cannot write {out_path}: {e.strerror}") from None
+        raise fstrust.WriteFailed(f"cannot write {out_path}: {e.strerror}") from None
     return None

@@ -195,8 +195,9 @@ def userns_unprivileged(launcher):
 @scenario("container", "the seeds' docker-like container: UTS|IPC|PID|NS, private /proc, rootfs with bind mounts, pivot_root")
 def container(launcher):
     rootfs = launcher.workdir / "rootfs"
+    rootfs.mkdir(mode=0o755)  # explicit modes: under umask 000 others could plant symlinks root mounts on
     for d in ("usr", "proc", "old_root"):
-        (rootfs / d).mkdir(parents=True)
+        (rootfs / d).mkdir(mode=0o755)
     for link in ("bin", "lib", "lib64", "sbin"):
         if Path("/", link).is_symlink():  # Debian 12 is merged-/usr
             (rootfs / link).symlink_to(os.readlink(Path("/", link)))

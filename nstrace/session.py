@@ -18,6 +18,13 @@ The file is JSON lines, one object per line, UTF-8:
 than its own and ignores keys it does not know, so fields can be added
 without a new version. Records are written as they arrive and flushed per
 line, so a crash loses at most the line being written.
+
+nstrace/session.schema.json (JSON Schema, draft-07) says what each line
+may hold, for nstrace and for anyone else reading these files or ``watch
+--json`` (log shippers). :func:`load` holds every line to it before any of
+it is used, and to strict JSON (RFC 8259: no NaN or Infinity, no lone
+surrogate, numbers that fit): a file from elsewhere is outside data, and
+one that fails gets one line naming the line number and the field (exit 2).
 """
 
 import dataclasses
@@ -26,13 +33,11 @@ import os
 import time
 from importlib import metadata
 
-from . import events, nsmap
+from . import events, fstrust, nsmap
 from .errors import UsageError
 
 VERSION = 1
 _RECORD_FIELDS = {f.name for f in dataclasses.fields(events.Record)}
-_REQUIRED = {f.name for f in dataclasses.fields(events.Record)
-             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
 
 
 def nstrace_version():
@@ -59,24 +64,31 @@ class Recorder:
         self.path = str(path)
         self.count = 0
         self._snapshots = snapshots
-        try:
-            # line-buffered: every record reaches the file as soon as it is written
-            self._file = open(self.path, "w", encoding="utf-8", buffering=1)
-        except OSError as e:
-            raise UsageError(f"cannot write session file {self.path}: {e.strerror}") from None
+        fd = fstrust.create_output(self.path, "session file ")  # never through another user's symlink
+        # line-buffered: every record reaches the file as soon as it is written
+        self._file = open(fd, "w", encoding="utf-8", buffering=1)
+        # sethostname() takes any bytes (a container's root picks the UTS name): escaped as comms are
         uname = os.uname()
+        text = lambda s: events.safe_comm(s.encode("utf-8", "surrogateescape"))  # noqa: E731
         header = {
             "nstrace_session": VERSION, "kind": "header", "nstrace": nstrace_version(),
-            "started": time.time(), "host": uname.nodename,
-            "kernel": {"sysname": uname.sysname, "release": uname.release, "version": uname.version,
-                       "machine": uname.machine},
+            "started": time.time(), "host": text(uname.nodename),
+            "kernel": {"sysname": text(uname.sysname), "release": text(uname.release),
+                       "version": text(uname.version), "machine": text(uname.machine)},
             "options": _options_json(tracer.options) if tracer else {},
             "availability": tracer.availability() if tracer else [],
             # what events.decode added to bpf_ktime_get_ns() in this process
             "clock": {"monotonic_to_wall_ns": events.WALL_OFFSET_NS},
             "snapshot": nsmap.snapshot().to_json() if snapshots else None,
         }
-        self._line(header)
+        try:
+            self._line(header)
+        except OSError as e:  # a full disk, an I/O error: said as for any record that cannot be written
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the same error again, flushing what did not fit
+            raise fstrust.WriteFailed(f"cannot write session file {self.path}: {e.strerror}") from None
 
     def _line(self, obj):
         self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -177,46 +189,124 @@ class Session:
         return f"session {self.path}: {where}, from {when}, {len(self.records)} records{closed}"
 
 
+SCHEMA = os.path.join(os.path.dirname(__file__), "session.schema.json")
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name):
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _finite(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotJson(f"{text[:20]} does not fit a double")
+    return value
+
+
+def _parse(line):
+    """One line as strict JSON (RFC 8259): ValueError or RecursionError if it is not."""
+    obj = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite)
+    if _has_surrogate(line):
+        _find_surrogate(obj)
+    return obj
+
+
+def _has_surrogate(line):
+    # json.loads turns \ud800..\udfff escapes into lone surrogates: text no UTF-8 can hold
+    return "\\ud" in line.lower()
+
+
+def _find_surrogate(obj, where=""):
+    if isinstance(obj, str):
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in obj):
+            raise _NotJson(f"field {where or '(line)'}: a lone surrogate is not text")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _find_surrogate(key, where)
+            _find_surrogate(value, f"{where}.{key}" if where else key)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            _find_surrogate(value, f"{where}[{i}]")
+
+
+def _schema_error(e):
+    """'field X: what is wrong' from fastjsonschema's JsonSchemaValueException."""
+    field = e.name.removeprefix("data").lstrip(".") or "(line)"
+    what = e.message.removeprefix(e.name).strip()
+    if e.rule == "required" and isinstance(e.value, dict):
+        missing = next((k for k in e.rule_definition if k not in e.value), None)
+        if missing:
+            field, what = (f"{field}.{missing}" if field != "(line)" else missing), "missing"
+    elif e.rule == "pattern" and "\x00" in str(e.rule_definition):
+        what = "holds a control character (nstrace writes them escaped)"
+    if len(what) > 160:
+        what = what[:157] + "..."
+    return f"field {field}: {what}"
+
+
 def load(path):
     """Read a session file (or a ``watch --json`` capture). Raises UsageError on anything else."""
+    from ._session_schema import validate  # the schema compiled to Python (scripts/session-validator.py)
+    from fastjsonschema import JsonSchemaValueException
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise UsageError(f"cannot read session file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not an nstrace session (not UTF-8 text)") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"{path}:{line}: not an nstrace session (not UTF-8 text)") from None
+    del data
     header, end, records, warnings = None, None, [], []
     lines = text.split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
+            obj = _parse(line)
+        except _NotJson as e:
+            raise UsageError(f"{path}:{number}: not an nstrace session line ({e})") from None
+        except RecursionError:
+            raise UsageError(f"{path}:{number}: not an nstrace session line (nested too deeply)") from None
+        except ValueError as e:
             if number == len(lines) and not text.endswith("\n"):
                 warnings.append(f"line {number} is cut short (the recording was interrupted); ignored")
                 continue
-            raise UsageError(f"{path}:{number}: not an nstrace session line (not JSON)") from None
+            why = "not JSON" if isinstance(e, json.JSONDecodeError) else "a number too long"
+            raise UsageError(f"{path}:{number}: not an nstrace session line ({why})") from None
         if not isinstance(obj, dict):
             raise UsageError(f"{path}:{number}: not an nstrace session line (not an object)")
         version = obj.get("nstrace_session")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version > VERSION):
+            raise UsageError(f"{path}:{number}: session format {_short(version)} is newer than this nstrace "
+                             f"reads ({VERSION}): upgrade nstrace")
+        try:
+            validate(obj)
+        except JsonSchemaValueException as e:
+            raise UsageError(f"{path}:{number}: {_schema_error(e)}") from None
+        except RecursionError:
+            raise UsageError(f"{path}:{number}: not an nstrace session line (nested too deeply)") from None
         if version is not None:
-            if not isinstance(version, int) or version > VERSION:
-                raise UsageError(f"{path}: session format {version} is newer than this nstrace reads "
-                                 f"({VERSION}): upgrade nstrace")
             if obj.get("kind") == "header":
                 header = obj
             elif obj.get("kind") == "end":
                 end = obj
             continue
-        missing = _REQUIRED - obj.keys()
-        if missing:
-            raise UsageError(f"{path}:{number}: not an nstrace record (no {sorted(missing)[0]!r})")
         records.append(events.Record(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
     if header is None and not records:
         raise UsageError(f"{path} is not an nstrace session (no header, no records)")
     return Session(str(path), header, records, end, warnings)
+
+
+def _short(value):
+    text = json.dumps(value)
+    return text if len(text) <= 20 else text[:17] + "..."
 
 
 # --- replay filters --------------------------------------------------------------

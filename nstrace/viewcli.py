@@ -24,7 +24,8 @@ def _types(values):
 
 
 def _status(message):
-    click.echo(f"nstrace: {message}", err=True)
+    # what a session file says (its host, its name) goes to a terminal: escaped like every table line
+    click.echo(f"nstrace: {display.printable(message)}", err=True)
 
 
 # --- ls ------------------------------------------------------------------------------
@@ -87,14 +88,14 @@ def ls_command(tree, as_json, types, pid):
     if tree:
         context = nsmap.with_ancestors(chosen, snap.namespaces)
         click.echo("User namespaces and what they own:")
-        click.echo("\n".join(_tree_lines(nsmap.tree(context, "owner"))))
+        click.echo(display.lines("\n".join(_tree_lines(nsmap.tree(context, "owner")))))
         click.echo("")
         click.echo("PID namespaces:")
-        click.echo("\n".join(_tree_lines(nsmap.tree(context, "parent"))) or "(none)")
+        click.echo(display.lines("\n".join(_tree_lines(nsmap.tree(context, "parent")))) or "(none)")
         return
-    click.echo(tabulate([_ls_row(n) for n in chosen],
-                        headers=["NS", "TYPE", "NS_ID", "NPROCS", "PID", "OWNER", "PARENT", "CONTAINER", "COMMAND"],
-                        tablefmt="plain", disable_numparse=True))
+    click.echo(display.lines(tabulate([_ls_row(n) for n in chosen],
+                                      headers=["NS", "TYPE", "NS_ID", "NPROCS", "PID", "OWNER", "PARENT", "CONTAINER",
+                                               "COMMAND"], tablefmt="plain", disable_numparse=True)))
 
 
 # --- show and render ---------------------------------------------------------------

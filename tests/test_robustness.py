@@ -30,7 +30,7 @@ from nshelpers import NSTRACE, ROOT, wait_for
 NEWUTS = fl.CLONE_FLAGS["CLONE_NEWUTS"]
 PR_SET_NAME = 15
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}  # README, "Exit codes"
+EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7}  # README, "Exit codes"
 
 
 def unescape(text):
@@ -357,6 +357,8 @@ def assert_one_line_error(res, code):
     ["demo", "--op", "fork"], ["demo", "--flags", ""], ["demo", "--flags", "NEWBOGUS"], ["demo", "--flags", "|"],
     ["demo", "--op", "clone", "--flags", "NEWTIME"], ["demo", "--op", "setns", "--flags", "VM"],
     ["lab"], ["lab", "--kernel", "6.1", "--timeout", "1"], ["lab", "--kernel"],
+    ["lab", "--kernel", "6.1", "--timeout", "nan"], ["lab", "--kernel", "6.1", "--timeout", "inf"],
+    ["lab", "--kernel", "6.1", "--timeout", "1e308"],
 ])
 def test_bad_input_every_command(args):
     assert_one_line_error(nstrace(*args), 2)
@@ -559,3 +561,112 @@ def test_launcher_run_refuses_the_hosts_network(tmp_path):
         assert "nst-d" in lnch.run(["ip", "netns", "exec", ours, "ip", "-o", "link", "show"])
         lnch.run(["true"])  # not ip: not the guard's business
     assert socket.if_nameindex() == host_links
+
+
+# --- 8. faults: a full disk, stdout on /dev/full or closed, a reader that goes away --------------
+
+def _unshares(n, stop=None):
+    """n unshares (until stop, a process, has ended)."""
+    for _ in range(n):
+        if stop is not None and stop.poll() is not None:
+            return
+        subprocess.run(["unshare", "--uts", "true"], check=True)
+
+
+def test_watch_record_on_a_full_disk(tracer, tmp_path):
+    # a real full disk: a 256 KiB tmpfs in watch's own mount namespace, filled up once it is live
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=256k none {disk}; {NSTRACE} watch --comm unshare --record {disk}/s.jsonl; "
+              f"rc=$?; tail -c 300 {disk}/s.jsonl | tr -d '\\n' | tail -c 80 >&2; exit $rc")
+    watch = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert "tracing live" in watch.stderr.readline()
+    subprocess.run(["nsenter", f"--mount=/proc/{watch.pid}/ns/mnt", "sh", "-c",
+                    f"dd if=/dev/zero of={disk}/fill bs=4k 2>/dev/null; true"], check=True)
+    _unshares(400, stop=watch)
+    err = watch.communicate(timeout=30)[1]
+    assert watch.returncode == 7, err
+    [line] = [line for line in err.splitlines() if line.startswith("nstrace: error:")]
+    assert f"cannot write session file {disk}/s.jsonl: No space left on device" in line
+    assert "Traceback" not in err
+
+
+def test_stdout_on_dev_full(tracer, tmp_path):
+    session = tmp_path / "s.jsonl"
+    rec = subprocess.Popen([str(NSTRACE), "watch", "--comm", "unshare", "--count", "1", "--record", str(session)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert "tracing live" in rec.stderr.readline()
+    _unshares(1)
+    assert rec.wait(timeout=30) == 0
+    for args in (["show", str(session)], ["show", "--json", str(session)], ["render", str(session), "--format", "perfetto"]):
+        with open("/dev/full", "w") as full:
+            res = subprocess.run([str(NSTRACE), *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert res.returncode == 7 and res.stderr.endswith("nstrace: error: cannot write to stdout: No space left on device\n"), \
+            (args, res.stderr)
+    for args in (["--json"], []):
+        with open("/dev/full", "w") as full:
+            watch = subprocess.Popen([str(NSTRACE), "watch", "--comm", "unshare", *args], stdout=full,
+                                     stderr=subprocess.PIPE, text=True)
+        assert "tracing live" in watch.stderr.readline()
+        _unshares(30, stop=watch)
+        err = watch.communicate(timeout=30)[1]
+        assert watch.returncode == 7 and "nstrace: error: cannot write to stdout: No space left on device" in err, err
+        assert "Traceback" not in err
+
+
+def test_stdout_closed(tmp_path):
+    for args in (["show", "/etc/hostname"], ["watch", "--duration", "0.2"], ["ls"]):
+        res = subprocess.run([str(NSTRACE), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             timeout=60, preexec_fn=lambda: os.close(1))
+        assert_one_line_error(res, 7)
+        assert "stdout is closed" in res.stderr
+
+
+def _piped_to_head(command, lines):
+    """bash: `nstrace COMMAND | head -LINES`; (nstrace's exit code, its stderr)."""
+    r, w = os.pipe()
+    rc_r, rc_w = os.pipe()
+    script = f"{NSTRACE} {command} 2>&{w} {rc_w}>&- | head -{lines} >/dev/null; echo ${{PIPESTATUS[0]}} >&{rc_w}"
+    proc = subprocess.Popen(["bash", "-c", script], pass_fds=(w, rc_w), stdin=subprocess.DEVNULL)
+    os.close(w)
+    os.close(rc_w)
+    return proc, os.fdopen(r), os.fdopen(rc_r)
+
+
+def test_broken_pipe_ends_quietly_and_closes_the_record(tracer, tmp_path):
+    session = tmp_path / "s.jsonl"
+    for command, lines, record in ((f"watch --json --comm unshare", 1, False),
+                                   (f"watch --comm unshare --record {session}", 2, True),
+                                   (f"watch --json --comm unshare --record {session}", 1, True)):
+        proc, err, rc = _piped_to_head(command, lines)
+        assert "tracing live" in err.readline()
+        _unshares(20, stop=proc)
+        proc.wait(timeout=30)
+        rest = err.read()
+        assert rc.read().strip() == "0", (command, rest)
+        assert "error" not in rest and "Traceback" not in rest and "Exception" not in rest, (command, rest)
+        if "--json" in command:
+            assert "nstrace: summary {" in rest, rest
+        if record:
+            last = json.loads(session.read_text().splitlines()[-1])
+            assert last["kind"] == "end" and last["records"] >= lines, last
+            assert f"session written to {session}" in rest
+    proc, err, rc = _piped_to_head(f"show --json {session}", 1)
+    proc.wait(timeout=30)
+    rest = err.read()
+    assert rc.read().strip() == "0" and "Traceback" not in rest and "error" not in rest, rest
+
+
+def test_watch_and_ls_never_import_the_session_validator(tmp_path):
+    # the validator is for reading sessions: watch (even --record) and ls must not pay for it
+    for args in (["watch", "--duration", "0.1"], ["watch", "--duration", "0.1", "--record", str(tmp_path / "s.jsonl")],
+                 ["ls"]):
+        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", *args], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+        assert not {m for m in imported if "jsonschema" in m or m == "nstrace._session_schema"}, args
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", "show", str(tmp_path / "s.jsonl")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "nstrace._session_schema" in res.stderr and "| jsonschema" not in res.stderr  # (the check is not blind)

@@ -435,3 +435,376 @@ def test_render_perfetto_is_valid_trace_event_json(recorded, tmp_path):
     assert picked and all(e["name"].startswith("setns") for e in picked)
     with pytest.raises(AssertionError):
         validate_trace_events({"traceEvents": [{"ph": "X", "name": "x", "pid": 1, "tid": 1, "ts": 0}]})  # no dur
+
+
+# --- outside data: hostile processes, crafted session files (issue 14, "Found" 5-7) -----------
+
+HOSTILE_ARGV = "\x1b[2J\x1b]0;owned\x07\u202e\x85end"  # clear screen, set title, bell, bidi override, C1 NEL
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def test_ls_escapes_other_users_names_and_command_lines():
+    script = ("import ctypes, sys, time\n"
+              "ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b'\\x1b[31mred\\n'), 0, 0, 0)\n"
+              "print('ready', flush=True); time.sleep(30)\n")
+    child = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                              "unshare", "--user", "--uts", sys.executable, "-c", script, HOSTILE_ARGV],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        pid = int(subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout or child.pid)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert HOSTILE_ARGV.encode() in f.read()  # the kernel really holds it
+        for args in (("ls",), ("ls", "--tree"), ("ls", "--pid", str(pid))):
+            done = nstrace(*args)
+            assert done.returncode == 0, done.stderr
+            assert not CONTROL.search(done.stdout), (args, CONTROL.search(done.stdout))
+        tree = nstrace("ls", "--tree").stdout
+        assert "\\x1b[31mred\\n" in tree
+        doc = ls_json("--pid", str(pid))
+        mine = [n for n in doc["namespaces"] if n["pid"] == pid]
+        assert mine and mine[0]["comm"] == "\\x1b[31mred\\n" and not CONTROL.search(json.dumps(doc, ensure_ascii=False))
+        assert mine[0]["command"].endswith(" \\x1b[2J\\x1b]0;owned\\x07\\u202e\\u0085end"), mine[0]["command"]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _write_session(path, lines):
+    path.write_text("".join(line if isinstance(line, str) else json.dumps(line) + "\n" for line in lines))
+    path.chmod(0o644)
+    return path
+
+
+def _session_lines(recorded):
+    path, _ = recorded
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _with(obj, **changes):
+    out = json.loads(json.dumps(obj))
+    out.update(changes)
+    return out
+
+
+def _without(obj, *keys):
+    out = json.loads(json.dumps(obj))
+    for key in keys:
+        out.pop(key)
+    return out
+
+
+def _in(obj, field, value):
+    out = json.loads(json.dumps(obj))
+    node = out
+    *parents, last = field
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return out
+
+
+# (what, line number it is on, the field named, how the line is damaged: header, record, end -> lines)
+CRAFTED = [
+    ("pid not an integer", 2, "pid", lambda h, r, e: [h, _with(r, pid="<script>alert(1)</script>"), e]),
+    ("negative pid", 2, "pid", lambda h, r, e: [h, _with(r, pid=-1), e]),
+    ("huge pid", 2, "pid", lambda h, r, e: [h, _with(r, pid=2 ** 70), e]),
+    ("boolean pid", 2, "pid", lambda h, r, e: [h, _with(r, pid=True), e]),
+    ("ts beyond year 9999", 2, "ts", lambda h, r, e: [h, _with(r, ts=1e308), e]),
+    ("negative ts", 2, "ts", lambda h, r, e: [h, _with(r, ts=-5), e]),
+    ("no comm", 2, "comm", lambda h, r, e: [h, _without(r, "comm"), e]),
+    ("comm not a string", 2, "comm", lambda h, r, e: [h, _with(r, comm=["x"]), e]),
+    ("ESC in comm", 2, "comm", lambda h, r, e: [h, _with(r, comm="\x1b[2Jx"), e]),
+    ("bidi override in comm", 2, "comm", lambda h, r, e: [h, _with(r, comm="a\u202eb"), e]),
+    ("unknown changed entry", 2, "changed[0]", lambda h, r, e: [h, _with(r, changed=["bogus"]), e]),
+    ("changed not a list", 2, "changed", lambda h, r, e: [h, _with(r, changed="uts"), e]),
+    ("unknown op", 2, "op", lambda h, r, e: [h, _with(r, op="fork"), e]),
+    ("ns_after not a map", 2, "ns_after", lambda h, r, e: [h, _with(r, ns_after=[1, 2]), e]),
+    ("inode a string", 2, "ns_after.uts", lambda h, r, e: [h, _in(r, ["ns_after", "uts"], "4026531838"), e]),
+    ("unknown ns entry", 2, "ns_before", lambda h, r, e: [h, _in(r, ["ns_before", "bogus"], 1), e]),
+    ("nsproxy without after", 2, "nsproxy.after", lambda h, r, e: [h, _with(r, nsproxy={"before": "0a0b0c0d"}), e]),
+    ("nsproxy with markup", 2, "nsproxy.before", lambda h, r, e: [h, _with(r, nsproxy={"before": "<b>", "after": None}), e]),
+    ("errno with markup", 2, "errno", lambda h, r, e: [h, _with(r, errno="<img src=x onerror=alert(1)>"), e]),
+    ("flags not names", 2, "flags[0]", lambda h, r, e: [h, _with(r, flags=["\x1b[31m"]), e]),
+    ("proc_check without status", 2, "proc_check.status", lambda h, r, e: [h, _with(r, proc_check={"pid": 1}), e]),
+    ("proc_check diff without kernel", 2, "proc_check.diff.uts.kernel",
+     lambda h, r, e: [h, _with(r, proc_check={"status": "mismatch", "pid": 1, "diff": {"uts": {"proc": 1}}}), e]),
+    ("nsfs target without type", 2, "target.type", lambda h, r, e: [h, _with(r, op="setns", target={"fd": 3, "kind": "nsfs"}), e]),
+    ("kernel path step without func", 2, "kernel_path[0].func",
+     lambda h, r, e: [h, _with(r, kernel_path=[{"file": "kernel/fork.c", "kind": "enter", "short": ""}]), e]),
+    ("header without started", 1, "started", lambda h, r, e: [_without(h, "started"), r, e]),
+    ("header host with a terminal escape", 1, "host", lambda h, r, e: [_with(h, host="\x1b]0;owned\x07"), r, e]),
+    ("availability row without probe", 1, "availability[0].probe",
+     lambda h, r, e: [_with(h, availability=[{"layer": "syscall", "hook": None, "attached": True, "reason": ""}]), r, e]),
+    ("snapshot process with a bogus ns entry", 1, "snapshot.processes[0].ns",
+     lambda h, r, e: [_in(h, ["snapshot", "processes", 0, "ns"], {"bogus": 1}), r, e]),
+    ("snapshot namespace without inode", 1, "snapshot.namespaces[0].inode",
+     lambda h, r, e: [_in(h, ["snapshot", "namespaces", 0], {"type": "uts"}), r, e]),
+    ("end without ended", 3, "ended", lambda h, r, e: [h, r, _without(e, "ended")]),
+    ("lost events not counts", 3, "summary.lost.ringbuf",
+     lambda h, r, e: [h, r, _with(e, summary={"lost": {"ringbuf": "many"}})]),
+]
+
+NOT_JSON = [
+    ("NaN", 2, "NaN", lambda h, r, e: [h, json.dumps(r).replace('"duration_us":', '"duration_us":NaN,"x":') + "\n", e]),
+    ("Infinity", 2, "Infinity", lambda h, r, e: [h, json.dumps(r).replace('"duration_us":', '"duration_us":-Infinity,"x":') + "\n", e]),
+    ("1e999", 2, "does not fit", lambda h, r, e: [h, json.dumps(r).replace('"duration_us":', '"duration_us":1e999,"x":') + "\n", e]),
+    ("a lone surrogate", 2, "surrogate", lambda h, r, e: [h, json.dumps(_with(r, comm="\udc80"), ensure_ascii=True) + "\n", e]),
+    ("deep nesting", 2, "nested too deeply", lambda h, r, e: [h, "[" * 100000 + "]" * 100000 + "\n", e]),
+    ("a 5000-digit number", 2, "number too long", lambda h, r, e: [h, '{"pid": ' + "9" * 5000 + "}\n", e]),
+    ("not an object", 2, "not an object", lambda h, r, e: [h, "[1, 2]\n", e]),
+    ("not JSON", 2, "not JSON", lambda h, r, e: [h, "{oops\n", e]),
+    ("a newer format", 1, "newer than", lambda h, r, e: [_with(h, nstrace_session=99), r, e]),
+    ("a format that is not a number", 1, "newer than", lambda h, r, e: [_with(h, nstrace_session="1"), r, e]),
+]
+
+
+@pytest.mark.parametrize("what,line,field,damage", CRAFTED, ids=[c[0] for c in CRAFTED])
+def test_a_crafted_session_file_is_refused_naming_line_and_field(recorded, tmp_path, capsys, what, line, field,
+                                                                 damage):
+    from nstrace.cli import main
+    lines = _session_lines(recorded)
+    header, record, end = lines[0], lines[1], lines[-1]
+    path = _write_session(tmp_path / "crafted.jsonl", damage(header, record, end))
+    want = f"nstrace: error: {path}:{line}: field {field}:"
+    done = nstrace("show", str(path))  # the command as a user runs it
+    assert done.returncode == 2 and done.stderr.startswith(want), (what, done.stderr)
+    assert done.stderr.count("\n") == 1 and not CONTROL.search(done.stderr), done.stderr
+    for args in (["show", "--json"], ["render", "--format", "perfetto"], ["render", "--format", "html"]):
+        capsys.readouterr()
+        assert main([*args, str(path)]) == 2, (what, args)  # the same entry point, in this process
+        err = capsys.readouterr().err
+        assert err.startswith(want) and err.count("\n") == 1, (what, args, err)
+
+
+@pytest.mark.parametrize("what,line,words,damage", NOT_JSON, ids=[c[0] for c in NOT_JSON])
+def test_a_session_line_that_is_not_strict_json_is_refused(recorded, tmp_path, what, line, words, damage):
+    lines = _session_lines(recorded)
+    path = _write_session(tmp_path / "crafted.jsonl", damage(lines[0], lines[1], lines[-1]))
+    done = nstrace("show", str(path))
+    assert done.returncode == 2 and done.stderr.startswith(f"nstrace: error: {path}:{line}: "), (what, done.stderr)
+    assert words in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_the_compiled_validator_is_made_from_the_schema_in_the_repo():
+    import importlib.util
+
+    import fastjsonschema
+    generated = (ROOT / "nstrace" / "_session_schema.py").read_text()
+    made_by = re.search(r'^VERSION = "([^"]+)"', generated, re.M).group(1)
+    if made_by != fastjsonschema.VERSION:
+        pytest.skip(f"nstrace/_session_schema.py was made by fastjsonschema {made_by}, {fastjsonschema.VERSION} is "
+                    "installed: its code differs by version (the fuzz still checks it against jsonschema)")
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "session-validator.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.code() == generated, "nstrace/_session_schema.py is stale: run scripts/session-validator.py"
+
+
+def test_every_line_nstrace_writes_meets_the_published_schema(recorded, tmp_path):
+    """The schema is valid draft-07 (jsonschema checks it), and what watch writes (Python's
+    recorder and native/batch.c) passes it."""
+    import jsonschema
+    schema = json.loads((ROOT / "nstrace" / "session.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    reference = jsonschema.Draft7Validator(schema)
+    for obj in _session_lines(recorded):
+        assert not list(reference.iter_errors(obj))
+    # native/batch.c's lines (watch --json without --record)
+    watch = subprocess.Popen([str(NSTRACE_BIN), "watch", "--json", "--comm", "unshare", "--count", "3"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "tracing live" in watch.stderr.readline()
+    for flags in (["--uts"], ["--ipc", "--net"], ["--mount", "--propagation", "private"]):
+        subprocess.run(["unshare", *flags, "true"], check=True)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    assert len(out.splitlines()) == 3
+    for line in out.splitlines():
+        assert not list(reference.iter_errors(json.loads(line))), line
+    plain = _write_session(tmp_path / "watch.jsonl", out.splitlines(keepends=True))
+    assert nstrace("show", str(plain)).returncode == 0
+
+
+NSTRACE_BIN = ROOT / ".venv" / "bin" / "nstrace"
+
+
+def test_show_escapes_what_the_schema_lets_through(recorded, tmp_path):
+    # a soft hyphen (U+00AD) and a zero-width space are no control characters (the schema allows
+    # them) but a terminal does not show them: the table shows them as escapes
+    lines = _session_lines(recorded)
+    path = _write_session(tmp_path / "s.jsonl", [_with(lines[0], host="vm\u00ad1"), _with(lines[1], comm="a\u200bb")])
+    done = nstrace("show", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "a\\u200bb" in done.stdout and "vm\\xad1" in done.stderr
+    assert "\u200b" not in done.stdout and "\u00ad" not in done.stderr
+
+
+def test_markup_in_fields_stays_text_in_svg_and_html(recorded, tmp_path):
+    lines = _session_lines(recorded)
+    comm = '&#27;<img src=x onerror=alert(1)>"\\N'  # dot decodes entities and \N in labels
+    hostile = [_with(lines[0], host="<script>alert(1)</script>")] + \
+        [_with(r, comm=comm) if "nstrace_session" not in r else r for r in lines[1:]]
+    path = _write_session(tmp_path / "s.jsonl", hostile)
+    svg = nstrace("render", str(path), "--format", "svg")
+    assert svg.returncode == 0, svg.stderr
+    root = ET.fromstring(svg.stdout)  # well-formed XML
+    texts = ["".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert any(comm in t for t in texts) and "\x1b" not in svg.stdout
+    page = nstrace("render", str(path), "--format", "html")
+    assert page.returncode == 0, page.stderr
+    import html.parser
+
+    class Tags(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.handlers, self.csp = [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.handlers += [a for a, _ in attrs if a.startswith("on")]
+            if tag == "meta" and ("http-equiv", "Content-Security-Policy") in attrs:
+                self.csp = dict(attrs)["content"]
+    tags = Tags()
+    tags.feed(page.stdout)
+    assert tags.tags.count("script") == 1 and "img" not in tags.tags and tags.handlers == []
+    assert "unsafe-inline" not in tags.csp and "script-src 'sha256-" in tags.csp and "style-src 'sha256-" in tags.csp
+    assert "style=" not in page.stdout  # every style is the hashed <style>: no attribute needs 'unsafe-inline'
+    if os.path.exists("/usr/bin/chromium"):
+        (tmp_path / "s.html").write_text(page.stdout)
+        shown = _chromium((tmp_path / "s.html").as_uri(), tmp_path / "profile")
+        assert _console_errors(shown.stderr) == [] and 'data-ready="1"' in shown.stdout, shown.stderr[-2000:]
+
+
+# Hypothesis: damaged and crafted session files through show and render, every format, in-process
+# (the real CLI entry point): exit 0 or 2, one error line, never a traceback, and what is written
+# stays well-formed and escaped.
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+HOSTILE_TEXT = st.lists(st.sampled_from(list("ab<>&\"'\\;:/.-_ 0x") + ["\x1b", "\x00", "\n", "\x85", "\u202e",
+                                                                         "\u2028", "\udc80", "é", "&#27;", "\\N"]),
+                        max_size=8).map("".join)
+PRINTABLE_TEXT = st.lists(st.sampled_from(list("ab<>&\"'\\;:/. 0x") + ["&#27;", "\\N", "é", "\u00ad", "]]>", "-->"]),
+                          max_size=6).map("".join)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2 ** 70, max_value=2 ** 70) |
+    st.floats(allow_nan=False, allow_infinity=False) | HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(HOSTILE_TEXT, inner, max_size=3), max_leaves=8)
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj[:4]):
+            yield from _paths(value, prefix + (i,))
+
+
+TEXT_FIELDS = {"comm", "host", "nstrace", "release", "version", "machine", "reason", "command", "probe"}
+
+
+@st.composite
+def damaged_sessions(draw, lines):
+    out = [json.loads(json.dumps(line)) for line in lines]
+    if draw(st.booleans()):
+        # valid files with hostile text where the schema allows any text: what the renderers must escape
+        for _ in range(draw(st.integers(1, 6))):
+            i = draw(st.integers(0, len(out) - 1))
+            where = [p for p in _paths(out[i]) if p and p[-1] in TEXT_FIELDS]
+            if where:
+                path = draw(st.sampled_from(where))
+                node = out[i]
+                for key in path[:-1]:
+                    node = node[key]
+                if isinstance(node[path[-1]], str):
+                    node[path[-1]] = draw(PRINTABLE_TEXT)
+        return "".join(json.dumps(line) + "\n" for line in out), out
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(out) - 1))
+        if not isinstance(out[i], (dict, list)):
+            continue
+        where = draw(st.sampled_from(list(_paths(out[i]))[:400]))
+        action = draw(st.sampled_from(["replace", "delete", "add", "text", "text"]))
+        if not where:
+            out[i] = draw(JSON_VALUES) if action == "replace" else out[i]
+            continue
+        node = out[i]
+        for key in where[:-1]:
+            node = node[key]
+        if action == "delete" and isinstance(node, dict):
+            node.pop(where[-1])
+        elif action == "add" and isinstance(node, dict):
+            node[draw(HOSTILE_TEXT)] = draw(JSON_VALUES)
+        elif action == "text":
+            if isinstance(node[where[-1]], str):  # markup and escapes any text field may hold
+                node[where[-1]] = draw(PRINTABLE_TEXT)
+        else:
+            node[where[-1]] = draw(JSON_VALUES)
+    text = "".join(json.dumps(line, ensure_ascii=draw(st.booleans())) + "\n" for line in out)
+    if draw(st.integers(0, 9)) == 0:  # cut short, as a killed recorder leaves it
+        text = text[:draw(st.integers(0, len(text)))]
+    return text, out
+
+
+def _small_session(recorded):
+    lines = _session_lines(recorded)
+    head, end = dict(lines[0]), dict(lines[-1])
+    # the snapshots hold every process: a few of each keep the fuzz quick
+    for line in (head, end):
+        line["snapshot"] = dict(line["snapshot"], namespaces=line["snapshot"]["namespaces"][:3],
+                                processes=line["snapshot"]["processes"][:3])
+    records = lines[1:-1]
+    return [head] + records[:2] + [r for r in records if r["op"] == "setns"][:1] + [end]
+
+
+@pytest.fixture(scope="module")
+def fuzz_base(recorded):
+    return _small_session(recorded)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow,
+                                                                   HealthCheck.data_too_large])
+@given(data=st.data())
+def test_fuzz_session_files_through_show_and_render(fuzz_base, tmp_path, capsys, data):
+    import fastjsonschema
+    import jsonschema
+
+    from nstrace import _session_schema
+    from nstrace.cli import main
+    text, objects = data.draw(damaged_sessions(fuzz_base))
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    # the compiled validator and the reference implementation agree on the published schema
+    reference = jsonschema.Draft7Validator(json.loads((ROOT / "nstrace" / "session.schema.json").read_text()))
+    for obj in objects:
+        if isinstance(obj, dict) and not re.search(r"\\n\"", json.dumps(obj)):  # (Python's $ matches before \n)
+            try:
+                _session_schema.validate(obj)
+                fast = True
+            except fastjsonschema.JsonSchemaValueException:
+                fast = False
+            assert fast == reference.is_valid(obj), obj
+    for args in (["show"], ["show", "--json"], ["render", "--format", "perfetto"], ["render", "--format", "svg"],
+                 ["render", "--format", "html"]):
+        capsys.readouterr()
+        code = main([*args, str(path)])
+        out, err = capsys.readouterr()
+        assert code in (0, 2), (args, code, err)
+        event(f"{args[-1]} exit {code}")
+        if code == 2:
+            last = err.splitlines()[-1]
+            assert last.startswith("nstrace: error: ") and err.count("nstrace: error:") == 1, err
+            continue
+        assert not CONTROL.search(out) and not CONTROL.search(err), (args, out[-500:], err)
+        if args == ["show", "--json"]:
+            [json.loads(line) for line in out.splitlines()]
+        elif args[-1] == "perfetto":
+            validate_trace_events(json.loads(out))
+        elif args[-1] == "svg":
+            ET.fromstring(out)
+        elif args[-1] == "html":
+            assert out.count("<script") == 1 and "unsafe-inline" not in out
