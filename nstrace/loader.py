@@ -238,6 +238,11 @@ class BpfObject:
         return list(self._links)
 
     @property
+    def loaded(self):
+        """True once the kernel took the object: only then do its maps have fds."""
+        return self._loaded and self._obj is not None
+
+    @property
     def btf(self):
         """The object's own BTF (freed with the object)."""
         return self._btf
