@@ -11,8 +11,8 @@ import os
 import time
 
 from . import flags as fl
-from . import pathcheck, scenarios
-from .errors import NstraceError, UsageError
+from . import loader, pathcheck, scenarios
+from .errors import NstraceError, PrivilegeError, UsageError
 from .launcher import Launcher
 from .tracer import Options, Tracer, section_of
 
@@ -45,6 +45,15 @@ class ScenarioResult:
 
 
 def tracer_for_check():
+    """The tracer of `check` and `demo`; raises PrivilegeError unless this process may also make
+    the namespaces they trace."""
+    loader.check_privileges()
+    if not loader.effective_caps() >> loader.CAP_SYS_ADMIN & 1:
+        # CAP_BPF and CAP_PERFMON trace; making or joining a namespace of any type but user takes
+        # CAP_SYS_ADMIN (kernel/nsproxy.c copy_namespaces(), unshare_nsproxy_namespaces() and each
+        # type's ->install(), 6.18), and the launcher makes them all
+        raise PrivilegeError("this needs root: it makes namespaces, which takes CAP_SYS_ADMIN, and this "
+                             "process has only what tracing takes (CAP_BPF and CAP_PERFMON)")
     return Tracer(Options(trace_all=True, pid=os.getpid(), poll_ms=20))
 
 

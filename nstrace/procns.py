@@ -173,6 +173,18 @@ def _gone_reason(pid, tid, want_ticks):
     return "pid reused" if ticks is not None and ticks != want_ticks else "exited"
 
 
+def tgid_of(tid):
+    """The process (thread group) thread `tid` belongs to, or None if there is no such thread."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
 def descendants(pid):
     """pid and every live descendant (psutil), for --pid seeding. Raises psutil.NoSuchProcess."""
     import psutil  # only --pid needs it: ~20 ms of start-up spared for everyone else

@@ -41,6 +41,14 @@ class Options:
         probeset.check_ringbuf_bytes(self.ringbuf_bytes)
         if len(self.comms) > batch.MAX_COMMS:
             raise UsageError(f"at most {batch.MAX_COMMS} --comm values, not {len(self.comms)}")
+        for comm in self.comms:
+            raw = events.comm_bytes(comm)
+            if raw is None:
+                raise UsageError(f"--comm {comm!r}: not a command name as nstrace shows it (a control character, "
+                                 f"a backslash or a byte that is not UTF-8 is written as events show it, e.g. \\x1b)")
+            if not raw or len(raw) > events.COMM_BYTES:
+                raise UsageError(f"--comm {comm!r}: a command name has 1 to {events.COMM_BYTES} bytes "
+                                 f"(the kernel's TASK_COMM_LEN less its NUL): this one could never match")
         for op in self.ops:
             if op not in fl.OPS:
                 raise UsageError(f"unknown operation {op!r}: valid are {', '.join(fl.OPS)}")
@@ -74,6 +82,7 @@ class Tracer:
         # (CLOCK_MONOTONIC ns, events lost so far) before each read of the ring buffer: which
         # losses came after a record was made, and so may explain what /proc shows (_proc_check)
         self._lost_seen = collections.deque(maxlen=1024)
+        self.pid_of_thread = None              # (tid, tgid) when --pid named a thread of tgid
 
     @property
     def attached(self):
@@ -95,14 +104,29 @@ class Tracer:
         """Check the environment, load and attach; raise NstraceError on any failure."""
         loader.check_privileges()
         loader.check_btf()
-        if self.options.pid is not None and not os.path.exists(f"/proc/{self.options.pid}"):
-            raise UsageError(f"--pid {self.options.pid}: no such process")
+        if self.options.pid is not None:
+            self._resolve_pid()
         try:
             self._setup()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _resolve_pid(self):
+        """--pid names a process; a thread id means that thread's process.
+
+        The kernel side follows processes (probes/syscalls.bpf.c keys its
+        table by tgid), and /proc/<tid> exists for every thread, though no
+        listing shows it: a thread id taken as it is would trace nothing.
+        """
+        tid = self.options.pid
+        tgid = procns.tgid_of(tid)
+        if tgid is None:
+            raise UsageError(f"--pid {tid}: no such process")
+        if tgid != tid:
+            self.pid_of_thread = (tid, tgid)
+            self.options.pid = self.probes.pid = tgid
 
     def _setup(self):
         if not self._adopt_preloaded():
@@ -257,7 +281,7 @@ class Tracer:
     @property
     def lost(self):
         """Records the kernel could not hand over: {"ringbuf": n, "inflight": n}."""
-        if not self._obj:
+        if not self._obj or not self._obj.loaded:
             return self._final_lost
         lost = {"ringbuf": self._obj.read_global(".bss", "lost_events"),
                 "inflight": self._obj.read_global(".bss", "lost_inflight")}
