@@ -10,7 +10,6 @@ neither touches libbpf.
 import collections
 import ctypes
 import dataclasses
-import os
 import time
 
 from . import batch, events, filters, kernelpath, loader, probeset, procns

@@ -8,7 +8,6 @@ real processes rename themselves (prctl PR_SET_NAME) and make real unshare/setns
 /proc is the real one.
 """
 
-import ctypes
 import json
 import os
 import signal

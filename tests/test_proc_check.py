@@ -14,7 +14,6 @@ import pytest
 
 from nstrace import nscalls, procns
 from nstrace import flags as fl
-from nstrace.tracer import Options, Tracer
 
 from nshelpers import wait_for
 

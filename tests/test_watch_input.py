@@ -6,6 +6,7 @@ object the kernel refuses. Real processes, real setpriv, real mounts in a privat
 the real verifier.
 """
 
+import json
 import os
 import struct
 import subprocess
@@ -50,9 +51,8 @@ def test_empty_or_impossible_filters_are_refused(args, words):
 
 
 THREAD = """
-import os, sys, threading
+import sys, threading
 from nstrace import nscalls
-go = threading.Event()
 def thread():
     print(threading.get_native_id(), flush=True)
     sys.stdin.readline()
@@ -87,7 +87,6 @@ def test_pid_of_a_thread_follows_its_process():
             watch.kill()
             watch.wait()
     assert watch.returncode == 0, err
-    import json
     rec = json.loads(out)
     assert (rec["op"], rec["pid"], rec["tid"]) == ("unshare", proc.pid, tid)
 
