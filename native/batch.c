@@ -14,7 +14,8 @@
  * struct jl_tables. The record layout is probes/nstrace.h itself. The
  * reference decoder is nstrace/events.py + display.json_line(): for every
  * record formatted here the bytes are identical, which tests/test_batch.py
- * checks on records of real namespace operations.
+ * checks on records of real namespace operations, and tests/test_json_output.py
+ * in every routing state (enum jl_state), hostile names and all.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -32,14 +33,39 @@
 #define JL_EXPORT __attribute__((visibility("default")))
 #define CLONE_CSIGNAL 0xffull
 
-/* What jl_classify() decided for a record. */
+/*
+ * What jl_classify() decided for a record: independent bits, each tested on
+ * its own (never a whole state compared with ==: a record can be Python's
+ * and superseded at once). The bits are defined here only: nstrace/batch.py
+ * reads their names and values from jl_state_bits[] in this library.
+ */
+#define JL_STATE_BITS(X)							\
+	/* Python decodes it, filters it, and writes its whole line (jl_set) */	\
+	X(PYTHON, 0x01)								\
+	/* Python reads its /proc; a line of C's waits for that proc_check (jl_set) */ \
+	X(CHECK, 0x02)								\
+	/* superseded: the checked task moves after it, in this batch; /proc not read */ \
+	X(LATER, 0x04)								\
+	/* not shown: --op/--comm/--type (C's filter, or Python's via jl_set) */	\
+	X(FILTERED, 0x08)
+
 enum jl_state {
-	JL_FORMAT = 0,		/* formatted here, proc_check null */
-	JL_SUPERSEDED = 1,	/* formatted here: the checked task acts again later in the batch */
-	JL_CHECK = 2,		/* formatted here once Python hands over its proc_check */
-	JL_PYTHON = 3,		/* Python decodes, filters and formats it (jl_set_line) */
-	JL_FILTERED = 4,	/* not shown: --op/--comm/--type */
-	JL_LATER = 0x10,	/* JL_PYTHON: superseded, as JL_SUPERSEDED */
+	JL_FORMAT = 0,		/* none of them: formatted here, proc_check null */
+#define JL_ENUM(name, bit) JL_##name = bit,
+	JL_STATE_BITS(JL_ENUM)
+#undef JL_ENUM
+};
+
+struct jl_state_bit {
+	const char *name;
+	__u8 bit;
+};
+
+JL_EXPORT const struct jl_state_bit jl_state_bits[] = {
+#define JL_ENTRY(name, bit) { #name, bit },
+	JL_STATE_BITS(JL_ENTRY)
+#undef JL_ENTRY
+	{ NULL, 0 }
 };
 
 /* Names, filled once by nstrace/batch.py; strings are JSON-ready ("\"clone\""). */
@@ -195,13 +221,16 @@ JL_EXPORT int jl_oom(const struct jl_batch *b)
 	return b->oom;
 }
 
-/* Python's fragment for record i: its proc_check (JL_CHECK) or its whole line (JL_PYTHON; NULL: filtered). */
+/*
+ * Python's fragment for record i: its whole line (JL_PYTHON; NULL: Python's
+ * filter dropped it) or its proc_check (JL_CHECK).
+ */
 JL_EXPORT void jl_set(struct jl_batch *b, __u32 i, const char *frag, __u32 len)
 {
 	b->frag[i] = frag;
 	b->frag_len[i] = len;
-	if (b->state[i] == JL_PYTHON && !frag)
-		b->state[i] = JL_FILTERED;
+	if ((b->state[i] & JL_PYTHON) && !frag)
+		b->state[i] |= JL_FILTERED;
 }
 
 static const struct nstrace_event *rec(const struct jl_batch *b, __u32 i)
@@ -312,11 +341,12 @@ static int moves_caller(const struct nstrace_event *e)
 }
 
 /*
- * Decide every record's state; count ops, filtered and superseded records.
- * Returns how many records Python must see (JL_CHECK or JL_PYTHON), or -1.
- * A record is superseded when the task it would check moves to other
- * namespaces later in this batch: /proc already shows where it went, so it
- * is not read. A JL_PYTHON record carries JL_LATER when that holds.
+ * Decide every record's state; count ops, and the filtered and superseded
+ * records written here. Returns how many records Python must see (JL_CHECK
+ * or JL_PYTHON), or -1. A record is superseded (JL_LATER) when the task it
+ * would check moves to other namespaces after it, in a record of this
+ * batch: /proc already shows where it went, so it is not read. A JL_PYTHON
+ * record carries JL_CHECK and JL_LATER as any other; Python filters it.
  */
 JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const struct jl_filter *f,
 			  int check_proc)
@@ -343,27 +373,35 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
 		const struct nstrace_event *e = rec(b, i);
 		int check = 0, later = 0;
 		__u32 tid;
+		__u8 st;
 
 		b->counts.by_op[e->op < 5 ? e->op : 0]++;
 		if (check_proc && checked(e, &tid)) {
+			__u32 last = *last_slot(&h, tid ?: ~0u);
+
 			check = 1;
-			later = *last_slot(&h, tid ?: ~0u) > i + 1;
+			/*
+			 * A move after this record; for a clone's child, any move
+			 * of its own: it runs before its parent's clone returns
+			 * (CLONE_VFORK waits for it, and another CPU need not), so
+			 * its record can come first. Its start time tells it from
+			 * an earlier task with the same tid.
+			 */
+			later = last > i + 1 || (last && tid != e->tid &&
+						 rec(b, last - 1)->start_time_ns == e->child_start_ns);
 		}
+		st = later ? JL_LATER : check ? JL_CHECK : JL_FORMAT;
+
 		if (b->len[i] < offsetof(struct nstrace_event, steps) || !comm_is_plain(e->comm) || e->nsteps) {
-			b->state[i] = JL_PYTHON | (later ? JL_LATER : 0);
-			python++;
+			st |= JL_PYTHON;
 		} else if (!wanted(t, f, e)) {
-			b->state[i] = JL_FILTERED;
+			st = JL_FILTERED;
 			b->counts.filtered++;
 		} else if (later) {
-			b->state[i] = JL_SUPERSEDED;
 			b->counts.superseded++;
-		} else if (check) {
-			b->state[i] = JL_CHECK;
-			python++;
-		} else {
-			b->state[i] = JL_FORMAT;
 		}
+		b->state[i] = st;
+		python += !!(st & (JL_PYTHON | JL_CHECK));
 	}
 	free(h.tid), free(h.idx);
 	return python;
@@ -592,14 +630,30 @@ static void put_num_str(struct out *o, __s64 v)
 	*o->p++ = '"';
 }
 
-/* json.dumps() of a plain comm (see comm_is_plain): only '"' needs escaping. */
+/*
+ * The comm as display.json_line() writes it: json.dumps() of a plain comm
+ * (see comm_is_plain), with '"' escaped, and '<', '>' and '&' as \u00XX so
+ * that a line pasted into HTML cannot end a <script> element. No other byte
+ * below 0x20 or above 0x7e gets here (jl_classify() sends such records to
+ * Python, whose escaping is the reference); were one to, it would still be
+ * written as \u00XX, never raw.
+ */
 static void put_comm(struct out *o, const char *comm)
 {
 	*o->p++ = '"';
 	for (int i = 0; i < 16 && comm[i]; i++) {
-		if (comm[i] == '"')
+		unsigned char c = comm[i];
+
+		if (c == '"' || c == '\\') {
 			*o->p++ = '\\';
-		*o->p++ = comm[i];
+			*o->p++ = c;
+		} else if (c < 0x20 || c > 0x7e || c == '<' || c == '>' || c == '&') {
+			PUT(o, "\\u00");
+			*o->p++ = "0123456789abcdef"[c >> 4];
+			*o->p++ = "0123456789abcdef"[c & 15];
+		} else {
+			*o->p++ = c;
+		}
 	}
 	*o->p++ = '"';
 }
@@ -866,14 +920,15 @@ JL_EXPORT long jl_format(struct jl_batch *b, const struct jl_tables *t, __u32 li
 		__u8 st = b->state[i];
 		size_t need = b->out_len + LINE_MAX_BYTES + b->frag_len[i];
 
-		if (st == JL_FILTERED || (st == JL_PYTHON && !b->frag[i]))
+		/* a Python record is never written here: its line, or nothing */
+		if ((st & JL_FILTERED) || ((st & JL_PYTHON) && !b->frag[i]))
 			continue;
 		if (reserve(&b->out, &b->out_cap, need))
 			return -1;
 		o.p = b->out + b->out_len;
-		if (st == JL_PYTHON) {
+		if (st & JL_PYTHON) {
 			put(&o, b->frag[i], b->frag_len[i]);
-		} else if (st == JL_SUPERSEDED) {
+		} else if (st & JL_LATER) {
 			char frag[48] = "{\"status\":\"superseded\",\"pid\":";
 			struct out f = { frag + strlen(frag) };
 			__u32 tid;

@@ -4,13 +4,16 @@ libbpf hands each record to a sample callback. A Python callback costs
 microseconds per record, so the callback is C: it copies records into a
 batch. Per batch, the C side then says which records Python must look at
 (a /proc check, or a record it does not format: non-ASCII comm, kernel-path
-steps) and writes the JSON lines of all the others itself. Python's decoder
-(:mod:`nstrace.events`) stays the reference: the C lines are byte-identical
-to :func:`nstrace.display.json_line` (tests/test_batch.py).
+steps) and writes the JSON lines of all the others itself. What it says of
+a record is a set of bits (:func:`states`) that this module reads from the
+library, never copies. Python's decoder (:mod:`nstrace.events`) stays the
+reference: the C lines are byte-identical to :func:`nstrace.display.json_line`
+(tests/test_batch.py, tests/test_json_output.py).
 """
 
 import ctypes
 import errno
+import types
 from pathlib import Path
 
 from . import events, libbpf
@@ -19,9 +22,6 @@ from .errors import LibbpfError
 
 LIB_PATH = Path(__file__).resolve().parent / "_bpf" / "libnstrace-batch.so"
 
-# enum jl_state in native/batch.c
-FORMAT, SUPERSEDED, CHECK, PYTHON, FILTERED = range(5)
-LATER = 0x10
 MAX_COMMS = 16
 
 
@@ -109,7 +109,32 @@ def make_filter(options):
     return f
 
 
+class _StateBit(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("bit", ctypes.c_uint8)]
+
+
 _LIB = None
+_STATES = None
+
+
+def states():
+    """The routing bits of jl_classify(), as native/batch.c defines them (jl_state_bits[]):
+    PYTHON, CHECK, LATER, FILTERED; a record with none of them is C's own, proc_check null.
+
+    Read from the library, never copied: the two sides cannot drift apart. Each
+    is a bit of its own, and is tested as one (``state & PYTHON``): a record can
+    be Python's and superseded at once.
+    """
+    global _STATES
+    if _STATES is None:
+        table = ctypes.cast(ctypes.addressof(_StateBit.in_dll(lib(), "jl_state_bits")), ctypes.POINTER(_StateBit))
+        bits = {}
+        for i in range(64):
+            if not table[i].name:
+                break
+            bits[table[i].name.decode()] = table[i].bit
+        _STATES = types.SimpleNamespace(**bits)
+    return _STATES
 
 
 def lib():
@@ -154,6 +179,7 @@ class Batch:
 
     def __init__(self, map_fd, options, inflight_fd=-1, max_records=1024):
         self._lib = lib()
+        self._max = max_records
         self._b = self._lib.jl_new(max_records)
         if not self._b:
             raise MemoryError("allocating the record batch")
@@ -204,6 +230,20 @@ class Batch:
         self.n = self._lib.jl_count(self._b)
         return self.n
 
+    def refill(self, records):
+        """Hold these records (bytes each) instead of the ring buffer's: the differential
+        tests drive every routing state with them. At most max_records."""
+        if len(records) > self._max:
+            raise ValueError(f"{len(records)} records: a batch holds {self._max}")
+        self._lib.jl_reset(self._b)
+        self._keep = []
+        for raw in records:
+            buf = ctypes.create_string_buffer(raw, len(raw))
+            if self._lib.jl_sample(self._b, buf, len(raw)) == -errno.ENOMEM:
+                raise MemoryError("copying records")
+        self.n = self._lib.jl_count(self._b)
+        return self.n
+
     def raw(self, i):
         """Record i as bytes (for the Python decoder)."""
         size = ctypes.c_uint32()
@@ -211,7 +251,7 @@ class Batch:
         return ctypes.string_at(ptr, size.value)
 
     def classify(self, filt=None):
-        """Every record's state (FORMAT, SUPERSEDED, CHECK, PYTHON [| LATER], FILTERED), as bytes.
+        """Every record's state (bits of :func:`states`), as bytes.
 
         ``filt``: a :class:`Filter` other than the options' one.
         """
@@ -221,7 +261,7 @@ class Batch:
         return ctypes.string_at(self._lib.jl_states(self._b), self.n)
 
     def set(self, i, fragment):
-        """Python's part of record i: its proc_check JSON (CHECK) or its line (PYTHON; None: filtered)."""
+        """Python's part of record i: its line (PYTHON; None: filtered) or its proc_check JSON (CHECK)."""
         if fragment is not None:
             self._keep.append(fragment)
         self._lib.jl_set(self._b, i, fragment, len(fragment) if fragment else 0)

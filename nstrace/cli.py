@@ -53,8 +53,18 @@ def _finite(value):
     return value
 
 
-def _split(values):
-    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+def _split(values, option, what):
+    """Repeated and comma-separated values; given only empty ones, a usage error (as --type's)."""
+    out = tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+    if values and not out:
+        raise UsageError(f"{option}: no {what}")
+    return out
+
+
+def _path(_ctx, param, value):
+    if value is not None and not value.strip():
+        raise click.BadParameter("no file name given", param=param)
+    return value
 
 
 class _Commands(click.Group):
@@ -81,7 +91,8 @@ def cli():
 
 @cli.command()
 @click.option("--pid", type=int, help="Only this process and its descendants.")
-@click.option("--comm", multiple=True, help="Only these command names (repeat or comma-separate).")
+@click.option("--comm", multiple=True,
+              help="Only these command names, as nstrace shows them (repeat or comma-separate).")
 @click.option("--op", "ops", multiple=True, help="Only these operations: clone, clone3, unshare, setns.")
 @click.option("--type", "types", multiple=True, help="Only operations touching these namespace types (mnt, uts, ...).")
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
@@ -93,18 +104,22 @@ def cli():
 @click.option("--no-proc-check", is_flag=True, help="Do not correlate records with /proc/<pid>/ns.")
 @click.option("--buffer-kib", type=click.IntRange(min=4), default=4096, show_default=True,
               help="Ring buffer size in KiB (a power of two).")
-@click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True),
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True), callback=_path,
               help="Also write the session (records, namespace snapshots, kernel, probes) to this file.")
 def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
           record_path):
     """Stream namespace operations system-wide until Ctrl-C."""
-    options = Options(trace_all=trace_all, pid=pid, comms=_split(comm), ops=_split(ops),
+    options = Options(trace_all=trace_all, pid=pid, comms=_split(comm, "--comm", "command name given"),
+                      ops=_split(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
                       types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
                       raw_addresses=raw_addresses, check_proc=not no_proc_check,
                       ringbuf_bytes=buffer_kib * 1024)
     tracer = Tracer(options)
     tracer.start()
     from . import display  # after the probes are attached: tracing is live a little sooner
+    if tracer.pid_of_thread:
+        status("--pid {}: a thread of process {}: following process {} and its descendants".format(
+            *tracer.pid_of_thread, tracer.pid_of_thread[1]))
     recorder = None
     if record_path:
         from . import session

@@ -100,8 +100,17 @@ def row(rec):
     return "\n".join(printable(text) for text in [line] + details)
 
 
+def json_value(value, sort_keys=False):
+    """Compact JSON (RFC 8259), as native/batch.c writes it: ASCII only (json.dumps escapes every
+    control character and all of non-ASCII), and '<', '>', '&' as \\u00XX, so that a line pasted
+    into an HTML page cannot end its <script> element. They only ever occur inside strings."""
+    text = json.dumps(value, separators=(",", ":"), sort_keys=sort_keys)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def json_line(rec):
-    return json.dumps(rec.to_json(), separators=(",", ":"))
+    """The record as one line of `watch --json` (and `show --json`), without its newline."""
+    return json_value(rec.to_json())
 
 
 def summary_table(summary):
@@ -119,7 +128,7 @@ def summary_table(summary):
 
 
 def json_summary(summary):
-    return json.dumps(summary, separators=(",", ":"), sort_keys=True)
+    return json_value(summary, sort_keys=True)
 
 
 def availability_table(rows):

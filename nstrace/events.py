@@ -13,6 +13,7 @@ from . import flags as fl
 
 NS_SLOTS = len(fl.NS_ENTRIES)
 MAX_STEPS = 48
+COMM_BYTES = 15  # TASK_COMM_LEN (16, include/linux/sched.h, 6.18) less the NUL
 # The enums of probes/nstrace.h (tests/test_layout.py checks them against BTF).
 OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns"}
 TARGET_KINDS = {0: None, 1: "nsfs", 2: "pidfd", 3: "other", 4: "badfd"}
@@ -105,6 +106,38 @@ def safe_comm(raw):
     # surrogateescape keeps each invalid byte as one lone surrogate U+DC80..U+DCFF
     text = raw.decode("utf-8", errors="surrogateescape")
     return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
+
+
+def comm_bytes(shown):
+    """The name safe_comm() shows as `shown`, as bytes; None if it shows no name so.
+
+    --comm takes names as nstrace shows them: this tells a name that could
+    match from one that never can.
+    """
+    out, i = bytearray(), 0
+    while i < len(shown):
+        c = shown[i]
+        if c != "\\":
+            out += c.encode("utf-8", "surrogatepass")
+            i += 1
+            continue
+        kind = shown[i + 1:i + 2]
+        if kind in _UNESCAPED:
+            out += _UNESCAPED[kind]
+            i += 2
+            continue
+        width = {"x": 2, "u": 4, "U": 8}.get(kind)
+        digits = shown[i + 2:i + 2 + width] if width else ""
+        if not width or len(digits) != width or digits.strip("0123456789abcdef") or int(digits, 16) > 0x10FFFF:
+            return None
+        code = int(digits, 16)
+        out += bytes([code]) if kind == "x" else chr(code).encode("utf-8", "surrogatepass")
+        i += 2 + width
+    raw = bytes(out)
+    return raw if safe_comm(raw) == shown else None
+
+
+_UNESCAPED = {"\\": b"\\", "n": b"\n", "t": b"\t"}
 
 
 def _escape(c):

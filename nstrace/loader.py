@@ -11,6 +11,7 @@ import ctypes
 import errno
 import mmap
 import os
+import stat
 import threading
 
 from . import btf as btfmod
@@ -57,13 +58,24 @@ def ensure_tracefs(path=TRACEFS):
     """Make tracefs available for attaching tracepoints; return True if we mounted it.
 
     libbpf resolves a tracepoint's id through tracefs at attach time only; our
-    machines do not mount it by default (../shared/kernel-env.md).
+    machines do not mount it by default (../shared/kernel-env.md). Mounted,
+    tracefs is root's alone (mode 0700, fs/tracefs/inode.c, 6.18): with
+    CAP_BPF and CAP_PERFMON but not root, it is there and cannot be read.
     """
-    if os.path.isdir(os.path.join(path, "events")):
-        return False
+    try:
+        if stat.S_ISDIR(os.stat(os.path.join(path, "events")).st_mode):
+            return False
+    except PermissionError as e:
+        raise PrivilegeError(f"tracefs at {path} is mounted, but this user may not read it ({e.strerror}): "
+                             "libbpf looks tracepoints up there; run as root") from None
+    except OSError:
+        pass  # not mounted (or not there at all): mount it
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"nodev", str(path).encode(), b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()
+        if err == errno.EPERM:
+            raise PrivilegeError(f"tracefs is not mounted at {path}, and mounting it needs CAP_SYS_ADMIN: "
+                                 "run as root, or mount it first")
         raise KernelSupportError(f"tracefs is not mounted at {path} and mounting it failed: {os.strerror(err)}")
     return True
 
@@ -236,6 +248,11 @@ class BpfObject:
     @property
     def attached(self):
         return list(self._links)
+
+    @property
+    def loaded(self):
+        """True once the kernel took the object: only then do its maps have fds."""
+        return self._loaded and self._obj is not None
 
     @property
     def btf(self):

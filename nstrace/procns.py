@@ -18,6 +18,12 @@ _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")
 # None: not tried yet; False: the kernel has no NS_GET_ID (ENOTTY), stop asking.
 _ns_get_id_works = None
 
+# The entries the task's nsproxy backs: each ->get() of fs/proc/namespaces.c reads task->nsproxy,
+# but user's reads the task's cred and pid's its struct pid (checked against 6.1 and 6.18). An
+# exiting task drops its nsproxy in do_exit() -> exit_task_namespaces() before exit_notify() makes
+# it a zombie (kernel/exit.c): meanwhile /proc shows only its user and pid entries.
+NSPROXY_ENTRIES = tuple(e for e in fl.NS_ENTRIES if e not in ("user", "pid"))
+
 
 def ns_links(pid, tid=None):
     """{entry: inode} from /proc/<pid>/task/<tid>/ns, or None if the task is gone.
@@ -112,16 +118,25 @@ def ns_to_ticks(ns):
     return ns // (1_000_000_000 // _TICKS_PER_SEC)
 
 
-def check(pid, tid, start_ns, expected, expected_ids=None):
+def check(pid, tid, start_ns, expected, expected_ids=None, changed=None):
     """Compare expected {entry: inode} with /proc for task (pid, tid) born at start_ns.
 
-    Returns a dict: ``status`` is ``match``, ``mismatch`` (with ``diff``:
-    entry -> {"kernel": inode, "proc": inode}) or ``gone`` (with ``reason``).
-    ``unseen`` lists entries the kernel recorded but /proc does not show.
-    With ``expected_ids`` ({entry: ns_id}, the record's ns_id_*) and a kernel
-    that answers NS_GET_ID, an entry whose inode agrees but whose ns_id does
-    not is a mismatch too (diff adds "kernel_ns_id" and "proc_ns_id"): the
-    inode was reused by another namespace.
+    Returns a dict; ``status`` is one of:
+
+    - ``match``: every entry /proc shows agrees, and at least one of them is
+      an entry the call changed (``changed``; None or empty: any entry);
+    - ``mismatch``, with ``diff``: entry -> {"kernel": inode, "proc": inode};
+    - ``unseen``: what /proc shows agrees, but it shows none of the entries
+      the call changed (pid_for_children after unshare(CLONE_NEWPID), until
+      the first child is born): nothing the call did could be compared;
+    - ``gone``, with ``reason``: "exited", "pid reused", or "exiting" (alive,
+      but its namespaces already released: nothing left to compare).
+
+    ``unseen`` (the key) lists entries the kernel recorded but /proc does not
+    show. With ``expected_ids`` ({entry: ns_id}, the record's ns_id_*) and a
+    kernel that answers NS_GET_ID, an entry whose inode agrees but whose ns_id
+    does not is a mismatch too (diff adds "kernel_ns_id" and "proc_ns_id"):
+    the inode was reused by another namespace.
     """
     want_ticks = ns_to_ticks(start_ns)
     if _alive_ticks(pid, tid) != want_ticks:
@@ -131,6 +146,9 @@ def check(pid, tid, start_ns, expected, expected_ids=None):
     # Read the start time again: the links must belong to the same, living task.
     if not links or _alive_ticks(pid, tid) != want_ticks:
         return {"status": "gone", "pid": tid, "reason": _gone_reason(pid, tid, want_ticks)}
+    held = [name for name in NSPROXY_ENTRIES if expected.get(name)]
+    if held and not any(name in links for name in held):
+        return {"status": "gone", "pid": tid, "reason": "exiting"}
     diff = {name: {"kernel": expected.get(name), "proc": links[name]}
             for name in links if expected.get(name) and expected[name] != links[name]}
     for name, proc_id in (ids or {}).items():
@@ -138,7 +156,10 @@ def check(pid, tid, start_ns, expected, expected_ids=None):
         if name in links and name not in diff and kernel_id and proc_id != kernel_id:
             diff[name] = {"kernel": expected.get(name), "proc": links[name],
                           "kernel_ns_id": kernel_id, "proc_ns_id": proc_id}
-    result = {"status": "mismatch" if diff else "match", "pid": tid}
+    claimed = [name for name in changed or () if expected.get(name)] or \
+        [name for name in fl.NS_ENTRIES if expected.get(name)]
+    status = "mismatch" if diff else "match" if any(name in links for name in claimed) else "unseen"
+    result = {"status": status, "pid": tid}
     if diff:
         result["diff"] = diff
     unseen = [name for name in fl.NS_ENTRIES if expected.get(name) and name not in links]
@@ -150,6 +171,18 @@ def check(pid, tid, start_ns, expected, expected_ids=None):
 def _gone_reason(pid, tid, want_ticks):
     ticks = start_ticks(pid, tid)
     return "pid reused" if ticks is not None and ticks != want_ticks else "exited"
+
+
+def tgid_of(tid):
+    """The process (thread group) thread `tid` belongs to, or None if there is no such thread."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
 
 
 def descendants(pid):

@@ -10,8 +10,7 @@ neither touches libbpf.
 import collections
 import ctypes
 import dataclasses
-import json
-import os
+import time
 
 from . import batch, events, filters, kernelpath, loader, probeset, procns
 from . import flags as fl
@@ -41,6 +40,14 @@ class Options:
         probeset.check_ringbuf_bytes(self.ringbuf_bytes)
         if len(self.comms) > batch.MAX_COMMS:
             raise UsageError(f"at most {batch.MAX_COMMS} --comm values, not {len(self.comms)}")
+        for comm in self.comms:
+            raw = events.comm_bytes(comm)
+            if raw is None:
+                raise UsageError(f"--comm {comm!r}: not a command name as nstrace shows it (a control character, "
+                                 f"a backslash or a byte that is not UTF-8 is written as events show it, e.g. \\x1b)")
+            if not raw or len(raw) > events.COMM_BYTES:
+                raise UsageError(f"--comm {comm!r}: a command name has 1 to {events.COMM_BYTES} bytes "
+                                 f"(the kernel's TASK_COMM_LEN less its NUL): this one could never match")
         for op in self.ops:
             if op not in fl.OPS:
                 raise UsageError(f"unknown operation {op!r}: valid are {', '.join(fl.OPS)}")
@@ -67,8 +74,14 @@ class Tracer:
         self._python_superseded = 0
         self._counts = None                    # the batch's counters once it is closed
         self._batch = None
+        self._states = b""                     # the routing state of each record of the batch
+        self._st = None                        # batch.states(), once the library is loaded
         self.last_read = 0                     # records the last poll took from the ring buffer
         self._final_lost = {"ringbuf": 0, "inflight": 0}
+        # (CLOCK_MONOTONIC ns, events lost so far) before each read of the ring buffer: which
+        # losses came after a record was made, and so may explain what /proc shows (_proc_check)
+        self._lost_seen = collections.deque(maxlen=1024)
+        self.pid_of_thread = None              # (tid, tgid) when --pid named a thread of tgid
 
     @property
     def attached(self):
@@ -90,14 +103,29 @@ class Tracer:
         """Check the environment, load and attach; raise NstraceError on any failure."""
         loader.check_privileges()
         loader.check_btf()
-        if self.options.pid is not None and not os.path.exists(f"/proc/{self.options.pid}"):
-            raise UsageError(f"--pid {self.options.pid}: no such process")
+        if self.options.pid is not None:
+            self._resolve_pid()
         try:
             self._setup()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _resolve_pid(self):
+        """--pid names a process; a thread id means that thread's process.
+
+        The kernel side follows processes (probes/syscalls.bpf.c keys its
+        table by tgid), and /proc/<tid> exists for every thread, though no
+        listing shows it: a thread id taken as it is would trace nothing.
+        """
+        tid = self.options.pid
+        tgid = procns.tgid_of(tid)
+        if tgid is None:
+            raise UsageError(f"--pid {tid}: no such process")
+        if tgid != tid:
+            self.pid_of_thread = (tid, tgid)
+            self.options.pid = self.probes.pid = tgid
 
     def _setup(self):
         if not self._adopt_preloaded():
@@ -107,6 +135,7 @@ class Tracer:
                 self._seed_tracked(self.options.pid)
             self.probes.attach()
         self._batch = batch.Batch(self._obj.map_fd("events"), self.options, inflight_fd=self._obj.map_fd("inflight"))
+        self._st = batch.states()
 
     def _adopt_preloaded(self):
         """Take the probes nstrace.preload loaded, if they are the ones these options ask for."""
@@ -138,71 +167,120 @@ class Tracer:
 
     def poll(self, timeout_ms=None):
         """The next batch of records (possibly empty), checked against /proc and filtered."""
-        states = self._read(timeout_ms)
+        self._read(timeout_ms)
+        return self.records()
+
+    def poll_json(self, timeout_ms=None, limit=0):
+        """poll() as JSON lines: (bytes-like, number of lines), at most `limit` lines (0: all)."""
+        self._read(timeout_ms)
+        return self.json_lines(limit)
+
+    def _read(self, timeout_ms):
+        self._lost_seen.append((time.monotonic_ns(), self._lost_total()))
+        self.last_read = self._batch.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
+        self._states = self._batch.classify()
+
+    def replay(self, records):
+        """Take these records (bytes each) as the batch, instead of the ring buffer's; then
+        records() or json_lines() as after a poll. The differential tests drive every routing
+        state through both writers so."""
+        self._batch.refill(records)
+        self._states = self._batch.classify()
+
+    def records(self):
+        """The batch read last, as Records: decoded, checked and filtered in Python (the reference)."""
         out = []
-        for i, state in enumerate(states):
-            if state != batch.FILTERED:
+        for i, state in enumerate(self._states):
+            if not state & self._st.FILTERED:
                 rec = self._record(i, state)
                 if rec:
                     out.append(rec)
         return out
 
-    def poll_json(self, timeout_ms=None, limit=0):
-        """poll() as JSON lines: (bytes-like, number of lines), at most `limit` lines (0: all).
-
-        The same records and lines as poll() with display.json_line(), written
-        by native/batch.c: Python only decodes the records it must check
-        against /proc (each task's last in the batch) or that C leaves to it.
-        """
+    def json_lines(self, limit=0):
+        """The batch read last as JSON lines: the lines of records() by display.json_line(), but
+        written by native/batch.c. Python decodes only the records it must check against /proc
+        (each task's last in the batch) and those C leaves to it (PYTHON: it writes their lines)."""
         from . import display  # imported once tracing is live: start-up is measured to the first event
-        states = self._read(timeout_ms)
-        for i, state in enumerate(states):
-            if state in (batch.CHECK, batch.PYTHON, batch.PYTHON | batch.LATER):
+        st = self._st
+        for i, state in enumerate(self._states):
+            if state & st.PYTHON:
                 rec = self._record(i, state)
-                if state == batch.CHECK:
-                    self._batch.set(i, json.dumps(rec.proc_check, separators=(",", ":")).encode())
-                else:
-                    self._batch.set(i, (display.json_line(rec) + "\n").encode() if rec else None)
+                self._batch.set(i, (display.json_line(rec) + "\n").encode() if rec else None)
+            elif state & st.CHECK:
+                rec = self._record(i, state)
+                self._batch.set(i, display.json_value(rec.proc_check).encode())
         before = self._batch.counts.lines
         lines = self._batch.format(limit)
         return lines, self._batch.counts.lines - before
 
-    def _read(self, timeout_ms):
-        self.last_read = self._batch.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
-        return self._batch.classify()
-
     def _record(self, i, state):
         """Record i of the batch, decoded, with its /proc check; None if a user-space filter drops it."""
+        st = self._st
         rec = events.decode(self._batch.raw(i), self.options.raw_addresses, kernelpath.decode_step)
-        if state & ~batch.LATER == batch.PYTHON and not filters.wanted(rec, self.options):
+        if state & st.PYTHON and not filters.wanted(rec, self.options):
             self._python_filtered += 1
             return None
-        superseded = {"status": "superseded", "pid": rec.checked_tid}
-        if state in (batch.SUPERSEDED, batch.PYTHON | batch.LATER):
+        if state & st.LATER:
             # The task moved to other namespaces later in this batch:
             # /proc shows where it went, so it is not read.
-            rec.proc_check = superseded
-            self._python_superseded += state != batch.SUPERSEDED
-        elif state in (batch.CHECK, batch.PYTHON) and self.options.check_proc:
-            rec.proc_check = self._check(rec)
-            if rec.proc_check and rec.proc_check["status"] == "mismatch" and self._batch.moved_on(rec.checked_tid):
-                # ... or after it, in a record not read yet or a syscall still running
-                rec.proc_check = superseded
+            rec.proc_check = {"status": "superseded", "pid": rec.checked_tid}
+            self._python_superseded += bool(state & st.PYTHON)
+        elif state & st.CHECK:
+            rec.proc_check = self._proc_check(rec)
             if rec.proc_check:
                 self._checked[rec.proc_check["status"]] += 1
         return rec
 
-    @staticmethod
-    def _check(rec):
+    def _proc_check(self, rec):
+        """The record against /proc now (procns.check), and what explains a difference, if anything."""
         pid, tid, start_ns, expected, expected_ids = rec.checked_task
-        return procns.check(pid, tid, start_ns, expected, expected_ids) if expected else None
+        if not expected:
+            return None
+        res = procns.check(pid, tid, start_ns, expected, expected_ids, changed=rec.changed)
+        if res["status"] != "mismatch":
+            return res
+        if self._batch.moved_on(tid):
+            # it moved after this batch: in a record not read yet, or a syscall still running
+            return {"status": "superseded", "pid": tid}
+        if self._lost_since(rec):
+            # Only a task itself changes its namespaces (switch_task_namespaces() is called on
+            # current: kernel/nsproxy.c, kernel/exit.c, 6.18), so its next unshare or setns moved it,
+            # and no record of it came: lost events explain the difference, not a fault of this record.
+            return {**res, "status": "superseded", "reason": "lost events"}
+        return res
+
+    def _lost_since(self, rec):
+        """How many events were lost since rec's syscall began, up to now (its /proc read by then).
+
+        The reference is the count read before the last ring-buffer read that
+        came before the syscall's entry (both clocks CLOCK_MONOTONIC:
+        bpf_ktime_get_ns(); a clone's child may act before its parent's
+        clone returns). The record holds its times in wall-clock microseconds:
+        a millisecond of margin takes the reference earlier, never later. A
+        record older than every reading kept is measured against no loss at
+        all. So a loss is at worst counted as too recent, never missed.
+        """
+        entered = round((rec.ts - rec.duration_us / 1e6) * 1e9) - events.WALL_OFFSET_NS - 1_000_000
+        before = 0
+        for at, lost in reversed(self._lost_seen):
+            if at <= entered:
+                before = lost
+                break
+        return self._lost_total() - before
 
     # --- accounting and teardown ------------------------------------------
+
+    def _lost_total(self):
+        obj = self._obj
+        if not obj or not obj.loaded:
+            return 0
+        return obj.read_global(".bss", "lost_events") + obj.read_global(".bss", "lost_inflight")
 
     @property
     def lost(self):
         """Records the kernel could not hand over: {"ringbuf": n, "inflight": n}."""
-        if not self._obj:
+        if not self._obj or not self._obj.loaded:
             return self._final_lost
         lost = {"ringbuf": self._obj.read_global(".bss", "lost_events"),
                 "inflight": self._obj.read_global(".bss", "lost_inflight")}

@@ -38,11 +38,16 @@ sys.exit(libc.unshare(0x04000000))                     # CLONE_NEWUTS
 """
 
 
-def make_records():
+# Enough of the catalogue for every operation, setns by nsfs fd and by pidfd, and a failure:
+# the whole of it (42 scenarios) runs once, with short ids.
+SOME_SCENARIOS = ["clone-uts", "clone3-pid", "unshare-net", "setns-ipc", "setns-pidfd", "fail-wrong-nstype"]
+
+
+def make_records(scenarios=()):
     """Namespace operations of every kind, made by other processes."""
     for comm in COMMS:
         subprocess.run([sys.executable, "-c", UNSHARE_AS, comm.hex()], check=True)
-    subprocess.run([str(NSTRACE), "check"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(NSTRACE), "check", *scenarios], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
 def collect(tracer, maker):
@@ -64,34 +69,57 @@ def collect(tracer, maker):
     return batches
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["short-ids", "raw-addresses"])
+@pytest.fixture(scope="module")
+def catalogue():
+    """The whole catalogue and the awkward names, traced with short ids."""
+    with Tracer(Options(poll_ms=20)) as t:
+        yield t, collect(t, make_records), False
+
+
+@pytest.fixture(scope="module")
+def raw_addressed():
+    """Some of the catalogue, with --raw-addresses (the object is loaded so: its own records)."""
+    with Tracer(Options(raw_addresses=True, poll_ms=20)) as t:
+        yield t, collect(t, lambda: make_records(SOME_SCENARIOS)), True
+
+
+@pytest.fixture(params=["catalogue", "raw_addressed"], ids=["short-ids", "raw-addresses"])
 def traced(request):
-    with Tracer(Options(raw_addresses=request.param, poll_ms=20)) as t:
-        yield t, collect(t, make_records), request.param
+    return request.getfixturevalue(request.param)
+
+
+S = batch.states()
+
+
+def test_routing_states_are_the_librarys_bits():
+    """Read from native/batch.c's jl_state_bits[]: four bits of their own, each tested alone."""
+    bits = vars(batch.states())
+    assert set(bits) == {"PYTHON", "CHECK", "LATER", "FILTERED"}
+    assert all(v and not v & (v - 1) for v in bits.values()) and len(set(bits.values())) == 4
 
 
 def test_c_lines_are_the_python_lines(traced):
     tracer, batches, raw_addresses = traced
     seen_ops, via = set(), {"c": 0, "python": 0}
     for raws, states, lines in batches:
-        shown = [(raw, st) for raw, st in zip(raws, states) if st != batch.FILTERED]
+        shown = [(raw, st) for raw, st in zip(raws, states) if not st & S.FILTERED]
         assert len(lines) == len(shown)
         for (raw, state), line in zip(shown, lines):
             rec = events.decode(raw, raw_addresses, kernelpath.decode_step)
             c = json.loads(line)
             # /proc was read once, by Python; the rest of the line is C's own
             rec.proc_check = c["proc_check"]
-            if state in (batch.SUPERSEDED, batch.PYTHON | batch.LATER):
+            if state & S.LATER:
                 assert c["proc_check"] == {"status": "superseded", "pid": rec.checked_tid}
             assert line == display.json_line(rec), f"state {state}"
-            via["python" if state & ~batch.LATER == batch.PYTHON else "c"] += 1
+            via["python" if state & S.PYTHON else "c"] += 1
             seen_ops.add(rec.op)
             if rec.op == "setns" and rec.target["kind"] in ("nsfs", "pidfd"):
                 seen_ops.add("setns-" + rec.target["kind"])
             if rec.errno:
                 seen_ops.add("error")
     assert seen_ops >= {"clone", "clone3", "unshare", "setns", "setns-nsfs", "setns-pidfd", "error"}
-    assert via["c"] > 50 and via["python"] >= sum(not _plain(c) for c in COMMS), via
+    assert via["c"] > (5 if raw_addresses else 50) and via["python"] >= sum(not _plain(c) for c in COMMS), via
 
 
 def test_python_gets_what_c_does_not_format(traced):
@@ -102,10 +130,10 @@ def test_python_gets_what_c_does_not_format(traced):
         for raw, st in zip(raws, states):
             ev = events.EventHead.from_buffer_copy(raw)
             if ev.comm in COMMS and ev.op == 3:
-                state_of[ev.comm] = st & ~batch.LATER
+                state_of[ev.comm] = st
     assert set(state_of) == set(COMMS)
     for comm, st in state_of.items():
-        assert (st != batch.PYTHON) == _plain(comm), comm
+        assert (not st & S.PYTHON) == _plain(comm), comm
 
 
 def _plain(comm):
@@ -123,8 +151,8 @@ FILTERS = [
 
 
 @pytest.mark.parametrize("spec", FILTERS, ids=lambda s: ",".join(f"{k}={'|'.join(v)}" for k, v in s.items()))
-def test_c_filter_is_filters_wanted(traced, spec):
-    tracer, batches, raw_addresses = traced
+def test_c_filter_is_filters_wanted(catalogue, spec):
+    tracer, batches, raw_addresses = catalogue
     options = Options(**spec)
     c_filter = batch.make_filter(options)
     kept = dropped = 0
@@ -132,16 +160,15 @@ def test_c_filter_is_filters_wanted(traced, spec):
     for raws, _, _ in batches:
         # the same records, classified again under this filter
         for raw in raws:
-            b._lib.jl_reset(b._b)
-            b._lib.jl_sample(b._b, raw, len(raw))
-            b.n = 1
+            b.refill([raw])
             st = b.classify(c_filter)[0]
             rec = events.decode(raw, raw_addresses, kernelpath.decode_step)
-            if st & ~batch.LATER == batch.PYTHON:
-                continue  # Python filters those itself, with filters.wanted()
-            assert (st != batch.FILTERED) == filters.wanted(rec, options), (spec, rec.op, rec.comm, rec.changed)
-            kept += st != batch.FILTERED
-            dropped += st == batch.FILTERED
+            if st & S.PYTHON:
+                assert not st & S.FILTERED  # Python filters those itself, with filters.wanted()
+                continue
+            assert (not st & S.FILTERED) == filters.wanted(rec, options), (spec, rec.op, rec.comm, rec.changed)
+            kept += not st & S.FILTERED
+            dropped += bool(st & S.FILTERED)
     assert kept and dropped, (kept, dropped)
 
 

@@ -1,0 +1,155 @@
+"""watch's options mean what they say, and each failure has its own exit code and one clear line.
+
+--pid with a thread id, empty --op/--comm/--record, names no process can have; demo and check
+without the privilege to make namespaces; tracefs there but not readable, or not mountable; a BPF
+object the kernel refuses. Real processes, real setpriv, real mounts in a private mount namespace,
+the real verifier.
+"""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from nstrace import loader
+from nstrace.errors import LibbpfError
+from nstrace.tracer import Options, Tracer
+
+from nshelpers import NSTRACE, ROOT
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="traces, drops privileges with setpriv, mounts: needs root")
+
+# Root's uid with only what tracing takes (CAP_BPF, CAP_PERFMON): no CAP_SYS_ADMIN
+TRACE_CAPS_ONLY = ["setpriv", "--inh-caps=-all,+bpf,+perfmon", "--ambient-caps=-all,+bpf,+perfmon",
+                   "--bounding-set=-all,+bpf,+perfmon"]
+NOBODY_TRACING = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+bpf,+perfmon",
+                  "--ambient-caps=+bpf,+perfmon"]
+
+
+def nstrace(*args, prefix=(), **kw):
+    return subprocess.run([*prefix, str(NSTRACE), *args], capture_output=True, text=True, timeout=60, **kw)
+
+
+def assert_one_line_error(res, code, *words):
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert res.stderr.startswith("nstrace: error: ") and res.stderr.count("\n") == 1, res.stderr
+    for word in words:
+        assert word in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--op", ""], ["--op", "valid are"]), (["--comm", " , "], ["--comm"]), (["--record", ""], ["--record"]),
+    (["--comm", "systemd-journald"], ["15 bytes"]),           # 16: the kernel keeps 15
+    (["--comm", "esc\x1b[31m"], ["as nstrace shows it"]),     # shown as esc\x1b[31m, never raw
+    (["--comm", "\\x41"], ["as nstrace shows it"]),           # 'A' is shown as A
+], ids=["op-empty", "comm-blank", "record-empty", "comm-long", "comm-raw-escape", "comm-not-canonical"])
+def test_empty_or_impossible_filters_are_refused(args, words):
+    assert_one_line_error(nstrace("watch", *args, "--duration", "0.1"), 2, *words)
+
+
+THREAD = """
+import sys, threading
+from nstrace import nscalls
+def thread():
+    print(threading.get_native_id(), flush=True)
+    sys.stdin.readline()
+    nscalls.unshare(0x04000000)  # CLONE_NEWUTS: this thread alone
+    print("done", flush=True)
+t = threading.Thread(target=thread)
+t.start()
+t.join()
+sys.stdin.readline()
+"""
+
+
+def test_pid_of_a_thread_follows_its_process():
+    proc = subprocess.Popen([sys.executable, "-c", THREAD], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        tid = int(proc.stdout.readline())
+        assert tid != proc.pid and os.path.exists(f"/proc/{tid}")  # no listing shows it, but it is there
+        watch = subprocess.Popen([str(NSTRACE), "watch", "--pid", str(tid), "--json", "--count", "1"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        note = watch.stderr.readline()
+        assert f"--pid {tid}: a thread of process {proc.pid}" in note, note
+        assert "tracing live" in watch.stderr.readline()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n"
+        out, err = watch.communicate(timeout=15)
+    finally:
+        proc.kill()
+        proc.wait()
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    rec = json.loads(out)
+    assert (rec["op"], rec["pid"], rec["tid"]) == ("unshare", proc.pid, tid)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["demo", "--op", "unshare", "--flags", "NEWUTS"], ["check", "unshare-uts"]])
+def test_making_namespaces_without_cap_sys_admin_is_not_privileged(command):
+    """Root's uid with CAP_BPF and CAP_PERFMON traces, but cannot make the namespaces: exit 3, not a MISMATCH."""
+    res = nstrace(*command, prefix=TRACE_CAPS_ONLY)
+    assert_one_line_error(res, 3, "CAP_SYS_ADMIN")
+    assert "MISMATCH" not in res.stdout
+
+
+def in_private_mounts(script):
+    """A shell script in a new, private mount namespace: what it mounts is never the host's."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_tracefs_mounted_but_not_readable():
+    # tracefs is root's alone (0700): a user with CAP_BPF and CAP_PERFMON cannot look tracepoints up
+    res = in_private_mounts("umount -l /sys/kernel/tracing 2>/dev/null || true; "
+                            "mount -t tracefs nodev /sys/kernel/tracing; "
+                            f"exec {' '.join(NOBODY_TRACING)} {NSTRACE} watch --duration 0.2")
+    assert_one_line_error(res, 3, "tracefs", "is mounted", "may not read it")
+    assert "not mounted" not in res.stderr
+
+
+def test_tracefs_not_mounted_and_not_mountable_by_this_user():
+    res = in_private_mounts("umount -l /sys/kernel/tracing 2>/dev/null || true; "
+                            f"exec {' '.join(NOBODY_TRACING)} {NSTRACE} watch --duration 0.2")
+    assert_one_line_error(res, 3, "tracefs is not mounted", "CAP_SYS_ADMIN")
+
+
+def _refused_object(path):
+    """A copy of nstrace's BPF object whose sys_enter_unshare program ends in an instruction that is
+    not one (opcode 0): the kernel's verifier refuses the whole object at load."""
+    data = bytearray(open(loader.OBJECT_PATH, "rb").read())
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(i):
+        name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+        return name, offset, size
+
+    names_at = section(shstrndx)[1]
+    for i in range(shnum):
+        name, offset, size = section(i)
+        if data[names_at + name:].split(b"\0", 1)[0] == b"tracepoint/syscalls/sys_enter_unshare":
+            data[offset + size - 8:offset + size] = bytes(8)
+            break
+    else:
+        raise AssertionError("no sys_enter_unshare section")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_the_kernels_refusal_is_the_error_shown(tmp_path):
+    """Closing after a failed load must not read the object's .bss (no fd: "fd of map .bss"), which
+    hid the kernel's refusal behind a second error."""
+    bad = _refused_object(tmp_path / "refused.bpf.o")
+    tracer = Tracer(Options(), object_path=bad)
+    with pytest.raises(LibbpfError) as e:
+        tracer.start()
+    assert "the kernel refused nstrace's BPF programs" in str(e.value), e.value
+    assert ".bss" not in str(e.value)
+    assert tracer.lost == {"ringbuf": 0, "inflight": 0}  # and after, nothing reads the dead object either
