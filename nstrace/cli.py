@@ -1,6 +1,5 @@
 """The nstrace command line. Errors are one line on stderr and a documented exit code."""
 
-import math
 import os
 import signal
 import stat
@@ -11,6 +10,7 @@ import click
 
 from . import __version__
 from . import flags as fl
+from .cliparams import file_name, finite, split_values
 from .errors import NstraceError, PrivilegeError, UsageError
 from .fstrust import WriteFailed
 
@@ -46,27 +46,6 @@ def status(message):
 LAB_MAX_TIMEOUT_S = 7 * 24 * 3600
 
 
-def _finite(value):
-    # click's FloatRange lets nan (and inf) through: neither is a duration
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a number of seconds")
-    return value
-
-
-def _split(values, option, what):
-    """Repeated and comma-separated values; given only empty ones, a usage error (as --type's)."""
-    out = tuple(v.strip() for value in values for v in value.split(",") if v.strip())
-    if values and not out:
-        raise UsageError(f"{option}: no {what}")
-    return out
-
-
-def _path(_ctx, param, value):
-    if value is not None and not value.strip():
-        raise click.BadParameter("no file name given", param=param)
-    return value
-
-
 class _Commands(click.Group):
     """The nstrace group; ls, show and render (nstrace/viewcli.py) are imported on first use,
     so that `watch` does not pay for graph and map code at start-up."""
@@ -97,20 +76,20 @@ def cli():
 @click.option("--type", "types", multiple=True, help="Only operations touching these namespace types (mnt, uts, ...).")
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=lambda _c, _p, v: _finite(v),
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=finite,
               help="Stop after this many seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
 @click.option("--raw-addresses", is_flag=True, help="Show kernel nsproxy addresses instead of short ids.")
 @click.option("--no-proc-check", is_flag=True, help="Do not correlate records with /proc/<pid>/ns.")
 @click.option("--buffer-kib", type=click.IntRange(min=4), default=4096, show_default=True,
               help="Ring buffer size in KiB (a power of two).")
-@click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True), callback=_path,
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True), callback=file_name,
               help="Also write the session (records, namespace snapshots, kernel, probes) to this file.")
 def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
           record_path):
     """Stream namespace operations system-wide until Ctrl-C."""
-    options = Options(trace_all=trace_all, pid=pid, comms=_split(comm, "--comm", "command name given"),
-                      ops=_split(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
+    options = Options(trace_all=trace_all, pid=pid, comms=split_values(comm, "--comm", "command name given"),
+                      ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
                       types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
                       raw_addresses=raw_addresses, check_proc=not no_proc_check,
                       ringbuf_bytes=buffer_kib * 1024)
@@ -253,11 +232,11 @@ def doctor(as_json):
 @click.option("--flags", "flag_text", default="NEWPID|NEWNS|NEWUTS", show_default=True,
               help="CLONE_* names, with or without CLONE_, '|' or ',' separated, any case.")
 @click.option("--op", type=click.Choice(["clone", "clone3", "unshare", "setns"]), default="clone", show_default=True)
-@click.option("--record", "record_path", type=click.Path(dir_okay=False),
+@click.option("--record", "record_path", type=click.Path(dir_okay=False), callback=file_name,
               help="Also write the run as a session file (for nstrace show / render).")
 @click.option("--picture", type=click.Choice(["svg", "html", "perfetto"]),
               help="Also draw the run: an SVG graph, an HTML page, or a Perfetto trace.")
-@click.option("--output", "-o", "picture_path", type=click.Path(dir_okay=False),
+@click.option("--output", "-o", "picture_path", type=click.Path(dir_okay=False), callback=file_name,
               help="Where --picture goes (default: nstrace-demo.<svg|html|json>).")
 def demo(flag_text, op, record_path, picture, picture_path):
     """Run one namespace operation, trace it, and show what the kernel did beside what its source says."""
@@ -314,7 +293,7 @@ def check(as_json, list_only, names):
 @click.option("--kernel", "kernels", multiple=True, required=True,
               help="A Debian kernel: 6.1, 6.12, sid, or a package name (repeatable).")
 @click.option("--timeout", type=click.FloatRange(min=10, max=LAB_MAX_TIMEOUT_S), default=900, show_default=True,
-              callback=lambda _c, _p, v: _finite(v), help="Seconds a guest may run before it is killed.")
+              callback=finite, help="Seconds a guest may run before it is killed.")
 @click.option("--verbose", is_flag=True, help="Show the guests' whole output.")
 @click.argument("pytest_args", nargs=-1)
 def lab(kernels, timeout, verbose, pytest_args):

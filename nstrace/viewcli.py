@@ -13,10 +13,7 @@ from tabulate import tabulate
 
 from . import display, nsmap, render, session
 from . import flags as fl
-
-
-def _split(values):
-    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+from .cliparams import file_name, split_values
 
 
 def _types(values):
@@ -115,7 +112,8 @@ def _load_selected(file, pid, comm, ops, types):
     sess = session.load(file)
     for warning in sess.warnings:
         _status(f"{file}: {warning}")
-    shown, filtered = session.select(sess, pid=pid, comms=_split(comm), ops=_split(ops), types=_types(types))
+    shown, filtered = session.select(sess, pid=pid, comms=split_values(comm, "--comm", "command name given"),
+                                     ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"), types=_types(types))
     return sess, shown, filtered
 
 
@@ -143,7 +141,8 @@ def show_command(file, pid, comm, ops, types, as_json):
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="html", show_default=True,
               help="svg: the process/namespace graph; html: a self-contained page; perfetto: Trace Event JSON.")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write here (default: stdout).")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), callback=file_name,
+              help="Write here (default: stdout).")
 @_filter_options
 def render_command(file, fmt, out, pid, comm, ops, types):
     """Draw a recorded session: SVG graph, HTML page with timeline and kernel paths, or a Perfetto trace."""

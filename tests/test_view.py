@@ -808,3 +808,17 @@ def test_fuzz_session_files_through_show_and_render(fuzz_base, tmp_path, capsys,
             ET.fromstring(out)
         elif args[-1] == "html":
             assert out.count("<script") == 1 and "unsafe-inline" not in out
+
+
+@pytest.mark.parametrize("command,args,words", [
+    ("show", ["--op", ""], ["--op", "valid are"]), ("show", ["--comm", " , "], ["--comm"]),
+    ("render", ["--op", ","], ["--op"]), ("render", ["--format", "svg", "-o", ""], ["file name"]),
+], ids=["show-op-empty", "show-comm-blank", "render-op-empty", "render-out-empty"])
+def test_empty_values_are_refused_as_watch_refuses_them(recorded, command, args, words):
+    """show and render take watch's filters: given only empty values, they refuse them as watch
+    does, instead of showing everything as if no filter had been asked for."""
+    path, _ = recorded
+    done = nstrace(command, str(path), *args, as_nobody=True)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr.startswith("nstrace: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert all(word in done.stderr for word in words), done.stderr

@@ -153,3 +153,19 @@ def test_the_kernels_refusal_is_the_error_shown(tmp_path):
     assert "the kernel refused nstrace's BPF programs" in str(e.value), e.value
     assert ".bss" not in str(e.value)
     assert tracer.lost == {"ringbuf": 0, "inflight": 0}  # and after, nothing reads the dead object either
+
+
+@pytest.mark.parametrize("args,words", [(["--record", ""], ["--record"]), (["--picture", "svg", "-o", " "], ["file name"])],
+                         ids=["record-empty", "picture-out-blank"])
+def test_demo_refuses_an_empty_file_name(args, words):
+    assert_one_line_error(nstrace("demo", *args), 2, *words)
+
+
+def test_root_of_a_user_namespace_is_not_privileged():
+    """Root inside an unprivileged user namespace holds every capability, but only over that
+    namespace: the kernel checks CAP_BPF and CAP_PERFMON in the initial one (kernel/bpf/syscall.c
+    bpf_capable(), 6.18). nstrace says so before it loads anything."""
+    res = nstrace("watch", "--duration", "0.1",
+                  prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "unshare", "--user", "--map-root-user"])
+    assert_one_line_error(res, 3, "user namespace")
