@@ -35,8 +35,12 @@ def parse(argv):
     p.add_argument("--wait-quiet", type=float,
                    help="seconds the hook-set figure may wait, in all, for other processes' BPF programs on the "
                         "syscall tracepoints to go (default 60, quick 0)")
-    p.add_argument("--only", choices=["hooks"],
-                   help="hooks: only the hook-set figure (a minute or two), e.g. to repeat it when the machine is quiet")
+    p.add_argument("--only", choices=["hooks", "startup"],
+                   help="hooks: only the hook-set figure (a minute or two), e.g. to repeat it when the machine is "
+                        "quiet; startup: only start-up and shutdown")
+    p.add_argument("--baseline", metavar="NSTRACE",
+                   help="another build's nstrace executable, measured side by side with this one in the start-up "
+                        "figure (e.g. a checkout of the last release: its .venv/bin/nstrace)")
     a = p.parse_args(argv)
     q = a.quick
     a.reps = a.reps or (1 if q else 5)
@@ -45,6 +49,26 @@ def parse(argv):
     a.probe_seconds = a.probe_seconds or (0.2 if q else 5.0)
     a.wait_quiet = a.wait_quiet if a.wait_quiet is not None else (0.0 if q else 60.0)
     return a
+
+
+def startup(rep, work, background, a):
+    """Start-up and shutdown of each background tracer, side by side (figures.startup_shutdown)."""
+    st = figures.startup_shutdown(work, background, a.reps, log)
+    for tool in background:
+        r = st[tool]
+        rep.add("start: exec -> says live", tool, r["live_s"], "ms", scale=1e3, fmt="{:.0f}")
+        rep.add("start: exec -> first event captured", tool, r["first_event_s"], "ms", scale=1e3, fmt="{:.0f}")
+        rep.add("stop: SIGINT -> exited", tool, r["stop_s"], "ms", scale=1e3, fmt="{:.0f}")
+        rep.add("stop: SIGINT -> all programs gone", tool, r["detached_s"], "ms", scale=1e3, fmt="{:.0f}")
+    if tracers.NstraceWatch.BASELINE in st:
+        ratio = [x / b for x, b in zip(st["nstrace"]["first_event_s"], st[tracers.NstraceWatch.BASELINE]["first_event_s"])
+                 if x is not None and b]
+        rep.add("start: exec -> first event captured", "nstrace / baseline", ratio, "x", fmt="{:.3f}")
+    s = stat(st["nstrace"]["first_event_s"])
+    rep.target("live", s["median"], s["median"] is not None and f"{s['median'] * 1e3:.0f} ms")
+    s = stat(st["nstrace"]["detached_s"])
+    rep.target("shutdown", s["median"], f"{s['median'] * 1e3:.0f} ms (max {s['max'] * 1e3:.0f} ms)"
+               + (f", {st['nstrace']['hung']} hung" if st["nstrace"]["hung"] else ""))
 
 
 def log(msg):
@@ -143,6 +167,12 @@ def main(argv=None):
         if a.only == "hooks":
             hook_sets(rep, work, n, a, log)
             return finish(rep, a, t_start, load_before)
+        if a.baseline:
+            tracers.NstraceWatch.baseline = a.baseline
+            background.insert(1, tracers.NstraceWatch.BASELINE)
+        if a.only == "startup":
+            startup(rep, work, background, a)
+            return finish(rep, a, t_start, load_before)
 
         # 1. slowdown, side by side, and nstrace/strace
         ratios = {}
@@ -165,18 +195,7 @@ def main(argv=None):
             rep.target(mode, s["median"], f"{s['median']:.3f}x (spread {s['min']:.3f}-{s['max']:.3f})")
 
         # 2. start-up and shutdown
-        st = figures.startup_shutdown(work, background, a.reps, log)
-        for tool in background:
-            r = st[tool]
-            rep.add("start: exec -> says live", tool, r["live_s"], "ms", scale=1e3, fmt="{:.0f}")
-            rep.add("start: exec -> first event captured", tool, r["first_event_s"], "ms", scale=1e3, fmt="{:.0f}")
-            rep.add("stop: SIGINT -> exited", tool, r["stop_s"], "ms", scale=1e3, fmt="{:.0f}")
-            rep.add("stop: SIGINT -> all programs gone", tool, r["detached_s"], "ms", scale=1e3, fmt="{:.0f}")
-        s = stat(st["nstrace"]["first_event_s"])
-        rep.target("live", s["median"], s["median"] is not None and f"{s['median'] * 1e3:.0f} ms")
-        s = stat(st["nstrace"]["detached_s"])
-        rep.target("shutdown", s["median"], f"{s['median'] * 1e3:.0f} ms (max {s['max'] * 1e3:.0f} ms)"
-                   + (f", {st['nstrace']['hung']} hung" if st["nstrace"]["hung"] else ""))
+        startup(rep, work, background, a)
 
         # 3. kernel-side cost per probe hit: in the churn (fresh processes, namespaces other CPUs
         # keep writing: the verdict) and in the tight loop (the same task again: the programs alone)

@@ -78,7 +78,9 @@ def startup_shutdown(work, tools, reps, log):
             pinger = subprocess.Popen(work.argv("rate", 2000, 30), stdout=subprocess.DEVNULL)
             try:
                 time.sleep(0.05)
-                tracer = (NstraceWatch(out) if tool == "nstrace" else Bpftrace(out)).start()
+                tracer = (NstraceWatch(out) if tool == "nstrace" else
+                          NstraceWatch(out, NstraceWatch.baseline) if tool == NstraceWatch.BASELINE else
+                          Bpftrace(out)).start()
                 deadline = time.monotonic() + 10
                 while tracer.first_event_s(COMM) is None and time.monotonic() < deadline:
                     time.sleep(0.01)

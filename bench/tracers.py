@@ -156,9 +156,16 @@ class NstraceWatch(Background):
     name = "nstrace"
     # --quick sets a small ring buffer: a full 4 MiB one takes seconds to drain at stop
     extra_args = ()
+    # --baseline: another build's nstrace, measured beside this one under the name BASELINE
+    baseline = None
+    BASELINE = "nstrace@baseline"
+
+    def __init__(self, stdout_path=os.devnull, executable=None):
+        super().__init__(stdout_path)
+        self.executable = executable or NSTRACE
 
     def argv(self):
-        return [str(NSTRACE), "watch", "--json", *self.extra_args]
+        return [str(self.executable), "watch", "--json", *self.extra_args]
 
     def is_live(self):
         return any("tracing live" in l for l in self.stderr_lines)
