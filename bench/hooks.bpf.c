@@ -4,7 +4,7 @@
  * layer (clone, clone3, unshare, setns: entry and exit), so that the
  * benchmark can price the hook itself, apart from anything nstrace does in
  * it. Compiled at bench time (bench/hooks.py) like probes/Makefile does,
- * loaded one set at a time through nstrace.loader.BpfObject with the other
+ * loaded one set at a time through nstrace.bpf.loader.BpfObject with the other
  * sets' programs switched off (autoload), and attached one by one.
  *
  *   tp_*      syscalls:sys_{enter,exit}_{clone,clone3,unshare,setns}: the

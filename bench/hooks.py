@@ -1,7 +1,7 @@
 """The hook sets that could carry nstrace's syscall layer, priced with count-only programs of our own.
 
 bench/hooks.bpf.c is compiled at bench time (clang -target bpf -O2 -g, as
-probes/Makefile does) and loaded through nstrace.loader.BpfObject, one hook
+probes/Makefile does) and loaded through nstrace.bpf.loader.BpfObject, one hook
 set at a time: the other sets' programs are switched off before load, so a
 set the kernel refuses (fentry here) cannot stop the others from loading.
 
@@ -34,9 +34,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nstrace import libbpf
+from nstrace.bpf import libbpf
 from nstrace.errors import LibbpfError, ProbeError
-from nstrace.loader import BpfObject
+from nstrace.bpf.loader import BpfObject
 
 from .kernel import programs_by_id
 

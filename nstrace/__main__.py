@@ -10,8 +10,8 @@ def main():
     # (~3 ms of the imports). Collection resumes once the command line is imported.
     gc.disable()
     # First of all, before click and the rest of nstrace are imported: watch starts loading its
-    # BPF object in a thread meanwhile (nstrace/preload.py).
-    from . import preload
+    # BPF object in a thread meanwhile (nstrace/bpf/preload.py).
+    from .bpf import preload
     preload.begin(sys.argv[1:])
     try:
         try:

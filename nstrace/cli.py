@@ -9,19 +9,21 @@ import time
 import click
 
 from . import __version__
-from . import flags as fl
 from .cliparams import file_name, finite, split_values
-from .errors import NstraceError, PrivilegeError, UsageError
-from .fstrust import WriteFailed
-
-
-class LabFailed(NstraceError):
-    exit_code = 1
-
-
-class CheckFailed(NstraceError):
-    exit_code = 1
-from .tracer import Options, Tracer
+from .errors import (
+    BootError,
+    CheckFailed,
+    GuestLockup,
+    GuestTimeout,
+    LabFailed,
+    NstraceError,
+    PackageNotFound,
+    PrivilegeError,
+    UsageError,
+    WriteFailed,
+)
+from .linux import flags as fl
+from .trace.tracer import Options, Tracer
 
 
 class _Stop(Exception):
@@ -95,13 +97,14 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                       ringbuf_bytes=buffer_kib * 1024)
     tracer = Tracer(options)
     tracer.start()
-    from . import display  # after the probes are attached: tracing is live a little sooner
+    from .record import jsonline  # after the probes are attached: tracing is live a little sooner
+    from .view import display
     if tracer.pid_of_thread:
         status("--pid {}: a thread of process {}: following process {} and its descendants".format(
             *tracer.pid_of_thread, tracer.pid_of_thread[1]))
     recorder = None
     if record_path:
-        from . import session
+        from .record import session
         try:
             recorder = session.Recorder(record_path, tracer)
         except BaseException:
@@ -153,7 +156,7 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
             if recorder and record_ok:
                 record(rec)
             shown += 1
-            out(lambda: click.echo(display.json_line(rec) if as_json else display.row(rec)))
+            out(lambda: click.echo(jsonline.json_line(rec) if as_json else display.row(rec)))
         return tracer.last_read
 
     try:
@@ -202,7 +205,7 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
     if failure:
         raise failure
     if as_json:
-        status("summary " + display.json_summary(summary))
+        status("summary " + jsonline.json_summary(summary))
     elif stdout_open:
         out(lambda: click.echo("\n" + display.summary_table(summary)))
 
@@ -219,7 +222,7 @@ def doctor(as_json):
         tracer.close()
     import json
 
-    from . import display
+    from .view import display
     if as_json:
         click.echo(json.dumps({"kernel": os.uname().release, "probes": rows}, indent=1))
         return
@@ -242,15 +245,16 @@ def demo(flag_text, op, record_path, picture, picture_path):
     """Run one namespace operation, trace it, and show what the kernel did beside what its source says."""
     import tempfile
 
-    from . import display
-    from .demo import run_demo
+    from .check.demo import run_demo
+    from .view import display
     value = fl.parse_flags(flag_text)
     with tempfile.TemporaryDirectory(prefix="nstrace-demo-") as tmp:
         path = record_path or (os.path.join(tmp, "session.jsonl") if picture else None)
         result, report, availability = run_demo(op, value, path)
         click.echo(display.demo_report(result, report, availability))
         if picture:
-            from . import render, session
+            from .record import session
+            from .view import render
             out = picture_path or f"nstrace-demo.{'json' if picture == 'perfetto' else picture}"
             render.write(session.load(path), picture, out)
             status(f"{picture} picture of this run written to {out}")
@@ -264,7 +268,8 @@ def demo(flag_text, op, record_path, picture, picture_path):
 @click.argument("names", nargs=-1)
 def check(as_json, list_only, names):
     """Run the scenario catalogue (or the named scenarios) and check each trace; exit 0 only if all match."""
-    from . import checker, display, scenarios
+    from .check import checker, scenarios
+    from .view import display
     if list_only:
         for sc in scenarios.CATALOGUE.values():
             click.echo(f"{sc.name:28} {sc.summary}")
@@ -302,23 +307,23 @@ def lab(kernels, timeout, verbose, pytest_args):
         # apt and dpkg-deb fill /var/cache/nstrace as root, and the guest runs the suite as root
         raise PrivilegeError("nstrace lab needs root: it unpacks kernels into its cache as root and runs "
                              f"the suite as root in the guest; running as uid {os.geteuid()}; try sudo")
-    from . import display
-    from . import lab as labmod
+    from .lab import apt, guest, suite
+    from .view import display
     for kernel in kernels:  # every name resolved before anything boots: a typo fails fast
         try:
-            labmod.resolve(kernel)
-        except labmod.PackageNotFound as e:
+            apt.resolve(kernel)
+        except PackageNotFound as e:
             raise UsageError(str(e)) from None
     results = []
     for kernel in kernels:
         status(f"{kernel}: booting under QEMU (TCG)...")
         try:
-            res = labmod.run_guest_suite(kernel, pytest_args=pytest_args, timeout=timeout)
-        except labmod.GuestLockup as e:
+            res = suite.run_guest_suite(kernel, pytest_args=pytest_args, timeout=timeout)
+        except GuestLockup as e:
             # always: a hang is worth its stacks in any log, and they are why the run ended
-            click.echo(labmod.lockup_report(e.console), err=True)
+            click.echo(guest.lockup_report(e.console), err=True)
             raise
-        except (labmod.GuestTimeout, labmod.BootError) as e:
+        except (GuestTimeout, BootError) as e:
             if verbose:  # the guest's last words, for whoever reads a CI log
                 click.echo("\n".join(e.console.splitlines()[-60:]), err=True)
                 click.echo("\n".join(e.output.splitlines()[-60:]), err=True)

@@ -11,9 +11,11 @@ import json
 import click
 from tabulate import tabulate
 
-from . import display, nsmap, render, session
-from . import flags as fl
 from .cliparams import file_name, split_values
+from .linux import flags as fl
+from .linux import nsmap
+from .record import jsonline, session
+from .view import display, render
 
 
 def _types(values):
@@ -128,10 +130,10 @@ def show_command(file, pid, comm, ops, types, as_json):
     if not as_json:
         click.echo(display.header())
     for rec in shown:
-        click.echo(display.json_line(rec) if as_json else display.row(rec))
+        click.echo(jsonline.json_line(rec) if as_json else display.row(rec))
     summary = session.summary(sess, shown, filtered)
     if as_json:
-        _status("summary " + display.json_summary(summary))
+        _status("summary " + jsonline.json_summary(summary))
     else:
         click.echo("")
         click.echo(display.summary_table(summary))

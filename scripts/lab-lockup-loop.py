@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/lab-lockup-loop.py [--kernel 6.1] [--runs N] [--parallel 2] [--out DIR]
 
-Each guest boots with nstrace.lab.KERNEL_ARGS: a soft lockup prints every CPU's stack and panics,
+Each guest boots with nstrace.lab.guest.KERNEL_ARGS: a soft lockup prints every CPU's stack and panics,
 which ends the run at once.  Every run's duration and verdict goes to DIR/runs.tsv as it ends; a
 lockup's whole console goes to DIR/lockup-<n>.console and its report (the lockup line onward) is
 printed.  DIR/run-<n>.output is each run's command output, written as it arrives.  The loop stops at the first lockup (exit 1), or after N clean runs (exit 0).
@@ -13,7 +13,6 @@ printed.  DIR/run-<n>.output is each run's command output, written as it arrives
 
 import argparse
 import concurrent.futures
-import os
 import shlex
 import sys
 import threading
@@ -21,12 +20,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nstrace import lab  # noqa: E402
+from nstrace.errors import BootError, GuestLockup, GuestTimeout  # noqa: E402
+from nstrace.lab import guest, suite  # noqa: E402
 
 
 def suite_command():
-    python = lab.PROJECT / ".venv" / "bin" / "python"
-    nstrace = lab.PROJECT / ".venv" / "bin" / "nstrace"
+    python = suite.PROJECT / ".venv" / "bin" / "python"
+    nstrace = suite.PROJECT / ".venv" / "bin" / "nstrace"
     return (f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath tests/test_kernelpath.py;"
             f" a=$?; {shlex.quote(str(nstrace))} check; b=$?; [ $a -eq 0 ] && [ $b -eq 0 ]")
 
@@ -56,16 +56,16 @@ def main():
         start = time.monotonic()
         try:
             with open(args.out / f"run-{n}.output", "w") as live:  # the command's output as it comes
-                res = lab.run_in_guest(args.kernel, ["/bin/sh", "-c", command], cwd=str(lab.PROJECT),
+                res = guest.run_in_guest(args.kernel, ["/bin/sh", "-c", command], cwd=str(suite.PROJECT),
                                        timeout=args.timeout, kernel_args=tuple(args.kernel_arg), log=live,
                                        tcg_thread=args.tcg_thread)
             verdict, console = ("ok" if res.returncode == 0 else f"exit {res.returncode}"), res.console
             release = res.kernel_release
-        except lab.GuestLockup as e:
+        except GuestLockup as e:
             verdict, console, release = "LOCKUP", e.console, "?"
             (args.out / f"lockup-{n}.console").write_text(e.console)
             stop.set()
-        except (lab.GuestTimeout, lab.BootError) as e:
+        except (GuestTimeout, BootError) as e:
             verdict, console, release = type(e).__name__, e.console, "?"
             (args.out / f"failure-{n}.console").write_text(e.console)
         took = time.monotonic() - start
@@ -74,7 +74,7 @@ def main():
             log.flush()
             print(f"run {n}: {verdict} in {took:.0f} s", flush=True)
             if verdict == "LOCKUP":
-                print(lab.lockup_report(console), flush=True)
+                print(guest.lockup_report(console), flush=True)
         return verdict
 
     clean = 0

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nstrace import nscalls, probeset  # noqa: E402
+from nstrace.bpf import probeset  # noqa: E402
+from nstrace.linux import syscalls
 
 CLONE_NEWUTS, CLONE_NEWIPC = 0x04000000, 0x08000000
 
@@ -29,8 +30,8 @@ def churn():
         pid = os.fork()
         if pid == 0:
             try:
-                nscalls.unshare(CLONE_NEWUTS | CLONE_NEWIPC)
-                nscalls.setns(home, CLONE_NEWUTS)
+                syscalls.unshare(CLONE_NEWUTS | CLONE_NEWIPC)
+                syscalls.setns(home, CLONE_NEWUTS)
             except OSError:
                 # ENOSPC when ipc namespaces die slower than this loop makes them (their freeing
                 # waits for an RCU grace period in a work item, ipc/namespace.c): the fork still

@@ -25,7 +25,7 @@ if ((${#missing[@]})); then
 fi
 
 make -s -C probes
-make -s -C native   # the ring-buffer reader and JSON writer (C, loaded by nstrace/batch.py)
+make -s -C native   # the ring-buffer reader and JSON writer (C, loaded by nstrace/bpf/batch.py)
 
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv

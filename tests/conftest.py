@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nstrace.tracer import Options, Tracer
+from nstrace.trace.tracer import Options, Tracer
 
 ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")

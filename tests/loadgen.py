@@ -36,12 +36,12 @@ RSS_SLACK_KIB = 4096
 # --- the workload (runs in its own process) ---------------------------------------------
 
 def _worker(n, go_r, out_w):
-    from nstrace import nscalls
+    from nstrace.linux import syscalls
     os.read(go_r, 1)
     ok = 0
     for _ in range(n):
         try:
-            nscalls.unshare(CLONE_NEWUTS)
+            syscalls.unshare(CLONE_NEWUTS)
             ok += 1
         except OSError:
             pass
@@ -206,7 +206,7 @@ def run_traced(workers, per_worker, rounds=1, ringbuf_bytes=4 << 20, sample_s=0.
 
     Records are counted and dropped, as a long-running consumer would.
     """
-    from nstrace.tracer import Options, Tracer
+    from nstrace.trace.tracer import Options, Tracer
     load = Workload(workers, per_worker)
     samples, settled = Samples(), Samples(Workload.MAX_ROUNDS)
     seen = 0

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from nstrace import flags as fl
+from nstrace.linux import flags as fl
 
 ROOT = Path(__file__).resolve().parent.parent
 NSTRACE = ROOT / ".venv" / "bin" / "nstrace"
@@ -27,8 +27,8 @@ def wait_for(tracer, predicate, timeout=5.0, count=1):
 
 @contextmanager
 def nsop(spec):
-    """Run `python -m nstrace.nsop SPEC`; yield its report while it holds still."""
-    proc = subprocess.Popen([PYTHON, "-m", "nstrace.nsop", json.dumps(spec)], cwd=ROOT,
+    """Run `python -m nstrace.check.nsop SPEC`; yield its report while it holds still."""
+    proc = subprocess.Popen([PYTHON, "-m", "nstrace.check.nsop", json.dumps(spec)], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -1,7 +1,7 @@
 """native/batch.c against the Python decoder, on records of real namespace operations.
 
-`watch --json` lines are written by C (nstrace/batch.py); events.decode() +
-display.json_line() are the reference. Every record of a full `nstrace check`
+`watch --json` lines are written by C (nstrace/bpf/batch.py); events.decode() +
+jsonline.json_line() are the reference. Every record of a full `nstrace check`
 run (42 scenarios: every type, every operation, failures, setns by nsfs and
 pidfd) plus processes with awkward names must come out byte for byte the
 same, and the C filters must drop exactly what filters.wanted() drops.
@@ -17,9 +17,11 @@ import time
 
 import pytest
 
-from nstrace import batch, display, events, filters, kernelpath
-from nstrace import flags as fl
-from nstrace.tracer import Options, Tracer
+from nstrace.bpf import batch
+from nstrace.record import events, filters, steps
+from nstrace.record import jsonline
+from nstrace.linux import flags as fl
+from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
 
@@ -105,13 +107,13 @@ def test_c_lines_are_the_python_lines(traced):
         shown = [(raw, st) for raw, st in zip(raws, states) if not st & S.FILTERED]
         assert len(lines) == len(shown)
         for (raw, state), line in zip(shown, lines):
-            rec = events.decode(raw, raw_addresses, kernelpath.decode_step)
+            rec = events.decode(raw, raw_addresses, steps.decode_step)
             c = json.loads(line)
             # /proc was read once, by Python; the rest of the line is C's own
             rec.proc_check = c["proc_check"]
             if state & S.LATER:
                 assert c["proc_check"] == {"status": "superseded", "pid": rec.checked_tid}
-            assert line == display.json_line(rec), f"state {state}"
+            assert line == jsonline.json_line(rec), f"state {state}"
             via["python" if state & S.PYTHON else "c"] += 1
             seen_ops.add(rec.op)
             if rec.op == "setns" and rec.target["kind"] in ("nsfs", "pidfd"):
@@ -162,7 +164,7 @@ def test_c_filter_is_filters_wanted(catalogue, spec):
         for raw in raws:
             b.refill([raw])
             st = b.classify(c_filter)[0]
-            rec = events.decode(raw, raw_addresses, kernelpath.decode_step)
+            rec = events.decode(raw, raw_addresses, steps.decode_step)
             if st & S.PYTHON:
                 assert not st & S.FILTERED  # Python filters those itself, with filters.wanted()
                 continue
@@ -197,11 +199,11 @@ def test_moved_on_sees_records_not_read_yet(tracer):
 def test_a_thread_inside_a_syscall_is_in_the_in_flight_table(tracer):
     """clone(CLONE_VFORK) keeps its caller inside the syscall until the child exits: the in-flight
     table (an array probed from tid, probes/common.bpf.h) has it while it waits, then gives it back."""
-    from nstrace import nscalls
+    from nstrace.linux import syscalls
     pid = os.fork()
     if pid == 0:
         try:
-            if nscalls.clone(fl.CLONE_FLAGS["CLONE_VFORK"] | fl.CLONE_FLAGS["CLONE_NEWUTS"]) == 0:
+            if syscalls.clone(fl.CLONE_FLAGS["CLONE_VFORK"] | fl.CLONE_FLAGS["CLONE_NEWUTS"]) == 0:
                 time.sleep(0.5)  # the vfork child: its parent waits inside clone meanwhile
                 os._exit(0)
             os.wait()

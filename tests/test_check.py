@@ -6,10 +6,12 @@ import subprocess
 
 import pytest
 
-from nstrace import checker, launcher, procns, scenarios
-from nstrace.launcher import Launcher
+from nstrace.check import checker, launcher, scenarios
+from nstrace.linux import procns
+from nstrace.check.launcher import Launcher
 
 from nshelpers import NSTRACE
+from nstrace.errors import LauncherError
 
 
 def same_host_state(before, after):
@@ -64,7 +66,7 @@ def test_a_scenario_failing_midway_is_undone(tracer):
         lnch.holder(["uts", "net"])
         lnch.netns("broken")
         lnch.bind_ns(lnch.holder(["ipc"]), "ipc")
-        raise launcher.LauncherError("broken on purpose after making things")
+        raise LauncherError("broken on purpose after making things")
 
     before = host_state()
     sc = scenarios.Scenario("broken", "fails midway", broken)
@@ -76,7 +78,7 @@ def test_a_scenario_failing_midway_is_undone(tracer):
 
 def test_killed_launcher_is_cleaned_by_the_next(tmp_path):
     """A launcher killed mid-scenario (SIGKILL) leaves a state file; the next launcher undoes it."""
-    script = ("import sys, time\nfrom nstrace.launcher import Launcher\n"
+    script = ("import sys, time\nfrom nstrace.check.launcher import Launcher\n"
               f"l = Launcher(state_dir={str(tmp_path)!r})\nl.holder(['uts'])\nl.netns('killed')\n"
               "print(l.id, flush=True)\ntime.sleep(600)\n")
     proc = subprocess.Popen([str(NSTRACE.parent / "python"), "-c", script], stdout=subprocess.PIPE, text=True)

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from nshelpers import NSTRACE, ROOT
-from nstrace.tracer import BODY_PROGRAMS, SYSCALL_PROGRAMS
+from nstrace.trace.tracer import BODY_PROGRAMS, SYSCALL_PROGRAMS
+from nstrace.errors import KernelSupportError
 
 REQUIRED_KEYS = {"ts", "op", "pid", "tid", "comm", "uid", "flags", "raw_flags", "ret", "errno", "child_pid",
                  "target", "ns_before", "ns_after", "changed", "nsproxy", "proc_check"}
@@ -163,15 +164,13 @@ def test_missing_libbpf():
 
 
 def test_missing_btf():
-    from nstrace import loader
-    from nstrace.errors import KernelSupportError
+    from nstrace.bpf import loader
     with pytest.raises(KernelSupportError, match="CONFIG_DEBUG_INFO_BTF"):
         loader.check_btf("/nonexistent/vmlinux")
 
 
 def test_tracefs_not_mountable(tmp_path):
-    from nstrace import loader
-    from nstrace.errors import KernelSupportError
+    from nstrace.bpf import loader
     with pytest.raises(KernelSupportError, match="mounting it failed"):
         loader.ensure_tracefs(tmp_path / "no" / "such" / "dir")  # the real mount(2) fails: ENOENT
 

@@ -1,11 +1,11 @@
-"""The minimal kernel BTF (nstrace/corebtf.py) relocates our programs exactly as the whole kernel BTF does."""
+"""The minimal kernel BTF (nstrace/bpf/corebtf.py) relocates our programs exactly as the whole kernel BTF does."""
 
 import ctypes
 import os
 
 import pytest
 
-from nstrace import bootcache, corebtf, kernelpath, libbpf, loader
+from nstrace.bpf import bootcache, corebtf, hookplan, libbpf, loader
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root (CI runs as root)")
 
@@ -24,7 +24,7 @@ def _relocated(core_btf):
     with loader.BpfObject(core_btf=core_btf) as obj:
         # None with core_btf=True: a relocation of a kind the copy cannot answer (corebtf.SAFE_KINDS)
         assert bool(obj.core_btf) == core_btf, "no minimal BTF for this object"
-        fentry = kernelpath.fentry_refusal() is None
+        fentry = hookplan.fentry_refusal() is None
         names = [n for n, sec in obj.program_names().items() if fentry or not sec.startswith(("fentry/", "fexit/"))]
         for name in obj.program_names():
             obj.set_autoload(name, name in names)

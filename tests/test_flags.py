@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nstrace import flags as fl
+from nstrace.linux import flags as fl
 from nstrace.errors import UsageError
 
 

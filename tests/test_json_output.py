@@ -2,7 +2,7 @@
 
 Every stdout line is one valid JSON object (RFC 8259: UTF-8, here plain ASCII) with no control
 byte, whatever a process calls itself; the filters drop exactly what they say; and the two writers
-of those lines, native/batch.c and Python's events.decode() + display.json_line(), write the same
+of those lines, native/batch.c and Python's events.decode() + jsonline.json_line(), write the same
 bytes in every routing state native/batch.c can give a record. Everything runs on the real kernel:
 real processes rename themselves (prctl PR_SET_NAME) and make real unshare/setns/clone calls, and
 /proc is the real one.
@@ -18,8 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nstrace import batch, display, events, filters, kernelpath
-from nstrace.tracer import Options, Tracer
+from nstrace.bpf import batch
+from nstrace.record import events, filters, steps
+from nstrace.record import jsonline
+from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE
 from victims import HOSTILE_NAMES, RECORDS, Victim
@@ -116,7 +118,7 @@ def oracle_lines(raws, options, checker):
     """What `watch --json` must print for this batch, in Python alone: decode every record, keep what
     filters.wanted() keeps, and say superseded where the checked task moves after the record in this
     batch (a clone's child: any move of its own), or else what the check against /proc says."""
-    recs = [events.decode(raw, options.raw_addresses, kernelpath.decode_step) for raw in raws]
+    recs = [events.decode(raw, options.raw_addresses, steps.decode_step) for raw in raws]
     lines = []
     for i, rec in enumerate(recs):
         if not filters.wanted(rec, options):
@@ -126,7 +128,7 @@ def oracle_lines(raws, options, checker):
             later = any(_moves(r) and r.tid == tid and (j > i or (tid != rec.tid and r.start_time_ns == start_ns))
                         for j, r in enumerate(recs))
             rec.proc_check = {"status": "superseded", "pid": tid} if later else checker._proc_check(rec)
-        lines.append(display.json_line(rec) + "\n")
+        lines.append(jsonline.json_line(rec) + "\n")
     return lines
 
 
@@ -139,7 +141,7 @@ def differential(live, raws, options, limit=0):
         lines, n = c.json_lines(limit)
         fast = bytes(lines).decode("ascii")
         py.replay(raws)
-        reference = [display.json_line(r) + "\n" for r in py.records()]
+        reference = [jsonline.json_line(r) + "\n" for r in py.records()]
         oracle = oracle_lines(raws, options, py)
         if limit:
             reference, oracle = reference[:limit], oracle[:limit]
@@ -217,10 +219,10 @@ def with_steps(raw, dropped=0):
     """
     head = bytearray(raw[:events.HEAD_SIZE])
     ev = events.EventHead.from_buffer(head)
-    fn = {name: i for i, name in enumerate(kernelpath.FUNCTIONS) if name}
+    fn = {name: i for i, name in enumerate(steps.FUNCTIONS) if name}
     entry = {"unshare": "ksys_unshare", "setns": "__x64_sys_setns"}.get(events.OPS.get(ev.op), "copy_namespaces")
     span = max(ev.exit_ns - ev.enter_ns, 4)
-    steps = [
+    path = [
         events.Step(ts_ns=ev.enter_ns + 1, func=fn[entry], kind=1, what=1, arg=ev.raw_flags & ~0xff),
         events.Step(ts_ns=ev.enter_ns + span // 3, func=fn["create_new_namespaces"], kind=2, what=2,
                     nsproxy_id=ev.after.nsproxy_id, refs=1),
@@ -228,8 +230,8 @@ def with_steps(raw, dropped=0):
                     arg=ev.before.nsproxy_id, nsproxy_id=ev.after.nsproxy_id, refs=2),
         events.Step(ts_ns=ev.exit_ns - 1, func=fn[entry], kind=2, what=4, ret=min(ev.ret, 0)),
     ]
-    ev.nsteps, ev.steps_dropped = len(steps), dropped
-    return bytes(head) + b"".join(bytes(s) for s in steps)
+    ev.nsteps, ev.steps_dropped = len(path), dropped
+    return bytes(head) + b"".join(bytes(s) for s in path)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

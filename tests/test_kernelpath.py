@@ -10,11 +10,12 @@ import os
 
 import pytest
 
-from nstrace import kernelpath, pathcheck
+from nstrace.bpf import hookplan
+from nstrace.record import pathcheck
 
 from nshelpers import flag, nsop, wait_for
 
-_HOOKS = kernelpath.plan() if os.geteuid() == 0 else []
+_HOOKS = hookplan.plan() if os.geteuid() == 0 else []
 pytestmark = [
     pytest.mark.kernelpath,
     pytest.mark.skipif(not any(h.kind for h in _HOOKS),

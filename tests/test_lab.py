@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from nstrace import lab
+from nstrace.lab import apt, guest
+from nstrace.errors import GuestLockup, GuestTimeout, PackageNotFound
 
 pytestmark = [
     pytest.mark.lab,
@@ -34,7 +35,7 @@ GUEST_CHECK = textwrap.dedent("""
 
 @pytest.mark.parametrize("kernel, release_prefix", [("6.1", "6.1."), ("6.12", "6.12.")])
 def test_guest_runs_host_python_on_debian_kernel(kernel, release_prefix):
-    result = lab.run_in_guest(kernel, ["/usr/bin/python3", "-c", GUEST_CHECK, release_prefix],
+    result = guest.run_in_guest(kernel, ["/usr/bin/python3", "-c", GUEST_CHECK, release_prefix],
                               cwd="/usr/share", env={"NSTRACE_LAB_PROBE": "hello"}, timeout=300)
     assert result.kernel_release.startswith(release_prefix)
     assert result.returncode == 7, result.console[-2000:]
@@ -45,35 +46,35 @@ def test_guest_runs_host_python_on_debian_kernel(kernel, release_prefix):
 
 def test_timeout_kills_guest():
     start = time.monotonic()
-    with pytest.raises(lab.GuestTimeout, match="timed out after"):
-        lab.run_in_guest("6.1", ["/bin/sleep", "600"], cwd="/", timeout=3)
+    with pytest.raises(GuestTimeout, match="timed out after"):
+        guest.run_in_guest("6.1", ["/bin/sleep", "600"], cwd="/", timeout=3)
     assert time.monotonic() - start < 60  # resolution from the cached lists, then 3 s
 
 
 def test_kernel_hang_ends_the_run_at_once_with_its_stack():
     """A guest whose kernel dies must end the run within seconds, with the stack on the kernel's
     console, not at the timeout (issue 13). sysrq 'c' makes the kernel panic for real, the way a
-    soft lockup does under lab.KERNEL_ARGS (softlockup_panic=1); the command's output channel
+    soft lockup does under guest.KERNEL_ARGS (softlockup_panic=1); the command's output channel
     (ttyS1) keeps what the command printed before it."""
     start = time.monotonic()
-    with pytest.raises(lab.GuestLockup) as caught:
-        lab.run_in_guest("6.1", ["/bin/sh", "-c", "echo before the crash; echo c > /proc/sysrq-trigger; sleep 600"],
+    with pytest.raises(GuestLockup) as caught:
+        guest.run_in_guest("6.1", ["/bin/sh", "-c", "echo before the crash; echo c > /proc/sysrq-trigger; sleep 600"],
                          cwd="/", timeout=600)
     assert time.monotonic() - start < 120, "waited for the timeout instead of ending at the panic"
-    report = lab.lockup_report(caught.value.console)
+    report = guest.lockup_report(caught.value.console)
     assert report.startswith("Kernel panic - not syncing: sysrq triggered crash") or "sysrq triggered crash" in report
     assert "Call Trace:" in report and "sysrq_handle_crash" in report, report
     assert caught.value.began and caught.value.output.strip().endswith("before the crash")
 
 
 def test_unknown_package_is_reported():
-    with pytest.raises(lab.PackageNotFound, match="linux-image-0.0.0-nstrace-amd64"):
-        lab.run_in_guest("linux-image-0.0.0-nstrace-amd64", ["/bin/true"], cwd="/")
+    with pytest.raises(PackageNotFound, match="linux-image-0.0.0-nstrace-amd64"):
+        guest.run_in_guest("linux-image-0.0.0-nstrace-amd64", ["/bin/true"], cwd="/")
 
 
 def test_unknown_kernel_name_is_reported():
-    with pytest.raises(lab.PackageNotFound, match="unknown kernel"):
-        lab.resolve("not-a-kernel")
+    with pytest.raises(PackageNotFound, match="unknown kernel"):
+        apt.resolve("not-a-kernel")
 
 
 def test_kernel_layer_in_lab():

@@ -1,10 +1,11 @@
-"""The ctypes mirror in nstrace/events.py against the compiled object's BTF."""
+"""The ctypes mirror in nstrace/record/events.py against the compiled object's BTF."""
 
 import ctypes
 
 import pytest
 
-from nstrace import btf, events, kernelpath, libbpf, loader
+from nstrace.bpf import btf, libbpf, loader
+from nstrace.record import events, steps
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,8 @@ def test_enums_match(object_btf, enum_name, table, prefix):
 
 def test_function_table_matches(object_btf):
     c_enum = btf.enum_values(object_btf, "nstrace_func")
-    assert c_enum.pop("FN_MAX") == len(kernelpath.FUNCTIONS)
-    assert {name: value for value, name in enumerate(kernelpath.FUNCTIONS) if name} == \
+    assert c_enum.pop("FN_MAX") == len(steps.FUNCTIONS)
+    assert {name: value for value, name in enumerate(steps.FUNCTIONS) if name} == \
         {name.removeprefix("FN_"): value for name, value in c_enum.items()}
 
 

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from nstrace import kernelpath, loader
+from nstrace.bpf import hookplan, loader
 from nstrace.errors import LibbpfError, ProbeError
-from nstrace.tracer import SYSCALL_PROGRAMS
+from nstrace.trace.tracer import SYSCALL_PROGRAMS
 
 from nshelpers import NSTRACE
 
@@ -25,7 +25,7 @@ def test_a_probe_the_kernel_refuses_is_named_with_its_errno():
     with loader.BpfObject() as obj:
         only(obj, "kprobe_copy_namespaces")
         obj.load()
-        if kernelpath.kprobes_supported():
+        if hookplan.kprobes_supported():
             obj.attach("kprobe_copy_namespaces")
             return
         with pytest.raises(ProbeError) as exc:
@@ -36,7 +36,7 @@ def test_a_probe_the_kernel_refuses_is_named_with_its_errno():
 
 
 def test_fentry_refusal_is_reported_not_fatal():
-    refusal = kernelpath.fentry_refusal()
+    refusal = hookplan.fentry_refusal()
     if refusal is None:
         pytest.skip("this kernel loads fentry programs: nothing refused to report (the lab covers this path)")
     assert "fentry/fexit refused" in refusal and "EPERM" in refusal  # ../shared/kernel-env.md
@@ -74,7 +74,7 @@ def test_doctor_reports_every_probe_point():
     assert len(functions) == 29
     for r in functions:
         assert r["attached"] or r["reason"], r
-    if not kernelpath.kprobes_supported() and kernelpath.fentry_refusal():
+    if not hookplan.kprobes_supported() and hookplan.fentry_refusal():
         assert not any(r["attached"] for r in functions)
         assert all("CONFIG_KPROBES" in r["reason"] for r in functions)
     table = subprocess.run([str(NSTRACE), "doctor"], capture_output=True, text=True, timeout=60).stdout

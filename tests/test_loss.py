@@ -3,18 +3,18 @@
 import subprocess
 import sys
 
-from nstrace.tracer import Options, Tracer
+from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import ROOT
 
 # A workload that waits for "go", does N unshare(CLONE_NEWUTS) calls, says how many succeeded.
 WORKLOAD = """
 import sys
-from nstrace import nscalls
+from nstrace.linux import syscalls
 sys.stdin.readline()
 done = 0
 for _ in range(int(sys.argv[1])):
-    nscalls.unshare(0x04000000)
+    syscalls.unshare(0x04000000)
     done += 1
 print(done, flush=True)
 """

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from nstrace import nscalls, procns
-from nstrace import flags as fl
+from nstrace.linux import syscalls, procns
+from nstrace.linux import flags as fl
 
 from nshelpers import wait_for
 
@@ -42,10 +42,10 @@ def exiting_init():
     it, keeps one pid: the init stays there, alive but with no nsproxy, until it is reaped.
     """
     ready_r, ready_w = os.pipe()
-    init = nscalls.clone(NEWPID)
+    init = syscalls.clone(NEWPID)
     if init == 0:  # pid 1 of a new pid namespace
         try:
-            nscalls.unshare(NEWUTS)
+            syscalls.unshare(NEWUTS)
             os.write(ready_w, b"x")
             while True:
                 signal.pause()
@@ -57,7 +57,7 @@ def exiting_init():
     if outsider == 0:  # outside the namespace: its zombie child is inside
         try:
             fd = os.open(f"/proc/{init}/ns/pid", os.O_RDONLY)
-            nscalls.setns(fd, NEWPID)
+            syscalls.setns(fd, NEWPID)
             zombie = os.fork()
             if zombie == 0:
                 os._exit(0)
@@ -92,14 +92,14 @@ def test_unseen_until_the_first_child_then_match(tracer):
     pid = os.fork()
     if pid == 0:
         try:
-            nscalls.unshare(NEWPID)
+            syscalls.unshare(NEWPID)
             os.write(done_w, b"1")
             os.read(go_r, 1)
             child = os.fork()  # pid 1 of the new namespace: now /proc shows pid_for_children
             if child == 0:
                 os.read(go_r, 1)
                 os._exit(0)
-            nscalls.unshare(NEWUTS)
+            syscalls.unshare(NEWUTS)
             os.write(done_w, b"2")
             os.read(go_r, 1)
             os.kill(child, signal.SIGKILL)
@@ -126,7 +126,7 @@ def test_check_compares_what_the_call_changed(tracer):
     pid = os.fork()
     if pid == 0:
         try:
-            nscalls.unshare(NEWPID)
+            syscalls.unshare(NEWPID)
             os.read(go_r, 1)
         finally:
             os._exit(0)

@@ -24,6 +24,6 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_main_job_flags_parse():
-    from nstrace import flags
+    from nstrace.linux import flags
     main_job = readme_commands()[0]
     flags.parse_flags(re.search(r"--flags '([^']+)'", main_job).group(1))

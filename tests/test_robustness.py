@@ -20,10 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nstrace import events, nscalls, nsfs, procns
-from nstrace import flags as fl
-from nstrace.errors import UsageError
-from nstrace.launcher import Launcher, LauncherError
+from nstrace.linux import syscalls, nsfs, procns
+from nstrace.record import events
+from nstrace.linux import flags as fl
+from nstrace.errors import LauncherError, UsageError
+from nstrace.check.launcher import Launcher
 
 from nshelpers import NSTRACE, ROOT, wait_for
 
@@ -81,10 +82,10 @@ HOSTILE = b"\x1b[2J\x1b]0;x\x07\n\xffz"  # clear screen, set title, bell, newlin
 
 HOSTILE_CHILD = """
 import ctypes, sys
-from nstrace import nscalls
+from nstrace.linux import syscalls
 sys.stdin.readline()
 ctypes.CDLL(None).prctl(15, ctypes.c_char_p(bytes.fromhex(sys.argv[1])), 0, 0, 0)  # PR_SET_NAME
-nscalls.unshare(0x04000000)
+syscalls.unshare(0x04000000)
 print("done", flush=True)
 sys.stdin.readline()
 """
@@ -184,7 +185,7 @@ def fork_unshare(hold_s=0.0, then=None):
     pid = os.fork()
     if pid == 0:
         try:
-            nscalls.unshare(NEWUTS)
+            syscalls.unshare(NEWUTS)
             time.sleep(hold_s)
             if then:
                 then()
@@ -257,7 +258,7 @@ def _unshare_many(n, report_w):
     """In a child: unshare(CLONE_NEWUTS) n times, report (inode, ns_id) after each, then hold."""
     seen = []
     for _ in range(n):
-        nscalls.unshare(NEWUTS)
+        syscalls.unshare(NEWUTS)
         seen.append((os.stat("/proc/self/ns/uts").st_ino, procns.ns_ids(os.getpid())["uts"]))
     os.write(report_w, (json.dumps(seen) + "\n").encode())
     time.sleep(30)
@@ -509,7 +510,7 @@ def test_holders_keep_no_privilege_and_can_still_be_joined(tmp_path):
 
 LAUNCHER_SCRIPT = """
 import sys, time
-from nstrace.launcher import Launcher
+from nstrace.check.launcher import Launcher
 l = Launcher(state_dir=sys.argv[1])
 h = l.holder(["uts", "net"])
 n = l.nsop({"op": "unshare", "flags": 0x04000000})
@@ -636,7 +637,7 @@ def _piped_to_head(command, lines):
 
 def test_broken_pipe_ends_quietly_and_closes_the_record(tracer, tmp_path):
     session = tmp_path / "s.jsonl"
-    for command, lines, record in ((f"watch --json --comm unshare", 1, False),
+    for command, lines, record in (("watch --json --comm unshare", 1, False),
                                    (f"watch --comm unshare --record {session}", 2, True),
                                    (f"watch --json --comm unshare --record {session}", 1, True)):
         proc, err, rc = _piped_to_head(command, lines)
@@ -666,7 +667,7 @@ def test_watch_and_ls_never_import_the_session_validator(tmp_path):
                              text=True, timeout=60, cwd=ROOT)
         assert res.returncode == 0, res.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
-        assert not {m for m in imported if "jsonschema" in m or m == "nstrace._session_schema"}, args
+        assert not {m for m in imported if "jsonschema" in m or m == "nstrace.record._session_schema"}, args
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", "show", str(tmp_path / "s.jsonl")],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert "nstrace._session_schema" in res.stderr and "| jsonschema" not in res.stderr  # (the check is not blind)
+    assert "nstrace.record._session_schema" in res.stderr and "| jsonschema" not in res.stderr  # (the check is not blind)

@@ -1,4 +1,4 @@
-"""Start-up: watch loads its object while the command line is imported (nstrace/preload.py), and
+"""Start-up: watch loads its object while the command line is imported (nstrace/bpf/preload.py), and
 libbpf loads without calling into Python for every line it prints."""
 
 import os
@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from nstrace import kernelpath, libbpf, loader, preload
+from nstrace.bpf import hookplan, libbpf, loader, preload
 from nstrace.errors import LibbpfError
-from nstrace.probeset import ProbeSet
-from nstrace.tracer import Options, Tracer
+from nstrace.bpf.probeset import ProbeSet
+from nstrace.trace.tracer import Options, Tracer
 
 
 @pytest.mark.parametrize("args,fields", [
@@ -100,7 +100,7 @@ def test_a_failed_guess_leaves_nothing_behind(loads):
 @root
 def test_a_load_that_fails_still_says_why():
     """Loads run without libbpf's printer; a failed one is made again, listening, for the reason."""
-    if kernelpath.fentry_refusal() is None:
+    if hookplan.fentry_refusal() is None:
         pytest.skip("this kernel loads fentry programs: no load to see fail here")
     with loader.BpfObject() as obj:
         for name in obj.program_names():

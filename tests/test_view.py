@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from nstrace import checker, display, nsmap, render, scenarios, session
-from nstrace import flags as fl
+from nstrace.check import checker, scenarios
+from nstrace.linux import nsmap
+from nstrace.record import session
+from nstrace.view import display, render
+from nstrace.linux import flags as fl
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real CLI; ls/show/render are added to it here only until nstrace/cli.py registers them.
@@ -590,22 +593,22 @@ def test_the_compiled_validator_is_made_from_the_schema_in_the_repo():
     import importlib.util
 
     import fastjsonschema
-    generated = (ROOT / "nstrace" / "_session_schema.py").read_text()
+    generated = (ROOT / "nstrace" / "record" / "_session_schema.py").read_text()
     made_by = re.search(r'^VERSION = "([^"]+)"', generated, re.M).group(1)
     if made_by != fastjsonschema.VERSION:
-        pytest.skip(f"nstrace/_session_schema.py was made by fastjsonschema {made_by}, {fastjsonschema.VERSION} is "
+        pytest.skip(f"nstrace/record/_session_schema.py was made by fastjsonschema {made_by}, {fastjsonschema.VERSION} is "
                     "installed: its code differs by version (the fuzz still checks it against jsonschema)")
     spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "session-validator.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert gen.code() == generated, "nstrace/_session_schema.py is stale: run scripts/session-validator.py"
+    assert gen.code() == generated, "nstrace/record/_session_schema.py is stale: run scripts/session-validator.py"
 
 
 def test_every_line_nstrace_writes_meets_the_published_schema(recorded, tmp_path):
     """The schema is valid draft-07 (jsonschema checks it), and what watch writes (Python's
     recorder and native/batch.c) passes it."""
     import jsonschema
-    schema = json.loads((ROOT / "nstrace" / "session.schema.json").read_text())
+    schema = json.loads((ROOT / "nstrace" / "record" / "session.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     reference = jsonschema.Draft7Validator(schema)
     for obj in _session_lines(recorded):
@@ -773,13 +776,13 @@ def test_fuzz_session_files_through_show_and_render(fuzz_base, tmp_path, capsys,
     import fastjsonschema
     import jsonschema
 
-    from nstrace import _session_schema
+    from nstrace.record import _session_schema
     from nstrace.cli import main
     text, objects = data.draw(damaged_sessions(fuzz_base))
     path = tmp_path / "fuzz.jsonl"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     # the compiled validator and the reference implementation agree on the published schema
-    reference = jsonschema.Draft7Validator(json.loads((ROOT / "nstrace" / "session.schema.json").read_text()))
+    reference = jsonschema.Draft7Validator(json.loads((ROOT / "nstrace" / "record" / "session.schema.json").read_text()))
     for obj in objects:
         if isinstance(obj, dict) and not re.search(r"\\n\"", json.dumps(obj)):  # (Python's $ matches before \n)
             try:

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from nstrace import loader
+from nstrace.bpf import loader
 from nstrace.errors import LibbpfError
-from nstrace.tracer import Options, Tracer
+from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
 
@@ -52,11 +52,11 @@ def test_empty_or_impossible_filters_are_refused(args, words):
 
 THREAD = """
 import sys, threading
-from nstrace import nscalls
+from nstrace.linux import syscalls
 def thread():
     print(threading.get_native_id(), flush=True)
     sys.stdin.readline()
-    nscalls.unshare(0x04000000)  # CLONE_NEWUTS: this thread alone
+    syscalls.unshare(0x04000000)  # CLONE_NEWUTS: this thread alone
     print("done", flush=True)
 t = threading.Thread(target=thread)
 t.start()

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from nstrace import events
-from nstrace import flags as fl
-from nstrace.tracer import Options, Tracer
+from nstrace.record import events
+from nstrace.linux import flags as fl
+from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import flag, nsop, wait_for
 

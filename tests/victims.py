@@ -11,8 +11,8 @@ import os
 import select
 import signal
 
-from nstrace import nscalls
-from nstrace import flags as fl
+from nstrace.linux import syscalls
+from nstrace.linux import flags as fl
 
 PR_SET_NAME = 15
 NEWUTS = fl.CLONE_FLAGS["CLONE_NEWUTS"]
@@ -49,10 +49,10 @@ def _clone_and_exit(flags, call):
 def _vfork_then_move():
     """clone(CLONE_VFORK|CLONE_NEWUTS): the child unshares its IPC namespace and execs, and only
     then does its parent's clone return: the child's record comes before its parent's."""
-    pid = nscalls.clone(VFORK | NEWUTS)
+    pid = syscalls.clone(VFORK | NEWUTS)
     if pid == 0:
         try:
-            nscalls.unshare(NEWIPC)
+            syscalls.unshare(NEWIPC)
             os.execv("/bin/sleep", ["sleep", "60"])
         finally:
             os._exit(1)
@@ -74,12 +74,12 @@ def _failing(call, *args):
 # Each operation: what the victim does, given an fd of the UTS namespace it started in. What one
 # returns is a process of the victim's own, killed when it is released.
 OPERATIONS = {
-    "unshare": lambda home: _call(nscalls.unshare, NEWUTS),
-    "unshare-ipc": lambda home: _call(nscalls.unshare, NEWUTS | NEWIPC),
-    "setns-back": lambda home: _call(nscalls.setns, home, NEWUTS),
-    "clone": lambda home: _clone_and_exit(NEWUTS, nscalls.clone),
-    "clone3": lambda home: _clone_and_exit(NEWUTS | NEWNET, nscalls.clone3),
-    "setns-badfd": lambda home: _failing(nscalls.setns, -1, 0),
+    "unshare": lambda home: _call(syscalls.unshare, NEWUTS),
+    "unshare-ipc": lambda home: _call(syscalls.unshare, NEWUTS | NEWIPC),
+    "setns-back": lambda home: _call(syscalls.setns, home, NEWUTS),
+    "clone": lambda home: _clone_and_exit(NEWUTS, syscalls.clone),
+    "clone3": lambda home: _clone_and_exit(NEWUTS | NEWNET, syscalls.clone3),
+    "setns-badfd": lambda home: _failing(syscalls.setns, -1, 0),
     "vfork-move": lambda home: _vfork_then_move(),
 }
 # The records (op, succeeded) each operation leaves, in order: the vfork child's unshare first.

@@ -1,0 +1,109 @@
+"""`nstrace watch` loads and attaches its probes while Python is still importing the command line.
+
+From exec, importing click and the rest of nstrace takes 60 ms and more,
+loading the BPF object ~30 ms, most of it in the kernel's verifier. ctypes
+lets go of the GIL for the length of bpf_object__load(), so a thread can
+load while the main thread imports. The thread imports no more than
+nstrace.bpf.probeset (the loader, not the tracer), guesses the options that
+decide the object from argv, loads it and attaches it: tracing is live
+before click is imported, and what happens meanwhile waits in the ring
+buffer. Tracer.start() takes the probes only if the options the command
+line really parsed ask for the same object (ProbeSet.settings()), and
+otherwise closes them, records and all, and loads again; a command line
+that fails to parse closes them too (discard()). With --pid the thread only
+loads: the descendant table must be filled before any probe runs.
+"""
+
+import sys
+import threading
+
+_thread = None
+_probes = None
+_interval = 0.005
+_loading = threading.Event()  # the thread has reached the load (or given up)
+
+
+def guess(args):
+    """The Options fields that decide the object for the command line `args`, or None if it is not
+    `watch` (or asks for help). A wrong guess only costs a second load."""
+    if not args or args[0] != "watch":
+        return None
+    fields = {}
+    rest = iter(args[1:])
+    for arg in rest:
+        name, eq, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            return None
+        if arg == "--all":
+            fields["trace_all"] = True
+        elif arg == "--raw-addresses":
+            fields["raw_addresses"] = True
+        elif name in ("--pid", "--buffer-kib"):
+            try:
+                number = int(value if eq else next(rest, ""))
+            except ValueError:
+                return None
+            if name == "--pid":
+                fields["pid"] = number
+            else:
+                fields["ringbuf_bytes"] = number * 1024
+    return fields
+
+
+def begin(args):
+    """Start loading in a thread if `args` is a watch command line."""
+    global _thread, _interval
+    fields = guess(args)
+    if fields is not None:
+        # Every ctypes call gives up the GIL; taking it back waits out the main thread's
+        # switch interval (5 ms) while it imports. The thread makes a few dozen such calls
+        # between its load and its last attach: hand the GIL over sooner until it is done.
+        _interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-4)
+        _thread = threading.Thread(target=_load, args=(fields,), name="nstrace-preload")
+        _thread.start()
+        # The thread's Python (imports, plan, open) goes first, alone: taking turns on the GIL
+        # with ours would only delay its load, which then runs in C and in the kernel's verifier
+        # while this thread imports click and the command line.
+        _loading.wait(1)
+
+
+def _load(fields):
+    global _probes
+    try:
+        from . import loader
+        from .probeset import ProbeSet
+        loader.check_privileges()
+        loader.check_btf()
+        probes = ProbeSet(**fields)
+        try:
+            probes.load(loading=_loading.set)
+            if "pid" not in fields:  # --pid fills the descendant table first: start() attaches
+                probes.attach()
+        except BaseException:
+            probes.close()
+            raise
+        _probes = probes
+    except Exception:  # noqa: BLE001 - the command meets the same error itself, and reports it
+        _probes = None
+    finally:
+        _loading.set()
+        sys.setswitchinterval(_interval)
+
+
+def take():
+    """The preloaded ProbeSet (loaded, and attached unless --pid), once the thread is done; None if there is none."""
+    global _thread, _probes
+    if _thread is None:
+        return None
+    _thread.join()
+    _thread = None
+    probes, _probes = _probes, None
+    return probes
+
+
+def discard():
+    """Close preloaded probes nobody took (the command failed before it started tracing)."""
+    probes = take()
+    if probes:
+        probes.close()

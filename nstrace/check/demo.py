@@ -1,0 +1,75 @@
+"""nstrace demo: one namespace operation on purpose, traced, and explained.
+
+Builds a one-off scenario from --op and --flags, runs it through the same
+launcher and checker as `nstrace check`, and keeps what the explanation
+needs: the records, the /proc links, the inside view and the path verdicts.
+"""
+
+import os
+
+from ..errors import UsageError
+from ..linux import flags as fl
+from . import checker, scenarios
+
+
+def build(op, flags):
+    """A Scenario performing op with flags (setns: into new namespaces of those types)."""
+    other = flags & ~fl.CLONE_NEW_MASK
+    if other:
+        raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, 'clone3'))}: "
+                         f"valid are {', '.join(n.removeprefix('CLONE_') for n in fl.NS_TYPES.values())}")
+    types = fl.requested_types(flags, op)
+    if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
+        raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")
+    if op == "setns" and not types:
+        raise UsageError("setns needs at least one namespace type to join, e.g. --flags NEWUTS")
+
+    def run(launcher):
+        if op == "setns":
+            holder = launcher.holder(types)
+            spec = {"op": "setns", "flags": flags, "inside": True}
+            if len(types) == 1:
+                spec["ns_path"] = f"/proc/{holder}/ns/{types[0]}"
+            else:
+                spec["pidfd_of"] = holder
+            targets = {t: os.stat(f"/proc/{holder}/ns/{t}").st_ino for t in types}
+        else:
+            spec = {"op": op, "flags": flags, "inside": True}
+        h = launcher.nsop(spec)
+        rep = h.report
+        run.report = rep
+        changed = sorted({e for t in types for e in scenarios.changes(op, t)}, key=fl.NS_ENTRIES.index)
+        want_inside = scenarios.inside_for([t for t in types if not (op == "setns" and t == "user")],
+                                            op in ("clone", "clone3"))
+        expects = [scenarios.Expect(op, pid=h.pid, flags=flags, changed=changed, inside=want_inside,
+                                    seen_inside=rep.get("inside"), what=f"{op} {fl.short(fl.decode_flags(flags, op))}")]
+        if op == "setns":
+            expects[0].ns_after = {e: targets[fl.ns_type_of_entry(e)] for e in changed}
+        if "fork_child" in rep:
+            entered = [t for t in types if t in ("pid", "time")]
+            expects.append(scenarios.Expect("clone", pid=h.pid, changed=entered,
+                                            inside={"pid": 1} if "pid" in entered and op == "unshare" else {},
+                                            seen_inside=rep.get("fork_inside"),
+                                            what="the next fork enters the new " + "/".join(entered) + " namespace"))
+        return expects
+
+    run.report = None
+    return scenarios.Scenario("demo", f"{op} {fl.short(fl.decode_flags(flags, op))}", run), run
+
+
+def run_demo(op, flags, record_path=None):
+    """Run the demo; return (ScenarioResult, nsop report, probe availability).
+
+    With record_path, the run is also written as a session file (for
+    `nstrace show` and `nstrace render`).
+    """
+    sc, fn = build(op, flags)
+    with checker.tracer_for_check() as tracer:
+        if not record_path:
+            result = checker.run_scenario(sc, tracer)
+            return result, fn.report, tracer.availability()
+        from ..record import session
+        with session.Recorder(record_path, tracer) as recorder:
+            result = checker.run_scenario(sc, session.RecordingTracer(tracer, recorder))
+            recorder.close(tracer.summary())
+        return result, fn.report, tracer.availability()

@@ -1,0 +1,116 @@
+"""The guest's initramfs: busybox, the kernel's own 9p modules, and an init that mounts the host's root
+read-only, gives the command its own serial port and reports its exit status."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+GUEST_PRINTK = "7 4 1 7"  # /proc/sys/kernel/printk while the command runs: NMI backtrace headers are pr_info
+BUSYBOX = "/bin/busybox"  # from busybox-static: the initramfs has no libc
+
+# Writable scratch the guest gets on top of the read-only host root; pip, pytest and Python's tempfile
+# need these.  Writes vanish with the guest.  Not /root: on this machine it holds the Python (pyenv)
+# that has pytest, which a tmpfs would hide; HOME points into /tmp instead.
+GUEST_TMPFS = ("/tmp", "/run", "/var/tmp", "/dev/shm")
+
+
+class _Cpio:
+    """Writer for the "newc" cpio format the kernel unpacks as initramfs (no staging directory needed)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self.out.write(header + name.encode() + b"\0")
+        self.out.write(b"\0" * (-(len(header) + len(name) + 1) % 4))
+        self.out.write(data + b"\0" * (-len(data) % 4))
+        self.ino += 1
+
+    def dir(self, name: str) -> None:
+        self._entry(name, 0o040755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, 0o100000 | mode, data)
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, 0o020600, rdev=(major, minor))
+
+    def close(self) -> None:
+        self._entry("TRAILER!!!", 0)
+
+
+def scratch_mounts(cwd: str) -> tuple[str, ...]:
+    """The writable tmpfs mounts for a guest whose command runs in cwd: never one that hides cwd."""
+    return tuple(p for p in GUEST_TMPFS if not (cwd == p or cwd.startswith(p.rstrip("/") + "/")))
+
+
+def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, str], marker: str,
+                 scratch: tuple[str, ...] = GUEST_TMPFS) -> str:
+    host_mounts = [
+        "mount -t proc proc /host/proc",
+        "mount -t sysfs sysfs /host/sys",
+        "mount -t devtmpfs devtmpfs /host/dev",
+        "mkdir -p /host/dev/pts /host/dev/shm",
+        "mount -t devpts devpts /host/dev/pts",
+        # Not mounted by default, and the kernel-function layer needs both (kernel-env.md: tracefs).
+        "mount -t tracefs tracefs /host/sys/kernel/tracing",
+        "mount -t bpf bpf /host/sys/fs/bpf",
+        "mount -t debugfs debugfs /host/sys/kernel/debug",
+        # As systemd would: until cgroup2 is mounted the kernel lists no v2 line in /proc/<pid>/cgroup
+        # (kernel/cgroup/cgroup.c proc_cgroup_show skips the default root while cgrp_dfl_visible is false).
+        "mount -t cgroup2 cgroup2 /host/sys/fs/cgroup",
+        *(f"mount -t tmpfs -o mode=1777 tmpfs /host{path}" for path in scratch),
+        "mkdir -p -m 1777 /host/run/tmp",
+    ]
+    run = ("cd \"$1\" || exit 125; shift; exec \"$@\"")
+    # Not a plain `chroot /host`: the kernel refuses CLONE_NEWUSER to a chrooted task
+    # (kernel/user_namespace.c create_user_ns: current_chrooted() -> EPERM), and the tests create
+    # user namespaces. As switch_root does, the host root is moved onto / first; chroot(".") then
+    # lands on the top mount of the namespace root, which current_chrooted() accepts. This shell
+    # keeps the initramfs as its own root and still finds busybox to report and power off.
+    command = "cd /host && mount --move /host / && " + " ".join(shlex.quote(w) for w in [
+        "chroot", ".", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+        "/bin/sh", "-c", run, "nstrace-lab", cwd, *argv,
+    ])
+    # fd 3 is the host's channel (ttyS1): the markers and the command's output.  Raw, so the tty's
+    # line discipline neither turns \n into \r\n nor echoes anything back.
+    fail = f'fail() {{ echo "{marker} FAIL $*" >&3; echo "{marker} FAIL $*"; poweroff -f; }}'
+    lines = [
+        "#!/bin/busybox sh",
+        "/bin/busybox --install -s",
+        "export PATH=/bin:/sbin:/usr/bin:/usr/sbin",
+        "mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev",
+        "stty -F /dev/ttyS1 raw -echo; exec 3>/dev/ttyS1",
+        fail,
+        *(f"insmod /modules/{m}.ko || fail insmod {m}" for m in modules),
+        # ro: the guest must never write the host's files; remap: the host root spans several devices.
+        "mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host "
+        "|| fail mount 9p host root",
+        *(f"{m} || fail {shlex.quote(m)}" for m in host_mounts),
+        f'echo "{marker} RELEASE $(uname -r)" >&3',
+        f"echo {GUEST_PRINTK} > /proc/sys/kernel/printk",
+        f'echo "{marker} BEGIN" >&3',
+        f"{command} </dev/null >&3 2>&3 3>&-",
+        "rc=$?",
+        # Leading newline: the command's last line may lack one; the parser drops it again.
+        f'printf "\\n{marker} EXIT %d\\n" "$rc" >&3',
+        "poweroff -f",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_initramfs(path: Path, init: str, modules: list[tuple[str, bytes]]) -> None:
+    with open(path, "wb") as out:
+        cpio = _Cpio(out)
+        for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "host", "modules"):
+            cpio.dir(d)
+        cpio.chardev("dev/console", 5, 1)  # init's stdout before devtmpfs is mounted
+        cpio.file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+        for name, image in modules:
+            cpio.file(f"modules/{name}.ko", image)
+        cpio.file("init", init.encode(), 0o755)
+        cpio.close()

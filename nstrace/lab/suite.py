@@ -1,0 +1,37 @@
+"""The suite nstrace runs in each guest: the kernel-function tests and `nstrace check`."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from ..errors import LabError
+from .guest import run_in_guest
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def run_guest_suite(kernel: str, *, pytest_args: tuple[str, ...] = (), timeout: float = 900) -> dict:
+    """Run the kernel-layer tests (and `nstrace check` where it exists) inside `kernel`.
+
+    The guest sees this checkout and its .venv through the shared root, so what runs is exactly what
+    was built here. Returns {kernel, release, ok, summary, output, duration_s}.
+    """
+    python = PROJECT / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise LabError(f"{python} missing: run scripts/setup.sh first")
+    nstrace = PROJECT / ".venv" / "bin" / "nstrace"
+    pytest = (f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath "
+              + " ".join(shlex.quote(a) for a in (pytest_args or ("tests/test_kernelpath.py",))))
+    # Both always run; the guest's exit status says whether both passed.
+    script = f"{pytest}; a=$?; {shlex.quote(str(nstrace))} check; b=$?; [ $a -eq 0 ] && [ $b -eq 0 ]"
+    res = run_in_guest(kernel, ["/bin/sh", "-c", script], cwd=str(PROJECT), timeout=timeout)
+    lines = [line.strip("= ") for line in res.output.splitlines() if line.strip()]
+    tests = next((line for line in reversed(lines) if re.search(r"\d+ (passed|failed|error|skipped).* in ", line)),
+                 "no pytest summary")
+    checks = next((line for line in reversed(lines) if re.fullmatch(r"\d+ passed, \d+ failed", line)),
+                  "no check summary")
+    summary = f"tests: {tests}; check: {checks}"
+    return {"kernel": kernel, "release": res.kernel_release, "ok": res.returncode == 0, "summary": summary,
+            "output": res.output, "duration_s": res.duration_s}

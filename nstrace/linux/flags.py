@@ -1,0 +1,168 @@
+"""CLONE_* flags and namespace types: names, values, parsing and decoding.
+
+Values from include/uapi/linux/sched.h, checked against Linux 6.18. The low
+byte of clone()'s flags (CSIGNAL) is the exit signal, which is why
+CLONE_NEWTIME (0x80, inside that byte) only works with unshare() and clone3().
+"""
+
+import re
+import signal
+
+from ..errors import UsageError
+
+CSIGNAL = 0x000000FF
+
+CLONE_FLAGS = {
+    "CLONE_NEWTIME": 0x00000080,
+    "CLONE_VM": 0x00000100,
+    "CLONE_FS": 0x00000200,
+    "CLONE_FILES": 0x00000400,
+    "CLONE_SIGHAND": 0x00000800,
+    "CLONE_PIDFD": 0x00001000,
+    "CLONE_PTRACE": 0x00002000,
+    "CLONE_VFORK": 0x00004000,
+    "CLONE_PARENT": 0x00008000,
+    "CLONE_THREAD": 0x00010000,
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_SYSVSEM": 0x00040000,
+    "CLONE_SETTLS": 0x00080000,
+    "CLONE_PARENT_SETTID": 0x00100000,
+    "CLONE_CHILD_CLEARTID": 0x00200000,
+    "CLONE_DETACHED": 0x00400000,
+    "CLONE_UNTRACED": 0x00800000,
+    "CLONE_CHILD_SETTID": 0x01000000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+    "CLONE_IO": 0x80000000,
+    # clone3() only: these do not fit clone()'s int flags
+    "CLONE_CLEAR_SIGHAND": 0x100000000,
+    "CLONE_INTO_CGROUP": 0x200000000,
+}
+
+# Namespace types: the /proc/<pid>/ns entry name and the flag that creates one.
+NS_TYPES = {
+    "mnt": "CLONE_NEWNS",
+    "uts": "CLONE_NEWUTS",
+    "ipc": "CLONE_NEWIPC",
+    "pid": "CLONE_NEWPID",
+    "net": "CLONE_NEWNET",
+    "user": "CLONE_NEWUSER",
+    "cgroup": "CLONE_NEWCGROUP",
+    "time": "CLONE_NEWTIME",
+}
+NS_FLAG_VALUES = {CLONE_FLAGS[flag]: ns for ns, flag in NS_TYPES.items()}
+CLONE_NEW_MASK = sum(CLONE_FLAGS[f] for f in NS_TYPES.values())
+
+# The entries of /proc/<pid>/ns, in the order of enum nstrace_ns_slot (probes/nstrace.h).
+NS_ENTRIES = ("mnt", "uts", "ipc", "pid", "pid_for_children", "net", "user", "cgroup", "time", "time_for_children")
+
+OPS = ("clone", "clone3", "unshare", "setns")
+
+
+def ns_type_of_entry(entry):
+    """The namespace type a /proc ns entry belongs to: pid_for_children -> pid."""
+    return entry.removesuffix("_for_children")
+
+
+def parse_flags(text):
+    """Parse 'NEWPID|NEWNS', 'clone_newuts,newipc' or '0x20000' into an int.
+
+    Names are case-insensitive, with or without the CLONE_ prefix, separated
+    by '|' or ','. Raises UsageError listing the valid names on anything else.
+    """
+    value = 0
+    parts = [p.strip() for p in re.split(r"[|,]", text or "")]
+    if not any(parts):
+        raise UsageError("no flags given: " + valid_names_hint())
+    for part in parts:
+        if not part:
+            raise UsageError(f"empty flag name in {text!r}")
+        if re.fullmatch(r"0[xX][0-9a-fA-F]+|[0-9]+", part):
+            number = int(part, 16) if part[:2].lower() == "0x" else int(part)
+            if number >= 1 << 64:
+                raise UsageError(f"flag value {part} does not fit in 64 bits")
+            value |= number
+            continue
+        name = part.upper()
+        if not name.startswith("CLONE_"):
+            name = "CLONE_" + name
+        if name not in CLONE_FLAGS:
+            raise UsageError(f"unknown flag {part!r}: {valid_names_hint()}")
+        value |= CLONE_FLAGS[name]
+    return value
+
+
+def valid_names_hint():
+    return "valid names are " + ", ".join(n.removeprefix("CLONE_") for n in CLONE_FLAGS)
+
+
+def decode_flags(value, op="unshare"):
+    """Names of the flags set in value, with any unknown bits as one hex string.
+
+    For clone() the low byte is the exit signal, not flags: it is left out
+    (see :func:`exit_signal_name`).
+    """
+    if op == "clone":
+        value &= ~CSIGNAL
+    names = []
+    for name, bit in CLONE_FLAGS.items():
+        if value & bit:
+            names.append(name)
+            value &= ~bit
+    if value:
+        names.append(hex(value))
+    return names
+
+
+def short(names):
+    """'NEWPID|NEWNS' from ['CLONE_NEWPID', 'CLONE_NEWNS'] (table form)."""
+    return "|".join(n.removeprefix("CLONE_") for n in names) or "0"
+
+
+def encode_flags(names):
+    """The inverse of decode_flags for a list of names (hex strings allowed)."""
+    value = 0
+    for name in names:
+        value |= int(name, 16) if name.startswith("0x") else CLONE_FLAGS[name]
+    return value
+
+
+def exit_signal_name(signo):
+    if not signo:
+        return None
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return str(signo)
+
+
+def requested_types(value, op):
+    """Namespace types an operation's flags ask for: clone()'s low byte is a signal, not NEWTIME."""
+    return ns_types_in(value & ~CSIGNAL if op == "clone" else value)
+
+
+def ns_types_in(value):
+    """Namespace types whose CLONE_NEW* bit is set in value, in NS_TYPES order."""
+    return [ns for ns, flag in NS_TYPES.items() if value & CLONE_FLAGS[flag]]
+
+
+def parse_ns_types(text):
+    """Parse 'net,uts' (or 'NEWNET|uts') into a list of namespace type names."""
+    out = []
+    for part in re.split(r"[|,]", text or ""):
+        part = part.strip().lower().removeprefix("clone_")
+        if not part:
+            continue
+        if part.startswith("new") and part != "net":
+            match = [ns for ns, flag in NS_TYPES.items() if flag == "CLONE_" + part.upper()]
+            part = match[0] if match else part
+        if part not in NS_TYPES:
+            raise UsageError(f"unknown namespace type {part!r}: valid types are {', '.join(NS_TYPES)}")
+        out.append(part)
+    if not out:
+        raise UsageError(f"no namespace type given: valid types are {', '.join(NS_TYPES)}")
+    return out

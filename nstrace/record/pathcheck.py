@@ -1,0 +1,140 @@
+"""Observed against documented: a record's kernel path beside kernel-notes/paths.toml.
+
+For every step of the documented path of an operation this says whether it
+was expected for these flags, whether this kernel lets nstrace observe it
+(and why not), and whether it was observed, in the documented order.
+"""
+
+import dataclasses
+
+from ..linux import flags as fl
+from . import paths, steps
+
+# Functions of the documented path that nstrace does not probe on purpose:
+# they run on every fork or every credential change, so a probe there taxes
+# the whole machine for little insight.
+NOT_PROBED = {
+    "kernel_clone": "runs on every fork: not probed (the syscall tracepoints bracket it)",
+    "copy_process": "runs on every fork: not probed (task:task_newtask fires inside it)",
+    "copy_creds": "runs on every fork: not probed (create_user_ns shows the NEWUSER case)",
+    "prepare_creds": "runs on every credential change: not probed",
+    "commit_creds": "runs on every credential change: not probed",
+    "copy_clone_args_from_user": "argument copy only: not probed (sys_enter_clone3 reads the same args)",
+}
+
+
+@dataclasses.dataclass
+class StepResult:
+    name: str
+    kind: str            # "tracepoint" or "function"
+    file: str
+    expected: bool
+    status: str          # observed | not observed | not observable | not expected | unexpected | not reached
+    reason: str = ""
+
+    @property
+    def failed(self):
+        return self.status in ("not observed", "unexpected", "out of order")
+
+
+def effective_flags(rec):
+    """The CLONE_NEW* names the documented `when` conditions test (without CLONE_)."""
+    value = rec.raw_flags  # decode_flags drops clone()'s signal byte itself
+    if rec.op == "setns" and not value and rec.target and rec.target.get("type"):
+        value = fl.CLONE_FLAGS[fl.NS_TYPES[rec.target["type"]]]
+    names = {name.removeprefix("CLONE_") for name in fl.decode_flags(value, rec.op)}
+    before = rec.ns_before or {}
+    if rec.op in ("clone", "clone3") and "VM" not in names and before.get("time") != before.get("time_for_children"):
+        names.add("TIMENS_PENDING")  # a pseudo-flag of kernel-notes/paths.toml: see its key list
+    return names
+
+
+def _expected(step, flags):
+    when, unless = set(step.get("when", [])), set(step.get("unless", []))
+    return (not when or bool(when & flags)) and not (unless & flags)
+
+
+def _observability(step, hooks, tracepoints):
+    """None if nstrace can observe this step here, else why not."""
+    name = step["name"]
+    if step["kind"] == "tracepoint":
+        return None if name in tracepoints else "tracepoint not attached"
+    if step.get("inlined"):
+        return "inlined: no symbol to probe"
+    if name in NOT_PROBED:
+        return NOT_PROBED[name]
+    if name not in steps.FUNCTIONS:
+        return "not probed by nstrace"
+    hook = hooks.get(name)
+    if hook is None:
+        return "kernel-function layer off"
+    if not hook.attached:
+        return hook.reason or "not attached"
+    return None
+
+
+def _observed_index(step, rec):
+    """Position of the step in the record's path, or None if it was not seen."""
+    name = step["name"]
+    if step["kind"] == "tracepoint":
+        if name.startswith("syscalls:sys_enter_"):
+            return -1
+        if name.startswith("syscalls:sys_exit_"):
+            return len(rec.kernel_path) + 1
+        if name == "task:task_newtask":
+            # fires after copy_namespaces returned: place it after the last namespace step
+            if not rec.child_pid:
+                return None
+            done = [i for i, s in enumerate(rec.kernel_path)
+                    if s["func"] in ("copy_namespaces", "timens_on_fork") and s["kind"] == "exit"]
+            return (done[-1] if done else 0) + 0.5
+        return None
+    for i, s in enumerate(rec.kernel_path):
+        if s["func"] == name and s["kind"] == "enter":
+            return i
+    return None
+
+
+def compare(rec, hooks, tracepoints):
+    """StepResults for one record. hooks: {func: nstrace.bpf.probes.Hook}; tracepoints: attached names."""
+    doc = paths.notes()["op"].get(rec.op, {}).get("step", [])
+    flags = effective_flags(rec)
+    results, seen_order = [], []
+    for step in doc:
+        file = step.get("file") or paths.source_file(step["name"])
+        if step["kind"] == "tracepoint":
+            file = "include/trace/events/" + ("task.h" if step["name"].startswith("task:") else "syscalls.h")
+        expected = _expected(step, flags)
+        why_not = _observability(step, hooks, tracepoints)
+        index = None if why_not else _observed_index(step, rec)
+        if why_not:
+            status, reason = "not observable", why_not
+        elif index is not None:
+            status = "observed" if expected else "unexpected"
+            reason = "" if expected else step.get("also_when", "")
+            if not expected and step.get("also_when"):
+                status = "observed"
+            seen_order.append((index, len(results)))
+        elif not expected:
+            status, reason = "not expected", ""
+        elif rec.ret < 0:
+            status, reason = "not reached", f"the call failed with {rec.errno}"
+        elif step.get("optional"):
+            status, reason = "not expected", step.get("why", "optional")
+        else:
+            status = "not observed"
+            reason = f"the record was full: {rec.kernel_path_dropped} steps dropped" if rec.kernel_path_dropped else ""
+        results.append(StepResult(step["name"], step["kind"], file, expected, status, reason))
+    # Documented order: observed steps must appear in the order the notes list them.
+    last = None
+    for index, pos in seen_order:
+        if last is not None and index < last[0]:
+            results[pos].status = "out of order"
+            results[pos].reason = f"seen before {results[last[1]].name}"
+        else:
+            last = (index, pos)
+    return results
+
+
+def passed(results):
+    return not any(r.failed for r in results)

@@ -1,0 +1,371 @@
+"""Recorded sessions: what ``watch --record FILE`` writes and ``show``/``render`` read.
+
+The file is JSON lines, one object per line, UTF-8:
+
+- line 1, the header: ``{"nstrace_session": 1, "kind": "header", "nstrace", "started",
+  "host", "kernel": {sysname, release, version, machine}, "options", "availability",
+  "clock": {"monotonic_to_wall_ns"}, "snapshot"}``. ``availability`` is
+  Tracer.availability() (which probe points ran, and why not), ``snapshot``
+  the namespace map at the start (nstrace/linux/nsmap.py, with processes), the clock
+  offset turns kernel-path step times (CLOCK_MONOTONIC) into wall-clock ones;
+- one line per record: exactly a ``watch --json`` line (README: the JSON
+  record), so a plain ``watch --json > FILE`` is a session too, only without
+  header and end;
+- last, the end: ``{"nstrace_session": 1, "kind": "end", "ended", "summary", "snapshot"}``.
+  A session whose recorder was killed has no end line; it still reads.
+
+``nstrace_session`` is the format version: a reader refuses versions newer
+than its own and ignores keys it does not know, so fields can be added
+without a new version. Records are written as they arrive and flushed per
+line, so a crash loses at most the line being written.
+
+nstrace/session.schema.json (JSON Schema, draft-07) says what each line
+may hold, for nstrace and for anyone else reading these files or ``watch
+--json`` (log shippers). :func:`load` holds every line to it before any of
+it is used, and to strict JSON (RFC 8259: no NaN or Infinity, no lone
+surrogate, numbers that fit): a file from elsewhere is outside data, and
+one that fails gets one line naming the line number and the field (exit 2).
+"""
+
+import dataclasses
+import json
+import os
+import time
+import types as types_
+from importlib import metadata
+
+from ..errors import UsageError, WriteFailed
+from ..linux import nsmap, trusted_paths
+from . import events
+
+VERSION = 1
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(events.Record)}
+
+
+def nstrace_version():
+    try:
+        return metadata.version("nstrace")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _options_json(options):
+    keep = ("trace_all", "pid", "comms", "ops", "types", "raw_addresses", "check_proc", "kernel_path")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items() if k in keep}
+
+
+class Recorder:
+    """Writes one session file. Create it after ``tracer.start()``; ``write`` each record; ``close(summary)``.
+
+    ``tracer`` gives the options and the probe availability; without one (a
+    record-less session, tests) both are left empty. ``snapshots=False``
+    skips the namespace maps (they read all of /proc; root sees everything).
+    """
+
+    def __init__(self, path, tracer=None, snapshots=True):
+        self.path = str(path)
+        self.count = 0
+        self._snapshots = snapshots
+        fd = trusted_paths.create_output(self.path, "session file ")  # never through another user's symlink
+        # line-buffered: every record reaches the file as soon as it is written
+        self._file = open(fd, "w", encoding="utf-8", buffering=1)
+        # sethostname() takes any bytes (a container's root picks the UTS name): escaped as comms are
+        uname = os.uname()
+        text = lambda s: events.safe_comm(s.encode("utf-8", "surrogateescape"))  # noqa: E731
+        header = {
+            "nstrace_session": VERSION, "kind": "header", "nstrace": nstrace_version(),
+            "started": time.time(), "host": text(uname.nodename),
+            "kernel": {"sysname": text(uname.sysname), "release": text(uname.release),
+                       "version": text(uname.version), "machine": text(uname.machine)},
+            "options": _options_json(tracer.options) if tracer else {},
+            "availability": tracer.availability() if tracer else [],
+            # what events.decode added to bpf_ktime_get_ns() in this process
+            "clock": {"monotonic_to_wall_ns": events.WALL_OFFSET_NS},
+            "snapshot": nsmap.snapshot().to_json() if snapshots else None,
+        }
+        try:
+            self._line(header)
+        except OSError as e:  # a full disk, an I/O error: said as for any record that cannot be written
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the same error again, flushing what did not fit
+            raise WriteFailed(f"cannot write session file {self.path}: {e.strerror}") from None
+
+    def _line(self, obj):
+        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def write(self, record):
+        """Append one :class:`~nstrace.record.events.Record`."""
+        self._line(record.to_json())
+        self.count += 1
+
+    def write_all(self, records):
+        for rec in records:
+            self.write(rec)
+        return records
+
+    def close(self, summary=None):
+        """Write the end line (summary: Tracer.summary()) and close. Safe to call twice."""
+        if self._file is None:
+            return
+        try:
+            self._line({"nstrace_session": VERSION, "kind": "end", "ended": time.time(), "records": self.count,
+                        "summary": summary,
+                        "snapshot": nsmap.snapshot().to_json() if self._snapshots else None})
+        finally:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RecordingTracer:
+    """A tracer whose every poll() is also written to a recorder.
+
+    For code that polls a tracer it does not own (checker.run_scenario, demo):
+    pass this in place of the tracer; everything else is the tracer's own.
+    """
+
+    def __init__(self, tracer, recorder):
+        self._tracer, self._recorder = tracer, recorder
+
+    def poll(self, *args, **kwargs):
+        return self._recorder.write_all(self._tracer.poll(*args, **kwargs))
+
+    def __getattr__(self, name):
+        return getattr(self._tracer, name)
+
+
+@dataclasses.dataclass
+class Session:
+    """A session file read back."""
+
+    path: str
+    header: dict | None
+    records: list
+    end: dict | None
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def kernel(self):
+        return (self.header or {}).get("kernel") or {}
+
+    @property
+    def availability(self):
+        return (self.header or {}).get("availability") or []
+
+    @property
+    def started(self):
+        if self.header:
+            return self.header["started"]
+        return min((r.ts - r.duration_us / 1e6 for r in self.records), default=0.0)
+
+    @property
+    def ended(self):
+        if self.end:
+            return self.end["ended"]
+        return max((r.ts for r in self.records), default=self.started)
+
+    @property
+    def wall_offset_ns(self):
+        """CLOCK_MONOTONIC to wall clock at recording time, or None (a plain watch --json file)."""
+        return ((self.header or {}).get("clock") or {}).get("monotonic_to_wall_ns")
+
+    def snapshot(self, which="start"):
+        """The namespace map at "start" or "end", or None if the file has none."""
+        obj = (self.header if which == "start" else self.end) or {}
+        return nsmap.NsMap.from_json(obj["snapshot"]) if obj.get("snapshot") else None
+
+    def describe(self):
+        """One line: where and when it was recorded."""
+        k = self.kernel
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        where = f"{self.header.get('host')}, {k.get('sysname', 'Linux')} {k.get('release')}, " \
+                f"nstrace {self.header.get('nstrace')}" if self.header else "no header (a watch --json file)"
+        closed = "" if self.end or not self.header else "; not closed (the recording was interrupted)"
+        return f"session {self.path}: {where}, from {when}, {len(self.records)} records{closed}"
+
+
+SCHEMA = os.path.join(os.path.dirname(__file__), "session.schema.json")
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name):
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _finite(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotJson(f"{text[:20]} does not fit a double")
+    return value
+
+
+def _parse(line):
+    """One line as strict JSON (RFC 8259): ValueError or RecursionError if it is not."""
+    obj = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite)
+    if _has_surrogate(line):
+        _find_surrogate(obj)
+    return obj
+
+
+def _has_surrogate(line):
+    # json.loads turns \ud800..\udfff escapes into lone surrogates: text no UTF-8 can hold
+    return "\\ud" in line.lower()
+
+
+def _find_surrogate(obj, where=""):
+    if isinstance(obj, str):
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in obj):
+            raise _NotJson(f"field {where or '(line)'}: a lone surrogate is not text")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _find_surrogate(key, where)
+            _find_surrogate(value, f"{where}.{key}" if where else key)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            _find_surrogate(value, f"{where}[{i}]")
+
+
+def _schema_error(e):
+    """'field X: what is wrong' from fastjsonschema's JsonSchemaValueException."""
+    field = e.name.removeprefix("data").lstrip(".") or "(line)"
+    what = e.message.removeprefix(e.name).strip()
+    if e.rule == "required" and isinstance(e.value, dict):
+        missing = next((k for k in e.rule_definition if k not in e.value), None)
+        if missing:
+            field, what = (f"{field}.{missing}" if field != "(line)" else missing), "missing"
+    elif e.rule == "pattern" and "\x00" in str(e.rule_definition):
+        what = "holds a control character (nstrace writes them escaped)"
+    if len(what) > 160:
+        what = what[:157] + "..."
+    return f"field {field}: {what}"
+
+
+def load(path):
+    """Read a session file (or a ``watch --json`` capture). Raises UsageError on anything else."""
+    from fastjsonschema import JsonSchemaValueException
+
+    from ._session_schema import validate  # the schema compiled to Python (scripts/session-validator.py)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read session file {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"{path}:{line}: not an nstrace session (not UTF-8 text)") from None
+    del data
+    header, end, records, warnings = None, None, [], []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = _parse(line)
+        except _NotJson as e:
+            raise UsageError(f"{path}:{number}: not an nstrace session line ({e})") from None
+        except RecursionError:
+            raise UsageError(f"{path}:{number}: not an nstrace session line (nested too deeply)") from None
+        except ValueError as e:
+            if number == len(lines) and not text.endswith("\n"):
+                warnings.append(f"line {number} is cut short (the recording was interrupted); ignored")
+                continue
+            why = "not JSON" if isinstance(e, json.JSONDecodeError) else "a number too long"
+            raise UsageError(f"{path}:{number}: not an nstrace session line ({why})") from None
+        if not isinstance(obj, dict):
+            raise UsageError(f"{path}:{number}: not an nstrace session line (not an object)")
+        version = obj.get("nstrace_session")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version > VERSION):
+            raise UsageError(f"{path}:{number}: session format {_short(version)} is newer than this nstrace "
+                             f"reads ({VERSION}): upgrade nstrace")
+        try:
+            validate(obj)
+        except JsonSchemaValueException as e:
+            raise UsageError(f"{path}:{number}: {_schema_error(e)}") from None
+        except RecursionError:
+            raise UsageError(f"{path}:{number}: not an nstrace session line (nested too deeply)") from None
+        if version is not None:
+            if obj.get("kind") == "header":
+                header = obj
+            elif obj.get("kind") == "end":
+                end = obj
+            continue
+        records.append(events.Record(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
+    if header is None and not records:
+        raise UsageError(f"{path} is not an nstrace session (no header, no records)")
+    return Session(str(path), header, records, end, warnings)
+
+
+def _short(value):
+    text = json.dumps(value)
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+# --- replay filters --------------------------------------------------------------
+
+def select(session, pid=None, comms=(), ops=(), types=()):
+    """(records shown, number filtered out) with watch's filters.
+
+    ``pid`` keeps that process and its descendants, as watch --pid does in
+    the kernel: the descendants known at the start (the start snapshot's
+    process tree) and every process a kept record's caller forked later.
+    """
+    from . import filters
+    if pid is not None and pid <= 0:
+        raise UsageError(f"--pid must be a positive process id, not {pid}")
+    chosen = types_.SimpleNamespace(comms=tuple(comms), ops=tuple(ops), types=tuple(types))
+    filters.validate(chosen.comms, chosen.ops, chosen.types)
+    tracked = _descendants(session, pid) if pid is not None else None
+    shown, filtered = [], 0
+    for rec in sorted(session.records, key=lambda r: r.ts):
+        if tracked is not None:
+            if rec.pid not in tracked and rec.ppid not in tracked:
+                continue  # watch --pid never sees these: not counted as filtered either
+            tracked.add(rec.pid)
+            if rec.child_pid:
+                tracked.add(rec.child_pid)
+        if filters.wanted(rec, chosen):
+            shown.append(rec)
+        else:
+            filtered += 1
+    return shown, filtered
+
+
+def _descendants(session, pid):
+    snap = session.snapshot("start")
+    tracked = {pid}
+    if snap:
+        children = {}
+        for p in snap.processes:
+            children.setdefault(p.ppid, []).append(p.pid)
+        todo = [pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in tracked:
+                    tracked.add(child)
+                    todo.append(child)
+    return tracked
+
+
+def summary(session, shown, filtered):
+    """A Tracer.summary()-shaped dict for the replayed records (display.summary_table prints it)."""
+    by_op, by_check = {}, {}
+    for rec in shown:
+        by_op[rec.op] = by_op.get(rec.op, 0) + 1
+        if rec.proc_check:
+            status = rec.proc_check["status"]
+            by_check[status] = by_check.get(status, 0) + 1
+    recorded = (session.end or {}).get("summary") or {}
+    return {"events": by_op, "total": len(shown), "proc_check": by_check, "filtered": filtered,
+            "lost": recorded.get("lost") or {"ringbuf": 0, "inflight": 0}}

@@ -1,0 +1,238 @@
+"""How records look: the streaming table, JSON lines, summaries, check and demo reports.
+
+Every line for a terminal goes through :func:`printable` on its way out: a
+record's comm is escaped where it is decoded (events.safe_comm), but a table
+also shows what a session file from elsewhere says, and no control byte
+(C0, C1, ESC, DEL) or bidirectional override may reach the terminal whatever
+field it came in. JSON output escapes them itself (json.dumps: \\uNNNN).
+"""
+
+import dataclasses
+import time
+
+from ..linux import flags as fl
+
+# (header, width): fixed so that rows streamed one at a time line up.
+COLUMNS = (
+    ("TIME", 12), ("COMM", 15), ("PID", 7), ("TID", 7), ("OP", 7), ("FLAGS", 32),
+    ("RET", 6), ("CHILD", 7), ("NSPROXY", 17), ("PROC", 10),
+)
+
+
+def tabulate(*args, **kw):
+    # Imported on first use: it costs ~35 ms, and `watch --json` never needs it.
+    from tabulate import tabulate as _tabulate
+    return _tabulate(*args, **kw)
+
+
+def printable(text):
+    """text as it may go to a terminal: each character str.isprintable() refuses (controls, ESC,
+    bidi overrides, line separators, unassigned) as \\xNN, \\uNNNN or \\UNNNNNNNN. Cheap when
+    there is nothing to escape: one C-level scan."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else
+                   f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text)
+
+
+def lines(text):
+    """Multi-line text with every line made printable (newlines kept)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def _fit(text, width):
+    text = str(text)
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def _row(cells):
+    fitted = [_fit(c, w).ljust(w) for c, (_, w) in zip(cells, COLUMNS)]
+    return tabulate([fitted], tablefmt="plain", disable_numparse=True, preserve_whitespace=True)
+
+
+def header():
+    return _row([h for h, _ in COLUMNS])
+
+
+def flags_cell(rec):
+    if rec.op == "setns":
+        nstype = fl.short(rec.flags) if rec.raw_flags else "0"
+        target = rec.target or {}
+        if target.get("kind") == "nsfs":
+            return f"{nstype} fd={target.get('fd')}:{target.get('type')}"
+        if target.get("kind") == "pidfd":
+            return f"{nstype} pidfd={target.get('pid')}"
+        return f"{nstype} fd={target.get('fd')}:{target.get('kind')}"
+    return fl.short(rec.flags)
+
+
+def ret_cell(rec):
+    return rec.errno if rec.errno else str(rec.ret)
+
+
+def nsproxy_cell(rec):
+    before, after = rec.nsproxy.get("before"), rec.nsproxy.get("after")
+    if not after or before == after:
+        return before or "-"
+    return f"{before}>{after}"
+
+
+def proc_cell(rec):
+    return rec.proc_check["status"] if rec.proc_check else "-"
+
+
+def row(rec):
+    """The record as one table line plus indented detail lines."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts * 1000) % 1000:03d}"
+    line = _row([stamp, rec.comm, rec.pid, rec.tid, rec.op, flags_cell(rec), ret_cell(rec),
+                 rec.child_pid or "-", nsproxy_cell(rec), proc_cell(rec)])
+    details = []
+    for entry in rec.changed:
+        details.append(f"    {entry:<17} {(rec.ns_before or {}).get(entry)} -> {(rec.ns_after or {}).get(entry)}")
+    if rec.kernel_path:
+        from ..record.steps import calls  # only records from the function layer get here
+        details.append("    path  " + " > ".join(calls(rec.kernel_path)))
+    if rec.proc_check and rec.proc_check["status"] == "mismatch":
+        for entry, d in (rec.proc_check.get("diff") or {}).items():
+            details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")
+    return "\n".join(printable(text) for text in [line] + details)
+
+
+def summary_table(summary):
+    rows = [[op, n] for op, n in sorted(summary["events"].items())]
+    rows.append(["total", summary["total"]])
+    out = [tabulate(rows, headers=["op", "events"], tablefmt="simple")]
+    checks = ", ".join(f"{k} {v}" for k, v in sorted(summary["proc_check"].items())) or "none"
+    lost = summary["lost"]
+    out.append(f"/proc check: {checks}")
+    out.append(f"lost events: {lost.get('ringbuf', 0)} (ring buffer full), {lost.get('inflight', 0)} (in-flight table full)"
+               + (f", {lost['untracked']} processes not followed (--pid table full)" if "untracked" in lost else ""))
+    if summary["filtered"]:
+        out.append(f"filtered out by --comm/--op/--type: {summary['filtered']}")
+    return lines("\n".join(out))
+
+
+def availability_table(rows):
+    table = [[r["probe"], r["layer"], r.get("file", "-"), r["hook"] or "-",
+              "attached" if r["attached"] else "unavailable", r["reason"]] for r in rows]
+    return tabulate(table, headers=["probe point", "layer", "source", "hook", "status", "why not"],
+                    tablefmt="simple")
+
+
+def availability_verdict(rows):
+    functions = [r for r in rows if r["layer"] == "function"]
+    attached = [r for r in functions if r["attached"]]
+    syscalls_ok = all(r["attached"] for r in rows if r["layer"] == "syscall")
+    head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
+    if not attached:
+        reasons = sorted({r["reason"] for r in functions})
+        return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "
+                f"layer runs: {'; '.join(reasons)}")
+    return f"{head}\nkernel-function layer: {len(attached)} of {len(functions)} functions attached"
+
+
+def lab_table(results):
+    rows = [[r["kernel"], r["release"], r["summary"], f"{r['duration_s']:.0f}"] for r in results]
+    return tabulate(rows, headers=["kernel", "release", "kernel-layer tests and nstrace check", "seconds"], tablefmt="simple")
+
+
+# --- check and demo ----------------------------------------------------------------
+
+def _path_counts(verdict):
+    steps = verdict.steps
+    observable = [s for s in steps if s.status != "not observable"]
+    observed = [s for s in steps if s.status == "observed"]
+    return f"{len(observed)}/{len(observable)}/{len(steps)}"
+
+
+def _first_problem(result):
+    if result.error:
+        return result.error
+    for v in result.verdicts:
+        for what, ok, detail in v.checks:
+            if not ok:
+                return f"{v.expect.op}: {what}: {detail}"
+        for s in v.steps:
+            if s.failed:
+                return f"{v.expect.op}: {s.name} {s.status} {s.reason}".strip()
+    return ""
+
+
+def check_table(results):
+    rows = []
+    for r in results:
+        ops = ", ".join(v.expect.op for v in r.verdicts if v.expect.op != "facts") or "-"
+        paths = " ".join(_path_counts(v) for v in r.verdicts if v.steps) or "-"
+        rows.append([r.name, ops, "PASS" if r.ok else "FAIL", paths, _fit(_first_problem(r), 70)])
+    out = tabulate(rows, headers=["scenario", "operations", "result", "path seen/observable/documented", "problem"],
+                   tablefmt="simple")
+    passed = sum(r.ok for r in results)
+    return out + f"\n\n{passed} passed, {len(results) - passed} failed"
+
+
+def check_json(results):
+    return [{"scenario": r.name, "ok": r.ok, "error": r.error, "duration_s": round(r.duration_s, 3),
+             "operations": [{"op": v.expect.op, "ok": v.ok, "what": v.expect.what,
+                             "record": v.record.to_json() if v.record else None,
+                             "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in v.checks],
+                             "kernel_path": [dataclasses.asdict(s) for s in v.steps]} for v in r.verdicts]}
+            for r in results]
+
+
+def _common_reason(availability):
+    """The one reason every kernel function is unavailable, if it is the same for all."""
+    reasons = {a["reason"] for a in availability if a["layer"] == "function" and not a["attached"]}
+    attached = any(a["attached"] for a in availability if a["layer"] == "function")
+    return reasons.pop() if len(reasons) == 1 and not attached else None
+
+
+def demo_report(result, report, availability):
+    out = [f"nstrace demo: {result.summary}", ""]
+    records = [v.record for v in result.verdicts if v.record]
+    if result.error:
+        out.append(f"error: {result.error}")
+    if records:
+        out += ["== What the kernel did (syscall layer" +
+                (", kernel functions" if any(r.kernel_path for r in records) else "") + ")",
+                header()] + [row(r) for r in records] + [""]
+    main = records[0] if records else None
+    if main and main.ns_before:
+        proc_now = (report or {}).get("child_ns") or (report or {}).get("ns") or {}
+        rows = []
+        for entry in fl.NS_ENTRIES:
+            before, after = main.ns_before.get(entry), (main.ns_after or {}).get(entry)
+            rows.append([entry, before, after, proc_now.get(entry, "(hidden)"),
+                         "changed" if entry in main.changed else ""])
+        who = "child" if main.op in ("clone", "clone3") else "caller"
+        out += [f"== Namespaces: kernel before/after beside /proc/<{who}>/ns now",
+                tabulate(rows, headers=["entry", "kernel before", "kernel after", "/proc now", ""],
+                         tablefmt="simple"), ""]
+        if main.nsproxy:
+            out.append(f"task->nsproxy: {main.nsproxy['before']} -> {main.nsproxy['after'] or '-'} "
+                       "(short ids, not addresses)")
+            out.append("")
+    seen = [(v.expect.what, v.expect.seen_inside) for v in result.verdicts if v.expect.seen_inside]
+    if seen:
+        out.append("== Seen from inside")
+        for what, facts in seen:
+            shown = {k: v for k, v in facts.items() if k != "monotonic_s" or "time" in what}
+            out.append(f"  {what}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        out.append("")
+    for v in result.verdicts:
+        if not v.steps:
+            continue
+        out.append(f"== Documented kernel path of {v.expect.op} (kernel-notes/paths.toml) beside the trace")
+        common = _common_reason(availability)
+        out.append(tabulate([[s.name, s.file, s.status, "no fentry or kprobes here (below)" if common and
+                              s.reason == common else s.reason] for s in v.steps if s.expected or
+                             s.status in ("observed", "unexpected", "out of order")],
+                            headers=["step", "source", "on this kernel", "why"], tablefmt="simple"))
+        out.append("")
+    functions = [a for a in availability if a["layer"] == "function"]
+    if functions and not any(a["attached"] for a in functions):
+        out.append("kernel functions: not observable here (" + functions[0]["reason"] +
+                   "); `nstrace lab --kernel 6.1` shows them on a Debian kernel")
+    problem = _first_problem(result)
+    out.append("result: " + ("trace matches the documented path" if result.ok else f"MISMATCH: {problem}"))
+    return "\n".join(out)

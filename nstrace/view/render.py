@@ -1,0 +1,495 @@
+"""Pictures of a recorded session: an SVG graph, a self-contained HTML page, a Perfetto trace.
+
+The graph is laid out by Graphviz ``dot`` (Debian package ``graphviz``),
+run as a program on DOT text we write. Why dot and not a Python library:
+laying out a directed graph with ranked, labelled, non-crossing edges is
+the one thing dot has done well for thirty years; the Python packages for
+it either wrap the same C library (pygraphviz: a compiler and headers at
+install time) or only write DOT and call the same binary (graphviz on
+PyPI). Calling ``dot -Tsvg`` directly adds no Python dependency, and the
+DOT text stays inspectable (:func:`dot_source`).
+
+What the graph holds (:func:`graph`): a node per process of the session
+(every caller and every clone child) and per namespace the session moved a
+process into (each entry a record shows changing, by its "after" inode and
+ns_id, and every setns target); edges in time order, numbered: parent ->
+child for clones, process -> namespace "created" (the op had that type's
+CLONE_NEW* flag), "joined" (setns) or "entered" (a child born into a
+pending pid/time namespace). The process on an edge is the one that ends up
+in the namespace: the child for clone, the caller for unshare and setns.
+Owner edges (dotted) join a namespace to its user namespace where a
+snapshot of the session knows it.
+
+The HTML page embeds everything (CSS, the SVG, a few lines of script): it
+fetches nothing, so it opens from a file, offline. Kernel paths link to the
+recorded kernel's source on elixir.bootlin.com (a source browser).
+
+The Perfetto output is the Chrome Trace Event Format ({"traceEvents": [...]}
+with ph "X" complete events per operation and per kernel function, "i"
+instant events per namespace created or joined, "M" metadata naming
+processes and threads; ts/dur in microseconds from the session start),
+which ui.perfetto.dev and chrome://tracing open.
+"""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import time
+
+from ..errors import RenderError, UsageError, WriteFailed
+from ..linux import flags as fl
+from ..linux import trusted_paths
+from ..record import pathcheck, probes
+from . import display
+
+FORMATS = ("svg", "html", "perfetto")
+ELIXIR = "https://elixir.bootlin.com/linux"
+
+# one colour per namespace type and per op, shared by the graph, the timeline and the page
+TYPE_COLOURS = {"mnt": "#8dd3c7", "uts": "#ffffb3", "ipc": "#bebada", "pid": "#fb8072",
+                "net": "#80b1d3", "user": "#fdb462", "cgroup": "#b3de69", "time": "#fccde5"}
+OP_COLOURS = {"clone": "#1f77b4", "clone3": "#17becf", "unshare": "#2ca02c", "setns": "#d62728"}
+
+
+# --- the graph model -------------------------------------------------------------
+
+class _Processes:
+    """Process identity across the session: a pid, told apart by start time when it was reused."""
+
+    def __init__(self):
+        self.nodes = {}      # node id -> {"pid", "comm"}
+        self._by_pid = {}    # pid -> [(start_ns or None, node id)]
+
+    def node(self, pid, comm, start_ns=None):
+        known = self._by_pid.setdefault(pid, [])
+        for start, node in known:
+            if start_ns is None or start is None or start == start_ns:
+                if start is None and start_ns is not None:
+                    known[known.index((start, node))] = (start_ns, node)
+                return node
+        node = f"pid-{pid}" + (f"-{len(known)}" if known else "")
+        known.append((start_ns, node))
+        self.nodes[node] = {"pid": pid, "comm": comm}
+        return node
+
+
+def ns_node_id(ns_type, inode, ns_id=None):
+    """The graph node (and SVG element) id of a namespace: ns-<type>-<inode>[-<ns_id>]."""
+    return f"ns-{ns_type}-{inode}" + (f"-{ns_id}" if ns_id else "")
+
+
+def graph(records, snapshots=()):
+    """The session as {"processes": {id: {...}}, "namespaces": {id: {...}}, "edges": [...]}, edges in time order."""
+    procs = _Processes()
+    namespaces, edges = {}, []
+
+    def ns(ns_type, inode, ns_id):
+        node = ns_node_id(ns_type, inode, ns_id)
+        namespaces.setdefault(node, {"type": ns_type, "inode": inode, "ns_id": ns_id})
+        return node
+
+    for n, rec in enumerate(sorted(records, key=lambda r: r.ts), 1):
+        caller = procs.node(rec.pid, rec.comm, rec.start_time_ns if rec.tid == rec.pid else None)
+        mover = caller
+        is_clone = rec.op in ("clone", "clone3")
+        if is_clone and rec.child_pid and rec.child_pid != rec.pid:
+            mover = procs.node(rec.child_pid, rec.comm, rec.child_start_ns if rec.child_tid == rec.child_pid else None)
+            edges.append({"n": n, "from": caller, "to": mover, "kind": "clone", "op": rec.op, "ts": rec.ts})
+        made = set(fl.requested_types(rec.raw_flags, rec.op))
+        done = set()
+        for entry in rec.changed:
+            ns_type = fl.ns_type_of_entry(entry)
+            after = (rec.ns_after or {}).get(entry)
+            if not after:
+                continue
+            node = ns(ns_type, after, (rec.ns_id_after or {}).get(entry))
+            if (mover, node) in done:
+                continue  # pid and pid_for_children: one edge
+            done.add((mover, node))
+            kind = "joined" if rec.op == "setns" else "created" if ns_type in made else "entered"
+            edges.append({"n": n, "from": mover, "to": node, "kind": kind, "op": rec.op, "ts": rec.ts,
+                          "entry": entry})
+        target = rec.target or {}
+        if target.get("kind") == "nsfs" and target.get("inode") and target.get("type") in fl.NS_TYPES:
+            node = ns(target["type"], target["inode"], target.get("ns_id"))
+            if not rec.ok:
+                edges.append({"n": n, "from": caller, "to": node, "kind": "failed", "op": rec.op,
+                              "ts": rec.ts, "errno": rec.errno})
+    # ownership, where a snapshot knows it
+    for node, info in list(namespaces.items()):
+        for snap in snapshots:
+            known = snap.get(info["type"], info["inode"]) if snap else None
+            if known and known.owner and (not info["ns_id"] or known.ns_id == info["ns_id"]):
+                owner = next((k for k, v in namespaces.items() if v["type"] == "user" and v["inode"] == known.owner),
+                             None)
+                if owner and owner != node:
+                    edges.append({"n": None, "from": node, "to": owner, "kind": "owner"})
+                break
+    return {"processes": procs.nodes, "namespaces": namespaces, "edges": edges}
+
+
+def _q(text):
+    """A DOT double-quoted string, shown as it is: dot reads backslash escapes (\\N, \\G ...) and
+    HTML entities (&#27; would put a raw ESC into the SVG) in labels, so both are escaped, and
+    control characters arrive as \\xNN text. A newline stays a line break."""
+    lines = (display.printable(line) for line in str(text).split("\n"))
+    return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"').replace("&", "&amp;")
+                            for line in lines) + '"'
+
+
+def dot_source(records, snapshots=(), started=None):
+    """The DOT text of :func:`graph` (dot lays it out top to bottom, in time order)."""
+    g = graph(records, snapshots)
+    t0 = started if started is not None else min((r.ts for r in records), default=0.0)
+    out = ["digraph nstrace {", '  graph [rankdir=TB, fontname="Helvetica", fontsize=10, nodesep=0.3, ranksep=0.45];',
+           '  node [fontname="Helvetica", fontsize=10];', '  edge [fontname="Helvetica", fontsize=9];']
+    for node, p in g["processes"].items():
+        label = f"{p['comm']}\npid {p['pid']}"
+        out.append(f"  {_q(node)} [id={_q(node)}, shape=box, style=rounded, "
+                   f"label={_q(label)}, tooltip={_q('process ' + str(p['pid']))}];")
+    for node, n in g["namespaces"].items():
+        label = f"{n['type']}:[{n['inode']}]" + (f"\nns_id {n['ns_id']}" if n["ns_id"] else "")
+        out.append(f"  {_q(node)} [id={_q(node)}, shape=ellipse, style=filled, fillcolor={_q(TYPE_COLOURS.get(n['type'], '#dddddd'))}, "
+                   f"label={_q(label)}, tooltip={_q(n['type'] + ' namespace ' + str(n['inode']))}];")
+    styles = {"clone": 'style=bold, color="#555555"', "created": 'color="#2ca02c"', "joined": 'color="#d62728", style=dashed',
+              "entered": 'color="#1f77b4", style=dashed', "failed": 'color="#999999", style=dotted',
+              "owner": 'color="#bbbbbb", style=dotted, arrowhead=empty, constraint=false'}
+    for i, e in enumerate(g["edges"]):
+        if e["kind"] == "owner":
+            out.append(f"  {_q(e['from'])} -> {_q(e['to'])} [id={_q(f'edge-owner-{i}')}, {styles['owner']}, tooltip=\"owned by\"];")
+            continue
+        what = e["kind"] if e["kind"] != "failed" else f"{e['op']} {e['errno']}"
+        label = f"{e['n']}. {what} ({e['op']}) +{e['ts'] - t0:.3f}s" if e["kind"] != "failed" else f"{e['n']}. {what}"
+        edge_id = f"edge-{e['n']}-{i}"
+        out.append(f"  {_q(e['from'])} -> {_q(e['to'])} [id={_q(edge_id)}, {styles[e['kind']]}, "
+                   f"label={_q(label)}, tooltip={_q(label)}];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def run_dot(source):
+    """SVG text laid out by Graphviz dot."""
+    dot = shutil.which("dot")
+    if not dot:
+        raise RenderError("graphviz `dot` not found: install the graphviz package (apt-get install graphviz)")
+    try:
+        done = subprocess.run([dot, "-Tsvg"], input=source, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise RenderError("graphviz dot took over 120 s on this graph; narrow the session with --pid/--op/--type") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RenderError(f"graphviz dot failed (exit {done.returncode}): {last}")
+    return done.stdout
+
+
+def _snapshots(session):
+    return [s for s in (session.snapshot("end"), session.snapshot("start")) if s]
+
+
+def svg(session, records=None):
+    """The session graph as an SVG document (text)."""
+    records = session.records if records is None else records
+    return run_dot(dot_source(records, _snapshots(session), session.started))
+
+
+# --- kernel source links -------------------------------------------------------
+
+def kernel_tag(release, version=""):
+    """The elixir.bootlin.com tag of a kernel: v6.1.76 for Debian's 6.1.0-18-amd64 (#1 SMP ... Debian 6.1.76-1).
+
+    Distribution kernels name the upstream stable release in uname -v
+    (Debian, Ubuntu's "Ubuntu 5.15.0-91.101" is not upstream and is not used);
+    otherwise uname -r's x.y.z; a .0 patch level is the mainline tag vX.Y.
+    """
+    m = re.search(r"Debian (\d+\.\d+(?:\.\d+)?)", version or "")
+    numbers = m.group(1) if m else (re.match(r"(\d+\.\d+(?:\.\d+)?)", release or "") or [None])[0]
+    if not numbers:
+        return None
+    parts = numbers.split(".")
+    if len(parts) == 3 and parts[2] == "0":
+        parts = parts[:2]
+    return "v" + ".".join(parts)
+
+
+def source_url(tag, file):
+    return f"{ELIXIR}/{tag}/source/{file}" if tag and file and file != "?" else None
+
+
+def ident_url(tag, func):
+    """Elixir's identifier search: the definition, with its line, whatever the file."""
+    name = func.split(":")[-1]
+    name = re.sub(r"^__x64_sys_", "sys_", name)
+    return f"{ELIXIR}/{tag}/A/ident/{name}" if tag else None
+
+
+# --- HTML ------------------------------------------------------------------------
+
+def _e(text):
+    """Any value as HTML text or attribute: escaped, and with control characters as \\xNN text."""
+    return html.escape(display.printable(str(text)), quote=True)
+
+
+def _hooks_from(availability):
+    """probes.Hook per function as recorded, so documented steps are judged as at record time."""
+    hooks = {a["probe"]: probes.Hook(a["probe"], a["hook"], a["reason"], a["attached"])
+             for a in availability if a.get("layer") == "function"}
+    tracepoints = {a["probe"] for a in availability if a.get("layer") == "syscall" and a["attached"]}
+    return hooks, tracepoints
+
+
+def _common_reason(availability):
+    """The one reason every kernel function was unavailable, if it is the same for all (said once, on top)."""
+    functions = [a for a in availability if a.get("layer") == "function"]
+    reasons = {a["reason"] for a in functions if not a["attached"]}
+    return reasons.pop() if functions and len(reasons) == 1 and not any(a["attached"] for a in functions) else None
+
+
+def _path_html(rec, tag, hooks, tracepoints, common=None):
+    """The record's kernel path: the steps observed, else the documented steps with why they were not seen."""
+    def link(func, file):
+        url = source_url(tag, file)
+        name = f'<a href="{_e(url)}" title="{_e(file)} at {_e(tag)}">{_e(func)}</a>' if url else _e(func)
+        ident = ident_url(tag, func)
+        return name + (f' <a class="def" href="{_e(ident)}" title="definition">def</a>' if ident else "")
+    if rec.kernel_path:
+        items = []
+        for s in rec.kernel_path:
+            mark = "&rarr;" if s["kind"] == "enter" else "&larr;"
+            items.append(f"<li>{mark} {link(s['func'], s.get('file'))} <span class=\"short\">{_e(s.get('short', ''))}</span></li>")
+        return "<ol class=\"path observed\">" + "".join(items) + "</ol>"
+    try:
+        steps = pathcheck.compare(rec, hooks, tracepoints)
+    except (KeyError, TypeError, ValueError):
+        return "<p class=\"path\">no documented path</p>"
+    items = [f"<li class=\"{_e(s.status.replace(' ', '-'))}\">{link(s.name, s.file)} "
+             f"<span class=\"status\">{_e(s.status)}</span>"
+             + (f" <span class=\"why\">{_e('function layer off here (see top)' if s.reason == common else s.reason)}</span>"
+                if s.reason else "") + "</li>"
+             for s in steps if s.expected or s.status in ("observed", "unexpected")]
+    return "<p class=\"note\">documented path (kernel-notes/paths.toml):</p><ol class=\"path documented\">" + "".join(items) + "</ol>"
+
+
+def timeline_svg(records, started, width=960):
+    """One lane per process, one mark per operation at its time; each mark links to its row."""
+    records = sorted(records, key=lambda r: r.ts)
+    lanes = []
+    for r in records:
+        if r.pid not in lanes:
+            lanes.append(r.pid)
+    t0 = min([started] + [r.ts - r.duration_us / 1e6 for r in records]) if records else started
+    t1 = max([r.ts for r in records] + [t0 + 1e-3])
+    span = t1 - t0
+    left, lane_h, top = 150, 22, 24
+    height = top + lane_h * max(len(lanes), 1) + 10
+    x = lambda t: left + (t - t0) / span * (width - left - 10)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="operations over time">']
+    for i in range(6):
+        tx = left + i * (width - left - 10) / 5
+        out.append(f'<line x1="{tx:.1f}" y1="{top - 6}" x2="{tx:.1f}" y2="{height}" class="tick"/>'
+                   f'<text x="{tx:.1f}" y="{top - 10}" class="axis">+{span * i / 5:.3f}s</text>')
+    comm = {r.pid: r.comm for r in records}
+    for lane, pid in enumerate(lanes):
+        y = top + lane * lane_h
+        out.append(f'<text x="4" y="{y + 15}" class="lane">{_e(comm[pid])} {_e(pid)}</text>')
+    for n, r in enumerate(records, 1):
+        y = top + lanes.index(r.pid) * lane_h
+        start = r.ts - r.duration_us / 1e6
+        w = max(x(r.ts) - x(start), 4)
+        what = f"{n}. {r.op} {fl.short(r.flags)} ret {r.errno or r.ret} (+{r.ts - t0:.6f}s)"
+        klass = "op failed" if not r.ok else "op"
+        out.append(f'<a href="#op-{n}"><rect id="mark-{n}" class="{klass}" x="{x(start):.1f}" y="{y + 4}" width="{w:.1f}" '
+                   f'height="{lane_h - 8}" fill="{_e(OP_COLOURS.get(r.op, "#777"))}"><title>{_e(what)}</title></rect></a>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,Helvetica,Arial,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
+th{background:#f3f3f3}tr:target{background:#fff6bf}tr.failed td.ret{color:#b00}
+.timeline .tick{stroke:#eee}.timeline .axis,.timeline .lane{font-size:11px;fill:#555}
+.timeline rect.op{opacity:.85}.timeline rect.failed{opacity:.4}
+ol.path{margin:0;padding-left:1.4em}.path .status,.path .why,.short{color:#666;font-size:.9em}
+li.observed .status{color:#080}li.not-observed .status,li.unexpected .status,li.out-of-order .status{color:#b00}
+a.def{font-size:.8em;color:#888}#graph svg{max-width:100%;height:auto}
+.legend span{display:inline-block;padding:1px 6px;margin-right:4px;border-radius:3px}
+#filter{margin:.4em 0}
+""" + "".join(f".legend .t-{t}{{background:{c}}}" for t, c in TYPE_COLOURS.items()) + \
+    "".join(f".legend .o-{o}{{background:{c};color:#fff}}" for o, c in OP_COLOURS.items()) + "\n"
+
+
+def _csp_hash(text):
+    """A CSP source for one inline <style> or <script>: the page runs no other inline code, and
+    none an attacker could slip into a field (no 'unsafe-inline')."""
+    import base64
+    import hashlib  # here: ls and show import this module too, and need no hash
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+# The only script: a filter box for the operations table. It marks the page
+# ready when it ran, which the tests check in the rendered DOM.
+_JS = """
+(function () {
+  var box = document.getElementById("filter");
+  var rows = document.querySelectorAll("#operations tbody tr");
+  box.addEventListener("input", function () {
+    var want = box.value.toLowerCase();
+    rows.forEach(function (row) {
+      row.style.display = row.textContent.toLowerCase().indexOf(want) >= 0 ? "" : "none";
+    });
+  });
+  document.body.setAttribute("data-ready", "1");
+})();
+"""
+
+
+def html_page(session, records=None):
+    """The whole page as text: summary, timeline, graph (inline SVG), operations with their kernel paths."""
+    records = sorted(session.records if records is None else records, key=lambda r: r.ts)
+    k = session.kernel
+    tag = kernel_tag(k.get("release"), k.get("version")) if k else None
+    hooks, tracepoints = _hooks_from(session.availability)
+    graph_svg = svg(session, records)
+    graph_svg = graph_svg[graph_svg.index("<svg"):]  # drop the XML prolog and doctype: inline SVG
+    t0 = session.started
+    functions = [a for a in session.availability if a.get("layer") == "function"]
+    common = _common_reason(session.availability)
+    attached = sum(1 for a in functions if a["attached"])
+    head = [("recorded on", (session.header or {}).get("host", "?")),
+            ("kernel", f"{k.get('release', '?')} ({k.get('version', '')})" if k else "unknown (no header)"),
+            ("kernel source", f'<a href="{_e(ELIXIR)}/{_e(tag)}/source">{_e(tag)} on elixir.bootlin.com</a>' if tag else "-"),
+            ("nstrace", (session.header or {}).get("nstrace", "?")),
+            ("from", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0))),
+            ("duration", f"{session.ended - t0:.3f} s"),
+            ("operations", str(len(records))),
+            ("kernel-function layer", (f"{attached} of {len(functions)} functions attached" if functions else "unknown")
+             + (f": {common}" if common else ""))]
+    rows = []
+    for n, r in enumerate(records, 1):
+        changed = "<br>".join(f"{_e(e)} {_e((r.ns_before or {}).get(e))} &rarr; {_e((r.ns_after or {}).get(e))}"
+                              for e in r.changed) or "-"
+        proc = r.proc_check["status"] if r.proc_check else "-"
+        rows.append(
+            f'<tr id="op-{n}" class="{"failed" if not r.ok else "ok"}"><td><a href="#mark-{n}">{n}</a></td>'
+            f"<td>+{r.ts - t0:.6f}s</td><td>{_e(r.comm)}</td><td>{_e(r.pid)}/{_e(r.tid)}</td><td>{_e(r.op)}</td>"
+            f"<td>{_e(fl.short(r.flags))}</td><td class=\"ret\">{_e(r.errno or r.ret)}</td>"
+            f"<td>{_e(r.child_pid or '-')}</td><td>{changed}</td><td>{_e(proc)}</td>"
+            f"<td>{_path_html(r, tag, hooks, tracepoints, common)}</td></tr>")
+    legend = "".join(f'<span class="t-{t}">{t}</span>' for t in TYPE_COLOURS)
+    ops_legend = "".join(f'<span class="o-{o}">{o}</span>' for o in OP_COLOURS)
+    title = f"nstrace session: {(session.header or {}).get('host', '')} {k.get('release', '')}".strip()
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; img-src data:">
+<title>{_e(title)}</title><style>{_CSS}</style></head>
+<body>
+<h1>{_e(title)}</h1>
+<table class="session">{"".join(f"<tr><th>{_e(a)}</th><td>{b if a == 'kernel source' else _e(b)}</td></tr>" for a, b in head)}</table>
+<section id="timeline"><h2>Timeline</h2><p class="legend">{ops_legend}</p>{timeline_svg(records, t0)}</section>
+<section id="graph"><h2>Processes and namespaces</h2><p class="legend">{legend}</p>{graph_svg}</section>
+<section id="operations"><h2>Operations</h2>
+<input id="filter" type="search" placeholder="filter rows" aria-label="filter rows">
+<table><thead><tr><th>#</th><th>time</th><th>comm</th><th>pid/tid</th><th>op</th><th>flags</th><th>ret</th><th>child</th>
+<th>changed</th><th>/proc</th><th>kernel path</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table></section>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+# --- Perfetto / Chrome trace events -----------------------------------------------
+
+def perfetto(session, records=None):
+    """The session as a Trace Event Format object: {"traceEvents": [...], "displayTimeUnit", "otherData"}."""
+    records = sorted(session.records if records is None else records, key=lambda r: r.ts)
+    base = min([session.started] + [r.ts - r.duration_us / 1e6 for r in records])
+    us = lambda wall_s: round((wall_s - base) * 1e6, 3)
+    offset = session.wall_offset_ns
+    out, named = [], set()
+
+    def name_task(pid, tid, comm):
+        if (pid, None) not in named:
+            named.add((pid, None))
+            out.append({"ph": "M", "name": "process_name", "pid": pid, "tid": pid, "args": {"name": f"{comm} ({pid})"}})
+        if (pid, tid) not in named:
+            named.add((pid, tid))
+            out.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": f"{comm} ({tid})"}})
+
+    for n, r in enumerate(records, 1):
+        name_task(r.pid, r.tid, r.comm)
+        start = r.ts - r.duration_us / 1e6
+        args = {"n": n, "flags": r.flags, "ret": r.ret, "errno": r.errno, "child_pid": r.child_pid,
+                "changed": {e: [(r.ns_before or {}).get(e), (r.ns_after or {}).get(e)] for e in r.changed},
+                "target": r.target, "nsproxy": r.nsproxy,
+                "proc_check": r.proc_check["status"] if r.proc_check else None}
+        out.append({"ph": "X", "name": f"{r.op} {fl.short(r.flags)}", "cat": f"namespace,{r.op}", "pid": r.pid,
+                    "tid": r.tid, "ts": us(start), "dur": round(r.duration_us, 3), "args": args})
+        if offset is not None:
+            out += _step_events(r, offset, us)
+        mover = (r.child_pid, r.child_tid) if r.op in ("clone", "clone3") and r.child_pid else (r.pid, r.tid)
+        if mover != (r.pid, r.tid):
+            name_task(mover[0], mover[1], r.comm)
+        for entry in r.changed:
+            out.append({"ph": "i", "s": "t", "name": f"{'joined' if r.op == 'setns' else 'in'} "
+                        f"{fl.ns_type_of_entry(entry)}:[{(r.ns_after or {}).get(entry)}]",
+                        "cat": "namespace", "pid": mover[0], "tid": mover[1], "ts": us(r.ts),
+                        "args": {"n": n, "entry": entry, "before": (r.ns_before or {}).get(entry),
+                                 "after": (r.ns_after or {}).get(entry),
+                                 "ns_id": (r.ns_id_after or {}).get(entry)}})
+    k = session.kernel
+    return {"traceEvents": out, "displayTimeUnit": "ms",
+            "otherData": {"source": "nstrace", "host": (session.header or {}).get("host"),
+                          "kernel": k.get("release"), "nstrace": (session.header or {}).get("nstrace"),
+                          "started": base}}
+
+
+def _step_events(rec, offset_ns, us):
+    """Kernel-function steps as nested complete events (enter..exit) on the caller's thread."""
+    out, open_steps = [], {}
+    for s in rec.kernel_path:
+        ts_ns = s.get("ts_ns")
+        if not ts_ns:
+            continue
+        wall = (ts_ns + offset_ns) / 1e9
+        if s["kind"] == "enter":
+            open_steps.setdefault(s["func"], []).append((wall, s))
+        elif open_steps.get(s["func"]):
+            start, enter = open_steps[s["func"]].pop()
+            out.append({"ph": "X", "name": s["func"], "cat": "kernel", "pid": rec.pid, "tid": rec.tid,
+                        "ts": us(start), "dur": round((wall - start) * 1e6, 3),
+                        "args": {"file": s.get("file"), "enter": enter.get("short"), "exit": s.get("short")}})
+    for stack in open_steps.values():
+        for start, enter in stack:
+            out.append({"ph": "i", "s": "t", "name": enter["func"], "cat": "kernel", "pid": rec.pid, "tid": rec.tid,
+                        "ts": us(start), "args": {"file": enter.get("file"), "enter": enter.get("short")}})
+    return out
+
+
+# --- one entry point ----------------------------------------------------------------
+
+def render(session, fmt, records=None):
+    """The session in one of FORMATS, as text ready to write."""
+    if fmt == "svg":
+        return svg(session, records)
+    if fmt == "html":
+        return html_page(session, records)
+    if fmt == "perfetto":
+        return json.dumps(perfetto(session, records), separators=(",", ":")) + "\n"
+    raise UsageError(f"unknown format {fmt!r}: valid are {', '.join(FORMATS)}")
+
+
+def write(session, fmt, out_path, records=None):
+    """Render and write to out_path ("-" or None: returns the text instead)."""
+    text = render(session, fmt, records)
+    if out_path in (None, "-"):
+        return text
+    fd = trusted_paths.create_output(out_path)  # never through another user's symlink
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise WriteFailed(f"cannot write {out_path}: {e.strerror}") from None
+    return None
