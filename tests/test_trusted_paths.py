@@ -377,3 +377,29 @@ def test_lab_as_non_root_is_refused_before_anything_runs():
                          timeout=60, cwd="/")
     assert res.returncode == 3 and res.stderr.startswith("nstrace: error: nstrace lab needs root"), res.stderr
     assert res.stderr.count("\n") == 1
+
+
+def test_whole_file_writes_from_two_threads_at_once(tmp_path):
+    """Two threads of one process (the lab boots guests side by side) replace the same file: each
+    write lands whole, none trips over the other's temporary file."""
+    import threading
+    from nstrace.linux import trusted_paths
+    where = tmp_path / "cache"
+    where.mkdir(mode=0o755)
+    errors = []
+
+    def writer(text):
+        try:
+            for _ in range(300):
+                trusted_paths.write_whole(str(where / "f"), text)
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in ("a" * 5000, "b" * 5000)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert (where / "f").read_text() in ("a" * 5000, "b" * 5000)
+    assert os.listdir(where) == ["f"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import DownloadError, LabError, PackageNotFound
 from ..linux import trusted_paths
-from .host import cache_dir, last_line, trusted
+from .host import cache_dir, last_line, locked, trusted
 
 # Short names -> Debian suite whose `linux-image-amd64` metapackage picks the kernel.  The generic
 # -amd64 flavour on purpose: kernel-env.md notes the -cloud-amd64 image has no 9p.
@@ -123,6 +123,13 @@ class Apt:
         if self._fresh:
             return
         trusted(self.root)
+        # one apt-get update per suite at a time: guests booting side by side share these lists
+        with locked(self.root / ".lock"):
+            self._ensure_lists()
+
+    def _ensure_lists(self) -> None:
+        if self._fresh:
+            return
         trusted_paths.write_whole(str(self.root / "no-hooks.conf"),
                             "#clear APT::Update::Post-Invoke-Success;\n#clear APT::Update::Post-Invoke;\n")
         sources = self.root / "sources.sources"

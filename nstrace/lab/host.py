@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -34,3 +35,13 @@ def require(tool: str) -> str:
 def last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def locked(path: Path):
+    """An open file holding an exclusive flock on path (a trusted file, made if missing), to use in a
+    `with`: flock conflicts between open files, so it also parts two threads of one process."""
+    trusted(path.parent)
+    trusted_paths.check_file(str(path))
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "a")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle

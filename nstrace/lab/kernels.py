@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import gzip
 import json
 import lzma
@@ -17,7 +16,7 @@ from pathlib import Path
 from ..errors import BootError, DownloadError, LabError
 from ..linux import trusted_paths
 from .apt import Apt, KernelSpec
-from .host import cache_dir, last_line, require, trusted
+from .host import cache_dir, last_line, locked, require, trusted
 
 # The guest needs a PCI virtio transport and the 9p filesystem; their dependencies (virtio, netfs,
 # fscache ... the chain listed in kernel-env.md) are read from each module's own modinfo, because the
@@ -33,14 +32,6 @@ class Kernel:
     release: str
     vmlinuz: Path
     modules: Path  # lib/modules/<release> of the unpacked tree
-
-
-def _locked(path: Path):
-    trusted(path.parent)
-    trusted_paths.check_file(str(path))
-    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "a")
-    fcntl.flock(handle, fcntl.LOCK_EX)  # two test processes must not unpack the same kernel at once
-    return handle
 
 
 # apt-get download drops to this user (APT::Sandbox::User) to fetch; it needs a directory of its own
@@ -71,7 +62,7 @@ def prepare(spec: KernelSpec) -> Kernel:
     key = re.sub(r"[^A-Za-z0-9.+_-]", "_", f"{'+'.join(sorted(spec.packages))}_{spec.version}")
     kernels = cache_dir() / "kernels"
     tree = kernels / key
-    with _locked(trusted(cache_dir()) / ".lock"):
+    with locked(trusted(cache_dir()) / ".lock"):  # two processes must not unpack the same kernel at once
         if os.path.lexists(tree):
             trusted_paths.trusted_dir(tree)  # what is there is root's, or refused
         if trusted_paths.check_file(str(tree / ".complete")) is None:

@@ -28,6 +28,7 @@ second rule, for sticky world-writable directories and only when switched on
 (they are off on our build machines); this holds whatever they say.
 """
 
+import _thread
 import errno
 import os
 import stat
@@ -232,7 +233,8 @@ def write_whole(path, data, mode=0o644):
     temporary file is made with O_EXCL and O_NOFOLLOW, and fchmod sets the
     mode whatever the umask.
     """
-    tmp = f"{path}.{os.getpid()}.tmp"
+    # one temporary name per thread: the lab writes the same apt file from guests booting side by side
+    tmp = f"{path}.{os.getpid()}.{_thread.get_ident()}.tmp"
     try:
         os.unlink(tmp)  # a leftover of a killed run with our pid
     except FileNotFoundError:
