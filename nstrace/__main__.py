@@ -7,7 +7,7 @@ import sys
 def main():
     # Start-up allocates thousands of objects that live as long as the process (modules,
     # classes, click's option tables); collecting them for cycles meanwhile is wasted work
-    # (~3 ms of the imports). Collection resumes once the command line is imported.
+    # (bench: start-up). Collection resumes once the command line is imported.
     gc.disable()
     # First of all, before click and the rest of nstrace are imported: watch starts loading its
     # BPF object in a thread meanwhile (nstrace/bpf/preload.py).

@@ -2,9 +2,7 @@
 
 import os
 import signal
-import stat
 import sys
-import time
 
 import click
 
@@ -24,11 +22,6 @@ from .errors import (
 )
 from .linux import flags as fl
 from .trace.tracer import Options, Tracer
-
-
-class _Stop(Exception):
-    """--count reached."""
-
 
 _stop_requested = []
 
@@ -70,6 +63,19 @@ def cli():
     """Trace every namespace creation and join on this kernel (clone, clone3, unshare, setns)."""
 
 
+def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_addresses=False, no_proc_check=False,
+                  buffer_kib=4096, **_output):
+    """The tracer's Options for watch's parsed command line (the options about output aside).
+
+    nstrace.bpf.preload guesses from the raw argv the fields of these that decide the BPF object;
+    tests/test_startup.py holds its guess equal to this for every option watch has.
+    """
+    return Options(trace_all=trace_all, pid=pid, comms=split_values(comm, "--comm", "command name given"),
+                   ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
+                   types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
+                   raw_addresses=raw_addresses, check_proc=not no_proc_check, ringbuf_bytes=buffer_kib * 1024)
+
+
 @cli.command()
 @click.option("--pid", type=int, help="Only this process and its descendants.")
 @click.option("--comm", multiple=True,
@@ -90,12 +96,8 @@ def cli():
 def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
           record_path):
     """Stream namespace operations system-wide until Ctrl-C."""
-    options = Options(trace_all=trace_all, pid=pid, comms=split_values(comm, "--comm", "command name given"),
-                      ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
-                      types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
-                      raw_addresses=raw_addresses, check_proc=not no_proc_check,
-                      ringbuf_bytes=buffer_kib * 1024)
-    tracer = Tracer(options)
+    tracer = Tracer(watch_options(pid=pid, comm=comm, ops=ops, types=types, trace_all=trace_all,
+                                  raw_addresses=raw_addresses, no_proc_check=no_proc_check, buffer_kib=buffer_kib))
     tracer.start()
     from .record import jsonline  # after the probes are attached: tracing is live a little sooner
     from .view import display
@@ -110,104 +112,18 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
         except BaseException:
             tracer.close()
             raise
-    shown = 0
-    reported_lost, reported_at = 0, 0.0
-    # A reader that goes away (EPIPE: `| head`) ends the watch quietly, a stdout or record file
-    # that cannot be written (disk full) with one error line; either way the probes are detached,
-    # what they already handed over is still recorded, and the record file gets its end line.
-    stdout_open, record_ok, failure = True, True, None
-    watch_reader = _stdout_is_pipe()
-
-    def out(write):
-        nonlocal stdout_open, failure
-        if not stdout_open:
-            return
-        try:
-            write()
-        except BrokenPipeError:
-            stdout_open = False
-            _silence_stdout()
-        except WriteFailed as e:
-            stdout_open, failure = False, failure or e
-            _silence_stdout()
-
-    def record(rec):
-        nonlocal record_ok, failure
-        try:
-            recorder.write(rec)
-        except OSError as e:
-            record_ok = False
-            failure = failure or WriteFailed(f"cannot write session file {record_path}: {e.strerror} "
-                                             f"(it holds the first {recorder.count} records)")
-
-    def emit(timeout_ms=None):
-        nonlocal shown
-        if count and shown >= count:
-            raise _Stop(0)
-        if as_json and not recorder:
-            # native/batch.c writes the lines: the rate a firehose needs
-            lines, n = tracer.poll_json(timeout_ms, limit=count - shown if count else 0)
-            shown += n
-            out(lambda: sys.stdout.buffer.write(lines))
-            return tracer.last_read
-        for rec in tracer.poll(timeout_ms):
-            if count and shown >= count:
-                raise _Stop(0)
-            if recorder and record_ok:
-                record(rec)
-            shown += 1
-            out(lambda: click.echo(jsonline.json_line(rec) if as_json else display.row(rec)))
-        return tracer.last_read
-
-    try:
-        status(f"tracing live ({len(tracer.attached)} probes attached); Ctrl-C to stop")
-        deadline = time.monotonic() + duration if duration else None
-        try:
-            if not as_json:
-                out(lambda: click.echo(display.header()))
-            while stdout_open and record_ok and not _stop_requested and \
-                    (deadline is None or time.monotonic() < deadline):
-                emit()
-                if count and shown >= count:
-                    break
-                # at most one loss line a second: an overloaded reader must not also flood stderr
-                if time.monotonic() - reported_at >= 1:
-                    lost = sum(tracer.lost.values())
-                    if lost > reported_lost:
-                        status(f"lost {lost - reported_lost} events (total {lost}): ring buffer or in-flight table full")
-                        reported_lost, reported_at = lost, time.monotonic()
-                out(sys.stdout.flush)
-                if watch_reader and _reader_gone():  # `| head` is done: no need to wait for the next record
-                    stdout_open = False
-                    _silence_stdout()
-        except (KeyboardInterrupt, _Stop):
-            pass
-        # What the kernel already handed over is shown, not dropped, on the way out:
-        # the probes go first, so the stream has an end, then the ring buffer is read to it
-        # (into the record file alone once stdout is gone).
-        tracer.stop()
-        try:
-            while record_ok and (stdout_open or recorder) and emit(0):
-                pass
-        except _Stop:
-            pass
-    finally:
-        tracer.close()
-    summary = tracer.summary()
-    if recorder:
-        try:
-            recorder.close(summary)
-        except OSError as e:
-            record_ok = False
-            failure = failure or WriteFailed(f"cannot write session file {record_path}: {e.strerror}")
-        if record_ok:
-            status(f"session written to {record_path}")
-    if failure:
-        raise failure
+    from .trace.watch import Watch
+    w = Watch(tracer, row=jsonline.json_line if as_json else display.row,
+              header=None if as_json else display.header(), as_json=as_json, recorder=recorder,
+              record_path=record_path, count=count, duration=duration, status=status,
+              stop_requested=lambda: bool(_stop_requested))
+    summary = w.run()
+    if w.failure:
+        raise w.failure
     if as_json:
         status("summary " + jsonline.json_summary(summary))
-    elif stdout_open:
-        out(lambda: click.echo("\n" + display.summary_table(summary)))
+    else:
+        w.stdout.line("\n" + display.summary_table(summary))
 
 
 @cli.command()
@@ -343,34 +259,6 @@ def _one_line(text):
                    for c in text)
 
 
-def _stdout_is_pipe():
-    try:
-        return stat.S_ISFIFO(os.fstat(1).st_mode)
-    except OSError:
-        return False
-
-
-def _reader_gone():
-    """True once the reading end of the stdout pipe is closed: the kernel says POLLERR on the
-    writing end (fs/pipe.c pipe_poll, 6.18), so a quiet watch ends with `| head` at once instead
-    of at its next write."""
-    import select
-    poller = select.poll()
-    poller.register(1, 0)  # POLLERR and POLLHUP are reported whatever is asked for
-    return any(event & select.POLLERR for _, event in poller.poll(0))
-
-
-def _silence_stdout():
-    """Point fd 1 at /dev/null: what stdout still buffers, and Python's flush at exit, go nowhere
-    instead of failing again (EPIPE, ENOSPC) after nstrace has said what it had to."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.close(null)
-    except OSError:
-        pass
-
-
 class _Stdout:
     """sys.stdout (and its .buffer) whose failed writes say so as WriteFailed: one error line, exit 7.
 
@@ -418,6 +306,11 @@ def _open_std_fds():
             os.dup2(null, fd)
             os.close(null)
     return 1 in closed
+
+
+def _silence_stdout():
+    from .trace.watch import silence_stdout
+    silence_stdout()
 
 
 def main(argv=None):

@@ -54,9 +54,9 @@ extern __u64 lost_tracked;	/* --pid descendant table full: that process not foll
  * struct nstrace_event only, so that entering a syscall writes a few hundred
  * bytes, not the whole step array. An array of INFLIGHT_SLOTS, not a hash
  * map keyed by tid: in the namespace-churn benchmark a hash update and
- * delete cost ~0.7 us each (bucket lock, per-CPU free list, value copy),
- * more than all the rest of a probe, where an array slot is an address
- * computation. A slot is taken by writing its tid (0: free; the idle task
+ * delete (bucket lock, per-CPU free list, value copy) cost more than all the
+ * rest of a probe (bench: kernel ns per probe hit), where an array slot is
+ * an address computation. A slot is taken by writing its tid (0: free; the idle task
  * makes no syscalls) and given back by zeroing it.
  */
 struct inflight_map {
@@ -460,11 +460,11 @@ static __always_inline void ptr_id_into(__u64 *slot, const void *p)
 /*
  * snapshot() of the calling task through BTF pointers: nsp, cred and pid are
  * its task->nsproxy, ->real_cred and ->thread_pid, which the caller loads
- * once for the whole program. Why once: the verifier spends about 2 ms (6.18,
- * these VMs) on each instruction that loads a pointer field through the
- * trusted pointer bpf_get_current_task_btf() returns. It asks whether the
- * field is in task_struct's "__safe_trusted", "__safe_rcu" ... lists, each
- * found by name with a linear walk of the kernel's ~127k BTF types, four
+ * once for the whole program. Why once: on 6.18 the verifier searches the
+ * kernel's BTF by name for each instruction that loads a pointer field
+ * through the trusted pointer bpf_get_current_task_btf() returns. It asks
+ * whether the field is in task_struct's "__safe_trusted", "__safe_rcu" ...
+ * lists, each found by name with a linear walk of the kernel's ~127k BTF types, four
  * walks per load (kernel/bpf/verifier.c check_ptr_to_btf_access(),
  * kernel/bpf/btf.c btf_find_by_name_kind(); since about 6.4, none of it in
  * 6.1; 7.x sorts the BTF and searches it). Scalar fields, and loads through

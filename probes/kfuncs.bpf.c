@@ -3,7 +3,7 @@
  * The kernel-function layer: each function of the namespace path gets an
  * entry and an exit program, twice over: fentry/fexit where the kernel
  * allows BPF trampolines, kprobe/kretprobe where it has kprobes. User space
- * (nstrace/kernelpath.py) loads one pair per function or none, per kernel.
+ * (nstrace/bpf/hookplan.py) loads one pair per function or none, per kernel.
  *
  * Every hit inside a traced syscall appends a step to that syscall's
  * in-flight record, so one record carries its ordered kernel path. Arguments

@@ -52,8 +52,9 @@ enum nstrace_target_kind {
 
 /*
  * Kernel functions of the namespace path, in the order kfuncs.bpf.c defines
- * them. nstrace reads these names and values from the object's BTF, so this
- * enum is the only list; kernel-notes/paths.toml says what each one does.
+ * them. nstrace/record/steps.py FUNCTIONS mirrors this enum by value, and
+ * tests/test_layout.py holds the mirror to the object's BTF;
+ * kernel-notes/paths.toml says what each function does.
  */
 enum nstrace_func {
 	FN_copy_namespaces = 1,

@@ -236,9 +236,9 @@ static __always_inline void comm_copy(char *dst, const char *src)
  * that may stay unwritten (the clone child, ret, the setns target, the step
  * counts, the bytes after comm, after.valid), zeroed. The slot still holds
  * the last record's bytes; writing each field once instead of zeroing the
- * whole 408-byte head first saves ~35 stores on every entry, to lines that
- * are cold in the churn benchmark (unshare's entry and exit together: -7%
- * there, 10 paired runs).
+ * whole 408-byte head first saves the stores to the fields written anyway,
+ * to lines that are cold in the churn benchmark (bench: kernel ns per probe
+ * hit).
  */
 #define HEAD_OFF(f) __builtin_offsetof(struct nstrace_event, f)
 _Static_assert(HEAD_OFF(uid) % 8 == 0 && HEAD_OFF(comm) - HEAD_OFF(uid) == 52,
@@ -447,10 +447,10 @@ static __always_inline int op_exit(long ret)
 /*
  * One body for every syscall entry and one for every exit, reached by tail
  * call from a small program per tracepoint. Why not a body inlined into each
- * of the eight: the body's dozen loads through the caller's task_struct
- * cost the verifier ~2 ms each on 6.18 (see snapshot_btf()), so it is
- * verified once per direction instead of once per tracepoint: 72 -> ~21 ms
- * of verification at start-up. The tail call keeps one program per
+ * of the eight: each of the body's dozen loads through the caller's
+ * task_struct costs the verifier BTF name searches on 6.18 (see
+ * snapshot_btf()), so it is verified once per direction instead of once per
+ * tracepoint (bench: start-up). The tail call keeps one program per
  * tracepoint, so bpf_stats still price each syscall on its own (a tail-called
  * body's run time counts to the program that called it: include/linux/filter.h
  * __bpf_prog_run(), 6.1 to 7.2). The bodies switch on the syscall number.

@@ -9,6 +9,7 @@ packages=(
   clang llvm make bpftool libbpf-dev libbpf1   # BPF build (compile time only) and the loader's libbpf
   python3 python3-venv                         # the virtualenv
   util-linux iproute2 strace                   # unshare/nsenter/lsns, ip netns, the flag oracle in tests
+  dwarves                                      # tests: pahole gives the reader library's BTF, to check batch.py's mirrors
   qemu-system-x86 busybox-static cpio xz-utils # nstrace lab: Debian kernels under QEMU
   graphviz                                     # nstrace render: dot lays out the session graph
   chromium                                     # tests: the rendered HTML page loads without console errors
@@ -31,9 +32,9 @@ if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
 # compat: a plain path in a .pth. The default editable finder imports pathlib, re and
-# urllib at every interpreter start (~17 ms of `nstrace watch` going live).
+# urllib at every interpreter start, before `nstrace watch` can go live (bench: start-up).
 .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
 # An editable install leaves nstrace's byte code to the first import, and where
 # PYTHONDONTWRITEBYTECODE is set it is never written: every start would compile
-# the modules again (~35 ms of `nstrace watch` going live). Compile them now.
+# the modules again before `nstrace watch` goes live. Compile them now.
 .venv/bin/python -m compileall -q nstrace

@@ -16,10 +16,28 @@ import pytest
 from nstrace.trace.tracer import Options, Tracer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def root_skip_reason(why):
+    """Why a test that needs root is skipped here, or None when running as root (as CI does)."""
+    return None if os.geteuid() == 0 else f"{why}: needs root (CI runs as root)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.root("why")` (or `pytestmark = pytest.mark.root("why")`): skipped, saying why,
+    unless running as root. The one place that knows how root is told."""
+    for item in items:
+        marker = item.get_closest_marker("root")
+        if marker:
+            reason = root_skip_reason(marker.args[0] if marker.args else "runs as root")
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def session_tracer():
-    if os.geteuid() != 0:
-        pytest.skip("loads BPF programs into the kernel: needs root (CI runs as root)")
+    if root_skip_reason("loads BPF programs into the kernel"):
+        pytest.skip(root_skip_reason("loads BPF programs into the kernel"))
     with Tracer(Options(poll_ms=20)) as t:
         yield t
 
@@ -40,8 +58,8 @@ def ns_holder():
     Created by util-linux unshare with --fork: the forked child (sleep) is
     the one inside the new PID and time namespaces.
     """
-    if os.geteuid() != 0:
-        pytest.skip("creates namespaces of every type: needs root (CI runs as root)")
+    if root_skip_reason("creates namespaces of every type"):
+        pytest.skip(root_skip_reason("creates namespaces of every type"))
     proc = subprocess.Popen(["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--user",
                              "--cgroup", "--time", "--fork", "sleep", "600"])
     try:

@@ -25,7 +25,7 @@ from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs into the kernel: needs root (CI runs as root)")
+pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 
 # Names a process may give itself (prctl PR_SET_NAME, 15 bytes): JSON and
 # terminal escapes, UTF-8 and bytes that are not UTF-8.

@@ -6,7 +6,6 @@ end to end on the real kernel with tiny durations, so it does not rot.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 from nshelpers import ROOT
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root (CI runs as root)")
+@pytest.mark.root("loads BPF programs")
 def test_quick_benchmark_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--tools", "strace", "--json", str(out)],

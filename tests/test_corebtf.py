@@ -7,7 +7,7 @@ import pytest
 
 from nstrace.bpf import bootcache, corebtf, hookplan, libbpf, loader
 
-root = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs: needs root (CI runs as root)")
+root = pytest.mark.root("loads BPF programs")
 
 
 @pytest.mark.parametrize("name,essential", [

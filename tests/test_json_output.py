@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nstrace.bpf import batch
+from nstrace.linux.comm import safe_comm
 from nstrace.record import events, filters, steps
 from nstrace.record import jsonline
 from nstrace.trace.tracer import Options, Tracer
@@ -26,7 +27,7 @@ from nstrace.trace.tracer import Options, Tracer
 from nshelpers import NSTRACE
 from victims import HOSTILE_NAMES, RECORDS, Victim
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loads BPF programs into the kernel: needs root (CI runs as root)")
+pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 
 S = batch.states()
 # README, "The JSON record": every key, in this order
@@ -63,7 +64,7 @@ def strict_lines(out):
 
 # --- the way it broke: the real command line ---------------------------------------------------------
 
-ESCAPED = events.safe_comm(b"esc\x1b[31mred")
+ESCAPED = safe_comm(b"esc\x1b[31mred")
 
 
 @pytest.mark.parametrize("args", [(), ("--op", "clone"), ("--comm", ESCAPED), ("--op", "setns", "--comm", "plain-name")],
@@ -73,9 +74,9 @@ def test_watch_json_under_hostile_names(args):
     with Victim(HOSTILE_NAMES, ["unshare", "setns-back", "clone"], gated=True) as victim:
         options = Options(ops=args[args.index("--op") + 1:][:1] if "--op" in args else (),
                           comms=args[args.index("--comm") + 1:][:1] if "--comm" in args else ())
-        want = [(events.safe_comm(comm), op, ok) for comm, op, ok in victim.expected()
+        want = [(safe_comm(comm), op, ok) for comm, op, ok in victim.expected()
                 if (not options.ops or op in options.ops)
-                and (not options.comms or events.safe_comm(comm) in options.comms)]
+                and (not options.comms or safe_comm(comm) in options.comms)]
         assert want
         watch = subprocess.Popen([str(NSTRACE), "watch", "--pid", str(victim.pid), "--json", "--count", str(len(want)),
                                   *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -203,7 +204,7 @@ VARIANTS = {
     "raw-addresses": {"raw_addresses": True},
     "op-clone": {"ops": ("clone", "clone3")},
     "op-unshare-setns": {"ops": ("unshare", "setns")},
-    "comm": {"comms": ("plain-b", events.safe_comm(b'q"<script>\x1b['), "plain&<g>")},
+    "comm": {"comms": ("plain-b", safe_comm(b'q"<script>\x1b['), "plain&<g>")},
     "type-ipc": {"types": ("ipc",)},
     "type-net-uts": {"types": ("net", "uts")},
 }
@@ -245,7 +246,7 @@ def test_both_writers_agree(live, cast, variant):
         assert not [r for r in records if r["proc_check"]["status"] == "mismatch"], records
         # the records are the victims' (a vfork child's carries its parent's name), in order
         assert [(r["comm"], r["op"], r["ret"] >= 0) for r in records] == [
-            (events.safe_comm(comm), op, ok) for v in victims for comm, op, ok in v.expected()]
+            (safe_comm(comm), op, ok) for v in victims for comm, op, ok in v.expected()]
     elif variant == "no-proc-check":
         assert set(states) == {0, S.PYTHON}  # C's own, proc_check null; and Python's
         assert all(r["proc_check"] is None for r in records)
@@ -282,7 +283,7 @@ def test_any_name_any_sequence(live, comm, ops, only, by_name):
     and without filters, and what they print is exactly what it did."""
     with Victim([comm], ops) as victim:
         raws = take_raw(live, len(victim.expected()))
-        shown = events.safe_comm(comm)
+        shown = safe_comm(comm)
         _, records = differential(live, raws, Options())
         assert [(r["comm"], r["op"], r["ret"] >= 0) for r in records] == [
             (shown, op, ok) for _, op, ok in victim.expected()]

@@ -6,23 +6,24 @@ and tests/test_lab.py runs it inside Debian kernels booted under QEMU, where
 it must pass.
 """
 
-import os
 
 import pytest
 
-from nstrace.bpf import hookplan
 from nstrace.record import pathcheck
 
 from nshelpers import flag, nsop, wait_for
 
-_HOOKS = hookplan.plan() if os.geteuid() == 0 else []
-pytestmark = [
-    pytest.mark.kernelpath,
-    pytest.mark.skipif(not any(h.kind for h in _HOOKS),
-                       reason="this kernel has neither fentry nor kprobes ("
-                       + (_HOOKS[0].reason if _HOOKS else "not root") + "): "
-                       "tests/test_lab.py runs these inside QEMU guests"),
-]
+pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer")]
+
+
+@pytest.fixture(autouse=True)
+def function_layer(tracer):
+    """Skips, saying why, on a kernel where no function can be hooked (asked of the session's
+    tracer when the first test runs, not while pytest collects)."""
+    if not any(h.kind for h in tracer.hooks):
+        why = tracer.hooks[0].reason if tracer.hooks else "no function hooks planned"
+        pytest.skip(f"this kernel has neither fentry nor kprobes ({why}): "
+                    "tests/test_lab.py runs these inside QEMU guests")
 
 
 def calls(rec):

@@ -4,7 +4,7 @@ import ctypes
 
 import pytest
 
-from nstrace.bpf import btf, libbpf, loader
+from nstrace.bpf import batch, btf, libbpf, loader
 from nstrace.record import events, steps
 
 
@@ -68,3 +68,92 @@ def test_options_are_rodata(object_btf):
 
 def test_libbpf_is_at_least_1_0():
     assert libbpf.version() >= (1, 0)
+
+
+# --- the mirrors of native/batch.c's structs (nstrace/bpf/batch.py) ------------------------------
+
+@pytest.fixture(scope="module")
+def native_btf(tmp_path_factory):
+    """The BTF of the built reader library, from its DWARF (pahole, Debian's dwarves: scripts/setup.sh
+    installs it), so its structs are compared as the compiler laid them out."""
+    import shutil
+    import subprocess
+    pahole = shutil.which("pahole")
+    assert pahole, "pahole not found: scripts/setup.sh installs Debian's dwarves package"
+    out = tmp_path_factory.mktemp("btf") / "batch.btf"
+    subprocess.run([pahole, f"--btf_encode_detached={out}", str(batch.LIB_PATH)], check=True, capture_output=True)
+    data = out.read_bytes()
+    handle = libbpf.lib().btf__new(data, len(data))
+    assert handle, "libbpf could not parse pahole's BTF"
+    yield handle
+    libbpf.lib().btf__free(handle)
+
+
+@pytest.mark.parametrize("struct_name,mirror", [
+    ("jl_tables", batch.Tables), ("jl_filter", batch.Filter), ("jl_counts", batch.Counts),
+    ("jl_state_bit", batch._StateBit),
+])
+def test_batch_mirror_matches_the_library(native_btf, struct_name, mirror):
+    c_members = btf.struct_members(native_btf, struct_name)
+    py_members = [(name, getattr(mirror, name).offset, getattr(mirror, name).size) for name, *_ in mirror._fields_]
+    assert py_members == c_members
+    assert ctypes.sizeof(mirror) == btf.struct_size(native_btf, struct_name)
+
+
+# --- the layers of the package -------------------------------------------------------------------
+
+# What each sub-package may import besides itself (README "Design": the package by layer). Nothing
+# imports upward, and the top (cli, viewcli) is imported by nothing but __main__.
+MAY_IMPORT = {
+    "errors": set(),
+    "linux": {"errors"},
+    "record": {"errors", "linux"},
+    "bpf": {"errors", "linux", "record"},
+    "trace": {"errors", "linux", "record", "bpf"},
+    "check": {"errors", "linux", "record", "bpf", "trace"},
+    "view": {"errors", "linux", "record"},
+    "lab": {"errors", "linux"},
+    "cliparams": {"errors"},
+}
+
+
+def _imports(path, package):
+    """The nstrace sub-packages (or top modules) one module imports, lazy imports included."""
+    import ast
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            else:
+                names = [node.module] if node.module and node.module.startswith("nstrace") else []
+            for name in names:
+                parts = name.split(".")
+                if len(parts) > 1 and parts[0] == "nstrace":
+                    found.add(parts[1])
+    return found
+
+
+def test_sub_packages_import_only_downwards():
+    from nshelpers import ROOT
+    bad = []
+    for path in sorted((ROOT / "nstrace").rglob("*.py")):
+        rel = path.relative_to(ROOT / "nstrace")
+        layer = rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.stem in MAY_IMPORT else None
+        if layer is None or path.name == "_session_schema.py":
+            continue
+        package = ".".join(("nstrace", *rel.parts[:-1]))
+        for imported in _imports(path, package) - {layer, "__version__"}:
+            if imported not in MAY_IMPORT[layer]:
+                bad.append(f"{rel}: imports nstrace.{imported}")
+    assert not bad, bad
+
+
+def test_sub_package_inits_are_empty():
+    """Importing nstrace.bpf.probeset must not import more than it: start-up depends on it."""
+    from nshelpers import ROOT
+    for init in (ROOT / "nstrace").glob("*/__init__.py"):
+        assert init.read_text().strip() == "", init

@@ -17,7 +17,7 @@ from nstrace.linux import flags as fl
 
 from nshelpers import wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes namespaces and loads BPF programs: needs root")
+pytestmark = pytest.mark.root("makes namespaces and loads BPF programs")
 
 NEWUTS = fl.CLONE_FLAGS["CLONE_NEWUTS"]
 NEWPID = fl.CLONE_FLAGS["CLONE_NEWPID"]

@@ -23,7 +23,15 @@ def test_ci_runs_the_readme_test_command():
     assert readme_commands()[1] in ci
 
 
-def test_main_job_flags_parse():
+def test_main_job_runs_a_demo_the_demo_accepts():
+    """The README's main job is a demo of namespace flags only, which demo takes for its op."""
+    from nstrace.check import demo
     from nstrace.linux import flags
     main_job = readme_commands()[0]
-    flags.parse_flags(re.search(r"--flags '([^']+)'", main_job).group(1))
+    words = re.search(r"--flags '([^']+)'", main_job)
+    assert words, main_job
+    value = flags.parse_flags(words.group(1))
+    assert value and not value & ~flags.CLONE_NEW_MASK, flags.decode_flags(value, "clone")
+    op = re.search(r"--op (\S+)", main_job)
+    scenario, _ = demo.build(op.group(1) if op else "clone", value)  # raises UsageError for what demo refuses
+    assert scenario.name == "demo"

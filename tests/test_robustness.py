@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nstrace.linux import syscalls, nsfs, procns
-from nstrace.record import events
+from nstrace.linux.comm import safe_comm
 from nstrace.linux import flags as fl
 from nstrace.errors import LauncherError, UsageError
 from nstrace.check.launcher import Launcher
@@ -35,7 +35,7 @@ EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7}  # README, "Exit codes"
 
 
 def unescape(text):
-    """The inverse of events.safe_comm, written from its documented rules."""
+    """The inverse of comm.safe_comm, written from its documented rules."""
     out = bytearray()
     i = 0
     while i < len(text):
@@ -63,7 +63,7 @@ def unescape(text):
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=15) | st.text(max_size=15).map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_safe_comm_is_printable_unambiguous_and_json_safe(raw):
-    text = events.safe_comm(raw)
+    text = safe_comm(raw)
     assert text.isprintable(), text          # no control character, no escape sequence, no newline
     assert unescape(text) == raw             # nothing is lost, no two names look alike
     assert json.loads(json.dumps(text, ensure_ascii=False)) == text
@@ -71,11 +71,11 @@ def test_safe_comm_is_printable_unambiguous_and_json_safe(raw):
 
 
 def test_safe_comm_examples():
-    assert events.safe_comm(b"\x1b[2J\n\xff") == "\\x1b[2J\\n\\xff"
+    assert safe_comm(b"\x1b[2J\n\xff") == "\\x1b[2J\\n\\xff"
     # a raw 0x85 byte, U+0085 (NEL) and a literal backslash-x-8-5 all look different
-    assert len({events.safe_comm(b"\x85"), events.safe_comm("\x85".encode()), events.safe_comm(b"\\x85")}) == 3
-    assert events.safe_comm("a\u202eb".encode()) == "a\\u202eb"  # bidi override: shown, not obeyed
-    assert events.safe_comm("ns-é".encode()) == "ns-é"
+    assert len({safe_comm(b"\x85"), safe_comm("\x85".encode()), safe_comm(b"\\x85")}) == 3
+    assert safe_comm("a\u202eb".encode()) == "a\\u202eb"  # bidi override: shown, not obeyed
+    assert safe_comm("ns-é".encode()) == "ns-é"
 
 
 HOSTILE = b"\x1b[2J\x1b]0;x\x07\n\xffz"  # clear screen, set title, bell, newline, not UTF-8: 13 bytes
@@ -130,7 +130,7 @@ def test_hostile_comm_in_json(tracer):
     assert b"\x1b" not in out and b"\xff" not in out
     [line] = out.decode("utf-8").splitlines()
     rec = json.loads(line)
-    assert rec["pid"] == pid and rec["comm"] == events.safe_comm(HOSTILE) == "\\x1b[2J\\x1b]0;x\\x07\\n\\xffz"
+    assert rec["pid"] == pid and rec["comm"] == safe_comm(HOSTILE) == "\\x1b[2J\\x1b]0;x\\x07\\n\\xffz"
     assert unescape(rec["comm"]) == HOSTILE
 
 

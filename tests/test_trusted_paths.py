@@ -22,7 +22,7 @@ from nstrace.errors import UnsafePath
 
 from nshelpers import NSTRACE, ROOT
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plays root against user nobody: needs root")
+pytestmark = pytest.mark.root("plays root against user nobody")
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 

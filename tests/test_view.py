@@ -32,7 +32,7 @@ BOOT = ("import sys\nfrom nstrace import cli, viewcli\n"
         "sys.exit(cli.main(sys.argv[1:]))")
 SCENARIOS = ("unshare-uts", "clone-net", "setns-ipc", "clone3-user", "unshare-pid-children-only", "fail-einval")
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes namespaces and cgroups, loads BPF: needs root")
+pytestmark = pytest.mark.root("makes namespaces and cgroups, loads BPF")
 
 
 def nstrace(*args, as_nobody=False, timeout=120):

@@ -20,7 +20,7 @@ from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="traces, drops privileges with setpriv, mounts: needs root")
+pytestmark = pytest.mark.root("traces, drops privileges with setpriv, mounts")
 
 # Root's uid with only what tracing takes (CAP_BPF, CAP_PERFMON): no CAP_SYS_ADMIN
 TRACE_CAPS_ONLY = ["setpriv", "--inh-caps=-all,+bpf,+perfmon", "--ambient-caps=-all,+bpf,+perfmon",

@@ -2,8 +2,8 @@
 
 Without help, every load makes libbpf read /sys/kernel/btf/vmlinux (5.5 MB
 on 6.18, held twice while it is parsed) and then scan all of its ~127,000
-types once per type our object names: about 40 ms and an 11 MiB peak of
-resident memory, for twenty-odd fields. libbpf takes another BTF file for
+types once per type our object names: the larger part of a load's time and
+of nstrace's peak memory, for twenty-odd fields. libbpf takes another BTF file for
 CO-RE instead (``btf_custom_path``, the "BTFGen" mechanism), so nstrace
 writes one: every kernel type named like a type a CO-RE relocation of our
 object starts from (libbpf matches those by name), complete, with everything
@@ -282,7 +282,7 @@ def _check_parses(data):
 
 def path_for(object_data):
     """Where this boot's copy for this object lives (whether or not it exists yet)."""
-    # crc32, not sha256: hashlib's OpenSSL import alone costs 4 ms of every start
+    # crc32, not sha256: hashlib would import OpenSSL at every start
     return os.path.join(bootcache.DIR, f"core-{FORMAT}-{bootcache.boot_id()}-{len(object_data):x}-{zlib.crc32(object_data):08x}.btf")
 
 

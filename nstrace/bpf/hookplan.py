@@ -39,8 +39,8 @@ def fentry_refusal():
     """None if this kernel loads fentry/fexit programs, else why not (one line).
 
     libbpf's feature probe answers first; when it says no, one real fentry
-    program of ours is loaded to learn the kernel's errno. That costs ~80 ms,
-    so the answer is kept for the rest of this boot.
+    program of ours is loaded to learn the kernel's errno. That is a whole
+    verifier run, so the answer is kept for the rest of this boot.
     """
     if libbpf.lib().libbpf_probe_bpf_prog_type(libbpf.BPF_PROG_TYPE_TRACING, None) == 1:
         return None
@@ -77,8 +77,8 @@ def _kallsyms_text():
 
 @functools.cache
 def no_hook_reason():
-    """Why neither fentry nor kprobes work on this kernel, in one line (kept for the boot: reading
-    /proc/config.gz costs 3 ms of every start on the kernels where it is needed)."""
+    """Why neither fentry nor kprobes work on this kernel, in one line (kept for the boot: it reads
+    /proc/config.gz, a decompression at every start on the kernels where it is needed)."""
     def reason():
         config = kernel_config("CONFIG_KPROBES")
         kprobes = "no kprobes (CONFIG_KPROBES is not set)" if config is None else f"no kprobe PMU at {os.path.dirname(KPROBE_PMU)}"

@@ -149,12 +149,12 @@ def lib():
     global _lib, _print_cb
     if _lib is not None:
         return _lib
-    # The soname first: ctypes.util.find_library runs `ldconfig -p` (~40 ms of startup).
+    # The soname first: ctypes.util.find_library runs `ldconfig -p`, a process of its own.
     name = os.environ.get("NSTRACE_LIBBPF") or "libbpf.so.1"
     try:
         handle = ctypes.CDLL(name, use_errno=True)
     except OSError:
-        from ctypes.util import find_library  # imports subprocess, shutil, tempfile: ~9 ms, fallback only
+        from ctypes.util import find_library  # imports subprocess, shutil, tempfile: fallback only
         other = None if "NSTRACE_LIBBPF" in os.environ else find_library("bpf")
         if not other:
             raise LibbpfError(f"libbpf not found ({name}): install the libbpf1 package") from None

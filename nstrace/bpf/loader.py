@@ -20,7 +20,7 @@ from . import btf as btfmod
 from . import corebtf, libbpf
 
 _libc = ctypes.CDLL(None)
-# Strings, not pathlib: pathlib and what it imports cost ~8 ms of `nstrace watch` going live.
+# Strings, not pathlib: importing pathlib and what it imports delays `nstrace watch` going live.
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_bpf", "nstrace.bpf.o")
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
@@ -112,7 +112,7 @@ class BpfObject:
 
     With ``core_btf`` (the default) CO-RE relocates against this boot's
     minimal copy of the kernel's BTF (:mod:`nstrace.bpf.corebtf`) where one can
-    be had: the same result as the whole kernel BTF, 40 ms and 11 MiB less.
+    be had: the same result as the whole kernel BTF, for less time and memory (see corebtf).
     """
 
     def __init__(self, path=OBJECT_PATH, core_btf=True):
@@ -298,7 +298,7 @@ class BpfObject:
 
     def detach_all(self):
         """Destroy every link: no program runs after this returns; maps stay readable."""
-        # A tracepoint detach waits for an RCU grace period (20-50 ms each): those go side by side
+        # A tracepoint detach waits for an RCU grace period: those go side by side
         # (ctypes drops the GIL during the call). Trampoline and kprobe links go one at a time:
         # they patch kernel text, and concurrent fentry detaches under QEMU TCG were seen to leave
         # both vCPUs of a 6.1 guest in a soft lockup.

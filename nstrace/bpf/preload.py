@@ -1,7 +1,7 @@
 """`nstrace watch` loads and attaches its probes while Python is still importing the command line.
 
-From exec, importing click and the rest of nstrace takes 60 ms and more,
-loading the BPF object ~30 ms, most of it in the kernel's verifier. ctypes
+From exec, importing click and the rest of nstrace takes longer than loading
+the BPF object, most of which is the kernel's verifier (bench: start-up). ctypes
 lets go of the GIL for the length of bpf_object__load(), so a thread can
 load while the main thread imports. The thread imports no more than
 nstrace.bpf.probeset (the loader, not the tracer), guesses the options that
@@ -56,7 +56,7 @@ def begin(args):
     fields = guess(args)
     if fields is not None:
         # Every ctypes call gives up the GIL; taking it back waits out the main thread's
-        # switch interval (5 ms) while it imports. The thread makes a few dozen such calls
+        # switch interval (5 ms by default) while it imports. The thread makes a few dozen such calls
         # between its load and its last attach: hand the GIL over sooner until it is done.
         _interval = sys.getswitchinterval()
         sys.setswitchinterval(1e-4)

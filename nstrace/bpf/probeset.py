@@ -6,7 +6,7 @@ Apart from the tracer, and importing nothing above the loader, because
 nstrace.bpf.preload loads and attaches a ProbeSet in a thread while the command
 line is still being imported: every module imported before the first probe
 runs is time before `nstrace watch` is live (the tracer's imports, dataclasses
-and the record decoder among them, were ~40 ms of it).
+and the record decoder among them; bench: start-up).
 """
 
 import ctypes

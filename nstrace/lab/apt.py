@@ -114,7 +114,7 @@ class Apt:
             "-o", f"Dir::State::Lists={self.root / 'lists'}",
             "-o", f"Dir::Cache={self.root / 'cache'}",
             # Docker-style images switch the binary cache off; without it every apt-cache call re-parses
-            # all lists (~1 s instead of ~0.25 s).
+            # all lists.
             "-o", "Dir::Cache::pkgcache=pkgcache.bin",
             "-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin",
         ]

@@ -22,7 +22,7 @@ naming conventions (:func:`classify_cgroup`); a namespace belongs to a
 container when all its processes are in that one container.
 
 Names, command lines, mount points and container names are what other users
-chose: they are escaped where they are read (events.safe_comm: \\xNN for a
+chose: they are escaped where they are read (comm.safe_comm: \\xNN for a
 control byte or a byte that is not UTF-8), so that the table, the trees, the
 JSON and the session snapshots hold no control character.
 """
@@ -37,9 +37,9 @@ import time
 import psutil
 
 from ..errors import UsageError
-from ..record.events import safe_comm
 from . import flags as fl
 from . import nsfs
+from .comm import safe_comm
 
 
 def _text(s):

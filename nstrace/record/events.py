@@ -10,10 +10,10 @@ import errno as errno_mod
 import time
 
 from ..linux import flags as fl
+from ..linux.comm import safe_comm
 
 NS_SLOTS = len(fl.NS_ENTRIES)
 MAX_STEPS = 48
-COMM_BYTES = 15  # TASK_COMM_LEN (16, include/linux/sched.h, 6.18) less the NUL
 # The enums of probes/nstrace.h (tests/test_layout.py checks them against BTF).
 OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns"}
 TARGET_KINDS = {0: None, 1: "nsfs", 2: "pidfd", 3: "other", 4: "badfd"}
@@ -93,68 +93,6 @@ HEAD_SIZE = Event.steps.offset
 WALL_OFFSET_NS = time.time_ns() - time.monotonic_ns()
 
 
-def safe_comm(raw):
-    """A comm or path as text that cannot move a terminal's cursor.
-
-    Bytes that are not UTF-8 become \\xNN (NN >= 80); ASCII control characters
-    (escape sequences, newlines) become \\xNN (NN < 80), \\n or \\t; other
-    non-printable characters (C1 controls, bidi overrides, unassigned) become
-    \\uNNNN or \\UNNNNNNNN; a backslash becomes two. What a hostile process
-    names itself is shown, never interpreted, and no two names look alike:
-    the escaping can be undone exactly. JSON output stays valid UTF-8.
-    """
-    # surrogateescape keeps each invalid byte as one lone surrogate U+DC80..U+DCFF
-    text = raw.decode("utf-8", errors="surrogateescape")
-    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
-
-
-def comm_bytes(shown):
-    """The name safe_comm() shows as `shown`, as bytes; None if it shows no name so.
-
-    --comm takes names as nstrace shows them: this tells a name that could
-    match from one that never can.
-    """
-    out, i = bytearray(), 0
-    while i < len(shown):
-        c = shown[i]
-        if c != "\\":
-            out += c.encode("utf-8", "surrogatepass")
-            i += 1
-            continue
-        kind = shown[i + 1:i + 2]
-        if kind in _UNESCAPED:
-            out += _UNESCAPED[kind]
-            i += 2
-            continue
-        width = {"x": 2, "u": 4, "U": 8}.get(kind)
-        digits = shown[i + 2:i + 2 + width] if width else ""
-        if not width or len(digits) != width or digits.strip("0123456789abcdef") or int(digits, 16) > 0x10FFFF:
-            return None
-        code = int(digits, 16)
-        out += bytes([code]) if kind == "x" else chr(code).encode("utf-8", "surrogatepass")
-        i += 2 + width
-    raw = bytes(out)
-    return raw if safe_comm(raw) == shown else None
-
-
-_UNESCAPED = {"\\": b"\\", "n": b"\n", "t": b"\t"}
-
-
-def _escape(c):
-    code = ord(c)
-    if c == "\\":
-        return "\\\\"
-    if c == "\n":
-        return "\\n"
-    if c == "\t":
-        return "\\t"
-    if code < 0x80:
-        return f"\\x{code:02x}"
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
 def _ns_map(ns_set, field):
     if not ns_set.valid:
         return None
@@ -227,8 +165,8 @@ class Record:
         return self.checked_task[1]
 
     def to_json(self):
-        # Shallow on purpose: dataclasses.asdict deep-copies every nested dict and list
-        # (measured ~150 us per record against ~8 us for this).
+        # Shallow on purpose: dataclasses.asdict deep-copies every nested dict and list, on the
+        # path of every record watch --json writes in Python.
         return {name: getattr(self, name) for name in _FIELDS}
 
 

@@ -4,19 +4,19 @@ Shared by live tracing (nstrace/trace/tracer.py) and replay (nstrace/record/sess
 """
 
 from ..errors import UsageError
+from ..linux import comm
 from ..linux import flags as fl
-from . import events
 
 
 def validate(comms=(), ops=(), types=()):
     """Raise UsageError for a filter value no record could ever match."""
-    for comm in comms:
-        raw = events.comm_bytes(comm)
+    for name in comms:
+        raw = comm.comm_bytes(name)
         if raw is None:
-            raise UsageError(f"--comm {comm!r}: not a command name as nstrace shows it (a control character, "
+            raise UsageError(f"--comm {name!r}: not a command name as nstrace shows it (a control character, "
                              f"a backslash or a byte that is not UTF-8 is written as events show it, e.g. \\x1b)")
-        if not raw or len(raw) > events.COMM_BYTES:
-            raise UsageError(f"--comm {comm!r}: a command name has 1 to {events.COMM_BYTES} bytes "
+        if not raw or len(raw) > comm.COMM_BYTES:
+            raise UsageError(f"--comm {name!r}: a command name has 1 to {comm.COMM_BYTES} bytes "
                              f"(the kernel's TASK_COMM_LEN less its NUL): this one could never match")
     for op in ops:
         if op not in fl.OPS:

@@ -36,6 +36,7 @@ from importlib import metadata
 
 from ..errors import UsageError, WriteFailed
 from ..linux import nsmap, trusted_paths
+from ..linux.comm import safe_comm
 from . import events
 
 VERSION = 1
@@ -71,7 +72,7 @@ class Recorder:
         self._file = open(fd, "w", encoding="utf-8", buffering=1)
         # sethostname() takes any bytes (a container's root picks the UTS name): escaped as comms are
         uname = os.uname()
-        text = lambda s: events.safe_comm(s.encode("utf-8", "surrogateescape"))  # noqa: E731
+        text = lambda s: safe_comm(s.encode("utf-8", "surrogateescape"))  # noqa: E731
         header = {
             "nstrace_session": VERSION, "kind": "header", "nstrace": nstrace_version(),
             "started": time.time(), "host": text(uname.nodename),

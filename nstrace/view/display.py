@@ -1,7 +1,7 @@
 """How records look: the streaming table, JSON lines, summaries, check and demo reports.
 
 Every line for a terminal goes through :func:`printable` on its way out: a
-record's comm is escaped where it is decoded (events.safe_comm), but a table
+record's comm is escaped where it is decoded (linux.comm.safe_comm), but a table
 also shows what a session file from elsewhere says, and no control byte
 (C0, C1, ESC, DEL) or bidirectional override may reach the terminal whatever
 field it came in. JSON output escapes them itself (json.dumps: \\uNNNN).
@@ -20,7 +20,7 @@ COLUMNS = (
 
 
 def tabulate(*args, **kw):
-    # Imported on first use: it costs ~35 ms, and `watch --json` never needs it.
+    # Imported on first use: it is heavy to import, and `watch --json` never needs it.
     from tabulate import tabulate as _tabulate
     return _tabulate(*args, **kw)
 
