@@ -5,10 +5,11 @@ user for anything listed here. ExitCode is the one table of exit codes; the READ
 section is its text (tests/test_cli.py holds the two equal).
 """
 
-import enum
 
+class ExitCode:
+    """Every exit code nstrace has. Plain ints, not an enum.IntEnum: this module is imported before
+    watch's first probe is attached, and importing enum would delay that (bench: start-up)."""
 
-class ExitCode(enum.IntEnum):
     OK = 0              # success (for check and demo: every observable step matched)
     FAILED = 1          # a check or the lab suite failed
     USAGE = 2           # bad input: unknown option, flag, type, scenario or pid; a damaged session file

@@ -178,3 +178,21 @@ def test_tracefs_not_mountable(tmp_path):
 def test_python_dash_m():
     res = subprocess.run([sys.executable, "-m", "nstrace", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "watch" in res.stdout
+
+
+def test_exit_codes_are_one_table_and_the_readme_says_it():
+    """errors.ExitCode is the table; the README's lists the same codes, and every error class
+    exits with one of them."""
+    import inspect
+    import re
+
+    from nstrace import errors
+
+    from nshelpers import ROOT
+    section = (ROOT / "README.md").read_text().split("### Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {int(n) for n in re.findall(r"^\| (\d+) \|", section, re.M)}
+    table = {v for k, v in vars(errors.ExitCode).items() if k.isupper()}
+    assert documented == table
+    for _, cls in inspect.getmembers(errors, inspect.isclass):
+        if issubclass(cls, errors.NstraceError):
+            assert cls.exit_code in table, cls

@@ -13,7 +13,6 @@ import ctypes
 import os
 
 from ..errors import LibbpfError, ProbeError, UsageError
-from ..record import paths
 from . import hookplan, libbpf, loader
 
 # The syscall layer (probes/syscalls.bpf.c), attached on every kernel.
@@ -170,6 +169,7 @@ class ProbeSet:
         rows = [{"probe": section_of(name), "layer": "syscall",
                  "hook": "raw_tracepoint" if name == "task_newtask" else "tracepoint",
                  "attached": name in self.attached, "reason": ""} for name in self.programs()]
+        from ..record import paths  # only doctor and the session header ask: not before the first probe
         rows += [{"probe": h.func, "layer": "function", "file": paths.source_file(h.func),
                   "hook": h.kind, "attached": h.attached, "reason": h.reason} for h in self.hooks]
         return rows

@@ -4,7 +4,6 @@ The functions the BPF side can hook are the enum nstrace_func of probes/nstrace.
 by value, and tests/test_layout.py holds the mirror to the compiled object's BTF.
 """
 
-from . import paths
 
 # enum nstrace_func of probes/nstrace.h, by value
 FUNCTIONS = (
@@ -20,7 +19,7 @@ FUNCTIONS = (
 def decode_step(step, raw_addresses=False):
     """One struct nstrace_step as a dict (JSON-ready)."""
     from ..linux import flags as fl
-    from . import events
+    from . import events, paths
     func = FUNCTIONS[step.func] if step.func < len(FUNCTIONS) else f"fn{step.func}"
     what = events.STEP_VALUES.get(step.what, "none")
     out = {"func": func, "file": paths.source_file(func), "kind": events.STEP_KINDS.get(step.kind, "?"),
