@@ -211,6 +211,10 @@ class Batch:
         """
         return bool(self._lib.jl_moved_on(self._b, tid))
 
+    def fileno(self):
+        """The reader's epoll fd: readable when the kernel wakes the reader (wakeup_bytes unread)."""
+        return libbpf.lib().ring_buffer__epoll_fd(self._rb)
+
     def in_flight(self, tid):
         """The operation thread tid is inside now ("clone", "unshare" ...), None if none (or not traced)."""
         return events.OPS.get(self._lib.jl_in_flight(self._b, tid))

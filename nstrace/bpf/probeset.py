@@ -164,6 +164,23 @@ class ProbeSet:
                 self.obj.detach(prog)
             hook.reason = str(err)
 
+    def follow(self, pid):
+        """Trace process pid and the descendants it has from now on (the object's table of them)."""
+        self.obj.map_update("tracked", ctypes.c_uint32(pid), ctypes.c_uint8(1))
+
+    def unfollow_all(self):
+        """Empty that table: no record begins after this. Returns the pids it held (processes that
+        were alive: an exiting one leaves it, probes/syscalls.bpf.c sched_process_exit)."""
+        pids = []
+        for _ in range(4):  # a followed process may fork while we empty it: its child comes in after the listing
+            found = [key.value for key in self.obj.map_keys("tracked", ctypes.c_uint32)]
+            for pid in found:
+                self.obj.map_delete("tracked", ctypes.c_uint32(pid))
+            pids += found
+            if not found:
+                break
+        return pids
+
     def availability(self):
         """Every probe point: layer, hook type, attached or why not."""
         rows = [{"probe": section_of(name), "layer": "syscall",

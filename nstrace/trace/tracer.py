@@ -12,7 +12,7 @@ import ctypes
 import dataclasses
 import time
 
-from ..bpf import batch, loader, probeset
+from ..bpf import batch, loader, probeset, teardown
 from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: F401 (the CLI's and tests' names)
 from ..errors import UsageError
 from ..linux import procns
@@ -307,12 +307,26 @@ class Tracer:
         return {"events": by_op, "total": sum(by_op.values()),
                 "proc_check": self.by_check, "filtered": self.filtered, "lost": self.lost}
 
+    def fileno(self):
+        """For poll(): readable when the ring buffer wakes its reader (records may also wait
+        unannounced, below the wake-up threshold: poll() takes those)."""
+        return self._batch.fileno()
+
+    def unfollow(self):
+        """--pid and watch -- COMMAND: follow no process any more (no record begins after this);
+        returns the pids that were still followed: alive, and not traced from here on."""
+        return self.probes.unfollow_all() if self._obj and self.options.pid else []
+
     def stop(self):
         """Detach every probe: the stream ends; what the ring buffer holds can still be read."""
         if self._obj:
             self._obj.detach_all()
 
-    def close(self):
+    def close(self, background=False):
+        """Detach and free everything. background: the stream has ended otherwise (unfollow(), the
+        ring buffer read): the kernel's slow part of detaching goes on after nstrace (bpf/teardown)."""
+        if background and self._obj and self._obj.loaded:
+            teardown.hand_over()
         if self._batch:
             self._counts = self._batch_counts()
             self._batch.close()

@@ -46,9 +46,35 @@ def _fit(text, width):
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
+FLAGS_COLUMN = 5
+GAP = "  "  # between columns, as tabulate's "plain" format has it
+
+
+def wrap(text, width):
+    """text in lines of at most width characters, broken after a '|' or at a space where it can
+    be (flag names stay whole), else hard."""
+    text = str(text)
+    out = []
+    while len(text) > width:
+        cut = max(text.rfind("|", 0, width) + 1, text.rfind(" ", 0, width + 1))
+        if cut <= 0:
+            cut = width
+        out.append(text[:cut].rstrip())
+        text = text[cut:].lstrip(" ")
+    return out + [text]
+
+
 def _row(cells):
-    fitted = [_fit(c, w).ljust(w) for c, (_, w) in zip(cells, COLUMNS)]
-    return tabulate([fitted], tablefmt="plain", disable_numparse=True, preserve_whitespace=True)
+    """One table row: every cell cut to its column's width, but the flags, which are never cut:
+    what does not fit goes on in the same column on the lines below."""
+    fitted = [_fit(c, w) for c, (_, w) in zip(cells, COLUMNS)]
+    flags = wrap(cells[FLAGS_COLUMN], COLUMNS[FLAGS_COLUMN][1]) if len(cells) > FLAGS_COLUMN else [""]
+    if len(cells) > FLAGS_COLUMN:
+        fitted[FLAGS_COLUMN] = flags[0]
+    lines = [GAP.join(c.ljust(w) for c, (_, w) in zip(fitted, COLUMNS)).rstrip()]
+    indent = sum(w + len(GAP) for _, w in COLUMNS[:FLAGS_COLUMN])
+    lines += [" " * indent + more for more in flags[1:]]
+    return "\n".join(lines)
 
 
 def header():
@@ -96,7 +122,7 @@ def row(rec):
     if rec.proc_check and rec.proc_check["status"] == "mismatch":
         for entry, d in (rec.proc_check.get("diff") or {}).items():
             details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")
-    return "\n".join(printable(text) for text in [line] + details)
+    return "\n".join(printable(text) for text in line.split("\n") + details)
 
 
 def summary_table(summary):
