@@ -8,7 +8,9 @@ there and the lowest such pid. To that the kernel adds, through nsfs ioctls
 the owning user namespace (NS_GET_USERNS) and, for the two hierarchical types
 (pid, user), the parent (NS_GET_PARENT).
 
-Namespaces no process is in are listed too, with ``nprocs`` 0 and
+On 6.19+ the kernel's listns() adds the namespaces no /proc scan can find
+(nstrace/linux/nstree.py), marked ``listns_only``. Namespaces no process is
+in are listed too, with ``nprocs`` 0 and
 ``held_by`` saying what keeps them alive, because they are exactly the ones a
 reader of a trace wonders about: a bind mount of an ns file (nsfs entries of
 every mount namespace's mountinfo, e.g. ``ip netns add``), an open fd, a
@@ -41,7 +43,7 @@ import psutil
 from ..errors import UsageError
 from . import containers
 from . import flags as fl
-from . import nsfs
+from . import nsfs, nstree
 from .comm import safe_comm
 
 
@@ -106,6 +108,7 @@ class Namespace:
     container: dict | None = None  # when every process in it is in this container
     containers: list = dataclasses.field(default_factory=list)
     host: bool = False             # a process outside every container is in it: the host's, whoever else shares it
+    listns_only: bool = False      # only the kernel's listns() (6.19+) shows it: nothing /proc shows holds it
     held_by: list = dataclasses.field(default_factory=list)   # what keeps it alive without processes
     pids: list = dataclasses.field(default_factory=list, repr=False)
 
@@ -265,7 +268,8 @@ def snapshot():
     by_pid = {p.pid: p for p in processes}
     for ns in namespaces.values():
         _fill_members(ns, by_pid)
-    _ask_kernel(namespaces, openers)
+    _ask_kernel(namespaces, openers, list(namespaces.values()))
+    _ask_kernel(namespaces, openers, _listed_by_kernel(namespaces, openers))
     ordered = sorted(namespaces.values(), key=lambda n: (n.inode, TYPES.index(n.type) if n.type in TYPES else 99))
     return NsMap(ordered, sorted(processes, key=lambda p: p.pid), sorted(unreadable), taken)
 
@@ -318,14 +322,43 @@ def _fill_members(ns, by_pid):
         ns.container = distinct[0] if len(distinct) == 1 and not ns.host else None
 
 
-def _ask_kernel(namespaces, openers):
-    """ns_id, owner and parent of every namespace, by nsfs ioctls on an fd of it.
+LISTNS_ONLY = "listns() only: no process, bind mount or open fd that /proc shows holds it"
+
+
+def _listed_by_kernel(namespaces, openers):
+    """The namespaces the kernel's listns() (6.19+) shows and /proc did not: each added to
+    `namespaces`, marked listns_only, with an fd of it to ask the kernel about. [] where there is
+    no listns()."""
+    try:
+        ids = nstree.list_ids()
+    except OSError:
+        return []  # EPERM and the like: what /proc showed stands
+    found = []
+    for ns_id in ids or ():
+        fd = nstree.open_by_id(ns_id)
+        if fd is None:
+            continue  # gone since the listing
+        try:
+            key = (fl.NS_FLAG_VALUES.get(nstree.nstype(fd)), os.fstat(fd).st_ino)
+        except OSError:
+            key = (None, None)
+        if key[0] in TYPES and key not in namespaces:
+            ns = namespaces[key] = Namespace(*key, ns_id=ns_id, held_by=[LISTNS_ONLY], listns_only=True)
+            openers[key] = [f"/proc/self/fd/{fd}"]  # _ask_kernel closes it
+            found.append(ns)
+        else:
+            os.close(fd)
+    return found
+
+
+def _ask_kernel(namespaces, openers, queue):
+    """ns_id, owner and parent of the namespaces in `queue`, by nsfs ioctls on an fd of each.
 
     Owners and parents no process is in are added as they are found, so the
     ownership and pid trees are complete.
     """
     id_works = True
-    queue = list(namespaces.values())
+    queue = list(queue)
     while queue:
         ns = queue.pop()
         fd = None
@@ -366,14 +399,15 @@ def _ask_kernel(namespaces, openers):
                     os.close(other)
         finally:
             os.close(fd)
-    # the dup'ed fds above were only needed while asking
-    for paths in openers.values():
+    # the dup'ed fds above were only needed while asking (and their numbers are free again)
+    for key, paths in openers.items():
         for path in paths:
             if path.startswith("/proc/self/fd/"):
                 try:
                     os.close(int(path.rsplit("/", 1)[1]))
                 except OSError:
                     pass
+        openers[key] = [p for p in paths if not p.startswith("/proc/self/fd/")]
 
 
 def sees_everything():
