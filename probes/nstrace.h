@@ -134,6 +134,7 @@ struct nstrace_event {
 	__u64 child_start_ns;	/* clone: the child's task->start_boottime */
 	__u64 raw_flags;	/* clone/clone3/unshare flags, setns nstype */
 	__s64 ret;
+	__u64 cgroup_id;	/* the caller's cgroup v2 id at the call (bpf_get_current_cgroup_id()) */
 	enum nstrace_op op;
 	__u32 pid;		/* tgid */
 	__u32 tid;
