@@ -42,7 +42,7 @@ class Step(ctypes.Structure):
         ("what", ctypes.c_uint32),
         ("inum", ctypes.c_uint32),
         ("refs", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("old_refs", ctypes.c_uint32),
     ]
 
 
