@@ -50,7 +50,6 @@ enum bpf_map_type {
  */
 enum bpf_func_id {
 	BPF_FUNC_get_current_task_btf = 158,	/* 5.11 */
-	BPF_FUNC_check_mtu = 163,		/* 5.12, with BPF atomics (compare-and-swap) */
 };
 enum {
 	BPF_ANY = 0,
