@@ -21,6 +21,7 @@ from .errors import (
     WriteFailed,
 )
 from .linux import flags as fl
+from .record import filters
 from .trace.tracer import Options, Tracer
 
 _stop_requested = []
@@ -69,8 +70,8 @@ def cli():
     """Trace every namespace creation and join on this kernel (clone, clone3, unshare, setns)."""
 
 
-def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_addresses=False, no_proc_check=False,
-                  buffer_kib=4096, **_output):
+def watch_options(*, pid=None, comm=(), ops=(), types=(), container=(), ns=(), trace_all=False, raw_addresses=False,
+                  no_proc_check=False, buffer_kib=4096, **_output):
     """The tracer's Options for watch's parsed command line (the options about output aside).
 
     nstrace.bpf.preload guesses from the raw argv the fields of these that decide the BPF object;
@@ -79,6 +80,8 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_a
     return Options(trace_all=trace_all, pid=pid, comms=split_values(comm, "--comm", "command name given"),
                    ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
                    types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
+                   containers=split_values(container, "--container", "container id or name given"),
+                   namespaces=tuple(filters.parse_ns(v) for v in split_values(ns, "--ns", "namespace given")),
                    raw_addresses=raw_addresses, check_proc=not no_proc_check, ringbuf_bytes=buffer_kib * 1024)
 
 
@@ -88,6 +91,10 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_a
               help="Only these command names, as nstrace shows them (repeat or comma-separate).")
 @click.option("--op", "ops", multiple=True, help="Only these operations: clone, clone3, unshare, setns.")
 @click.option("--type", "types", multiple=True, help="Only operations touching these namespace types (mnt, uts, ...).")
+@click.option("--container", multiple=True, metavar="ID|NAME",
+              help="Only calls made in this container, or setns into it: an id prefix or a name (repeatable).")
+@click.option("--ns", multiple=True, metavar="TYPE:INODE|NS_ID",
+              help="Only operations involving this namespace, before, after or as the target (repeatable).")
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=finite,
@@ -102,7 +109,7 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_a
 @click.option("--user", "-u", "user", metavar="USER",
               help="Run COMMAND as this user (name or uid), with its groups, as strace -u does.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
+def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
           record_path, user, command):
     """Stream namespace operations system-wide until Ctrl-C; or run COMMAND and trace it and its
     descendants from its first instruction until it exits (nstrace watch [OPTIONS] -- COMMAND [ARGS...])."""
@@ -123,7 +130,8 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
                 from .linux.command import HeldCommand
                 held = HeldCommand()
             pid = held.pid
-        tracer = Tracer(watch_options(pid=pid, comm=comm, ops=ops, types=types, trace_all=trace_all,
+        tracer = Tracer(watch_options(pid=pid, comm=comm, ops=ops, types=types, container=container, ns=ns,
+                                      trace_all=trace_all,
                                       raw_addresses=raw_addresses, no_proc_check=no_proc_check,
                                       buffer_kib=buffer_kib))
         tracer.start()
@@ -149,8 +157,9 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
     from .trace.watch import Watch
     if held:
         _relay_to.append(held)
-    w = Watch(tracer, row=jsonline.json_line if as_json else display.row,
-              header=None if as_json else display.header(), as_json=as_json, recorder=recorder,
+    table = display.Table(containers=bool(tracer.options.containers))
+    w = Watch(tracer, row=jsonline.json_line if as_json else table.row,
+              header=None if as_json else table.header(), as_json=as_json, recorder=recorder,
               record_path=record_path, count=count, duration=duration, status=status,
               # with a COMMAND, a signal is COMMAND's to act on (relayed, or the terminal's own):
               # watch goes on to its exit, unless asked twice

@@ -40,6 +40,7 @@ WATCH_SAMPLES = {
     "trace_all": ["--all"], "as_json": ["--json"], "duration": ["--duration", "2"], "count": ["--count", "3"],
     "raw_addresses": ["--raw-addresses"], "no_proc_check": ["--no-proc-check"],
     "buffer_kib": ["--buffer-kib", "256"], "record_path": ["--record", "/tmp/x.jsonl"],
+    "container": ["--container", "0123456789ab"], "ns": ["--ns", "net:4026531840"],
     "user": ["--user", "nobody", "--", "true"], "command": ["--", "unshare", "--uts", "true"],
 }
 

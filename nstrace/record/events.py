@@ -143,6 +143,7 @@ class Record:
     start_time_ns: int
     child_start_ns: int | None
     cgroup_id: int | None = None   # None only in session files written before it was recorded
+    container: dict | None = None  # the caller's container, from cgroup_id (the tracer fills it in)
     kernel_path: list = dataclasses.field(default_factory=list)
     kernel_path_dropped: int = 0
     proc_check: dict | None = None

@@ -77,8 +77,8 @@ def _row(cells):
     return "\n".join(lines)
 
 
-def header():
-    return _row([h for h, _ in COLUMNS])
+def header(containers=False):
+    return _row([h for h, _ in COLUMNS]) + (GAP + "CONTAINER" if containers else "")
 
 
 def flags_cell(rec):
@@ -108,11 +108,45 @@ def proc_cell(rec):
     return rec.proc_check["status"] if rec.proc_check else "-"
 
 
-def row(rec):
+def has_container(rec):
+    return bool(rec.container or (rec.target or {}).get("container"))
+
+
+def container_cell(rec):
+    """The caller's container; a setns into another container's namespace adds it: "-" > docker:..."""
+    from ..linux.containers import container_label
+    caller = container_label(rec.container)
+    target = (rec.target or {}).get("container")
+    return caller if not target or target == rec.container else f"{caller}>{container_label(target)}"
+
+
+class Table:
+    """The streaming table, with a CONTAINER column (last, never cut) once any record has one:
+    from the start if asked (show knows all its records), else from the first such record on,
+    under a header line of its own."""
+
+    def __init__(self, containers=False):
+        self.containers = containers
+
+    def header(self):
+        return header(self.containers)
+
+    def row(self, rec):
+        if self.containers or not has_container(rec):
+            return row(rec, self.containers)
+        self.containers = True
+        return self.header() + "\n" + row(rec, True)
+
+
+def row(rec, containers=False):
     """The record as one table line plus indented detail lines."""
     stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts * 1000) % 1000:03d}"
     line = _row([stamp, rec.comm, rec.pid, rec.tid, rec.op, flags_cell(rec), ret_cell(rec),
                  rec.child_pid or "-", nsproxy_cell(rec), proc_cell(rec)])
+    if containers:
+        first, _, rest = line.partition("\n")
+        first = first.ljust(sum(w + len(GAP) for _, w in COLUMNS)) + container_cell(rec)
+        line = first + ("\n" + rest if rest else "")
     details = []
     for entry in rec.changed:
         details.append(f"    {entry:<17} {(rec.ns_before or {}).get(entry)} -> {(rec.ns_after or {}).get(entry)}")
@@ -135,7 +169,12 @@ def summary_table(summary):
     out.append(f"lost events: {lost.get('ringbuf', 0)} (ring buffer full), {lost.get('inflight', 0)} (in-flight table full)"
                + (f", {lost['untracked']} processes not followed (--pid table full)" if "untracked" in lost else ""))
     if summary["filtered"]:
-        out.append(f"filtered out by --comm/--op/--type: {summary['filtered']}")
+        out.append(f"filtered out by --comm/--op/--type/--container/--ns: {summary['filtered']}")
+    command = summary.get("command")
+    if command:
+        left = command.get("untraced") or 0
+        out.append(f"command: pid {command['pid']}, exit status {command['exit_status']}" +
+                   (f"; {left} of its descendants still ran when it exited, no longer followed" if left else ""))
     return lines("\n".join(out))
 
 
