@@ -159,10 +159,21 @@ def row(rec, containers=False):
     return "\n".join(printable(text) for text in line.split("\n") + details)
 
 
+def counts_table(rows, headers):
+    """[[name, count]] as tabulate's "simple" format lays it out (names left, counts right, each
+    column two wider than its header at least), without importing tabulate: importing it imports
+    importlib.metadata, ~50 ms of the summary a short `watch -- COMMAND` ends with."""
+    wide = [max([len(headers[0]) + 2] + [len(str(r[0])) for r in rows]),
+            max([len(headers[1]) + 2] + [len(str(r[1])) for r in rows])]
+    lines = [f"{headers[0].ljust(wide[0])}  {headers[1].rjust(wide[1])}", f"{'-' * wide[0]}  {'-' * wide[1]}"]
+    lines += [f"{str(name).ljust(wide[0])}  {str(n).rjust(wide[1])}" for name, n in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def summary_table(summary):
     rows = [[op, n] for op, n in sorted(summary["events"].items())]
     rows.append(["total", summary["total"]])
-    out = [tabulate(rows, headers=["op", "events"], tablefmt="simple")]
+    out = [counts_table(rows, ["op", "events"])]
     checks = ", ".join(f"{k} {v}" for k, v in sorted(summary["proc_check"].items())) or "none"
     lost = summary["lost"]
     out.append(f"/proc check: {checks}")
