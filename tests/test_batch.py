@@ -194,7 +194,7 @@ def _same_filter(catalogue, spec):
             t.replay([raw])
             st = t._states[0]
             rec = events.decode(raw, raw_addresses, steps.decode_step)
-            t._containers_of(rec)
+            t._attribution.fill(rec)
             if st & S.PYTHON:
                 assert not st & S.FILTERED  # Python filters those itself, with filters.wanted()
                 continue

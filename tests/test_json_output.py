@@ -24,6 +24,7 @@ from nstrace.linux import flags as fl
 from nstrace.linux.comm import safe_comm
 from nstrace.record import events, filters, steps
 from nstrace.record import jsonline
+from nstrace.trace.attribution import BatchAttribution
 from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE
@@ -108,6 +109,7 @@ def replayer(live, options):
     t = Tracer(options)
     t.probes = live.probes
     t._batch = batch.Batch(live._obj.map_fd("events"), options, inflight_fd=live._obj.map_fd("inflight"))
+    t._attribution = BatchAttribution(options)
     t._st = S
     return t
 

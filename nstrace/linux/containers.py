@@ -205,19 +205,21 @@ class Attribution:
         now = time.monotonic()
         if hit and now - hit[0] < self._ttl:
             return hit[1]
-        owner = None
+        owner, seen = None, False
         link = f"{ns_type}:[{inode}]"
-        members = []
         for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    if os.readlink(f"/proc/{name}/ns/{ns_type}") == link:
-                        members.append(name)
-                except OSError:
+            if not name.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{name}/ns/{ns_type}") != link:
                     continue
-        found = [process_container(pid) for pid in members]
-        if found and all(found) and all(c == found[0] for c in found):
-            owner = found[0]
+            except OSError:
+                continue
+            mine = process_container(name)
+            if mine is None or (seen and mine != owner):
+                owner = None  # a host process, or a second container: nobody's alone
+                break
+            owner, seen = mine, True
         self._by_ns[key] = (now, owner)
         return owner
 

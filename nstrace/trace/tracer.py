@@ -15,9 +15,9 @@ import time
 from ..bpf import batch, loader, probeset, teardown
 from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: F401 (the CLI's and tests' names)
 from ..errors import UsageError
-from ..linux import flags as fl
 from ..linux import procns
 from ..record import events, filters, steps
+from .attribution import BatchAttribution
 
 
 @dataclasses.dataclass
@@ -73,8 +73,7 @@ class Tracer:
         # losses came after a record was made, and so may explain what /proc shows (_proc_check)
         self._lost_seen = collections.deque(maxlen=1024)
         self.pid_of_thread = None              # (tid, tgid) when --pid named a thread of tgid
-        self._attribution = None               # linux.containers.Attribution, made at the first batch
-        self._containers = {}                  # (table, key) -> container, for the batch read last
+        self._attribution = None               # attribution.BatchAttribution, made with the reader
 
     @property
     def attached(self):
@@ -128,6 +127,7 @@ class Tracer:
                 self._seed_tracked(self.options.pid)
             self.probes.attach()
         self._batch = batch.Batch(self._obj.map_fd("events"), self.options, inflight_fd=self._obj.map_fd("inflight"))
+        self._attribution = BatchAttribution(self.options)
         self._st = batch.states()
 
     def _adopt_preloaded(self):
@@ -171,7 +171,7 @@ class Tracer:
     def _read(self, timeout_ms):
         self._lost_seen.append((time.monotonic_ns(), self._lost_total()))
         self.last_read = self._batch.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
-        self._attribute()
+        self._attribution.resolve(self._batch)
         self._states = self._batch.classify()
 
     def replay(self, records):
@@ -179,34 +179,8 @@ class Tracer:
         records() or json_lines() as after a poll. The differential tests drive every routing
         state through both writers so."""
         self._batch.refill(records)
-        self._attribute()
+        self._attribution.resolve(self._batch)
         self._states = self._batch.classify()
-
-    def _attribute(self):
-        """The container of each caller's cgroup and each setns target of the batch, looked up here
-        (user space knows containers) and handed to native/batch.c as JSON: both writers write the
-        same text. A cgroup is looked up once (its id is never reused), a target once per batch."""
-        from ..linux import containers
-        from ..record import jsonline
-        if self._attribution is None:
-            self._attribution = containers.Attribution()
-        wanted = self.options.containers
-        # native/batch.c forgets the targets' texts at every read: so does this
-        self._containers = {k: v for k, v in self._containers.items() if k[0] == batch.CGROUPS}
-        for table, key in self._batch.missing():
-            found = self._container(table, key)
-            self._containers[(table, key)] = found
-            match = any(containers.matches(found, w) for w in wanted)
-            self._batch.set_container(table, key, jsonline.json_value(found).encode(), match)
-
-    def _container(self, table, key):
-        a = self._attribution
-        if table == batch.CGROUPS:
-            return a.of_cgroup(key)
-        if key >> 63:
-            from ..linux import containers
-            return containers.process_container(key & 0xFFFFFFFF)
-        return a.of_namespace(fl.NS_FLAG_VALUES.get(key >> 32), key & 0xFFFFFFFF)
 
     def records(self):
         """The batch read last, as Records: decoded, checked and filtered in Python (the reference)."""
@@ -239,7 +213,7 @@ class Tracer:
         """Record i of the batch, decoded, with its /proc check; None if a user-space filter drops it."""
         st = self._st
         rec = events.decode(self._batch.raw(i), self.options.raw_addresses, steps.decode_step)
-        self._containers_of(rec)
+        self._attribution.fill(rec)
         if state & st.PYTHON and not filters.wanted(rec, self.options):
             self._python_filtered += 1
             return None
@@ -253,16 +227,6 @@ class Tracer:
             if rec.proc_check:
                 self._checked[rec.proc_check["status"]] += 1
         return rec
-
-    def _containers_of(self, rec):
-        """rec.container and its setns target's, as _attribute() told native/batch.c."""
-        known = self._containers
-        key = (batch.CGROUPS, rec.cgroup_id)
-        rec.container = known[key] if key in known else self._container(*key)
-        target = batch.target_key(rec.target)
-        if target:
-            key = (batch.TARGETS, target)
-            rec.target["container"] = known[key] if key in known else self._container(*key)
 
     def _proc_check(self, rec):
         """The record against /proc now (procns.check), and what explains a difference, if anything."""
