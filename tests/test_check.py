@@ -106,7 +106,7 @@ def test_demo(op, flags):
                          timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    assert "== What the kernel did" in out and "== Namespaces" in out and "== Documented kernel path" in out
+    assert "== What the kernel did" in out and "== Namespaces" in out and "== Kernel path of" in out
     assert "result: trace matches the documented path" in out
     if op == "clone":
         assert "pid=1" in out and "hostname=nstrace-demo" in out and "proc_pids=[1]" in out
