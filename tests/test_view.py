@@ -21,7 +21,7 @@ import pytest
 
 from nstrace.check import checker, scenarios
 from nstrace.linux import nsmap
-from nstrace.record import session
+from nstrace.record import kernelsource, session
 from nstrace.view import display, render
 from nstrace.linux import flags as fl
 
@@ -377,8 +377,11 @@ def test_render_html_loads_in_chromium_without_errors(recorded, tmp_path):
     text = page.read_text()
     # self-contained: nothing to fetch (links to the kernel source are anchors, not loads)
     assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=", text)
+    # each documented step links to its definition's line, in the version that line was read from
+    spot = kernelsource.where("switch_task_namespaces", os.uname().release)
+    assert f"https://elixir.bootlin.com/linux/v{spot.version}/source/kernel/nsproxy.c#L{spot.line}" in text
     tag = render.kernel_tag(os.uname().release, os.uname().version)
-    assert f"https://elixir.bootlin.com/linux/{tag}/source/kernel/nsproxy.c" in text
+    assert f"https://elixir.bootlin.com/linux/{tag}/A/ident/switch_task_namespaces" in text
     # the harness must see a console error when there is one
     broken = tmp_path / "broken.html"
     broken.write_text("<!DOCTYPE html><html><body><script>noSuchFunction();</script></body></html>")
