@@ -154,6 +154,11 @@ def _tracepoint_values(step, rec):
     return ""
 
 
+def _values(call, rec):
+    counts = steps.counts(call.exit or {})
+    return f"({steps.arguments(call, rec)}) = {steps.result(call, rec)}" + (f" ({counts})" if counts else "")
+
+
 def compare(rec, hooks, tracepoints, release=None):
     """StepResults for one record. hooks: {func: nstrace.bpf.probes.Hook}; tracepoints: attached names;
     release: the recorded kernel's (default: the running one), for the source lines."""
@@ -198,7 +203,7 @@ def compare(rec, hooks, tracepoints, release=None):
         result = StepResult(step["name"], step["kind"], file, expected, status, reason, depth=depth[step["name"]])
         call = observed.get(step["name"]) if step["kind"] == "function" and index is not None else None
         if call is not None:
-            result.values = f"({steps.arguments(call, rec)}) = {steps.result(call, rec)}"
+            result.values = _values(call, rec)
             result.note = steps.why(call, rec, hooks)
             result.duration_us = call.duration_us
             result.source = steps.source_text(call.step)
@@ -218,7 +223,7 @@ def compare(rec, hooks, tracepoints, release=None):
         if func not in by_name:
             results.append(StepResult(func, "function", paths.source_file(func), False, "undocumented",
                                       f"not in the documented path of {rec.op} (kernel-notes/paths.toml)",
-                                      depth=call.depth, values=f"({steps.arguments(call, rec)}) = {steps.result(call, rec)}",
+                                      depth=call.depth, values=_values(call, rec),
                                       note=steps.why(call, rec, hooks), duration_us=call.duration_us,
                                       source=steps.source_text(call.step)))
     # Documented order: observed steps must appear in the order the notes list them.

@@ -169,7 +169,7 @@ def _flags(step):
     return fl.short(step["flags"]) if step.get("flags") else "0"
 
 
-def _counts(step):
+def counts(step):
     """Reference counts a step carries ("refs 1"), whatever names the probes give them."""
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in step.items()
                      if (k == "refs" or k.endswith("_refs")) and isinstance(v, int))
@@ -278,8 +278,8 @@ def switch_summary(call, hooks=None):
         fate = "freed or kept: no function that frees an nsproxy is probed here"
     else:
         fate = "kept (no free_nsproxy in the path)"
-    counts = _counts(s)
-    return f"nsproxy {old} -> {new}" + (f" ({counts})" if counts else "") + f"; old {old} {fate}"
+    refs = counts(s)
+    return f"nsproxy {old} -> {new}" + (f" ({refs})" if refs else "") + f"; old {old} {fate}"
 
 
 def source_text(step):
@@ -295,8 +295,8 @@ def path_rows(rec):
     rows = []
     for top in tree(rec.kernel_path):
         for c in top.walk():
-            counts = _counts(c.exit or {})
-            text = f"{c.func}({arguments(c, rec)}) = {result(c, rec)}" + (f" ({counts})" if counts and
+            refs = counts(c.exit or {})
+            text = f"{c.func}({arguments(c, rec)}) = {result(c, rec)}" + (f" ({refs})" if refs and
                                                                            c.func != "switch_task_namespaces" else "")
             rows.append((c.depth, text, why(c, rec), source_text(c.step), c.duration_us, c))
     return rows
