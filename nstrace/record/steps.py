@@ -32,10 +32,13 @@ def decode_step(step, raw_addresses=False):
         out["refs"] = step.refs
         if what == "switch":
             out["old_nsproxy"] = events.format_id(step.arg, raw_addresses)
+            out["old_refs"] = step.old_refs
     elif what == "int" or (what == "ns" and step.ret < 0):
         out["ret"] = step.ret
     if what in ("ns", "ns_arg") and step.inum:
         out["inode"] = step.inum
+        if what == "ns" and step.refs:  # the kernel keeps no common count before 6.1
+            out["refs"] = step.refs
     out["short"] = _short(out)
     return out
 

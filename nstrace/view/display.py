@@ -129,9 +129,12 @@ def summary_table(summary):
 
 
 def availability_table(rows):
+    """One row per probe point: the hook it got and why (a function's choice of fentry or kprobe),
+    or why it has none."""
     table = [[r["probe"], r["layer"], r.get("file", "-"), r["hook"] or "-",
-              "attached" if r["attached"] else "unavailable", r["reason"]] for r in rows]
-    return tabulate(table, headers=["probe point", "layer", "source", "hook", "status", "why not"],
+              "attached" if r["attached"] else "unavailable",
+              r["reason"] or r.get("why", "")] for r in rows]
+    return tabulate(table, headers=["probe point", "layer", "source", "hook", "status", "why"],
                     tablefmt="simple")
 
 
@@ -144,7 +147,9 @@ def availability_verdict(rows):
         reasons = sorted({r["reason"] for r in functions})
         return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "
                 f"layer runs: {'; '.join(reasons)}")
-    return f"{head}\nkernel-function layer: {len(attached)} of {len(functions)} functions attached"
+    kinds = ", ".join(f"{n} by {kind}" for kind, n in sorted(
+        {k: sum(r["hook"] == k for r in attached) for k in {r["hook"] for r in attached}}.items()))
+    return f"{head}\nkernel-function layer: {len(attached)} of {len(functions)} functions attached ({kinds})"
 
 
 def lab_table(results):
