@@ -38,7 +38,7 @@ def test_show_nests_the_clone_path_with_new_shared_and_lines():
     out = done.stdout
     line = kernelsource.where("copy_namespaces", "6.1.0-57-amd64").line
     assert re.search(rf"^ {{4}}copy_namespaces\(NEWNS\|NEWUTS\|NEWPID\) = 0 +[\d.]+ +kernel/nsproxy\.c:{line}$", out, re.M), out
-    assert re.search(r"^ {6}create_new_namespaces\(NEWNS\|NEWUTS\|NEWPID\) = nsproxy \w+ \(refs 1\) ", out, re.M), out
+    assert re.search(r"^ {6}create_new_namespaces\(NEWNS\|NEWUTS\|NEWPID\) = nsproxy \w+ \(count 1\) ", out, re.M), out
     for func, entry, mark in (("copy_mnt_ns", "mnt", "new"), ("copy_utsname", "uts", "new"), ("copy_pid_ns", "pid", "new"),
                               ("copy_ipcs", "ipc", "shared"), ("copy_net_ns", "net", "shared"),
                               ("copy_cgroup_ns", "cgroup", "shared")):
@@ -86,7 +86,7 @@ def test_setns_view_shows_its_arguments_and_the_switch():
     assert re.search(r"__x64_sys_setns\(fd \d+ = uts:\[\d+\], nstype NEWUTS\) = 0 ", text), text
     assert "/* prepare_nsset copies the caller's nsproxy with flags 0" in text
     assert re.search(r"utsns_install\(nsset, uts:\[(\d+)\]\) = 0", text).group(1) == str(rec.target["inode"])
-    assert re.search(r"/\* nsproxy (\w+) -> (\w+) \(refs 1\); old \1 ", text), text
+    assert re.search(r"/\* nsproxy (\w+) -> (\w+) \(count 1\); old \1 ", text), text
     assert kernelsource.where("switch_task_namespaces", "7.2.13+deb14-amd64").text in text
 
 

@@ -173,9 +173,10 @@ def _flags(step):
 
 
 def counts(step):
-    """Reference counts a step carries ("refs 1"), whatever names the probes give them."""
-    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in step.items()
-                     if (k == "refs" or k.endswith("_refs")) and isinstance(v, int))
+    """The reference count a step carries, as text: "count 1" (the nsproxy or namespace it passes or
+    returns: a copy_* that made its namespace returns it at 1, one that shares the caller's at 2 or
+    more, the copy's own reference included). The old nsproxy's count is the switch's (switch_summary)."""
+    return f"count {step['refs']}" if isinstance(step.get("refs"), int) else ""
 
 
 def arguments(call, rec=None):
@@ -282,7 +283,8 @@ def switch_summary(call, hooks=None):
     else:
         fate = "kept (no free_nsproxy in the path)"
     refs = counts(s)
-    return f"nsproxy {old} -> {new}" + (f" ({refs})" if refs else "") + f"; old {old} {fate}"
+    old_count = f" (count {old_refs})" if isinstance(old_refs, int) else ""
+    return f"nsproxy {old}{old_count} -> {new}" + (f" ({refs})" if refs else "") + f"; old {old} {fate}"
 
 
 def source_text(step):
