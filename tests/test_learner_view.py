@@ -86,7 +86,7 @@ def test_setns_view_shows_its_arguments_and_the_switch():
     assert re.search(r"__x64_sys_setns\(fd \d+ = uts:\[\d+\], nstype NEWUTS\) = 0 ", text), text
     assert "/* prepare_nsset copies the caller's nsproxy with flags 0" in text
     assert re.search(r"utsns_install\(nsset, uts:\[(\d+)\]\) = 0", text).group(1) == str(rec.target["inode"])
-    assert re.search(r"/\* nsproxy (\w+) -> (\w+) \(count 1\); old \1 ", text), text
+    assert re.search(r"/\* nsproxy (\w+) \(count (\d+)\) -> (\w+) \(count 1\); old \1 kept: its count was \2", text), text
     assert kernelsource.where("switch_task_namespaces", "7.2.13+deb14-amd64").text in text
 
 
@@ -99,13 +99,19 @@ def test_one_view_of_documented_and_observed():
     assert pathcheck.passed(results)
     # observed steps carry their values, nested as the notes nest them
     assert by["create_new_namespaces"].depth == by["prepare_nsset"].depth + 1 == 2
-    assert by["copy_utsname"].values.endswith(" shared") and by["copy_utsname"].duration_us > 0
+    assert by["copy_utsname"].values.endswith(" shared (count 1)") and by["copy_utsname"].duration_us > 0
+    # 7.2 keeps an initial namespace's count at 1: said once, not for each of the seven copies
+    assert text_of(results).count("the kernel keeps its count fixed at 1") == 1
     assert by["utsns_install"].status == "observed" and by["utsns_install"].source.startswith("kernel/utsname.c:")
     # documented steps that did not happen say why
     assert by["prepare_nsset"].status == "not observable" and "inlined" in by["prepare_nsset"].reason
     assert by["netns_install"].status == "not expected"
     text = "\n".join(display.documented_and_observed(results))
     assert re.search(r"^ {4}utsns_install +observed +\(nsset, uts:\[\d+\]\) = 0 ", text, re.M), text
+
+
+def text_of(results):
+    return "\n".join(display.documented_and_observed(results))
 
 
 def test_a_call_observed_where_the_notes_do_not_put_it_fails():

@@ -253,6 +253,10 @@ def why(call, rec=None, hooks=None):
         return "no CLONE_NEWUSER: returns at once (kernel/user_namespace.c)"
     if call.func == "switch_task_namespaces":
         return switch_summary(call, hooks)
+    if call.func in COPY_ENTRY and call.exit and call.exit.get("created") is False and call.exit.get("refs") == 1:
+        # include/linux/ns_common.h, 7.2: __ns_ref_get()/__ns_ref_put() do nothing for is_ns_init_id()
+        return ("an initial namespace: the kernel keeps its count fixed at 1, so sharing it "
+                "takes no reference")
     return ""
 
 

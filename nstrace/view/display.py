@@ -90,11 +90,12 @@ def path_table(rec, indent="    "):
     table = [["  " * depth + text, "-" if us is None else f"{us:.1f}", source] for depth, text, _, source, us, _ in rows]
     text = tabulate(table, headers=["kernel path", "µs", "source"], tablefmt="plain", disable_numparse=True,
                     colalign=("left", "right", "left"), preserve_whitespace=True).split("\n")
-    out = [indent + text[0].rstrip()]
+    out, said = [indent + text[0].rstrip()], set()
     for line, (depth, _, why, _, _, _) in zip(text[1:], rows):
         out.append(indent + line.rstrip())
-        if why:  # under its call, outside the table: a long why must not widen every row
+        if why and why not in said:  # under its call, outside the table: a long why must not widen every row
             out.append(indent + "  " * (depth + 1) + f"/* {why} */")
+            said.add(why)  # once: the seven copy_* of one call may all have the same
     return out
 
 
@@ -223,13 +224,13 @@ def documented_and_observed(results, common=None):
     text = tabulate(table, headers=["step", "on this kernel", "observed, or why not", "µs", "source"],
                     tablefmt="simple", disable_numparse=True, colalign=("left", "left", "left", "right", "left"),
                     preserve_whitespace=True).split("\n")
-    out = [line.rstrip() for line in text[:2]]
+    out, said = [line.rstrip() for line in text[:2]], set()
     for line, s in zip(text[2:], shown):
         out.append(line.rstrip())
-        if s.note:
-            out.append("  " * (s.depth + 1) + f"/* {s.note} */")
-        elif s.values and s.reason:
-            out.append("  " * (s.depth + 1) + f"/* {s.reason} */")
+        note = s.note or (s.reason if s.values else "")
+        if note and note not in said:  # once: the seven copy_* of one call may all have the same
+            out.append("  " * (s.depth + 1) + f"/* {note} */")
+            said.add(note)
     return out
 
 

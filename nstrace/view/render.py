@@ -271,14 +271,15 @@ def _path_html(rec, tag, hooks, tracepoints, common=None, release=None):
         return "<p class=\"path\">no documented path</p>"
     if not results:
         return "<p class=\"path\">no documented path</p>"
-    rows = []
+    rows, said = [], set()
     for s in results:
         if not (s.expected or s.status in display.SHOWN):
             continue
         why_not = "function layer off here (see top)" if common and s.reason == common else s.reason
         shown = s.values or why_not
         note = s.note or (s.reason if s.values and s.reason else "")
-        klass = s.status.replace(" ", "-") + (" created" if s.values.endswith(" new") else "")
+        note, said = ("" if note in said else note), said | {note}  # each why once: seven copies say it seven times
+        klass = s.status.replace(" ", "-") + (" created" if re.search(r" new( \(count \d+\))?$", s.values) else "")
         rows.append(f'<tr class="{_e(klass)}"><td class="step d{min(s.depth, 7)}">'
                     f'{_step_link(s.name, s.kind, s.file, tag, release)}</td><td class="status">{_e(s.status)}</td>'
                     f'<td class="values">{_e(shown)}'
