@@ -62,20 +62,6 @@ def _short(s):
     return ""
 
 
-def calls(steps):
-    """The path as calls in entry order, each with its result: ["copy_utsname(NEWUTS)=4026532177", ...]."""
-    out, open_calls = [], {}
-    for s in steps:
-        if s["kind"] == "enter":
-            open_calls.setdefault(s["func"], []).append(len(out))
-            out.append(s["short"])
-        elif open_calls.get(s["func"]):
-            out[open_calls[s["func"]].pop()] += s["short"]
-        else:
-            out.append(s["func"] + s["short"])  # entered before we attached
-    return out
-
-
 # --- the path as a learner reads it ------------------------------------------------------
 #
 # What decode_step makes is one step per probe hit. Below: each step's source line in the
