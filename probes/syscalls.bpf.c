@@ -20,10 +20,7 @@ __u64 lost_events = 0;
 __u64 lost_inflight = 0;
 __u64 lost_tracked = 0;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);	/* resized by user space before load */
-} events SEC(".maps");
+struct events_map events SEC(".maps");
 
 struct inflight_map inflight SEC(".maps");
 struct paths_map paths SEC(".maps");
@@ -34,12 +31,7 @@ struct paths_map paths SEC(".maps");
  * Entries leave when the process exits (sched_process_exit below); a full
  * table is counted in lost_tracked.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u8);
-} tracked SEC(".maps");
+struct tracked_map tracked SEC(".maps");
 
 /*
  * The f_op of nsfs files, learned from the first one resolve_setns_fd()
@@ -123,9 +115,21 @@ static __always_inline bool plain_fork(__u64 flags, struct nsproxy *nsp, struct 
 	return !trace_all && !(flags & CLONE_NEW_ANY_BUT_TIME) && !fork_enters_namespace(nsp, pid);
 }
 
-static __always_inline bool wanted_process(__u32 tgid)
+/*
+ * Whether an exec will move the caller: fs/exec.c begin_new_exec() ->
+ * kernel/nsproxy.c exec_task_namespaces() (6.12 and 7.2) switches it into a
+ * new nsproxy with time_ns = time_ns_for_children, and only when those
+ * differ (after unshare(CLONE_NEWTIME), or setns into a time namespace from a
+ * multi-threaded task). Every exec of the machine asks: two loads, no call.
+ * Before 6.12 an exec never moves anyone; the record is then dropped at
+ * sched_process_exec, where nothing changed.
+ */
+static __always_inline bool exec_may_move(struct nsproxy *nsp)
 {
-	return !filter_tgid || bpf_map_lookup_elem(&tracked, &tgid);
+	if (have_task_btf())
+		return nsp && nsp->time_ns_for_children != nsp->time_ns;
+	nsp = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), nsproxy);
+	return nsp && BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
 }
 
 /* f->f_op and f->f_inode in one read: neighbours in struct file on 6.1, 6.18 and 7.2. */
@@ -251,6 +255,7 @@ static __always_inline void clear_unwritten(struct nstrace_event *e)
 	e->ret = 0;
 	__builtin_memset((__u64 *)&e->uid, 0, 48);	/* uid .. nsteps */
 	e->steps_dropped = 0;
+	e->lived_ns = 0;
 	*(__u32 *)((void *)e + HEAD_OFF(comm) + sizeof(e->comm)) = 0;
 	e->after.valid = 0;
 }
@@ -341,23 +346,6 @@ static __always_inline void setns_target(struct caller *c, struct nstrace_event 
 	}
 }
 
-/*
- * Batched wake-ups: wake the reader only for the record that crosses
- * wakeup_bytes of unread data. While the reader lags, every further record
- * would otherwise force a wake-up (an irq_work self-interrupt, microseconds
- * in a VM); the reader also polls on a timer, so nothing waits for long.
- */
-static __always_inline __u64 wakeup_flags(__u64 size)
-{
-	__u64 avail;
-
-	if (!wakeup_bytes)
-		return 0;
-	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return avail < wakeup_bytes && avail + size >= wakeup_bytes ?
-	       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-}
-
 /* Head and kernel path as one record; on kernels without function probes, the head alone. */
 static __always_inline void emit(struct nstrace_event *e, __u32 tid)
 {
@@ -384,6 +372,28 @@ static __always_inline void emit(struct nstrace_event *e, __u32 tid)
 	if (n)
 		bpf_probe_read_kernel(rec->steps, n * sizeof(struct nstrace_step), p->steps);
 	bpf_ringbuf_submit(rec, wakeup_flags(sizeof(*rec)));
+}
+
+/*
+ * open_tree(OPEN_TREE_NAMESPACE) and fsmount(FSMOUNT_NAMESPACE) return an
+ * nsfs fd of the mount namespace they made (fs/namespace.c
+ * open_new_namespace() -> open_namespace_file(), 7.2): read it as setns
+ * reads its fd, into target_*.
+ */
+static __always_inline void new_mount_ns(struct task_struct *t, struct nstrace_event *e)
+{
+	if (e->ret < 0)
+		return;
+	if (have_task_btf()) {
+		struct fdtable *fdt = t->files->fdt;
+
+		resolve_setns_fd(e, e->ret, fdt->max_fds, fdt->fd);
+	} else {
+		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
+		struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
+
+		resolve_setns_fd(e, e->ret, BPF_CORE_READ(fdt, max_fds), BPF_CORE_READ(fdt, fd));
+	}
 }
 
 /*
@@ -433,7 +443,11 @@ static __always_inline int op_exit(long ret)
 	if (same_task_snapshot(e, t)) {
 		if (!e->after.valid)	/* no child, or no nsproxy: clear the stash */
 			__builtin_memset(&e->after, 0, sizeof(e->after));
-		emit(e, tid);
+		/* an exec that returns failed before it could move anyone: sched_process_exec has the rest */
+		if (e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT)
+			new_mount_ns(t, e);
+		if (e->op != OP_EXEC)
+			emit(e, tid);
 	}
 	inflight_give_back(e);
 	if (kernel_path)
@@ -446,9 +460,18 @@ static __always_inline int op_exit(long ret)
  * on every kernel): how the shared bodies tell their callers apart.
  */
 #define NR_clone	56
+#define NR_execve	59
 #define NR_unshare	272
 #define NR_setns	308
+#define NR_execveat	322
+#define NR_open_tree	428
+#define NR_fsmount	432
 #define NR_clone3	435
+#define NR_open_tree_attr 467
+
+/* include/uapi/linux/mount.h (7.x): the flags that make a mount namespace */
+#define OPEN_TREE_NAMESPACE	(1 << 1)
+#define FSMOUNT_NAMESPACE	0x00000002
 
 /*
  * One body for every syscall entry and one for every exit, reached by tail
@@ -530,6 +553,26 @@ int sys_enter(struct trace_event_raw_sys_enter *ctx)
 		flags = ctx->args[1];
 		setns_fd = ctx->args[0];
 		break;
+	case NR_execve:
+	case NR_execveat:
+		if (!exec_may_move(c.nsp))
+			return 0;
+		op = OP_EXEC;
+		flags = 0;
+		break;
+	case NR_open_tree:
+	case NR_open_tree_attr:	/* (dfd, path, flags, ...): as open_tree */
+		flags = ctx->args[2];
+		if (!(flags & OPEN_TREE_NAMESPACE))
+			return 0;
+		op = OP_OPEN_TREE;
+		break;
+	case NR_fsmount:	/* (fs_fd, flags, attr_flags) */
+		flags = ctx->args[1];
+		if (!(flags & FSMOUNT_NAMESPACE))
+			return 0;
+		op = OP_FSMOUNT;
+		break;
 	default:
 		return 0;
 	}
@@ -568,6 +611,69 @@ SEC("tracepoint/syscalls/sys_enter_setns")
 int sys_enter_setns(void *ctx)
 {
 	return to_body(ctx, BODY_ENTER);
+}
+
+/* exec: every exec of the machine enters; only one that may move its caller goes on (exec_may_move()) */
+SEC("tracepoint/syscalls/sys_enter_execve")
+int sys_enter_execve(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+SEC("tracepoint/syscalls/sys_enter_execveat")
+int sys_enter_execveat(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+/* An exec that returns has failed (a successful one returns into the new program, after sched_process_exec). */
+SEC("tracepoint/syscalls/sys_exit_execve")
+int sys_exit_execve(struct trace_event_raw_sys_exit *ctx)
+{
+	return ctx->ret ? to_body(ctx, BODY_EXIT) : 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_execveat")
+int sys_exit_execveat(struct trace_event_raw_sys_exit *ctx)
+{
+	return ctx->ret ? to_body(ctx, BODY_EXIT) : 0;
+}
+
+/* Mount namespaces made outside clone/unshare (7.x); attached only where the kernel has the flags. */
+SEC("tracepoint/syscalls/sys_enter_open_tree")
+int sys_enter_open_tree(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open_tree")
+int sys_exit_open_tree(void *ctx)
+{
+	return to_body(ctx, BODY_EXIT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_open_tree_attr")
+int sys_enter_open_tree_attr(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open_tree_attr")
+int sys_exit_open_tree_attr(void *ctx)
+{
+	return to_body(ctx, BODY_EXIT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fsmount")
+int sys_enter_fsmount(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_fsmount")
+int sys_exit_fsmount(void *ctx)
+{
+	return to_body(ctx, BODY_EXIT);
 }
 
 /*
@@ -636,6 +742,48 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 	}
 	e->child_start_ns = BPF_CORE_READ(task, start_boottime);
 	snapshot(e, true, task);
+	return 0;
+}
+
+/* Did e's snapshots differ anywhere? */
+static __always_inline bool moved(const struct nstrace_event *e)
+{
+	for (int i = 0; i < NS_SLOTS; i++)
+		if (e->before.inum[i] != e->after.inum[i] || e->before.ns_id[i] != e->after.ns_id[i])
+			return true;
+	return false;
+}
+
+/*
+ * include/trace/events/sched.h: fires at the end of a successful exec
+ * (fs/exec.c exec_binprm(), 5.10 to 7.2), after begin_new_exec() moved the
+ * task, in its context. old_pid is its tid before exec: a non-leader thread
+ * that execs takes its leader's pid in de_thread(). Its in-flight record was
+ * taken under old_pid. The after snapshot is read with helper calls: this
+ * program runs only for execs that may move (exec_may_move()), and loads
+ * through the BTF task pointer would cost each load's BTF searches at start
+ * (see snapshot_btf()). An exec that moved nothing (before 6.12) is dropped.
+ */
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(sched_process_exec, struct task_struct *p, int old_pid)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct nstrace_event *e = inflight_find(old_pid);
+
+	if (!e || e->op != OP_EXEC)
+		return 0;
+	e->exit_ns = bpf_ktime_get_ns();
+	e->ret = 0;
+	e->tid = tid;
+	snapshot(e, true, (struct task_struct *)bpf_get_current_task());
+	if (e->after.valid && moved(e))
+		emit(e, tid);
+	inflight_give_back(e);
+	if (kernel_path) {
+		bpf_map_delete_elem(&paths, &tid);
+		if ((__u32)old_pid != tid)
+			bpf_map_delete_elem(&paths, &old_pid);
+	}
 	return 0;
 }
 

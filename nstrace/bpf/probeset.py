@@ -22,7 +22,14 @@ SYSCALL_PROGRAMS = (
     "sys_enter_unshare", "sys_exit_unshare",
     "sys_enter_setns", "sys_exit_setns",
     "task_newtask",
+    # an exec that moves its caller (6.12+): entered by every exec, recorded at sched_process_exec
+    "sys_enter_execve", "sys_exit_execve", "sys_enter_execveat", "sys_exit_execveat", "sched_process_exec",
 )
+# Mount namespaces made by open_tree and fsmount (7.x), attached where the kernel has the flags
+OPEN_TREE_PROGRAMS = ("sys_enter_open_tree", "sys_exit_open_tree", "sys_enter_open_tree_attr",
+                      "sys_exit_open_tree_attr")
+FSMOUNT_PROGRAMS = ("sys_enter_fsmount", "sys_exit_fsmount")
+RAW_TRACEPOINTS = {"task_newtask": "task:task_newtask", "sched_process_exec": "sched:sched_process_exec"}
 # What those tail-call into, in the order of their slots in the map "bodies"
 # (probes/syscalls.bpf.c BODY_ENTER, BODY_EXIT): loaded, never attached.
 BODY_PROGRAMS = ("sys_enter", "sys_exit")
@@ -33,8 +40,7 @@ WAKEUP_BYTES = 256 << 10    # default: wake the reader once this much is unread
 
 def section_of(program):
     """'syscalls:sys_enter_clone', 'task:task_newtask' ... for a syscall-layer program."""
-    return {"task_newtask": "task:task_newtask",
-            "sched_process_exit": "sched:sched_process_exit"}.get(program, f"syscalls:{program}")
+    return {**RAW_TRACEPOINTS, "sched_process_exit": "sched:sched_process_exit"}.get(program, f"syscalls:{program}")
 
 
 def check_ringbuf_bytes(n):
@@ -63,8 +69,11 @@ class ProbeSet:
 
     def programs(self):
         """The syscall-layer programs to attach."""
+        from ..linux import mountns
         # sched_process_exit runs on every exit on the machine: only --pid needs it
-        return SYSCALL_PROGRAMS + (("sched_process_exit",) if self.pid else ())
+        return (SYSCALL_PROGRAMS + (OPEN_TREE_PROGRAMS if mountns.has_open_tree_namespace() else ())
+                + (FSMOUNT_PROGRAMS if mountns.has_fsmount_namespace() else ())
+                + (("sched_process_exit",) if self.pid else ()))
 
     def plan(self):
         """Choose the kernel-function hooks for this kernel (answered from a per-boot cache)."""
@@ -82,7 +91,7 @@ class ProbeSet:
                        "kernel_path": any(h.kind for h in hooks)},
             # a map no program of this set uses is shrunk to one entry: its memory is allocated at load
             "max_entries": {"events": self.ringbuf_bytes,
-                            **({} if any(h.kind for h in hooks) else {"paths": 1}),
+                            **({} if any(h.kind for h in hooks) else {"paths": 1, "births": 1, "dying": 1}),
                             **({} if self.pid else {"tracked": 1})},
             "autoload": set(self.programs()) | set(BODY_PROGRAMS) | {p for h in hooks for p in h.programs},
         }
@@ -171,7 +180,7 @@ class ProbeSet:
     def availability(self):
         """Every probe point: layer, hook type, attached or why not."""
         rows = [{"probe": section_of(name), "layer": "syscall",
-                 "hook": "raw_tracepoint" if name == "task_newtask" else "tracepoint",
+                 "hook": "raw_tracepoint" if name in RAW_TRACEPOINTS else "tracepoint",
                  "attached": name in self.attached, "reason": ""} for name in self.programs()]
         from ..record import paths  # only doctor and the session header ask: not before the first probe
         rows += [{"probe": h.func, "layer": "function", "file": paths.source_file(h.func),
