@@ -128,6 +128,11 @@ def availability_verdict(rows):
     attached = [r for r in functions if r["attached"]]
     syscalls_ok = all(r["attached"] for r in rows if r["layer"] == "syscall")
     head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
+    from ..record.steps import PER_TYPE_DEATHS, TREE_DEATH
+    deaths = [r for r in attached if r["probe"] in (TREE_DEATH, *PER_TYPE_DEATHS)]
+    head += "\nnamespace deaths: " + (
+        f"recorded (op free) through {', '.join(r['probe'] for r in deaths)}" if deaths else
+        "not visible on this kernel: no hook on any function that frees a namespace, so no free records")
     if not attached:
         reasons = sorted({r["reason"] for r in functions})
         return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "
