@@ -115,23 +115,6 @@ static __always_inline bool plain_fork(__u64 flags, struct nsproxy *nsp, struct 
 	return !trace_all && !(flags & CLONE_NEW_ANY_BUT_TIME) && !fork_enters_namespace(nsp, pid);
 }
 
-/*
- * Whether an exec will move the caller: fs/exec.c begin_new_exec() ->
- * kernel/nsproxy.c exec_task_namespaces() (6.12 and 7.2) switches it into a
- * new nsproxy with time_ns = time_ns_for_children, and only when those
- * differ (after unshare(CLONE_NEWTIME), or setns into a time namespace from a
- * multi-threaded task). Every exec of the machine asks: two loads, no call.
- * Before 6.12 an exec never moves anyone; the record is then dropped at
- * sched_process_exec, where nothing changed.
- */
-static __always_inline bool exec_may_move(struct nsproxy *nsp)
-{
-	if (have_task_btf())
-		return nsp && nsp->time_ns_for_children != nsp->time_ns;
-	nsp = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), nsproxy);
-	return nsp && BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
-}
-
 /* f->f_op and f->f_inode in one read: neighbours in struct file on 6.1, 6.18 and 7.2. */
 static __always_inline void file_op_inode(const struct file *f, __u64 *op, struct inode **inode)
 {
@@ -443,11 +426,9 @@ static __always_inline int op_exit(long ret)
 	if (same_task_snapshot(e, t)) {
 		if (!e->after.valid)	/* no child, or no nsproxy: clear the stash */
 			__builtin_memset(&e->after, 0, sizeof(e->after));
-		/* an exec that returns failed before it could move anyone: sched_process_exec has the rest */
 		if (e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT)
 			new_mount_ns(t, e);
-		if (e->op != OP_EXEC)
-			emit(e, tid);
+		emit(e, tid);
 	}
 	inflight_give_back(e);
 	if (kernel_path)
@@ -460,10 +441,8 @@ static __always_inline int op_exit(long ret)
  * on every kernel): how the shared bodies tell their callers apart.
  */
 #define NR_clone	56
-#define NR_execve	59
 #define NR_unshare	272
 #define NR_setns	308
-#define NR_execveat	322
 #define NR_open_tree	428
 #define NR_fsmount	432
 #define NR_clone3	435
@@ -553,13 +532,6 @@ int sys_enter(struct trace_event_raw_sys_enter *ctx)
 		flags = ctx->args[1];
 		setns_fd = ctx->args[0];
 		break;
-	case NR_execve:
-	case NR_execveat:
-		if (!exec_may_move(c.nsp))
-			return 0;
-		op = OP_EXEC;
-		flags = 0;
-		break;
 	case NR_open_tree:
 	case NR_open_tree_attr:	/* (dfd, path, flags, ...): as open_tree */
 		flags = ctx->args[2];
@@ -611,32 +583,6 @@ SEC("tracepoint/syscalls/sys_enter_setns")
 int sys_enter_setns(void *ctx)
 {
 	return to_body(ctx, BODY_ENTER);
-}
-
-/* exec: every exec of the machine enters; only one that may move its caller goes on (exec_may_move()) */
-SEC("tracepoint/syscalls/sys_enter_execve")
-int sys_enter_execve(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
-SEC("tracepoint/syscalls/sys_enter_execveat")
-int sys_enter_execveat(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
-/* An exec that returns has failed (a successful one returns into the new program, after sched_process_exec). */
-SEC("tracepoint/syscalls/sys_exit_execve")
-int sys_exit_execve(struct trace_event_raw_sys_exit *ctx)
-{
-	return ctx->ret ? to_body(ctx, BODY_EXIT) : 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_execveat")
-int sys_exit_execveat(struct trace_event_raw_sys_exit *ctx)
-{
-	return ctx->ret ? to_body(ctx, BODY_EXIT) : 0;
 }
 
 /* Mount namespaces made outside clone/unshare (7.x); attached only where the kernel has the flags. */
@@ -755,14 +701,66 @@ static __always_inline bool moved(const struct nstrace_event *e)
 }
 
 /*
- * include/trace/events/sched.h: fires at the end of a successful exec
- * (fs/exec.c exec_binprm(), 5.10 to 7.2), after begin_new_exec() moved the
- * task, in its context. old_pid is its tid before exec: a non-leader thread
- * that execs takes its leader's pid in de_thread(). Its in-flight record was
- * taken under old_pid. The after snapshot is read with helper calls: this
- * program runs only for execs that may move (exec_may_move()), and loads
- * through the BTF task pointer would cost each load's BTF searches at start
- * (see snapshot_btf()). An exec that moved nothing (before 6.12) is dropped.
+ * exec. fs/exec.c begin_new_exec() -> kernel/nsproxy.c exec_task_namespaces()
+ * (6.12 and 7.2) moves the caller into a new nsproxy whose time_ns is its
+ * time_ns_for_children, when those differ (after unshare(CLONE_NEWTIME), or
+ * setns into a time namespace by a multi-threaded task). The record runs
+ * between two raw tracepoints of include/trace/events/sched.h:
+ * sched_prepare_exec, in begin_new_exec() before anything of the old program
+ * is flushed and from where an error kills the task instead of returning
+ * (6.10+: every kernel whose exec can move a task has it), and
+ * sched_process_exec, in exec_binprm() after the move. Raw tracepoints, not
+ * the syscalls:sys_*_execve* tracepoints: four more syscall tracepoints cost
+ * a watch a tenth of a second to detach (bench: start-up), and this needs no
+ * failure path. Every exec of the machine asks exec_may_move(): three reads.
+ * The snapshots are read with helper calls, as task_newtask's: loads through
+ * a BTF task pointer would cost each its BTF searches at load (see
+ * snapshot_btf()), for programs that record only the rare exec that moves.
+ */
+static __always_inline bool exec_may_move(struct task_struct *t)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+
+	return nsp && BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
+}
+
+SEC("raw_tp/sched_prepare_exec")
+int BPF_PROG(sched_prepare_exec, struct task_struct *task)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
+	struct nstrace_event *e;
+
+	if (!exec_may_move(t) || !wanted_process(tgid))
+		return 0;
+	e = inflight_take(tid);
+	if (!e) {
+		__sync_fetch_and_add(&lost_inflight, 1);
+		return 0;
+	}
+	if (kernel_path)
+		bpf_map_delete_elem(&paths, &tid);
+	clear_unwritten(e);
+	e->enter_ns = bpf_ktime_get_ns();
+	e->op = OP_EXEC;
+	e->pid = tgid;
+	e->raw_flags = 0;
+	e->exit_signal = 0;
+	e->setns_fd = -1;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	e->start_time_ns = BPF_CORE_READ(t, start_boottime);
+	snapshot(e, false, t);
+	return 0;
+}
+
+/*
+ * After a successful exec, in its context. old_pid is the tid before exec:
+ * a non-leader thread that execs takes its leader's pid in de_thread(), and
+ * its record was taken under old_pid. An exec that moved nothing is dropped.
  */
 SEC("raw_tp/sched_process_exec")
 int BPF_PROG(sched_process_exec, struct task_struct *p, int old_pid)

@@ -10,6 +10,7 @@ and the record decoder among them; bench: start-up).
 """
 
 import ctypes
+import errno
 import os
 
 from ..errors import LibbpfError, ProbeError, UsageError
@@ -22,14 +23,16 @@ SYSCALL_PROGRAMS = (
     "sys_enter_unshare", "sys_exit_unshare",
     "sys_enter_setns", "sys_exit_setns",
     "task_newtask",
-    # an exec that moves its caller (6.12+): entered by every exec, recorded at sched_process_exec
-    "sys_enter_execve", "sys_exit_execve", "sys_enter_execveat", "sys_exit_execveat", "sched_process_exec",
 )
+# An exec that moves its caller (6.12+), from sched_prepare_exec (6.10+) to sched_process_exec: attached
+# where the kernel has the first (before 6.12 no exec moves anyone, and 6.10 brought it)
+EXEC_PROGRAMS = ("sched_prepare_exec", "sched_process_exec")
 # Mount namespaces made by open_tree and fsmount (7.x), attached where the kernel has the flags
 OPEN_TREE_PROGRAMS = ("sys_enter_open_tree", "sys_exit_open_tree", "sys_enter_open_tree_attr",
                       "sys_exit_open_tree_attr")
 FSMOUNT_PROGRAMS = ("sys_enter_fsmount", "sys_exit_fsmount")
-RAW_TRACEPOINTS = {"task_newtask": "task:task_newtask", "sched_process_exec": "sched:sched_process_exec"}
+RAW_TRACEPOINTS = {"task_newtask": "task:task_newtask", "sched_prepare_exec": "sched:sched_prepare_exec",
+                   "sched_process_exec": "sched:sched_process_exec"}
 # What those tail-call into, in the order of their slots in the map "bodies"
 # (probes/syscalls.bpf.c BODY_ENTER, BODY_EXIT): loaded, never attached.
 BODY_PROGRAMS = ("sys_enter", "sys_exit")
@@ -64,6 +67,7 @@ class ProbeSet:
         self.object_path = object_path or loader.object_for_kernel()
         self.hooks = []         # probes.Hook per function, once planned
         self.attached = []      # syscall-layer programs attached, in order
+        self.missing = {}       # optional syscall-layer programs this kernel has no tracepoint for: why
         self.obj = None         # the loaded loader.BpfObject
         self.planned = None     # settings() as planned, before a refused hook is dropped
 
@@ -71,7 +75,7 @@ class ProbeSet:
         """The syscall-layer programs to attach."""
         from ..linux import mountns
         # sched_process_exit runs on every exit on the machine: only --pid needs it
-        return (SYSCALL_PROGRAMS + (OPEN_TREE_PROGRAMS if mountns.has_open_tree_namespace() else ())
+        return (SYSCALL_PROGRAMS + EXEC_PROGRAMS + (OPEN_TREE_PROGRAMS if mountns.has_open_tree_namespace() else ())
                 + (FSMOUNT_PROGRAMS if mountns.has_fsmount_namespace() else ())
                 + (("sched_process_exit",) if self.pid else ()))
 
@@ -157,7 +161,14 @@ class ProbeSet:
         mounted = loader.ensure_tracefs()
         try:
             for name in self.programs():
-                self.obj.attach(name)
+                try:
+                    self.obj.attach(name)
+                except ProbeError as err:
+                    if name not in EXEC_PROGRAMS or err.errno != errno.ENOENT:
+                        raise
+                    # sched_prepare_exec came in 6.10, exec_task_namespaces in 6.12: no exec moves here
+                    self.missing[name] = "no such tracepoint on this kernel (6.10+); no exec moves a task before 6.12"
+                    continue
                 self.attached.append(name)
         finally:
             if mounted:
@@ -181,7 +192,8 @@ class ProbeSet:
         """Every probe point: layer, hook type, attached or why not."""
         rows = [{"probe": section_of(name), "layer": "syscall",
                  "hook": "raw_tracepoint" if name in RAW_TRACEPOINTS else "tracepoint",
-                 "attached": name in self.attached, "reason": ""} for name in self.programs()]
+                 "attached": name in self.attached, "reason": self.missing.get(name, "")}
+                for name in self.programs()]
         from ..record import paths  # only doctor and the session header ask: not before the first probe
         rows += [{"probe": h.func, "layer": "function", "file": paths.source_file(h.func),
                   "hook": h.kind, "attached": h.attached, "reason": h.reason, "why": h.why} for h in self.hooks]

@@ -126,7 +126,7 @@ def availability_table(rows):
 def availability_verdict(rows):
     functions = [r for r in rows if r["layer"] == "function"]
     attached = [r for r in functions if r["attached"]]
-    syscalls_ok = all(r["attached"] for r in rows if r["layer"] == "syscall")
+    syscalls_ok = all(r["attached"] or r["reason"] for r in rows if r["layer"] == "syscall")  # reason: not here
     head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
     from ..record.steps import PER_TYPE_DEATHS, TREE_DEATH
     deaths = [r for r in attached if r["probe"] in (TREE_DEATH, *PER_TYPE_DEATHS)]
