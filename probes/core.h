@@ -203,6 +203,11 @@ struct files_struct {
 	struct fdtable *fdt;
 };
 
+/* the caller's cgroup v2 directory: kernel/cgroup/cgroup.c task_dfl_cgroup() and cgroup_id() */
+struct kernfs_node { u64 id; };
+struct cgroup { struct kernfs_node *kn; };
+struct css_set { struct cgroup *dfl_cgrp; };
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -214,6 +219,7 @@ struct task_struct {
 	const struct cred *real_cred;
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
+	struct css_set *cgroups;
 };
 
 #pragma clang attribute pop

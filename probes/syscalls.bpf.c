@@ -283,14 +283,16 @@ static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op
 	e->raw_flags = flags;
 	e->exit_signal = exit_signal;
 	e->setns_fd = setns_fd;
-	/*
-	 * The inode number of the caller's cgroup v2 directory (kernel/bpf/helpers.c,
-	 * 4.18+): what a container runtime names a container by. Read at the
-	 * call: a process may be moved to another cgroup while it runs.
-	 */
-	e->cgroup_id = bpf_get_current_cgroup_id();
-
 	if (have_task_btf()) {
+		/*
+		 * The caller's cgroup v2 id, the inode number of its cgroup
+		 * directory: what a container runtime names a container by. Read
+		 * at the call (a process may move to another cgroup while it runs),
+		 * as bpf_get_current_cgroup_id() does (kernel/bpf/helpers.c:
+		 * task_dfl_cgroup(current)->kn->id, 5.10 to 7.2) but with plain
+		 * loads instead of the helper call (bench: kernel ns per probe hit).
+		 */
+		e->cgroup_id = t->cgroups->dfl_cgrp->kn->id;
 		/*
 		 * The kuid is the uid as in the init user ns. From real_cred, as
 		 * /proc/<pid>/status (fs/proc/array.c task_state()); it differs
@@ -305,6 +307,7 @@ static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op
 	} else {
 		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
+		e->cgroup_id = bpf_get_current_cgroup_id();
 		e->uid = (__u32)bpf_get_current_uid_gid();
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		e->ppid = BPF_CORE_READ(ct, real_parent, tgid);
