@@ -23,8 +23,8 @@ from .host import cache_dir, last_line, locked, require, trusted
 # set differs per kernel (6.12 and sid build virtio_pci and fscache in).
 ROOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 
-# Loaded when the kernel has them as modules: the launcher's veth scenario needs veth.
-OPTIONAL_MODULES = ("veth",)
+# Loaded when the kernel has them as modules: the launcher's veth scenario needs veth, netns-bridge a bridge.
+OPTIONAL_MODULES = ("veth", "bridge")
 
 
 @dataclasses.dataclass(frozen=True)

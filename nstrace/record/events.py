@@ -235,7 +235,7 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         n = min(ev.nsteps, MAX_STEPS, (len(raw) - HEAD_SIZE) // ctypes.sizeof(Step))
         steps = [step_decoder(Step.from_buffer_copy(raw, HEAD_SIZE + i * ctypes.sizeof(Step)), raw_addresses)
                  for i in range(n)]
-    return Record(
+    rec = Record(
         # whole microseconds: the float then prints as its 6 decimals (native/batch.c prints the same)
         ts=((ev.exit_ns + WALL_OFFSET_NS + 500) // 1000) / 1e6,
         duration_us=max(ev.exit_ns - ev.enter_ns, 0) / 1e3,
@@ -267,3 +267,7 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         kernel_path=steps,
         kernel_path_dropped=ev.steps_dropped,
     )
+    if steps:  # each step's source line in this kernel, and whether a copy_* made its namespace
+        from . import steps as step_facts
+        step_facts.annotate(rec)
+    return rec
