@@ -70,7 +70,7 @@ JL_EXPORT const struct jl_state_bit jl_state_bits[] = {
 
 /* Names, filled once by nstrace/batch.py; strings are JSON-ready ("\"clone\""). */
 struct jl_tables {
-	const char *ops[5];		/* by enum nstrace_op; NULL: "op<n>" */
+	const char *ops[OP_MAX];	/* by enum nstrace_op; NULL: "op<n>" */
 	const char *flag_names[64];	/* flags.CLONE_FLAGS, in its order */
 	__u64 flag_bits[64];
 	__u32 nflags;
@@ -83,6 +83,10 @@ struct jl_tables {
 	__u64 nstype_bits[8];
 	__s64 wall_offset_ns;		/* CLOCK_MONOTONIC -> wall clock (events.WALL_OFFSET_NS) */
 	__u32 raw_addresses;
+	/* ops whose flags are their own (events.OP_FLAGS: open_tree, fsmount); 0 names: CLONE_* */
+	__u32 op_nflags[OP_MAX];
+	const char *op_flag_names[OP_MAX][8];
+	__u64 op_flag_bits[OP_MAX][8];
 };
 
 #define JL_MAX_NS 16
@@ -106,7 +110,7 @@ struct jl_filter {
 };
 
 struct jl_counts {
-	__u64 by_op[5];			/* every record, by enum nstrace_op (0: unknown) */
+	__u64 by_op[OP_MAX];		/* every record, by enum nstrace_op (0: unknown) */
 	__u64 superseded;
 	__u64 filtered;
 	__u64 lines;			/* lines written by jl_format */
@@ -449,14 +453,24 @@ static int comm_is_plain(const char *comm)
 	return 1;
 }
 
+/* open_tree, fsmount and free say which namespace they made or freed (events.decode(): "ns"). */
+static int has_ns(const struct nstrace_event *e)
+{
+	return e->op == OP_FREE || ((e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT) && e->target_kind == TARGET_NSFS);
+}
+
 /* filters.wanted(): the types an operation touches (as CLONE_NEW* bits). */
 static __u64 touched_types(const struct jl_tables *t, const struct nstrace_event *e)
 {
 	__u64 flags = e->op == OP_CLONE ? e->raw_flags & ~CLONE_CSIGNAL : e->raw_flags;
 	__u64 types = 0;
 
+	if (e->op < OP_MAX && t->op_nflags[e->op])	/* not CLONE_* flags */
+		flags = 0;
 	for (int i = 0; i < 8; i++)
 		types |= flags & t->nstype_bits[i];
+	if (has_ns(e))
+		types |= e->target_nstype;
 	if (e->before.valid && e->after.valid)
 		for (int s = 0; s < NS_SLOTS; s++)
 			if (e->before.inum[s] != e->after.inum[s] || e->before.ns_id[s] != e->after.ns_id[s])
@@ -526,11 +540,11 @@ static __u32 *last_slot(struct last_seen *h, __u32 tid)
 
 /*
  * Did this operation move its caller to other namespaces? Only a successful
- * unshare or setns does: a clone changes the child, never the caller.
+ * unshare, setns or exec does: a clone changes the child, never the caller.
  */
 static int moves_caller(const struct nstrace_event *e)
 {
-	if ((e->op != OP_UNSHARE && e->op != OP_SETNS) || e->ret < 0)
+	if ((e->op != OP_UNSHARE && e->op != OP_SETNS && e->op != OP_EXEC) || e->ret < 0)
 		return 0;
 	if (!e->before.valid || !e->after.valid)
 		return 1;
@@ -573,7 +587,7 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
 		__u32 tid;
 		__u8 st;
 
-		b->counts.by_op[e->op < 5 ? e->op : 0]++;
+		b->counts.by_op[e->op < OP_MAX ? e->op : 0]++;
 		if (check_proc && checked(e, &tid)) {
 			__u32 last = *last_slot(&h, tid ?: ~0u);
 
@@ -663,7 +677,7 @@ static int in_flight_move(struct jl_batch *b, __u32 tid)
 {
 	__u32 op = jl_in_flight(b, tid);
 
-	return op == OP_UNSHARE || op == OP_SETNS;
+	return op == OP_UNSHARE || op == OP_SETNS || op == OP_EXEC;
 }
 
 #define WINDOW_PAGES 16	/* 64 KiB: a record is at most ~3.5 KiB */
@@ -857,21 +871,29 @@ static void put_comm(struct out *o, const char *comm)
 	*o->p++ = '"';
 }
 
-/* flags.decode_flags(): names in table order, then leftover bits as one hex string. */
+/* events.decode_flags(): names in table order, then leftover bits as one hex string. */
 static void put_flags(struct out *o, const struct jl_tables *t, __u64 v, __u32 op)
 {
+	const char *const *names = t->flag_names;
+	const __u64 *bits = t->flag_bits;
+	__u32 n = t->nflags;
 	int first = 1;
 
 	if (op == OP_CLONE)
 		v &= ~CLONE_CSIGNAL;
+	if (op < OP_MAX && t->op_nflags[op]) {
+		names = t->op_flag_names[op];
+		bits = t->op_flag_bits[op];
+		n = t->op_nflags[op];
+	}
 	*o->p++ = '[';
-	for (__u32 i = 0; i < t->nflags; i++) {
-		if (!(v & t->flag_bits[i]))
+	for (__u32 i = 0; i < n; i++) {
+		if (!(v & bits[i]))
 			continue;
 		if (!first)
 			*o->p++ = ',';
-		puts_(o, t->flag_names[i]);
-		v &= ~t->flag_bits[i];
+		puts_(o, names[i]);
+		v &= ~bits[i];
 		first = 0;
 	}
 	if (v) {
@@ -967,6 +989,22 @@ static void put_container(struct out *o, const struct jl_frags *t, __u64 key)
 		PUT(o, "null");
 }
 
+/* The namespace type of a CLONE_NEW* bit, as put_target() writes it. */
+static void put_nstype(struct out *o, const struct jl_tables *t, __u32 nstype)
+{
+	int i;
+
+	for (i = 0; i < 8 && t->nstype_bits[i] != nstype; i++)
+		;
+	if (i < 8) {
+		puts_(o, t->nstype_names[i]);
+	} else {
+		PUT(o, "\"0x");
+		put_hex(o, nstype, 1);
+		*o->p++ = '"';
+	}
+}
+
 static void put_target(struct out *o, const struct jl_batch *b, const struct jl_tables *t,
 		       const struct nstrace_event *e)
 {
@@ -980,18 +1018,8 @@ static void put_target(struct out *o, const struct jl_batch *b, const struct jl_
 	else
 		PUT(o, "null");
 	if (e->target_kind == TARGET_NSFS) {
-		int i;
-
 		PUT(o, ",\"type\":");
-		for (i = 0; i < 8 && t->nstype_bits[i] != e->target_nstype; i++)
-			;
-		if (i < 8) {
-			puts_(o, t->nstype_names[i]);
-		} else {
-			PUT(o, "\"0x");
-			put_hex(o, e->target_nstype, 1);
-			*o->p++ = '"';
-		}
+		put_nstype(o, t, e->target_nstype);
 		PUT(o, ",\"inode\":");
 		put_u64(o, e->target_inum);
 		PUT(o, ",\"ns_id\":");
@@ -1027,6 +1055,26 @@ static size_t containers_len(const struct jl_batch *b, const struct nstrace_even
 	return (c >= 0 ? b->frags[JL_CGROUPS].len[c] : 0) + (tg >= 0 ? b->frags[JL_TARGETS].len[tg] : 0);
 }
 
+/* "ns" of open_tree, fsmount and free: the namespace made or freed (and how long it lived). */
+static void put_ns(struct out *o, const struct jl_tables *t, const struct nstrace_event *e)
+{
+	if (!has_ns(e)) {
+		PUT(o, "null");
+		return;
+	}
+	PUT(o, "{\"type\":");
+	put_nstype(o, t, e->target_nstype);
+	PUT(o, ",\"inode\":");
+	put_u64(o, e->target_inum);
+	PUT(o, ",\"ns_id\":");
+	put_opt_u64(o, e->target_ns_id);
+	if (e->op == OP_FREE) {
+		PUT(o, ",\"lived_ns\":");
+		put_opt_u64(o, e->lived_ns);
+	}
+	*o->p++ = '}';
+}
+
 /* Longest line put_line() can write, without the proc_check and container fragments. */
 #define LINE_MAX_BYTES (4096 + 16 * 8 + 64 * 32)
 
@@ -1042,7 +1090,7 @@ static void put_line(struct out *o, const struct jl_batch *b, const struct jl_ta
 	PUT(o, ",\"duration_us\":");
 	put_fixed(o, dur / 1000, dur % 1000, 3);
 	PUT(o, ",\"op\":");
-	if (e->op < 5 && t->ops[e->op]) {
+	if (e->op < OP_MAX && t->ops[e->op]) {
 		puts_(o, t->ops[e->op]);
 	} else {
 		PUT(o, "\"op");
@@ -1124,6 +1172,8 @@ static void put_line(struct out *o, const struct jl_batch *b, const struct jl_ta
 	put_u64(o, e->cgroup_id);
 	PUT(o, ",\"container\":");
 	put_container(o, &b->frags[JL_CGROUPS], e->cgroup_id);
+	PUT(o, ",\"ns\":");
+	put_ns(o, t, e);
 	PUT(o, ",\"kernel_path\":[],\"kernel_path_dropped\":");
 	put_u64(o, e->steps_dropped);
 	PUT(o, ",\"proc_check\":");

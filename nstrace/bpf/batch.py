@@ -30,7 +30,7 @@ CGROUPS, TARGETS = 0, 1  # native/batch.c enum jl_frag_table
 
 class Tables(ctypes.Structure):
     _fields_ = [
-        ("ops", ctypes.c_char_p * 5),
+        ("ops", ctypes.c_char_p * events.OP_SLOTS),
         ("flag_names", ctypes.c_char_p * 64),
         ("flag_bits", ctypes.c_uint64 * 64),
         ("nflags", ctypes.c_uint32),
@@ -43,6 +43,9 @@ class Tables(ctypes.Structure):
         ("nstype_bits", ctypes.c_uint64 * 8),
         ("wall_offset_ns", ctypes.c_int64),
         ("raw_addresses", ctypes.c_uint32),
+        ("op_nflags", ctypes.c_uint32 * events.OP_SLOTS),
+        ("op_flag_names", (ctypes.c_char_p * 8) * events.OP_SLOTS),
+        ("op_flag_bits", (ctypes.c_uint64 * 8) * events.OP_SLOTS),
     ]
 
 
@@ -62,7 +65,7 @@ class Filter(ctypes.Structure):
 
 class Counts(ctypes.Structure):
     _fields_ = [
-        ("by_op", ctypes.c_uint64 * 5),
+        ("by_op", ctypes.c_uint64 * events.OP_SLOTS),
         ("superseded", ctypes.c_uint64),
         ("filtered", ctypes.c_uint64),
         ("lines", ctypes.c_uint64),
@@ -97,6 +100,10 @@ def tables(raw_addresses=False):
         t.nstype_names[i], t.nstype_bits[i] = _js(ns), bit
     t.wall_offset_ns = events.WALL_OFFSET_NS
     t.raw_addresses = raw_addresses
+    for num, name in events.OPS.items():
+        for i, (flag, bit) in enumerate(events.OP_FLAGS.get(name, {}).items()):
+            t.op_flag_names[num][i], t.op_flag_bits[num][i] = _js(flag), bit
+        t.op_nflags[num] = len(events.OP_FLAGS.get(name, {}))
     return t
 
 

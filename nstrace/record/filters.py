@@ -80,10 +80,13 @@ def wanted(rec, options):
     if o.comms and rec.comm not in o.comms:
         return False
     if o.types:
-        touched = set(fl.requested_types(rec.raw_flags, rec.op))
+        from .events import OP_FLAGS
+        touched = set() if rec.op in OP_FLAGS else set(fl.requested_types(rec.raw_flags, rec.op))
         touched |= {fl.ns_type_of_entry(e) for e in rec.changed}
         if rec.target and rec.target.get("type"):
             touched.add(rec.target["type"])
+        if rec.ns:  # open_tree, fsmount, free: the namespace made or freed
+            touched.add(rec.ns["type"])
         if not touched & set(o.types):
             return False
     if getattr(o, "containers", ()) and not container_wanted(rec, o.containers):

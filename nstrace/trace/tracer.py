@@ -288,7 +288,7 @@ class Tracer:
         if self._batch:
             c = self._batch.counts
             return {"by_op": list(c.by_op), "superseded": c.superseded, "filtered": c.filtered}
-        return self._counts or {"by_op": [0] * 5, "superseded": 0, "filtered": 0}
+        return self._counts or {"by_op": [0] * events.OP_SLOTS, "superseded": 0, "filtered": 0}
 
     @property
     def by_op(self):

@@ -219,8 +219,13 @@ def availability_table(rows):
 def availability_verdict(rows):
     functions = [r for r in rows if r["layer"] == "function"]
     attached = [r for r in functions if r["attached"]]
-    syscalls_ok = all(r["attached"] for r in rows if r["layer"] == "syscall")
+    syscalls_ok = all(r["attached"] or r["reason"] for r in rows if r["layer"] == "syscall")  # reason: not here
     head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
+    from ..record.steps import PER_TYPE_DEATHS, TREE_DEATH
+    deaths = [r for r in attached if r["probe"] in (TREE_DEATH, *PER_TYPE_DEATHS)]
+    head += "\nnamespace deaths: " + (
+        f"recorded (op free) through {', '.join(r['probe'] for r in deaths)}" if deaths else
+        "not visible on this kernel: no hook on any function that frees a namespace, so no free records")
     if not attached:
         reasons = sorted({r["reason"] for r in functions})
         return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "
@@ -262,15 +267,23 @@ def check_table(results):
     for r in results:
         ops = ", ".join(v.expect.op for v in r.verdicts if v.expect.op != "facts") or "-"
         paths = " ".join(_path_counts(v) for v in r.verdicts if v.steps) or "-"
+        if getattr(r, "skipped", ""):
+            rows.append([r.name, "-", "SKIP", "-", _fit(r.skipped, 70)])
+            continue
         rows.append([r.name, ops, "PASS" if r.ok else "FAIL", paths, _fit(_first_problem(r), 70)])
     out = tabulate(rows, headers=["scenario", "operations", "result", "path seen/observable/documented", "problem"],
                    tablefmt="simple")
+    skipped = [r for r in results if getattr(r, "skipped", "")]
     passed = sum(r.ok for r in results)
-    return out + f"\n\n{passed} passed, {len(results) - passed} failed"
+    out += f"\n\n{passed} passed, {len(results) - passed - len(skipped)} failed"
+    if skipped:
+        out += f"\n{len(skipped)} skipped: this kernel cannot run them (the problem column says why)"
+    return out
 
 
 def check_json(results):
-    return [{"scenario": r.name, "ok": r.ok, "error": r.error, "duration_s": round(r.duration_s, 3),
+    return [{"scenario": r.name, "ok": r.ok, "error": r.error, "skipped": getattr(r, "skipped", ""),
+             "duration_s": round(r.duration_s, 3),
              "operations": [{"op": v.expect.op, "ok": v.ok, "what": v.expect.what,
                              "record": v.record.to_json() if v.record else None,
                              "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in v.checks],
