@@ -411,11 +411,20 @@ static int container_wanted(const struct jl_batch *b, const struct nstrace_event
 	return (c >= 0 && b->frags[JL_CGROUPS].match[c]) || (tg >= 0 && b->frags[JL_TARGETS].match[tg]);
 }
 
-/* filters.wanted() for --ns: the namespace is one of the record's, before, after or as its target. */
+/* open_tree, fsmount and free say which namespace they made or freed (events.decode(): "ns"). */
+static int has_ns(const struct nstrace_event *e)
+{
+	return e->op == OP_FREE || ((e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT) && e->target_kind == TARGET_NSFS);
+}
+
+/*
+ * filters.wanted() for --ns: the namespace is one of the record's, before, after, as its setns
+ * target, or the one it made or freed (open_tree, fsmount, free keep that in the target fields).
+ */
 static int involves_ns(const struct jl_tables *t, const struct jl_filter *f, const struct nstrace_event *e)
 {
 	const struct nstrace_ns_set *sets[2] = { &e->before, &e->after };
-	int nsfs = e->op == OP_SETNS && e->target_kind == TARGET_NSFS;
+	int nsfs = (e->op == OP_SETNS && e->target_kind == TARGET_NSFS) || has_ns(e);
 
 	for (__u32 k = 0; k < f->nns && k < JL_MAX_NS; k++) {
 		for (int i = 0; i < 2; i++) {
@@ -451,12 +460,6 @@ static int comm_is_plain(const char *comm)
 		if (comm[i] < 0x20 || comm[i] > 0x7e || comm[i] == '\\')
 			return 0;
 	return 1;
-}
-
-/* open_tree, fsmount and free say which namespace they made or freed (events.decode(): "ns"). */
-static int has_ns(const struct nstrace_event *e)
-{
-	return e->op == OP_FREE || ((e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT) && e->target_kind == TARGET_NSFS);
 }
 
 /* filters.wanted(): the types an operation touches (as CLONE_NEW* bits). */

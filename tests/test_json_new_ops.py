@@ -84,3 +84,14 @@ def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa:
         assert set(by_op) == {"free", "exec"}  # the exec's before/after are the unshare's: uts changed
     for r in records:
         assert r["cgroup_id"] == records[0]["cgroup_id"] and isinstance(r["cgroup_id"], int)
+
+
+def test_ns_filter_finds_the_namespace_a_record_made_or_freed(live, unshare_raw):  # noqa: F811
+    """--ns TYPE:INODE or an ns_id also means the namespace open_tree or fsmount made and the one a
+    free record says died: a learner following one namespace sees its birth and its death."""
+    ino = events.EventHead.from_buffer_copy(unshare_raw).after.inum[1]
+    raws = made(unshare_raw)
+    _, by_inode = differential(live, raws, Options(namespaces=(("mnt", ino + 7, None),)))
+    assert [r["op"] for r in by_inode] == ["open_tree", "fsmount", "fsmount"]
+    _, by_id = differential(live, raws, Options(namespaces=((None, None, 77),)))
+    assert [r["op"] for r in by_id] == ["free"]

@@ -55,8 +55,9 @@ def container_wanted(rec, wanted):
 
 
 def involves(rec, namespaces):
-    """--ns: one of `namespaces` (parse_ns() values) is the record's, before, after or as the target."""
-    target = rec.target if rec.target and rec.target.get("kind") == "nsfs" else None
+    """--ns: one of `namespaces` (parse_ns() values) is the record's, before, after, as the target, or
+    as the namespace it made or freed (open_tree, fsmount, free: `ns`)."""
+    target = rec.target if rec.target and rec.target.get("kind") == "nsfs" else rec.ns
     for ns_type, inode, ns_id in namespaces:
         for inodes, ids in ((rec.ns_before, rec.ns_id_before), (rec.ns_after, rec.ns_id_after)):
             for entry, value in (inodes or {}).items():
