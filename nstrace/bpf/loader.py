@@ -21,6 +21,8 @@ from . import corebtf, libbpf
 
 _libc = ctypes.CDLL(None)
 # Strings, not pathlib: importing pathlib and what it imports delays `nstrace watch` going live.
+# Beside this package, not through importlib.resources, for the same reason (it imports pathlib
+# and tempfile): the wheel installs nstrace/_bpf/ as plain files, as every wheel is installed.
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_bpf", "nstrace.bpf.o")
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
