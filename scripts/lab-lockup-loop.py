@@ -19,14 +19,13 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nstrace.errors import BootError, GuestLockup, GuestTimeout  # noqa: E402
-from nstrace.lab import guest, suite  # noqa: E402
+from nstrace.errors import BootError, GuestLockup, GuestTimeout
+from nstrace.lab import guest, suite
 
 
 def suite_command():
-    python = suite.PROJECT / ".venv" / "bin" / "python"
-    nstrace = suite.PROJECT / ".venv" / "bin" / "nstrace"
+    python = suite.checkout() / ".venv" / "bin" / "python"
+    nstrace = suite.checkout() / ".venv" / "bin" / "nstrace"
     return (f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath tests/test_kernelpath.py;"
             f" a=$?; {shlex.quote(str(nstrace))} check; b=$?; [ $a -eq 0 ] && [ $b -eq 0 ]")
 
@@ -56,7 +55,7 @@ def main():
         start = time.monotonic()
         try:
             with open(args.out / f"run-{n}.output", "w") as live:  # the command's output as it comes
-                res = guest.run_in_guest(args.kernel, ["/bin/sh", "-c", command], cwd=str(suite.PROJECT),
+                res = guest.run_in_guest(args.kernel, ["/bin/sh", "-c", command], cwd=str(suite.checkout()),
                                        timeout=args.timeout, kernel_args=tuple(args.kernel_arg), log=live,
                                        tcg_thread=args.tcg_thread)
             verdict, console = ("ok" if res.returncode == 0 else f"exit {res.returncode}"), res.console

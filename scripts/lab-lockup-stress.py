@@ -12,12 +12,9 @@ setns calls the whole time, so probes are running while they are patched in and 
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nstrace.bpf import probeset  # noqa: E402
+from nstrace.bpf import probeset
 from nstrace.linux import syscalls
 
 CLONE_NEWUTS, CLONE_NEWIPC = 0x04000000, 0x08000000

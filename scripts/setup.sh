@@ -26,16 +26,17 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-make -s -C probes
-make -s -C native   # the ring-buffer reader and JSON writer (C, loaded by nstrace/bpf/batch.py)
-
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
-# compat: a plain path in a .pth. The default editable finder imports pathlib, re and
-# urllib at every interpreter start, before `nstrace watch` can go live (bench: start-up).
-.venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
-# An editable install leaves nstrace's byte code to the first import, and where
-# PYTHONDONTWRITEBYTECODE is set it is never written: every start would compile
-# the modules again before `nstrace watch` goes live. Compile them now.
-.venv/bin/python -m compileall -q nstrace
+# nstrace is installed into .venv as users install it: as a wheel, built here (setup.py compiles
+# probes/ and native/ into it; clang, bpftool and libbpf-dev are needed for that step only). The tests
+# and the lab then run the installed package, not this checkout's files.
+.venv/bin/pip install -q wheel
+rm -rf build dist/nstrace-*.whl
+.venv/bin/pip wheel -q --no-deps --no-build-isolation -w dist .
+.venv/bin/pip install -q --force-reinstall --no-deps dist/nstrace-*.whl
+.venv/bin/pip install -q "$(ls dist/nstrace-*.whl)[test]"
+# What the wheel needs at run time, as wheels beside it: tests/test_wheel.py installs it into a
+# fresh virtualenv from these alone, on a machine without clang, bpftool or this checkout.
+.venv/bin/pip download -q -d dist/deps click tabulate psutil 'fastjsonschema>=2.22,<2.23'

@@ -7,15 +7,22 @@ the real one. These tests need root; CI runs them as root.
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-import psutil
-import pytest
-
-from nstrace.trace.tracer import Options, Tracer
-
 ROOT = Path(__file__).resolve().parent.parent
+# The tests exercise nstrace as installed in .venv (the wheel scripts/setup.sh builds), not this
+# checkout's files: `python -m pytest` puts the checkout first on sys.path, so it goes to the end,
+# behind site-packages, before anything imports nstrace (bench/ is still found there; tests/test_wheel.py
+# checks which nstrace was imported).
+_checkout = [p for p in sys.path if Path(p or os.curdir).resolve() == ROOT]
+sys.path[:] = [p for p in sys.path if p not in _checkout] + _checkout
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+from nstrace.trace.tracer import Options, Tracer  # noqa: E402
 
 
 def root_skip_reason(why):

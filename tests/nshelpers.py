@@ -12,6 +12,9 @@ from nstrace.linux import flags as fl
 ROOT = Path(__file__).resolve().parent.parent
 NSTRACE = ROOT / ".venv" / "bin" / "nstrace"
 PYTHON = sys.executable
+# Where child Pythons of the tests run: outside the checkout, so that they import nstrace as
+# installed in .venv, as the tests do (tests/conftest.py), not this checkout's files.
+ELSEWHERE = "/"
 
 
 def wait_for(tracer, predicate, timeout=5.0, count=1):
@@ -28,7 +31,7 @@ def wait_for(tracer, predicate, timeout=5.0, count=1):
 @contextmanager
 def nsop(spec):
     """Run `python -m nstrace.check.nsop SPEC`; yield its report while it holds still."""
-    proc = subprocess.Popen([PYTHON, "-m", "nstrace.check.nsop", json.dumps(spec)], cwd=ROOT,
+    proc = subprocess.Popen([PYTHON, "-m", "nstrace.check.nsop", json.dumps(spec)], cwd=ELSEWHERE,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -5,7 +5,7 @@ import sys
 
 from nstrace.trace.tracer import Options, Tracer
 
-from nshelpers import ROOT
+from nshelpers import ELSEWHERE
 
 # A workload that waits for "go", does N unshare(CLONE_NEWUTS) calls, says how many succeeded.
 WORKLOAD = """
@@ -22,7 +22,7 @@ print(done, flush=True)
 
 def test_full_ring_buffer_is_counted_exactly():
     n = 400
-    proc = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(n)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(n)], cwd=ELSEWHERE,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     # One page of ring buffer holds a handful of records; nobody reads until the end.
     with Tracer(Options(pid=proc.pid, ringbuf_bytes=4096, check_proc=False)) as tracer:

@@ -26,7 +26,7 @@ from nstrace.linux import flags as fl
 from nstrace.errors import LauncherError, UsageError
 from nstrace.check.launcher import Launcher
 
-from nshelpers import NSTRACE, ROOT, wait_for
+from nshelpers import ELSEWHERE, NSTRACE, wait_for
 
 NEWUTS = fl.CLONE_FLAGS["CLONE_NEWUTS"]
 PR_SET_NAME = 15
@@ -93,7 +93,7 @@ sys.stdin.readline()
 
 def hostile_watch(*args):
     """Run `nstrace watch --pid CHILD --count 1 ARGS` while CHILD renames itself HOSTILE and unshares."""
-    child = subprocess.Popen([sys.executable, "-c", HOSTILE_CHILD, HOSTILE.hex()], cwd=ROOT,
+    child = subprocess.Popen([sys.executable, "-c", HOSTILE_CHILD, HOSTILE.hex()], cwd=ELSEWHERE,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         watch = subprocess.Popen([str(NSTRACE), "watch", "--pid", str(child.pid), "--count", "1", *args],
@@ -521,7 +521,7 @@ time.sleep(600)
 
 def test_killed_launcher_leaves_no_process_running(tmp_path):
     """Killed with SIGKILL, the launcher's children die with it at once, not at the next launcher."""
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER_SCRIPT, str(tmp_path)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER_SCRIPT, str(tmp_path)], cwd=ELSEWHERE,
                             stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in proc.stdout.readline().split()]
     state = json.loads(next(tmp_path.glob("launcher-*.json")).read_text())
@@ -664,10 +664,10 @@ def test_watch_and_ls_never_import_the_session_validator(tmp_path):
     for args in (["watch", "--duration", "0.1"], ["watch", "--duration", "0.1", "--record", str(tmp_path / "s.jsonl")],
                  ["ls"]):
         res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", *args], capture_output=True,
-                             text=True, timeout=60, cwd=ROOT)
+                             text=True, timeout=60, cwd=ELSEWHERE)
         assert res.returncode == 0, res.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
         assert not {m for m in imported if "jsonschema" in m or m == "nstrace.record._session_schema"}, args
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", "show", str(tmp_path / "s.jsonl")],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+                         capture_output=True, text=True, timeout=60, cwd=ELSEWHERE)
     assert "nstrace.record._session_schema" in res.stderr and "| jsonschema" not in res.stderr  # (the check is not blind)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from nstrace.bpf import loader
 from nstrace.errors import UnsafePath
 
-from nshelpers import NSTRACE, ROOT
+from nshelpers import ELSEWHERE, NSTRACE
 
 pytestmark = pytest.mark.root("plays root against user nobody")
 
@@ -158,7 +159,7 @@ print(corebtf.ensure(loader.OBJECT_PATH))
 
 def run_bootcache(directory, umask=0o022):
     return subprocess.run(["sh", "-c", f'umask {umask:03o}; exec "$@"', "sh", sys.executable, "-c", BOOTCACHE,
-                           str(directory)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+                           str(directory)], capture_output=True, text=True, cwd=ELSEWHERE, timeout=60)
 
 
 def test_bootcache_is_root_only_whatever_the_umask(tmp_path):
@@ -185,7 +186,7 @@ def test_bootcache_planted_by_another_user_is_refused(shared_tmp):
     copy = Path(made.stdout.strip())
     copy.unlink()
     where.chmod(0o777)
-    as_nobody("cp", str(ROOT / "nstrace" / "_bpf" / "nstrace.bpf.o"), str(copy))
+    as_nobody("cp", str(loader.OBJECT_PATH), str(copy))
     where.chmod(0o755)
     planted = run_bootcache(where)
     assert planted.returncode != 0 and "belongs to uid 65534" in planted.stderr, planted
@@ -229,7 +230,7 @@ with Launcher(state_dir=sys.argv[1]) as l:
 def test_launcher_state_is_root_only_whatever_the_umask(tmp_path):
     where = tmp_path / "state"
     res = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-c", LAUNCHER, str(where)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+                         capture_output=True, text=True, cwd=ELSEWHERE, timeout=60)
     assert res.returncode == 0, res.stderr
     modes = eval(res.stdout.splitlines()[1])  # noqa: S307 - our own child's repr of a dict of strings
     state_file, workdir = res.stdout.split()[:2]
@@ -260,7 +261,7 @@ except Exception as e:
 
 def launch(where):
     """A new launcher on that state directory (it reaps what dead launchers left first)."""
-    return subprocess.run([sys.executable, "-c", LAUNCH, str(where)], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", LAUNCH, str(where)], capture_output=True, text=True, cwd=ELSEWHERE,
                           timeout=60)
 
 

@@ -18,7 +18,7 @@ from nstrace.bpf import loader
 from nstrace.errors import LibbpfError
 from nstrace.trace.tracer import Options, Tracer
 
-from nshelpers import NSTRACE, ROOT
+from nshelpers import ELSEWHERE, NSTRACE
 
 pytestmark = pytest.mark.root("traces, drops privileges with setpriv, mounts")
 
@@ -66,7 +66,7 @@ sys.stdin.readline()
 
 
 def test_pid_of_a_thread_follows_its_process():
-    proc = subprocess.Popen([sys.executable, "-c", THREAD], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", THREAD], cwd=ELSEWHERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
     try:
         tid = int(proc.stdout.readline())

@@ -21,6 +21,7 @@ from ..linux import flags as fl
 from ..record import events
 from . import libbpf
 
+# beside the BPF object, and found the same way (bpf/loader.py OBJECT_PATH)
 LIB_PATH = Path(__file__).resolve().parents[1] / "_bpf" / "libnstrace-batch.so"
 
 MAX_COMMS = 16

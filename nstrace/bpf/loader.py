@@ -22,6 +22,8 @@ from . import corebtf, libbpf
 
 _libc = ctypes.CDLL(None)
 # Strings, not pathlib: importing pathlib and what it imports delays `nstrace watch` going live.
+# Beside this package, not through importlib.resources, for the same reason (it imports pathlib
+# and tempfile): the wheel installs nstrace/_bpf/ as plain files, as every wheel is installed.
 _BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_bpf")
 OBJECT_PATH = os.path.join(_BUILD, "nstrace.bpf.o")
 # The same programs without BPF atomics, for kernels that have none (probes/Makefile)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 from ..errors import LabError
 from .guest import run_in_guest
 
-PROJECT = Path(__file__).resolve().parents[2]
+def checkout() -> Path:
+    """The checkout whose .venv runs this nstrace (scripts/setup.sh makes it there): the suite is its
+    tests, and the guest reaches both through the shared root. An installed nstrace has no suite."""
+    root = Path(sys.prefix).resolve().parent
+    if not (root / "tests" / "test_kernelpath.py").exists():
+        raise LabError(f"the lab suite runs a checkout's tests, and {sys.prefix} is no checkout's .venv: "
+                       "run it as .venv/bin/nstrace in a checkout set up by scripts/setup.sh")
+    return root
 
 
 def run_guest_suite(kernel: str, *, pytest_args: tuple[str, ...] = (), timeout: float = 900) -> dict:
@@ -18,15 +26,14 @@ def run_guest_suite(kernel: str, *, pytest_args: tuple[str, ...] = (), timeout: 
     The guest sees this checkout and its .venv through the shared root, so what runs is exactly what
     was built here. Returns {kernel, release, ok, summary, output, duration_s}.
     """
-    python = PROJECT / ".venv" / "bin" / "python"
-    if not python.exists():
-        raise LabError(f"{python} missing: run scripts/setup.sh first")
-    nstrace = PROJECT / ".venv" / "bin" / "nstrace"
+    project = checkout()
+    python = project / ".venv" / "bin" / "python"
+    nstrace = project / ".venv" / "bin" / "nstrace"
     pytest = (f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath "
               + " ".join(shlex.quote(a) for a in (pytest_args or ("tests/test_kernelpath.py",))))
     # Both always run; the guest's exit status says whether both passed.
     script = f"{pytest}; a=$?; {shlex.quote(str(nstrace))} check; b=$?; [ $a -eq 0 ] && [ $b -eq 0 ]"
-    res = run_in_guest(kernel, ["/bin/sh", "-c", script], cwd=str(PROJECT), timeout=timeout)
+    res = run_in_guest(kernel, ["/bin/sh", "-c", script], cwd=str(project), timeout=timeout)
     lines = [line.strip("= ") for line in res.output.splitlines() if line.strip()]
     tests = next((line for line in reversed(lines) if re.search(r"\d+ (passed|failed|error|skipped).* in ", line)),
                  "no pytest summary")

@@ -1,22 +1,20 @@
 """paths.toml: the documented kernel path of each operation, and the source file of each function on
 it. The one copy of those facts; the checker, the function-layer plan and every view read them here.
 
-The file lives in the package (nstrace/record/paths.toml) so that an installed nstrace has it;
-kernel-notes/paths.toml, where a reader of the notes finds it, is a link to it.
+The file lives in the package (nstrace/record/paths.toml) so that an installed nstrace has it, and
+is read as the package's resource; kernel-notes/paths.toml, where a reader of the notes finds it, is
+a link to it.
 """
 
 import functools
-import os
-
-PATHS_TOML = os.path.join(os.path.dirname(os.path.realpath(__file__)), "paths.toml")
 
 
 @functools.cache
 def notes():
-    """paths.toml, parsed."""
+    """paths.toml, parsed (read once, after tracing is live: importlib.resources is heavy to import)."""
+    import importlib.resources
     import tomllib
-    with open(PATHS_TOML, "rb") as f:
-        return tomllib.load(f)
+    return tomllib.loads(importlib.resources.files(__package__).joinpath("paths.toml").read_text())
 
 
 def source_file(func):

@@ -192,9 +192,6 @@ class Session:
         return f"session {self.path}: {where}, from {when}, {len(self.records)} records{closed}"
 
 
-SCHEMA = os.path.join(os.path.dirname(__file__), "session.schema.json")
-
-
 class _NotJson(ValueError):
     pass
 
