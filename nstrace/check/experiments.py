@@ -26,14 +26,14 @@ from ..linux import flags as fl
 from ..linux import procns
 from .scenarios import Expect, flag, scenario
 
-PROJECT = Path(__file__).resolve().parents[2]
 MODULE = "nstrace.check.experiments"
 
 
 def _inside(launcher, wrapper, what, *args, **popen_kw):
     """Run WHAT of this module under `wrapper` (a util-linux unshare command line) as a launcher
     process; return (Popen, its first report)."""
-    proc = launcher.spawn([*wrapper, sys.executable, "-m", MODULE, what, *map(str, args)], cwd=PROJECT,
+    proc = launcher.spawn([*wrapper, sys.executable, "-m", MODULE, what, *map(str, args)],
+                          cwd="/",  # the interpreter imports the installed nstrace, not a checkout's
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **popen_kw)
     line = proc.stdout.readline()
     return proc, (json.loads(line) if line else {"error": f"{what} reported nothing (exit {proc.poll()})"})
