@@ -72,7 +72,8 @@ def main():
         kernels = fn.get("kernels", data["checked"])
         in_btf = None if btf is None else name in btf
         types = "".join(sorted(ks.get(name, set()))) if ks is not None else "?"
-        expect = ser in kernels if ser in data["checked"] else None
+        known = set(data["checked"]) | set(data.get("measured", ()))
+        expect = ser in kernels if ser in known else None
         flag = ""
         if expect is True and in_btf is False:
             flag = "  <-- expected traceable, not in BTF"

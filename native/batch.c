@@ -896,6 +896,8 @@ static void put_line(struct out *o, const struct jl_tables *t, const struct nstr
 	put_u64(o, e->start_time_ns);
 	PUT(o, ",\"child_start_ns\":");
 	put_opt_u64(o, clone ? e->child_start_ns : 0);
+	PUT(o, ",\"cgroup_id\":");
+	put_u64(o, e->cgroup_id);
 	PUT(o, ",\"kernel_path\":[],\"kernel_path_dropped\":");
 	put_u64(o, e->steps_dropped);
 	PUT(o, ",\"proc_check\":");

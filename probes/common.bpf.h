@@ -67,9 +67,6 @@ struct inflight_map {
 };
 extern struct inflight_map inflight SEC(".maps");
 
-/* BPF atomics (5.12) arrived with this helper: a CO-RE answer, resolved at load. */
-#define have_atomics() bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_check_mtu)
-
 /* The i-th of tid's INFLIGHT_PROBES slots, from tid % INFLIGHT_SLOTS on (NULL: never, for an array). */
 static __always_inline struct nstrace_event *inflight_at(__u32 tid, __u32 i)
 {
@@ -107,9 +104,14 @@ static __always_inline __u64 *slot_word(struct nstrace_event *e)
  * writes every field (op_enter()). NULL if all of tid's slots are
  * taken by other threads. A slot tid already holds is taken again: a task
  * that died inside a syscall left it, and its tid was reused (op_exit()
- * tells such a record apart by start time). Before 5.12, without
- * compare-and-swap, two threads of the same slot entering at the same
- * instant on two CPUs can both take it; one record is then wrong.
+ * tells such a record apart by start time).
+ *
+ * NSTRACE_NO_ATOMICS builds the object for kernels without BPF atomics
+ * (before 5.12: kernel/bpf/verifier.c of 5.10 refuses BPF_STX|BPF_ATOMIC
+ * with a nonzero imm, "BPF_STX uses reserved fields", even in dead code, so
+ * no CO-RE guard can keep the compare-and-swap in one object). There, two
+ * threads of the same slot entering at the same instant on two CPUs can
+ * both take it; one record is then wrong.
  */
 static __always_inline struct nstrace_event *inflight_take(__u32 tid)
 {
@@ -119,13 +121,13 @@ static __always_inline struct nstrace_event *inflight_take(__u32 tid)
 
 		if (!e)
 			continue;
-		if (have_atomics()) {
-			was = __sync_val_compare_and_swap(slot_word(e), 0, tid);
-		} else {
-			was = *slot_word(e);
-			if (!was)
-				*slot_word(e) = tid;
-		}
+#ifdef NSTRACE_NO_ATOMICS
+		was = *slot_word(e);
+		if (!was)
+			*slot_word(e) = tid;
+#else
+		was = __sync_val_compare_and_swap(slot_word(e), 0, tid);
+#endif
 		if (!was || (__u32)was == tid)
 			return e;
 	}

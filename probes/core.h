@@ -50,7 +50,6 @@ enum bpf_map_type {
  */
 enum bpf_func_id {
 	BPF_FUNC_get_current_task_btf = 158,	/* 5.11 */
-	BPF_FUNC_check_mtu = 163,		/* 5.12, with BPF atomics (compare-and-swap) */
 };
 enum {
 	BPF_ANY = 0,
@@ -102,10 +101,16 @@ struct proc_ns_operations {
 	int type;
 };
 
-/* include/linux/ns_common.h */
+/*
+ * include/linux/ns_common.h. The count of every type's namespace is here
+ * from 6.1 (count), renamed __ns_ref in 6.18; 5.10 keeps it in each type's
+ * own struct (a kref or a refcount_t of its own name), not read.
+ */
 struct ns_common {
 	const struct proc_ns_operations *ops;
 	unsigned int inum;
+	refcount_t count;	/* 6.1 - 6.17 */
+	refcount_t __ns_ref;	/* 6.18+ (7.x: inside an anonymous struct) */
 	u32 ns_type;	/* 6.18+ */
 	u64 ns_id;	/* 6.18+: never reused, unlike inum */
 };

@@ -78,11 +78,17 @@ static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, 
 		s->what = VAL_NSPROXY;
 		nsp = (struct nsproxy *)arg0;
 		break;
-	case ARG_TASK_NSPROXY:
+	case ARG_TASK_NSPROXY: {
+		struct nsproxy *old = BPF_CORE_READ((struct task_struct *)arg0, nsproxy);
+
 		s->what = VAL_SWITCH;
-		s->arg = ptr_id(BPF_CORE_READ((struct task_struct *)arg0, nsproxy));
+		s->arg = ptr_id(old);
+		/* 1: this switch drops the last reference and frees it (kernel/nsproxy.c
+		 * switch_task_namespaces() -> put_nsproxy(), 5.10 to 7.2) */
+		s->old_refs = old ? nsproxy_refs(old) : 0;
 		nsp = (struct nsproxy *)arg1;
 		break;
+	}
 	case ARG_NS:
 		s->what = VAL_NS_ARG;
 		s->inum = BPF_CORE_READ((struct ns_common *)arg1, inum);
@@ -97,19 +103,36 @@ static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, 
 	return 0;
 }
 
-/* The inode of a namespace returned by a copy_*() function, by the slot its type fills. */
-static __always_inline __u32 ns_inum_of(int slot, const void *p)
+/* The ns_common of a namespace returned by a copy_*() function, by the slot its type fills (no read). */
+static __always_inline const struct ns_common *ns_common_of(int slot, const void *p)
 {
 	switch (slot) {
-	case NS_MNT: return BPF_CORE_READ((struct mnt_namespace *)p, ns.inum);
-	case NS_UTS: return BPF_CORE_READ((struct uts_namespace *)p, ns.inum);
-	case NS_IPC: return BPF_CORE_READ((struct ipc_namespace *)p, ns.inum);
-	case NS_PID_FOR_CHILDREN: return BPF_CORE_READ((struct pid_namespace *)p, ns.inum);
-	case NS_NET: return BPF_CORE_READ((struct net *)p, ns.inum);
-	case NS_CGROUP: return BPF_CORE_READ((struct cgroup_namespace *)p, ns.inum);
-	case NS_TIME_FOR_CHILDREN: return BPF_CORE_READ((struct time_namespace *)p, ns.inum);
+	case NS_MNT: return &((struct mnt_namespace *)p)->ns;
+	case NS_UTS: return &((struct uts_namespace *)p)->ns;
+	case NS_IPC: return &((struct ipc_namespace *)p)->ns;
+	case NS_PID_FOR_CHILDREN: return &((struct pid_namespace *)p)->ns;
+	case NS_NET: return &((struct net *)p)->ns;
+	case NS_CGROUP: return &((struct cgroup_namespace *)p)->ns;
+	case NS_TIME_FOR_CHILDREN: return &((struct time_namespace *)p)->ns;
 	}
-	return 0;
+	return NULL;
+}
+
+/*
+ * A namespace's reference count, 0 where ns_common has none (5.10). Right
+ * after a copy_*() returns, 1 is a namespace it made and more one it shares
+ * (the !CLONE_NEW* branch takes a reference to the caller's: get_uts_ns() and
+ * the like, 6.1 to 7.2).
+ */
+static __always_inline __u32 ns_refs(const struct ns_common *ns)
+{
+	int refs = 0;
+
+	if (bpf_core_field_exists(ns->__ns_ref))
+		bpf_core_read(&refs, sizeof(refs), &ns->__ns_ref);
+	else if (bpf_core_field_exists(ns->count))
+		bpf_core_read(&refs, sizeof(refs), &ns->count);
+	return refs;
 }
 
 static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, int slot, long ret)
@@ -138,10 +161,14 @@ static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, i
 		break;
 	case RET_NS:
 		s->what = VAL_NS;
-		if (is_err_value(ret))
+		if (is_err_value(ret)) {
 			s->ret = ret;
-		else
-			s->inum = ns_inum_of(slot, (void *)ret);
+		} else {
+			const struct ns_common *ns = ns_common_of(slot, (void *)ret);
+
+			s->inum = BPF_CORE_READ(ns, inum);
+			s->refs = ns_refs(ns);
+		}
 		break;
 	default:
 		break;

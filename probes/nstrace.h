@@ -99,9 +99,9 @@ enum nstrace_step_value {
 	VAL_NONE = 0,
 	VAL_FLAGS = 1,		/* arg: CLONE_* flags */
 	VAL_NSPROXY = 2,	/* nsproxy_id, refs: the nsproxy passed or returned */
-	VAL_SWITCH = 3,		/* arg: old nsproxy id; nsproxy_id, refs: the new one */
+	VAL_SWITCH = 3,		/* arg, old_refs: the old nsproxy's id and count; nsproxy_id, refs: the new one's */
 	VAL_INT = 4,		/* ret: 0 or -errno */
-	VAL_NS = 5,		/* inum: the namespace returned (ret: -errno on error) */
+	VAL_NS = 5,		/* inum, refs: the namespace returned (ret: -errno on error) */
 	VAL_NS_ARG = 6,		/* inum: the namespace passed in (an ->install()) */
 };
 
@@ -115,8 +115,8 @@ struct nstrace_step {
 	enum nstrace_step_kind kind;
 	enum nstrace_step_value what;
 	__u32 inum;		/* VAL_NS, VAL_NS_ARG */
-	__u32 refs;		/* nsproxy refcount, where readable */
-	__u32 pad;
+	__u32 refs;		/* the nsproxy's or namespace's count, where readable (0: not) */
+	__u32 old_refs;		/* VAL_SWITCH: the old nsproxy's count (1: the switch frees it) */
 };
 
 struct nstrace_ns_set {
@@ -134,6 +134,7 @@ struct nstrace_event {
 	__u64 child_start_ns;	/* clone: the child's task->start_boottime */
 	__u64 raw_flags;	/* clone/clone3/unshare flags, setns nstype */
 	__s64 ret;
+	__u64 cgroup_id;	/* the caller's cgroup v2 id at the call (bpf_get_current_cgroup_id()) */
 	enum nstrace_op op;
 	__u32 pid;		/* tgid */
 	__u32 tid;

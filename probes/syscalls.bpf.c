@@ -236,7 +236,7 @@ static __always_inline void comm_copy(char *dst, const char *src)
  * that may stay unwritten (the clone child, ret, the setns target, the step
  * counts, the bytes after comm, after.valid), zeroed. The slot still holds
  * the last record's bytes; writing each field once instead of zeroing the
- * whole 408-byte head first saves the stores to the fields written anyway,
+ * whole 416-byte head first saves the stores to the fields written anyway,
  * to lines that are cold in the churn benchmark (bench: kernel ns per probe
  * hit).
  */
@@ -295,6 +295,12 @@ static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op
 	e->raw_flags = flags;
 	e->exit_signal = exit_signal;
 	e->setns_fd = setns_fd;
+	/*
+	 * The inode number of the caller's cgroup v2 directory (kernel/bpf/helpers.c,
+	 * 4.18+): what a container runtime names a container by. Read at the
+	 * call: a process may be moved to another cgroup while it runs.
+	 */
+	e->cgroup_id = bpf_get_current_cgroup_id();
 
 	if (have_task_btf()) {
 		/*

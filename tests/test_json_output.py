@@ -33,7 +33,7 @@ S = batch.states()
 # README, "The JSON record": every key, in this order
 KEYS = ["ts", "duration_us", "op", "pid", "tid", "ppid", "uid", "comm", "raw_flags", "flags", "ret", "errno",
         "exit_signal", "child_pid", "child_tid", "target", "ns_before", "ns_after", "ns_id_before", "ns_id_after",
-        "changed", "nsproxy", "start_time_ns", "child_start_ns", "kernel_path", "kernel_path_dropped", "proc_check"]
+        "changed", "nsproxy", "start_time_ns", "child_start_ns", "cgroup_id", "kernel_path", "kernel_path_dropped", "proc_check"]
 STATUSES = {"match", "mismatch", "gone", "superseded", "unseen"}
 
 

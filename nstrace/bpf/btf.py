@@ -82,6 +82,13 @@ class KernelBtf:
         """True if the kernel's BTF has FUNC name (so fentry can target it)."""
         return libbpf.lib().btf__find_by_name_kind(self._btf, name.encode(), libbpf.BTF_KIND_FUNC) >= 0
 
+    def has_enum_value(self, enum_name, name):
+        """True if the kernel's enum enum_name has the value name (e.g. a BPF helper in bpf_func_id)."""
+        try:
+            return name in enum_values(self._btf, enum_name)
+        except KeyError:
+            return False
+
     def has_member(self, struct_name, member):
         try:
             return any(m[0] == member for m in struct_members(self._btf, struct_name))

@@ -1,9 +1,12 @@
 """The kernel-function layer's hooks: which functions of record.steps.FUNCTIONS can be probed here, and how.
 
 Hook choice per function, each decided on its own: fentry/fexit where the
-kernel loads BPF_PROG_TYPE_TRACING programs and has the function in its BTF;
-else kprobe/kretprobe where it has kprobes and the symbol; else unavailable,
-with the reason. A feature check, never a version check.
+kernel loads BPF_PROG_TYPE_TRACING programs, has what our fentry programs
+call (bpf_get_func_arg(), 5.17+: probes/kfuncs.bpf.c reads arguments
+without depending on each function's prototype) and has the function in its
+BTF; else kprobe/kretprobe where it has kprobes and the symbol; else
+unavailable, with the reason. Each Hook says why it is what it is. Feature
+checks, never a version check.
 """
 
 import errno
@@ -50,7 +53,7 @@ def fentry_refusal():
 def _load_one_fentry_program():
     probe = "fentry_copy_namespaces"
     try:
-        with loader.BpfObject() as obj:
+        with loader.BpfObject(loader.object_for_kernel()) as obj:
             for name in obj.program_names():
                 obj.set_autoload(name, name == probe)
             obj.load()
@@ -75,6 +78,11 @@ def _kallsyms_text():
     return names
 
 
+def kprobe_can_take(func):
+    """True if a kprobe can be attached to func here."""
+    return kprobes_supported() and func in _kallsyms_text()
+
+
 @functools.cache
 def no_hook_reason():
     """Why neither fentry nor kprobes work on this kernel, in one line (kept for the boot: it reads
@@ -86,17 +94,34 @@ def no_hook_reason():
     return bootcache.text("nohook", reason)
 
 
+FUNC_ARG_HELPER = "BPF_FUNC_get_func_arg"
+
+
 def plan():
     """A Hook per function of FUNCTIONS, chosen for the running kernel."""
     hooks = []
     fentry, kprobes = fentry_refusal() is None, kprobes_supported()
     btf = KernelBtf() if fentry else None
     try:
+        func_arg = fentry and btf.has_enum_value("bpf_func_id", FUNC_ARG_HELPER)
         for func in FUNCTIONS[1:]:
-            if fentry and btf.has_function(func):
-                hooks.append(Hook(func, "fentry"))
-            elif kprobes and func in _kallsyms_text():
-                hooks.append(Hook(func, "kprobe"))
+            in_btf = fentry and btf.has_function(func)
+            if in_btf and func_arg:
+                hooks.append(Hook(func, "fentry", why="fentry: in the kernel's BTF, and the kernel has "
+                                                      "bpf_get_func_arg, which our fentry programs call"))
+                continue
+            if not fentry:
+                not_fentry = fentry_refusal()
+            elif not func_arg:
+                not_fentry = ("fentry programs here would call bpf_get_func_arg, which this kernel lacks "
+                              "(5.17+)")
+            else:
+                not_fentry = "not in the kernel's BTF, so no fentry"
+            if kprobe_can_take(func):
+                hooks.append(Hook(func, "kprobe", why=f"kprobe: {not_fentry}"))
+            elif in_btf:  # fentry could reach it, but our programs cannot run there
+                hooks.append(Hook(func, None, f"{not_fentry}; and no kprobe to fall back on "
+                                              f"({'no kprobes' if not kprobes else 'not in /proc/kallsyms'})"))
             elif fentry or kprobes:
                 hooks.append(Hook(func, None, "not in this kernel's BTF or symbols: inlined or renamed"))
             else:

@@ -16,6 +16,7 @@ from ..errors import LibbpfError
 MIN_VERSION = (1, 0)
 
 # enum bpf_prog_type, include/uapi/linux/bpf.h
+BPF_PROG_TYPE_SOCKET_FILTER = 1
 BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
@@ -109,6 +110,8 @@ _PROTOTYPES = {
     "libbpf_minor_version": (ctypes.c_uint32, []),
     "libbpf_set_print": (ctypes.c_void_p, [_PRINT_FN]),
     "libbpf_probe_bpf_prog_type": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]),
+    "bpf_prog_load": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p,
+                                     ctypes.c_size_t, ctypes.c_void_p]),
     "bpf_object__open_file": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.POINTER(OpenOpts)]),
     "bpf_object__load": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_object__close": (None, [ctypes.c_void_p]),

@@ -9,6 +9,7 @@ or a subclass with a one-line reason.
 
 import ctypes
 import errno
+import functools
 import mmap
 import os
 import stat
@@ -21,7 +22,10 @@ from . import corebtf, libbpf
 
 _libc = ctypes.CDLL(None)
 # Strings, not pathlib: importing pathlib and what it imports delays `nstrace watch` going live.
-OBJECT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_bpf", "nstrace.bpf.o")
+_BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_bpf")
+OBJECT_PATH = os.path.join(_BUILD, "nstrace.bpf.o")
+# The same programs without BPF atomics, for kernels that have none (probes/Makefile)
+NO_ATOMICS_OBJECT_PATH = os.path.join(_BUILD, "nstrace-noatomics.bpf.o")
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
 
@@ -65,6 +69,41 @@ def check_privileges():
         return
     who = "not root" if os.geteuid() else "root without the needed capabilities"
     raise PrivilegeError(f"nstrace needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): running as {who}; try sudo")
+
+
+class _BpfInsn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("regs", ctypes.c_uint8), ("off", ctypes.c_int16), ("imm", ctypes.c_int32)]
+
+
+def _insn(code, dst=0, src=0, off=0, imm=0):
+    return _BpfInsn(code, dst | src << 4, off, imm)
+
+
+# *(u64 *)(r10 - 8) = 0; r0 = 0; r1 = 1; r0 = cmpxchg(r10 - 8, r0, r1); r0 = 0; exit
+# (include/uapi/linux/bpf.h: BPF_STX | BPF_ATOMIC | BPF_DW = 0xdb, BPF_CMPXCHG = 0xf1)
+_CMPXCHG_PROG = (_insn(0x7a, dst=10, off=-8), _insn(0xb7), _insn(0xb7, dst=1, imm=1),
+                 _insn(0xdb, dst=10, src=1, off=-8, imm=0xf1), _insn(0xb7), _insn(0x95))
+
+
+@functools.cache
+def kernel_has_cmpxchg():
+    """True if this kernel's verifier takes BPF's compare-and-swap (BPF atomics, 5.12+).
+
+    Asked of the kernel itself: a six-instruction socket filter with one
+    cmpxchg is loaded and closed (tens of microseconds). Not a version check:
+    a backport counts, and 5.10's "BPF_STX uses reserved fields" is the answer no.
+    """
+    insns = (_BpfInsn * len(_CMPXCHG_PROG))(*_CMPXCHG_PROG)
+    fd = libbpf.lib().bpf_prog_load(libbpf.BPF_PROG_TYPE_SOCKET_FILTER, None, b"GPL", insns, len(insns), None)
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+def object_for_kernel():
+    """The build of nstrace's BPF object this kernel loads: with BPF atomics where it has them."""
+    return OBJECT_PATH if kernel_has_cmpxchg() else NO_ATOMICS_OBJECT_PATH
 
 
 def check_btf(path=VMLINUX_BTF):

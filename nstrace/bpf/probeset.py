@@ -51,11 +51,11 @@ class ProbeSet:
     """
 
     def __init__(self, *, trace_all=False, pid=None, raw_addresses=False, kernel_path=True,
-                 ringbuf_bytes=RINGBUF_BYTES, wakeup_bytes=WAKEUP_BYTES, object_path=loader.OBJECT_PATH):
+                 ringbuf_bytes=RINGBUF_BYTES, wakeup_bytes=WAKEUP_BYTES, object_path=None):
         check_ringbuf_bytes(ringbuf_bytes)
         self.trace_all, self.pid, self.raw_addresses = trace_all, pid, raw_addresses
         self.kernel_path, self.ringbuf_bytes, self.wakeup_bytes = kernel_path, ringbuf_bytes, wakeup_bytes
-        self.object_path = object_path
+        self.object_path = object_path or loader.object_for_kernel()
         self.hooks = []         # probes.Hook per function, once planned
         self.attached = []      # syscall-layer programs attached, in order
         self.obj = None         # the loaded loader.BpfObject
@@ -92,12 +92,13 @@ class ProbeSet:
     def load(self, loading=None):
         """Plan the hooks, open and load; loading() is called as each load begins.
 
-        A program the kernel refuses fails the whole load: its hook is dropped
-        (with the reason) and the object loaded again, at most once per hook.
+        A program the kernel refuses fails the whole load: its hook becomes a
+        kprobe where it was fentry and kprobes can take it, else is dropped
+        (with the reason), and the object is loaded again, at most twice per hook.
         """
         self.hooks = self.plan()
         self.planned = self.settings()
-        for _ in range(len(self.hooks) + 1):
+        for _ in range(2 * len(self.hooks) + 1):
             obj = self.obj = self._open()
             if loading:
                 loading()
@@ -107,8 +108,11 @@ class ProbeSet:
                 culprit = self._refused_hook()
                 if not culprit:
                     raise
-                culprit.reason = f"{culprit.kind} program refused at load ({err.errno and os.strerror(err.errno)})"
-                culprit.kind = None
+                refusal = f"{culprit.kind} program refused at load ({err.errno and os.strerror(err.errno)})"
+                if culprit.kind == "fentry" and hookplan.kprobe_can_take(culprit.func):
+                    culprit.kind, culprit.why = "kprobe", f"kprobe: the {refusal}"
+                else:
+                    culprit.kind, culprit.reason = None, refusal
                 obj.close()
                 continue
             for slot, name in enumerate(BODY_PROGRAMS):
@@ -171,7 +175,7 @@ class ProbeSet:
                  "attached": name in self.attached, "reason": ""} for name in self.programs()]
         from ..record import paths  # only doctor and the session header ask: not before the first probe
         rows += [{"probe": h.func, "layer": "function", "file": paths.source_file(h.func),
-                  "hook": h.kind, "attached": h.attached, "reason": h.reason} for h in self.hooks]
+                  "hook": h.kind, "attached": h.attached, "reason": h.reason, "why": h.why} for h in self.hooks]
         return rows
 
     def close(self):

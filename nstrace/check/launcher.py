@@ -150,6 +150,14 @@ class Launcher:
         err = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None else "timeout"
         raise LauncherError(f"could not start a process in new {','.join(types)} namespaces: {err}")
 
+    def spawn(self, argv, **popen_kw):
+        """A longer-lived process of ours (a real program, or `python -m` a module of nstrace.check),
+        recorded at once, killed at cleanup and with this launcher; a Popen. `ip` is confined as in run()."""
+        self._confine(argv)
+        proc = subprocess.Popen(argv, preexec_fn=_die_with(os.getpid()), **popen_kw)
+        self._record("process", proc.pid, start=procns.start_ticks(proc.pid))
+        return proc
+
     def bind_ns(self, pid, ns_type):
         """Bind-mount /proc/<pid>/ns/<type> on a file of ours: keeps the namespace alive."""
         path = self.workdir / f"{ns_type}-{pid}"

@@ -279,3 +279,5 @@ def fail_eperm(launcher):
     return [Expect("unshare", pid=h.pid, flags=flag("uts"), errno="EPERM", changed=[],
                    what="an unprivileged caller may only make a user namespace (and others inside it)")]
 
+
+from . import experiments  # noqa: E402,F401  the seeds' remaining experiments register themselves here too

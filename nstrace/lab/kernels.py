@@ -38,7 +38,7 @@ from .host import cache_dir, last_line, locked, require, trusted
 # virtio_pci, fscache and virtio_console in).
 ROOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "virtio_console", "overlay")
 
-# Loaded when the kernel has them as modules: scenarios that join namespaces by veth, or a bridge.
+# Loaded when the kernel has them as modules: the launcher's veth scenario needs veth, netns-bridge a bridge.
 OPTIONAL_MODULES = ("veth", "bridge")
 
 # Manifests of this layout; a tree without one is fetched again.

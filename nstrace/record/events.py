@@ -42,7 +42,7 @@ class Step(ctypes.Structure):
         ("what", ctypes.c_uint32),
         ("inum", ctypes.c_uint32),
         ("refs", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("old_refs", ctypes.c_uint32),
     ]
 
 
@@ -53,6 +53,7 @@ _HEAD_FIELDS = [
         ("child_start_ns", ctypes.c_uint64),
         ("raw_flags", ctypes.c_uint64),
         ("ret", ctypes.c_int64),
+        ("cgroup_id", ctypes.c_uint64),
         ("op", ctypes.c_uint32),
         ("pid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
@@ -141,6 +142,7 @@ class Record:
     nsproxy: dict
     start_time_ns: int
     child_start_ns: int | None
+    cgroup_id: int | None = None   # None only in session files written before it was recorded
     kernel_path: list = dataclasses.field(default_factory=list)
     kernel_path_dropped: int = 0
     proc_check: dict | None = None
@@ -201,7 +203,7 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         n = min(ev.nsteps, MAX_STEPS, (len(raw) - HEAD_SIZE) // ctypes.sizeof(Step))
         steps = [step_decoder(Step.from_buffer_copy(raw, HEAD_SIZE + i * ctypes.sizeof(Step)), raw_addresses)
                  for i in range(n)]
-    return Record(
+    rec = Record(
         # whole microseconds: the float then prints as its 6 decimals (native/batch.c prints the same)
         ts=((ev.exit_ns + WALL_OFFSET_NS + 500) // 1000) / 1e6,
         duration_us=max(ev.exit_ns - ev.enter_ns, 0) / 1e3,
@@ -228,6 +230,11 @@ def decode(raw, raw_addresses=False, step_decoder=None):
                  "after": format_id(ev.after.nsproxy_id, raw_addresses)},
         start_time_ns=ev.start_time_ns,
         child_start_ns=ev.child_start_ns or None if is_clone else None,
+        cgroup_id=ev.cgroup_id,
         kernel_path=steps,
         kernel_path_dropped=ev.steps_dropped,
     )
+    if steps:  # each step's source line in this kernel, and whether a copy_* made its namespace
+        from . import steps as step_facts
+        step_facts.annotate(rec)
+    return rec

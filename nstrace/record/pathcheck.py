@@ -2,13 +2,18 @@
 
 For every step of the documented path of an operation this says whether it
 was expected for these flags, whether this kernel lets nstrace observe it
-(and why not), and whether it was observed, in the documented order.
+(and why not), and whether it was observed, in the documented order and
+called from where the notes say. Each result also carries what a reader
+needs to see both at once: the step's depth in the documented call tree and,
+when observed, its values (arguments, result, new or shared, duration) and
+its source line in the recorded kernel's version. Calls observed that the
+notes do not list for the operation follow, marked "undocumented".
 """
 
 import dataclasses
 
 from ..linux import flags as fl
-from . import paths, steps
+from . import kernelsource, paths, steps
 
 # Functions of the documented path that nstrace does not probe on purpose:
 # they run on every fork or every credential change, so a probe there taxes
@@ -30,11 +35,17 @@ class StepResult:
     file: str
     expected: bool
     status: str          # observed | not observed | not observable | not expected | unexpected | not reached
+                         # | out of order | out of place | undocumented
     reason: str = ""
+    depth: int = 0       # in the documented call tree (paths.toml `in`)
+    values: str = ""     # observed: "(arguments) = result", the learner's reading of the step
+    note: str = ""       # observed: why it did what it did, where that is not obvious (steps.why)
+    duration_us: float | None = None
+    source: str = ""     # observed: file:line in the recorded kernel's version
 
     @property
     def failed(self):
-        return self.status in ("not observed", "unexpected", "out of order")
+        return self.status in ("not observed", "unexpected", "out of order", "out of place")
 
 
 def effective_flags(rec):
@@ -95,11 +106,76 @@ def _observed_index(step, rec):
     return None
 
 
-def compare(rec, hooks, tracepoints):
-    """StepResults for one record. hooks: {func: nstrace.bpf.probes.Hook}; tracepoints: attached names."""
+def _callers(step):
+    value = step.get("in", [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _depths(doc):
+    """Each documented step's depth in the call tree the `in` keys draw (by name: the first)."""
+    by_name = {s["name"]: s for s in doc}
+    depth = {}
+
+    def of(name, seen=()):
+        if name not in depth:
+            up = [c for c in _callers(by_name[name]) if c in by_name and c not in seen] if name in by_name else []
+            depth[name] = of(up[0], seen + (name,)) + 1 if up else 0
+        return depth[name]
+    for s in doc:
+        of(s["name"])
+    return depth
+
+
+def _expected_caller(step, by_name, observable):
+    """The nearest documented caller nstrace can observe here, or None (the outermost level): an
+    observed call's parent must be that one (a caller that is inlined or not probed is skipped)."""
+    todo, seen = _callers(step), set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen or name not in by_name:
+            continue
+        seen.add(name)
+        if observable(by_name[name]):
+            return name
+        todo = _callers(by_name[name]) + todo
+    return None
+
+
+def _tracepoint_values(step, rec):
+    name = step["name"]
+    if name.startswith("syscalls:sys_enter_"):
+        if rec.op == "setns":
+            return "(" + steps.setns_arguments(rec) + ")"
+        return f"(flags {fl.short(rec.flags) if rec.flags else '0'})"
+    if name.startswith("syscalls:sys_exit_"):
+        return f"= {rec.ret}" + (f" {rec.errno}" if rec.errno else "")
+    if name == "task:task_newtask" and rec.child_pid:
+        return f"child pid {rec.child_pid}"
+    return ""
+
+
+def _values(call, rec):
+    counts = steps.counts(call.exit or {})
+    return f"({steps.arguments(call, rec)}) = {steps.result(call, rec)}" + (f" ({counts})" if counts else "")
+
+
+def compare(rec, hooks, tracepoints, release=None):
+    """StepResults for one record. hooks: {func: nstrace.bpf.probes.Hook}; tracepoints: attached names;
+    release: the recorded kernel's (default: the running one), for the source lines."""
     doc = paths.notes()["op"].get(rec.op, {}).get("step", [])
     flags = effective_flags(rec)
+    if rec.kernel_path and release:
+        steps.annotate(rec, release)
     results, seen_order = [], []
+    by_name = {s["name"]: s for s in doc}
+    depth = _depths(doc)
+    observed, parent = {}, {}
+    for top in steps.tree(rec.kernel_path):
+        for call in top.walk():
+            observed.setdefault(call.func, call)
+            for inner in call.calls:
+                parent.setdefault(id(inner), call.func)
+    observable = lambda s: _observability(s, hooks, tracepoints) is None and s["kind"] == "function"
     for step in doc:
         file = step.get("file") or paths.source_file(step["name"])
         if step["kind"] == "tracepoint":
@@ -124,7 +200,32 @@ def compare(rec, hooks, tracepoints):
         else:
             status = "not observed"
             reason = f"the record was full: {rec.kernel_path_dropped} steps dropped" if rec.kernel_path_dropped else ""
-        results.append(StepResult(step["name"], step["kind"], file, expected, status, reason))
+        result = StepResult(step["name"], step["kind"], file, expected, status, reason, depth=depth[step["name"]])
+        call = observed.get(step["name"]) if step["kind"] == "function" and index is not None else None
+        if call is not None:
+            result.values = _values(call, rec)
+            result.note = steps.why(call, rec, hooks)
+            result.duration_us = call.duration_us
+            result.source = steps.source_text(call.step)
+            want = _expected_caller(step, by_name, observable)
+            got = parent.get(id(call))
+            if got != want and status == "observed":
+                result.status = "out of place"
+                result.reason = f"called from {got or 'the syscall itself'}, the notes say {want or 'the syscall itself'}"
+        elif index is not None:
+            result.values = _tracepoint_values(step, rec)
+        if step["kind"] == "function" and not result.source:
+            # where to read a step that did not happen, in the recorded kernel's version
+            spot = kernelsource.where(step["name"], release or kernelsource.running_release())
+            result.source = spot.text if spot else file
+        results.append(result)
+    for func, call in observed.items():
+        if func not in by_name:
+            results.append(StepResult(func, "function", paths.source_file(func), False, "undocumented",
+                                      f"not in the documented path of {rec.op} (kernel-notes/paths.toml)",
+                                      depth=call.depth, values=_values(call, rec),
+                                      note=steps.why(call, rec, hooks), duration_us=call.duration_us,
+                                      source=steps.source_text(call.step)))
     # Documented order: observed steps must appear in the order the notes list them.
     last = None
     for index, pos in seen_order:

@@ -9,16 +9,18 @@ a session file keeps them, so a record is judged later as it was when it was mad
 class Hook:
     """How one function is (or is not) probed on this kernel."""
 
-    __slots__ = ("func", "kind", "reason", "attached")
+    __slots__ = ("func", "kind", "reason", "attached", "why")
 
-    def __init__(self, func, kind, reason="", attached=False):
+    def __init__(self, func, kind, reason="", attached=False, why=""):
         self.func = func
         self.kind = kind              # "fentry", "kprobe" or None
         self.reason = reason          # why not, when kind is None or attaching failed
         self.attached = attached
+        self.why = why                # why this kind of hook and not the other
 
     def __repr__(self):
-        return f"Hook({self.func!r}, {self.kind!r}, reason={self.reason!r}, attached={self.attached})"
+        return (f"Hook({self.func!r}, {self.kind!r}, reason={self.reason!r}, attached={self.attached}, "
+                f"why={self.why!r})")
 
     @property
     def programs(self):

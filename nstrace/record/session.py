@@ -305,6 +305,11 @@ def load(path):
         records.append(events.Record(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
     if header is None and not records:
         raise UsageError(f"{path} is not an nstrace session (no header, no records)")
+    release = ((header or {}).get("kernel") or {}).get("release")
+    for rec in records:
+        if rec.kernel_path and release:  # a file from an older nstrace: its steps' lines and new/shared
+            from . import steps
+            steps.annotate(rec, release)
     return Session(str(path), header, records, end, warnings)
 
 

@@ -51,7 +51,7 @@ class Tracer:
     :class:`~nstrace.record.events.Record`, already checked and filtered.
     """
 
-    def __init__(self, options=None, object_path=loader.OBJECT_PATH):
+    def __init__(self, options=None, object_path=None):
         self.options = o = options or Options()
         self.options.validate()
         self.probes = probeset.ProbeSet(trace_all=o.trace_all, pid=o.pid, raw_addresses=o.raw_addresses,

@@ -82,17 +82,33 @@ def proc_cell(rec):
     return rec.proc_check["status"] if rec.proc_check else "-"
 
 
-def row(rec):
-    """The record as one table line plus indented detail lines."""
+def path_table(rec, indent="    "):
+    """The record's kernel path, one call a line, nested by call depth: arguments, result (new or
+    shared for a copy_*), µs and source line; a why under a call that needs one."""
+    from ..record import steps  # only records from the function layer get here
+    rows = steps.path_rows(rec)
+    table = [["  " * depth + text, "-" if us is None else f"{us:.1f}", source] for depth, text, _, source, us, _ in rows]
+    text = tabulate(table, headers=["kernel path", "µs", "source"], tablefmt="plain", disable_numparse=True,
+                    colalign=("left", "right", "left"), preserve_whitespace=True).split("\n")
+    out, said = [indent + text[0].rstrip()], set()
+    for line, (depth, _, why, _, _, _) in zip(text[1:], rows):
+        out.append(indent + line.rstrip())
+        if why and why not in said:  # under its call, outside the table: a long why must not widen every row
+            out.append(indent + "  " * (depth + 1) + f"/* {why} */")
+            said.add(why)  # once: the seven copy_* of one call may all have the same
+    return out
+
+
+def row(rec, path=True):
+    """The record as one table line plus indented detail lines (its kernel path with `path`)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts * 1000) % 1000:03d}"
     line = _row([stamp, rec.comm, rec.pid, rec.tid, rec.op, flags_cell(rec), ret_cell(rec),
                  rec.child_pid or "-", nsproxy_cell(rec), proc_cell(rec)])
     details = []
     for entry in rec.changed:
         details.append(f"    {entry:<17} {(rec.ns_before or {}).get(entry)} -> {(rec.ns_after or {}).get(entry)}")
-    if rec.kernel_path:
-        from ..record.steps import calls  # only records from the function layer get here
-        details.append("    path  " + " > ".join(calls(rec.kernel_path)))
+    if rec.kernel_path and path:
+        details += path_table(rec)
     if rec.proc_check and rec.proc_check["status"] == "mismatch":
         for entry, d in (rec.proc_check.get("diff") or {}).items():
             details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")
@@ -114,9 +130,12 @@ def summary_table(summary):
 
 
 def availability_table(rows):
+    """One row per probe point: the hook it got and why (a function's choice of fentry or kprobe),
+    or why it has none."""
     table = [[r["probe"], r["layer"], r.get("file", "-"), r["hook"] or "-",
-              "attached" if r["attached"] else "unavailable", r["reason"]] for r in rows]
-    return tabulate(table, headers=["probe point", "layer", "source", "hook", "status", "why not"],
+              "attached" if r["attached"] else "unavailable",
+              r["reason"] or r.get("why", "")] for r in rows]
+    return tabulate(table, headers=["probe point", "layer", "source", "hook", "status", "why"],
                     tablefmt="simple")
 
 
@@ -129,7 +148,9 @@ def availability_verdict(rows):
         reasons = sorted({r["reason"] for r in functions})
         return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "
                 f"layer runs: {'; '.join(reasons)}")
-    return f"{head}\nkernel-function layer: {len(attached)} of {len(functions)} functions attached"
+    kinds = ", ".join(f"{n} by {kind}" for kind, n in sorted(
+        {k: sum(r["hook"] == k for r in attached) for k in {r["hook"] for r in attached}}.items()))
+    return f"{head}\nkernel-function layer: {len(attached)} of {len(functions)} functions attached ({kinds})"
 
 
 def lab_table(results):
@@ -187,15 +208,62 @@ def _common_reason(availability):
     return reasons.pop() if len(reasons) == 1 and not attached else None
 
 
+SHOWN = ("observed", "unexpected", "out of order", "out of place", "undocumented")
+
+
+def documented_and_observed(results, common=None):
+    """The documented path and the observed one as one table: each documented step nested by its
+    documented caller, with what was observed of it (arguments, result, new or shared, µs, source
+    line) or why it was not; calls the notes do not list follow. A why under a step that has one."""
+    shown = [s for s in results if s.expected or s.status in SHOWN]
+    table = []
+    for s in shown:
+        why_not = "no fentry or kprobes here (below)" if common and s.reason == common else s.reason
+        table.append(["  " * s.depth + s.name, s.status, s.values or why_not,
+                      "" if s.duration_us is None else f"{s.duration_us:.1f}", s.source or s.file])
+    text = tabulate(table, headers=["step", "on this kernel", "observed, or why not", "µs", "source"],
+                    tablefmt="simple", disable_numparse=True, colalign=("left", "left", "left", "right", "left"),
+                    preserve_whitespace=True).split("\n")
+    out, said = [line.rstrip() for line in text[:2]], set()
+    for line, s in zip(text[2:], shown):
+        out.append(line.rstrip())
+        note = s.note or (s.reason if s.values else "")
+        if note and note not in said:  # once: the seven copy_* of one call may all have the same
+            out.append("  " * (s.depth + 1) + f"/* {note} */")
+            said.add(note)
+    return out
+
+
+def lab_command(expect):
+    """The command that runs this demo where the kernel functions can be seen: a Debian kernel in
+    `nstrace lab` (its `-- ARGS` form runs any nstrace command in the guest)."""
+    flags = fl.short(fl.decode_flags(expect.flags or 0, expect.op))
+    op = "" if expect.op == "clone" else f" --op {expect.op}"
+    return f"nstrace lab --kernel 6.1 -- demo{op} --flags '{flags}'"
+
+
+def _switch_note(rec, availability):
+    """What became of the old nsproxy, where the kernel path shows the switch."""
+    from ..record import probes, steps
+    if not rec.kernel_path:
+        return ""
+    hooks = {a["probe"]: probes.Hook(a["probe"], a["hook"], a["reason"], a["attached"])
+             for a in availability if a.get("layer") == "function"}
+    for top in steps.tree(rec.kernel_path):
+        for call in top.walk():
+            if call.func == "switch_task_namespaces":
+                return "\n  " + steps.switch_summary(call, hooks)
+    return ""
+
+
 def demo_report(result, report, availability):
     out = [f"nstrace demo: {result.summary}", ""]
     records = [v.record for v in result.verdicts if v.record]
     if result.error:
         out.append(f"error: {result.error}")
     if records:
-        out += ["== What the kernel did (syscall layer" +
-                (", kernel functions" if any(r.kernel_path for r in records) else "") + ")",
-                header()] + [row(r) for r in records] + [""]
+        # the kernel functions come below, in one view with the documented path
+        out += ["== What the kernel did (syscall layer)", header()] + [row(r, path=False) for r in records] + [""]
     main = records[0] if records else None
     if main and main.ns_before:
         proc_now = (report or {}).get("child_ns") or (report or {}).get("ns") or {}
@@ -210,7 +278,7 @@ def demo_report(result, report, availability):
                          tablefmt="simple"), ""]
         if main.nsproxy:
             out.append(f"task->nsproxy: {main.nsproxy['before']} -> {main.nsproxy['after'] or '-'} "
-                       "(short ids, not addresses)")
+                       "(short ids, not addresses)" + _switch_note(main, availability))
             out.append("")
     seen = [(v.expect.what, v.expect.seen_inside) for v in result.verdicts if v.expect.seen_inside]
     if seen:
@@ -219,20 +287,18 @@ def demo_report(result, report, availability):
             shown = {k: v for k, v in facts.items() if k != "monotonic_s" or "time" in what}
             out.append(f"  {what}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         out.append("")
+    common = _common_reason(availability)
     for v in result.verdicts:
         if not v.steps:
             continue
-        out.append(f"== Documented kernel path of {v.expect.op} (kernel-notes/paths.toml) beside the trace")
-        common = _common_reason(availability)
-        out.append(tabulate([[s.name, s.file, s.status, "no fentry or kprobes here (below)" if common and
-                              s.reason == common else s.reason] for s in v.steps if s.expected or
-                             s.status in ("observed", "unexpected", "out of order")],
-                            headers=["step", "source", "on this kernel", "why"], tablefmt="simple"))
+        what = v.expect.what or v.expect.op
+        out.append(f"== Kernel path of {what}: documented (kernel-notes/paths.toml) and observed")
+        out += documented_and_observed(v.steps, common)
         out.append("")
     functions = [a for a in availability if a["layer"] == "function"]
-    if functions and not any(a["attached"] for a in functions):
+    if functions and not any(a["attached"] for a in functions) and result.verdicts:
         out.append("kernel functions: not observable here (" + functions[0]["reason"] +
-                   "); `nstrace lab --kernel 6.1` shows them on a Debian kernel")
+                   f"); `{lab_command(result.verdicts[0].expect)}` shows them on a Debian kernel")
     problem = _first_problem(result)
     out.append("result: " + ("trace matches the documented path" if result.ok else f"MISMATCH: {problem}"))
     return "\n".join(out)

@@ -41,7 +41,7 @@ import time
 from ..errors import RenderError, UsageError, WriteFailed
 from ..linux import flags as fl
 from ..linux import trusted_paths
-from ..record import pathcheck, probes
+from ..record import kernelsource, pathcheck, probes, steps
 from . import display
 
 FORMATS = ("svg", "html", "perfetto")
@@ -246,29 +246,49 @@ def _common_reason(availability):
     return reasons.pop() if functions and len(reasons) == 1 and not any(a["attached"] for a in functions) else None
 
 
-def _path_html(rec, tag, hooks, tracepoints, common=None):
-    """The record's kernel path: the steps observed, else the documented steps with why they were not seen."""
-    def link(func, file):
-        url = source_url(tag, file)
-        name = f'<a href="{_e(url)}" title="{_e(file)} at {_e(tag)}">{_e(func)}</a>' if url else _e(func)
-        ident = ident_url(tag, func)
-        return name + (f' <a class="def" href="{_e(ident)}" title="definition">def</a>' if ident else "")
-    if rec.kernel_path:
-        items = []
-        for s in rec.kernel_path:
-            mark = "&rarr;" if s["kind"] == "enter" else "&larr;"
-            items.append(f"<li>{mark} {link(s['func'], s.get('file'))} <span class=\"short\">{_e(s.get('short', ''))}</span></li>")
-        return "<ol class=\"path observed\">" + "".join(items) + "</ol>"
+def _step_link(name, kind, file, tag, release):
+    """A step's name linked to its definition: file#Lline at the version the line was read from
+    (nstrace/record/kernelsource.py: the recorded kernel's own, or the nearest covered one), and
+    elixir's identifier search at the recorded kernel's tag."""
+    spot = kernelsource.where(name, release) if kind == "function" and release else None
+    if spot:
+        url = f"{ELIXIR}/v{spot.version}/source/{spot.file}#L{spot.line}"
+        title = f"{spot.file}:{spot.line} in {spot.version}" + ("" if spot.exact else ", the nearest version nstrace has lines for")
+    else:
+        url, title = source_url(tag, file), f"{file} at {tag}"
+    text = f'<a href="{_e(url)}" title="{_e(title)}">{_e(name)}</a>' if url else _e(name)
+    ident = ident_url(tag, name) if kind == "function" else None
+    return text + (f' <a class="def" href="{_e(ident)}" title="definition at {_e(tag)}">def</a>' if ident else "")
+
+
+def _path_html(rec, tag, hooks, tracepoints, common=None, release=None):
+    """The record's kernel path in one view: the documented steps nested by their documented caller,
+    each with what was observed of it (arguments, result, new or shared, µs, source line) or why it
+    was not; then calls the notes do not list."""
     try:
-        steps = pathcheck.compare(rec, hooks, tracepoints)
+        results = pathcheck.compare(rec, hooks, tracepoints, release)
     except (KeyError, TypeError, ValueError):
         return "<p class=\"path\">no documented path</p>"
-    items = [f"<li class=\"{_e(s.status.replace(' ', '-'))}\">{link(s.name, s.file)} "
-             f"<span class=\"status\">{_e(s.status)}</span>"
-             + (f" <span class=\"why\">{_e('function layer off here (see top)' if s.reason == common else s.reason)}</span>"
-                if s.reason else "") + "</li>"
-             for s in steps if s.expected or s.status in ("observed", "unexpected")]
-    return "<p class=\"note\">documented path (kernel-notes/paths.toml):</p><ol class=\"path documented\">" + "".join(items) + "</ol>"
+    if not results:
+        return "<p class=\"path\">no documented path</p>"
+    rows, said = [], set()
+    for s in results:
+        if not (s.expected or s.status in display.SHOWN):
+            continue
+        why_not = "function layer off here (see top)" if common and s.reason == common else s.reason
+        shown = s.values or why_not
+        note = s.note or (s.reason if s.values and s.reason else "")
+        note, said = ("" if note in said else note), said | {note}  # each why once: seven copies say it seven times
+        klass = s.status.replace(" ", "-") + (" created" if re.search(r" new( \(count \d+\))?$", s.values) else "")
+        rows.append(f'<tr class="{_e(klass)}"><td class="step d{min(s.depth, 7)}">'
+                    f'{_step_link(s.name, s.kind, s.file, tag, release)}</td><td class="status">{_e(s.status)}</td>'
+                    f'<td class="values">{_e(shown)}'
+                    + (f'<div class="why">/* {_e(note)} */</div>' if note else "")
+                    + f'</td><td class="us">{"" if s.duration_us is None else f"{s.duration_us:.1f}"}</td>'
+                    f'<td class="src">{_e(s.source)}</td></tr>')
+    return ('<table class="path"><thead><tr><th>step (kernel-notes/paths.toml)</th><th>on this kernel</th>'
+            '<th>observed, or why not</th><th>&micro;s</th><th>source</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>")
 
 
 def timeline_svg(records, started, width=960):
@@ -313,8 +333,12 @@ table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;paddi
 th{background:#f3f3f3}tr:target{background:#fff6bf}tr.failed td.ret{color:#b00}
 .timeline .tick{stroke:#eee}.timeline .axis,.timeline .lane{font-size:11px;fill:#555}
 .timeline rect.op{opacity:.85}.timeline rect.failed{opacity:.4}
-ol.path{margin:0;padding-left:1.4em}.path .status,.path .why,.short{color:#666;font-size:.9em}
-li.observed .status{color:#080}li.not-observed .status,li.unexpected .status,li.out-of-order .status{color:#b00}
+table.path{font-size:1em;border:none}table.path td,table.path th{border:none;border-bottom:1px solid #eee;padding:1px 5px}
+table.path td.step{white-space:nowrap;font-family:monospace}table.path td.us{text-align:right}
+.path .status,.path .why,.path .src{color:#666;font-size:.9em}.path .why{font-family:monospace}
+tr.observed .status{color:#080}tr.not-observed .status,tr.unexpected .status,tr.out-of-order .status,tr.out-of-place .status{color:#b00}
+tr.created td.values{font-weight:bold}
+""" + "".join(f"table.path td.d{d}{{padding-left:{0.3 + 1.2 * d:.1f}em}}" for d in range(8)) + """
 a.def{font-size:.8em;color:#888}#graph svg{max-width:100%;height:auto}
 .legend span{display:inline-block;padding:1px 6px;margin-right:4px;border-radius:3px}
 #filter{margin:.4em 0}
@@ -377,7 +401,7 @@ def html_page(session, records=None):
             f"<td>+{r.ts - t0:.6f}s</td><td>{_e(r.comm)}</td><td>{_e(r.pid)}/{_e(r.tid)}</td><td>{_e(r.op)}</td>"
             f"<td>{_e(fl.short(r.flags))}</td><td class=\"ret\">{_e(r.errno or r.ret)}</td>"
             f"<td>{_e(r.child_pid or '-')}</td><td>{changed}</td><td>{_e(proc)}</td>"
-            f"<td>{_path_html(r, tag, hooks, tracepoints, common)}</td></tr>")
+            f"<td>{_path_html(r, tag, hooks, tracepoints, common, k.get('release') if k else None)}</td></tr>")
     legend = "".join(f'<span class="t-{t}">{t}</span>' for t in TYPE_COLOURS)
     ops_legend = "".join(f'<span class="o-{o}">{o}</span>' for o in OP_COLOURS)
     title = f"nstrace session: {(session.header or {}).get('host', '')} {k.get('release', '')}".strip()
@@ -460,7 +484,8 @@ def _step_events(rec, offset_ns, us):
             start, enter = open_steps[s["func"]].pop()
             out.append({"ph": "X", "name": s["func"], "cat": "kernel", "pid": rec.pid, "tid": rec.tid,
                         "ts": us(start), "dur": round((wall - start) * 1e6, 3),
-                        "args": {"file": s.get("file"), "enter": enter.get("short"), "exit": s.get("short")}})
+                        "args": {"file": s.get("file"), "source": steps.source_text(s), "enter": enter.get("short"),
+                                 "exit": s.get("short"), **({"created": s["created"]} if "created" in s else {})}})
     for stack in open_steps.values():
         for start, enter in stack:
             out.append({"ph": "i", "s": "t", "name": enter["func"], "cat": "kernel", "pid": rec.pid, "tid": rec.tid,

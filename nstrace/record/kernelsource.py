@@ -1,0 +1,76 @@
+"""Where each function of the namespace path is defined, in the source of a given kernel version.
+
+The lines are data (nstrace/record/source-lines.toml), taken by scripts/source-lines.py from each
+covered version's own source tree (Debian's linux-source packages of the kernels `nstrace lab`
+boots), never typed by hand. A kernel of a series the data does not cover gets the lines of the
+nearest covered series that defines the function, and says so (`exact` is then False): this
+machine's 6.18 has no Debian source package, so its lines come from 7.2 or, for a function 7.2 no
+longer has (free_nsproxy became nsproxy_free), from 6.12.
+"""
+
+import dataclasses
+import functools
+import os
+import re
+
+SOURCE_LINES = os.path.join(os.path.dirname(os.path.realpath(__file__)), "source-lines.toml")
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+    file: str
+    line: int
+    version: str        # the upstream version of the source the line was read from, e.g. "6.1.192"
+    exact: bool         # the kernel's own series (else the nearest covered one)
+
+    @property
+    def text(self):
+        """file:line, labelled when it is another version's line."""
+        return f"{self.file}:{self.line}" + ("" if self.exact else f" (as in {self.version})")
+
+
+@functools.cache
+def _data():
+    import tomllib
+    with open(SOURCE_LINES, "rb") as f:
+        return tomllib.load(f)["version"]
+
+
+def series_of(release):
+    """"6.1" of "6.1.0-57-amd64", "7.2" of "7.2.13+deb14-amd64"; None if it names no version."""
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def _rank(series):
+    # Linux numbers releases X.0 .. X.19 or so before X+1.0: twenty a major orders them closely enough
+    major, minor = map(int, series.split("."))
+    return major * 20 + minor
+
+
+def covered():
+    """The series the data has lines for, oldest first."""
+    return sorted(_data(), key=_rank)
+
+
+def where(func, release):
+    """Where func is defined for a kernel of this release (uname -r), or None where no covered
+    version defines it."""
+    series = series_of(release)
+    versions = _data()
+    if series is None:
+        return None
+    order = sorted(versions, key=lambda s: (abs(_rank(s) - _rank(series)), -_rank(s)))
+    for s in order:
+        spot = versions[s]["line"].get(func)
+        if spot:
+            file, line = spot.rsplit(":", 1)
+            return Where(file, int(line), versions[s]["upstream"], s == series)
+        if s == series:
+            return None  # the kernel's own source has no such function: another version's line would mislead
+    return None
+
+
+@functools.cache
+def running_release():
+    return os.uname().release
