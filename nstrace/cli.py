@@ -264,13 +264,13 @@ def _lab_command(kernels, command, timeout):
     for o in outcomes:
         if isinstance(o.error, GuestLockup):
             click.echo(guest.lockup_report(o.error.console), err=True)  # the stacks say why it ended
+    if _stop_requested:  # Ctrl-C: the guests were stopped, as watch stops
+        raise click.exceptions.Exit(130)
     failed = [o for o in outcomes if o.error is not None]
     if len(kernels) == 1 and failed:
         raise failed[0].error
     for o in failed:
         click.echo(f"nstrace: error: {o.kernel}: {_one_line(str(o.error))}", err=True)
-    if _stop_requested:
-        raise click.exceptions.Exit(130)
     first = next((c for c in codes if c != 0), 0)
     if first:
         raise click.exceptions.Exit(first)
@@ -315,6 +315,8 @@ def _lab_suite(kernels, pytest_args, check_only, timeout, verbose):
                 results.append(future.result())
             except LabError as e:
                 errors.append((kernel, e))
+    if _stop_requested:
+        raise click.exceptions.Exit(130)
     if results:
         click.echo(display.lab_table(results))
     if errors and len(kernels) == 1:
