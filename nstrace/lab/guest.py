@@ -125,19 +125,6 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
     if not Path(BUSYBOX).exists():
         raise ToolMissing(f"{BUSYBOX} missing: install busybox-static")
 
-    spec = apt.resolve(kernel, status)
-    unpacked = kernels.prepare(spec, status)
-    image_fd, modules = kernels.boot_files(unpacked)
-    try:
-        return _boot(qemu, kernel, unpacked, image_fd, modules, argv, cwd, full_env, timeout, log, stdout, stderr,
-                     bring_back, kernel_args, tcg_thread, cpus, accel, status, should_stop)
-    finally:
-        os.close(image_fd)
-
-
-def _boot(qemu, kernel, unpacked, image_fd, modules, argv, cwd, full_env, timeout, log, stdout, stderr,
-          bring_back, kernel_args, tcg_thread, cpus, accel, status, should_stop) -> GuestResult:
-    marker = f"NSTRACE-LAB-{uuid.uuid4().hex}"
     scratch = scratch_mounts(cwd)
     if "/tmp" not in scratch:
         # The working directory lives under /tmp (a CI checkout, say): a tmpfs there would hide it.
@@ -148,50 +135,59 @@ def _boot(qemu, kernel, unpacked, image_fd, modules, argv, cwd, full_env, timeou
     if bring_back and not can_bring_back(cwd, scratch):
         raise LabError(f"files written in {cwd} cannot come back from the guest: run it in a directory of "
                        "your own (not /, /proc, /sys, /dev or a tmpfs the guest mounts)")
+
+    spec = apt.resolve(kernel, status)
+    unpacked = kernels.prepare(spec, status)
+    image_fd, modules = kernels.boot_files(unpacked)
+    marker = f"NSTRACE-LAB-{uuid.uuid4().hex}"
     init = init_script([m for m, _ in modules], argv, cwd, full_env, marker, scratch,
                        merge_stderr=stderr is None, bring_back=bring_back)
-    accel, why_not_kvm = _accelerator(accel, image_fd, status)
-    if accel == "kvm":
-        machine = ["-accel", "kvm", "-cpu", "host"]
-    else:
-        # kernel-env.md: -enable-kvm hangs or aborts on these machines (no nested virtualisation).
-        machine = ["-accel", f"tcg,thread={tcg_thread}", "-cpu", "max"]
+    try:
+        accel, why_not_kvm = _accelerator(accel, image_fd, status)
+        if accel == "kvm":
+            machine = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            # kernel-env.md: -enable-kvm hangs or aborts on these machines (no nested virtualisation).
+            machine = ["-accel", f"tcg,thread={tcg_thread}", "-cpu", "max"]
+        with tempfile.TemporaryDirectory(prefix="nstrace-lab-") as tmp:
+            initrd = Path(tmp) / "initrd.cpio"
+            write_initramfs(initrd, init, modules)
+            command = [
+                qemu, *machine, "-smp", str(cpus), "-m", GUEST_MEMORY,
+                # No default devices (VGA, IDE, floppy, parallel port, NIC): fewer to probe at boot.
+                "-nodefaults", "-display", "none", "-no-reboot",
+                # The ELF kernel boots by its PVH entry: nothing to decompress under emulation (bzimage.py).
+                "-kernel", f"/proc/self/fd/{image_fd}", "-initrd", str(initrd),
+                "-append", " ".join((*KERNEL_ARGS, *kernel_args)),
+                "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+                # ttyS0: the kernel's console on qemu's stdout; ttyS1: init's markers (control)
+                "-serial", "stdio", "-serial", "chardev:control",
+                # the command's stdout, stderr and files, each on a port of its own (initramfs.PORTS)
+                "-device", "virtio-serial-pci,id=ports",
+                *(arg for nr, name in enumerate(PORTS, 1) for arg in
+                  ("-device", f"virtserialport,bus=ports.0,nr={nr},chardev={name.split('.')[1]},name={name}")),
+            ]
+            status(f"booting {unpacked.release} under QEMU (" + ("KVM" if accel == "kvm" else
+                   f"TCG, {tcg_thread}-threaded" + (", no KVM here" if why_not_kvm else "")) + ")")
 
-    with tempfile.TemporaryDirectory(prefix="nstrace-lab-") as tmp:
-        initrd = Path(tmp) / "initrd.cpio"
-        write_initramfs(initrd, init, modules)
-        command = [
-            qemu, *machine, "-smp", str(cpus), "-m", GUEST_MEMORY,
-            # No default devices (VGA, IDE, floppy, parallel port, NIC): fewer to probe at boot.
-            "-nodefaults", "-display", "none", "-no-reboot",
-            # The ELF kernel boots by its PVH entry: nothing to decompress under emulation (bzimage.py).
-            "-kernel", f"/proc/self/fd/{image_fd}", "-initrd", str(initrd),
-            "-append", " ".join((*KERNEL_ARGS, *kernel_args)),
-            "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-            # ttyS0: the kernel's console on qemu's stdout; ttyS1: init's markers (control)
-            "-serial", "stdio", "-serial", "chardev:control",
-            # the command's stdout, stderr and files, each on a port of its own (initramfs.PORTS)
-            "-device", "virtio-serial-pci,id=ports",
-            *(arg for nr, name in enumerate(PORTS, 1) for arg in
-              ("-device", f"virtserialport,bus=ports.0,nr={nr},chardev={name.split('.')[1]},name={name}")),
-        ]
-        status(f"booting {unpacked.release} under QEMU ("
-               + ("KVM" if accel == "kvm" else f"TCG, {tcg_thread}-threaded" + (", no KVM here" if why_not_kvm else ""))
-               + ")")
-        attempt = lambda: _supervise(command, kernel, marker, timeout, log, stdout, stderr, image_fd, status,  # noqa: E731
-                                     should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
-        try:
-            return attempt()
-        except (BootError, GuestTimeout) as first:
-            # TCG guests very rarely panic or stall before the command starts (seen a few times in
-            # dozens of boots here); one more boot tells a fluke from a real failure. A failure
-            # after the command began is the command's, a lockup is never a fluke, and a caller's
-            # own short timeout is theirs.
-            if first.began or isinstance(first, GuestLockup) or \
-                    (isinstance(first, GuestTimeout) and timeout <= BOOT_TIMEOUT_S):
-                raise
-            status(f"the guest failed before the command started ({first}); booting once more")
-            return attempt()
+            def attempt() -> GuestResult:
+                return _supervise(command, kernel, marker, timeout, log, stdout, stderr, image_fd, status,
+                                  should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
+
+            try:
+                return attempt()
+            except (BootError, GuestTimeout) as first:
+                # TCG guests very rarely panic or stall before the command starts (seen a few times in
+                # dozens of boots here); one more boot tells a fluke from a real failure. A failure
+                # after the command began is the command's, a lockup is never a fluke, and a caller's
+                # own short timeout is theirs.
+                if first.began or isinstance(first, GuestLockup) or \
+                        (isinstance(first, GuestTimeout) and timeout <= BOOT_TIMEOUT_S):
+                    raise
+                status(f"the guest failed before the command started ({first}); booting once more")
+                return attempt()
+    finally:
+        os.close(image_fd)
 
 
 def _accelerator(accel: str | None, image_fd: int, status) -> tuple[str, str]:
