@@ -35,10 +35,11 @@ def parse(argv):
     p.add_argument("--wait-quiet", type=float,
                    help="seconds the hook-set figure may wait, in all, for other processes' BPF programs on the "
                         "syscall tracepoints to go (default 60, quick 0)")
-    p.add_argument("--only", choices=["hooks", "startup", "lab"],
+    p.add_argument("--only", choices=["hooks", "startup", "command", "lab"],
                    help="hooks: only the hook-set figure (a minute or two), e.g. to repeat it when the machine is "
-                        "quiet; startup: only start-up and shutdown; lab: only the lab's boot and demo per kernel "
-                        "(QEMU guests, one at a time; about 15 s a run; not part of the whole benchmark)")
+                        "quiet; startup: only start-up and shutdown; command: only `nstrace watch -- true` beside "
+                        "`true` and `strace -f true`; lab: only the lab's boot and demo per kernel (QEMU guests, "
+                        "one at a time; about 15 s a run; not part of the whole benchmark)")
     p.add_argument("--lab-kernels", default=",".join(lab.KERNELS),
                    help="--only lab: the kernels, comma-separated (default: %(default)s)")
     p.add_argument("--lab-reps", type=int, help="--only lab: repetitions per kernel and build (default 3, quick 1)")
@@ -73,6 +74,17 @@ def startup(rep, work, background, a):
     s = stat(st["nstrace"]["detached_s"])
     rep.target("shutdown", s["median"], f"{s['median'] * 1e3:.0f} ms (max {s['max'] * 1e3:.0f} ms)"
                + (f", {st['nstrace']['hung']} hung" if st["nstrace"]["hung"] else ""))
+
+
+def short_command(rep, a):
+    """`nstrace watch -- true` beside `true` and `strace -f true`: wall time, side by side."""
+    res = figures.short_command(max(a.reps, 5), log, baseline=a.baseline)
+    for name, values in res.items():
+        rep.add("short command: exec -> exit (wall)" if "after it exited" not in name else
+                "short command: detach left to the holder", name, values, "ms", scale=1e3, fmt="{:.0f}")
+    if res["strace -f true"]:
+        rep.add("short command: exec -> exit (wall)", "nstrace / strace -f",
+                [n / s for n, s in zip(res["nstrace watch -- true"], res["strace -f true"])], "x", fmt="{:.1f}")
 
 
 def log(msg):
@@ -163,6 +175,9 @@ def main(argv=None):
         tracers.NstraceWatch.extra_args = ("--buffer-kib", "256")
         rep.notes.append("--quick: tiny durations" + ("" if a.only else ", nstrace ran with --buffer-kib 256") +
                          "; the figures only show that the benchmark works")
+    if a.only == "command":
+        short_command(rep, a)
+        return finish(rep, a, t_start, load_before)
     work = Workload()
     try:
         # the unshare loop is slowed 10x or more by strace and perf: a quarter of the time keeps the run short
@@ -201,8 +216,9 @@ def main(argv=None):
             s = ratios[(mode, "nstrace")]
             rep.target(mode, s["median"], f"{s['median']:.3f}x (spread {s['min']:.3f}-{s['max']:.3f})")
 
-        # 2. start-up and shutdown
+        # 2. start-up and shutdown; a short command under watch -- COMMAND
         startup(rep, work, background, a)
+        short_command(rep, a)
 
         # 3. kernel-side cost per probe hit: in the churn (fresh processes, namespaces other CPUs
         # keep writing: the verdict) and in the tight loop (the same task again: the programs alone)

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from . import hooks, kernel
-from .tracers import BPFTRACE_FLOOR_SCRIPT, Bpftrace, NstraceWatch, perf_prefix, strace_prefix
+from .tracers import BPFTRACE_FLOOR_SCRIPT, NSTRACE, Bpftrace, NstraceWatch, perf_prefix, strace_prefix
 from .workload import COMM
 
 
@@ -103,6 +103,40 @@ def startup_shutdown(work, tools, reps, log):
         log(f"startup rep {rep + 1}/{reps}: " + ", ".join(
             f"{t} live {res[t]['first_event_s'][-1] * 1e3:.0f} ms, detached {res[t]['detached_s'][-1] * 1e3:.0f} ms"
             for t in tools))
+    return res
+
+
+def short_command(reps, log, baseline=None):
+    """Wall time of a command that does nothing: `true`, `strace -f true`, `nstrace watch -- true`
+    (exec to exit, as a shell waits for it), side by side, order rotated per repetition; and, for
+    nstrace, how long after its exit its programs were still attached (the detach it leaves to a
+    holder process, nstrace/bpf/teardown.py).
+
+    With a baseline (another build's nstrace executable, which has no `watch -- COMMAND`), the
+    same command under that build's `watch --pid` is not comparable; the baseline's figure is
+    `watch --duration 0.001`, the least a watch of it costs: start, go live, stop, detach.
+    """
+    runs = {"true": ["true"], "strace -f true": ["strace", "-f", "-o", "/dev/null", "true"],
+            "nstrace watch -- true": [str(NSTRACE), "watch", "--", "true"]}
+    if baseline:
+        runs["baseline watch --duration 0.001"] = [baseline, "watch", "--duration", "0.001"]
+    res = {name: [] for name in runs}
+    lingered = []
+    for rep in range(reps):
+        names = list(runs)
+        names = names[rep % len(names):] + names[:rep % len(names)]
+        for name in names:
+            before = set(kernel.prog_ids_named(("sys_enter", "sys_exit"))) if name.startswith("nstrace") else None
+            t = time.monotonic()
+            subprocess.run(runs[name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            res[name].append(time.monotonic() - t)
+            if before is not None:
+                ended = time.monotonic()
+                while set(kernel.prog_ids_named(("sys_enter", "sys_exit"))) - before and time.monotonic() - ended < 10:
+                    time.sleep(0.005)
+                lingered.append(time.monotonic() - ended)
+        log(f"short command rep {rep + 1}/{reps}: " + ", ".join(f"{n} {res[n][-1] * 1e3:.0f} ms" for n in res))
+    res["nstrace: programs still attached after it exited"] = lingered
     return res
 
 

@@ -42,6 +42,11 @@ def programs_of(pid):
     return [p for p in _bpftool("prog", "show") if p["id"] in ids]
 
 
+def prog_ids_named(names):
+    """Ids of the BPF programs loaded now whose name is one of names."""
+    return [p["id"] for p in _bpftool("prog", "show") if p.get("name") in names]
+
+
 def programs_by_id(ids):
     """{id: bpftool's record} of the given program ids that still exist."""
     return {p["id"]: p for p in _bpftool("prog", "show") if p["id"] in ids}

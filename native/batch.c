@@ -70,7 +70,7 @@ JL_EXPORT const struct jl_state_bit jl_state_bits[] = {
 
 /* Names, filled once by nstrace/batch.py; strings are JSON-ready ("\"clone\""). */
 struct jl_tables {
-	const char *ops[5];		/* by enum nstrace_op; NULL: "op<n>" */
+	const char *ops[OP_MAX];	/* by enum nstrace_op; NULL: "op<n>" */
 	const char *flag_names[64];	/* flags.CLONE_FLAGS, in its order */
 	__u64 flag_bits[64];
 	__u32 nflags;
@@ -83,21 +83,56 @@ struct jl_tables {
 	__u64 nstype_bits[8];
 	__s64 wall_offset_ns;		/* CLOCK_MONOTONIC -> wall clock (events.WALL_OFFSET_NS) */
 	__u32 raw_addresses;
+	/* ops whose flags are their own (events.OP_FLAGS: open_tree, fsmount); 0 names: CLONE_* */
+	__u32 op_nflags[OP_MAX];
+	const char *op_flag_names[OP_MAX][8];
+	__u64 op_flag_bits[OP_MAX][8];
 };
 
-/* --op/--comm/--type (zero: no filter); comms are raw bytes, NUL-padded. */
+#define JL_MAX_NS 16
+
+/*
+ * --op/--comm/--type/--container/--ns (zero: no filter); comms are raw bytes,
+ * NUL-padded. --container is decided per container fragment by Python
+ * (struct jl_frags .match); --ns is a namespace by type and inode, or by
+ * ns_id (ns_type_bit 0), that the record's before, after or target holds.
+ */
 struct jl_filter {
 	__u32 ops_mask;			/* bit n: enum nstrace_op n wanted */
 	__u32 ncomms;
 	char comms[16][16];
 	__u64 types_mask;		/* CLONE_NEW* bits wanted */
+	__u32 containers;		/* --container given */
+	__u32 nns;
+	__u64 ns_type_bit[JL_MAX_NS];	/* CLONE_NEW* of the namespace; 0: by ns_id */
+	__u64 ns_inum[JL_MAX_NS];
+	__u64 ns_id[JL_MAX_NS];
 };
 
 struct jl_counts {
-	__u64 by_op[5];			/* every record, by enum nstrace_op (0: unknown) */
+	__u64 by_op[OP_MAX];		/* every record, by enum nstrace_op (0: unknown) */
 	__u64 superseded;
 	__u64 filtered;
 	__u64 lines;			/* lines written by jl_format */
+};
+
+/*
+ * The "container" JSON of each key (a cgroup id; a setns target), written by
+ * Python (nstrace/trace/tracer.py, containers are user space's knowledge) and
+ * copied here as it is: the two writers write the same bytes by construction.
+ * match: the --container filter takes it. Open addressing; Python owns the text.
+ */
+struct jl_frags {
+	__u64 *key;
+	const char **frag;
+	__u32 *len;
+	__u8 *match, *used;
+	__u32 mask, count;
+};
+
+enum jl_frag_table {
+	JL_CGROUPS = 0,		/* by cgroup id: kept for the life of the reader (ids are never reused) */
+	JL_TARGETS = 1,		/* by target key: a batch's only (namespaces change hands) */
 };
 
 struct jl_batch {
@@ -119,6 +154,7 @@ struct jl_batch {
 	long page;
 	int inflight_fd;
 	void *inflight_value;
+	struct jl_frags frags[2];	/* enum jl_frag_table */
 };
 
 JL_EXPORT struct jl_batch *jl_new(__u32 max)
@@ -147,6 +183,11 @@ JL_EXPORT void jl_free(struct jl_batch *b)
 	if (b->ring_pos)
 		munmap((void *)b->ring_pos, 2 * b->page);
 	free(b->inflight_value);
+	for (int i = 0; i < 2; i++) {
+		struct jl_frags *t = &b->frags[i];
+
+		free(t->key), free(t->frag), free(t->len), free(t->match), free(t->used);
+	}
 	free(b->data), free(b->out);
 	free(b->off), free(b->len), free(b->state), free(b->frag), free(b->frag_len);
 	free(b);
@@ -190,9 +231,17 @@ JL_EXPORT int jl_sample(void *ctx, void *data, size_t size)
 	return ++b->n >= b->max ? -E2BIG : 0;
 }
 
+static void frags_clear(struct jl_frags *t)
+{
+	if (t->used)
+		memset(t->used, 0, t->mask + 1);
+	t->count = 0;
+}
+
 JL_EXPORT void jl_reset(struct jl_batch *b)
 {
 	b->n = 0, b->used = 0, b->out_len = 0;
+	frags_clear(&b->frags[JL_TARGETS]);
 }
 
 JL_EXPORT __u32 jl_count(const struct jl_batch *b)
@@ -238,6 +287,163 @@ static const struct nstrace_event *rec(const struct jl_batch *b, __u32 i)
 	return (const void *)(b->data + b->off[i]);
 }
 
+/* --- containers -------------------------------------------------------------- */
+
+static __u32 frag_slot(const struct jl_frags *t, __u64 key)
+{
+	__u32 s = (__u32)((key * 0x9e3779b97f4a7c15ull) >> 32) & t->mask;
+
+	while (t->used[s] && t->key[s] != key)
+		s = (s + 1) & t->mask;
+	return s;
+}
+
+/* Index of key's entry, or -1. */
+static long frag_find(const struct jl_frags *t, __u64 key)
+{
+	__u32 s;
+
+	if (!t->used)
+		return -1;
+	s = frag_slot(t, key);
+	return t->used[s] ? (long)s : -1;
+}
+
+static int frags_grow(struct jl_frags *t)
+{
+	struct jl_frags old = *t, n = {};
+	__u32 cap = old.used ? 2 * (old.mask + 1) : 256;
+
+	n.mask = cap - 1;
+	n.key = calloc(cap, sizeof(*n.key));
+	n.frag = calloc(cap, sizeof(*n.frag));
+	n.len = calloc(cap, sizeof(*n.len));
+	n.match = calloc(cap, 1);
+	n.used = calloc(cap, 1);
+	if (!n.key || !n.frag || !n.len || !n.match || !n.used) {
+		free(n.key), free(n.frag), free(n.len), free(n.match), free(n.used);
+		return -1;
+	}
+	for (__u32 i = 0; old.used && i <= old.mask; i++) {
+		if (!old.used[i])
+			continue;
+		__u32 s = frag_slot(&n, old.key[i]);
+
+		n.used[s] = 1, n.key[s] = old.key[i], n.frag[s] = old.frag[i];
+		n.len[s] = old.len[i], n.match[s] = old.match[i];
+		n.count++;
+	}
+	free(old.key), free(old.frag), free(old.len), free(old.match), free(old.used);
+	*t = n;
+	return 0;
+}
+
+/* Python's container JSON for key in table (enum jl_frag_table); match: --container takes it. */
+JL_EXPORT int jl_set_container(struct jl_batch *b, __u32 table, __u64 key, const char *frag, __u32 len, __u8 match)
+{
+	struct jl_frags *t = &b->frags[table & 1];
+	__u32 s;
+
+	if ((!t->used || 2 * (t->count + 1) > t->mask + 1) && frags_grow(t))
+		return -ENOMEM;
+	s = frag_slot(t, key);
+	t->count += !t->used[s];
+	t->used[s] = 1, t->key[s] = key, t->frag[s] = frag, t->len[s] = len, t->match[s] = match;
+	return 0;
+}
+
+/* The setns target a container is said of: the namespace (nsfs) or the process (pidfd); 0: none. */
+static __u64 target_key(const struct nstrace_event *e)
+{
+	if (e->op != OP_SETNS)
+		return 0;
+	if (e->target_kind == TARGET_NSFS)
+		return (__u64)e->target_nstype << 32 | e->target_inum;
+	if (e->target_kind == TARGET_PIDFD)
+		return 1ull << 63 | e->target_pid;
+	return 0;
+}
+
+/*
+ * The keys of this batch's records that have no container JSON yet: up to
+ * max of them, each once, as (table, key). Python looks them up and calls
+ * jl_set_container() before jl_classify().
+ */
+JL_EXPORT __u32 jl_missing(struct jl_batch *b, __u8 *tables, __u64 *keys, __u32 max)
+{
+	__u32 n = 0;
+
+	for (__u32 i = 0; i < b->n && n < max; i++) {
+		const struct nstrace_event *e = rec(b, i);
+		__u64 want[2] = { e->cgroup_id, target_key(e) };
+
+		if (b->len[i] < offsetof(struct nstrace_event, steps))
+			continue;
+		for (__u32 tb = 0; tb < 2 && n < max; tb++) {
+			__u32 k;
+
+			if ((tb == JL_TARGETS && !want[tb]) || frag_find(&b->frags[tb], want[tb]) >= 0)
+				continue;
+			for (k = 0; k < n && !(tables[k] == tb && keys[k] == want[tb]); k++)
+				;
+			if (k == n)
+				tables[n] = tb, keys[n++] = want[tb];
+		}
+	}
+	return n;
+}
+
+/* Both of a record's container texts are there (else Python writes its line). */
+static int containers_known(const struct jl_batch *b, const struct nstrace_event *e)
+{
+	__u64 target = target_key(e);
+
+	return frag_find(&b->frags[JL_CGROUPS], e->cgroup_id) >= 0 &&
+	       (!target || frag_find(&b->frags[JL_TARGETS], target) >= 0);
+}
+
+static int container_wanted(const struct jl_batch *b, const struct nstrace_event *e)
+{
+	long c = frag_find(&b->frags[JL_CGROUPS], e->cgroup_id);
+	__u64 target = target_key(e);
+	long tg = target ? frag_find(&b->frags[JL_TARGETS], target) : -1;
+
+	return (c >= 0 && b->frags[JL_CGROUPS].match[c]) || (tg >= 0 && b->frags[JL_TARGETS].match[tg]);
+}
+
+/* open_tree, fsmount and free say which namespace they made or freed (events.decode(): "ns"). */
+static int has_ns(const struct nstrace_event *e)
+{
+	return e->op == OP_FREE || ((e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT) && e->target_kind == TARGET_NSFS);
+}
+
+/*
+ * filters.wanted() for --ns: the namespace is one of the record's, before, after, as its setns
+ * target, or the one it made or freed (open_tree, fsmount, free keep that in the target fields).
+ */
+static int involves_ns(const struct jl_tables *t, const struct jl_filter *f, const struct nstrace_event *e)
+{
+	const struct nstrace_ns_set *sets[2] = { &e->before, &e->after };
+	int nsfs = (e->op == OP_SETNS && e->target_kind == TARGET_NSFS) || has_ns(e);
+
+	for (__u32 k = 0; k < f->nns && k < JL_MAX_NS; k++) {
+		for (int i = 0; i < 2; i++) {
+			if (!sets[i]->valid)
+				continue;
+			for (int s = 0; s < NS_SLOTS; s++) {
+				if (f->ns_type_bit[k] ? t->entry_type_bit[s] == f->ns_type_bit[k] &&
+							sets[i]->inum[s] == f->ns_inum[k]
+						      : sets[i]->ns_id[s] && sets[i]->ns_id[s] == f->ns_id[k])
+					return 1;
+			}
+		}
+		if (nsfs && (f->ns_type_bit[k] ? e->target_nstype == f->ns_type_bit[k] && e->target_inum == f->ns_inum[k]
+					       : e->target_ns_id && e->target_ns_id == f->ns_id[k]))
+			return 1;
+	}
+	return 0;
+}
+
 static int is_clone(__u32 op)
 {
 	return op == OP_CLONE || op == OP_CLONE3;
@@ -262,8 +468,12 @@ static __u64 touched_types(const struct jl_tables *t, const struct nstrace_event
 	__u64 flags = e->op == OP_CLONE ? e->raw_flags & ~CLONE_CSIGNAL : e->raw_flags;
 	__u64 types = 0;
 
+	if (e->op < OP_MAX && t->op_nflags[e->op])	/* not CLONE_* flags */
+		flags = 0;
 	for (int i = 0; i < 8; i++)
 		types |= flags & t->nstype_bits[i];
+	if (has_ns(e))
+		types |= e->target_nstype;
 	if (e->before.valid && e->after.valid)
 		for (int s = 0; s < NS_SLOTS; s++)
 			if (e->before.inum[s] != e->after.inum[s] || e->before.ns_id[s] != e->after.ns_id[s])
@@ -273,7 +483,8 @@ static __u64 touched_types(const struct jl_tables *t, const struct nstrace_event
 	return types;
 }
 
-static int wanted(const struct jl_tables *t, const struct jl_filter *f, const struct nstrace_event *e)
+static int wanted(const struct jl_batch *b, const struct jl_tables *t, const struct jl_filter *f,
+		  const struct nstrace_event *e)
 {
 	if (f->ops_mask && (e->op > 31 || !(f->ops_mask & (1u << e->op))))
 		return 0;
@@ -287,6 +498,10 @@ static int wanted(const struct jl_tables *t, const struct jl_filter *f, const st
 			return 0;
 	}
 	if (f->types_mask && !(touched_types(t, e) & f->types_mask))
+		return 0;
+	if (f->containers && !container_wanted(b, e))
+		return 0;
+	if (f->nns && !involves_ns(t, f, e))
 		return 0;
 	return 1;
 }
@@ -328,11 +543,11 @@ static __u32 *last_slot(struct last_seen *h, __u32 tid)
 
 /*
  * Did this operation move its caller to other namespaces? Only a successful
- * unshare or setns does: a clone changes the child, never the caller.
+ * unshare, setns or exec does: a clone changes the child, never the caller.
  */
 static int moves_caller(const struct nstrace_event *e)
 {
-	if ((e->op != OP_UNSHARE && e->op != OP_SETNS) || e->ret < 0)
+	if ((e->op != OP_UNSHARE && e->op != OP_SETNS && e->op != OP_EXEC) || e->ret < 0)
 		return 0;
 	if (!e->before.valid || !e->after.valid)
 		return 1;
@@ -375,7 +590,7 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
 		__u32 tid;
 		__u8 st;
 
-		b->counts.by_op[e->op < 5 ? e->op : 0]++;
+		b->counts.by_op[e->op < OP_MAX ? e->op : 0]++;
 		if (check_proc && checked(e, &tid)) {
 			__u32 last = *last_slot(&h, tid ?: ~0u);
 
@@ -392,9 +607,10 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
 		}
 		st = later ? JL_LATER : check ? JL_CHECK : JL_FORMAT;
 
-		if (b->len[i] < offsetof(struct nstrace_event, steps) || !comm_is_plain(e->comm) || e->nsteps) {
+		if (b->len[i] < offsetof(struct nstrace_event, steps) || !comm_is_plain(e->comm) || e->nsteps ||
+		    !containers_known(b, e)) {
 			st |= JL_PYTHON;
-		} else if (!wanted(t, f, e)) {
+		} else if (!wanted(b, t, f, e)) {
 			st = JL_FILTERED;
 			b->counts.filtered++;
 		} else if (later) {
@@ -464,7 +680,7 @@ static int in_flight_move(struct jl_batch *b, __u32 tid)
 {
 	__u32 op = jl_in_flight(b, tid);
 
-	return op == OP_UNSHARE || op == OP_SETNS;
+	return op == OP_UNSHARE || op == OP_SETNS || op == OP_EXEC;
 }
 
 #define WINDOW_PAGES 16	/* 64 KiB: a record is at most ~3.5 KiB */
@@ -658,21 +874,29 @@ static void put_comm(struct out *o, const char *comm)
 	*o->p++ = '"';
 }
 
-/* flags.decode_flags(): names in table order, then leftover bits as one hex string. */
+/* events.decode_flags(): names in table order, then leftover bits as one hex string. */
 static void put_flags(struct out *o, const struct jl_tables *t, __u64 v, __u32 op)
 {
+	const char *const *names = t->flag_names;
+	const __u64 *bits = t->flag_bits;
+	__u32 n = t->nflags;
 	int first = 1;
 
 	if (op == OP_CLONE)
 		v &= ~CLONE_CSIGNAL;
+	if (op < OP_MAX && t->op_nflags[op]) {
+		names = t->op_flag_names[op];
+		bits = t->op_flag_bits[op];
+		n = t->op_nflags[op];
+	}
 	*o->p++ = '[';
-	for (__u32 i = 0; i < t->nflags; i++) {
-		if (!(v & t->flag_bits[i]))
+	for (__u32 i = 0; i < n; i++) {
+		if (!(v & bits[i]))
 			continue;
 		if (!first)
 			*o->p++ = ',';
-		puts_(o, t->flag_names[i]);
-		v &= ~t->flag_bits[i];
+		puts_(o, names[i]);
+		v &= ~bits[i];
 		first = 0;
 	}
 	if (v) {
@@ -757,7 +981,35 @@ static void put_id(struct out *o, const struct jl_tables *t, __u64 v)
 	PUT(o, "\"");
 }
 
-static void put_target(struct out *o, const struct jl_tables *t, const struct nstrace_event *e)
+/* The container JSON of key (jl_classify() sent every record without one to Python). */
+static void put_container(struct out *o, const struct jl_frags *t, __u64 key)
+{
+	long c = frag_find(t, key);
+
+	if (c >= 0)
+		put(o, t->frag[c], t->len[c]);
+	else
+		PUT(o, "null");
+}
+
+/* The namespace type of a CLONE_NEW* bit, as put_target() writes it. */
+static void put_nstype(struct out *o, const struct jl_tables *t, __u32 nstype)
+{
+	int i;
+
+	for (i = 0; i < 8 && t->nstype_bits[i] != nstype; i++)
+		;
+	if (i < 8) {
+		puts_(o, t->nstype_names[i]);
+	} else {
+		PUT(o, "\"0x");
+		put_hex(o, nstype, 1);
+		*o->p++ = '"';
+	}
+}
+
+static void put_target(struct out *o, const struct jl_batch *b, const struct jl_tables *t,
+		       const struct nstrace_event *e)
 {
 	const char *kind = e->target_kind < 5 ? t->target_kinds[e->target_kind] : t->target_kinds[TARGET_OTHER];
 
@@ -769,18 +1021,8 @@ static void put_target(struct out *o, const struct jl_tables *t, const struct ns
 	else
 		PUT(o, "null");
 	if (e->target_kind == TARGET_NSFS) {
-		int i;
-
 		PUT(o, ",\"type\":");
-		for (i = 0; i < 8 && t->nstype_bits[i] != e->target_nstype; i++)
-			;
-		if (i < 8) {
-			puts_(o, t->nstype_names[i]);
-		} else {
-			PUT(o, "\"0x");
-			put_hex(o, e->target_nstype, 1);
-			*o->p++ = '"';
-		}
+		put_nstype(o, t, e->target_nstype);
 		PUT(o, ",\"inode\":");
 		put_u64(o, e->target_inum);
 		PUT(o, ",\"ns_id\":");
@@ -791,6 +1033,10 @@ static void put_target(struct out *o, const struct jl_tables *t, const struct ns
 	} else if (e->target_kind == TARGET_PIDFD) {
 		PUT(o, ",\"pid\":");
 		put_u64(o, e->target_pid);
+	}
+	if (target_key(e)) {
+		PUT(o, ",\"container\":");
+		put_container(o, &b->frags[JL_TARGETS], target_key(e));
 	}
 	*o->p++ = '}';
 }
@@ -803,11 +1049,40 @@ static void put_opt_u64(struct out *o, __u64 v)
 		PUT(o, "null");
 }
 
-/* Longest line put_line() can write, without the proc_check fragment. */
+/* What a record's container texts add to its line. */
+static size_t containers_len(const struct jl_batch *b, const struct nstrace_event *e)
+{
+	long c = frag_find(&b->frags[JL_CGROUPS], e->cgroup_id);
+	long tg = target_key(e) ? frag_find(&b->frags[JL_TARGETS], target_key(e)) : -1;
+
+	return (c >= 0 ? b->frags[JL_CGROUPS].len[c] : 0) + (tg >= 0 ? b->frags[JL_TARGETS].len[tg] : 0);
+}
+
+/* "ns" of open_tree, fsmount and free: the namespace made or freed (and how long it lived). */
+static void put_ns(struct out *o, const struct jl_tables *t, const struct nstrace_event *e)
+{
+	if (!has_ns(e)) {
+		PUT(o, "null");
+		return;
+	}
+	PUT(o, "{\"type\":");
+	put_nstype(o, t, e->target_nstype);
+	PUT(o, ",\"inode\":");
+	put_u64(o, e->target_inum);
+	PUT(o, ",\"ns_id\":");
+	put_opt_u64(o, e->target_ns_id);
+	if (e->op == OP_FREE) {
+		PUT(o, ",\"lived_ns\":");
+		put_opt_u64(o, e->lived_ns);
+	}
+	*o->p++ = '}';
+}
+
+/* Longest line put_line() can write, without the proc_check and container fragments. */
 #define LINE_MAX_BYTES (4096 + 16 * 8 + 64 * 32)
 
-static void put_line(struct out *o, const struct jl_tables *t, const struct nstrace_event *e,
-		     const char *proc, __u32 proc_len)
+static void put_line(struct out *o, const struct jl_batch *b, const struct jl_tables *t,
+		     const struct nstrace_event *e, const char *proc, __u32 proc_len)
 {
 	int clone = is_clone(e->op);
 	__u64 us = (e->exit_ns + t->wall_offset_ns + 500) / 1000;
@@ -818,7 +1093,7 @@ static void put_line(struct out *o, const struct jl_tables *t, const struct nstr
 	PUT(o, ",\"duration_us\":");
 	put_fixed(o, dur / 1000, dur % 1000, 3);
 	PUT(o, ",\"op\":");
-	if (e->op < 5 && t->ops[e->op]) {
+	if (e->op < OP_MAX && t->ops[e->op]) {
 		puts_(o, t->ops[e->op]);
 	} else {
 		PUT(o, "\"op");
@@ -864,7 +1139,7 @@ static void put_line(struct out *o, const struct jl_tables *t, const struct nstr
 	put_opt_u64(o, clone ? e->child_tid : 0);
 	PUT(o, ",\"target\":");
 	if (e->op == OP_SETNS)
-		put_target(o, t, e);
+		put_target(o, b, t, e);
 	else
 		PUT(o, "null");
 	PUT(o, ",\"ns_before\":");
@@ -898,6 +1173,10 @@ static void put_line(struct out *o, const struct jl_tables *t, const struct nstr
 	put_opt_u64(o, clone ? e->child_start_ns : 0);
 	PUT(o, ",\"cgroup_id\":");
 	put_u64(o, e->cgroup_id);
+	PUT(o, ",\"container\":");
+	put_container(o, &b->frags[JL_CGROUPS], e->cgroup_id);
+	PUT(o, ",\"ns\":");
+	put_ns(o, t, e);
 	PUT(o, ",\"kernel_path\":[],\"kernel_path_dropped\":");
 	put_u64(o, e->steps_dropped);
 	PUT(o, ",\"proc_check\":");
@@ -920,7 +1199,8 @@ JL_EXPORT long jl_format(struct jl_batch *b, const struct jl_tables *t, __u32 li
 	b->out_len = 0;
 	for (__u32 i = 0; i < b->n && (!limit || lines < limit); i++) {
 		__u8 st = b->state[i];
-		size_t need = b->out_len + LINE_MAX_BYTES + b->frag_len[i];
+		size_t need = b->out_len + LINE_MAX_BYTES + b->frag_len[i] +
+			      (b->len[i] >= offsetof(struct nstrace_event, steps) ? containers_len(b, rec(b, i)) : 0);
 
 		/* a Python record is never written here: its line, or nothing */
 		if ((st & JL_FILTERED) || ((st & JL_PYTHON) && !b->frag[i]))
@@ -938,9 +1218,9 @@ JL_EXPORT long jl_format(struct jl_batch *b, const struct jl_tables *t, __u32 li
 			checked(rec(b, i), &tid);
 			put_u64(&f, tid);
 			*f.p++ = '}';
-			put_line(&o, t, rec(b, i), frag, f.p - frag);
+			put_line(&o, b, t, rec(b, i), frag, f.p - frag);
 		} else {
-			put_line(&o, t, rec(b, i), b->frag[i], b->frag_len[i]);
+			put_line(&o, b, t, rec(b, i), b->frag[i], b->frag_len[i]);
 		}
 		b->out_len = o.p - b->out;
 		lines++;

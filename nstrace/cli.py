@@ -22,15 +22,22 @@ from .errors import (
     WriteFailed,
 )
 from .linux import flags as fl
+from .record import filters
 from .trace.tracer import Options, Tracer
 
 _stop_requested = []
+_relay_to = []  # watch -- COMMAND: the command, which SIGTERM and SIGHUP are passed on to
 
 
 def _on_signal(signo, _frame):
     # SIGINT, SIGTERM, SIGHUP: finish the current batch, drain, summarise, exit 0.
     # A flag, not an exception: the poll wakes with EINTR and the loop ends cleanly.
+    # With a COMMAND, SIGTERM and SIGHUP go on to it, and watch ends when it exits; SIGINT is not
+    # passed on: a terminal's Ctrl-C reaches COMMAND itself (one process group), as under strace.
     _stop_requested.append(signo)
+    if signo != signal.SIGINT:
+        for held in _relay_to:
+            held.signal(signo)
 
 
 def status(message):
@@ -64,8 +71,8 @@ def cli():
     """Trace every namespace creation and join on this kernel (clone, clone3, unshare, setns)."""
 
 
-def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_addresses=False, no_proc_check=False,
-                  buffer_kib=4096, **_output):
+def watch_options(*, pid=None, comm=(), ops=(), types=(), container=(), ns=(), trace_all=False, raw_addresses=False,
+                  no_proc_check=False, buffer_kib=4096, **_output):
     """The tracer's Options for watch's parsed command line (the options about output aside).
 
     nstrace.bpf.preload guesses from the raw argv the fields of these that decide the BPF object;
@@ -74,15 +81,21 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_a
     return Options(trace_all=trace_all, pid=pid, comms=split_values(comm, "--comm", "command name given"),
                    ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
                    types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
+                   containers=split_values(container, "--container", "container id or name given"),
+                   namespaces=tuple(filters.parse_ns(v) for v in split_values(ns, "--ns", "namespace given")),
                    raw_addresses=raw_addresses, check_proc=not no_proc_check, ringbuf_bytes=buffer_kib * 1024)
 
 
-@cli.command()
+@cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("--pid", type=int, help="Only this process and its descendants.")
 @click.option("--comm", multiple=True,
               help="Only these command names, as nstrace shows them (repeat or comma-separate).")
 @click.option("--op", "ops", multiple=True, help="Only these operations: clone, clone3, unshare, setns.")
 @click.option("--type", "types", multiple=True, help="Only operations touching these namespace types (mnt, uts, ...).")
+@click.option("--container", multiple=True, metavar="ID|NAME",
+              help="Only calls made in this container, or setns into it: an id prefix or a name (repeatable).")
+@click.option("--ns", multiple=True, metavar="TYPE:INODE|NS_ID",
+              help="Only operations involving this namespace, before, after or as the target (repeatable).")
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=finite,
@@ -94,12 +107,39 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), trace_all=False, raw_a
               help="Ring buffer size in KiB (a power of two).")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True), callback=file_name,
               help="Also write the session (records, namespace snapshots, kernel, probes) to this file.")
-def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
-          record_path):
-    """Stream namespace operations system-wide until Ctrl-C."""
-    tracer = Tracer(watch_options(pid=pid, comm=comm, ops=ops, types=types, trace_all=trace_all,
-                                  raw_addresses=raw_addresses, no_proc_check=no_proc_check, buffer_kib=buffer_kib))
-    tracer.start()
+@click.option("--user", "-u", "user", metavar="USER",
+              help="Run COMMAND as this user (name or uid), with its groups, as strace -u does.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
+          record_path, user, command):
+    """Stream namespace operations system-wide until Ctrl-C; or run COMMAND and trace it and its
+    descendants from its first instruction until it exits (nstrace watch [OPTIONS] -- COMMAND [ARGS...])."""
+    from .bpf import preload
+    held = preload.take_command()
+    try:
+        if user is not None and not command:
+            raise UsageError("--user is for the COMMAND watch runs: give one after the options")
+        if command and pid is not None:
+            raise UsageError("--pid follows a process that runs already; a COMMAND is followed from its start: "
+                             "give one or the other")
+        run_as = None
+        if command:
+            if user is not None:
+                from .linux.command import User
+                run_as = User(user)
+            if held is None:
+                from .linux.command import HeldCommand
+                held = HeldCommand()
+            pid = held.pid
+        tracer = Tracer(watch_options(pid=pid, comm=comm, ops=ops, types=types, container=container, ns=ns,
+                                      trace_all=trace_all,
+                                      raw_addresses=raw_addresses, no_proc_check=no_proc_check,
+                                      buffer_kib=buffer_kib))
+        tracer.start()
+    except BaseException:
+        if held:
+            held.cancel()
+        raise
     from .record import jsonline  # after the probes are attached: tracing is live a little sooner
     from .view import display
     if tracer.pid_of_thread:
@@ -112,19 +152,50 @@ def watch(pid, comm, ops, types, trace_all, as_json, duration, count, raw_addres
             recorder = session.Recorder(record_path, tracer)
         except BaseException:
             tracer.close()
+            if held:
+                held.cancel()
             raise
     from .trace.watch import Watch
-    w = Watch(tracer, row=jsonline.json_line if as_json else display.row,
-              header=None if as_json else display.header(), as_json=as_json, recorder=recorder,
+    if held:
+        _relay_to.append(held)
+    table = display.Table(containers=bool(tracer.options.containers))
+    w = Watch(tracer, row=jsonline.json_line if as_json else table.row,
+              header=None if as_json else table.header(), as_json=as_json, recorder=recorder,
               record_path=record_path, count=count, duration=duration, status=status,
-              stop_requested=lambda: bool(_stop_requested))
-    summary = w.run()
+              # with a COMMAND, a signal is COMMAND's to act on (relayed, or the terminal's own):
+              # watch goes on to its exit, unless asked twice
+              stop_requested=lambda: len(_stop_requested) > (1 if held else 0),
+              command=held, release=held and (lambda: held.release(command, run_as)))
+    try:
+        summary = w.run()
+    except BaseException:
+        if held and held.status is None and not held.argv:
+            held.cancel()
+        raise
     if w.failure:
         raise w.failure
     if as_json:
         status("summary " + jsonline.json_summary(summary))
     else:
         w.stdout.line("\n" + display.summary_table(summary))
+    if held:
+        raise click.exceptions.Exit(_command_status(held))
+
+
+def _command_status(held):
+    """COMMAND's exit status, waiting for it if the trace ended first (--count, --duration, stdout
+    gone); a further signal ends the wait, with 128 + its number."""
+    if not held.exited():
+        status(f"{held.argv[0]} (pid {held.pid}) runs on, no longer traced: waiting for it to exit")
+        import select
+        asked = len(_stop_requested)
+        poller = select.poll()
+        poller.register(held.fileno(), select.POLLIN)
+        while not held.exited():
+            if len(_stop_requested) > max(asked, 1):
+                return 128 + _stop_requested[-1]
+            poller.poll(200)
+    return held.status
 
 
 @cli.command()
@@ -205,10 +276,11 @@ def check(as_json, list_only, names):
         click.echo(json.dumps(display.check_json(results), indent=1))
     else:
         click.echo(display.check_table(results))
-    failed = [r.name for r in results if not r.ok]
+    failed = [r.name for r in results if not r.ok and not r.skipped]
     if failed or len(results) < len(chosen):
         raise CheckFailed(f"{len(failed)} of {len(chosen)} scenarios failed: {', '.join(failed) or 'interrupted'}")
-    status(f"all {len(results)} scenarios match")
+    skipped = sum(bool(r.skipped) for r in results)
+    status(f"all {len(results) - skipped} scenarios this kernel can run match" + (f" ({skipped} skipped)" if skipped else ""))
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})

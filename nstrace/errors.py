@@ -18,6 +18,8 @@ class ExitCode:
     LIBBPF = 5          # libbpf missing or too old, or a libbpf call or probe the kernel refused
     LAUNCHER = 6        # the launcher could not make or undo a resource
     UNSAFE_WRITE = 7    # a file could not be written safely: another user could redirect it, or it failed
+    NOT_EXECUTABLE = 126  # watch -- COMMAND: COMMAND was found but could not be run (as env(1) says it)
+    NOT_FOUND = 127       # watch -- COMMAND: no such COMMAND
 
 
 class NstraceError(Exception):
@@ -81,6 +83,16 @@ class WriteFailed(NstraceError):
     """Output could not be written: disk full, I/O error, stdout closed."""
 
     exit_code = ExitCode.UNSAFE_WRITE
+
+
+class CommandNotRun(NstraceError):
+    """`watch -- COMMAND` could not run COMMAND: 127 if it is not found, 126 otherwise (as env(1))."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class CheckFailed(NstraceError):

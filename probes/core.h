@@ -115,16 +115,21 @@ struct ns_common {
 	u64 ns_id;	/* 6.18+: never reused, unlike inum */
 };
 
+struct kref { refcount_t refcount; };
+struct rcu_head { void *next; };
+
+/* kref: uts and time namespaces kept their count there up to 5.10 (free_*_ns() got the kref) */
 struct user_namespace { struct ns_common ns; };
-struct uts_namespace { struct ns_common ns; };
+struct uts_namespace { struct kref kref; struct ns_common ns; };
 struct ipc_namespace { struct ns_common ns; };
 struct mnt_namespace { struct ns_common ns; };
 struct net { struct ns_common ns; };
 struct cgroup_namespace { struct ns_common ns; };
-struct time_namespace { struct ns_common ns; };
+struct time_namespace { struct kref kref; struct ns_common ns; };
 
 struct pid_namespace {
 	unsigned int level;
+	struct rcu_head rcu;	/* delayed_free_pidns() is handed this */
 	struct ns_common ns;
 };
 
@@ -198,6 +203,11 @@ struct files_struct {
 	struct fdtable *fdt;
 };
 
+/* the caller's cgroup v2 directory: kernel/cgroup/cgroup.c task_dfl_cgroup() and cgroup_id() */
+struct kernfs_node { u64 id; };
+struct cgroup { struct kernfs_node *kn; };
+struct css_set { struct cgroup *dfl_cgrp; };
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -209,6 +219,7 @@ struct task_struct {
 	const struct cred *real_cred;
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
+	struct css_set *cgroups;
 };
 
 #pragma clang attribute pop

@@ -33,6 +33,46 @@ enum ret_kind {
 
 static const struct nstrace_path empty_path;
 
+/*
+ * Namespaces whose birth the function layer saw: ns_common address ->
+ * bpf_ktime_get_ns() then, for the lifetime a death record gives. An LRU:
+ * a full table forgets the oldest birth, and that death's lifetime is then
+ * unknown (0), never a record lost. Entries leave at the death.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} births SEC(".maps");
+
+/*
+ * A task inside a function that drops namespace references (free_nsproxy,
+ * nsproxy_free, cleanup_net): that function's entry step, the first step of
+ * any death record the task makes meanwhile. By tid, from entry to exit.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct nstrace_step);
+} dying SEC(".maps");
+
+/* Births the tree saw outside any traced operation (6.18+), of processes traced: should stay 0. */
+__u64 births_untraced = 0;
+
+static __always_inline bool is_death_context(enum nstrace_func fn)
+{
+	return fn == FN_free_nsproxy || fn == FN_nsproxy_free || fn == FN_cleanup_net;
+}
+
+static __always_inline void born(const void *ns)
+{
+	__u64 key = (__u64)ns, now = bpf_ktime_get_ns();
+
+	bpf_map_update_elem(&births, &key, &now, BPF_ANY);
+}
+
 static __always_inline struct nstrace_step *next_step(void)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -61,9 +101,22 @@ static __always_inline struct nstrace_step *next_step(void)
 
 static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, __u64 arg0, __u64 arg1)
 {
-	struct nstrace_step *s = next_step();
+	struct nstrace_step *s;
 	struct nsproxy *nsp = NULL;
 
+	if (is_death_context(fn)) {
+		/* what a death record shows as its first step, inside a traced call or not */
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct nstrace_step ctx = { .ts_ns = bpf_ktime_get_ns(), .func = fn, .kind = STEP_ENTER };
+
+		if (kind == ARG_NSPROXY) {
+			ctx.what = VAL_NSPROXY;
+			ctx.nsproxy_id = ptr_id((void *)arg0);
+			ctx.refs = nsproxy_refs((struct nsproxy *)arg0);
+		}
+		bpf_map_update_elem(&dying, &tid, &ctx, BPF_ANY);
+	}
+	s = next_step();
 	if (!s)
 		return 0;
 	s->ts_ns = bpf_ktime_get_ns();
@@ -119,6 +172,18 @@ static __always_inline const struct ns_common *ns_common_of(int slot, const void
 }
 
 /*
+ * The fixed inode numbers of the initial namespaces, MNT_NS_INIT_INO
+ * 0xEFFFFFF8 to IPC_NS_INIT_INO 0xEFFFFFFF (include/uapi/linux/nsfs.h, 6.17+;
+ * all but mnt and net already in include/linux/proc_ns.h, 5.10). 7.x keeps
+ * no count for them (include/linux/ns_common.h __ns_ref_get(): a fixed 1,
+ * 7.2), so theirs is not read: it would look like a new namespace's.
+ */
+static __always_inline bool is_initial_inum(__u32 inum)
+{
+	return inum >= 0xEFFFFFF8U && inum <= 0xEFFFFFFFU;
+}
+
+/*
  * A namespace's reference count, 0 where ns_common has none (5.10). Right
  * after a copy_*() returns, 1 is a namespace it made and more one it shares
  * (the !CLONE_NEW* branch takes a reference to the caller's: get_uts_ns() and
@@ -137,8 +202,14 @@ static __always_inline __u32 ns_refs(const struct ns_common *ns)
 
 static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, int slot, long ret)
 {
-	struct nstrace_step *s = next_step();
+	struct nstrace_step *s;
 
+	if (is_death_context(fn)) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+		bpf_map_delete_elem(&dying, &tid);
+	}
+	s = next_step();
 	if (!s)
 		return 0;
 	s->ts_ns = bpf_ktime_get_ns();
@@ -167,12 +238,96 @@ static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, i
 			const struct ns_common *ns = ns_common_of(slot, (void *)ret);
 
 			s->inum = BPF_CORE_READ(ns, inum);
-			s->refs = ns_refs(ns);
+			if (!is_initial_inum(s->inum)) {
+				s->refs = ns_refs(ns);
+				if (s->refs == 1)	/* made by this call (see ns_refs()) */
+					born(ns);
+			}
 		}
 		break;
 	default:
 		break;
 	}
+	return 0;
+}
+
+/* The namespace tree's insertion (6.18+): a birth, and a step of the operation that makes it. */
+static __always_inline int tree_add(const struct ns_common *ns)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct nstrace_step *s;
+
+	born(ns);
+	if (!inflight_find((__u32)pid_tgid)) {
+		if (wanted_process(pid_tgid >> 32))
+			__sync_fetch_and_add(&births_untraced, 1);
+		return 0;
+	}
+	s = next_step();
+	if (!s)
+		return 0;
+	s->ts_ns = bpf_ktime_get_ns();
+	s->func = FN___ns_tree_add_raw;
+	s->kind = STEP_ENTER;
+	s->what = VAL_NS_ARG;
+	s->inum = BPF_CORE_READ(ns, inum);
+	return 0;
+}
+
+/*
+ * A namespace dies: a record of its own, op OP_FREE, made here, outside any
+ * syscall (a dying task's exit, an umount, a kworker's deferred free). Its
+ * path: the dropping context the task is inside, if any (dying), then fn.
+ * With --pid, only deaths of namespaces born in the trace, or by a task it
+ * follows.
+ */
+static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common *ns, __u32 type)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), key = (__u64)ns, now = bpf_ktime_get_ns();
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 tid = (__u32)pid_tgid, n = 0;
+	struct nstrace_step *ctx;
+	struct nstrace_event *rec;
+	__u64 *birth;
+
+	birth = bpf_map_lookup_elem(&births, &key);
+	if (!birth && !wanted_process(pid_tgid >> 32))
+		return 0;
+	rec = bpf_ringbuf_reserve(&events, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step), 0);
+	if (!rec) {
+		__sync_fetch_and_add(&lost_events, 1);
+		goto out;
+	}
+	__builtin_memset(rec, 0, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step));
+	rec->enter_ns = rec->exit_ns = now;
+	rec->op = OP_FREE;
+	rec->pid = pid_tgid >> 32;
+	rec->tid = tid;
+	rec->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	rec->uid = (__u32)bpf_get_current_uid_gid();
+	rec->start_time_ns = BPF_CORE_READ(t, start_boottime);
+	rec->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+	ns_fields(ns, &rec->target_inum, &rec->target_ns_id, NULL);
+	rec->target_nstype = type ?: ns_type(ns);
+	rec->raw_flags = rec->target_nstype;
+	if (birth && *birth && now > *birth)
+		rec->lived_ns = now - *birth;
+	ctx = bpf_map_lookup_elem(&dying, &tid);
+	if (ctx) {
+		rec->steps[0] = *ctx;
+		n = 1;
+	}
+	rec->steps[n & 1].ts_ns = now;
+	rec->steps[n & 1].func = fn;
+	rec->steps[n & 1].kind = STEP_ENTER;
+	rec->steps[n & 1].what = VAL_NS_ARG;
+	rec->steps[n & 1].inum = rec->target_inum;
+	rec->nsteps = n + 1;
+	bpf_ringbuf_submit(rec, wakeup_flags(NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step)));
+out:
+	if (birth)
+		bpf_map_delete_elem(&births, &key);
 	return 0;
 }
 
@@ -247,3 +402,93 @@ TRACE_FUNC(cgroupns_install, ARG_NS, RET_INT, 0)
 TRACE_FUNC(netns_install, ARG_NS, RET_INT, 0)
 TRACE_FUNC(userns_install, ARG_NS, RET_INT, 0)
 TRACE_FUNC(timens_install, ARG_NS, RET_INT, 0)
+
+/* alloc_mnt_ns() (fs/namespace.c, 5.10 to 7.2) makes every mount namespace, anonymous ones too */
+TRACE_FUNC(alloc_mnt_ns, ARG_NONE, RET_NS, NS_MNT)
+/* 7.x: open_tree(OPEN_TREE_NAMESPACE) and fsmount(FSMOUNT_NAMESPACE) make theirs here */
+TRACE_FUNC(vfs_open_tree, ARG_NONE, RET_NONE, 0)
+TRACE_FUNC(create_new_namespace, ARG_NONE, RET_NS, NS_MNT)
+/* kernel/nsproxy.c (6.12+): the exec that moves its caller into time_for_children */
+TRACE_FUNC(exec_task_namespaces, ARG_NONE, RET_INT, 0)
+/* the contexts that drop a dying task's namespaces, and net's deferred free */
+TRACE_FUNC(nsproxy_free, ARG_NSPROXY, RET_NONE, 0)
+TRACE_FUNC(cleanup_net, ARG_NONE, RET_NONE, 0)
+
+/*
+ * kernel/nstree.c (6.18+): every namespace of every type, but the
+ * anonymous mount namespaces of detached mounts, enters the namespace tree
+ * in __ns_tree_add_raw() once it is made, and leaves it in
+ * __ns_tree_remove() as it is freed. One birth hook, one death hook.
+ */
+SEC("fentry/__ns_tree_add_raw")
+int fentry___ns_tree_add_raw(__u64 *ctx)
+{
+	__u64 a0 = 0;
+
+	bpf_get_func_arg(ctx, 0, &a0);
+	return tree_add((const struct ns_common *)a0);
+}
+
+SEC("kprobe/__ns_tree_add_raw")
+int kprobe___ns_tree_add_raw(struct pt_regs *ctx)
+{
+	return tree_add((const struct ns_common *)PT_REGS_PARM1_CORE(ctx));
+}
+
+/* The ns_common a death function is handed, by what it is handed. */
+static __always_inline const struct ns_common *as_ns(__u64 a)
+{
+	return (const struct ns_common *)a;
+}
+
+static __always_inline const struct ns_common *uts_of(__u64 a)
+{
+	if (bpf_core_field_exists(struct uts_namespace, kref))	/* 5.10: free_uts_ns(struct kref *) */
+		a -= bpf_core_field_offset(struct uts_namespace, kref);
+	return &((struct uts_namespace *)a)->ns;
+}
+
+static __always_inline const struct ns_common *time_of(__u64 a)
+{
+	if (bpf_core_field_exists(struct time_namespace, kref))	/* 5.10: free_time_ns(struct kref *) */
+		a -= bpf_core_field_offset(struct time_namespace, kref);
+	return &((struct time_namespace *)a)->ns;
+}
+
+static __always_inline const struct ns_common *pid_of(__u64 a)
+{
+	/* kernel/pid_namespace.c: the RCU callback of destroy_pid_ns() */
+	return &((struct pid_namespace *)(a - bpf_core_field_offset(struct pid_namespace, rcu)))->ns;
+}
+
+static __always_inline const struct ns_common *ipc_of(__u64 a) { return &((struct ipc_namespace *)a)->ns; }
+static __always_inline const struct ns_common *mnt_of(__u64 a) { return &((struct mnt_namespace *)a)->ns; }
+static __always_inline const struct ns_common *net_of(__u64 a) { return &((struct net *)a)->ns; }
+static __always_inline const struct ns_common *user_of(__u64 a) { return &((struct user_namespace *)a)->ns; }
+static __always_inline const struct ns_common *cgroup_of(__u64 a) { return &((struct cgroup_namespace *)a)->ns; }
+
+/* A death function: entry only. type: its CLONE_NEW*, 0 to read the namespace's own. */
+#define TRACE_DEATH(fn, ns_of, type)						\
+SEC("fentry/" #fn)								\
+int fentry_##fn(__u64 *ctx)							\
+{										\
+	__u64 a0 = 0;								\
+	bpf_get_func_arg(ctx, 0, &a0);						\
+	return ns_dies(FN_##fn, ns_of(a0), type);				\
+}										\
+SEC("kprobe/" #fn)								\
+int kprobe_##fn(struct pt_regs *ctx)						\
+{										\
+	return ns_dies(FN_##fn, ns_of(PT_REGS_PARM1_CORE(ctx)), type);		\
+}
+
+TRACE_DEATH(__ns_tree_remove, as_ns, 0)
+/* Before the tree (5.10 to 6.17), each type's: where its count reached 0, or the free that follows. */
+TRACE_DEATH(free_uts_ns, uts_of, CLONE_NEWUTS)		/* kernel/utsname.c */
+TRACE_DEATH(mq_clear_sbinfo, ipc_of, CLONE_NEWIPC)	/* ipc/mqueue.c, from put_ipc_ns() at 0 */
+TRACE_DEATH(free_mnt_ns, mnt_of, CLONE_NEWNS)		/* fs/namespace.c */
+TRACE_DEATH(delayed_free_pidns, pid_of, CLONE_NEWPID)	/* kernel/pid_namespace.c */
+TRACE_DEATH(__put_net, net_of, CLONE_NEWNET)		/* net/core/net_namespace.c, from put_net() at 0 */
+TRACE_DEATH(__put_user_ns, user_of, CLONE_NEWUSER)	/* kernel/user_namespace.c, from put_user_ns() at 0 */
+TRACE_DEATH(free_cgroup_ns, cgroup_of, CLONE_NEWCGROUP)	/* kernel/cgroup/namespace.c */
+TRACE_DEATH(free_time_ns, time_of, CLONE_NEWTIME)	/* kernel/time/namespace.c */

@@ -29,9 +29,17 @@ enum nstrace_op {
 	OP_CLONE3 = 2,
 	OP_UNSHARE = 3,
 	OP_SETNS = 4,
+	OP_EXEC = 5,		/* an execve that moved its caller (time_for_children becomes time, 6.12+) */
+	OP_OPEN_TREE = 6,	/* open_tree(_attr)(OPEN_TREE_NAMESPACE): a new mount ns behind an fd (7.x) */
+	OP_FSMOUNT = 7,		/* fsmount(FSMOUNT_NAMESPACE): likewise (7.x) */
+	OP_FREE = 8,		/* a namespace freed: target_* say which, lived_ns for how long it lived */
+	OP_MAX,
 };
 
-/* What the fd handed to setns() turned out to be. */
+/*
+ * What the fd handed to setns() turned out to be; for open_tree and fsmount,
+ * what the fd they return is (nsfs: the new mount namespace).
+ */
 enum nstrace_target_kind {
 	TARGET_NONE = 0,
 	TARGET_NSFS = 1,	/* /proc/<pid>/ns/<type> or a bind mount of it */
@@ -86,6 +94,25 @@ enum nstrace_func {
 	FN_netns_install,
 	FN_userns_install,
 	FN_timens_install,
+	/* kernel/nsproxy.c (6.12+): exec moves the caller into time_for_children */
+	FN_exec_task_namespaces,
+	/* deaths: what frees a namespace, and the context that drops the references */
+	FN_nsproxy_free,	/* free_nsproxy renamed (7.x) */
+	FN_cleanup_net,		/* net/core/net_namespace.c: the deferred work that frees net namespaces */
+	FN___ns_tree_add_raw,	/* kernel/nstree.c (6.18+): every namespace enters the tree here */
+	FN___ns_tree_remove,	/* ... and leaves it here, as it is freed */
+	FN_free_uts_ns,		/* before the tree: each type's own */
+	FN_mq_clear_sbinfo,
+	FN_free_mnt_ns,
+	FN_delayed_free_pidns,
+	FN___put_net,
+	FN___put_user_ns,
+	FN_free_cgroup_ns,
+	FN_free_time_ns,
+	/* fs/namespace.c (7.x): open_tree(OPEN_TREE_NAMESPACE) and fsmount(FSMOUNT_NAMESPACE) */
+	FN_vfs_open_tree,
+	FN_create_new_namespace,
+	FN_alloc_mnt_ns,
 	FN_MAX,
 };
 
@@ -135,6 +162,7 @@ struct nstrace_event {
 	__u64 raw_flags;	/* clone/clone3/unshare flags, setns nstype */
 	__s64 ret;
 	__u64 cgroup_id;	/* the caller's cgroup v2 id at the call (bpf_get_current_cgroup_id()) */
+	__u64 lived_ns;		/* free: since its birth was seen (0: born before, or unseen) */
 	enum nstrace_op op;
 	__u32 pid;		/* tgid */
 	__u32 tid;

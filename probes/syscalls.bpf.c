@@ -20,10 +20,7 @@ __u64 lost_events = 0;
 __u64 lost_inflight = 0;
 __u64 lost_tracked = 0;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);	/* resized by user space before load */
-} events SEC(".maps");
+struct events_map events SEC(".maps");
 
 struct inflight_map inflight SEC(".maps");
 struct paths_map paths SEC(".maps");
@@ -34,12 +31,7 @@ struct paths_map paths SEC(".maps");
  * Entries leave when the process exits (sched_process_exit below); a full
  * table is counted in lost_tracked.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u8);
-} tracked SEC(".maps");
+struct tracked_map tracked SEC(".maps");
 
 /*
  * The f_op of nsfs files, learned from the first one resolve_setns_fd()
@@ -121,11 +113,6 @@ static __always_inline bool fork_enters_namespace(struct nsproxy *nsp, struct pi
 static __always_inline bool plain_fork(__u64 flags, struct nsproxy *nsp, struct pid *pid)
 {
 	return !trace_all && !(flags & CLONE_NEW_ANY_BUT_TIME) && !fork_enters_namespace(nsp, pid);
-}
-
-static __always_inline bool wanted_process(__u32 tgid)
-{
-	return !filter_tgid || bpf_map_lookup_elem(&tracked, &tgid);
 }
 
 /* f->f_op and f->f_inode in one read: neighbours in struct file on 6.1, 6.18 and 7.2. */
@@ -251,6 +238,7 @@ static __always_inline void clear_unwritten(struct nstrace_event *e)
 	e->ret = 0;
 	__builtin_memset((__u64 *)&e->uid, 0, 48);	/* uid .. nsteps */
 	e->steps_dropped = 0;
+	e->lived_ns = 0;
 	*(__u32 *)((void *)e + HEAD_OFF(comm) + sizeof(e->comm)) = 0;
 	e->after.valid = 0;
 }
@@ -295,14 +283,16 @@ static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op
 	e->raw_flags = flags;
 	e->exit_signal = exit_signal;
 	e->setns_fd = setns_fd;
-	/*
-	 * The inode number of the caller's cgroup v2 directory (kernel/bpf/helpers.c,
-	 * 4.18+): what a container runtime names a container by. Read at the
-	 * call: a process may be moved to another cgroup while it runs.
-	 */
-	e->cgroup_id = bpf_get_current_cgroup_id();
-
 	if (have_task_btf()) {
+		/*
+		 * The caller's cgroup v2 id, the inode number of its cgroup
+		 * directory: what a container runtime names a container by. Read
+		 * at the call (a process may move to another cgroup while it runs),
+		 * as bpf_get_current_cgroup_id() does (kernel/bpf/helpers.c:
+		 * task_dfl_cgroup(current)->kn->id, 5.10 to 7.2) but with plain
+		 * loads instead of the helper call (bench: kernel ns per probe hit).
+		 */
+		e->cgroup_id = t->cgroups->dfl_cgrp->kn->id;
 		/*
 		 * The kuid is the uid as in the init user ns. From real_cred, as
 		 * /proc/<pid>/status (fs/proc/array.c task_state()); it differs
@@ -317,6 +307,7 @@ static __always_inline struct nstrace_event *op_enter(struct caller *c, __u32 op
 	} else {
 		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
+		e->cgroup_id = bpf_get_current_cgroup_id();
 		e->uid = (__u32)bpf_get_current_uid_gid();
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		e->ppid = BPF_CORE_READ(ct, real_parent, tgid);
@@ -339,23 +330,6 @@ static __always_inline void setns_target(struct caller *c, struct nstrace_event 
 
 		resolve_setns_fd(e, e->setns_fd, BPF_CORE_READ(fdt, max_fds), BPF_CORE_READ(fdt, fd));
 	}
-}
-
-/*
- * Batched wake-ups: wake the reader only for the record that crosses
- * wakeup_bytes of unread data. While the reader lags, every further record
- * would otherwise force a wake-up (an irq_work self-interrupt, microseconds
- * in a VM); the reader also polls on a timer, so nothing waits for long.
- */
-static __always_inline __u64 wakeup_flags(__u64 size)
-{
-	__u64 avail;
-
-	if (!wakeup_bytes)
-		return 0;
-	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return avail < wakeup_bytes && avail + size >= wakeup_bytes ?
-	       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 /* Head and kernel path as one record; on kernels without function probes, the head alone. */
@@ -384,6 +358,28 @@ static __always_inline void emit(struct nstrace_event *e, __u32 tid)
 	if (n)
 		bpf_probe_read_kernel(rec->steps, n * sizeof(struct nstrace_step), p->steps);
 	bpf_ringbuf_submit(rec, wakeup_flags(sizeof(*rec)));
+}
+
+/*
+ * open_tree(OPEN_TREE_NAMESPACE) and fsmount(FSMOUNT_NAMESPACE) return an
+ * nsfs fd of the mount namespace they made (fs/namespace.c
+ * open_new_namespace() -> open_namespace_file(), 7.2): read it as setns
+ * reads its fd, into target_*.
+ */
+static __always_inline void new_mount_ns(struct task_struct *t, struct nstrace_event *e)
+{
+	if (e->ret < 0)
+		return;
+	if (have_task_btf()) {
+		struct fdtable *fdt = t->files->fdt;
+
+		resolve_setns_fd(e, e->ret, fdt->max_fds, fdt->fd);
+	} else {
+		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
+		struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
+
+		resolve_setns_fd(e, e->ret, BPF_CORE_READ(fdt, max_fds), BPF_CORE_READ(fdt, fd));
+	}
 }
 
 /*
@@ -433,6 +429,8 @@ static __always_inline int op_exit(long ret)
 	if (same_task_snapshot(e, t)) {
 		if (!e->after.valid)	/* no child, or no nsproxy: clear the stash */
 			__builtin_memset(&e->after, 0, sizeof(e->after));
+		if (e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT)
+			new_mount_ns(t, e);
 		emit(e, tid);
 	}
 	inflight_give_back(e);
@@ -448,7 +446,14 @@ static __always_inline int op_exit(long ret)
 #define NR_clone	56
 #define NR_unshare	272
 #define NR_setns	308
+#define NR_open_tree	428
+#define NR_fsmount	432
 #define NR_clone3	435
+#define NR_open_tree_attr 467
+
+/* include/uapi/linux/mount.h (7.x): the flags that make a mount namespace */
+#define OPEN_TREE_NAMESPACE	(1 << 1)
+#define FSMOUNT_NAMESPACE	0x00000002
 
 /*
  * One body for every syscall entry and one for every exit, reached by tail
@@ -530,6 +535,19 @@ int sys_enter(struct trace_event_raw_sys_enter *ctx)
 		flags = ctx->args[1];
 		setns_fd = ctx->args[0];
 		break;
+	case NR_open_tree:
+	case NR_open_tree_attr:	/* (dfd, path, flags, ...): as open_tree */
+		flags = ctx->args[2];
+		if (!(flags & OPEN_TREE_NAMESPACE))
+			return 0;
+		op = OP_OPEN_TREE;
+		break;
+	case NR_fsmount:	/* (fs_fd, flags, attr_flags) */
+		flags = ctx->args[1];
+		if (!(flags & FSMOUNT_NAMESPACE))
+			return 0;
+		op = OP_FSMOUNT;
+		break;
 	default:
 		return 0;
 	}
@@ -568,6 +586,43 @@ SEC("tracepoint/syscalls/sys_enter_setns")
 int sys_enter_setns(void *ctx)
 {
 	return to_body(ctx, BODY_ENTER);
+}
+
+/* Mount namespaces made outside clone/unshare (7.x); attached only where the kernel has the flags. */
+SEC("tracepoint/syscalls/sys_enter_open_tree")
+int sys_enter_open_tree(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open_tree")
+int sys_exit_open_tree(void *ctx)
+{
+	return to_body(ctx, BODY_EXIT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_open_tree_attr")
+int sys_enter_open_tree_attr(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open_tree_attr")
+int sys_exit_open_tree_attr(void *ctx)
+{
+	return to_body(ctx, BODY_EXIT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fsmount")
+int sys_enter_fsmount(void *ctx)
+{
+	return to_body(ctx, BODY_ENTER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_fsmount")
+int sys_exit_fsmount(void *ctx)
+{
+	return to_body(ctx, BODY_EXIT);
 }
 
 /*
@@ -636,6 +691,100 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 	}
 	e->child_start_ns = BPF_CORE_READ(task, start_boottime);
 	snapshot(e, true, task);
+	return 0;
+}
+
+/* Did e's snapshots differ anywhere? */
+static __always_inline bool moved(const struct nstrace_event *e)
+{
+	for (int i = 0; i < NS_SLOTS; i++)
+		if (e->before.inum[i] != e->after.inum[i] || e->before.ns_id[i] != e->after.ns_id[i])
+			return true;
+	return false;
+}
+
+/*
+ * exec. fs/exec.c begin_new_exec() -> kernel/nsproxy.c exec_task_namespaces()
+ * (6.12 and 7.2) moves the caller into a new nsproxy whose time_ns is its
+ * time_ns_for_children, when those differ (after unshare(CLONE_NEWTIME), or
+ * setns into a time namespace by a multi-threaded task). The record runs
+ * between two raw tracepoints of include/trace/events/sched.h:
+ * sched_prepare_exec, in begin_new_exec() before anything of the old program
+ * is flushed and from where an error kills the task instead of returning
+ * (6.10+: every kernel whose exec can move a task has it), and
+ * sched_process_exec, in exec_binprm() after the move. Raw tracepoints, not
+ * the syscalls:sys_*_execve* tracepoints: four more syscall tracepoints cost
+ * a watch a tenth of a second to detach (bench: start-up), and this needs no
+ * failure path. Every exec of the machine asks exec_may_move(): three reads.
+ * The snapshots are read with helper calls, as task_newtask's: loads through
+ * a BTF task pointer would cost each its BTF searches at load (see
+ * snapshot_btf()), for programs that record only the rare exec that moves.
+ */
+static __always_inline bool exec_may_move(struct task_struct *t)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+
+	return nsp && BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
+}
+
+SEC("raw_tp/sched_prepare_exec")
+int BPF_PROG(sched_prepare_exec, struct task_struct *task)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
+	struct nstrace_event *e;
+
+	if (!exec_may_move(t) || !wanted_process(tgid))
+		return 0;
+	e = inflight_take(tid);
+	if (!e) {
+		__sync_fetch_and_add(&lost_inflight, 1);
+		return 0;
+	}
+	if (kernel_path)
+		bpf_map_delete_elem(&paths, &tid);
+	clear_unwritten(e);
+	e->enter_ns = bpf_ktime_get_ns();
+	e->op = OP_EXEC;
+	e->pid = tgid;
+	e->raw_flags = 0;
+	e->exit_signal = 0;
+	e->setns_fd = -1;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	e->start_time_ns = BPF_CORE_READ(t, start_boottime);
+	snapshot(e, false, t);
+	return 0;
+}
+
+/*
+ * After a successful exec, in its context. old_pid is the tid before exec:
+ * a non-leader thread that execs takes its leader's pid in de_thread(), and
+ * its record was taken under old_pid. An exec that moved nothing is dropped.
+ */
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(sched_process_exec, struct task_struct *p, int old_pid)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct nstrace_event *e = inflight_find(old_pid);
+
+	if (!e || e->op != OP_EXEC)
+		return 0;
+	e->exit_ns = bpf_ktime_get_ns();
+	e->ret = 0;
+	e->tid = tid;
+	snapshot(e, true, (struct task_struct *)bpf_get_current_task());
+	if (e->after.valid && moved(e))
+		emit(e, tid);
+	inflight_give_back(e);
+	if (kernel_path) {
+		bpf_map_delete_elem(&paths, &tid);
+		if ((__u32)old_pid != tid)
+			bpf_map_delete_elem(&paths, &old_pid);
+	}
 	return 0;
 }
 

@@ -9,6 +9,7 @@ packages=(
   clang llvm make bpftool libbpf-dev libbpf1   # BPF build (compile time only) and the loader's libbpf
   python3 python3-venv                         # the virtualenv
   util-linux iproute2 strace                   # unshare/nsenter/lsns, ip netns, the flag oracle in tests
+  bubblewrap runc                              # tests: real runtimes under watch -- and strace -f (runc on a busybox rootfs)
   dwarves                                      # tests: pahole gives the reader library's BTF, to check batch.py's mirrors
   qemu-system-x86 busybox-static cpio xz-utils # nstrace lab: Debian kernels under QEMU
   graphviz                                     # nstrace render: dot lays out the session graph

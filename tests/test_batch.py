@@ -24,6 +24,7 @@ from nstrace.linux import flags as fl
 from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
+from test_json_output import replayer, with_containers
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 
@@ -107,7 +108,7 @@ def test_c_lines_are_the_python_lines(traced):
         shown = [(raw, st) for raw, st in zip(raws, states) if not st & S.FILTERED]
         assert len(lines) == len(shown)
         for (raw, state), line in zip(shown, lines):
-            rec = events.decode(raw, raw_addresses, steps.decode_step)
+            rec = with_containers(events.decode(raw, raw_addresses, steps.decode_step))
             c = json.loads(line)
             # /proc was read once, by Python; the rest of the line is C's own
             rec.proc_check = c["proc_check"]
@@ -154,17 +155,46 @@ FILTERS = [
 
 @pytest.mark.parametrize("spec", FILTERS, ids=lambda s: ",".join(f"{k}={'|'.join(v)}" for k, v in s.items()))
 def test_c_filter_is_filters_wanted(catalogue, spec):
+    _same_filter(catalogue, spec)
+
+
+@pytest.mark.parametrize("by", ["inode", "ns_id", "two", "target"])
+def test_c_ns_filter_is_filters_wanted(catalogue, by):
+    """--ns: namespaces the catalogue made (by type:inode, by ns_id, two at once) and one a setns
+    entered, each involved in a few records (before, after, target) and not in the rest."""
+    _, batches, raw_addresses = catalogue
+    recs = [events.decode(raw, raw_addresses) for raws, _, _ in batches for raw in raws]
+    made = [r for r in recs if r.op == "unshare" and r.ok and "uts" in r.changed]
+    nets = [r for r in recs if r.op in ("clone", "clone3") and r.ok and "net" in r.changed]
+    entered = [r for r in recs if r.op == "setns" and r.ok and (r.target or {}).get("kind") == "nsfs"]
+    assert made and nets and entered
+    uts = ("uts", made[0].ns_after["uts"], None)
+    if by == "inode":
+        spec = (uts,)
+    elif by == "ns_id":
+        ns_id = made[0].ns_id_after["uts"]
+        if not ns_id:
+            pytest.skip("this kernel has no ns_common.ns_id (6.18+): no ids to filter by")
+        spec = ((None, None, ns_id),)
+    elif by == "two":
+        spec = (uts, ("net", nets[0].ns_after["net"], None))
+    else:
+        spec = ((entered[0].target["type"], entered[0].target["inode"], None),)
+    _same_filter(catalogue, {"namespaces": spec})
+
+
+def _same_filter(catalogue, spec):
     tracer, batches, raw_addresses = catalogue
     options = Options(**spec)
-    c_filter = batch.make_filter(options)
     kept = dropped = 0
-    b = tracer._batch
+    # a reader with these options: the same records, each its own batch, classified again
+    t = replayer(tracer, options)
     for raws, _, _ in batches:
-        # the same records, classified again under this filter
         for raw in raws:
-            b.refill([raw])
-            st = b.classify(c_filter)[0]
+            t.replay([raw])
+            st = t._states[0]
             rec = events.decode(raw, raw_addresses, steps.decode_step)
+            t._attribution.fill(rec)
             if st & S.PYTHON:
                 assert not st & S.FILTERED  # Python filters those itself, with filters.wanted()
                 continue

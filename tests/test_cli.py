@@ -124,7 +124,9 @@ def wait_gone(ids, timeout=5):
 def test_stopping_leaves_no_probe(tracer, sig):
     w = Watch()
     ids = prog_ids_held_by(w.proc.pid)
-    assert len(ids) == len(SYSCALL_PROGRAMS + BODY_PROGRAMS), "the syscall layer's nine programs and their two bodies"
+    from nstrace.bpf.probeset import EXEC_PROGRAMS  # attached on this kernel (6.10+: sched_prepare_exec)
+    assert len(ids) == len(SYSCALL_PROGRAMS + EXEC_PROGRAMS + BODY_PROGRAMS), \
+        "the syscall layer's nine programs, its two bodies and the exec pair"
     assert ids <= kernel_prog_ids()
     out, err = w.stop(sig)
     if sig != signal.SIGKILL:

@@ -19,9 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nstrace.bpf import batch
+from nstrace.linux import containers
+from nstrace.linux import flags as fl
 from nstrace.linux.comm import safe_comm
 from nstrace.record import events, filters, steps
 from nstrace.record import jsonline
+from nstrace.trace.attribution import BatchAttribution
 from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE
@@ -33,7 +36,7 @@ S = batch.states()
 # README, "The JSON record": every key, in this order
 KEYS = ["ts", "duration_us", "op", "pid", "tid", "ppid", "uid", "comm", "raw_flags", "flags", "ret", "errno",
         "exit_signal", "child_pid", "child_tid", "target", "ns_before", "ns_after", "ns_id_before", "ns_id_after",
-        "changed", "nsproxy", "start_time_ns", "child_start_ns", "cgroup_id", "kernel_path", "kernel_path_dropped", "proc_check"]
+        "changed", "nsproxy", "start_time_ns", "child_start_ns", "cgroup_id", "container", "ns", "kernel_path", "kernel_path_dropped", "proc_check"]
 STATUSES = {"match", "mismatch", "gone", "superseded", "unseen"}
 
 
@@ -106,6 +109,7 @@ def replayer(live, options):
     t = Tracer(options)
     t.probes = live.probes
     t._batch = batch.Batch(live._obj.map_fd("events"), options, inflight_fd=live._obj.map_fd("inflight"))
+    t._attribution = BatchAttribution(options)
     t._st = S
     return t
 
@@ -115,11 +119,27 @@ def _moves(rec):
     return rec.op in ("unshare", "setns") and rec.ok and (rec.changed or not (rec.ns_before and rec.ns_after))
 
 
+ATTRIBUTION = containers.Attribution()
+
+
+def with_containers(rec):
+    """The record with its caller's container (by cgroup id) and its setns target's (the namespace's
+    owner, or the pidfd's process's), looked up here on their own."""
+    rec.container = ATTRIBUTION.of_cgroup(rec.cgroup_id)
+    t = rec.target
+    if t and t["kind"] == "nsfs" and t["type"] in fl.NS_TYPES:
+        t["container"] = ATTRIBUTION.of_namespace(t["type"], t["inode"])
+    elif t and t["kind"] == "pidfd":
+        t["container"] = containers.process_container(t["pid"])
+    return rec
+
+
 def oracle_lines(raws, options, checker):
-    """What `watch --json` must print for this batch, in Python alone: decode every record, keep what
-    filters.wanted() keeps, and say superseded where the checked task moves after the record in this
-    batch (a clone's child: any move of its own), or else what the check against /proc says."""
-    recs = [events.decode(raw, options.raw_addresses, steps.decode_step) for raw in raws]
+    """What `watch --json` must print for this batch, in Python alone: decode every record, add its
+    containers, keep what filters.wanted() keeps, and say superseded where the checked task moves
+    after the record in this batch (a clone's child: any move of its own), or else what the check
+    against /proc says."""
+    recs = [with_containers(events.decode(raw, options.raw_addresses, steps.decode_step)) for raw in raws]
     lines = []
     for i, rec in enumerate(recs):
         if not filters.wanted(rec, options):

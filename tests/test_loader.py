@@ -9,7 +9,8 @@ import pytest
 
 from nstrace.bpf import hookplan, loader
 from nstrace.errors import LibbpfError, ProbeError
-from nstrace.trace.tracer import SYSCALL_PROGRAMS
+from nstrace.record.steps import FUNCTIONS
+from nstrace.trace.tracer import SYSCALL_PROGRAMS, section_of
 
 from nshelpers import NSTRACE
 
@@ -69,11 +70,11 @@ def test_doctor_reports_every_probe_point():
     res = subprocess.run([str(NSTRACE), "doctor", "--json"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)["probes"]
-    assert [r["probe"] for r in rows if r["layer"] == "syscall"] == [
-        "syscalls:" + p if p != "task_newtask" else "task:task_newtask" for p in SYSCALL_PROGRAMS]
+    assert [r["probe"] for r in rows if r["layer"] == "syscall"][:len(SYSCALL_PROGRAMS)] == [
+        section_of(p) for p in SYSCALL_PROGRAMS]
     assert all(r["attached"] for r in rows if r["layer"] == "syscall")
     functions = [r for r in rows if r["layer"] == "function"]
-    assert len(functions) == 29
+    assert len(functions) == len(FUNCTIONS) - 1
     for r in functions:
         assert r["attached"] or r["reason"], r
     if not hookplan.kprobes_supported() and hookplan.fentry_refusal():

@@ -1,6 +1,7 @@
 """Start-up: watch loads its object while the command line is imported (nstrace/bpf/preload.py), and
 libbpf loads without calling into Python for every line it prints."""
 
+import ctypes
 import os
 import subprocess
 import threading
@@ -20,6 +21,10 @@ from nstrace.trace.tracer import Options, Tracer
     (["watch", "--pid", "42", "--buffer-kib=256"], {"pid": 42, "ringbuf_bytes": 256 * 1024}),
     (["watch", "--pid=7", "--buffer-kib", "8"], {"pid": 7, "ringbuf_bytes": 8192}),
     (["watch", "--pid", "x"], None),
+    (["watch", "--json", "--", "unshare", "--uts", "true"], {"command": True}),
+    (["watch", "--comm", "bash", "unshare", "-r"], {"command": True}),
+    (["watch", "--comm=bash", "-u", "nobody", "--all", "ip", "netns"], {"command": True, "trace_all": True}),
+    (["watch", "--json", "--"], {}),
     (["watch", "--help"], None),
     (["doctor"], None),
     ([], None),
@@ -35,6 +40,8 @@ WATCH_SAMPLES = {
     "trace_all": ["--all"], "as_json": ["--json"], "duration": ["--duration", "2"], "count": ["--count", "3"],
     "raw_addresses": ["--raw-addresses"], "no_proc_check": ["--no-proc-check"],
     "buffer_kib": ["--buffer-kib", "256"], "record_path": ["--record", "/tmp/x.jsonl"],
+    "container": ["--container", "0123456789ab"], "ns": ["--ns", "net:4026531840"],
+    "user": ["--user", "nobody", "--", "true"], "command": ["--", "unshare", "--uts", "true"],
 }
 
 
@@ -43,8 +50,13 @@ def _object_settings(argv):
     nstrace.bpf.preload guesses it from the raw words."""
     from nstrace import cli
     ctx = cli.cli.commands["watch"].make_context("watch", list(argv))
-    tracer = Tracer(cli.watch_options(**ctx.params))
     guessed = preload.guess(["watch", *argv])
+    params = dict(ctx.params)
+    if params["command"]:
+        # watch follows COMMAND's pid, known once forked: a stand-in for it, on both sides
+        assert guessed.pop("command") is True and params["pid"] is None
+        params["pid"] = guessed["pid"] = 4242
+    tracer = Tracer(cli.watch_options(**params))
     return tracer.probes.settings([]), ProbeSet(**guessed).settings([]) if guessed is not None else None
 
 
@@ -113,6 +125,37 @@ def test_with_pid_the_thread_loads_but_leaves_attaching_to_start(loads):
         pre.close()
     with Tracer(Options(pid=os.getpid())) as tracer:
         assert "sched_process_exit" in tracer.attached
+
+
+@root
+def test_with_a_command_the_thread_follows_it_and_attaches(loads):
+    """watch -- COMMAND: the child is forked before the thread (it holds no BPF fd), its pid is the
+    object's filter and the table's first entry, and the probes are attached before it runs."""
+    def bpf_fds(pid):  # this test process may hold some of other tests' tracers
+        out = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue  # the listing's own
+            out += [target] if "bpf" in target or "perf_event" in target else []
+        return sorted(out)
+    ours = bpf_fds(os.getpid())
+    preload.begin(["watch", "--json", "--", "unshare", "--uts", "true"])
+    held = preload.take_command()
+    try:
+        pre = preload.take()
+        assert bpf_fds(held.pid) == ours
+        try:
+            assert pre.attached and pre.pid == held.pid
+            assert pre.settings()["rodata"]["filter_tgid"] == held.pid
+            assert [k.value for k in pre.obj.map_keys("tracked", ctypes.c_uint32)] == [held.pid]
+        finally:
+            pre.close()
+    finally:
+        held.cancel()
+    assert held.status == 127 and held.argv is None  # cancelled: it ran nothing
+    assert loads == ["nstrace-preload"]
 
 
 @root

@@ -108,7 +108,7 @@ def test_setns_nsfs(tracer, ns_holder, ns_type):
         [rec] = wait_for(tracer, lambda r: r.pid == rep["pid"] and r.op == "setns")
         assert rec.flags == [fl.NS_TYPES[ns_type]]
         assert rec.target == {"fd": rep["fd"], "kind": "nsfs", "type": ns_type, "inode": target_inode,
-                              "ns_id": rec.target["ns_id"]}
+                              "ns_id": rec.target["ns_id"], "container": None}  # the holder's: no container
         assert rec.changed == expected(SETNS_CHANGES, ns_type)
         for entry in rec.changed:
             assert rec.ns_after[entry] == target_inode
@@ -131,7 +131,8 @@ def test_setns_pidfd_several_types(tracer, ns_holder):
     with nsop({"op": "setns", "pidfd_of": ns_holder, "flags": nstype}) as rep:
         assert rep["ret"] == 0, rep
         [rec] = wait_for(tracer, lambda r: r.pid == rep["pid"] and r.op == "setns")
-        assert rec.target == {"fd": rep["fd"], "kind": "pidfd", "pid": ns_holder}
+        # the holder is no container's process: its container is said, as null
+        assert rec.target == {"fd": rep["fd"], "kind": "pidfd", "pid": ns_holder, "container": None}
         assert rec.changed == ["uts", "ipc", "net"]
         for entry in rec.changed:
             assert rec.ns_after[entry] == os.stat(f"/proc/{ns_holder}/ns/{entry}").st_ino

@@ -24,11 +24,13 @@ from . import libbpf
 LIB_PATH = Path(__file__).resolve().parents[1] / "_bpf" / "libnstrace-batch.so"
 
 MAX_COMMS = 16
+MAX_NS = 16           # native/batch.c JL_MAX_NS
+CGROUPS, TARGETS = 0, 1  # native/batch.c enum jl_frag_table
 
 
 class Tables(ctypes.Structure):
     _fields_ = [
-        ("ops", ctypes.c_char_p * 5),
+        ("ops", ctypes.c_char_p * events.OP_SLOTS),
         ("flag_names", ctypes.c_char_p * 64),
         ("flag_bits", ctypes.c_uint64 * 64),
         ("nflags", ctypes.c_uint32),
@@ -41,6 +43,9 @@ class Tables(ctypes.Structure):
         ("nstype_bits", ctypes.c_uint64 * 8),
         ("wall_offset_ns", ctypes.c_int64),
         ("raw_addresses", ctypes.c_uint32),
+        ("op_nflags", ctypes.c_uint32 * events.OP_SLOTS),
+        ("op_flag_names", (ctypes.c_char_p * 8) * events.OP_SLOTS),
+        ("op_flag_bits", (ctypes.c_uint64 * 8) * events.OP_SLOTS),
     ]
 
 
@@ -50,12 +55,17 @@ class Filter(ctypes.Structure):
         ("ncomms", ctypes.c_uint32),
         ("comms", (ctypes.c_char * 16) * MAX_COMMS),
         ("types_mask", ctypes.c_uint64),
+        ("containers", ctypes.c_uint32),
+        ("nns", ctypes.c_uint32),
+        ("ns_type_bit", ctypes.c_uint64 * MAX_NS),
+        ("ns_inum", ctypes.c_uint64 * MAX_NS),
+        ("ns_id", ctypes.c_uint64 * MAX_NS),
     ]
 
 
 class Counts(ctypes.Structure):
     _fields_ = [
-        ("by_op", ctypes.c_uint64 * 5),
+        ("by_op", ctypes.c_uint64 * events.OP_SLOTS),
         ("superseded", ctypes.c_uint64),
         ("filtered", ctypes.c_uint64),
         ("lines", ctypes.c_uint64),
@@ -90,13 +100,18 @@ def tables(raw_addresses=False):
         t.nstype_names[i], t.nstype_bits[i] = _js(ns), bit
     t.wall_offset_ns = events.WALL_OFFSET_NS
     t.raw_addresses = raw_addresses
+    for num, name in events.OPS.items():
+        for i, (flag, bit) in enumerate(events.OP_FLAGS.get(name, {}).items()):
+            t.op_flag_names[num][i], t.op_flag_bits[num][i] = _js(flag), bit
+        t.op_nflags[num] = len(events.OP_FLAGS.get(name, {}))
     return t
 
 
 def make_filter(options):
-    """struct jl_filter for --op/--comm/--type (filters.wanted() is the reference).
+    """struct jl_filter for --op/--comm/--type/--container/--ns (filters.wanted() is the reference).
 
-    Options.validate() has refused more than MAX_COMMS comms.
+    Options.validate() has refused more than MAX_COMMS comms and MAX_NS namespaces. --container is
+    C's to apply through the match bit of each container text (Batch.set_container).
     """
     f = Filter()
     op_numbers = {name: num for num, name in events.OPS.items()}
@@ -107,7 +122,24 @@ def make_filter(options):
     f.ncomms = len(options.comms)
     for ns in options.types:
         f.types_mask |= fl.CLONE_FLAGS[fl.NS_TYPES[ns]]
+    f.containers = bool(getattr(options, "containers", ()))
+    namespaces = getattr(options, "namespaces", ())
+    for i, (ns_type, inode, ns_id) in enumerate(namespaces):
+        f.ns_type_bit[i] = fl.CLONE_FLAGS[fl.NS_TYPES[ns_type]] if ns_type else 0
+        f.ns_inum[i], f.ns_id[i] = inode or 0, ns_id or 0
+    f.nns = len(namespaces)
     return f
+
+
+def target_key(target):
+    """native/batch.c target_key() of a decoded setns target: what its container is said of."""
+    if not target:
+        return 0
+    if target.get("kind") == "nsfs" and target.get("type") in fl.NS_TYPES:
+        return fl.CLONE_FLAGS[fl.NS_TYPES[target["type"]]] << 32 | target["inode"]
+    if target.get("kind") == "pidfd":
+        return 1 << 63 | target["pid"]
+    return 0
 
 
 class _StateBit(ctypes.Structure):
@@ -159,6 +191,10 @@ def lib():
             ("jl_moved_on", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
             ("jl_in_flight", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_uint32]),
             ("jl_set", None, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint32]),
+            ("jl_set_container", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_char_p,
+                                                ctypes.c_uint32, ctypes.c_uint8]),
+            ("jl_missing", ctypes.c_uint32, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8),
+                                             ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint32]),
             ("jl_classify", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.POINTER(Filter),
                                            ctypes.c_int]),
             ("jl_format", ctypes.c_long, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.c_uint32,
@@ -188,6 +224,9 @@ class Batch:
         self._filter = make_filter(options)
         self._check_proc = options.check_proc
         self._keep = []  # fragments handed to C live until the next poll
+        self._keep_cgroups = []  # container texts by cgroup id: C keeps them as long as the reader
+        self._missing_tables = (ctypes.c_uint8 * (2 * max_records))()
+        self._missing_keys = (ctypes.c_uint64 * (2 * max_records))()
         cb = ctypes.cast(self._lib.jl_sample, libbpf.RING_BUFFER_SAMPLE_FN)
         self._cb = cb
         self._rb = libbpf.lib().ring_buffer__new(map_fd, cb, self._b, None)
@@ -210,6 +249,10 @@ class Batch:
         record not read yet, or an unshare/setns in progress, explains it.
         """
         return bool(self._lib.jl_moved_on(self._b, tid))
+
+    def fileno(self):
+        """The reader's epoll fd: readable when the kernel wakes the reader (wakeup_bytes unread)."""
+        return libbpf.lib().ring_buffer__epoll_fd(self._rb)
 
     def in_flight(self, tid):
         """The operation thread tid is inside now ("clone", "unshare" ...), None if none (or not traced)."""
@@ -260,6 +303,17 @@ class Batch:
                                  self._check_proc) < 0:
             raise MemoryError("classifying records")
         return ctypes.string_at(self._lib.jl_states(self._b), self.n)
+
+    def missing(self):
+        """[(table, key)] of this batch whose container text C does not have (CGROUPS, TARGETS)."""
+        n = self._lib.jl_missing(self._b, self._missing_tables, self._missing_keys, 2 * self._max)
+        return [(self._missing_tables[i], self._missing_keys[i]) for i in range(n)]
+
+    def set_container(self, table, key, text, match):
+        """C's container text for key (JSON bytes) and whether --container takes it."""
+        (self._keep_cgroups if table == CGROUPS else self._keep).append(text)
+        if self._lib.jl_set_container(self._b, table, key, text, len(text), match):
+            raise MemoryError("container table")
 
     def set(self, i, fragment):
         """Python's part of record i: its line (PYTHON; None: filtered) or its proc_check JSON (CHECK)."""

@@ -17,7 +17,7 @@ import os
 # nothing here imports more than the loader and the function list at module level.
 from ..errors import LibbpfError
 from ..record.probes import Hook
-from ..record.steps import FUNCTIONS
+from ..record.steps import FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH
 from . import bootcache, libbpf, loader
 from .btf import KernelBtf
 
@@ -129,4 +129,17 @@ def plan():
     finally:
         if btf:
             btf.close()
+    return _one_death_hook(hooks)
+
+
+def _one_death_hook(hooks):
+    """Where the namespace tree's removal is hooked, it sees every death: each type's own death function
+    would report the same death twice, so those are left out, saying why."""
+    by_func = {h.func: h for h in hooks}
+    if by_func[TREE_DEATH].kind:
+        for func in PER_TYPE_DEATHS:
+            h = by_func[func]
+            if h.kind:
+                h.kind, h.why = None, ""
+                h.reason = f"not needed here: {TREE_DEATH} sees every namespace's death on this kernel"
     return hooks

@@ -306,6 +306,20 @@ class BpfObject:
         if ret < 0:
             libbpf.check(-ctypes.get_errno(), f"updating map {map_name}")
 
+    def map_keys(self, map_name, key_type):
+        """Every key of a hash map now, as key_type objects (a map others write may change meanwhile)."""
+        fd, keys, key = self.map_fd(map_name), [], None
+        while True:
+            nxt = key_type()
+            if self._lib.bpf_map_get_next_key(fd, ctypes.byref(key) if key is not None else None, ctypes.byref(nxt)):
+                return keys
+            keys.append(nxt)
+            key = nxt
+
+    def map_delete(self, map_name, key):
+        """Remove one element; False if it was not there."""
+        return self._lib.bpf_map_delete_elem(self.map_fd(map_name), ctypes.byref(key)) == 0
+
     @property
     def attached(self):
         return list(self._links)

@@ -11,7 +11,10 @@ buffer. Tracer.start() takes the probes only if the options the command
 line really parsed ask for the same object (ProbeSet.settings()), and
 otherwise closes them, records and all, and loads again; a command line
 that fails to parse closes them too (discard()). With --pid the thread only
-loads: the descendant table must be filled before any probe runs.
+loads: the descendant table must be filled before any probe runs. With
+`watch -- COMMAND` the child that becomes COMMAND is forked first
+(nstrace.linux.command), so its pid is known: the thread loads, puts it in
+the table and attaches, and the command line only has to release it.
 """
 
 import sys
@@ -19,13 +22,20 @@ import threading
 
 _thread = None
 _probes = None
+_command = None  # the HeldCommand of `watch -- COMMAND`, forked before the thread
 _interval = 0.005
 _loading = threading.Event()  # the thread has reached the load (or given up)
 
 
+# watch's options that take a value (tests/test_startup.py holds this to the command line)
+VALUED = ("--pid", "--comm", "--op", "--type", "--duration", "--count", "--buffer-kib", "--record", "--user", "-u",
+          "--container", "--ns")
+
+
 def guess(args):
     """The Options fields that decide the object for the command line `args`, or None if it is not
-    `watch` (or asks for help). A wrong guess only costs a second load."""
+    `watch` (or asks for help). A wrong guess only costs a second load. "command": True when a
+    COMMAND follows the options (after `--`, or at the first word that is no option)."""
     if not args or args[0] != "watch":
         return None
     fields = {}
@@ -34,33 +44,47 @@ def guess(args):
         name, eq, value = arg.partition("=")
         if arg in ("-h", "--help"):
             return None
+        if arg == "--" or not arg.startswith("-"):
+            if next(rest, None) is not None or arg != "--":
+                fields["command"] = True
+            break
         if arg == "--all":
             fields["trace_all"] = True
         elif arg == "--raw-addresses":
             fields["raw_addresses"] = True
-        elif name in ("--pid", "--buffer-kib"):
-            try:
-                number = int(value if eq else next(rest, ""))
-            except ValueError:
-                return None
-            if name == "--pid":
-                fields["pid"] = number
-            else:
-                fields["ringbuf_bytes"] = number * 1024
+        elif name in VALUED:
+            value = value if eq else next(rest, "")
+            if name in ("--pid", "--buffer-kib"):
+                try:
+                    number = int(value)
+                except ValueError:
+                    return None
+                if name == "--pid":
+                    fields["pid"] = number
+                else:
+                    fields["ringbuf_bytes"] = number * 1024
     return fields
 
 
 def begin(args):
     """Start loading in a thread if `args` is a watch command line."""
     global _thread, _interval
+    global _command
     fields = guess(args)
     if fields is not None:
+        seed = None
+        if fields.pop("command", False) and "pid" not in fields:
+            # Forked now, while this process has one thread and no BPF fd: COMMAND's pid is what
+            # the object follows (filter_tgid) and the table's first entry, before anything is attached.
+            from ..linux.command import HeldCommand
+            _command = HeldCommand()
+            fields["pid"] = seed = _command.pid
         # Every ctypes call gives up the GIL; taking it back waits out the main thread's
         # switch interval (5 ms by default) while it imports. The thread makes a few dozen such calls
         # between its load and its last attach: hand the GIL over sooner until it is done.
         _interval = sys.getswitchinterval()
         sys.setswitchinterval(1e-4)
-        _thread = threading.Thread(target=_load, args=(fields,), name="nstrace-preload")
+        _thread = threading.Thread(target=_load, args=(fields, seed), name="nstrace-preload")
         _thread.start()
         # The thread's Python (imports, plan, open) goes first, alone: taking turns on the GIL
         # with ours would only delay its load, which then runs in C and in the kernel's verifier
@@ -68,7 +92,7 @@ def begin(args):
         _loading.wait(1)
 
 
-def _load(fields):
+def _load(fields, seed=None):
     global _probes
     try:
         from . import loader
@@ -78,7 +102,9 @@ def _load(fields):
         probes = ProbeSet(**fields)
         try:
             probes.load(loading=_loading.set)
-            if "pid" not in fields:  # --pid fills the descendant table first: start() attaches
+            if seed:  # COMMAND, held at its gate: it has no descendants yet
+                probes.follow(seed)
+            if "pid" not in fields or seed:  # --pid fills the descendant table first: start() attaches
                 probes.attach()
         except BaseException:
             probes.close()
@@ -102,8 +128,19 @@ def take():
     return probes
 
 
+def take_command():
+    """The HeldCommand forked for `watch -- COMMAND`, if begin() forked one; None otherwise."""
+    global _command
+    held, _command = _command, None
+    return held
+
+
 def discard():
-    """Close preloaded probes nobody took (the command failed before it started tracing)."""
+    """Close preloaded probes nobody took (the command failed before it started tracing), and let a
+    held COMMAND nobody released exit unrun."""
     probes = take()
     if probes:
         probes.close()
+    held = take_command()
+    if held:
+        held.cancel()

@@ -10,6 +10,7 @@ and the record decoder among them; bench: start-up).
 """
 
 import ctypes
+import errno
 import os
 
 from ..errors import LibbpfError, ProbeError, UsageError
@@ -23,6 +24,15 @@ SYSCALL_PROGRAMS = (
     "sys_enter_setns", "sys_exit_setns",
     "task_newtask",
 )
+# An exec that moves its caller (6.12+), from sched_prepare_exec (6.10+) to sched_process_exec: attached
+# where the kernel has the first (before 6.12 no exec moves anyone, and 6.10 brought it)
+EXEC_PROGRAMS = ("sched_prepare_exec", "sched_process_exec")
+# Mount namespaces made by open_tree and fsmount (7.x), attached where the kernel has the flags
+OPEN_TREE_PROGRAMS = ("sys_enter_open_tree", "sys_exit_open_tree", "sys_enter_open_tree_attr",
+                      "sys_exit_open_tree_attr")
+FSMOUNT_PROGRAMS = ("sys_enter_fsmount", "sys_exit_fsmount")
+RAW_TRACEPOINTS = {"task_newtask": "task:task_newtask", "sched_prepare_exec": "sched:sched_prepare_exec",
+                   "sched_process_exec": "sched:sched_process_exec"}
 # What those tail-call into, in the order of their slots in the map "bodies"
 # (probes/syscalls.bpf.c BODY_ENTER, BODY_EXIT): loaded, never attached.
 BODY_PROGRAMS = ("sys_enter", "sys_exit")
@@ -33,8 +43,7 @@ WAKEUP_BYTES = 256 << 10    # default: wake the reader once this much is unread
 
 def section_of(program):
     """'syscalls:sys_enter_clone', 'task:task_newtask' ... for a syscall-layer program."""
-    return {"task_newtask": "task:task_newtask",
-            "sched_process_exit": "sched:sched_process_exit"}.get(program, f"syscalls:{program}")
+    return {**RAW_TRACEPOINTS, "sched_process_exit": "sched:sched_process_exit"}.get(program, f"syscalls:{program}")
 
 
 def check_ringbuf_bytes(n):
@@ -58,13 +67,17 @@ class ProbeSet:
         self.object_path = object_path or loader.object_for_kernel()
         self.hooks = []         # probes.Hook per function, once planned
         self.attached = []      # syscall-layer programs attached, in order
+        self.missing = {}       # optional syscall-layer programs this kernel has no tracepoint for: why
         self.obj = None         # the loaded loader.BpfObject
         self.planned = None     # settings() as planned, before a refused hook is dropped
 
     def programs(self):
         """The syscall-layer programs to attach."""
+        from ..linux import mountns
         # sched_process_exit runs on every exit on the machine: only --pid needs it
-        return SYSCALL_PROGRAMS + (("sched_process_exit",) if self.pid else ())
+        return (SYSCALL_PROGRAMS + EXEC_PROGRAMS + (OPEN_TREE_PROGRAMS if mountns.has_open_tree_namespace() else ())
+                + (FSMOUNT_PROGRAMS if mountns.has_fsmount_namespace() else ())
+                + (("sched_process_exit",) if self.pid else ()))
 
     def plan(self):
         """Choose the kernel-function hooks for this kernel (answered from a per-boot cache)."""
@@ -82,7 +95,7 @@ class ProbeSet:
                        "kernel_path": any(h.kind for h in hooks)},
             # a map no program of this set uses is shrunk to one entry: its memory is allocated at load
             "max_entries": {"events": self.ringbuf_bytes,
-                            **({} if any(h.kind for h in hooks) else {"paths": 1}),
+                            **({} if any(h.kind for h in hooks) else {"paths": 1, "births": 1, "dying": 1}),
                             **({} if self.pid else {"tracked": 1})},
             "autoload": set(self.programs()) | set(BODY_PROGRAMS) | {p for h in hooks for p in h.programs},
         }
@@ -148,7 +161,14 @@ class ProbeSet:
         mounted = loader.ensure_tracefs()
         try:
             for name in self.programs():
-                self.obj.attach(name)
+                try:
+                    self.obj.attach(name)
+                except ProbeError as err:
+                    if name not in EXEC_PROGRAMS or err.errno != errno.ENOENT:
+                        raise
+                    # sched_prepare_exec came in 6.10, exec_task_namespaces in 6.12: no exec moves here
+                    self.missing[name] = "no such tracepoint on this kernel (6.10+); no exec moves a task before 6.12"
+                    continue
                 self.attached.append(name)
         finally:
             if mounted:
@@ -168,11 +188,29 @@ class ProbeSet:
                 self.obj.detach(prog)
             hook.reason = str(err)
 
+    def follow(self, pid):
+        """Trace process pid and the descendants it has from now on (the object's table of them)."""
+        self.obj.map_update("tracked", ctypes.c_uint32(pid), ctypes.c_uint8(1))
+
+    def unfollow_all(self):
+        """Empty that table: no record begins after this. Returns the pids it held (processes that
+        were alive: an exiting one leaves it, probes/syscalls.bpf.c sched_process_exit)."""
+        pids = []
+        for _ in range(4):  # a followed process may fork while we empty it: its child comes in after the listing
+            found = [key.value for key in self.obj.map_keys("tracked", ctypes.c_uint32)]
+            for pid in found:
+                self.obj.map_delete("tracked", ctypes.c_uint32(pid))
+            pids += found
+            if not found:
+                break
+        return pids
+
     def availability(self):
         """Every probe point: layer, hook type, attached or why not."""
         rows = [{"probe": section_of(name), "layer": "syscall",
-                 "hook": "raw_tracepoint" if name == "task_newtask" else "tracepoint",
-                 "attached": name in self.attached, "reason": ""} for name in self.programs()]
+                 "hook": "raw_tracepoint" if name in RAW_TRACEPOINTS else "tracepoint",
+                 "attached": name in self.attached, "reason": self.missing.get(name, "")}
+                for name in self.programs()]
         from ..record import paths  # only doctor and the session header ask: not before the first probe
         rows += [{"probe": h.func, "layer": "function", "file": paths.source_file(h.func),
                   "hook": h.kind, "attached": h.attached, "reason": h.reason, "why": h.why} for h in self.hooks]

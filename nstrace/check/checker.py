@@ -40,10 +40,11 @@ class ScenarioResult:
     verdicts: list
     error: str = ""
     duration_s: float = 0.0
+    skipped: str = ""    # why this kernel cannot run it (scenarios.Unsupported): neither passed nor failed
 
     @property
     def ok(self):
-        return not self.error and bool(self.verdicts) and all(v.ok for v in self.verdicts)
+        return not self.error and not self.skipped and bool(self.verdicts) and all(v.ok for v in self.verdicts)
 
 
 def tracer_for_check():
@@ -59,12 +60,20 @@ def tracer_for_check():
     return Tracer(Options(trace_all=True, pid=os.getpid(), poll_ms=20))
 
 
+def deaths_visible(tracer):
+    """True if a hook that makes death records is attached (steps.PER_TYPE_DEATHS or the tree's)."""
+    from ..record import steps
+    return any(h.attached and h.func in (steps.TREE_DEATH, *steps.PER_TYPE_DEATHS) for h in tracer.hooks)
+
+
 def _matches(exp, rec):
     if rec.op != exp.op:
         return False
     if exp.pid is not None and rec.pid != exp.pid:
         return False
     if exp.comm is not None and rec.comm != exp.comm:
+        return False
+    if exp.ns and (not rec.ns or rec.ns.get("inode") != exp.ns.get("inode")):
         return False
     if exp.flags is not None:
         raw = rec.raw_flags & ~fl.CSIGNAL if rec.op == "clone" else rec.raw_flags
@@ -86,6 +95,9 @@ def judge(exp, rec, tracer):
     if exp.op == "facts":
         v.checks.append(("inside", _subset(exp.inside, exp.seen_inside), f"saw {exp.seen_inside}"))
         return v
+    if exp.needs == "deaths" and not deaths_visible(tracer):
+        v.checks.append(("visible", True, "not checked: no hook sees namespaces die on this kernel (nstrace doctor)"))
+        return v
     if rec is None:
         v.checks.append(("traced", False, "no record of this operation"))
         return v
@@ -103,6 +115,8 @@ def judge(exp, rec, tracer):
         v.checks.append(("/proc", status in exp.proc or (status == "unseen" and "match" in exp.proc), status))
     if exp.inside:
         v.checks.append(("inside", _subset(exp.inside, exp.seen_inside), f"saw {exp.seen_inside}"))
+    if exp.ns:
+        v.checks.append(("ns", _subset(exp.ns, rec.ns), f"ns {rec.ns}, expected {exp.ns}"))
     v.steps = pathcheck.compare(rec, {h.func: h for h in tracer.hooks}, set(map(section_of, tracer.attached)))
     return v
 
@@ -110,13 +124,13 @@ def judge(exp, rec, tracer):
 def run_scenario(sc, tracer, settle_s=5.0):
     """Run one scenario; return its ScenarioResult. Never leaves anything behind."""
     start = time.monotonic()
-    verdicts, error = [], ""
+    verdicts, error, skipped = [], "", ""
     records = []
     try:
         with Launcher() as launcher:
             expects = sc.run(launcher)
             deadline = time.monotonic() + settle_s
-            pending = [e for e in expects if e.op != "facts"]
+            pending = [e for e in expects if e.op != "facts" and (e.needs != "deaths" or deaths_visible(tracer))]
             while True:
                 records += tracer.poll(20)
                 matched = [next((r for r in records if _matches(e, r)), None) for e in pending]
@@ -124,12 +138,14 @@ def run_scenario(sc, tracer, settle_s=5.0):
                     break
             by_exp = dict(zip(map(id, pending), matched))
             verdicts = [judge(e, by_exp.get(id(e)), tracer) for e in expects]
+    except scenarios.Unsupported as e:
+        skipped = str(e)
     except NstraceError as e:
         error = str(e)
     except OSError as e:
         error = f"{type(e).__name__}: {e}"
     tracer.poll(0)  # drop what cleanup itself traced
-    return ScenarioResult(sc.name, sc.summary, verdicts, error, time.monotonic() - start)
+    return ScenarioResult(sc.name, sc.summary, verdicts, error, time.monotonic() - start, skipped)
 
 
 def select(names):

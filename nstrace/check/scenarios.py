@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from ..linux import flags as fl
+from ..linux import mountns
+from ..linux.mounts import umount
 
 TYPES = tuple(fl.NS_TYPES)
 
@@ -47,11 +49,15 @@ def flag(ns_type):
     return fl.CLONE_FLAGS[fl.NS_TYPES[ns_type]]
 
 
+class Unsupported(Exception):
+    """Raised by a scenario this kernel cannot run; the message says why. The check reports it as skipped."""
+
+
 @dataclasses.dataclass
 class Expect:
     """One operation the trace must hold, and what must be true of it."""
 
-    op: str                            # clone|clone3|unshare|setns, or "facts": no record, only inside
+    op: str                            # an events.OPS name, or "facts": no record, only inside
     pid: int | None = None             # the process that made the call (None: match by comm)
     comm: str | None = None
     flags: int | None = None           # raw flags / nstype
@@ -62,6 +68,8 @@ class Expect:
     seen_inside: dict | None = None    # what the process reported from inside
     proc: tuple = ("match",)           # acceptable /proc check results
     what: str = ""                     # one line for the learner
+    ns: dict | None = None             # open_tree, fsmount, free: what the record's "ns" must hold (subset)
+    needs: str | None = None           # "deaths": judged only where a hook sees namespaces die
 
 
 @dataclasses.dataclass
@@ -244,7 +252,8 @@ def netns_veth(launcher):
                    what="a datagram crossed the veth pair; the host's links are untouched")]
 
 
-@scenario("bind-mount-keepalive", "a namespace kept alive by bind-mounting its ns file, joined after its last process exited")
+@scenario("bind-mount-keepalive", "a namespace kept alive by bind-mounting its ns file, joined after its last process exited, "
+                                  "freed at the umount")
 def bind_mount_keepalive(launcher):
     holder = launcher.holder(["uts"])
     path = launcher.bind_ns(holder, "uts")
@@ -254,8 +263,73 @@ def bind_mount_keepalive(launcher):
     while os.path.exists(f"/proc/{holder}") and time.monotonic() < deadline:
         time.sleep(0.01)
     h = launcher.nsop({"op": "setns", "ns_path": str(path), "flags": flag("uts")})
+    h.release()  # its last process again: only the bind mount holds it now
+    # The umount drops the last reference: the nsfs dentry goes when the mount is released, on the
+    # way back to user space from umount2() (fs/namespace.c mntput_no_expire() -> task_work, 5.10 to
+    # 7.2), so the death is this process's own, in its own call.
+    umount(str(path))
     return [Expect("setns", pid=h.pid, flags=flag("uts"), changed=["uts"], ns_after={"uts": inode},
-                   what="the bind mount held the namespace: same inode after its last process died")]
+                   proc=("match", "gone"),  # it may exit before its record is read: released above
+                   what="the bind mount held the namespace: same inode after its last process died"),
+            Expect("free", pid=os.getpid(), ns={"type": "uts", "inode": inode}, proc=(), needs="deaths",
+                   what="it outlived every process, and died at the umount of its ns file")]
+
+
+def _mount_ns_birth(op, make):
+    """A scenario body for open_tree/fsmount: make() returns the new namespace's fd."""
+    def run(launcher):
+        fd = make(launcher)
+        try:
+            inode = os.fstat(fd).st_ino
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return [Expect(op, pid=os.getpid(), ns={"type": "mnt", "inode": inode}, changed=[], proc=(),
+                       what=f"{op} made mount namespace {link} behind the fd it returned; the caller stays where it was"),
+                Expect("facts", inside={"fd_is_a_mount_namespace": True},
+                       seen_inside={"fd_is_a_mount_namespace": link == f"mnt:[{inode}]"},
+                       what="the fd is an nsfs file of a new mount namespace")]
+    return run
+
+
+def _open_tree(launcher):
+    if not mountns.has_open_tree_namespace():
+        raise Unsupported("this kernel's open_tree() has no OPEN_TREE_NAMESPACE (7.x)")
+    return mountns.open_tree(str(launcher.workdir), mountns.OPEN_TREE_NAMESPACE | mountns.OPEN_TREE_CLOEXEC)
+
+
+def _fsmount(launcher):
+    if not mountns.has_fsmount_namespace():
+        raise Unsupported("this kernel's fsmount() has no FSMOUNT_NAMESPACE (7.x)")
+    fs = mountns.fsopen("tmpfs")
+    try:
+        mountns.fsconfig_create(fs)
+        return mountns.fsmount(fs, mountns.FSMOUNT_NAMESPACE | mountns.FSMOUNT_CLOEXEC)
+    finally:
+        os.close(fs)
+
+
+scenario("open-tree-namespace", "open_tree(dir, OPEN_TREE_NAMESPACE) returns a new mount namespace with a copy of "
+                                "the tree (7.x)")(_mount_ns_birth("open_tree", _open_tree))
+scenario("fsmount-namespace", "fsmount(tmpfs, FSMOUNT_NAMESPACE) returns a new mount namespace with the new "
+                              "filesystem (7.x)")(_mount_ns_birth("fsmount", _fsmount))
+
+
+@scenario("exec-time", "`unshare --time CMD`: unshare(CLONE_NEWTIME) changes time_for_children, the exec of CMD "
+                       "moves into it (6.12+)")
+def exec_time(launcher):
+    before = os.stat("/proc/self/ns/time").st_ino
+    out = launcher.run(["unshare", "--time", "readlink", "/proc/self/ns/time"])
+    inode = int(out.strip().removeprefix("time:[").removesuffix("]"))
+    if inode == before:
+        # kernel/nsproxy.c exec_task_namespaces() arrived in 6.12; before it, only a child enters
+        raise Unsupported("exec does not move into time_for_children on this kernel (exec_task_namespaces, 6.12+)")
+    # the unshare's /proc is read after the exec moved the caller: the exec's record explains it
+    return [Expect("unshare", comm="unshare", flags=flag("time"), changed=["time_for_children"],
+                   ns_after={"time_for_children": inode}, proc=("match", "superseded", "gone", "unseen"),
+                   what="unshare(CLONE_NEWTIME) changes only time_for_children"),
+            Expect("exec", comm="unshare", flags=0, changed=["time"], ns_after={"time": inode, "time_for_children": inode},
+                   proc=("match", "gone"), what="the exec moves the caller into its new time namespace")]
 
 
 @scenario("fail-einval", "clone(CLONE_NEWNS|CLONE_FS) is EINVAL: a new mount ns cannot share fs_struct")

@@ -60,7 +60,7 @@ CLONE_NEW_MASK = sum(CLONE_FLAGS[f] for f in NS_TYPES.values())
 # The entries of /proc/<pid>/ns, in the order of enum nstrace_ns_slot (probes/nstrace.h).
 NS_ENTRIES = ("mnt", "uts", "ipc", "pid", "pid_for_children", "net", "user", "cgroup", "time", "time_for_children")
 
-OPS = ("clone", "clone3", "unshare", "setns")
+OPS = ("clone", "clone3", "unshare", "setns", "exec", "open_tree", "fsmount", "free")
 
 
 def ns_type_of_entry(entry):

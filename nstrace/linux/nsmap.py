@@ -8,7 +8,9 @@ there and the lowest such pid. To that the kernel adds, through nsfs ioctls
 the owning user namespace (NS_GET_USERNS) and, for the two hierarchical types
 (pid, user), the parent (NS_GET_PARENT).
 
-Namespaces no process is in are listed too, with ``nprocs`` 0 and
+On 6.19+ the kernel's listns() adds the namespaces no /proc scan can find
+(nstrace/linux/nstree.py), marked ``listns_only``. Namespaces no process is
+in are listed too, with ``nprocs`` 0 and
 ``held_by`` saying what keeps them alive, because they are exactly the ones a
 reader of a trace wonders about: a bind mount of an ns file (nsfs entries of
 every mount namespace's mountinfo, e.g. ``ip netns add``), an open fd, a
@@ -18,8 +20,10 @@ does not list these; the comparison in the tests is over namespaces with
 processes.
 
 Containers are recognised from each process's cgroup path by the runtimes'
-naming conventions (:func:`classify_cgroup`); a namespace belongs to a
-container when all its processes are in that one container.
+naming conventions (containers.classify_cgroup); a namespace belongs to a
+container when all its processes are in that one container. The host's
+namespaces, which containers share (user, time and cgroup namespaces often),
+belong to no container: a process outside every container is in them.
 
 Names, command lines, mount points and container names are what other users
 chose: they are escaped where they are read (comm.safe_comm: \\xNN for a
@@ -37,8 +41,9 @@ import time
 import psutil
 
 from ..errors import UsageError
+from . import containers
 from . import flags as fl
-from . import nsfs
+from . import nsfs, nstree
 from .comm import safe_comm
 
 
@@ -51,77 +56,25 @@ TYPES = tuple(fl.NS_TYPES)              # the eight namespace types, lsns's rows
 HIERARCHICAL = ("pid", "user")          # NS_GET_PARENT answers only for these
 
 
-# --- containers ----------------------------------------------------------------
+# --- containers (nstrace/linux/containers.py) ------------------------------------
 
-_HEX64 = r"([0-9a-f]{64})"
-# (runtime, pattern) in order; the first match wins. Kubernetes first: its
-# paths embed the engine's own scope names (cri-containerd-, crio-, docker-).
-_CGROUP_RULES = (
-    ("kubernetes", re.compile(r"kubepods.*?/(?:(?P<engine>cri-containerd|crio|docker)-)?" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("docker", re.compile(r"/docker[-/]" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("containerd", re.compile(r"/cri-containerd-" + _HEX64 + r"\.scope(?:/|$)")),
-    ("cri-o", re.compile(r"/crio-" + _HEX64 + r"\.scope(?:/|$)")),
-    # podman: libpod-<id>.scope (systemd) or /libpod_parent/libpod-<id> (cgroupfs);
-    # libpod-conmon-<id>.scope is the monitor beside the container, not in it
-    ("podman", re.compile(r"/libpod-" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("systemd-nspawn", re.compile(r"/machine\.slice/(?:systemd-nspawn@(?P<svc>[^/]+)\.service|machine-(?P<scope>[^/]+)\.scope)(?:/|$)")),
-    ("lxc", re.compile(r"/lxc(?:\.payload\.|/)(?P<lxc>[^/.][^/]*)(?:/|$)")),
-)
-_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+classify_cgroup, container_label = containers.classify_cgroup, containers.container_label
+_container_of = containers.process_container
 
 
-def _unescape_systemd(name):
-    """systemd unit-name escaping: machine-my\\x2dbox.scope names machine my-box."""
-    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
-
-
-def classify_cgroup(path):
-    """The container a cgroup path belongs to, or None.
-
-    Returns {"runtime", "id", "name", "pod"}: ``id`` the 64-hex container id
-    (docker, kubernetes, containerd, cri-o, podman), ``name`` the machine or
-    container name (systemd-nspawn, lxc), ``pod`` the Kubernetes pod uid.
-    """
-    for runtime, pattern in _CGROUP_RULES:
-        m = pattern.search(path)
-        if not m:
-            continue
-        groups = m.groupdict()
-        out = {"runtime": runtime, "id": None, "name": None, "pod": None}
-        if runtime == "systemd-nspawn":
-            out["name"] = _text(_unescape_systemd(groups["svc"] or groups["scope"]))
-        elif runtime == "lxc":
-            out["name"] = _text(groups["lxc"])
-        else:
-            out["id"] = m.group(m.re.groups)  # the last group is the hex id
-        if runtime == "kubernetes":
-            out["engine"] = {"cri-containerd": "containerd", "crio": "cri-o"}.get(groups["engine"], groups["engine"])
-            pod = _POD.search(path)
-            out["pod"] = pod.group(1).replace("_", "-") if pod else None
-        return out
-    return None
-
-
-def container_label(c):
-    """Short text for a container: docker:0123456789ab, systemd-nspawn:mybox."""
-    if not c:
+def owner_label(ns):
+    """What `nstrace ls` shows as a namespace's CONTAINER: the container all its processes are in;
+    "pod:<uid>" when they are the containers of one Kubernetes pod, "several (N)" when they are N
+    containers' and no pod's; "-" for a namespace of the host (a process outside every container
+    is in it, however many containers share it) or with no process."""
+    if ns.container:
+        return container_label(ns.container)
+    if not ns.containers or ns.host:
         return "-"
-    return f"{c['runtime']}:{c['id'][:12] if c.get('id') else c.get('name')}"
-
-
-def _container_of(pid):
-    """The container of a process from /proc/<pid>/cgroup (every hierarchy), or None."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        path = line.split(":", 2)[-1]
-        found = classify_cgroup(path)
-        if found:
-            return found
-    return None
+    pods = {c.get("pod") for c in ns.containers}
+    if len(pods) == 1 and None not in pods:
+        return f"pod:{pods.pop()[:13]}"
+    return f"several ({len(ns.containers)})"
 
 
 # --- the map -------------------------------------------------------------------
@@ -154,6 +107,8 @@ class Namespace:
     parent: int | None = None      # inode of the parent (pid and user namespaces)
     container: dict | None = None  # when every process in it is in this container
     containers: list = dataclasses.field(default_factory=list)
+    host: bool = False             # a process outside every container is in it: the host's, whoever else shares it
+    listns_only: bool = False      # only the kernel's listns() (6.19+) shows it: nothing /proc shows holds it
     held_by: list = dataclasses.field(default_factory=list)   # what keeps it alive without processes
     pids: list = dataclasses.field(default_factory=list, repr=False)
 
@@ -313,7 +268,8 @@ def snapshot():
     by_pid = {p.pid: p for p in processes}
     for ns in namespaces.values():
         _fill_members(ns, by_pid)
-    _ask_kernel(namespaces, openers)
+    _ask_kernel(namespaces, openers, list(namespaces.values()))
+    _ask_kernel(namespaces, openers, _listed_by_kernel(namespaces, openers))
     ordered = sorted(namespaces.values(), key=lambda n: (n.inode, TYPES.index(n.type) if n.type in TYPES else 99))
     return NsMap(ordered, sorted(processes, key=lambda p: p.pid), sorted(unreadable), taken)
 
@@ -362,17 +318,47 @@ def _fill_members(ns, by_pid):
             if c and c not in distinct:
                 distinct.append(c)
         ns.containers = distinct
-        ns.container = distinct[0] if len(distinct) == 1 and all(found) else None
+        ns.host = not all(found)
+        ns.container = distinct[0] if len(distinct) == 1 and not ns.host else None
 
 
-def _ask_kernel(namespaces, openers):
-    """ns_id, owner and parent of every namespace, by nsfs ioctls on an fd of it.
+LISTNS_ONLY = "listns() only: no process, bind mount or open fd that /proc shows holds it"
+
+
+def _listed_by_kernel(namespaces, openers):
+    """The namespaces the kernel's listns() (6.19+) shows and /proc did not: each added to
+    `namespaces`, marked listns_only, with an fd of it to ask the kernel about. [] where there is
+    no listns()."""
+    try:
+        ids = nstree.list_ids()
+    except OSError:
+        return []  # EPERM and the like: what /proc showed stands
+    found = []
+    for ns_id in ids or ():
+        fd = nstree.open_by_id(ns_id)
+        if fd is None:
+            continue  # gone since the listing
+        try:
+            key = (fl.NS_FLAG_VALUES.get(nstree.nstype(fd)), os.fstat(fd).st_ino)
+        except OSError:
+            key = (None, None)
+        if key[0] in TYPES and key not in namespaces:
+            ns = namespaces[key] = Namespace(*key, ns_id=ns_id, held_by=[LISTNS_ONLY], listns_only=True)
+            openers[key] = [f"/proc/self/fd/{fd}"]  # _ask_kernel closes it
+            found.append(ns)
+        else:
+            os.close(fd)
+    return found
+
+
+def _ask_kernel(namespaces, openers, queue):
+    """ns_id, owner and parent of the namespaces in `queue`, by nsfs ioctls on an fd of each.
 
     Owners and parents no process is in are added as they are found, so the
     ownership and pid trees are complete.
     """
     id_works = True
-    queue = list(namespaces.values())
+    queue = list(queue)
     while queue:
         ns = queue.pop()
         fd = None
@@ -413,14 +399,29 @@ def _ask_kernel(namespaces, openers):
                     os.close(other)
         finally:
             os.close(fd)
-    # the dup'ed fds above were only needed while asking
-    for paths in openers.values():
+    # the dup'ed fds above were only needed while asking (and their numbers are free again)
+    for key, paths in openers.items():
         for path in paths:
             if path.startswith("/proc/self/fd/"):
                 try:
                     os.close(int(path.rsplit("/", 1)[1]))
                 except OSError:
                     pass
+        openers[key] = [p for p in paths if not p.startswith("/proc/self/fd/")]
+
+
+def sees_everything():
+    """True if this process may read every process's /proc/<pid>/ns as far as permissions go:
+    fs/proc/namespaces.c asks ptrace_may_access(PTRACE_MODE_READ_FSCREDS), which CAP_SYS_PTRACE
+    passes for any process of the initial user namespace (kernel/ptrace.c __ptrace_may_access(),
+    security/commoncap.c cap_ptrace_access_check(), 6.12). What is still refused is a security
+    module's choice, not something the caller could change."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bool(caps >> 19 & 1)  # CAP_SYS_PTRACE, include/uapi/linux/capability.h
 
 
 # --- trees ---------------------------------------------------------------------

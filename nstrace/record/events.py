@@ -15,7 +15,17 @@ from ..linux.comm import safe_comm
 NS_SLOTS = len(fl.NS_ENTRIES)
 MAX_STEPS = 48
 # The enums of probes/nstrace.h (tests/test_layout.py checks them against BTF).
-OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns"}
+OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns", 5: "exec", 6: "open_tree", 7: "fsmount", 8: "free"}
+OP_SLOTS = max(OPS) + 1  # enum nstrace_op's OP_MAX: the C tables' size
+# The ops that make or free one namespace and say which in the record's "ns": the rest move a task
+NS_OPS = ("open_tree", "fsmount", "free")
+# Flags of the ops whose flags are not CLONE_*: include/uapi/linux/mount.h and fcntl.h (7.2)
+OP_FLAGS = {
+    "open_tree": {"OPEN_TREE_CLONE": 0x1, "OPEN_TREE_NAMESPACE": 0x2, "AT_SYMLINK_NOFOLLOW": 0x100,
+                  "AT_NO_AUTOMOUNT": 0x800, "AT_EMPTY_PATH": 0x1000, "AT_RECURSIVE": 0x8000,
+                  "OPEN_TREE_CLOEXEC": 0x80000},
+    "fsmount": {"FSMOUNT_CLOEXEC": 0x1, "FSMOUNT_NAMESPACE": 0x2},
+}
 TARGET_KINDS = {0: None, 1: "nsfs", 2: "pidfd", 3: "other", 4: "badfd"}
 STEP_KINDS = {1: "enter", 2: "exit"}
 STEP_VALUES = {0: "none", 1: "flags", 2: "nsproxy", 3: "switch", 4: "int", 5: "ns", 6: "ns_arg"}
@@ -54,6 +64,7 @@ _HEAD_FIELDS = [
         ("raw_flags", ctypes.c_uint64),
         ("ret", ctypes.c_int64),
         ("cgroup_id", ctypes.c_uint64),
+        ("lived_ns", ctypes.c_uint64),
         ("op", ctypes.c_uint32),
         ("pid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
@@ -101,6 +112,19 @@ def _ns_map(ns_set, field):
     return {name: (values[i] or None) for i, name in enumerate(fl.NS_ENTRIES)}
 
 
+def decode_flags(value, op):
+    """The names of an op's flags: its own table (OP_FLAGS), else CLONE_* (flags.decode_flags)."""
+    table = OP_FLAGS.get(op)
+    if table is None:
+        return fl.decode_flags(value, op)
+    names = []
+    for name, bit in table.items():
+        if value & bit:
+            names.append(name)
+            value &= ~bit
+    return names + ([hex(value)] if value else [])
+
+
 def format_id(value, raw_addresses=False):
     """A short nsproxy id as text: 8 hex digits, or the address when asked for."""
     if not value:
@@ -143,6 +167,8 @@ class Record:
     start_time_ns: int
     child_start_ns: int | None
     cgroup_id: int | None = None   # None only in session files written before it was recorded
+    container: dict | None = None  # the caller's container, from cgroup_id (the tracer fills it in)
+    ns: dict | None = None         # open_tree, fsmount, free: {"type", "inode", "ns_id"} (+ "lived_ns")
     kernel_path: list = dataclasses.field(default_factory=list)
     kernel_path_dropped: int = 0
     proc_check: dict | None = None
@@ -197,6 +223,13 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         elif kind == "pidfd":
             target["pid"] = ev.target_pid
 
+    ns = None
+    if op in NS_OPS and (op == "free" or ev.target_kind == 1):  # open_tree, fsmount: the fd is nsfs
+        ns = {"type": fl.NS_FLAG_VALUES.get(ev.target_nstype, hex(ev.target_nstype)),
+              "inode": ev.target_inum, "ns_id": ev.target_ns_id or None}
+        if op == "free":
+            ns["lived_ns"] = ev.lived_ns or None
+
     ret = ev.ret
     steps = []
     if step_decoder and ev.nsteps:
@@ -214,7 +247,7 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         uid=ev.uid,
         comm=safe_comm(ev.comm),
         raw_flags=ev.raw_flags,
-        flags=fl.decode_flags(ev.raw_flags, op),
+        flags=decode_flags(ev.raw_flags, op),
         ret=ret,
         errno=errno_mod.errorcode.get(-ret, str(-ret)) if ret < 0 else None,
         exit_signal=fl.exit_signal_name(ev.exit_signal) if is_clone else None,
@@ -231,6 +264,7 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         start_time_ns=ev.start_time_ns,
         child_start_ns=ev.child_start_ns or None if is_clone else None,
         cgroup_id=ev.cgroup_id,
+        ns=ns,
         kernel_path=steps,
         kernel_path_dropped=ev.steps_dropped,
     )

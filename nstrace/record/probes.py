@@ -24,9 +24,13 @@ class Hook:
 
     @property
     def programs(self):
-        """The BPF programs of this hook: (entry, exit) program names."""
+        """The BPF programs of this hook: (entry, exit) program names; entry alone for the functions
+        hooked on entry only (steps.ENTRY_ONLY)."""
+        from .steps import ENTRY_ONLY
         if self.kind == "fentry":
-            return (f"fentry_{self.func}", f"fexit_{self.func}")
-        if self.kind == "kprobe":
-            return (f"kprobe_{self.func}", f"kretprobe_{self.func}")
-        return ()
+            progs = (f"fentry_{self.func}", f"fexit_{self.func}")
+        elif self.kind == "kprobe":
+            progs = (f"kprobe_{self.func}", f"kretprobe_{self.func}")
+        else:
+            return ()
+        return progs[:1] if self.func in ENTRY_ONLY else progs

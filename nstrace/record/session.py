@@ -320,7 +320,7 @@ def _short(value):
 
 # --- replay filters --------------------------------------------------------------
 
-def select(session, pid=None, comms=(), ops=(), types=()):
+def select(session, pid=None, comms=(), ops=(), types=(), containers=(), namespaces=()):
     """(records shown, number filtered out) with watch's filters.
 
     ``pid`` keeps that process and its descendants, as watch --pid does in
@@ -330,8 +330,9 @@ def select(session, pid=None, comms=(), ops=(), types=()):
     from . import filters
     if pid is not None and pid <= 0:
         raise UsageError(f"--pid must be a positive process id, not {pid}")
-    chosen = types_.SimpleNamespace(comms=tuple(comms), ops=tuple(ops), types=tuple(types))
-    filters.validate(chosen.comms, chosen.ops, chosen.types)
+    chosen = types_.SimpleNamespace(comms=tuple(comms), ops=tuple(ops), types=tuple(types),
+                                    containers=tuple(containers), namespaces=tuple(namespaces))
+    filters.validate(chosen.comms, chosen.ops, chosen.types, chosen.namespaces)
     tracked = _descendants(session, pid) if pid is not None else None
     shown, filtered = [], 0
     for rec in sorted(session.records, key=lambda r: r.ts):

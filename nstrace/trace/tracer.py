@@ -12,11 +12,12 @@ import ctypes
 import dataclasses
 import time
 
-from ..bpf import batch, loader, probeset
+from ..bpf import batch, loader, probeset, teardown
 from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: F401 (the CLI's and tests' names)
 from ..errors import UsageError
 from ..linux import procns
 from ..record import events, filters, steps
+from .attribution import BatchAttribution
 
 
 @dataclasses.dataclass
@@ -28,6 +29,8 @@ class Options:
     comms: tuple = ()                # only these command names
     ops: tuple = ()                  # only these operations
     types: tuple = ()                # only operations touching these namespace types
+    containers: tuple = ()           # only calls from (or setns into) these containers: id prefix or name
+    namespaces: tuple = ()           # only operations involving these namespaces (filters.parse_ns values)
     raw_addresses: bool = False      # show kernel addresses instead of short ids
     check_proc: bool = True          # correlate with /proc/<pid>/ns
     kernel_path: bool = True         # add the kernel-function layer where the kernel allows it
@@ -41,7 +44,7 @@ class Options:
         probeset.check_ringbuf_bytes(self.ringbuf_bytes)
         if len(self.comms) > batch.MAX_COMMS:
             raise UsageError(f"at most {batch.MAX_COMMS} --comm values, not {len(self.comms)}")
-        filters.validate(self.comms, self.ops, self.types)
+        filters.validate(self.comms, self.ops, self.types, self.namespaces)
 
 
 class Tracer:
@@ -70,6 +73,7 @@ class Tracer:
         # losses came after a record was made, and so may explain what /proc shows (_proc_check)
         self._lost_seen = collections.deque(maxlen=1024)
         self.pid_of_thread = None              # (tid, tgid) when --pid named a thread of tgid
+        self._attribution = None               # attribution.BatchAttribution, made with the reader
 
     @property
     def attached(self):
@@ -123,6 +127,7 @@ class Tracer:
                 self._seed_tracked(self.options.pid)
             self.probes.attach()
         self._batch = batch.Batch(self._obj.map_fd("events"), self.options, inflight_fd=self._obj.map_fd("inflight"))
+        self._attribution = BatchAttribution(self.options)
         self._st = batch.states()
 
     def _adopt_preloaded(self):
@@ -166,6 +171,7 @@ class Tracer:
     def _read(self, timeout_ms):
         self._lost_seen.append((time.monotonic_ns(), self._lost_total()))
         self.last_read = self._batch.poll(self.options.poll_ms if timeout_ms is None else timeout_ms)
+        self._attribution.resolve(self._batch)
         self._states = self._batch.classify()
 
     def replay(self, records):
@@ -173,6 +179,7 @@ class Tracer:
         records() or json_lines() as after a poll. The differential tests drive every routing
         state through both writers so."""
         self._batch.refill(records)
+        self._attribution.resolve(self._batch)
         self._states = self._batch.classify()
 
     def records(self):
@@ -206,6 +213,7 @@ class Tracer:
         """Record i of the batch, decoded, with its /proc check; None if a user-space filter drops it."""
         st = self._st
         rec = events.decode(self._batch.raw(i), self.options.raw_addresses, steps.decode_step)
+        self._attribution.fill(rec)
         if state & st.PYTHON and not filters.wanted(rec, self.options):
             self._python_filtered += 1
             return None
@@ -280,7 +288,7 @@ class Tracer:
         if self._batch:
             c = self._batch.counts
             return {"by_op": list(c.by_op), "superseded": c.superseded, "filtered": c.filtered}
-        return self._counts or {"by_op": [0] * 5, "superseded": 0, "filtered": 0}
+        return self._counts or {"by_op": [0] * events.OP_SLOTS, "superseded": 0, "filtered": 0}
 
     @property
     def by_op(self):
@@ -307,12 +315,26 @@ class Tracer:
         return {"events": by_op, "total": sum(by_op.values()),
                 "proc_check": self.by_check, "filtered": self.filtered, "lost": self.lost}
 
+    def fileno(self):
+        """For poll(): readable when the ring buffer wakes its reader (records may also wait
+        unannounced, below the wake-up threshold: poll() takes those)."""
+        return self._batch.fileno()
+
+    def unfollow(self):
+        """--pid and watch -- COMMAND: follow no process any more (no record begins after this);
+        returns the pids that were still followed: alive, and not traced from here on."""
+        return self.probes.unfollow_all() if self._obj and self.options.pid else []
+
     def stop(self):
         """Detach every probe: the stream ends; what the ring buffer holds can still be read."""
         if self._obj:
             self._obj.detach_all()
 
-    def close(self):
+    def close(self, background=False):
+        """Detach and free everything. background: the stream has ended otherwise (unfollow(), the
+        ring buffer read): the kernel's slow part of detaching goes on after nstrace (bpf/teardown)."""
+        if background and self._obj and self._obj.loaded:
+            teardown.hand_over()
         if self._batch:
             self._counts = self._batch_counts()
             self._batch.close()

@@ -75,6 +75,14 @@ def silence_stdout():
         pass
 
 
+def live_counts(tracer):
+    """What is attached, for the "tracing live" line: the syscall probes, and the kernel-function
+    hooks beside the number planned (0 where the kernel allows neither fentry nor kprobes)."""
+    hooks = tracer.hooks
+    return (f"{len(tracer.attached)} syscall probes and {sum(h.attached for h in hooks)} of {len(hooks)} "
+            "function hooks attached")
+
+
 class _Stop(Exception):
     """--count reached."""
 
@@ -86,14 +94,22 @@ class Watch:
     None. With as_json and no recorder, native/batch.c writes the lines (Tracer.poll_json).
     status(text) says a status line on stderr; stop_requested() is true once a signal asked to stop.
     count: records to show at most; duration: seconds (None: until a stop).
+
+    command (watch -- COMMAND): a linux.command.HeldCommand the tracer follows; released (run) as
+    soon as tracing is live, by release(). The watch then ends when COMMAND exits: the followed
+    processes are forgotten (no record begins after that), the ring buffer is read to its end,
+    and the kernel's teardown of the probes goes on after nstrace (bpf/teardown).
     """
 
     def __init__(self, tracer, *, row, header=None, as_json=False, recorder=None, record_path=None,
-                 count=None, duration=None, status=print, stop_requested=lambda: False):
+                 count=None, duration=None, status=print, stop_requested=lambda: False, command=None,
+                 release=None):
         self.tracer, self.row, self.header, self.as_json = tracer, row, header, as_json
         self.recorder, self.record_path = recorder, record_path
         self.count, self.duration = count, duration
         self.status, self.stop_requested = status, stop_requested
+        self.command, self.release = command, release
+        self.untraced = []  # watch -- COMMAND: descendants still running when the trace ended
         self.failure = None  # the first write that failed (stdout or the record file): raised at the end
         self.stdout = Stdout(self._failed)
         self.shown = 0
@@ -110,16 +126,26 @@ class Watch:
         written with self.failure; either way the probes are detached, what they already handed
         over is still recorded, and the record file gets its end line.
         """
-        tracer = self.tracer
+        tracer, command = self.tracer, self.command
+        background = False
         try:
-            self.status(f"tracing live ({len(tracer.attached)} probes attached); Ctrl-C to stop")
+            self.status(f"tracing live ({live_counts(tracer)}); " +
+                        ("running the command" if command else "Ctrl-C to stop"))
             deadline = time.monotonic() + self.duration if self.duration else None
             try:
                 if self.header is not None:
                     self.stdout.line(self.header)
+                if self.release:
+                    self.release()
                 while self.stdout.open and self.record_ok and not self.stop_requested() and \
                         (deadline is None or time.monotonic() < deadline):
-                    self._emit()
+                    if command:
+                        if command.exited():
+                            break
+                        self._wait_for(command, deadline)
+                        self._emit(0)
+                    else:
+                        self._emit()
                     if self.count and self.shown >= self.count:
                         break
                     self._report_loss()
@@ -127,18 +153,26 @@ class Watch:
                     self.stdout.reader_gone()  # `| head` is done: no need to wait for the next record
             except (KeyboardInterrupt, _Stop):
                 pass
-            # What the kernel already handed over is shown, not dropped, on the way out: the probes
-            # go first, so the stream has an end, then the ring buffer is read to it (into the
-            # record file alone once stdout is gone).
-            tracer.stop()
+            # What the kernel already handed over is shown, not dropped, on the way out: the stream
+            # is given an end, then the ring buffer is read to it (into the record file alone once
+            # stdout is gone). The end: with a command, no followed process any more (COMMAND and
+            # what it left behind are what was traced); else the probes go.
+            if command:
+                self.untraced = tracer.unfollow()
+                background = True
+            else:
+                tracer.stop()
             try:
                 while self.record_ok and (self.stdout.open or self.recorder) and self._emit(0):
                     pass
             except _Stop:
                 pass
         finally:
-            tracer.close()
+            tracer.close(background=background)
         summary = tracer.summary()
+        if command:
+            summary["command"] = {"pid": command.pid, "exit_status": command.status,
+                                  "untraced": len(self.untraced)}
         if self.recorder:
             try:
                 self.recorder.close(summary)
@@ -148,6 +182,19 @@ class Watch:
             if self.record_ok:
                 self.status(f"session written to {self.record_path}")
         return summary
+
+    def _wait_for(self, command, deadline):
+        """Until COMMAND exits, the ring buffer wakes its reader, or the poll interval passes."""
+        timeout = self.tracer.options.poll_ms
+        if deadline is not None:
+            timeout = max(0, min(timeout, (deadline - time.monotonic()) * 1000))
+        poller = select.poll()
+        poller.register(command.fileno(), select.POLLIN)
+        poller.register(self.tracer.fileno(), select.POLLIN)
+        try:
+            poller.poll(timeout)
+        except InterruptedError:
+            pass  # a signal: the loop looks at what it asked
 
     def _emit(self, timeout_ms=None):
         """Show the next batch; the number of records read from the ring buffer."""

@@ -1,0 +1,55 @@
+"""Detaching without waiting for it: the last references to the probes go to a child that outlives nstrace.
+
+The kernel tears down a perf-event tracepoint attachment under event_mutex
+and waits out an SRCU and an RCU grace period for each before it returns
+(kernel/trace/trace_event_perf.c perf_trace_destroy() ->
+perf_trace_event_unreg() -> tracepoint_synchronize_unregister(), 6.12 and
+7.2): the closes run one after another, ~45 ms each on our machines, about
+400 ms for a watch's eight syscall tracepoints and sched_process_exit, and
+threads do not help (they queue on the mutex). `watch -- true` would spend
+most of its time there.
+
+Where the stream's end is already fixed otherwise (watch -- COMMAND: COMMAND
+has exited, the table of followed processes is empty, the ring buffer is
+read to its end), nothing is left to wait for: hand_over() forks a holder
+that keeps only the BPF and perf fds (anonymous inodes), with /dev/null for
+stdin, stdout and stderr so that no pipe reader waits on it, and waits for
+nstrace to exit. Then nstrace's own closes only drop references, and the
+holder's exit pays for the teardown in the background.
+"""
+
+import os
+
+_holder = None  # the write end of the holder's pipe: its close at our exit lets the holder go
+
+
+def hand_over():
+    """Fork the holder. Call with no other thread of this process running; returns its pid (None if
+    it could not be forked: then the caller's own closes do the teardown, as always)."""
+    global _holder
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:
+        try:
+            os.setsid()  # a hangup of nstrace's terminal is not the holder's concern
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            for name in os.listdir("/proc/self/fd"):
+                fd = int(name)
+                if fd > 2 and fd != r:
+                    try:
+                        keep = os.readlink(f"/proc/self/fd/{fd}").startswith("anon_inode:")
+                    except OSError:
+                        continue  # the listing's own fd, closed by now
+                    if not keep:
+                        os.close(fd)  # files, pipes, sockets: nobody may wait for the holder through them
+            os.read(r, 1)  # EOF: nstrace has exited
+        finally:
+            os._exit(0)
+    os.close(r)
+    _holder = w
+    return pid

@@ -1,0 +1,229 @@
+"""Which container a cgroup, a process or a namespace belongs to.
+
+Container runtimes name a container's cgroup after it (docker, containerd and
+Kubernetes, CRI-O, podman, LXC, systemd-nspawn): :func:`classify_cgroup`
+reads those conventions. A record carries the cgroup v2 id of its caller at
+the call (probes: ``bpf_get_current_cgroup_id()``): on cgroup2 that id is the
+kernfs node id of the cgroup's directory, which is also its inode number on
+64-bit (fs/kernfs/kernfs-internal.h kernfs_ino(), kernel/cgroup/cgroup.c
+cgroup_id(), 5.10 to 7.2), and kernfs file handles carry it
+(fs/kernfs/mount.c kernfs_encode_fh()), so open_by_handle_at() turns the id
+back into the directory, and so its path, in one call. :class:`Attribution`
+does that once per id: ids are never reused while the system runs.
+
+A cgroup removed before its id is looked up (a container that exits within
+the reader's 50 ms) leaves no path to read: its records say null, and keep
+their ``cgroup_id``. A namespace's container is the one every process in it
+belongs to (as ``nstrace ls`` says), read from /proc when asked.
+"""
+
+import ctypes
+import os
+import re
+import time
+
+from .comm import safe_comm
+
+
+def _text(s):
+    """Outside text (psutil and os give str with undecodable bytes as surrogates), escaped."""
+    return safe_comm(s.encode("utf-8", "surrogateescape"))
+
+
+_HEX64 = r"([0-9a-f]{64})"
+# (runtime, pattern) in order; the first match wins. Kubernetes first: its
+# paths embed the engine's own scope names (cri-containerd-, crio-, docker-).
+_CGROUP_RULES = (
+    ("kubernetes", re.compile(r"kubepods.*?/(?:(?P<engine>cri-containerd|crio|docker)-)?" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
+    ("docker", re.compile(r"/docker[-/]" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
+    ("containerd", re.compile(r"/cri-containerd-" + _HEX64 + r"\.scope(?:/|$)")),
+    ("cri-o", re.compile(r"/crio-" + _HEX64 + r"\.scope(?:/|$)")),
+    # podman: libpod-<id>.scope (systemd) or /libpod_parent/libpod-<id> (cgroupfs);
+    # libpod-conmon-<id>.scope is the monitor beside the container, not in it
+    ("podman", re.compile(r"/libpod-" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
+    ("systemd-nspawn", re.compile(r"/machine\.slice/(?:systemd-nspawn@(?P<svc>[^/]+)\.service|machine-(?P<scope>[^/]+)\.scope)(?:/|$)")),
+    ("lxc", re.compile(r"/lxc(?:\.payload\.|/)(?P<lxc>[^/.][^/]*)(?:/|$)")),
+)
+_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def _unescape_systemd(name):
+    """systemd unit-name escaping: machine-my\\x2dbox.scope names machine my-box."""
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
+
+
+def classify_cgroup(path):
+    """The container a cgroup path belongs to, or None.
+
+    Returns {"runtime", "id", "name", "pod"}: ``id`` the 64-hex container id
+    (docker, kubernetes, containerd, cri-o, podman), ``name`` the machine or
+    container name (systemd-nspawn, lxc), ``pod`` the Kubernetes pod uid.
+    """
+    for runtime, pattern in _CGROUP_RULES:
+        m = pattern.search(path)
+        if not m:
+            continue
+        groups = m.groupdict()
+        out = {"runtime": runtime, "id": None, "name": None, "pod": None}
+        if runtime == "systemd-nspawn":
+            out["name"] = _text(_unescape_systemd(groups["svc"] or groups["scope"]))
+        elif runtime == "lxc":
+            out["name"] = _text(groups["lxc"])
+        else:
+            out["id"] = m.group(m.re.groups)  # the last group is the hex id
+        if runtime == "kubernetes":
+            out["engine"] = {"cri-containerd": "containerd", "crio": "cri-o"}.get(groups["engine"], groups["engine"])
+            pod = _POD.search(path)
+            out["pod"] = pod.group(1).replace("_", "-") if pod else None
+        return out
+    return None
+
+
+def container_label(c):
+    """Short text for a container: docker:0123456789ab, systemd-nspawn:mybox."""
+    if not c:
+        return "-"
+    return f"{c['runtime']}:{c['id'][:12] if c.get('id') else c.get('name')}"
+
+
+def matches(c, wanted):
+    """True if container c is the one `wanted` names: a prefix of its id, or its name."""
+    return bool(c) and ((c.get("id") or "").startswith(wanted) or c.get("name") == wanted)
+
+
+def process_container(pid):
+    """The container of a process from /proc/<pid>/cgroup (every hierarchy), or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        found = classify_cgroup(line.split(":", 2)[-1])
+        if found:
+            return found
+    return None
+
+
+def cgroup2_mount():
+    """(mount point, root of the mount in the hierarchy) of a cgroup2 mount here, or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    fields = left.split()
+                    unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda o: chr(int(o.group(1), 8)), s)  # noqa: E731
+                    return unescape(fields[4]), unescape(fields[3])
+    except OSError:
+        pass
+    return None
+
+
+class _FileHandle(ctypes.Structure):
+    # struct file_handle (include/uapi/linux/fcntl.h ... fs/fhandle.c), with kernfs's 8-byte id
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("id", ctypes.c_uint64)]
+
+
+FILEID_KERNFS = 0xFE  # include/linux/exportfs.h, 5.10 to 7.2
+
+
+class Attribution:
+    """Containers by cgroup id (cached for the life of the process: ids are not reused) and by
+    namespace (read from /proc, kept for `ttl` seconds: namespaces and their members change)."""
+
+    def __init__(self, ttl=1.0):
+        self._by_cgroup = {}
+        self._by_ns = {}
+        self._ttl = ttl
+        self._mount = cgroup2_mount()
+        self._mount_fd = None
+        self._libc = None
+        self._scanned_at = 0.0
+        self._tree = {}
+
+    def of_cgroup(self, cgroup_id):
+        """The container whose cgroup (v2) has this id, or None (not a container's, or unknown)."""
+        try:
+            return self._by_cgroup[cgroup_id]
+        except KeyError:
+            pass
+        path = self.cgroup_path(cgroup_id)
+        found = self._by_cgroup[cgroup_id] = classify_cgroup(path) if path is not None else None
+        return found
+
+    def cgroup_path(self, cgroup_id):
+        """The path of cgroup `cgroup_id` in the cgroup2 hierarchy ("/" for its root), or None."""
+        if not self._mount or not cgroup_id:
+            return None
+        point, root = self._mount
+        path = self._by_handle(cgroup_id, point)
+        if path is None:
+            path = self._by_walk(cgroup_id, point)
+        if path is None:
+            return None
+        rel = path[len(point):] if path.startswith(point) else path
+        return os.path.normpath(root.rstrip("/") + "/" + rel.lstrip("/")) if rel.strip("/") else root
+
+    def _by_handle(self, cgroup_id, point):
+        try:
+            if self._mount_fd is None:
+                self._libc = ctypes.CDLL(None, use_errno=True)
+                self._mount_fd = os.open(point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            handle = _FileHandle(8, FILEID_KERNFS, cgroup_id)
+            fd = self._libc.open_by_handle_at(self._mount_fd, ctypes.byref(handle),
+                                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if fd < 0:
+            return None  # ESTALE: gone; EPERM: no CAP_DAC_READ_SEARCH (the walk below may still see it)
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _by_walk(self, cgroup_id, point):
+        """The directory whose inode is the id, by walking the hierarchy (at most every 0.2 s)."""
+        if cgroup_id not in self._tree and time.monotonic() - self._scanned_at > 0.2:
+            self._scanned_at = time.monotonic()
+            tree = {}
+            for top, dirs, _ in os.walk(point):
+                try:
+                    tree[os.stat(top).st_ino] = top
+                except OSError:
+                    continue
+            self._tree = tree
+        return self._tree.get(cgroup_id)
+
+    def of_namespace(self, ns_type, inode, ns_id=None):
+        """The container every process in namespace type:[inode] belongs to, or None (a host
+        namespace, one shared by several containers, one no process is in)."""
+        key = (ns_type, inode, ns_id)
+        hit = self._by_ns.get(key)
+        now = time.monotonic()
+        if hit and now - hit[0] < self._ttl:
+            return hit[1]
+        owner, seen = None, False
+        link = f"{ns_type}:[{inode}]"
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{name}/ns/{ns_type}") != link:
+                    continue
+            except OSError:
+                continue
+            mine = process_container(name)
+            if mine is None or (seen and mine != owner):
+                owner = None  # a host process, or a second container: nobody's alone
+                break
+            owner, seen = mine, True
+        self._by_ns[key] = (now, owner)
+        return owner
+
+    def close(self):
+        if self._mount_fd is not None:
+            os.close(self._mount_fd)
+            self._mount_fd = None

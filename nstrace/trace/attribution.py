@@ -1,0 +1,52 @@
+"""The containers of a tracer's records: looked up in user space, handed to native/batch.c as text.
+
+Which container a cgroup or a namespace belongs to is user space's knowledge
+(nstrace/linux/containers.py). Per batch, native/batch.c says which cgroup
+ids and setns targets it has no container text for (jl_missing); each is
+looked up here once (a cgroup id for the life of the reader: ids are never
+reused; a target for the batch: namespaces change hands) and given to C as
+the JSON Python itself writes (jsonline.json_value), with whether --container
+takes it. So the C lines and the Python reference carry the same bytes, and
+the same records pass --container, by construction.
+"""
+
+from ..bpf import batch
+from ..linux import containers
+from ..linux import flags as fl
+from ..record import jsonline
+
+
+class BatchAttribution:
+    """The containers of the batches of one reader (options: the tracer's; .containers is --container)."""
+
+    def __init__(self, options):
+        self._wanted = options.containers
+        self._lookup = containers.Attribution()
+        self._known = {}  # (table, key) -> container, as C has it now
+
+    def resolve(self, b):
+        """Before b is classified: C gets the text of every container it lacks."""
+        # native/batch.c forgets the targets' texts at every read: so does this
+        self._known = {k: v for k, v in self._known.items() if k[0] == batch.CGROUPS}
+        for table, key in b.missing():
+            found = self._known[(table, key)] = self._find(table, key)
+            b.set_container(table, key, jsonline.json_value(found).encode(),
+                            any(containers.matches(found, w) for w in self._wanted))
+
+    def fill(self, rec):
+        """rec.container and its setns target's container, as C was told them."""
+        rec.container = self._get(batch.CGROUPS, rec.cgroup_id)
+        target = batch.target_key(rec.target)
+        if target:
+            rec.target["container"] = self._get(batch.TARGETS, target)
+
+    def _get(self, table, key):
+        found = self._known.get((table, key), self)
+        return self._find(table, key) if found is self else found
+
+    def _find(self, table, key):
+        if table == batch.CGROUPS:
+            return self._lookup.of_cgroup(key)
+        if key >> 63:  # a pidfd: the process's own container
+            return containers.process_container(key & 0xFFFFFFFF)
+        return self._lookup.of_namespace(fl.NS_FLAG_VALUES.get(key >> 32), key & 0xFFFFFFFF)

@@ -1,0 +1,97 @@
+"""Both writers of `watch --json` on the records of the ops this kernel cannot make (or makes with steps,
+which Python writes): open_tree and fsmount (7.x), free (function-layer kernels), exec. Each is made from
+a real unshare record of this kernel, turned into the op as the BPF side fills it (probes/syscalls.bpf.c
+new_mount_ns(), sched_process_exec; probes/kfuncs.bpf.c ns_dies()), then held byte for byte to the Python
+reference in every filter the C side applies."""
+
+import subprocess
+import sys
+
+import pytest
+
+from nstrace.linux import flags as fl
+from nstrace.record import events
+from nstrace.trace.tracer import Options
+
+from test_json_output import differential, live, take_raw  # noqa: F401 (live: the fixture)
+
+pytestmark = pytest.mark.root("loads BPF programs into the kernel")
+
+UNSHARE = "import ctypes; ctypes.CDLL(None, use_errno=True).unshare(0x04000000)"  # CLONE_NEWUTS
+
+
+@pytest.fixture(scope="module")
+def unshare_raw(live):  # noqa: F811
+    subprocess.run([sys.executable, "-c", UNSHARE], check=True)
+    [raw] = take_raw(live, 1)
+    return raw
+
+
+def as_op(raw, op, **fields):
+    ev = events.EventHead.from_buffer_copy(raw)
+    ev.op = {name: num for num, name in events.OPS.items()}[op]
+    for name, value in fields.items():
+        setattr(ev, name, value)
+    return bytes(ev)
+
+
+def made(raw):
+    """The new-op records of this test, from one real record."""
+    mnt = fl.CLONE_FLAGS["CLONE_NEWNS"]
+    uts = fl.CLONE_FLAGS["CLONE_NEWUTS"]
+    ino = events.EventHead.from_buffer_copy(raw).after.inum[1]
+    nsfs = dict(target_kind=1, target_nstype=mnt, target_inum=ino + 7, target_ns_id=4242)
+    no_after = events.NsSet()
+    return [
+        as_op(raw, "open_tree", raw_flags=0x2 | 0x80000 | 0x8000, ret=3, after=no_after, **nsfs),
+        as_op(raw, "open_tree", raw_flags=0x2 | 0x40000000, ret=-2, after=no_after),   # ENOENT; an unknown bit
+        as_op(raw, "fsmount", raw_flags=0x2, ret=4, after=no_after, **nsfs),
+        as_op(raw, "fsmount", raw_flags=0x2, ret=4, after=no_after, **{**nsfs, "target_ns_id": 0}),
+        as_op(raw, "free", raw_flags=uts, ret=0, before=no_after, after=no_after, target_nstype=uts,
+              target_inum=ino, target_ns_id=77, lived_ns=123456789),
+        as_op(raw, "free", raw_flags=uts, ret=0, before=no_after, after=no_after, target_nstype=uts,
+              target_inum=ino, target_ns_id=0, lived_ns=0),
+        as_op(raw, "exec", raw_flags=0, ret=0),
+    ]
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"check_proc": False}, {"ops": ("open_tree",)}, {"ops": ("free", "exec")}, {"types": ("mnt",)},
+    {"types": ("uts",)}, {"raw_addresses": True},
+], ids=["default", "no-proc-check", "op-open_tree", "op-free-exec", "type-mnt", "type-uts", "raw-addresses"])
+def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa: F811
+    raws = made(unshare_raw)
+    _, records = differential(live, raws, Options(**options))
+    by_op = {}
+    for r in records:
+        by_op.setdefault(r["op"], []).append(r)
+    if not options:
+        assert [r["op"] for r in records] == ["open_tree", "open_tree", "fsmount", "fsmount", "free", "free", "exec"]
+        ok, failed = by_op["open_tree"]
+        assert ok["flags"] == ["OPEN_TREE_NAMESPACE", "AT_RECURSIVE", "OPEN_TREE_CLOEXEC"] and ok["ret"] == 3
+        assert ok["ns"] == {"type": "mnt", "inode": ok["ns"]["inode"], "ns_id": 4242}
+        assert failed["ns"] is None and failed["flags"] == ["OPEN_TREE_NAMESPACE", "0x40000000"]
+        assert failed["errno"] == "ENOENT"
+        assert by_op["fsmount"][1]["ns"]["ns_id"] is None and by_op["fsmount"][0]["flags"] == ["FSMOUNT_NAMESPACE"]
+        free, unknown = by_op["free"]
+        assert free["ns"]["lived_ns"] == 123456789 and free["flags"] == ["CLONE_NEWUTS"]
+        assert unknown["ns"] == {"type": "uts", "inode": free["ns"]["inode"], "ns_id": None, "lived_ns": None}
+        assert free["ns_before"] is None and free["changed"] == [] and free["proc_check"] is None
+        assert by_op["exec"][0]["flags"] == [] and by_op["exec"][0]["ns"] is None
+    if options.get("types") == ("mnt",):
+        assert [r["op"] for r in records] == ["open_tree", "fsmount", "fsmount"]  # the failed open_tree made none
+    if options.get("types") == ("uts",):
+        assert set(by_op) == {"free", "exec"}  # the exec's before/after are the unshare's: uts changed
+    for r in records:
+        assert r["cgroup_id"] == records[0]["cgroup_id"] and isinstance(r["cgroup_id"], int)
+
+
+def test_ns_filter_finds_the_namespace_a_record_made_or_freed(live, unshare_raw):  # noqa: F811
+    """--ns TYPE:INODE or an ns_id also means the namespace open_tree or fsmount made and the one a
+    free record says died: a learner following one namespace sees its birth and its death."""
+    ino = events.EventHead.from_buffer_copy(unshare_raw).after.inum[1]
+    raws = made(unshare_raw)
+    _, by_inode = differential(live, raws, Options(namespaces=(("mnt", ino + 7, None),)))
+    assert [r["op"] for r in by_inode] == ["open_tree", "fsmount", "fsmount"]
+    _, by_id = differential(live, raws, Options(namespaces=((None, None, 77),)))
+    assert [r["op"] for r in by_id] == ["free"]
