@@ -16,9 +16,10 @@ import sys
 import threading
 from typing import Callable
 
-from ..errors import ExitCode, GuestFailure, NstraceError
+from ..errors import ExitCode, LabError, NstraceError
 from . import outfiles
 from .guest import GuestResult, run_in_guest
+from .initramfs import can_bring_back, scratch_mounts
 
 GUEST_PARALLEL = 2
 # One vCPU for a command, where the suite's guests have two (guest.GUEST_CPUS) to run its tests on SMP:
@@ -32,7 +33,7 @@ COMMAND_CPUS = 1
 class Outcome:
     kernel: str  # as the user named it
     result: GuestResult | None = None
-    error: NstraceError | None = None  # the guest failed: boot, lockup, timeout
+    error: NstraceError | None = None  # the guest failed: download, boot, lockup, timeout
     brought: outfiles.Brought | None = None
 
 
@@ -70,6 +71,9 @@ def run(kernels: list[str], args: list[str], *, timeout: float, status: Callable
     several = len(kernels) > 1
     lock = threading.Lock()
     argv = [sys.executable, "-m", "nstrace", *args]
+    bring_back = can_bring_back(cwd, scratch_mounts(cwd))
+    if not bring_back:
+        status(f"files the command writes in {cwd} will not come back: run it from a directory of your own")
     # Python writes to a port, not a terminal: unbuffered, so that lines arrive as they are printed.
     env = {"PYTHONUNBUFFERED": "1"}
 
@@ -82,9 +86,9 @@ def run(kernels: list[str], args: list[str], *, timeout: float, status: Callable
         outcome = Outcome(kernel)
         try:
             outcome.result = run_in_guest(kernel, argv, cwd=cwd, env=env, timeout=timeout, stdout=out, stderr=err,
-                                          bring_back=True, status=say, should_stop=should_stop,
+                                          bring_back=bring_back, status=say, should_stop=should_stop,
                                           cpus=COMMAND_CPUS)
-        except GuestFailure as e:
+        except LabError as e:  # this kernel's guest failed (a download, the boot, a lockup, the timeout)
             outcome.error = e
         finally:
             out.close()
