@@ -444,9 +444,10 @@ static int involves_ns(const struct jl_tables *t, const struct jl_filter *f, con
 	return 0;
 }
 
+/* The operations that make a child (flags.CHILD_OPS) */
 static int is_clone(__u32 op)
 {
-	return op == OP_CLONE || op == OP_CLONE3;
+	return op == OP_CLONE || op == OP_CLONE3 || op == OP_FORK || op == OP_VFORK;
 }
 
 /*

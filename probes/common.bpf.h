@@ -21,6 +21,8 @@
 
 /* include/uapi/linux/sched.h */
 #define CSIGNAL			0x000000ff
+#define CLONE_VM		0x00000100
+#define CLONE_VFORK		0x00004000
 #define CLONE_NEWTIME		0x00000080
 #define CLONE_NEWNS		0x00020000
 #define CLONE_NEWCGROUP		0x02000000

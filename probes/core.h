@@ -220,6 +220,7 @@ struct task_struct {
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
 	struct css_set *cgroups;
+	int exit_signal;	/* what the parent is sent when it exits: SIGCHLD for fork and vfork */
 };
 
 #pragma clang attribute pop

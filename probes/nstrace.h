@@ -33,6 +33,8 @@ enum nstrace_op {
 	OP_OPEN_TREE = 6,	/* open_tree(_attr)(OPEN_TREE_NAMESPACE): a new mount ns behind an fd (7.x) */
 	OP_FSMOUNT = 7,		/* fsmount(FSMOUNT_NAMESPACE): likewise (7.x) */
 	OP_FREE = 8,		/* a namespace freed: target_* say which, lived_ns for how long it lived */
+	OP_FORK = 9,		/* fork(2) whose child entered a namespace: seen from task_newtask alone */
+	OP_VFORK = 10,		/* vfork(2), likewise (dash, Python's subprocess) */
 	OP_MAX,
 };
 

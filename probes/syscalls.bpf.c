@@ -82,6 +82,15 @@ struct caller {
  * Runs on every plain fork of the machine, so: loads through BTF pointers,
  * and a helper call only for a task in a nested pid namespace.
  */
+/* The same for task t, by helper calls: no BTF pointer at hand. */
+static __always_inline bool task_fork_enters_namespace(struct task_struct *t)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+
+	return BPF_CORE_READ(nsp, pid_ns_for_children) != active_pid_ns(t) ||
+	       BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
+}
+
 static __always_inline bool fork_enters_namespace(struct nsproxy *nsp, struct pid *pid)
 {
 	if (have_task_btf()) {
@@ -101,11 +110,7 @@ static __always_inline bool fork_enters_namespace(struct nsproxy *nsp, struct pi
 		}
 		return nsp->pid_ns_for_children != active;
 	} else {
-		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-
-		nsp = BPF_CORE_READ(t, nsproxy);
-		return BPF_CORE_READ(nsp, pid_ns_for_children) != active_pid_ns(t) ||
-		       BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
+		return task_fork_enters_namespace((struct task_struct *)bpf_get_current_task());
 	}
 }
 
@@ -659,6 +664,89 @@ int sys_exit_setns(void *ctx)
  * copy_namespaces(), in the parent's context, so task->nsproxy is already
  * the child's. Also where --pid learns about descendants.
  */
+/* The child's side of a record that made one: who it is, and its namespaces as after. */
+static __always_inline void child_fields(struct nstrace_event *e, struct task_struct *task)
+{
+	/* pid and tgid are neighbours in task_struct: one read where CO-RE says they still are */
+	if (bpf_core_field_offset(task->tgid) == bpf_core_field_offset(task->pid) + 4) {
+		__u32 ids[2] = {};
+
+		bpf_core_read(ids, sizeof(ids), &task->pid);
+		e->child_tid = ids[0];
+		e->child_pid = ids[1];
+	} else {
+		e->child_pid = BPF_CORE_READ(task, tgid);
+		e->child_tid = BPF_CORE_READ(task, pid);
+	}
+	e->child_start_ns = BPF_CORE_READ(task, start_boottime);
+	snapshot(e, true, task);
+}
+
+/*
+ * fork(2) and vfork(2). They have syscall tracepoints of their own, which
+ * nstrace does not attach: four more would add their detaches' grace periods
+ * to every watch's shutdown (bench: start-up). Their children come through
+ * task_newtask like every child (kernel/fork.c copy_process() ->
+ * trace_task_newtask(), after the child's pid and namespaces are set; 5.10
+ * to 7.2), so the record is made here, whole, when the child enters a pid or
+ * time namespace its parent is not in (fork_enters_namespace()), or with
+ * --all. Only they get here without a record of their own: a clone or clone3
+ * that enters a namespace, or any under --all, took one at its entry. Their
+ * flags tell them apart (kernel/fork.c: fork passes SIGCHLD alone, vfork
+ * CLONE_VFORK | CLONE_VM | SIGCHLD); a kernel thread or io_uring worker has
+ * others and is left alone. ret is what the syscall returns to the caller:
+ * the child's pid in the caller's own pid namespace. A fork that fails makes
+ * no child, comes by nowhere here, and has no record. Nothing brackets the
+ * call, so its duration is 0 and it has no kernel path. Snapshots by helper
+ * calls, as for exec: the rare fork that moves pays for them, no other.
+ */
+static __always_inline void fork_record(struct task_struct *child, __u64 clone_flags, __u32 tid)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32, op, level;
+	__u64 flags = clone_flags & ~CSIGNAL;
+	struct nstrace_event *e;
+	struct pid *cpid;
+	struct upid up = {};
+
+	if (flags == (CLONE_VFORK | CLONE_VM))
+		op = OP_VFORK;
+	else if (!flags)
+		op = OP_FORK;
+	else
+		return;
+	if (!trace_all && !task_fork_enters_namespace(t))
+		return;
+	if (!wanted_process(tgid))
+		return;
+	e = inflight_take(tid);
+	if (!e) {
+		__sync_fetch_and_add(&lost_inflight, 1);
+		return;
+	}
+	clear_unwritten(e);
+	e->enter_ns = e->exit_ns = bpf_ktime_get_ns();
+	e->op = op;
+	e->pid = tgid;
+	e->raw_flags = flags;
+	/* kernel/fork.c: fork and vfork pass SIGCHLD in kernel_clone_args.exit_signal, not in the flags */
+	e->exit_signal = BPF_CORE_READ(child, exit_signal);
+	e->setns_fd = -1;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	e->start_time_ns = BPF_CORE_READ(t, start_boottime);
+	snapshot(e, false, t);
+	child_fields(e, child);
+	level = BPF_CORE_READ(t, thread_pid, level);
+	cpid = BPF_CORE_READ(child, thread_pid);
+	bpf_core_read(&up, sizeof(up), &cpid->numbers[level & 31]);
+	e->ret = up.nr;
+	emit(e, tid);
+	inflight_give_back(e);
+}
+
 SEC("raw_tp/task_newtask")
 int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 {
@@ -676,21 +764,13 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 	}
 
 	e = inflight_find(tid);
-	if (!e || (e->op != OP_CLONE && e->op != OP_CLONE3))
+	if (!e) {
+		fork_record(task, clone_flags, tid);
 		return 0;
-	/* pid and tgid are neighbours in task_struct: one read where CO-RE says they still are */
-	if (bpf_core_field_offset(task->tgid) == bpf_core_field_offset(task->pid) + 4) {
-		__u32 ids[2] = {};
-
-		bpf_core_read(ids, sizeof(ids), &task->pid);
-		e->child_tid = ids[0];
-		e->child_pid = ids[1];
-	} else {
-		e->child_pid = BPF_CORE_READ(task, tgid);
-		e->child_tid = BPF_CORE_READ(task, pid);
 	}
-	e->child_start_ns = BPF_CORE_READ(task, start_boottime);
-	snapshot(e, true, task);
+	if (e->op != OP_CLONE && e->op != OP_CLONE3)
+		return 0;
+	child_fields(e, task);
 	return 0;
 }
 

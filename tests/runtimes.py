@@ -1,7 +1,7 @@
 """Real runtimes under `nstrace watch -- strace -f ...`: both tracers see the same calls of one run.
 
-strace runs as watch's COMMAND, and traces the runtime with ptrace: every clone, clone3, unshare and
-setns the runtime and its descendants make is then in both traces, with the same thread ids (both see
+strace runs as watch's COMMAND, and traces the runtime with ptrace: every clone, clone3, fork, vfork,
+unshare and setns the runtime and its descendants make is then in both traces, with the same thread ids (both see
 the initial pid namespace's), and can be compared one for one: op, flags, return value. The runtime's
 own processes print their /proc/self/ns links from inside, for the records' ns_after. Shared by
 tests/test_runtimes.py (util-linux, iproute2, bubblewrap, runc in CI) and scripts/runtime-compare.py
@@ -17,8 +17,8 @@ import subprocess
 from pathlib import Path
 
 NSTRACE = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nstrace"
-CALLS = "clone,clone3,unshare,setns"
-_LINE = re.compile(r"^(?P<tid>\d+) +(?P<call>clone3?|unshare|setns)\((?P<args>.*)\) += (?P<ret>-?\d+|\?)(?: (?P<errno>E[A-Z0-9]+))?")
+CALLS = "clone,clone3,fork,vfork,unshare,setns"
+_LINE = re.compile(r"^(?P<tid>\d+) +(?P<call>clone3?|v?fork|unshare|setns)\((?P<args>.*)\) += (?P<ret>-?\d+|\?)(?: (?P<errno>E[A-Z0-9]+))?")
 _LINK = re.compile(r"^(?P<type>[a-z_]+):\[(?P<inode>\d+)\]$")
 
 
@@ -41,6 +41,8 @@ def parse_strace(text):
             flags = re.search(r"flags=([A-Z0-9_|]+)", args).group(1).split("|")
         elif call == "clone3":
             flags = re.search(r"flags=([A-Z0-9_|]+|0)", args).group(1).split("|")
+        elif call in ("fork", "vfork"):
+            flags = ["CLONE_VFORK", "CLONE_VM"] if call == "vfork" else []  # kernel/fork.c: what each passes
         elif call == "unshare":
             flags = args.split("|")
         else:

@@ -139,7 +139,7 @@ def test_stopping_leaves_no_probe(tracer, sig):
 @pytest.mark.parametrize("args,code", [
     (["watch", "--bogus"], 2),
     (["watch", "--type", "bogus"], 2),
-    (["watch", "--op", "fork"], 2),
+    (["watch", "--op", "spawn"], 2),
     (["watch", "--pid", "-3"], 2),
     (["watch", "--pid", "999999999"], 2),
     (["watch", "--count", "0"], 2),

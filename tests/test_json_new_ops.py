@@ -52,13 +52,19 @@ def made(raw):
         as_op(raw, "free", raw_flags=uts, ret=0, before=no_after, after=no_after, target_nstype=uts,
               target_inum=ino, target_ns_id=0, lived_ns=0),
         as_op(raw, "exec", raw_flags=0, ret=0),
+        # fork and vfork, as task_newtask fills them: the child's side, no duration
+        as_op(raw, "fork", raw_flags=0, ret=4242, exit_signal=17, child_pid=4242, child_tid=4242,
+              child_start_ns=99, exit_ns=events.EventHead.from_buffer_copy(raw).enter_ns),
+        as_op(raw, "vfork", raw_flags=0x4100, ret=4243, exit_signal=17, child_pid=4243, child_tid=4243,
+              child_start_ns=98),
     ]
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"check_proc": False}, {"ops": ("open_tree",)}, {"ops": ("free", "exec")}, {"types": ("mnt",)},
+    {}, {"check_proc": False}, {"ops": ("open_tree",)}, {"ops": ("free", "exec")}, {"ops": ("vfork",)},
+    {"types": ("mnt",)},
     {"types": ("uts",)}, {"raw_addresses": True},
-], ids=["default", "no-proc-check", "op-open_tree", "op-free-exec", "type-mnt", "type-uts", "raw-addresses"])
+], ids=["default", "no-proc-check", "op-open_tree", "op-free-exec", "op-vfork", "type-mnt", "type-uts", "raw-addresses"])
 def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa: F811
     raws = made(unshare_raw)
     _, records = differential(live, raws, Options(**options))
@@ -66,7 +72,11 @@ def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa:
     for r in records:
         by_op.setdefault(r["op"], []).append(r)
     if not options:
-        assert [r["op"] for r in records] == ["open_tree", "open_tree", "fsmount", "fsmount", "free", "free", "exec"]
+        assert [r["op"] for r in records] == ["open_tree", "open_tree", "fsmount", "fsmount", "free", "free", "exec",
+                                              "fork", "vfork"]
+        fork, vfork = by_op["fork"][0], by_op["vfork"][0]
+        assert fork["flags"] == [] and fork["child_pid"] == fork["ret"] == 4242 and fork["exit_signal"] == "SIGCHLD"
+        assert vfork["flags"] == ["CLONE_VM", "CLONE_VFORK"] and vfork["child_pid"] == 4243
         ok, failed = by_op["open_tree"]
         assert ok["flags"] == ["OPEN_TREE_NAMESPACE", "AT_RECURSIVE", "OPEN_TREE_CLOEXEC"] and ok["ret"] == 3
         assert ok["ns"] == {"type": "mnt", "inode": ok["ns"]["inode"], "ns_id": 4242}
@@ -81,7 +91,8 @@ def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa:
     if options.get("types") == ("mnt",):
         assert [r["op"] for r in records] == ["open_tree", "fsmount", "fsmount"]  # the failed open_tree made none
     if options.get("types") == ("uts",):
-        assert set(by_op) == {"free", "exec"}  # the exec's before/after are the unshare's: uts changed
+        # exec's, fork's and vfork's before/after are the unshare's here: uts changed
+        assert set(by_op) == {"free", "exec", "fork", "vfork"}
     for r in records:
         assert r["cgroup_id"] == records[0]["cgroup_id"] and isinstance(r["cgroup_id"], int)
 

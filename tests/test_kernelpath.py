@@ -13,17 +13,8 @@ from nstrace.record import pathcheck
 
 from nshelpers import flag, nsop, wait_for
 
-pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer")]
-
-
-@pytest.fixture(autouse=True)
-def function_layer(tracer):
-    """Skips, saying why, on a kernel where no function can be hooked (asked of the session's
-    tracer when the first test runs, not while pytest collects)."""
-    if not any(h.kind for h in tracer.hooks):
-        why = tracer.hooks[0].reason if tracer.hooks else "no function hooks planned"
-        pytest.skip(f"this kernel has neither fentry nor kprobes ({why}): "
-                    "tests/test_lab.py runs these inside QEMU guests")
+pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer"),
+              pytest.mark.usefixtures("function_layer")]
 
 
 def calls(rec):

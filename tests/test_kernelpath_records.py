@@ -12,14 +12,8 @@ import pytest
 
 from nshelpers import flag, nsop, wait_for
 
-pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer")]
-
-
-@pytest.fixture(autouse=True)
-def function_layer(tracer):
-    if not any(h.kind for h in tracer.hooks):
-        why = tracer.hooks[0].reason if tracer.hooks else "no function hooks planned"
-        pytest.skip(f"this kernel has neither fentry nor kprobes ({why}): `nstrace lab` runs these in QEMU guests")
+pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer"),
+              pytest.mark.usefixtures("function_layer")]
 
 
 def step(rec, func, kind):

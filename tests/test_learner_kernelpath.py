@@ -14,14 +14,8 @@ from nstrace.record import kernelsource, steps
 
 from nshelpers import NSTRACE, flag, nsop, wait_for
 
-pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer")]
-
-
-@pytest.fixture(autouse=True)
-def function_layer(tracer):
-    if not any(h.kind for h in tracer.hooks):
-        why = tracer.hooks[0].reason if tracer.hooks else "no function hooks planned"
-        pytest.skip(f"this kernel has neither fentry nor kprobes ({why}): tests/test_lab.py runs these inside QEMU guests")
+pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer"),
+              pytest.mark.usefixtures("function_layer")]
 
 
 def _line(func):

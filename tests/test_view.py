@@ -524,7 +524,7 @@ CRAFTED = [
     ("bidi override in comm", 2, "comm", lambda h, r, e: [h, _with(r, comm="a\u202eb"), e]),
     ("unknown changed entry", 2, "changed[0]", lambda h, r, e: [h, _with(r, changed=["bogus"]), e]),
     ("changed not a list", 2, "changed", lambda h, r, e: [h, _with(r, changed="uts"), e]),
-    ("unknown op", 2, "op", lambda h, r, e: [h, _with(r, op="fork"), e]),
+    ("unknown op", 2, "op", lambda h, r, e: [h, _with(r, op="spawn"), e]),
     ("ns_after not a map", 2, "ns_after", lambda h, r, e: [h, _with(r, ns_after=[1, 2]), e]),
     ("inode a string", 2, "ns_after.uts", lambda h, r, e: [h, _in(r, ["ns_after", "uts"], "4026531838"), e]),
     ("unknown ns entry", 2, "ns_before", lambda h, r, e: [h, _in(r, ["ns_before", "bogus"], 1), e]),

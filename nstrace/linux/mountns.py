@@ -11,6 +11,8 @@ import errno
 import functools
 import os
 
+from .syscalls import call
+
 SYS_OPEN_TREE = 428
 SYS_FSOPEN = 430
 SYS_FSCONFIG = 431
@@ -26,32 +28,20 @@ FSCONFIG_CMD_CREATE = 6
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _call(nr, *args):
-    ret = _libc.syscall(ctypes.c_long(nr), *args)
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
-
-
 def open_tree(path, flags, dfd=AT_FDCWD):
-    return _call(SYS_OPEN_TREE, ctypes.c_int(dfd), os.fsencode(path), ctypes.c_uint(flags))
+    return call(SYS_OPEN_TREE, ctypes.c_int(dfd), os.fsencode(path), ctypes.c_uint(flags))
 
 
 def fsopen(fstype, flags=0):
-    return _call(SYS_FSOPEN, fstype.encode(), ctypes.c_uint(flags))
+    return call(SYS_FSOPEN, fstype.encode(), ctypes.c_uint(flags))
 
 
 def fsconfig_create(fs_fd):
-    return _call(SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, ctypes.c_int(0))
+    return call(SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, ctypes.c_int(0))
 
 
 def fsmount(fs_fd, flags, attr_flags=0):
-    return _call(SYS_FSMOUNT, ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attr_flags))
+    return call(SYS_FSMOUNT, ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attr_flags))
 
 
 def _refuses_flag(call):

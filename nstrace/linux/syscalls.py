@@ -28,7 +28,8 @@ class CloneArgs(ctypes.Structure):
         "tls", "set_tid", "set_tid_size", "cgroup")]
 
 
-def _call(nr, *args):
+def call(nr, *args):
+    """syscall(2) nr with args (ctypes values); the raw result, or OSError(errno)."""
     ret = _libc.syscall(ctypes.c_long(nr), *args)
     if ret < 0:
         err = ctypes.get_errno()
@@ -37,24 +38,24 @@ def _call(nr, *args):
 
 
 def unshare(flags):
-    return _call(SYS_UNSHARE, ctypes.c_ulong(flags))
+    return call(SYS_UNSHARE, ctypes.c_ulong(flags))
 
 
 def setns(fd, nstype=0):
-    return _call(SYS_SETNS, ctypes.c_int(fd), ctypes.c_int(nstype))
+    return call(SYS_SETNS, ctypes.c_int(fd), ctypes.c_int(nstype))
 
 
 def pidfd_open(pid):
-    return _call(SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0))
+    return call(SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0))
 
 
 def clone(flags, exit_signal=signal.SIGCHLD):
     """fork()-like clone: child stack 0 (a copy of ours). Returns 0 in the child."""
-    return _call(SYS_CLONE, ctypes.c_ulong(flags | exit_signal), ctypes.c_ulong(0),
+    return call(SYS_CLONE, ctypes.c_ulong(flags | exit_signal), ctypes.c_ulong(0),
                  ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
 def clone3(flags, exit_signal=signal.SIGCHLD):
     """fork()-like clone3. Returns 0 in the child."""
     args = CloneArgs(flags=flags, exit_signal=exit_signal)
-    return _call(SYS_CLONE3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    return call(SYS_CLONE3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))

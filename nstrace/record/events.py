@@ -15,7 +15,8 @@ from ..linux.comm import safe_comm
 NS_SLOTS = len(fl.NS_ENTRIES)
 MAX_STEPS = 48
 # The enums of probes/nstrace.h (tests/test_layout.py checks them against BTF).
-OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns", 5: "exec", 6: "open_tree", 7: "fsmount", 8: "free"}
+OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns", 5: "exec", 6: "open_tree", 7: "fsmount", 8: "free",
+       9: "fork", 10: "vfork"}
 OP_SLOTS = max(OPS) + 1  # enum nstrace_op's OP_MAX: the C tables' size
 # The ops that make or free one namespace and say which in the record's "ns": the rest move a task
 NS_OPS = ("open_tree", "fsmount", "free")
@@ -182,7 +183,7 @@ class Record:
         """(pid, tid, start_time_ns, ns, ns_id) of the task whose /proc/<pid>/task/<tid>/ns the record
         describes: a clone's child after it, else the caller (before a failed clone, after unshare/setns).
         native/batch.c checked() keeps the same rule."""
-        if self.op in ("clone", "clone3"):
+        if self.op in fl.CHILD_OPS:
             if self.ok and self.child_pid:
                 return self.child_pid, self.child_tid, self.child_start_ns, self.ns_after, self.ns_id_after
             return self.pid, self.tid, self.start_time_ns, self.ns_before, self.ns_id_before
@@ -205,7 +206,7 @@ def decode(raw, raw_addresses=False, step_decoder=None):
     """Decode one ring-buffer record (bytes) into a :class:`Record`."""
     ev = EventHead.from_buffer_copy(raw)
     op = OPS.get(ev.op, f"op{ev.op}")
-    is_clone = op in ("clone", "clone3")
+    is_clone = op in fl.CHILD_OPS
     before = _ns_map(ev.before, "inum")
     after = _ns_map(ev.after, "inum")
     changed = []

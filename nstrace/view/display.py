@@ -362,7 +362,7 @@ def demo_report(result, report, availability):
             before, after = main.ns_before.get(entry), (main.ns_after or {}).get(entry)
             rows.append([entry, before, after, proc_now.get(entry, "(hidden)"),
                          "changed" if entry in main.changed else ""])
-        who = "child" if main.op in ("clone", "clone3") else "caller"
+        who = "child" if main.op in fl.CHILD_OPS else "caller"
         out += [f"== Namespaces: kernel before/after beside /proc/<{who}>/ns now",
                 tabulate(rows, headers=["entry", "kernel before", "kernel after", "/proc now", ""],
                          tablefmt="simple"), ""]

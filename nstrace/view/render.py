@@ -93,7 +93,7 @@ def graph(records, snapshots=()):
     for n, rec in enumerate(sorted(records, key=lambda r: r.ts), 1):
         caller = procs.node(rec.pid, rec.comm, rec.start_time_ns if rec.tid == rec.pid else None)
         mover = caller
-        is_clone = rec.op in ("clone", "clone3")
+        is_clone = rec.op in fl.CHILD_OPS
         if is_clone and rec.child_pid and rec.child_pid != rec.pid:
             mover = procs.node(rec.child_pid, rec.comm, rec.child_start_ns if rec.child_tid == rec.child_pid else None)
             edges.append({"n": n, "from": caller, "to": mover, "kind": "clone", "op": rec.op, "ts": rec.ts})
@@ -453,7 +453,7 @@ def perfetto(session, records=None):
                     "tid": r.tid, "ts": us(start), "dur": round(r.duration_us, 3), "args": args})
         if offset is not None:
             out += _step_events(r, offset, us)
-        mover = (r.child_pid, r.child_tid) if r.op in ("clone", "clone3") and r.child_pid else (r.pid, r.tid)
+        mover = (r.child_pid, r.child_tid) if r.op in fl.CHILD_OPS and r.child_pid else (r.pid, r.tid)
         if mover != (r.pid, r.tid):
             name_task(mover[0], mover[1], r.comm)
         for entry in r.changed:
