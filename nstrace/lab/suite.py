@@ -11,7 +11,8 @@ from ..errors import LabError
 from .guest import run_in_guest
 
 PROJECT = Path(__file__).resolve().parents[2]
-DEFAULT_TESTS = ("tests/test_kernelpath.py",)
+# Every test marked kernelpath (pyproject.toml), in whichever file it lives.
+DEFAULT_TESTS = ("tests",)
 
 
 def _quiet(_message: str) -> None:
@@ -35,7 +36,7 @@ def run_guest_suite(kernel: str, *, pytest_args: tuple[str, ...] = (), check_onl
     if check_only:
         script = check
     else:
-        pytest = (f"{shlex.quote(str(python))} -m pytest -q -p no:cacheprovider -m kernelpath "
+        pytest = (f"{shlex.quote(str(python))} -m pytest -q -rs -p no:cacheprovider -m kernelpath "
                   + " ".join(shlex.quote(a) for a in (pytest_args or DEFAULT_TESTS)))
         # Both always run; the guest's exit status says whether both passed.
         script = f"{pytest}; a=$?; {check}; b=$?; [ $a -eq 0 ] && [ $b -eq 0 ]"
