@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from . import figures, hooks, tracers
+from . import figures, hooks, lab, tracers
 from .report import Report, stat
 from .workload import Workload
 
@@ -35,13 +35,17 @@ def parse(argv):
     p.add_argument("--wait-quiet", type=float,
                    help="seconds the hook-set figure may wait, in all, for other processes' BPF programs on the "
                         "syscall tracepoints to go (default 60, quick 0)")
-    p.add_argument("--only", choices=["hooks", "startup", "command"],
+    p.add_argument("--only", choices=["hooks", "startup", "command", "lab"],
                    help="hooks: only the hook-set figure (a minute or two), e.g. to repeat it when the machine is "
                         "quiet; startup: only start-up and shutdown; command: only `nstrace watch -- true` beside "
-                        "`true` and `strace -f true`")
+                        "`true` and `strace -f true`; lab: only the lab's boot and demo per kernel (QEMU guests, "
+                        "one at a time; about 15 s a run; not part of the whole benchmark)")
+    p.add_argument("--lab-kernels", default=",".join(lab.KERNELS),
+                   help="--only lab: the kernels, comma-separated (default: %(default)s)")
+    p.add_argument("--lab-reps", type=int, help="--only lab: repetitions per kernel and build (default 3, quick 1)")
     p.add_argument("--baseline", metavar="NSTRACE",
                    help="another build's nstrace executable, measured side by side with this one in the start-up "
-                        "figure (e.g. a checkout of the last release: its .venv/bin/nstrace)")
+                        "and lab figures (e.g. a checkout of the last release: its .venv/bin/nstrace)")
     a = p.parse_args(argv)
     q = a.quick
     a.reps = a.reps or (1 if q else 5)
@@ -161,6 +165,9 @@ def main(argv=None):
         rep.notes.append("'floor' = bpftrace with count-only programs on the same nine tracepoints: "
                          "the least any tracer on this hook set costs")
     load_before = os.getloadavg()[0]
+    if a.only == "lab":
+        lab.main_lab(rep, a, log)
+        return finish(rep, a, t_start, load_before)
     background = [t for t in ("nstrace", "bpftrace") if not avail[t]]
     hwm = []  # every VmHWM sample of nstrace, KiB
 

@@ -5,7 +5,7 @@ import statistics
 
 from tabulate import tabulate
 
-TARGETS = (  # (key, what, limit, unit): the issue's numbers, never relaxed here
+TARGETS = (  # (key, what, limit, unit): the issues' numbers (5, and 15 for the lab), never relaxed here
     ("live", "tracing live (first event captured) within 150 ms of exec", 0.150, "s"),
     ("shutdown", "shutdown (all probes detached) within 0.5 s", 0.5, "s"),
     ("churn", "churn workload slowdown at most 5%", 1.05, "x"),
@@ -13,6 +13,8 @@ TARGETS = (  # (key, what, limit, unit): the issue's numbers, never relaxed here
     ("rate", "at least 200,000 events/s for 60 s, full decoding, zero loss", 200_000, "events/s"),
     ("memory", "peak resident memory (VmHWM) under 40 MB", 40e6, "bytes"),
     ("probe", "under 1 microsecond kernel-side per probe hit (every program)", 1000, "ns"),
+    ("lab-boot", "lab guest under TCG: boot to command at most 4 s (6.1)", 4.0, "s"),
+    ("lab-demo", "`nstrace lab --kernel 6.1 -- demo` end to end at most 12 s (TCG)", 12.0, "s"),
 )
 
 
@@ -59,7 +61,7 @@ class Report:
         trows = [[{True: "HOLDS", False: "MISSED", None: "NOT MEASURED"}[t["holds"]], t["what"],
                   t["detail"]] for t in self.targets]
         if trows:   # none with --only
-            out += ["", tabulate(trows, headers=["target", "issue 5", "measured"], tablefmt="github")]
+            out += ["", tabulate(trows, headers=["target", "what", "measured"], tablefmt="github")]
         if self.notes:
             out += [""] + [f"note: {n}" for n in self.notes]
         return "\n".join(out)

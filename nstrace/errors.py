@@ -144,5 +144,9 @@ class GuestTimeout(GuestFailure):
     """The guest outlived its timeout."""
 
 
+class GuestInterrupted(GuestFailure):
+    """The guest was stopped by a signal to nstrace (Ctrl-C)."""
+
+
 class GuestLockup(BootError):
     """The guest kernel reported a soft lockup, hung task or panic; `console` holds its stacks."""

@@ -11,7 +11,7 @@ packages=(
   util-linux iproute2 strace                   # unshare/nsenter/lsns, ip netns, the flag oracle in tests
   bubblewrap runc                              # tests: real runtimes under watch -- and strace -f (runc on a busybox rootfs)
   dwarves                                      # tests: pahole gives the reader library's BTF, to check batch.py's mirrors
-  qemu-system-x86 busybox-static cpio xz-utils # nstrace lab: Debian kernels under QEMU
+  qemu-system-x86 busybox-static zstd          # nstrace lab: Debian kernels under QEMU (zstd: 6.12+ kernels and modules)
   graphviz                                     # nstrace render: dot lays out the session graph
   chromium                                     # tests: the rendered HTML page loads without console errors
   linux-perf bpftrace                          # bench: the tracers nstrace is measured beside

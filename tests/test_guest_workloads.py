@@ -48,7 +48,7 @@ def test_ls_shows_a_namespace_only_listns_sees():
     received, the fd shows in /proc and it is an ordinary namespace held by an fd."""
     if nstree.list_ids() is None:
         pytest.skip(f"this kernel ({os.uname().release}) has no listns() (6.19+): ls scans /proc alone; "
-                    "`nstrace lab --kernel sid tests/test_guest_workloads.py` runs this on 7.2")
+                    "`nstrace lab --kernel sid` runs this on 7.2")
     sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         _send_own_uts_namespace(sender)

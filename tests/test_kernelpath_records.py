@@ -35,7 +35,7 @@ def test_copy_refs_tell_new_from_shared(tracer):
     new, shared = step(rec, "copy_utsname", "exit"), step(rec, "copy_ipcs", "exit")
     if not has_common_count(tracer):
         assert "refs" not in new and "refs" not in shared
-        pytest.skip("this kernel's ns_common has no count (5.10): copy_* exits carry no refs")
+        pytest.skip("this kernel's ns_common has no count (5.11+, include/linux/ns_common.h): copy_* exits carry no refs")
     assert new["refs"] == 1, new           # made by this clone, held by the new nsproxy alone
     # the caller's, one more reference taken; an initial namespace's count is not read (7.x keeps none)
     assert "refs" not in shared if shared["inode"] >= 0xEFFFFFF8 else shared["refs"] >= 2, shared
@@ -95,7 +95,7 @@ def test_every_namespace_entering_the_tree_has_a_record(tracer):
     operation nstrace records (births_untraced stays 0), and each is in its operation's record."""
     hook = next(h for h in tracer.hooks if h.func == "__ns_tree_add_raw")
     if not hook.attached:
-        pytest.skip(f"no namespace tree to watch here: __ns_tree_add_raw {hook.reason or 'not attached'}")
+        pytest.skip(f"this kernel has no namespace tree to watch (6.18+): __ns_tree_add_raw {hook.reason or 'not attached'}")
     obj = tracer.probes.obj
     before = obj.read_global(".bss", "births_untraced")
     from nshelpers import NSTRACE, ROOT

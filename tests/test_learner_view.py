@@ -160,3 +160,19 @@ def test_tree_keeps_a_call_whose_exit_was_dropped():
     [inner] = top.calls[:1]
     pid = next(c for c in inner.calls if c.func == "copy_pid_ns")
     assert pid.exit is None and steps.result(pid) == "(no exit seen)" and top.exit is not None
+
+
+def test_an_entry_only_hook_is_a_leaf_of_the_call_it_fired_in():
+    """7.x: __ns_tree_add_raw (hooked on entry only) fires inside copy_mnt_ns; it must not swallow the
+    rest of the path as its callees, and it says it has no exit by design, not that one was lost."""
+    rec = copy.deepcopy(_main(session.load(CLONE_61), "clone"))
+    at = next(i for i, s in enumerate(rec.kernel_path) if s["func"] == "copy_mnt_ns" and s["kind"] == "enter")
+    rec.kernel_path.insert(at + 1, {"func": "__ns_tree_add_raw", "file": "kernel/nstree.c", "kind": "enter",
+                                    "ts_ns": rec.kernel_path[at]["ts_ns"] + 1, "short": ""})
+    [top] = steps.tree(rec.kernel_path)
+    [inner] = top.calls[:1]
+    mnt = next(c for c in inner.calls if c.func == "copy_mnt_ns")
+    [added] = mnt.calls
+    assert added.func == "__ns_tree_add_raw" and added.calls == [] and mnt.exit is not None
+    assert [c.func for c in inner.calls] == list(steps.COPY_ENTRY)
+    assert steps.result(added) == "(entry only)"

@@ -4,10 +4,13 @@ on a private state for each suite (the machine's own apt state stays untouched).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DownloadError, LabError, PackageNotFound
 from ..linux import trusted_paths
@@ -15,19 +18,28 @@ from .host import cache_dir, last_line, locked, trusted
 
 # Short names -> Debian suite whose `linux-image-amd64` metapackage picks the kernel.  The generic
 # -amd64 flavour on purpose: kernel-env.md notes the -cloud-amd64 image has no 9p.
-KERNEL_SUITES = {"6.1": "bookworm", "6.12": "trixie", "sid": "sid"}
+KERNEL_SUITES = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie", "sid": "sid"}
+# The suites' own names say the same.
+ALIASES = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12", "unstable": "sid"}
 METAPACKAGE = "linux-image-amd64"
 
 # apt lists younger than this are trusted, so a second run needs no network at all.
 LISTS_MAX_AGE_S = 24 * 3600
 
+Status = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
-    name: str  # what the caller asked for: "6.1", "sid" or a package name
+    name: str  # a short name ("6.1", "sid"; an alias is resolved to its short name) or a package name
     suite: str
     packages: tuple[str, ...]  # what gets downloaded (sid: linux-base-*, linux-binary-*, linux-modules-*)
     version: str  # Debian version of those packages
+    sizes: tuple[int, ...] = ()  # bytes of each package's .deb, as the suite's lists give them
 
     def describe(self) -> str:
         return f"{self.name}: {' + '.join(self.packages)} {self.version} ({self.suite})"
@@ -100,9 +112,10 @@ def _sources_for(suite: str) -> str:
 class Apt:
     """apt-get/apt-cache on a private state for one suite, so the machine's own apt state stays untouched."""
 
-    def __init__(self, suite: str):
+    def __init__(self, suite: str, status: Status = _quiet):
         self.suite = suite
         self.root = cache_dir() / "apt" / suite
+        self.status = status
         self._fresh = False
 
     def options(self) -> list[str]:
@@ -113,10 +126,10 @@ class Apt:
             "-o", "Dir::Etc::SourceParts=/dev/null",
             "-o", f"Dir::State::Lists={self.root / 'lists'}",
             "-o", f"Dir::Cache={self.root / 'cache'}",
-            # Docker-style images switch the binary cache off; without it every apt-cache call re-parses
-            # all lists.
-            "-o", "Dir::Cache::pkgcache=pkgcache.bin",
-            "-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin",
+            # No binary caches (40-50 MB a suite): apt-cache then reads the lists, about 0.6 s a call, and
+            # a name is resolved through apt once a day at most (resolve() keeps the answer).
+            "-o", "Dir::Cache::pkgcache=",
+            "-o", "Dir::Cache::srcpkgcache=",
         ]
 
     def ensure_lists(self) -> None:
@@ -145,6 +158,8 @@ class Apt:
             # apt's own: it makes them _apt's (0700) before it downloads into them
             (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         trusted_paths.write_whole(str(sources), wanted)
+        self.status(f"fetching the package lists of {self.suite}" +
+                    (" (older than a day)" if stamp.exists() else ""))
         proc = subprocess.run(["apt-get", "update", *self.options()], capture_output=True, text=True)
         # apt-get update exits 0 even when a source failed; "W:/E:" lines tell.
         failed = proc.returncode != 0 or re.search(r"^(E:|W: Failed)", proc.stderr, re.M)
@@ -154,7 +169,19 @@ class Apt:
                 return
             raise DownloadError(f"apt-get update for {self.suite} failed: {last_line(proc.stderr)}")
         trusted_paths.write_whole(str(stamp), "")
+        for kept_before in ("pkgcache.bin", "srcpkgcache.bin"):  # older versions kept these
+            try:
+                os.unlink(self.root / "cache" / kept_before)
+            except FileNotFoundError:
+                pass
         self._fresh = True
+
+    def lists_stamp(self) -> int | None:
+        """mtime (ns) of the last successful apt-get update of this suite, if younger than a day."""
+        st = trusted_paths.check_file(str(self.root / "lists" / ".updated")) if self.root.exists() else None
+        if st is None or time.time() - st.st_mtime >= LISTS_MAX_AGE_S:
+            return None
+        return st.st_mtime_ns
 
     def show(self, package: str) -> dict[str, str] | None:
         """Fields of the candidate version of `package`, or None if the suite has no such package."""
@@ -170,18 +197,46 @@ class Apt:
                 fields[key] = value.strip()
         return fields
 
-    def download(self, packages: tuple[str, ...], dest: Path) -> list[Path]:
+    def download(self, spec: KernelSpec, dest: Path, status: Status = _quiet) -> list[Path]:
+        """spec's packages into dest, saying how big they are and how far it got."""
         self.ensure_lists()
-        proc = subprocess.run(["apt-get", *self.options(), "download", *packages],
-                              cwd=dest, capture_output=True, text=True)
+        total = sum(spec.sizes)
+        status(f"downloading {' + '.join(spec.packages)} {spec.version} from {spec.suite}"
+               + (f" ({total / 1e6:.0f} MB)" if total else ""))
+        # apt's progress, machine-readable on a pipe (APT::Status-Fd): "dlstatus:N:PERCENT:TEXT"
+        progress_r, progress_w = os.pipe()
+        try:
+            proc = subprocess.Popen(["apt-get", *self.options(), "-o", f"APT::Status-Fd={progress_w}",
+                                     "download", *spec.packages], cwd=dest, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=(progress_w,))
+        finally:
+            os.close(progress_w)
+        started = time.monotonic()
+        shown = 0
+        with os.fdopen(progress_r, "r", errors="replace") as lines:
+            for line in lines:
+                fields = line.split(":", 3)
+                if fields[0] != "dlstatus" or len(fields) < 3:
+                    continue
+                try:
+                    percent = float(fields[2])
+                except ValueError:
+                    continue
+                if percent >= shown + 20 and percent < 100:  # a line at every fifth, not a flood
+                    shown = int(percent // 20 * 20)
+                    status(f"downloaded {shown}%" + (f" of {total / 1e6:.0f} MB" if total else ""))
+        _, err = proc.communicate()
         debs = sorted(dest.glob("*.deb"))
-        if proc.returncode != 0 or len(debs) != len(packages):
-            raise DownloadError(f"apt-get download {' '.join(packages)} failed: {last_line(proc.stderr)}")
+        if proc.returncode != 0 or len(debs) != len(spec.packages):
+            raise DownloadError(f"apt-get download {' '.join(spec.packages)} failed: {last_line(err.decode())}")
+        took = time.monotonic() - started
+        size = sum(d.stat().st_size for d in debs)
+        status(f"downloaded {size / 1e6:.0f} MB in {took:.0f} s")
         return debs
 
 
-def _kernel_packages(apt: Apt, package: str) -> tuple[list[str], str]:
-    """The packages holding `package`'s kernel files, and their version, found through versioned Depends.
+def _kernel_packages(apt: Apt, package: str) -> tuple[list[str], str, list[int]]:
+    """The packages holding `package`'s kernel files, their version and sizes, found through versioned Depends.
 
     bookworm/trixie: linux-image-amd64 -> linux-image-<abi>-amd64, which is the kernel itself.  sid:
     linux-image-<ver>-amd64 is only a dependency shell over linux-binary-* and linux-modules-*
@@ -190,6 +245,7 @@ def _kernel_packages(apt: Apt, package: str) -> tuple[list[str], str]:
     The unversioned `linux-base` (maintainer scripts) does not match and stays out.
     """
     wanted: list[str] = []
+    sizes: list[int] = []
     version = ""
     todo, seen = [package], set()
     while todo:
@@ -206,30 +262,77 @@ def _kernel_packages(apt: Apt, package: str) -> tuple[list[str], str]:
         todo += deps
         if not (deps and (name == METAPACKAGE or name.startswith("linux-image-"))):
             wanted.append(name)
+            sizes.append(int(fields.get("Size", "0") or 0))
             version = version or fields["Version"]
-    return wanted, version
+    return wanted, version, sizes
 
 
-def resolve(name: str) -> KernelSpec:
-    """Map "6.1" / "6.12" / "sid" / a package name (optionally "package/suite") to what to download.
+def _resolved_path(name: str) -> Path:
+    return cache_dir() / "apt" / "resolved" / (re.sub(r"[^A-Za-z0-9.+_-]", "_", name) + ".json")
 
-    Nothing is hard-coded beyond the suite: the version comes from the metapackage's Depends now.
+
+def _cached(name: str) -> KernelSpec | None:
+    """What `name` resolved to while the lists it was resolved from are still the current ones."""
+    path = _resolved_path(name)
+    if not path.parent.exists():
+        return None
+    trusted(path.parent)
+    text = trusted_paths.read_file(str(path))
+    if text is None:
+        return None
+    try:
+        saved = json.loads(text)
+        spec = KernelSpec(**{**saved["spec"], "packages": tuple(saved["spec"]["packages"]),
+                             "sizes": tuple(saved["spec"]["sizes"])})
+    except (ValueError, KeyError, TypeError):
+        return None
+    stamp = Apt(spec.suite).lists_stamp()
+    return spec if stamp is not None and stamp == saved["lists"] else None
+
+
+def _remember(name: str, spec: KernelSpec) -> KernelSpec:
+    stamp = Apt(spec.suite).lists_stamp()
+    if stamp is not None:
+        path = _resolved_path(name)
+        trusted(path.parent)
+        trusted_paths.write_whole(str(path), json.dumps({"spec": dataclasses.asdict(spec), "lists": stamp}) + "\n")
+    return spec
+
+
+def canonical(name: str) -> str:
+    """The short name an alias stands for ("bullseye" -> "5.10"); any other name as it is."""
+    return ALIASES.get(name, name)
+
+
+def resolve(name: str, status: Status = _quiet) -> KernelSpec:
+    """Map "5.10" / "6.1" / "6.12" / "sid" (or a suite's name) / a package name (optionally
+    "package/suite") to what to download.
+
+    Nothing is hard-coded beyond the suite: the version comes from the metapackage's Depends, read
+    from the suite's lists when they were last fetched (at most a day ago).  The answer is kept
+    beside the lists, so a second run asks apt nothing.
     """
+    name = canonical(name)
+    spec = _cached(name)
+    if spec is not None:
+        return spec
     if name in KERNEL_SUITES:
         suite = KERNEL_SUITES[name]
-        packages, version = _kernel_packages(Apt(suite), METAPACKAGE)
+        packages, version, sizes = _kernel_packages(Apt(suite, status), METAPACKAGE)
         if name != "sid" and not version.startswith(name + "."):
             raise PackageNotFound(f"{METAPACKAGE} in {suite} now points to {version}, not a {name} kernel")
-        return KernelSpec(name, suite, tuple(packages), version)
+        return _remember(name, KernelSpec(name, suite, tuple(packages), version, tuple(sizes)))
     package, _, suite = name.partition("/")
     if not re.fullmatch(r"linux-[a-z0-9][a-z0-9.+~-]*", package):
-        raise PackageNotFound(f"unknown kernel {name!r}: use one of {', '.join(KERNEL_SUITES)} "
+        raise PackageNotFound(f"unknown kernel {name!r}: use one of {', '.join([*KERNEL_SUITES, *ALIASES])} "
                               "or a Debian linux-image-* package name")
+    if suite and not re.fullmatch(r"[a-z][a-z0-9-]*", suite):  # it names a directory of the cache
+        raise PackageNotFound(f"unknown suite {suite!r}")
     for candidate in [suite] if suite else list(KERNEL_SUITES.values()):
-        apt = Apt(candidate)
+        apt = Apt(candidate, status)
         if apt.show(package) is not None:
-            packages, version = _kernel_packages(apt, package)
-            return KernelSpec(name, candidate, tuple(packages), version)
+            packages, version, sizes = _kernel_packages(apt, package)
+            return _remember(name, KernelSpec(name, candidate, tuple(packages), version, tuple(sizes)))
     where = suite or ", ".join(KERNEL_SUITES.values())
     raise PackageNotFound(f"no package {package} in {where}")
 

@@ -5,14 +5,16 @@ the kernel-function layer of nstrace can only be exercised on another kernel.  D
 both; QEMU's TCG boots them here in seconds, and because the guest chroots into the host's root (9p,
 read-only) the host's Python, virtualenvs, libbpf and compiled BPF objects run in it unchanged.
 
-Flow: resolve a kernel name to Debian package(s) (lab.apt) -> download and unpack once into a cache
-(lab.kernels) -> build a tiny busybox initramfs that loads the kernel's own 9p modules (lab.initramfs)
--> boot, run the command, read its output and exit status from its own serial port between unique
-marker lines (here).
+Flow: resolve a kernel name to Debian package(s) (lab.apt) -> download once and keep the kernel and the
+modules a guest loads (lab.kernels) -> build a tiny busybox initramfs that loads them (lab.initramfs)
+-> boot under KVM where it works (lab.kvm), else TCG -> run the command; read its stdout, stderr and
+the files it wrote from ports of their own, and its exit status between unique marker lines on a
+serial port of its own (here).
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 import re
@@ -23,17 +25,18 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
-from ..errors import BootError, GuestLockup, GuestTimeout, LabError, ToolMissing
-from . import apt, kernels
+from ..errors import BootError, GuestInterrupted, GuestLockup, GuestTimeout, LabError, ToolMissing
+from . import apt, kernels, kvm
 from .host import last_line, require
-from .initramfs import BUSYBOX, init_script, scratch_mounts, write_initramfs
+from .initramfs import BUSYBOX, PORTS, can_bring_back, init_script, scratch_mounts, write_initramfs
 
 BOOT_TIMEOUT_S = 150
 
 # The guest kernel's command line.  Its console (ttyS0) carries kernel messages only; the command's
-# output has a port of its own (ttyS1, see init_script), so no kernel message can split it.  A hang
+# stdout and stderr have ports of their own (virtio_console, initramfs.PORTS) and init's markers a
+# serial port (ttyS1), so no kernel message can split the output.  A hang
 # must end the run at once with every CPU's stack, not at the timeout (kernel/watchdog.c, 6.1-7.2):
 # softlockup_panic panics on a soft lockup, softlockup_all_cpu_backtrace first has every other CPU
 # print its stack (NMI), panic=-1 with qemu's -no-reboot ends qemu on the panic, and hung_task_panic
@@ -54,12 +57,12 @@ LOCKUP_PATTERNS = (r"watchdog: BUG: soft lockup", r"INFO: task \S+ blocked for m
 # One thread cannot translate and store at once, so that window does not exist.
 TCG_THREAD = "single"
 GUEST_MEMORY = "1536M"
-GUEST_CPUS = "2"
+GUEST_CPUS = 2
 GUEST_BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/tmp",
     "LANG": "C.UTF-8",
-    # stdout is the serial console, a tty: keep colour codes (pytest, ls) out of the captured output.
+    # Output goes to a port, not a terminal: no colour codes or cursor movement (pytest, ls).
     "TERM": "dumb",
     # The host root is read-only in the guest: stop Python from trying to write __pycache__.
     "PYTHONDONTWRITEBYTECODE": "1",
@@ -71,30 +74,49 @@ class GuestResult:
     kernel: str
     kernel_release: str  # `uname -r` inside the guest
     returncode: int
-    output: str  # the command's stdout+stderr, from its own serial port (no kernel messages in it)
+    output: str  # the command's stdout (and its stderr, unless split), from its own port: no kernel message in it
     duration_s: float  # qemu start to qemu exit
     boot_s: float  # qemu start until the command started
     console: str = dataclasses.field(default="", repr=False)  # the kernel's console (ttyS0)
+    errors: str = ""  # the command's stderr, when split from its output
+    files: bytes | None = dataclasses.field(default=None, repr=False)  # tar of what it wrote in cwd (bring_back)
+    accel: str = ""  # "kvm", or "tcg" and why not KVM
+
+
+Sink = Callable[[bytes], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] | None = None,
-                 timeout: float = 600, log: TextIO | None = None,
-                 kernel_args: tuple[str, ...] = (), tcg_thread: str = TCG_THREAD) -> GuestResult:
+                 timeout: float = 600, log: TextIO | None = None, stdout: Sink | None = None,
+                 stderr: Sink | None = None, bring_back: bool = False, kernel_args: tuple[str, ...] = (),
+                 tcg_thread: str = TCG_THREAD, cpus: int = GUEST_CPUS, accel: str | None = None,
+                 status: Callable[[str], None] = _quiet, should_stop: Callable[[], bool] | None = None) -> GuestResult:
     """Boot `kernel`, run `argv` in `cwd` on the read-only host root, return its exit status and output.
 
     `env` is added to a small base environment (PATH, HOME=/tmp, LANG, PYTHONDONTWRITEBYTECODE); the
-    host's own environment is not passed on.  `log` receives the command's output as it arrives.
+    host's own environment is not passed on.  The command's output arrives as it is written: to
+    `stdout(bytes)` if given, and as text to `log`.  With `stderr(bytes)` given, the command's stderr
+    is kept apart (GuestResult.errors); otherwise it is part of the output.  `bring_back`: what the
+    command writes under cwd is kept in GuestResult.files (a tar) instead of vanishing with the guest.
     `kernel_args` are added to KERNEL_ARGS.  A lockup, stall or panic raises GuestLockup at once.
     `tcg_thread`: "single" (one host thread runs every vCPU) or "multi" (a thread per vCPU), see
-    TCG_THREAD; "multi" is there to reproduce the hang it causes (scripts/lab-lockup-loop.py).  `timeout`
-    covers the guest (boot + command), not a first download of the kernel.
-    Writable in the guest: tmpfs on /tmp, /run, /var/tmp, /dev/shm; everything else is read-only (so
-    run pytest with `-p no:cacheprovider`, and create virtualenvs under /tmp).
+    TCG_THREAD; "multi" is there to reproduce the hang it causes (scripts/lab-lockup-loop.py).
+    `accel`: "kvm" or "tcg"; by default KVM where it works (kvm.py), else TCG.  `timeout` covers the
+    guest (boot + command), not a first download of the kernel.  `status` receives progress lines
+    (download, boot); `should_stop()` true ends the guest (GuestInterrupted).
+    Writable in the guest: tmpfs on /tmp, /run, /var/tmp, /dev/shm, and cwd with `bring_back`;
+    everything else is read-only (so run pytest with `-p no:cacheprovider`, and create virtualenvs
+    under /tmp).
     """
     if not argv:
         raise LabError("empty command")
     if not os.path.isabs(cwd) or not os.path.isdir(cwd):
         raise LabError(f"working directory {cwd!r} is not an absolute directory on this machine")
+    cwd = os.path.normpath(cwd)
     full_env = dict(GUEST_BASE_ENV, **(env or {}))
     for key in full_env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
@@ -103,10 +125,6 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
     if not Path(BUSYBOX).exists():
         raise ToolMissing(f"{BUSYBOX} missing: install busybox-static")
 
-    spec = apt.resolve(kernel)
-    unpacked = kernels.prepare(spec)
-    modules = kernels.load_order(unpacked)
-    marker = f"NSTRACE-LAB-{uuid.uuid4().hex}"
     scratch = scratch_mounts(cwd)
     if "/tmp" not in scratch:
         # The working directory lives under /tmp (a CI checkout, say): a tmpfs there would hide it.
@@ -114,33 +132,75 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
         full_env.setdefault("TMPDIR", "/run/tmp")
         if full_env.get("HOME") == "/tmp":
             full_env["HOME"] = "/run/tmp"
-    init = init_script([m for m, _ in modules], argv, cwd, full_env, marker, scratch)
+    if bring_back and not can_bring_back(cwd, scratch):
+        raise LabError(f"files written in {cwd} cannot come back from the guest: run it in a directory of "
+                       "your own (not /, /proc, /sys, /dev or a tmpfs the guest mounts)")
 
-    with tempfile.TemporaryDirectory(prefix="nstrace-lab-") as tmp:
-        initrd = Path(tmp) / "initrd.cpio"
-        write_initramfs(initrd, init, modules)
-        command = [
-            qemu,
-            # kernel-env.md: -enable-kvm hangs on these machines (no nested virtualisation); TCG only.
-            "-accel", f"tcg,thread={tcg_thread}", "-cpu", "max", "-smp", GUEST_CPUS, "-m", GUEST_MEMORY,
-            "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
-            "-kernel", str(unpacked.vmlinuz), "-initrd", str(initrd),
-            "-append", " ".join((*KERNEL_ARGS, *kernel_args)),
-            "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-            # ttyS0: the kernel's console on qemu's stdout; ttyS1: the command's channel (a pipe)
-            "-serial", "stdio", "-serial", "chardev:out",
-        ]
-        try:
-            return _supervise(command, kernel, marker, timeout, log)
-        except (BootError, GuestTimeout) as first:
-            # TCG guests very rarely panic or stall before the command starts (seen a few times in
-            # dozens of boots here); one more boot tells a fluke from a real failure. A failure
-            # after the command began is the command's, a lockup is never a fluke, and a caller's
-            # own short timeout is theirs.
-            if first.began or isinstance(first, GuestLockup) or \
-                    (isinstance(first, GuestTimeout) and timeout <= BOOT_TIMEOUT_S):
-                raise
-            return _supervise(command, kernel, marker, timeout, log)
+    spec = apt.resolve(kernel, status)
+    unpacked = kernels.prepare(spec, status)
+    image_fd, modules = kernels.boot_files(unpacked)
+    marker = f"NSTRACE-LAB-{uuid.uuid4().hex}"
+    init = init_script([m for m, _ in modules], argv, cwd, full_env, marker, scratch,
+                       merge_stderr=stderr is None, bring_back=bring_back)
+    try:
+        accel, why_not_kvm = _accelerator(accel, image_fd, status)
+        if accel == "kvm":
+            machine = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            # kernel-env.md: -enable-kvm hangs or aborts on these machines (no nested virtualisation).
+            machine = ["-accel", f"tcg,thread={tcg_thread}", "-cpu", "max"]
+        with tempfile.TemporaryDirectory(prefix="nstrace-lab-") as tmp:
+            initrd = Path(tmp) / "initrd.cpio"
+            write_initramfs(initrd, init, modules)
+            command = [
+                qemu, *machine, "-smp", str(cpus), "-m", GUEST_MEMORY,
+                # No default devices (VGA, IDE, floppy, parallel port, NIC): fewer to probe at boot.
+                "-nodefaults", "-display", "none", "-no-reboot",
+                # The ELF kernel boots by its PVH entry: nothing to decompress under emulation (bzimage.py).
+                "-kernel", f"/proc/self/fd/{image_fd}", "-initrd", str(initrd),
+                "-append", " ".join((*KERNEL_ARGS, *kernel_args)),
+                "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+                # ttyS0: the kernel's console on qemu's stdout; ttyS1: init's markers (control)
+                "-serial", "stdio", "-serial", "chardev:control",
+                # the command's stdout, stderr and files, each on a port of its own (initramfs.PORTS)
+                "-device", "virtio-serial-pci,id=ports",
+                *(arg for nr, name in enumerate(PORTS, 1) for arg in
+                  ("-device", f"virtserialport,bus=ports.0,nr={nr},chardev={name.split('.')[1]},name={name}")),
+            ]
+            status(f"booting {unpacked.release} under QEMU (" + ("KVM" if accel == "kvm" else
+                   f"TCG, {tcg_thread}-threaded" + (", no KVM here" if why_not_kvm else "")) + ")")
+
+            def attempt() -> GuestResult:
+                return _supervise(command, kernel, marker, timeout, log, stdout, stderr, image_fd, status,
+                                  should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
+
+            try:
+                return attempt()
+            except (BootError, GuestTimeout) as first:
+                # TCG guests very rarely panic or stall before the command starts (seen a few times in
+                # dozens of boots here); one more boot tells a fluke from a real failure. A failure
+                # after the command began is the command's, a lockup is never a fluke, and a caller's
+                # own short timeout is theirs.
+                if first.began or isinstance(first, GuestLockup) or \
+                        (isinstance(first, GuestTimeout) and timeout <= BOOT_TIMEOUT_S):
+                    raise
+                status(f"the guest failed before the command started ({first}); booting once more")
+                return attempt()
+    finally:
+        os.close(image_fd)
+
+
+def _accelerator(accel: str | None, image_fd: int, status) -> tuple[str, str]:
+    """("kvm" or "tcg", why not KVM when it is TCG by default)."""
+    if accel in ("kvm", "tcg"):
+        return accel, ""
+    if accel is not None:
+        raise LabError(f"unknown accelerator {accel!r}: kvm or tcg")
+    works, why, known = kvm.verdict(image_fd)
+    if not known:
+        status("KVM " + ("works here" if works else f"does not work here ({why}): TCG") +
+               " (asked once per boot of this machine)")
+    return ("kvm", "") if works else ("tcg", f"no KVM: {why}")
 
 
 def _die_with_parent() -> None:
@@ -154,69 +214,112 @@ def _die_with_parent() -> None:
 # this is how long the host waits for it (the stacks still print) before killing qemu itself.
 LOCKUP_GRACE_S = 60
 
+# The tar of the files a command wrote is held in memory: more than this is refused.
+FILES_MAX_BYTES = 512 << 20
 
-def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log: TextIO | None) -> GuestResult:
+
+def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log: TextIO | None,
+               on_stdout: Sink | None, on_stderr: Sink | None, image_fd: int, status, should_stop,
+               accel: str) -> GuestResult:
     start = time.monotonic()
-    out_r, out_w = os.pipe()
-    command = [*command, "-chardev", f"file,id=out,path=/proc/self/fd/{out_w}"]
+    # One pipe per channel; qemu writes each through /proc/self/fd/N (a "file" chardev).
+    pipes = {name: os.pipe() for name in ("control", "stdout", "stderr", "files")}
+    command = [*command, *(arg for name, (_, w) in pipes.items()
+                           for arg in ("-chardev", f"file,id={name},path=/proc/self/fd/{w}"))]
     # Own process group: a Ctrl-C meant for us must not reach qemu before we kill it ourselves.
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent,
-                                pass_fds=(out_w,))
+                                pass_fds=(image_fd, *(w for _, w in pipes.values())))
     finally:
-        os.close(out_w)
-    channel = os.fdopen(out_r, "rb", buffering=0)
-    console, output, errors = bytearray(), bytearray(), bytearray()
+        for _, w in pipes.values():
+            os.close(w)
+    readers = {name: os.fdopen(r, "rb", buffering=0) for name, (r, _) in pipes.items()}
+    got = {name: bytearray() for name in ("console", "qemu", *pipes)}
+    text_log = codecs.getincrementaldecoder("utf-8")(errors="replace") if log is not None else None
     begin_at = lockup_at = None
     lockup = re.compile("|".join(LOCKUP_PATTERNS).encode())
+    streams = {proc.stdout: "console", proc.stderr: "qemu", **{f: name for name, f in readers.items()}}
+    interrupted = too_big = False
 
     def deadline() -> float:
-        # A healthy guest reaches the command in 5-25 s: a stalled boot is cut short and retried.
+        # A healthy guest reaches the command in 2-25 s: a stalled boot is cut short and retried.
         limit = start + (timeout if begin_at else min(timeout, BOOT_TIMEOUT_S))
         return min(limit, lockup_at + LOCKUP_GRACE_S) if lockup_at else limit
 
     try:
-        for stream, chunk in _read_until_exit(proc, (proc.stdout, proc.stderr, channel), deadline):
-            if stream is proc.stdout:
-                console += chunk
-                if lockup_at is None and lockup.search(console[-len(chunk) - 200:]):
+        for stream, chunk in _read_until_exit(streams, deadline, should_stop):
+            if stream is None:
+                interrupted = True
+                break
+            name = streams[stream]
+            if name == "files" and len(got["files"]) + len(chunk) > FILES_MAX_BYTES:
+                too_big = True
+                break
+            got[name] += chunk
+            if name == "console":
+                if lockup_at is None and lockup.search(got["console"][-len(chunk) - 200:]):
                     lockup_at = time.monotonic()
-            elif stream is channel:
-                output += chunk
-                if log is not None:
-                    log.write(chunk.decode(errors="replace"))
+            elif name in ("stdout", "stderr"):
+                sink = on_stderr if name == "stderr" and on_stderr is not None else on_stdout
+                if sink is not None:
+                    sink(bytes(chunk))
+                if text_log is not None:
+                    log.write(text_log.decode(chunk))
                     log.flush()
-                if begin_at is None and f"{marker} BEGIN".encode() in output:
-                    begin_at = time.monotonic()
-            else:
-                errors += chunk
+            elif name == "control" and begin_at is None and f"{marker} BEGIN".encode() in got["control"]:
+                begin_at = time.monotonic()
+                status(f"booted in {begin_at - start:.1f} s")
         try:  # every pipe closed: qemu is exiting, but may not have yet
-            proc.wait(max(0.0, deadline() - time.monotonic()))
+            proc.wait(0 if interrupted or too_big else max(0.0, deadline() - time.monotonic()))
             timed_out = False
         except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = not (interrupted or too_big)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        for pipe in (proc.stdout, proc.stderr, channel):
+        for pipe in (proc.stdout, proc.stderr, *readers.values()):
             pipe.close()
     duration = time.monotonic() - start
-    text = console.decode(errors="replace").replace("\r\n", "\n")
-    out = output.decode(errors="replace")
+    text = got["console"].decode(errors="replace").replace("\r\n", "\n")
+    out = got["stdout"].decode(errors="replace")
     began = begin_at is not None
 
-    if lockup_at is not None or lockup.search(console):
+    if lockup_at is not None or lockup.search(got["console"]):
         raise GuestLockup(f"guest {kernel} locked up {'while the command ran' if began else 'during boot'}: "
                           f"{lockup_report(text).splitlines()[0]}", text, out, began)
+    if interrupted:
+        raise GuestInterrupted(f"guest {kernel} stopped: interrupted", text, out, began)
+    if too_big:
+        raise LabError(f"guest {kernel}: the files the command wrote exceed {FILES_MAX_BYTES >> 20} MiB")
     if timed_out:
         phase = "the command" if began else "boot"
         limit = timeout if began else min(timeout, BOOT_TIMEOUT_S)
-        raise GuestTimeout(f"guest {kernel} timed out after {limit:g} s during {phase}; "
+        raise GuestTimeout(f"guest {kernel} timed out after {limit:g} s during {phase} (--timeout); "
                            f"last output line: {last_line(out or text)!r}", text, out, began)
-    return _parse_console(text, out, kernel, marker, duration, (begin_at or start) - start, proc.returncode,
-                          errors.decode(errors="replace"))
+    control = got["control"].decode(errors="replace")
+    failed = re.search(rf"{marker} FAIL (.*)$", control, re.M)
+    if failed:
+        raise BootError(f"guest {kernel} could not set up: {failed.group(1).strip()}", text, out, began)
+    release = re.search(rf"{marker} RELEASE (\S+)", control)
+    end = re.search(rf"{marker} EXIT (-?\d+)\n", control)
+    if release is None or not began or end is None:
+        panic = re.search(r"Kernel panic[^\n]*", text)
+        qemu_rc = proc.returncode
+        if panic:
+            reason = panic.group(0)
+        elif began:
+            reason = "guest died while the command ran"
+        elif qemu_rc != 0:
+            reason = f"qemu exited with {qemu_rc}: {last_line(got['qemu'].decode(errors='replace'))}"
+        else:
+            reason = f"no start marker; last console line: {last_line(text)!r}"
+        raise BootError(f"guest {kernel}: {reason}", text, out, began)
+    return GuestResult(kernel=kernel, kernel_release=release.group(1), returncode=int(end.group(1)),
+                       output=out, duration_s=duration, boot_s=begin_at - start, console=text,
+                       errors=got["stderr"].decode(errors="replace"),
+                       files=bytes(got["files"]) if got["files"] else None, accel=accel)
 
 
 def lockup_report(console: str) -> str:
@@ -227,16 +330,21 @@ def lockup_report(console: str) -> str:
     return "\n".join(lines) if lines else "(empty console)"
 
 
-def _read_until_exit(proc: subprocess.Popen, streams, deadline) -> Iterator[tuple[object, bytes]]:
+def _read_until_exit(streams, deadline, should_stop) -> Iterator[tuple[object, bytes]]:
+    """(stream, chunk) as they come until every stream is closed or the deadline passes; (None, b"")
+    once should_stop() turns true (it is asked at least every STOP_POLL_S)."""
     with selectors.DefaultSelector() as selector:
         for pipe in streams:
             os.set_blocking(pipe.fileno(), False)
             selector.register(pipe, selectors.EVENT_READ)
         while selector.get_map():
+            if should_stop is not None and should_stop():
+                yield None, b""
+                return
             remaining = deadline() - time.monotonic()
             if remaining <= 0:
                 return
-            for key, _ in selector.select(remaining):
+            for key, _ in selector.select(min(remaining, STOP_POLL_S)):
                 chunk = os.read(key.fileobj.fileno(), 65536)
                 if not chunk:
                     selector.unregister(key.fileobj)
@@ -244,25 +352,4 @@ def _read_until_exit(proc: subprocess.Popen, streams, deadline) -> Iterator[tupl
                     yield key.fileobj, chunk
 
 
-def _parse_console(text: str, out: str, kernel: str, marker: str, duration: float, boot: float, qemu_rc: int,
-                   qemu_stderr: str) -> GuestResult:
-    failed = re.search(rf"{marker} FAIL (.*)$", out, re.M)
-    if failed:
-        raise BootError(f"guest {kernel} could not set up: {failed.group(1).strip()}", text, out)
-    release = re.search(rf"{marker} RELEASE (\S+)", out)
-    begin = out.find(f"{marker} BEGIN\n")
-    end = re.search(rf"\n{marker} EXIT (-?\d+)\n", out)
-    if release is None or begin < 0 or end is None:
-        panic = re.search(r"Kernel panic[^\n]*", text)
-        if panic:
-            reason = panic.group(0)
-        elif begin >= 0:
-            reason = "guest died while the command ran"
-        elif qemu_rc != 0:
-            reason = f"qemu exited with {qemu_rc}: {last_line(qemu_stderr)}"
-        else:
-            reason = f"no start marker; last console line: {last_line(text)!r}"
-        raise BootError(f"guest {kernel}: {reason}", text, out, begin >= 0)
-    output = out[begin + len(marker) + len(" BEGIN\n") : end.start()]
-    return GuestResult(kernel=kernel, kernel_release=release.group(1), returncode=int(end.group(1)),
-                       output=output, duration_s=duration, boot_s=boot, console=text)
+STOP_POLL_S = 0.25

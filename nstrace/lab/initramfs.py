@@ -1,5 +1,5 @@
 """The guest's initramfs: busybox, the kernel's own 9p modules, and an init that mounts the host's root
-read-only, gives the command its own serial port and reports its exit status."""
+read-only, gives the command ports of its own and reports its exit status."""
 
 from __future__ import annotations
 
@@ -45,11 +45,32 @@ class _Cpio:
 
 def scratch_mounts(cwd: str) -> tuple[str, ...]:
     """The writable tmpfs mounts for a guest whose command runs in cwd: never one that hides cwd."""
-    return tuple(p for p in GUEST_TMPFS if not (cwd == p or cwd.startswith(p.rstrip("/") + "/")))
+    return tuple(p for p in GUEST_TMPFS if not _under(cwd, p))
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+# Mounted by init over the host's: a working directory under one of them is not the host's.
+GUEST_MOUNTS = ("/proc", "/sys", "/dev")
+
+
+def can_bring_back(cwd: str, scratch: tuple[str, ...]) -> bool:
+    """Whether files written in cwd can come back: cwd is a directory of the host's root in the guest
+    (not / itself, which holds every other mount, nor inside a mount the guest makes)."""
+    return cwd != "/" and not any(_under(cwd, m) for m in (*GUEST_MOUNTS, *scratch))
+
+
+# The ports (virtio_console) the host gives a guest, by name: the command's stdout and stderr, and
+# the tar of the files it wrote.  Names, not numbers: /dev/vport<device>p<port> numbers the device
+# by probe order.
+PORTS = ("nstrace.stdout", "nstrace.stderr", "nstrace.files")
 
 
 def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, str], marker: str,
-                 scratch: tuple[str, ...] = GUEST_TMPFS) -> str:
+                scratch: tuple[str, ...] = GUEST_TMPFS, *, merge_stderr: bool = True,
+                bring_back: bool = False) -> str:
     host_mounts = [
         "mount -t proc proc /host/proc",
         "mount -t sysfs sysfs /host/sys",
@@ -66,19 +87,38 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         *(f"mount -t tmpfs -o mode=1777 tmpfs /host{path}" for path in scratch),
         "mkdir -p -m 1777 /host/run/tmp",
     ]
+    if bring_back:
+        # The command's working directory becomes an overlay: the host's files below, what the command
+        # writes above, on a tmpfs of the initramfs that only init sees (the command runs chrooted into
+        # the host's root).  After the command, init sends the upper layer as a tar on its own port and
+        # the host writes its regular files, the way nstrace writes every output file (outfiles.py).
+        # The host's root stays read-only throughout: no guest can write a file of this machine.
+        here = shlex.quote("/host" + cwd)
+        host_mounts += [
+            "mkdir -p /upper && mount -t tmpfs -o mode=0700 tmpfs /upper && mkdir /upper/u /upper/w",
+            f"mount -t overlay overlay -o lowerdir={here},upperdir=/upper/u,workdir=/upper/w {here}",
+        ]
     run = ("cd \"$1\" || exit 125; shift; exec \"$@\"")
     # Not a plain `chroot /host`: the kernel refuses CLONE_NEWUSER to a chrooted task
     # (kernel/user_namespace.c create_user_ns: current_chrooted() -> EPERM), and the tests create
     # user namespaces. As switch_root does, the host root is moved onto / first; chroot(".") then
     # lands on the top mount of the namespace root, which current_chrooted() accepts. This shell
-    # keeps the initramfs as its own root and still finds busybox to report and power off.
+    # keeps the initramfs as its own root and still finds busybox, the ports and /upper.
     command = "cd /host && mount --move /host / && " + " ".join(shlex.quote(w) for w in [
         "chroot", ".", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
         "/bin/sh", "-c", run, "nstrace-lab", cwd, *argv,
     ])
-    # fd 3 is the host's channel (ttyS1): the markers and the command's output.  Raw, so the tty's
-    # line discipline neither turns \n into \r\n nor echoes anything back.
+    # fd 3 is the host's control channel (ttyS1): the markers.  Raw, so the tty's line discipline
+    # neither turns \n into \r\n nor echoes anything back.
     fail = f'fail() {{ echo "{marker} FAIL $*" >&3; echo "{marker} FAIL $*"; poweroff -f; }}'
+    # The ports appear once virtio_console has talked to qemu, a little after its probe.
+    find_port = ('port() { for p in /sys/class/virtio-ports/*; do '
+                 '[ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && [ -c "/dev/${p##*/}" ] && '
+                 '{ echo "/dev/${p##*/}"; return 0; }; done; return 1; }')
+    wait_ports = ('i=0; until out=$(port nstrace.stdout) && err=$(port nstrace.stderr) && '
+                  'files=$(port nstrace.files); do i=$((i+1)); [ $i -gt 1000 ] && fail no virtio ports; '
+                  'sleep 0.01; done')
+    stderr = "2>&1" if merge_stderr else '2>"$err"'
     lines = [
         "#!/bin/busybox sh",
         "/bin/busybox --install -s",
@@ -86,18 +126,21 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         "mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev",
         "stty -F /dev/ttyS1 raw -echo; exec 3>/dev/ttyS1",
         fail,
+        find_port,
         *(f"insmod /modules/{m}.ko || fail insmod {m}" for m in modules),
         # ro: the guest must never write the host's files; remap: the host root spans several devices.
         "mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host "
         "|| fail mount 9p host root",
         *(f"{m} || fail {shlex.quote(m)}" for m in host_mounts),
+        wait_ports,
         f'echo "{marker} RELEASE $(uname -r)" >&3',
         f"echo {GUEST_PRINTK} > /proc/sys/kernel/printk",
         f'echo "{marker} BEGIN" >&3',
-        f"{command} </dev/null >&3 2>&3 3>&-",
+        f'{command} </dev/null >"$out" {stderr} 3>&-',
         "rc=$?",
-        # Leading newline: the command's last line may lack one; the parser drops it again.
-        f'printf "\\n{marker} EXIT %d\\n" "$rc" >&3',
+        *(['tar -cf "$files" -C /upper/u . || echo "{marker} FAIL tar of the files written" >&3'.replace(
+            "{marker}", marker)] if bring_back else []),
+        f'echo "{marker} EXIT $rc" >&3',
         "poweroff -f",
     ]
     return "\n".join(lines) + "\n"

@@ -126,7 +126,8 @@ class Call:
     func: str
     depth: int
     enter: dict | None = None        # None: entered before the probes were attached
-    exit: dict | None = None         # None: no exit seen (the record filled up, or it never returned)
+    exit: dict | None = None         # None: no exit seen (the record filled up, or it never returned),
+                                     # or none hooked (ENTRY_ONLY)
     calls: list = dataclasses.field(default_factory=list)
 
     @property
@@ -152,7 +153,8 @@ def tree(steps):
         if s["kind"] == "enter":
             call = Call(s["func"], len(stack), enter=s)
             (stack[-1].calls if stack else top).append(call)
-            stack.append(call)
+            if s["func"] not in ENTRY_ONLY:  # no exit will come to close it: a leaf
+                stack.append(call)
             continue
         if any(c.func == s["func"] for c in stack):
             while stack[-1].func != s["func"]:
@@ -217,7 +219,7 @@ def result(call, rec=None):
     import errno as errno_mod
     s = call.exit
     if s is None:
-        return "(no exit seen)"
+        return "(entry only)" if call.func in ENTRY_ONLY else "(no exit seen)"
     if "ret" in s:
         ret = s["ret"]
         return str(ret) if ret >= 0 else f"{ret} {errno_mod.errorcode.get(-ret, '')}".rstrip()
