@@ -828,3 +828,22 @@ def test_empty_values_are_refused_as_watch_refuses_them(recorded, command, args,
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert done.stderr.startswith("nstrace: error: ") and done.stderr.count("\n") == 1, done.stderr
     assert all(word in done.stderr for word in words), done.stderr
+
+
+def test_show_json_of_a_session_from_before_cgroup_id_is_valid_json_again(tmp_path):
+    """A session written before records carried cgroup_id: `show --json` leaves the key out, as the
+    file did, rather than writing the null the schema refuses (show could not read its own output)."""
+    data = Path(__file__).parent / "data" / "lab-6.1-demo-clone.jsonl"
+    old = tmp_path / "old.jsonl"
+    lines = [json.loads(line) for line in data.read_text().splitlines()]
+    for obj in lines:
+        if "nstrace_session" not in obj:
+            obj.pop("cgroup_id", None)
+            obj.pop("container", None)
+    old.write_text("".join(json.dumps(obj) + "\n" for obj in lines))
+    done = nstrace("show", str(old), "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout and all("cgroup_id" not in json.loads(line) for line in done.stdout.splitlines())
+    again = tmp_path / "again.jsonl"
+    again.write_text(done.stdout)
+    assert nstrace("show", str(again), "--json").stdout == done.stdout

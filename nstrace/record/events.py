@@ -196,7 +196,10 @@ class Record:
     def to_json(self):
         # Shallow on purpose: dataclasses.asdict deep-copies every nested dict and list, on the
         # path of every record watch --json writes in Python.
-        return {name: getattr(self, name) for name in _FIELDS}
+        obj = {name: getattr(self, name) for name in _FIELDS}
+        if obj["cgroup_id"] is None:  # a session from before it was recorded: the key is left out, as there
+            del obj["cgroup_id"]
+        return obj
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Record))
