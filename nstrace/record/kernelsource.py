@@ -13,8 +13,6 @@ import functools
 import os
 import re
 
-SOURCE_LINES = os.path.join(os.path.dirname(os.path.realpath(__file__)), "source-lines.toml")
-
 
 @dataclasses.dataclass(frozen=True)
 class Where:
@@ -31,9 +29,10 @@ class Where:
 
 @functools.cache
 def _data():
+    """source-lines.toml, the package's resource (read once, by the views, after tracing is live)."""
+    import importlib.resources
     import tomllib
-    with open(SOURCE_LINES, "rb") as f:
-        return tomllib.load(f)["version"]
+    return tomllib.loads(importlib.resources.files(__package__).joinpath("source-lines.toml").read_text())["version"]
 
 
 def series_of(release):
