@@ -10,11 +10,11 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 from ..errors import DownloadError, LabError, PackageNotFound
 from ..linux import trusted_paths
 from .host import cache_dir, last_line, locked, trusted
+from .status import Status, quiet
 
 # Short names -> Debian suite whose `linux-image-amd64` metapackage picks the kernel.  The generic
 # -amd64 flavour on purpose: kernel-env.md notes the -cloud-amd64 image has no 9p.
@@ -25,13 +25,6 @@ METAPACKAGE = "linux-image-amd64"
 
 # apt lists younger than this are trusted, so a second run needs no network at all.
 LISTS_MAX_AGE_S = 24 * 3600
-
-Status = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    pass
-
 
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
@@ -112,7 +105,7 @@ def _sources_for(suite: str) -> str:
 class Apt:
     """apt-get/apt-cache on a private state for one suite, so the machine's own apt state stays untouched."""
 
-    def __init__(self, suite: str, status: Status = _quiet):
+    def __init__(self, suite: str, status: Status = quiet):
         self.suite = suite
         self.root = cache_dir() / "apt" / suite
         self.status = status
@@ -197,7 +190,7 @@ class Apt:
                 fields[key] = value.strip()
         return fields
 
-    def download(self, spec: KernelSpec, dest: Path, status: Status = _quiet) -> list[Path]:
+    def download(self, spec: KernelSpec, dest: Path, status: Status = quiet) -> list[Path]:
         """spec's packages into dest, saying how big they are and how far it got."""
         self.ensure_lists()
         total = sum(spec.sizes)
@@ -304,7 +297,7 @@ def canonical(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def resolve(name: str, status: Status = _quiet) -> KernelSpec:
+def resolve(name: str, status: Status = quiet) -> KernelSpec:
     """Map "5.10" / "6.1" / "6.12" / "sid" (or a suite's name) / a package name (optionally
     "package/suite") to what to download.
 

@@ -20,6 +20,7 @@ from ..errors import ExitCode, LabError, NstraceError
 from . import outfiles
 from .guest import GuestResult, run_in_guest
 from .initramfs import can_bring_back, scratch_mounts
+from .status import Status
 
 GUEST_PARALLEL = 2
 # One vCPU for a command, where the suite's guests have two (guest.GUEST_CPUS) to run its tests on SMP:
@@ -62,7 +63,7 @@ class LineWriter:
             self("\n".encode())
 
 
-def run(kernels: list[str], args: list[str], *, timeout: float, status: Callable[[str], None],
+def run(kernels: list[str], args: list[str], *, timeout: float, status: Status,
         should_stop: Callable[[], bool], stdout=None, stderr=None) -> list[Outcome]:
     """Run `nstrace ARGS` in each kernel (two guests at a time); one Outcome per kernel, in order."""
     stdout = stdout or sys.stdout.buffer

@@ -31,6 +31,7 @@ from ..errors import BootError, GuestInterrupted, GuestLockup, GuestTimeout, Lab
 from . import apt, kernels, kvm
 from .host import last_line, require
 from .initramfs import BUSYBOX, PORTS, can_bring_back, init_script, scratch_mounts, write_initramfs
+from .status import Status, quiet
 
 BOOT_TIMEOUT_S = 150
 
@@ -86,15 +87,11 @@ class GuestResult:
 Sink = Callable[[bytes], None]
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
 def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] | None = None,
                  timeout: float = 600, log: TextIO | None = None, stdout: Sink | None = None,
                  stderr: Sink | None = None, bring_back: bool = False, kernel_args: tuple[str, ...] = (),
                  tcg_thread: str = TCG_THREAD, cpus: int = GUEST_CPUS, accel: str | None = None,
-                 status: Callable[[str], None] = _quiet, should_stop: Callable[[], bool] | None = None) -> GuestResult:
+                 status: Status = quiet, should_stop: Callable[[], bool] | None = None) -> GuestResult:
     """Boot `kernel`, run `argv` in `cwd` on the read-only host root, return its exit status and output.
 
     `env` is added to a small base environment (PATH, HOME=/tmp, LANG, PYTHONDONTWRITEBYTECODE); the

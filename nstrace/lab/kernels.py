@@ -23,13 +23,14 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from ..errors import BootError, DownloadError, LabError
 from ..linux import trusted_paths
 from . import bzimage
 from .apt import Apt, KernelSpec
 from .host import cache_dir, last_line, locked, require, trusted
+from .status import Status, quiet
 
 # The guest needs a PCI virtio transport and the 9p filesystem (the host's root), virtio_console
 # (the command's stdout, stderr and files have ports of their own) and overlay (the command's
@@ -48,13 +49,6 @@ MANIFEST = "manifest.json"
 # Trees an older nstrace unpacked whole (kernels/<key>/, about 400 MB each) are removed once they are
 # this old: an older nstrace still running may be booting one.
 LEGACY_MAX_AGE_S = 24 * 3600
-
-Status = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    pass
-
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
@@ -79,7 +73,7 @@ def _wanted() -> tuple[str, ...]:
     return ROOT_MODULES + OPTIONAL_MODULES
 
 
-def prepare(spec: KernelSpec, status: Status = _quiet) -> Kernel:
+def prepare(spec: KernelSpec, status: Status = quiet) -> Kernel:
     """The kernel of `spec` in the cache, downloaded and trimmed first if need be.
 
     Everything is built in a private directory only root can write (the .deb files in a

@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..errors import LabError
 from .guest import run_in_guest
+from .status import Status, quiet
 
 
 def checkout() -> Path:
@@ -26,12 +27,8 @@ def checkout() -> Path:
 DEFAULT_TESTS = ("tests",)
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
 def run_guest_suite(kernel: str, *, pytest_args: tuple[str, ...] = (), check_only: bool = False,
-                    timeout: float = 900, status: Callable[[str], None] = _quiet,
+                    timeout: float = 900, status: Status = quiet,
                     output: Callable[[bytes], None] | None = None, should_stop=None) -> dict:
     """Run the kernel-layer tests (unless check_only) and `nstrace check` inside `kernel`.
 
