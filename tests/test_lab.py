@@ -7,11 +7,13 @@ machines have two cores.
 """
 
 import concurrent.futures
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -58,6 +60,18 @@ def test_guest_runs_host_python_on_debian_kernel(kernel, release_prefix):
     assert result.output.strip().splitlines()[-1] == "cwd /usr/share env hello"
     assert "NSTRACE-LAB" not in result.output
     assert 0 < result.boot_s < result.duration_s
+
+
+def test_no_scratch_tmpfs_hides_what_the_guest_runs(tmp_path):
+    """A checkout (and its .venv) under /tmp, as a CI clone may be, run from / : the guest mounts no
+    tmpfs over /tmp, which would hide the interpreter, and the command runs."""
+    from nstrace.lab.initramfs import scratch_mounts
+    assert "/tmp" not in scratch_mounts("/", ("/tmp/ci/.venv/bin/python3",))
+    assert "/tmp" in scratch_mounts("/", ("/usr/bin/python3",)) or sys.prefix.startswith("/tmp/")
+    link = tmp_path / "python3"
+    link.symlink_to(sys.executable)
+    result = guest.run_in_guest("6.1", [str(link), "-c", "print('ran')"], cwd="/", timeout=300)
+    assert result.returncode == 0 and result.output.strip() == "ran", result.console[-2000:]
 
 
 def test_console_is_apart_from_the_output():
@@ -233,6 +247,19 @@ def test_setns_on_the_newest_kernel():
     assert re.search(r"^\s+utsns_install\s+observed", path, re.M), path
     assert re.search(r"^\s+ipcns_install\s+observed", path, re.M), path
     assert re.search(r"^\s+switch_task_namespaces\s+observed", path, re.M), path
+
+
+def test_watch_a_command_sees_its_namespace_die():
+    """Issue 16: `watch --json -- unshare --uts true` (util-linux) in 6.1 shows the unshare, then the uts
+    namespace it made being freed when `true` exits, with how long it lived."""
+    res = lab("--kernel", "6.1", "--", "watch", "--json", "--", "unshare", "--uts", "true")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    [made] = [r for r in records if r["op"] == "unshare"]
+    assert made["flags"] == ["CLONE_NEWUTS"] and made["changed"] == ["uts"], made
+    [died] = [r for r in records if r["op"] == "free" and r["ns"]["type"] == "uts"]
+    assert died["ns"]["inode"] == made["ns_after"]["uts"] and died["ns"]["lived_ns"] > 0, died
+    assert records.index(died) > records.index(made)
 
 
 def test_command_that_outlives_the_timeout():

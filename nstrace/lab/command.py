@@ -71,8 +71,9 @@ def run(kernels: list[str], args: list[str], *, timeout: float, status: Status,
     cwd = os.getcwd()
     several = len(kernels) > 1
     lock = threading.Lock()
-    argv = [sys.executable, "-m", "nstrace", *args]
-    bring_back = can_bring_back(cwd, scratch_mounts(cwd))
+    # -P: the installed nstrace, even where cwd is a checkout whose files would shadow it
+    argv = [sys.executable, "-P", "-m", "nstrace", *args]
+    bring_back = can_bring_back(cwd, scratch_mounts(cwd, (sys.executable,)))
     if not bring_back:
         status(f"files the command writes in {cwd} will not come back: run it from a directory of your own")
     # Python writes to a port, not a terminal: unbuffered, so that lines arrive as they are printed.

@@ -122,7 +122,7 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
     if not Path(BUSYBOX).exists():
         raise ToolMissing(f"{BUSYBOX} missing: install busybox-static")
 
-    scratch = scratch_mounts(cwd)
+    scratch = scratch_mounts(cwd, tuple(a for a in argv[:1] if os.path.isabs(a)))
     if "/tmp" not in scratch:
         # The working directory lives under /tmp (a CI checkout, say): a tmpfs there would hide it.
         # Python, pytest and HOME then write to /run/tmp instead.
