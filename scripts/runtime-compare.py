@@ -52,7 +52,7 @@ def report(name, run, inside, note=""):
         for call in calls[:10]:
             print(f"   {what}: {call}")
     print(f"   inside: {inside or 'nothing printed'}")
-    print(f"   the record that moved it there: " +
+    print("   the record that moved it there: " +
           (f"{moved[0]['op']} by {moved[0]['comm']} (pid {moved[0]['pid']})" if moved else "NONE"))
     print(f"   callers (kernel comm): {', '.join(comms)}")
     print(f"   containers attributed: {', '.join(attributed) or 'none'}")

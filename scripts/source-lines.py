@@ -17,7 +17,6 @@ other architecture compiles, the last (#else), is taken: x86-64 selects none of 
 """
 
 import glob
-import os
 import re
 import subprocess
 import sys

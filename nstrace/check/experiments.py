@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..linux import flags as fl
 from ..linux import procns
 from .scenarios import Expect, flag, scenario
 
