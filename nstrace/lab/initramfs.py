@@ -4,7 +4,6 @@ read-only, gives the command ports of its own and reports its exit status."""
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 GUEST_PRINTK = "7 4 1 7"  # /proc/sys/kernel/printk while the command runs: NMI backtrace headers are pr_info
@@ -45,10 +44,10 @@ class _Cpio:
 
 
 def scratch_mounts(cwd: str, needed: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The writable tmpfs mounts for a guest whose command runs in cwd: never one that hides cwd, the
-    paths the command needs (its program), or the environment this nstrace runs from (sys.prefix:
-    the guest runs the host's nstrace, and a checkout's .venv may live under /tmp, as in CI)."""
-    keep = (cwd, sys.prefix, *needed)
+    """The writable tmpfs mounts for a guest whose command runs in cwd: never one that hides cwd or a
+    path the command needs (its program: `lab -- ARGS` runs this nstrace's interpreter, and a
+    checkout's .venv may live under /tmp, as in CI)."""
+    keep = (cwd, *needed)
     return tuple(p for p in GUEST_TMPFS if not any(_under(k, p) for k in keep))
 
 
