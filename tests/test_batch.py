@@ -108,7 +108,7 @@ def test_c_lines_are_the_python_lines(traced):
         shown = [(raw, st) for raw, st in zip(raws, states) if not st & S.FILTERED]
         assert len(lines) == len(shown)
         for (raw, state), line in zip(shown, lines):
-            rec = with_containers(events.decode(raw, raw_addresses, steps.decode_step))
+            rec = with_containers(steps.decode_record(raw, raw_addresses))
             c = json.loads(line)
             # /proc was read once, by Python; the rest of the line is C's own
             rec.proc_check = c["proc_check"]
@@ -193,7 +193,7 @@ def _same_filter(catalogue, spec):
         for raw in raws:
             t.replay([raw])
             st = t._states[0]
-            rec = events.decode(raw, raw_addresses, steps.decode_step)
+            rec = steps.decode_record(raw, raw_addresses)
             t._attribution.fill(rec)
             if st & S.PYTHON:
                 assert not st & S.FILTERED  # Python filters those itself, with filters.wanted()

@@ -139,7 +139,7 @@ def oracle_lines(raws, options, checker):
     containers, keep what filters.wanted() keeps, and say superseded where the checked task moves
     after the record in this batch (a clone's child: any move of its own), or else what the check
     against /proc says."""
-    recs = [with_containers(events.decode(raw, options.raw_addresses, steps.decode_step)) for raw in raws]
+    recs = [with_containers(steps.decode_record(raw, options.raw_addresses)) for raw in raws]
     lines = []
     for i, rec in enumerate(recs):
         if not filters.wanted(rec, options):

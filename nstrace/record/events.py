@@ -272,7 +272,4 @@ def decode(raw, raw_addresses=False, step_decoder=None):
         kernel_path=steps,
         kernel_path_dropped=ev.steps_dropped,
     )
-    if steps:  # each step's source line in this kernel, and whether a copy_* made its namespace
-        from . import steps as step_facts
-        step_facts.annotate(rec)
     return rec

@@ -212,7 +212,7 @@ class Tracer:
     def _record(self, i, state):
         """Record i of the batch, decoded, with its /proc check; None if a user-space filter drops it."""
         st = self._st
-        rec = events.decode(self._batch.raw(i), self.options.raw_addresses, steps.decode_step)
+        rec = steps.decode_record(self._batch.raw(i), self.options.raw_addresses)
         self._attribution.fill(rec)
         if state & st.PYTHON and not filters.wanted(rec, self.options):
             self._python_filtered += 1
