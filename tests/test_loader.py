@@ -9,7 +9,7 @@ import pytest
 
 from nstrace.bpf import hookplan, loader
 from nstrace.errors import LibbpfError, ProbeError
-from nstrace.record.steps import FUNCTIONS
+from nstrace.record.functions import FUNCTIONS
 from nstrace.trace.tracer import SYSCALL_PROGRAMS, section_of
 
 from nshelpers import NSTRACE

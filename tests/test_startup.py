@@ -194,3 +194,17 @@ def test_a_load_that_fails_still_says_why():
             obj.load()
     assert exc.value.errno and "[libbpf: " in str(exc.value)
     assert any("prog 'fentry_copy_namespaces'" in line for line in libbpf.last_messages(40))
+
+
+@pytest.mark.root("plans the hooks and asks the kernel what it has, as the thread does")
+def test_the_preload_thread_imports_only_what_loading_needs():
+    """The thread that loads while click is imported pulls in the loader and the hook plan alone: not
+    dataclasses (with inspect, ast and dis behind it), re or enum, which cost the start-up as much as the
+    verifier does (bench --only startup). Run in a fresh interpreter, from /, as nstrace starts."""
+    import sys
+    probe = ("import sys; from nstrace.bpf import loader, probeset; "
+             "p = probeset.ProbeSet(); p.hooks = p.plan(); p.settings(); "
+             "print(' '.join(sorted(m for m in ('dataclasses', 'inspect', 're', 'enum', 'click', 'pathlib', "
+             "'tomllib', 'json') if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", check=True)
+    assert done.stdout.split() == [], done.stdout

@@ -1,4 +1,4 @@
-"""The kernel-function layer's hooks: which functions of record.steps.FUNCTIONS can be probed here, and how.
+"""The kernel-function layer's hooks: which functions of record.functions.FUNCTIONS can be probed here, and how.
 
 Hook choice per function, each decided on its own: fentry/fexit where the
 kernel loads BPF_PROG_TYPE_TRACING programs, has what our fentry programs
@@ -17,7 +17,7 @@ import os
 # nothing here imports more than the loader and the function list at module level.
 from ..errors import LibbpfError
 from ..record.probes import Hook
-from ..record.steps import FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH
+from ..record.functions import FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH
 from . import bootcache, libbpf, loader
 from .btf import KernelBtf
 

@@ -8,7 +8,10 @@ syscall_64.tbl). Each returns the raw result or raises OSError(errno).
 
 import ctypes
 import os
-import signal
+
+# arch/x86/include/uapi/asm/signal.h: x86-64, as the syscall numbers are. Not `signal`: it imports enum,
+# and mountns (this module's user) is asked on the way to watch's first load (tests/test_startup.py).
+SIGCHLD = 17
 
 SYS_CLONE = 56
 SYS_UNSHARE = 272
@@ -49,13 +52,13 @@ def pidfd_open(pid):
     return call(SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0))
 
 
-def clone(flags, exit_signal=signal.SIGCHLD):
+def clone(flags, exit_signal=SIGCHLD):
     """fork()-like clone: child stack 0 (a copy of ours). Returns 0 in the child."""
     return call(SYS_CLONE, ctypes.c_ulong(flags | exit_signal), ctypes.c_ulong(0),
                  ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
-def clone3(flags, exit_signal=signal.SIGCHLD):
+def clone3(flags, exit_signal=SIGCHLD):
     """fork()-like clone3. Returns 0 in the child."""
     args = CloneArgs(flags=flags, exit_signal=exit_signal)
     return call(SYS_CLONE3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))

@@ -25,8 +25,8 @@ class Hook:
     @property
     def programs(self):
         """The BPF programs of this hook: (entry, exit) program names; entry alone for the functions
-        hooked on entry only (steps.ENTRY_ONLY)."""
-        from .steps import ENTRY_ONLY
+        hooked on entry only (functions.ENTRY_ONLY)."""
+        from .functions import ENTRY_ONLY
         if self.kind == "fentry":
             progs = (f"fentry_{self.func}", f"fexit_{self.func}")
         elif self.kind == "kprobe":

@@ -1,34 +1,21 @@
 """The steps of a record's kernel path: which function, entered or returned, with what.
 
-The functions the BPF side can hook are the enum nstrace_func of probes/nstrace.h; FUNCTIONS mirrors it
-by value, and tests/test_layout.py holds the mirror to the compiled object's BTF.
+Each step names one of the functions the BPF side can hook (record/functions.py).
 """
 
 import dataclasses
 
-# enum nstrace_func of probes/nstrace.h, by value
-FUNCTIONS = (
-    None, "copy_namespaces", "create_new_namespaces", "copy_mnt_ns", "copy_utsname", "copy_ipcs",
-    "copy_pid_ns", "copy_cgroup_ns", "copy_net_ns", "copy_time_ns", "timens_on_fork", "create_user_ns",
-    "unshare_userns", "unshare_nsproxy_namespaces", "switch_task_namespaces", "__x64_sys_setns",
-    "validate_nsset", "commit_nsset", "free_nsproxy", "ksys_unshare", "put_nsset", "timens_commit",
-    "mntns_install", "utsns_install", "ipcns_install", "pidns_install", "cgroupns_install",
-    "netns_install", "userns_install", "timens_install",
-    "exec_task_namespaces", "nsproxy_free", "cleanup_net", "__ns_tree_add_raw", "__ns_tree_remove",
-    "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net", "__put_user_ns",
-    "free_cgroup_ns", "free_time_ns", "vfs_open_tree", "create_new_namespace", "alloc_mnt_ns",
-)
+from .functions import ENTRY_ONLY, FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH  # noqa: F401 (steps.X for its readers)
 
-# Hooked on entry only (probes/kfuncs.bpf.c): the namespace tree's insertion, and each death function,
-# whose death record is made on the way in.
-ENTRY_ONLY = frozenset({"__ns_tree_add_raw", "__ns_tree_remove", "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns",
-                        "delayed_free_pidns", "__put_net", "__put_user_ns", "free_cgroup_ns", "free_time_ns"})
 
-# Where each type's namespaces die before the namespace tree (5.10 to 6.17); the tree's removal sees every
-# death where it exists (kernel/nstree.c, 6.18+), and then these are not hooked.
-PER_TYPE_DEATHS = ("free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net",
-                   "__put_user_ns", "free_cgroup_ns", "free_time_ns")
-TREE_DEATH = "__ns_tree_remove"
+def decode_record(raw, raw_addresses=False):
+    """One ring-buffer record (bytes) as a Record with its kernel path: each step decoded, given its
+    source line in this kernel and, on a copy_*() exit, whether it made its namespace (annotate)."""
+    from . import events
+    rec = events.decode(raw, raw_addresses, decode_step)
+    if rec.kernel_path:
+        annotate(rec)
+    return rec
 
 
 def decode_step(step, raw_addresses=False):

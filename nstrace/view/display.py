@@ -221,7 +221,7 @@ def availability_verdict(rows):
     attached = [r for r in functions if r["attached"]]
     syscalls_ok = all(r["attached"] or r["reason"] for r in rows if r["layer"] == "syscall")  # reason: not here
     head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
-    from ..record.steps import PER_TYPE_DEATHS, TREE_DEATH
+    from ..record.functions import PER_TYPE_DEATHS, TREE_DEATH
     deaths = [r for r in attached if r["probe"] in (TREE_DEATH, *PER_TYPE_DEATHS)]
     head += "\nnamespace deaths: " + (
         f"recorded (op free) through {', '.join(r['probe'] for r in deaths)}" if deaths else
