@@ -700,29 +700,28 @@ static __always_inline void child_fields(struct nstrace_event *e, struct task_st
  * call, so its duration is 0 and it has no kernel path. Snapshots by helper
  * calls, as for exec: the rare fork that moves pays for them, no other.
  */
-static __always_inline void fork_record(struct task_struct *child, __u64 clone_flags, __u32 tid)
+static __always_inline struct nstrace_event *fork_record(struct task_struct *child, __u64 clone_flags,
+							  __u32 tid)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32, op, level;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32, op;
 	__u64 flags = clone_flags & ~CSIGNAL;
 	struct nstrace_event *e;
-	struct pid *cpid;
-	struct upid up = {};
 
 	if (flags == (CLONE_VFORK | CLONE_VM))
 		op = OP_VFORK;
 	else if (!flags)
 		op = OP_FORK;
 	else
-		return;
+		return NULL;
 	if (!trace_all && !task_fork_enters_namespace(t))
-		return;
+		return NULL;
 	if (!wanted_process(tgid))
-		return;
+		return NULL;
 	e = inflight_take(tid);
 	if (!e) {
 		__sync_fetch_and_add(&lost_inflight, 1);
-		return;
+		return NULL;
 	}
 	clear_unwritten(e);
 	e->enter_ns = e->exit_ns = bpf_ktime_get_ns();
@@ -738,13 +737,19 @@ static __always_inline void fork_record(struct task_struct *child, __u64 clone_f
 	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
 	e->start_time_ns = BPF_CORE_READ(t, start_boottime);
 	snapshot(e, false, t);
-	child_fields(e, child);
-	level = BPF_CORE_READ(t, thread_pid, level);
-	cpid = BPF_CORE_READ(child, thread_pid);
+	return e;
+}
+
+/* ret of a fork record: the child's pid as the caller's own pid namespace numbers it. */
+static __always_inline void fork_ret(struct nstrace_event *e, struct task_struct *child)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u32 level = BPF_CORE_READ(t, thread_pid, level);
+	struct pid *cpid = BPF_CORE_READ(child, thread_pid);
+	struct upid up = {};
+
 	bpf_core_read(&up, sizeof(up), &cpid->numbers[level & 31]);
 	e->ret = up.nr;
-	emit(e, tid);
-	inflight_give_back(e);
 }
 
 SEC("raw_tp/task_newtask")
@@ -764,13 +769,21 @@ int BPF_PROG(task_newtask, struct task_struct *task, u64 clone_flags)
 	}
 
 	e = inflight_find(tid);
-	if (!e) {
-		fork_record(task, clone_flags, tid);
-		return 0;
+	if (e) {	/* a clone or clone3 with a record: its child's side */
+		if (e->op != OP_CLONE && e->op != OP_CLONE3)
+			return 0;
+	} else {	/* a fork or vfork has none: made here, whole, if it moves */
+		e = fork_record(task, clone_flags, tid);
+		if (!e)
+			return 0;
 	}
-	if (e->op != OP_CLONE && e->op != OP_CLONE3)
-		return 0;
+	/* One call for both, so the verifier walks one copy of the child's snapshot (bench: start-up) */
 	child_fields(e, task);
+	if (e->op == OP_FORK || e->op == OP_VFORK) {
+		fork_ret(e, task);
+		emit(e, tid);
+		inflight_give_back(e);
+	}
 	return 0;
 }
 
