@@ -9,6 +9,7 @@ it must pass.
 
 import pytest
 
+from nstrace.bpf import loader
 from nstrace.record import pathcheck
 
 from nshelpers import flag, nsop, wait_for
@@ -97,3 +98,9 @@ def test_failing_setns_path(tracer, ns_holder):
         assert rec.errno == "EINVAL"
         assert step(rec, "__x64_sys_setns", "exit")["ret"] == rec.ret
         assert "switch_task_namespaces" not in calls(rec)
+
+
+def test_the_whole_build_is_loaded(tracer):
+    """Where functions can be hooked the object with the function layer is loaded (elsewhere the
+    syscall layer's twin: tests/test_objects.py)."""
+    assert tracer.probes.object_path in (loader.OBJECT_PATH, loader.NO_ATOMICS_OBJECT_PATH)

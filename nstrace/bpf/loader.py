@@ -28,6 +28,10 @@ _BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__)
 OBJECT_PATH = os.path.join(_BUILD, "nstrace.bpf.o")
 # The same programs without BPF atomics, for kernels that have none (probes/Makefile)
 NO_ATOMICS_OBJECT_PATH = os.path.join(_BUILD, "nstrace-noatomics.bpf.o")
+# Each without the kernel-function layer's programs and maps (probes/Makefile)
+SYSCALLS_OBJECT_PATH = os.path.join(_BUILD, "nstrace-syscalls.bpf.o")
+SYSCALLS_NO_ATOMICS_OBJECT_PATH = os.path.join(_BUILD, "nstrace-syscalls-noatomics.bpf.o")
+SYSCALLS_OBJECTS = (SYSCALLS_OBJECT_PATH, SYSCALLS_NO_ATOMICS_OBJECT_PATH)
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
 
@@ -103,9 +107,12 @@ def kernel_has_cmpxchg():
     return True
 
 
-def object_for_kernel():
-    """The build of nstrace's BPF object this kernel loads: with BPF atomics where it has them."""
-    return OBJECT_PATH if kernel_has_cmpxchg() else NO_ATOMICS_OBJECT_PATH
+def object_for_kernel(function_layer=True):
+    """The build of nstrace's BPF object this kernel loads: with BPF atomics where it has them, and
+    with the kernel-function layer's programs only where one of its hooks can attach."""
+    if function_layer:
+        return OBJECT_PATH if kernel_has_cmpxchg() else NO_ATOMICS_OBJECT_PATH
+    return SYSCALLS_OBJECT_PATH if kernel_has_cmpxchg() else SYSCALLS_NO_ATOMICS_OBJECT_PATH
 
 
 def check_btf(path=VMLINUX_BTF):

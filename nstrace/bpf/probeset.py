@@ -64,12 +64,22 @@ class ProbeSet:
         check_ringbuf_bytes(ringbuf_bytes)
         self.trace_all, self.pid, self.raw_addresses = trace_all, pid, raw_addresses
         self.kernel_path, self.ringbuf_bytes, self.wakeup_bytes = kernel_path, ringbuf_bytes, wakeup_bytes
-        self.object_path = object_path or loader.object_for_kernel()
+        self._object_path = object_path  # None: the build object_for_kernel() chooses
         self.hooks = []         # probes.Hook per function, once planned
         self.attached = []      # syscall-layer programs attached, in order
         self.missing = {}       # optional syscall-layer programs this kernel has no tracepoint for: why
         self.obj = None         # the loaded loader.BpfObject
         self.planned = None     # settings() as planned, before a refused hook is dropped
+
+    @property
+    def object_path(self):
+        """The object file loaded (or to be): the one given, else the build for this kernel and plan."""
+        return self._object(self.hooks)
+
+    def _object(self, hooks):
+        if self._object_path:
+            return self._object_path
+        return loader.object_for_kernel(function_layer=any(h.kind for h in hooks))
 
     def programs(self):
         """The syscall-layer programs to attach."""
@@ -87,15 +97,18 @@ class ProbeSet:
         """Everything the loaded object depends on: its .rodata options, map sizes, the programs
         that load. Two probe sets with equal settings can use the same object (see nstrace.bpf.preload)."""
         hooks = self.hooks if hooks is None else hooks
+        path = self._object(hooks)
+        # a map no program of this set uses is shrunk to one entry: its memory is allocated at load
+        # (the syscall layer's builds have no function-layer maps at all)
+        unused = {} if any(h.kind for h in hooks) else {"paths": 1} if path in loader.SYSCALLS_OBJECTS else \
+            {"paths": 1, "births": 1, "dying": 1}
         return {
-            "object": self.object_path,
+            "object": path,
             "rodata": {"trace_all": self.trace_all, "filter_tgid": self.pid or 0,
                        "raw_addresses": self.raw_addresses,
                        "wakeup_bytes": min(self.wakeup_bytes, self.ringbuf_bytes // 4),
                        "kernel_path": any(h.kind for h in hooks)},
-            # a map no program of this set uses is shrunk to one entry: its memory is allocated at load
-            "max_entries": {"events": self.ringbuf_bytes,
-                            **({} if any(h.kind for h in hooks) else {"paths": 1, "births": 1, "dying": 1}),
+            "max_entries": {"events": self.ringbuf_bytes, **unused,
                             **({} if self.pid else {"tracked": 1})},
             "autoload": set(self.programs()) | set(BODY_PROGRAMS) | {p for h in hooks for p in h.programs},
         }
@@ -134,7 +147,7 @@ class ProbeSet:
 
     def _open(self):
         settings = self.settings()
-        obj = loader.BpfObject(self.object_path)
+        obj = loader.BpfObject(settings["object"])
         obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))  # a new key for every object
         for name, value in settings["rodata"].items():
             obj.set_rodata(name, value)
