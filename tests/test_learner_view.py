@@ -10,6 +10,7 @@ import copy
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,16 @@ def test_an_entry_only_hook_is_a_leaf_of_the_call_it_fired_in():
     assert added.func == "__ns_tree_add_raw" and added.calls == [] and mnt.exit is not None
     assert [c.func for c in inner.calls] == list(steps.COPY_ENTRY)
     assert steps.result(added) == "(entry only)"
+
+
+def test_demo_exits_before_the_kernel_has_detached_and_nothing_lingers():
+    """demo leaves its detaching to a holder (bpf/teardown.py): run() returning proves the holder
+    keeps no pipe of ours open, and the programs are gone soon after."""
+    from test_watch_command import loader_programs
+    before = set(loader_programs())
+    done = _nstrace("demo", "--op", "unshare", "--flags", "NEWUTS")
+    assert done.returncode == 0, done.stdout + done.stderr
+    deadline = time.monotonic() + 10
+    while set(loader_programs()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(loader_programs()) - before, "the demo's programs outlived the holder"

@@ -67,9 +67,15 @@ def run_demo(op, flags, record_path=None):
     with checker.tracer_for_check() as tracer:
         if not record_path:
             result = checker.run_scenario(sc, tracer)
-            return result, fn.report, tracer.availability()
-        from ..record import session
-        with session.Recorder(record_path, tracer) as recorder:
-            result = checker.run_scenario(sc, session.RecordingTracer(tracer, recorder))
-            recorder.close(tracer.summary())
-        return result, fn.report, tracer.availability()
+        else:
+            from ..record import session
+            with session.Recorder(record_path, tracer) as recorder:
+                result = checker.run_scenario(sc, session.RecordingTracer(tracer, recorder))
+                recorder.close(tracer.summary())
+        availability = tracer.availability()
+        # The demo's stream ends with its scenario: the kernel's slow part of detaching (in a TCG
+        # guest, most of the demo's time: bench --only lab) goes on after nstrace, as for
+        # watch -- COMMAND (bpf/teardown.py).
+        tracer.unfollow()
+        tracer.close(background=True)
+        return result, fn.report, availability
