@@ -256,10 +256,10 @@ def demo(flag_text, op, record_path, picture, picture_path):
 @click.argument("names", nargs=-1)
 def check(as_json, list_only, names):
     """Run the scenario catalogue (or the named scenarios) and check each trace; exit 0 only if all match."""
-    from .check import checker, scenarios
+    from .check import catalogue, checker
     from .view import display
     if list_only:
-        for sc in scenarios.CATALOGUE.values():
+        for sc in catalogue.CATALOGUE.values():
             click.echo(f"{sc.name:28} {sc.summary}")
         return
     chosen = checker.select(names)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from nstrace.check import checker, launcher, scenarios
+from nstrace.check import catalogue, checker, launcher, scenarios
 from nstrace.linux import procns
 from nstrace.check.launcher import Launcher
 
@@ -38,7 +38,7 @@ def test_whole_catalogue_passes_and_leaves_nothing():
     res = subprocess.run([str(NSTRACE), "check", "--json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     results = json.loads(res.stdout)
-    assert {r["scenario"] for r in results} == set(scenarios.CATALOGUE)
+    assert {r["scenario"] for r in results} == set(catalogue.CATALOGUE)
     # a scenario this kernel cannot run is skipped, and says why (the 7.x mount-namespace births here)
     assert all(r["ok"] or r["skipped"] for r in results)
     # every operation was traced, and its documented tracepoint steps were observed here

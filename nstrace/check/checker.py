@@ -15,7 +15,7 @@ from ..errors import NstraceError, PrivilegeError, UsageError
 from ..linux import flags as fl
 from ..record import pathcheck
 from ..trace.tracer import Options, Tracer, section_of
-from . import scenarios
+from . import catalogue, scenarios
 from .launcher import Launcher
 
 
@@ -150,8 +150,8 @@ def run_scenario(sc, tracer, settle_s=5.0):
 
 def select(names):
     if not names:
-        return list(scenarios.CATALOGUE.values())
-    unknown = [n for n in names if n not in scenarios.CATALOGUE]
+        return list(catalogue.CATALOGUE.values())
+    unknown = [n for n in names if n not in catalogue.CATALOGUE]
     if unknown:
         raise UsageError(f"unknown scenario {unknown[0]!r}: `nstrace check --list` shows them")
-    return [scenarios.CATALOGUE[n] for n in names]
+    return [catalogue.CATALOGUE[n] for n in names]

@@ -352,6 +352,3 @@ def fail_eperm(launcher):
     h = launcher.nsop({"op": "unshare", "flags": flag("uts"), "uid": 65534})
     return [Expect("unshare", pid=h.pid, flags=flag("uts"), errno="EPERM", changed=[],
                    what="an unprivileged caller may only make a user namespace (and others inside it)")]
-
-
-from . import experiments  # noqa: E402,F401  the seeds' remaining experiments register themselves here too
