@@ -74,12 +74,10 @@ class ProbeSet:
     @property
     def object_path(self):
         """The object file loaded (or to be): the one given, else the build for this kernel and plan."""
-        return self._object(self.hooks)
+        return self._object(any(h.kind for h in self.hooks))
 
-    def _object(self, hooks):
-        if self._object_path:
-            return self._object_path
-        return loader.object_for_kernel(function_layer=any(h.kind for h in hooks))
+    def _object(self, functions):
+        return self._object_path or loader.object_for_kernel(function_layer=functions)
 
     def programs(self):
         """The syscall-layer programs to attach."""
@@ -97,17 +95,19 @@ class ProbeSet:
         """Everything the loaded object depends on: its .rodata options, map sizes, the programs
         that load. Two probe sets with equal settings can use the same object (see nstrace.bpf.preload)."""
         hooks = self.hooks if hooks is None else hooks
-        path = self._object(hooks)
+        functions = any(h.kind for h in hooks)
+        path = self._object(functions)
         # a map no program of this set uses is shrunk to one entry: its memory is allocated at load
-        # (the syscall layer's builds have no function-layer maps at all)
-        unused = {} if any(h.kind for h in hooks) else {"paths": 1} if path in loader.SYSCALLS_OBJECTS else \
-            {"paths": 1, "births": 1, "dying": 1}
+        # (the syscall layer's builds have no function-layer maps to shrink)
+        unused = {}
+        if not functions:
+            unused = {"paths": 1} if path in loader.SYSCALLS_OBJECTS else {"paths": 1, "births": 1, "dying": 1}
         return {
             "object": path,
             "rodata": {"trace_all": self.trace_all, "filter_tgid": self.pid or 0,
                        "raw_addresses": self.raw_addresses,
                        "wakeup_bytes": min(self.wakeup_bytes, self.ringbuf_bytes // 4),
-                       "kernel_path": any(h.kind for h in hooks)},
+                       "kernel_path": functions},
             "max_entries": {"events": self.ringbuf_bytes, **unused,
                             **({} if self.pid else {"tracked": 1})},
             "autoload": set(self.programs()) | set(BODY_PROGRAMS) | {p for h in hooks for p in h.programs},
