@@ -44,3 +44,18 @@ def nsop(spec):
 
 def flag(ns_type):
     return fl.CLONE_FLAGS[fl.NS_TYPES[ns_type]]
+
+
+def loader_programs():
+    """Ids of the BPF programs loaded now that are nstrace's syscall bodies."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
+    return [p["id"] for p in json.loads(out.stdout or "[]") if p.get("name") in ("sys_enter", "sys_exit")]
+
+
+def programs_left_after(before, timeout=10.0):
+    """The ids of nstrace's syscall bodies not in `before` still loaded once they are gone or
+    `timeout` seconds have passed: a holder detaches them moments after nstrace exits (bpf/teardown.py)."""
+    deadline = time.monotonic() + timeout
+    while set(loader_programs()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return set(loader_programs()) - before

@@ -10,7 +10,6 @@ import copy
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from nstrace.record import _session_schema, kernelsource, pathcheck, session, steps
 from nstrace.view import display, render
 
-from nshelpers import NSTRACE
+from nshelpers import NSTRACE, loader_programs, programs_left_after
 
 DATA = Path(__file__).resolve().parent / "data"
 CLONE_61 = DATA / "lab-6.1-demo-clone.jsonl"
@@ -182,11 +181,7 @@ def test_an_entry_only_hook_is_a_leaf_of_the_call_it_fired_in():
 def test_demo_exits_before_the_kernel_has_detached_and_nothing_lingers():
     """demo leaves its detaching to a holder (bpf/teardown.py): run() returning proves the holder
     keeps no pipe of ours open, and the programs are gone soon after."""
-    from test_watch_command import loader_programs
     before = set(loader_programs())
     done = _nstrace("demo", "--op", "unshare", "--flags", "NEWUTS")
     assert done.returncode == 0, done.stdout + done.stderr
-    deadline = time.monotonic() + 10
-    while set(loader_programs()) - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not set(loader_programs()) - before, "the demo's programs outlived the holder"
+    assert not programs_left_after(before), "the demo's programs outlived the holder"

@@ -45,22 +45,23 @@ def refused(res, code=7):
     return res.stderr
 
 
+def _root_dir(prefix, mode):
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(mode)
+    yield path
+    shutil.rmtree(path)
+
+
 @pytest.fixture
 def sticky():
     """A real shared directory like /tmp: root's, mode 1777."""
-    path = Path(tempfile.mkdtemp(prefix="nstrace-sticky-"))
-    path.chmod(0o1777)
-    yield path
-    shutil.rmtree(path)
+    yield from _root_dir("nstrace-sticky-", 0o1777)
 
 
 @pytest.fixture
 def shared_tmp():
     """A directory users nobody and _apt can pass through (pytest's tmp_path is root's 0700): root's, 0755."""
-    path = Path(tempfile.mkdtemp(prefix="nstrace-trusted_paths-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
+    yield from _root_dir("nstrace-trusted_paths-", 0o755)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nshelpers import NSTRACE
+from nshelpers import NSTRACE, loader_programs, programs_left_after
 
 pytestmark = pytest.mark.root("loads BPF programs and runs commands as other users")
 
@@ -168,16 +168,7 @@ def test_nstrace_exits_before_the_kernel_has_detached_and_nothing_lingers():
     before = set(loader_programs())
     res = watch("--json", "--", "true")
     assert res.returncode == 0, res.stderr
-    deadline = time.monotonic() + 10
-    while set(loader_programs()) - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not set(loader_programs()) - before, "nstrace's programs outlived the holder"
-
-
-def loader_programs():
-    """Ids of the BPF programs loaded now that are nstrace's syscall bodies."""
-    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
-    return [p["id"] for p in json.loads(out.stdout or "[]") if p.get("name") in ("sys_enter", "sys_exit")]
+    assert not programs_left_after(before), "nstrace's programs outlived the holder"
 
 
 def test_loader_programs_sees_a_live_watch():
