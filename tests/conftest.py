@@ -74,12 +74,14 @@ def ns_holder():
     """A process living in new namespaces of all eight types, to setns into.
 
     Created by util-linux unshare with --fork: the forked child (sleep) is
-    the one inside the new PID and time namespaces.
+    the one inside the new PID and time namespaces. It sleeps until the session
+    ends and kills it, however long the suite runs: on a fresh machine the lab's
+    first kernel downloads alone can take longer than any fixed sleep.
     """
     if root_skip_reason("creates namespaces of every type"):
         pytest.skip(root_skip_reason("creates namespaces of every type"))
     proc = subprocess.Popen(["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--user",
-                             "--cgroup", "--time", "--fork", "sleep", "600"])
+                             "--cgroup", "--time", "--fork", "sleep", "infinity"])
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
