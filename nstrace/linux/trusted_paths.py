@@ -24,7 +24,8 @@ against any file on the system. Two rules, one walker:
   FIFO, socket or other device (a FIFO blocks the opener until someone reads,
   and that someone gets the file). The path is resolved one component at a
   time from a directory fd (openat with O_NOFOLLOW), so nothing can be
-  swapped between the look and the use.
+  swapped between the look and the use. Files a lab guest names
+  (:func:`open_beneath`) follow no symlink at all below the caller's directory.
 
 The kernel's fs.protected_symlinks and fs.protected_regular cover part of the
 second rule, for sticky world-writable directories and only when switched on
@@ -391,3 +392,55 @@ def _kind(st):
             return kind
     return f"a file of type {stat.S_IFMT(st.st_mode):o}"
 
+
+def open_beneath(directory, name):
+    """(fd open for reading and writing, not truncated; True if the file was made now) for
+    directory/name, where directory is the caller's and name came from outside (a lab guest).
+
+    directory is resolved as create_output resolves a path. Below it no symlink is followed, not
+    even root's or the caller's: a link that is fine in a path the caller typed can still lead a
+    name chosen elsewhere out of the directory. The end must be a regular file or nothing (then it
+    is made). Raises UnsafePath naming the symlink on the way or refusing what is at the end,
+    UsageError when it cannot be opened at all.
+    """
+    euid = os.geteuid()
+    label = os.path.join(directory, name)
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UsageError(f"cannot write {label}: not a plain name inside {directory}")
+    try:
+        fd, _, dir_st, _ = _walk(os.path.join(directory, parts[0]), False, euid, label=label)
+        try:
+            for depth, part in enumerate(parts[:-1], 1):
+                entry = os.open(part, _PATH_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = entry
+                dir_st = os.fstat(fd)
+                if stat.S_ISLNK(dir_st.st_mode):
+                    raise UnsafePath(f"refusing to write {label}: {'/'.join(parts[:depth])} is a symlink, "
+                                     "and a name from outside is never followed through one")
+                if not stat.S_ISDIR(dir_st.st_mode):
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            return _open_last_beneath(fd, parts[-1], dir_st, euid, label)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UsageError(f"cannot write {label}: {e.strerror}") from None
+
+
+def _open_last_beneath(fd, name, dir_st, euid, label):
+    try:
+        return os.open(name, _NEW | os.O_RDWR, 0o666, dir_fd=fd), True
+    except FileExistsError:
+        pass
+    entry = os.open(name, _PATH_FLAGS, dir_fd=fd)
+    try:
+        st = os.fstat(entry)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(f"refusing to write {label}: it is a symlink, and a name from outside is never "
+                             "followed through one")
+        if stat.S_ISREG(st.st_mode):
+            _may_overwrite(st, dir_st, euid, label)
+        return _reopen(entry, st, label, os.O_RDWR), False
+    finally:
+        os.close(entry)
