@@ -50,6 +50,20 @@ def test_empty_or_impossible_filters_are_refused(args, words):
     assert_one_line_error(nstrace("watch", *args, "--duration", "0.1"), 2, *words)
 
 
+@pytest.mark.parametrize("args,words", [
+    (["--ns", str(2**64 + 3)], ["ns_id is 1 to 18446744073709551615"]),  # C cut it to 3, and followed ns_id 3
+    (["--ns", "0"], ["ns_id is 1 to"]),
+    (["--ns", f"net:{2**32}"], ["inode is 1 to 4294967295"]),
+    (["--ns", "net:[4026531840"], ["TYPE:INODE"]),
+    (["--ns", "\u0663"], ["TYPE:INODE"]),                     # Arabic-Indic 3
+    (["--pid", "\u0661"], ["--pid", "not a process id"]),    # Arabic-Indic 1: click.INT took it as 1
+    (["--pid", str(2**32 + 1)], ["--pid", "not a process id"]),
+], ids=["ns_id-past-u64", "ns_id-0", "inode-past-u32", "ns-one-bracket", "ns-arabic-indic", "pid-arabic-indic",
+        "pid-past-pid_t"])
+def test_numbers_no_record_can_hold_are_refused(args, words):
+    assert_one_line_error(nstrace("watch", *args, "--duration", "0.1"), 2, *words)
+
+
 THREAD = """
 import sys, threading
 from nstrace.linux import syscalls

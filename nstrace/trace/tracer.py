@@ -26,11 +26,7 @@ class Options:
 
     trace_all: bool = False          # keep plain forks (clone without CLONE_NEW*)
     pid: int | None = None           # only this process and its descendants
-    comms: tuple = ()                # only these command names
-    ops: tuple = ()                  # only these operations
-    types: tuple = ()                # only operations touching these namespace types
-    containers: tuple = ()           # only calls from (or setns into) these containers: id prefix or name
-    namespaces: tuple = ()           # only operations involving these namespaces (filters.parse_ns values)
+    filter: filters.Filter = filters.Filter()  # --comm, --op, --type, --container, --ns
     raw_addresses: bool = False      # show kernel addresses instead of short ids
     check_proc: bool = True          # correlate with /proc/<pid>/ns
     kernel_path: bool = True         # add the kernel-function layer where the kernel allows it
@@ -42,9 +38,6 @@ class Options:
         if self.pid is not None and self.pid <= 0:
             raise UsageError(f"--pid must be a positive process id, not {self.pid}")
         probeset.check_ringbuf_bytes(self.ringbuf_bytes)
-        if len(self.comms) > batch.MAX_COMMS:
-            raise UsageError(f"at most {batch.MAX_COMMS} --comm values, not {len(self.comms)}")
-        filters.validate(self.comms, self.ops, self.types, self.namespaces)
 
 
 class Tracer:
@@ -214,7 +207,7 @@ class Tracer:
         st = self._st
         rec = steps.decode_record(self._batch.raw(i), self.options.raw_addresses)
         self._attribution.fill(rec)
-        if state & st.PYTHON and not filters.wanted(rec, self.options):
+        if state & st.PYTHON and not self.options.filter.wanted(rec):
             self._python_filtered += 1
             return None
         if state & st.LATER:
