@@ -134,6 +134,8 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     if tracer.pid_of_thread:
         status("--pid {}: a thread of process {}: following process {} and its descendants".format(
             *tracer.pid_of_thread, tracer.pid_of_thread[1]))
+    for op, why in tracer.unseen_ops().items():
+        status(f"warning: --op {op} matches nothing here: {why}")
     recorder = None
     if record_path:
         from .record import session

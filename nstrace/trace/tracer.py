@@ -17,7 +17,17 @@ from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: 
 from ..errors import UsageError
 from ..linux import procns
 from ..record import events, filters, steps
+from ..record.functions import PER_TYPE_DEATHS, TREE_DEATH
 from .attribution import BatchAttribution
+
+# Why an operation makes no record on a kernel where its probes could not be attached (Tracer.unseen_ops)
+UNSEEN = {
+    "exec": "this kernel has no sched_prepare_exec tracepoint (6.10+), and no exec moves a task's namespaces "
+            "before 6.12",
+    "open_tree": "this kernel's open_tree() makes no mount namespace (OPEN_TREE_NAMESPACE is 7.x)",
+    "fsmount": "this kernel's fsmount() makes no mount namespace (FSMOUNT_NAMESPACE is 7.x)",
+    "free": "no function that frees a namespace can be hooked on this kernel (nstrace doctor says why)",
+}
 
 
 @dataclasses.dataclass
@@ -138,6 +148,15 @@ class Tracer:
     def availability(self):
         """Every probe point: layer, hook type, attached or why not."""
         return self.probes.availability()
+
+    def unseen_ops(self):
+        """{op: why} for each --op value no record of which can come from the probes attached here."""
+        attached = set(self.probes.attached)
+        unseen = {"exec": not attached.issuperset(probeset.EXEC_PROGRAMS),
+                  "open_tree": not attached.issuperset(probeset.OPEN_TREE_PROGRAMS),
+                  "fsmount": not attached.issuperset(probeset.FSMOUNT_PROGRAMS),
+                  "free": not any(h.attached and h.func in (TREE_DEATH, *PER_TYPE_DEATHS) for h in self.hooks)}
+        return {op: UNSEEN[op] for op in self.options.filter.ops if unseen.get(op)}
 
     def _seed_tracked(self, pid):
         import psutil
