@@ -34,10 +34,12 @@ class Pid(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        text = value.strip()
-        if not re.fullmatch(r"[0-9]+", text) or not 0 < int(text) <= self.MAX:
-            self.fail(f"{value!r} is not a process id (1 to {self.MAX}, in ASCII digits)", param, ctx)
-        return int(text)
+        digits = value.strip().lstrip("0")
+        # int() is asked only what can be a pid: it refuses more than 4300 digits with an exception of its own
+        if not re.fullmatch(f"[0-9]{{1,{len(str(self.MAX))}}}", digits) or not int(digits) <= self.MAX:
+            shown = value if len(value) <= 24 else value[:21] + "..."
+            self.fail(f"{shown!r} is not a process id (1 to {self.MAX}, in ASCII digits)", param, ctx)
+        return int(digits)
 
 
 def filter_options(fn):

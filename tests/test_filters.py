@@ -42,6 +42,7 @@ def assert_refused(res, *words):
 # --- --ns -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,ns", [
+    ("0" * 5000 + "14", Ns(None, None, 14)), ("net:" + "0" * 5000 + "1", Ns("net", 1, None)),
     ("net:4026531840", Ns("net", 4026531840, None)),
     ("net:[4026531840]", Ns("net", 4026531840, None)),   # as lsns and /proc/PID/ns write it
     (" uts:1 ", Ns("uts", 1, None)),
@@ -62,6 +63,8 @@ def test_a_namespace_is_type_and_inode_or_an_ns_id(text, ns):
     ("+14", ["TYPE:INODE"]), ("1_4", ["TYPE:INODE"]), ("-1", ["TYPE:INODE"]), ("bogus:1", ["TYPE:INODE"]),
     ("0", ["ns_id is 1 to 18446744073709551615"]), (str(2**64), ["ns_id is 1 to"]),
     (str(2**64 + 3), ["ns_id is 1 to"]), ("9" * 40, ["ns_id is 1 to"]),
+    ("9" * 5000, ["ns_id is 1 to"]), ("0" * 5000 + "7" * 30, ["ns_id is 1 to"]),  # int() refuses 4300 digits
+    ("net:" + "9" * 5000, ["inode is 1 to"]), ("0" * 5000, ["ns_id is 1 to"]),
     ("net:0", ["inode is 1 to 4294967295"]), (f"net:{2**32}", ["inode is 1 to"]), (f"net:[{2**32}]", ["inode is 1 to"]),
 ])
 def test_a_namespace_no_record_can_hold_is_refused(text, words):
@@ -130,13 +133,13 @@ def test_to_c_is_the_same_filter():
 # --- --pid ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text", ["\u0663", "\uff13", "+3", "3_0", "0", "-1", "2147483648", "99999999999",
-                                  str(2**32 + 1), ""])
+                                  str(2**32 + 1), "", "9" * 5000])
 def test_a_pid_is_ascii_digits_of_a_pid_t(text):
     with pytest.raises(click.BadParameter, match="not a process id"):
         Pid().convert(text, None, None)
 
 
-@pytest.mark.parametrize("text,pid", [("1", 1), (" 42 ", 42), ("2147483647", 2**31 - 1)])
+@pytest.mark.parametrize("text,pid", [("1", 1), (" 42 ", 42), ("2147483647", 2**31 - 1), ("0" * 5000 + "7", 7)])
 def test_a_pid_in_range_is_taken(text, pid):
     assert Pid().convert(text, None, None) == pid
 
@@ -170,8 +173,9 @@ def test_show_filters_by_ns_id_inode_and_lsns_form():
     (["--pid", "\u0661\u0665\u0666"], ["--pid", "not a process id"]),  # Arabic-Indic 156
     (["--pid", str(2**32 + 156)], ["--pid", "not a process id"]),
     (["--op", "nope"], ["unknown operation", "open_tree"]),
+    (["--ns", "9" * 5000], ["ns_id is 1 to"]),      # int() refuses past 4300 digits: was a traceback
 ], ids=["ns_id-past-u64", "ns-arabic-indic", "ns-one-bracket", "inode-past-u32", "pid-arabic-indic", "pid-past-pid_t",
-        "op-unknown"])
+        "op-unknown", "ns-5000-digits"])
 @pytest.mark.parametrize("command", ["show", "render"])
 def test_show_and_render_refuse_what_watch_refuses(command, args, words):
     assert_refused(nstrace(command, str(SESSION), *args), *words)

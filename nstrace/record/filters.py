@@ -2,7 +2,7 @@
 followed in the kernel). One value, :class:`Filter`, parsed and refused here for watch, show and
 render alike; native/batch.c's wanted() applies it in C as struct jl_filter (:meth:`Filter.to_c`).
 tests/test_batch.py and tests/test_json_output.py hold the two filters to each other, and
-tests/test_layout.py the mirror below, and so the limits, to the library's own layout.
+tests/test_layout.py and tests/test_batch.py the mirror below and its limits to the library's own layout.
 """
 
 import ctypes
@@ -52,12 +52,32 @@ def parse_ns(value):
     """--ns TYPE:INODE (also lsns's TYPE:[INODE]) or an NS_ID, as an Ns; UsageError for anything else."""
     text = value.strip()
     if _NUMBER.fullmatch(text):
-        return Ns(None, None, int(text))
+        return Ns(None, None, _number(text, text, "an ns_id"))
     m = _TYPED.fullmatch(text)
     if not m or m["type"] not in fl.NS_TYPES:
-        raise UsageError(f"--ns {value!r}: a namespace is TYPE:INODE (one of {', '.join(fl.NS_TYPES)}, "
+        raise UsageError(f"--ns {_shown(value)!r}: a namespace is TYPE:INODE (one of {', '.join(fl.NS_TYPES)}, "
                          f"e.g. net:4026531840 or net:[4026531840], as lsns and /proc/PID/ns show it) or its ns_id")
-    return Ns(m["type"], int(m["bracketed"] or m["inode"]), None)
+    return Ns(m["type"], _number(m["bracketed"] or m["inode"], text, "an inode"), None)
+
+
+_LIMITS = {"an inode": (INODE_MAX, "unsigned int"), "an ns_id": (NS_ID_MAX, "u64")}
+
+
+def _number(digits, text, what):
+    """int(digits), but past every limit without asking int(), which refuses more than 4300 digits."""
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(NS_ID_MAX)):
+        raise _past(text, what)
+    return int(significant)
+
+
+def _past(text, what):
+    limit, c_type = _LIMITS[what]
+    return UsageError(f"--ns {_shown(text)}: {what} is 1 to {limit} (the kernel's {c_type}): this one could never match")
+
+
+def _shown(text):
+    return text if len(text) <= 48 else text[:45] + "..."
 
 
 def _split(values, option, what):
@@ -159,13 +179,11 @@ def _check_comm(name):
 def _check_ns(ns):
     if ns.type is None:
         if not 0 < ns.ns_id <= NS_ID_MAX:
-            raise UsageError(f"--ns {ns.ns_id}: an ns_id is 1 to {NS_ID_MAX} (the kernel's u64): "
-                             f"this one could never match")
+            raise _past(str(ns.ns_id), "an ns_id")
     elif ns.type not in fl.NS_TYPES:
         raise UsageError(f"--ns: unknown namespace type {ns.type!r}: valid are {', '.join(fl.NS_TYPES)}")
     elif not 0 < ns.inode <= INODE_MAX:
-        raise UsageError(f"--ns {ns.type}:{ns.inode}: an inode is 1 to {INODE_MAX} (the kernel's unsigned int): "
-                         f"this one could never match")
+        raise _past(f"{ns.type}:{ns.inode}", "an inode")
 
 
 class JlFilter(ctypes.Structure):
