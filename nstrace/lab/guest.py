@@ -8,8 +8,9 @@ read-only) the host's Python, virtualenvs, libbpf and compiled BPF objects run i
 Flow: resolve a kernel name to Debian package(s) (lab.apt) -> download once and keep the kernel and the
 modules a guest loads (lab.kernels) -> build a tiny busybox initramfs that loads them (lab.initramfs)
 -> boot under KVM where it works (lab.kvm), else TCG -> run the command; read its stdout, stderr and
-the files it wrote from ports of their own, and its exit status between unique marker lines on a
-serial port of its own (here).
+the files it wrote from ports of their own, and init's markers (each stream's byte count, the exit
+status) from a control port; acknowledge once every counted byte is here, and only then may the
+guest power off (here).
 """
 
 from __future__ import annotations
@@ -20,24 +21,25 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-from ..errors import BootError, GuestInterrupted, GuestLockup, GuestTimeout, LabError, ToolMissing
+from ..errors import BootError, GuestFailure, GuestInterrupted, GuestLockup, GuestTimeout, LabError, ToolMissing
 from . import apt, kernels, kvm
 from .host import last_line, require
-from .initramfs import BUSYBOX, PORTS, can_bring_back, init_script, scratch_mounts, write_initramfs
+from .initramfs import (BUSYBOX, PORTS, STREAM_GRACE_S, can_bring_back, init_script, scratch_mounts, streams,
+                        write_initramfs)
 from .status import Status, quiet
 
 BOOT_TIMEOUT_S = 150
 
 # The guest kernel's command line.  Its console (ttyS0) carries kernel messages only; the command's
-# stdout and stderr have ports of their own (virtio_console, initramfs.PORTS) and init's markers a
-# serial port (ttyS1), so no kernel message can split the output.  A hang
+# stdout and stderr have ports of their own (virtio_console, initramfs.PORTS), as have init's markers,
+# and why a boot failed has a serial port (ttyS1), so no kernel message can split the output.  A hang
 # must end the run at once with every CPU's stack, not at the timeout (kernel/watchdog.c, 6.1-7.2):
 # softlockup_panic panics on a soft lockup, softlockup_all_cpu_backtrace first has every other CPU
 # print its stack (NMI), panic=-1 with qemu's -no-reboot ends qemu on the panic, and hung_task_panic
@@ -136,9 +138,9 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
     spec = apt.resolve(kernel, status)
     unpacked = kernels.prepare(spec, status)
     image_fd, modules = kernels.boot_files(unpacked)
-    marker = f"NSTRACE-LAB-{uuid.uuid4().hex}"
-    init = init_script([m for m, _ in modules], argv, cwd, full_env, marker, scratch,
+    init = init_script([m for m, _ in modules], argv, cwd, full_env, scratch,
                        merge_stderr=stderr is None, bring_back=bring_back)
+    counted = streams(merge_stderr=stderr is None, bring_back=bring_back)
     try:
         accel, why_not_kvm = _accelerator(accel, image_fd, status)
         if accel == "kvm":
@@ -157,9 +159,9 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
                 "-kernel", f"/proc/self/fd/{image_fd}", "-initrd", str(initrd),
                 "-append", " ".join((*KERNEL_ARGS, *kernel_args)),
                 "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-                # ttyS0: the kernel's console on qemu's stdout; ttyS1: init's markers (control)
-                "-serial", "stdio", "-serial", "chardev:control",
-                # the command's stdout, stderr and files, each on a port of its own (initramfs.PORTS)
+                # ttyS0: the kernel's console on qemu's stdout; ttyS1: why setup failed (boot)
+                "-serial", "stdio", "-serial", "chardev:boot",
+                # init's markers, the command's stdout, stderr and files: a port each (initramfs.PORTS)
                 "-device", "virtio-serial-pci,id=ports",
                 *(arg for nr, name in enumerate(PORTS, 1) for arg in
                   ("-device", f"virtserialport,bus=ports.0,nr={nr},chardev={name.split('.')[1]},name={name}")),
@@ -168,7 +170,7 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
                    f"TCG, {tcg_thread}-threaded" + (", no KVM here" if why_not_kvm else "")) + ")")
 
             def attempt() -> GuestResult:
-                return _supervise(command, kernel, marker, timeout, log, stdout, stderr, image_fd, status,
+                return _supervise(command, kernel, counted, timeout, log, stdout, stderr, image_fd, status,
                                   should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
 
             try:
@@ -215,14 +217,17 @@ LOCKUP_GRACE_S = 60
 FILES_MAX_BYTES = 512 << 20
 
 
-def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log: TextIO | None,
+def _supervise(command: list[str], kernel: str, counted: tuple[str, ...], timeout: float, log: TextIO | None,
                on_stdout: Sink | None, on_stderr: Sink | None, image_fd: int, status, should_stop,
                accel: str) -> GuestResult:
     start = time.monotonic()
-    # One pipe per channel; qemu writes each through /proc/self/fd/N (a "file" chardev).
-    pipes = {name: os.pipe() for name in ("control", "stdout", "stderr", "files")}
-    command = [*command, *(arg for name, (_, w) in pipes.items()
-                           for arg in ("-chardev", f"file,id={name},path=/proc/self/fd/{w}"))]
+    # One pipe per channel; qemu writes each through /proc/self/fd/N (a "file" chardev).  The control
+    # port also carries the host's acknowledgement into the guest: a socket pair, qemu's end a "socket"
+    # chardev (qemu 7.2 takes no input path for a "file" one).  Its host end stays open to the end.
+    pipes = {name: os.pipe() for name in ("boot", "stdout", "stderr", "files")}
+    pipes["control"] = tuple(s.detach() for s in socket.socketpair())
+    command = [*command, *(arg for name, (_, w) in pipes.items() for arg in (
+        "-chardev", f"socket,id={name},fd={w}" if name == "control" else f"file,id={name},path=/proc/self/fd/{w}"))]
     # Own process group: a Ctrl-C meant for us must not reach qemu before we kill it ourselves.
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -235,8 +240,9 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
     got = {name: bytearray() for name in ("console", "qemu", *pipes)}
     text_log = codecs.getincrementaldecoder("utf-8")(errors="replace") if log is not None else None
     begin_at = lockup_at = None
+    acked = False
     lockup = re.compile("|".join(LOCKUP_PATTERNS).encode())
-    streams = {proc.stdout: "console", proc.stderr: "qemu", **{f: name for name, f in readers.items()}}
+    channels = {proc.stdout: "console", proc.stderr: "qemu", **{f: name for name, f in readers.items()}}
     interrupted = too_big = False
 
     def deadline() -> float:
@@ -245,11 +251,11 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
         return min(limit, lockup_at + LOCKUP_GRACE_S) if lockup_at else limit
 
     try:
-        for stream, chunk in _read_until_exit(streams, deadline, should_stop):
+        for stream, chunk in _read_until_exit(channels, deadline, should_stop):
             if stream is None:
                 interrupted = True
                 break
-            name = streams[stream]
+            name = channels[stream]
             if name == "files" and len(got["files"]) + len(chunk) > FILES_MAX_BYTES:
                 too_big = True
                 break
@@ -264,9 +270,12 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
                 if text_log is not None:
                     log.write(text_log.decode(chunk))
                     log.flush()
-            elif name == "control" and begin_at is None and f"{marker} BEGIN".encode() in got["control"]:
+            elif name == "control" and begin_at is None and re.search(rb"^BEGIN$", got["control"], re.M):
                 begin_at = time.monotonic()
                 status(f"booted in {begin_at - start:.1f} s")
+            if not acked and name != "console" and _all_here(got, counted):
+                os.write(readers["control"].fileno(), b"\n")  # the guest may power off now
+                acked = True
         try:  # every pipe closed: qemu is exiting, but may not have yet
             proc.wait(0 if interrupted or too_big else max(0.0, deadline() - time.monotonic()))
             timed_out = False
@@ -282,6 +291,8 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
     text = got["console"].decode(errors="replace").replace("\r\n", "\n")
     out = got["stdout"].decode(errors="replace")
     began = begin_at is not None
+    control = got["control"].decode(errors="replace")
+    end = re.search(r"^EXIT (-?\d+)$", control, re.M)
 
     if lockup_at is not None or lockup.search(got["console"]):
         raise GuestLockup(f"guest {kernel} locked up {'while the command ran' if began else 'during boot'}: "
@@ -291,16 +302,16 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
     if too_big:
         raise LabError(f"guest {kernel}: the files the command wrote exceed {FILES_MAX_BYTES >> 20} MiB")
     if timed_out:
-        phase = "the command" if began else "boot"
+        phase = "the command's output (the command had exited)" if end else "the command" if began else "boot"
         limit = timeout if began else min(timeout, BOOT_TIMEOUT_S)
         raise GuestTimeout(f"guest {kernel} timed out after {limit:g} s during {phase} (--timeout); "
                            f"last output line: {last_line(out or text)!r}", text, out, began)
-    control = got["control"].decode(errors="replace")
-    failed = re.search(rf"{marker} FAIL (.*)$", control, re.M)
+    # ttyS1 is init's until the command begins; after that anything on it is the command's.
+    failed = re.search(r"^FAIL (.*)$", control, re.M) or \
+        (None if began else re.search(r"^FAIL (.*)$", got["boot"].decode(errors="replace"), re.M))
     if failed:
         raise BootError(f"guest {kernel} could not set up: {failed.group(1).strip()}", text, out, began)
-    release = re.search(rf"{marker} RELEASE (\S+)", control)
-    end = re.search(rf"{marker} EXIT (-?\d+)\n", control)
+    release = re.search(r"^RELEASE (\S+)$", control, re.M)
     if release is None or not began or end is None:
         panic = re.search(r"Kernel panic[^\n]*", text)
         qemu_rc = proc.returncode
@@ -313,10 +324,43 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
         else:
             reason = f"no start marker; last console line: {last_line(text)!r}"
         raise BootError(f"guest {kernel}: {reason}", text, out, began)
+    for name in counted:
+        problem = _stream_problem(name, _ends(got["control"]).get(name), len(got[name]))
+        if problem:
+            raise GuestFailure(f"guest {kernel}: {problem}", text, out, began)
     return GuestResult(kernel=kernel, kernel_release=release.group(1), returncode=int(end.group(1)),
                        output=out, duration_s=duration, boot_s=begin_at - start, console=text,
                        errors=got["stderr"].decode(errors="replace"),
-                       files=bytes(got["files"]) if got["files"] else None, accel=accel)
+                       files=bytes(got["files"]) if "files" in counted and got["files"] else None, accel=accel)
+
+
+def _ends(control: bytes) -> dict[str, tuple[str, int | None]]:
+    """Init's word on each stream: {name: ("END" or "CUT", the bytes it carried)}; None for a count
+    init could not read (its counter died)."""
+    return {name.decode(): (kind.decode(), int(count) if count else None)
+            for kind, name, count in re.findall(rb"^(END|CUT) (\w+) ?(\d*)$", control, re.M)}
+
+
+def _all_here(got: dict[str, bytearray], counted: tuple[str, ...]) -> bool:
+    """Whether init has exited the command and every byte it counted into a stream has arrived."""
+    if not re.search(rb"^EXIT -?\d+$", got["control"], re.M):
+        return False
+    ends = _ends(got["control"])
+    return all(name in ends and (ends[name][1] or 0) <= len(got[name]) for name in counted)
+
+
+def _stream_problem(name: str, end: tuple[str, int | None] | None, arrived: int) -> str | None:
+    """Why stream `name` did not come whole, given init's word on it and the bytes that arrived."""
+    what = "the files the command wrote" if name == "files" else f"the command's {name}"
+    if end is None or end[1] is None:
+        return f"{what}: no count from the guest ({arrived} bytes arrived)"
+    kind, sent = end
+    if arrived != sent:
+        return f"{what} was cut: {arrived} of {sent} bytes arrived"
+    if kind == "CUT":
+        return (f"{what} did not end: a process the command left behind still held it open "
+                f"{STREAM_GRACE_S} s after the command exited, and was killed")
+    return None
 
 
 def lockup_report(console: str) -> str:
