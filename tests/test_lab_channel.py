@@ -26,30 +26,34 @@ pytestmark = [
 # Python unbuffered (-u, as `nstrace lab` runs nstrace) writes each call with one write(2) and does
 # not write what a short write left: a virtio port takes at most 32 KiB a write, which is how the
 # lab's output used to end at 32,768 bytes.
+# Each stream ends with its big write, so that megabytes can still wait in the port when it exits.
 WRITER = """
 import sys
 blob = open(sys.argv[1], "rb").read()
 for stream in (sys.stdout.buffer, sys.stderr.buffer):
-    stream.write(blob)
     for i in range(0, len(blob), 1024):
         stream.write(blob[i:i + 1024])
+    stream.write(blob)
 """
 
 
 def test_every_byte_arrives(tmp_path):
-    """4 MB on stdout and on stderr, each as one write and then as 4096 small ones, arrive exactly.
-    stderr's reader here falls behind, as a slow terminal or pipe does: qemu then stops taking the
-    port's data, and the guest must not power off while its last megabytes wait in the port."""
+    """4 MB on stdout and on stderr, each as 4096 small writes and then as one, arrive exactly.
+    stderr's reader here stops for a while just before the end, as a paused terminal or a full pipe
+    does: qemu then stops taking the port's data, and the guest must not power off while its last
+    bytes wait in the port."""
     blob = random.Random(22).randbytes(4 << 20)
     (tmp_path / "blob").write_bytes(blob)
     out, err = bytearray(), bytearray()
+    stall_at = 2 * len(blob) - (128 << 10)
 
-    def slow_reader(chunk):
+    def stalling_reader(chunk):
         err.extend(chunk)
-        time.sleep(0.01)
+        if len(err) - len(chunk) < stall_at <= len(err):
+            time.sleep(1.5)
 
     result = guest.run_in_guest("6.1", ["/usr/bin/python3", "-u", "-c", WRITER, "blob"], cwd=str(tmp_path),
-                                timeout=300, stdout=out.extend, stderr=slow_reader, cpus=1)
+                                timeout=300, stdout=out.extend, stderr=stalling_reader, cpus=1)
     assert result.returncode == 0, result.console[-2000:]
     assert (len(out), len(err)) == (2 * len(blob), 2 * len(blob))
     assert out == blob * 2 and err == blob * 2

@@ -8,9 +8,9 @@ read-only) the host's Python, virtualenvs, libbpf and compiled BPF objects run i
 Flow: resolve a kernel name to Debian package(s) (lab.apt) -> download once and keep the kernel and the
 modules a guest loads (lab.kernels) -> build a tiny busybox initramfs that loads them (lab.initramfs)
 -> boot under KVM where it works (lab.kvm), else TCG -> run the command; read its stdout, stderr and
-the files it wrote from ports of their own, and init's markers (each stream's byte count, the exit
-status) from a control port; acknowledge once every counted byte is here, and only then may the
-guest power off (here).
+the files it wrote from ports of their own, each ended by a mark of init's, and init's markers (the
+exit status) from a control port; once every stream's end mark is here the host says so on that
+port, and only then does the guest power off (here).
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from ..errors import BootError, GuestFailure, GuestInterrupted, GuestLockup, GuestTimeout, LabError, ToolMissing
 from . import apt, kernels, kvm
 from .host import last_line, require
-from .initramfs import (BUSYBOX, PORTS, STREAM_GRACE_S, can_bring_back, init_script, scratch_mounts, streams,
-                        write_initramfs)
+from .initramfs import (BUSYBOX, PORTS, STREAM_GRACE_S, can_bring_back, end_mark, init_script, scratch_mounts,
+                        streams, write_initramfs)
 from .status import Status, quiet
 
 BOOT_TIMEOUT_S = 150
@@ -138,9 +139,10 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
     spec = apt.resolve(kernel, status)
     unpacked = kernels.prepare(spec, status)
     image_fd, modules = kernels.boot_files(unpacked)
-    init = init_script([m for m, _ in modules], argv, cwd, full_env, scratch,
+    token = uuid.uuid4().hex
+    init = init_script([m for m, _ in modules], argv, cwd, full_env, token, scratch,
                        merge_stderr=stderr is None, bring_back=bring_back)
-    counted = streams(merge_stderr=stderr is None, bring_back=bring_back)
+    ended = streams(merge_stderr=stderr is None, bring_back=bring_back)
     try:
         accel, why_not_kvm = _accelerator(accel, image_fd, status)
         if accel == "kvm":
@@ -170,7 +172,7 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
                    f"TCG, {tcg_thread}-threaded" + (", no KVM here" if why_not_kvm else "")) + ")")
 
             def attempt() -> GuestResult:
-                return _supervise(command, kernel, counted, timeout, log, stdout, stderr, image_fd, status,
+                return _supervise(command, kernel, ended, end_mark(token), timeout, log, stdout, stderr, image_fd, status,
                                   should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
 
             try:
@@ -217,7 +219,8 @@ LOCKUP_GRACE_S = 60
 FILES_MAX_BYTES = 512 << 20
 
 
-def _supervise(command: list[str], kernel: str, counted: tuple[str, ...], timeout: float, log: TextIO | None,
+def _supervise(command: list[str], kernel: str, ended: tuple[str, ...], mark: bytes, timeout: float,
+               log: TextIO | None,
                on_stdout: Sink | None, on_stderr: Sink | None, image_fd: int, status, should_stop,
                accel: str) -> GuestResult:
     start = time.monotonic()
@@ -241,6 +244,15 @@ def _supervise(command: list[str], kernel: str, counted: tuple[str, ...], timeou
     text_log = codecs.getincrementaldecoder("utf-8")(errors="replace") if log is not None else None
     begin_at = lockup_at = None
     acked = False
+    passed = {"stdout": 0, "stderr": 0}  # bytes of each stream handed on
+
+    def deliver(name: str, data: bytes) -> None:
+        sink = on_stderr if name == "stderr" and on_stderr is not None else on_stdout
+        if sink is not None:
+            sink(data)
+        if text_log is not None:
+            log.write(text_log.decode(data))
+            log.flush()
     lockup = re.compile("|".join(LOCKUP_PATTERNS).encode())
     channels = {proc.stdout: "console", proc.stderr: "qemu", **{f: name for name, f in readers.items()}}
     interrupted = too_big = False
@@ -264,16 +276,15 @@ def _supervise(command: list[str], kernel: str, counted: tuple[str, ...], timeou
                 if lockup_at is None and lockup.search(got["console"][-len(chunk) - 200:]):
                     lockup_at = time.monotonic()
             elif name in ("stdout", "stderr"):
-                sink = on_stderr if name == "stderr" and on_stderr is not None else on_stdout
-                if sink is not None:
-                    sink(bytes(chunk))
-                if text_log is not None:
-                    log.write(text_log.decode(chunk))
-                    log.flush()
+                # All but a tail that may be the start of the end mark, which is not the command's.
+                ready = len(got[name]) - _mark_begun(got[name], mark)
+                if ready > passed[name]:
+                    deliver(name, bytes(got[name][passed[name]:ready]))
+                    passed[name] = ready
             elif name == "control" and begin_at is None and re.search(rb"^BEGIN$", got["control"], re.M):
                 begin_at = time.monotonic()
                 status(f"booted in {begin_at - start:.1f} s")
-            if not acked and name != "console" and _all_here(got, counted):
+            if not acked and name != "console" and _all_here(got, ended, mark):
                 os.write(readers["control"].fileno(), b"\n")  # the guest may power off now
                 acked = True
         try:  # every pipe closed: qemu is exiting, but may not have yet
@@ -288,8 +299,14 @@ def _supervise(command: list[str], kernel: str, counted: tuple[str, ...], timeou
         for pipe in (proc.stdout, proc.stderr, *readers.values()):
             pipe.close()
     duration = time.monotonic() - start
+    whole = {name: got[name].endswith(mark) for name in ended}
+    for name in ("stdout", "stderr"):
+        if len(got[name]) > passed[name] and not whole.get(name):
+            deliver(name, bytes(got[name][passed[name]:]))  # no end mark: the held tail was the command's
+    data = {name: bytes(got[name][:-len(mark)] if whole.get(name) else got[name])
+            for name in ("stdout", "stderr", "files")}
     text = got["console"].decode(errors="replace").replace("\r\n", "\n")
-    out = got["stdout"].decode(errors="replace")
+    out = data["stdout"].decode(errors="replace")
     began = begin_at is not None
     control = got["control"].decode(errors="replace")
     end = re.search(r"^EXIT (-?\d+)$", control, re.M)
@@ -324,43 +341,33 @@ def _supervise(command: list[str], kernel: str, counted: tuple[str, ...], timeou
         else:
             reason = f"no start marker; last console line: {last_line(text)!r}"
         raise BootError(f"guest {kernel}: {reason}", text, out, began)
-    for name in counted:
-        problem = _stream_problem(name, _ends(got["control"]).get(name), len(got[name]))
-        if problem:
-            raise GuestFailure(f"guest {kernel}: {problem}", text, out, began)
+    for name in ended:
+        what = "the files the command wrote" if name == "files" else f"the command's {name}"
+        if not whole[name]:
+            raise GuestFailure(f"guest {kernel}: {what} was cut: its end never arrived "
+                               f"({len(got[name])} bytes did)", text, out, began)
+        if re.search(rf"^CUT {name}$", control, re.M):
+            raise GuestFailure(f"guest {kernel}: {what} did not end: a process the command left behind "
+                               f"still held it open {STREAM_GRACE_S} s after the command exited, and was "
+                               "killed", text, out, began)
     return GuestResult(kernel=kernel, kernel_release=release.group(1), returncode=int(end.group(1)),
                        output=out, duration_s=duration, boot_s=begin_at - start, console=text,
-                       errors=got["stderr"].decode(errors="replace"),
-                       files=bytes(got["files"]) if "files" in counted and got["files"] else None, accel=accel)
+                       errors=data["stderr"].decode(errors="replace"),
+                       files=data["files"] if "files" in ended and data["files"] else None, accel=accel)
 
 
-def _ends(control: bytes) -> dict[str, tuple[str, int | None]]:
-    """Init's word on each stream: {name: ("END" or "CUT", the bytes it carried)}; None for a count
-    init could not read (its counter died)."""
-    return {name.decode(): (kind.decode(), int(count) if count else None)
-            for kind, name, count in re.findall(rb"^(END|CUT) (\w+) ?(\d*)$", control, re.M)}
+def _mark_begun(data: bytearray, mark: bytes) -> int:
+    """How many of data's last bytes are the beginning of the end mark (all of it, at the end)."""
+    for size in range(min(len(mark), len(data)), 0, -1):
+        if data.endswith(mark[:size]):
+            return size
+    return 0
 
 
-def _all_here(got: dict[str, bytearray], counted: tuple[str, ...]) -> bool:
-    """Whether init has exited the command and every byte it counted into a stream has arrived."""
-    if not re.search(rb"^EXIT -?\d+$", got["control"], re.M):
-        return False
-    ends = _ends(got["control"])
-    return all(name in ends and (ends[name][1] or 0) <= len(got[name]) for name in counted)
-
-
-def _stream_problem(name: str, end: tuple[str, int | None] | None, arrived: int) -> str | None:
-    """Why stream `name` did not come whole, given init's word on it and the bytes that arrived."""
-    what = "the files the command wrote" if name == "files" else f"the command's {name}"
-    if end is None or end[1] is None:
-        return f"{what}: no count from the guest ({arrived} bytes arrived)"
-    kind, sent = end
-    if arrived != sent:
-        return f"{what} was cut: {arrived} of {sent} bytes arrived"
-    if kind == "CUT":
-        return (f"{what} did not end: a process the command left behind still held it open "
-                f"{STREAM_GRACE_S} s after the command exited, and was killed")
-    return None
+def _all_here(got: dict[str, bytearray], ended: tuple[str, ...], mark: bytes) -> bool:
+    """Whether init has exited the command and every stream's end mark has arrived."""
+    return bool(re.search(rb"^EXIT -?\d+$", got["control"], re.M)) and \
+        all(got[name].endswith(mark) for name in ended)
 
 
 def lockup_report(console: str) -> str:

@@ -79,13 +79,20 @@ STREAM_GRACE_S = 2
 
 
 def streams(*, merge_stderr: bool, bring_back: bool) -> tuple[str, ...]:
-    """The streams init relays and ends with a count on the control port, each on its port of that name."""
+    """The streams init sends on the port of that name, each ending with the end mark."""
     return ("stdout", *(() if merge_stderr else ("stderr",)), *(("files",) if bring_back else ()))
 
 
-def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, str],
+def end_mark(token: str) -> bytes:
+    """What init writes after a stream's last byte.  It starts with a NUL, which text never holds, so
+    the host can pass text on at once and keep back only a tail that may be the mark's beginning."""
+    return b"\0NSTRACE-LAB-END-" + token.encode() + b"\0"
+
+
+def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, str], token: str,
                 scratch: tuple[str, ...] = GUEST_TMPFS, *, merge_stderr: bool = True,
                 bring_back: bool = False) -> str:
+    """The init that runs argv; `token` (letters and digits) makes the end mark of its streams."""
     host_mounts = [
         "mount -t proc proc /host/proc",
         "mount -t sysfs sysfs /host/sys",
@@ -157,7 +164,7 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         f"{move_root} || fail {shlex.quote(move_root)}",
         'say "RELEASE $(uname -r)"',
         f"echo {GUEST_PRINTK} > /proc/sys/kernel/printk",
-        *_relays(relayed),
+        *(f"mkfifo /{name}; cat </{name} >&{_PORT_FD[name]} & {name}_relay=$!" for name in relayed),
         "say BEGIN",
         # The command writes into pipes, never into a port: a write to a port takes at most 32 KiB
         # (drivers/char/virtio_console.c port_fops_write, 5.10 and 6.1) and many programs do not write
@@ -165,10 +172,12 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         f'{command} </dev/null >/stdout {"2>&1" if merge_stderr else "2>/stderr"} 3>&- 4>&- 5>&- 6>&- 7>&-',
         "rc=$?",
         *_end_relays(relayed),
-        *(_send_files() if bring_back else []),
+        *(f"printf '{_printf(end_mark(token))}' >&{_PORT_FD[name]}" for name in relayed),
+        *(["tar -cf - -C /upper/u . >&5 || say FAIL tar of the files written",
+           f"printf '{_printf(end_mark(token))}' >&5"] if bring_back else []),
         'say "EXIT $rc"',
-        # Until the host says it has every byte the counts promise, the ports may still hold some
-        # (qemu stops taking a port's data while the host's pipe is full): poweroff would drop them.
+        # Until the host has every stream's end, a port may still hold data (qemu stops taking a
+        # port's data while the host's pipe is full), and poweroff would drop it.
         "read -r ack <&4",
         "poweroff -f",
     ]
@@ -178,39 +187,24 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
 _PORT_FD = {"stdout": 6, "stderr": 7, "files": 5}
 
 
-def _relays(names: list[str]) -> list[str]:
-    """A stream's relay: the command writes into the pipe /NAME; tee copies it to the port and into
-    /NAME.copy, whose bytes wc counts into /NAME.n once every writer has closed the stream."""
-    lines = []
-    for name in names:
-        lines += [f"mkfifo /{name} /{name}.copy",
-                  f"wc -c </{name}.copy >/{name}.n & relays=\"$relays $!\"",
-                  f"tee /{name}.copy </{name} >&{_PORT_FD[name]} & relays=\"$relays $!\""]
-    return lines
+def _printf(data: bytes) -> str:
+    """data as a printf(1) format: octal escapes for what is not a letter or digit."""
+    return "".join(chr(b) if chr(b).isalnum() else f"\\{b:03o}" for b in data)
 
 
 def _end_relays(names: list[str]) -> list[str]:
-    """Wait for every writer of the command's streams to close them; a stream still open STREAM_GRACE_S
-    after the command exited is marked cut and whatever holds it is killed, so that its relay ends and
-    its count is exact.  Then each stream's count goes to the host: END NAME BYTES, or CUT NAME BYTES."""
-    cut = " ".join(f"[ -s /{n}.n ] || : >/{n}.cut;" for n in names)
+    """Wait for every writer of the command's streams to close them.  A stream whose relay still runs
+    STREAM_GRACE_S after the command exited is reported (CUT NAME), and whatever else runs is killed,
+    so that the relay reads the stream to its end: everything written until then still arrives."""
+    cut = " ".join(f'alive ${n}_relay && say "CUT {n}";' for n in names)
+    relays = " ".join(f"${n}_relay" for n in names)
     return [
+        'alive() { read -r _ _ state _ </proc/$1/stat 2>/dev/null && [ "$state" != Z ]; }',
         # The watchdog spares init, itself and the relays; kernel threads ignore the signal.
         f"( sleep {STREAM_GRACE_S}; {cut} read -r self _ </proc/self/stat; "
-        'for p in /proc/[0-9]*; do p=${p#/proc/}; case " 1 $self $relays " in *" $p "*) ;; '
+        f'for p in /proc/[0-9]*; do p=${{p#/proc/}}; case " 1 $self {relays} " in *" $p "*) ;; '
         "*) kill -9 $p 2>/dev/null;; esac; done ) & dog=$!",
-        "wait $relays; kill $dog 2>/dev/null",
-        *(f'read -r n </{n}.n; if [ -e /{n}.cut ]; then say "CUT {n} $n"; else say "END {n} $n"; fi'
-          for n in names),
-    ]
-
-
-def _send_files() -> list[str]:
-    """The tar of what the command wrote, counted on its way to the files port as the streams are."""
-    return [
-        "mkfifo /files.copy; wc -c </files.copy >/files.n & counting=$!",
-        '{ tar -cf - -C /upper/u . || say "FAIL tar of the files written"; } | tee /files.copy >&5',
-        'wait $counting; read -r n </files.n; say "END files $n"',
+        f"wait {relays}; kill $dog 2>/dev/null",
     ]
 
 
