@@ -172,8 +172,8 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
                    f"TCG, {tcg_thread}-threaded" + (", no KVM here" if why_not_kvm else "")) + ")")
 
             def attempt() -> GuestResult:
-                return _supervise(command, kernel, ended, end_mark(token), timeout, log, stdout, stderr, image_fd, status,
-                                  should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
+                return _supervise(command, kernel, ended, end_mark(token), timeout, log, stdout, stderr, image_fd,
+                                  status, should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
 
             try:
                 return attempt()
@@ -220,9 +220,8 @@ FILES_MAX_BYTES = 512 << 20
 
 
 def _supervise(command: list[str], kernel: str, ended: tuple[str, ...], mark: bytes, timeout: float,
-               log: TextIO | None,
-               on_stdout: Sink | None, on_stderr: Sink | None, image_fd: int, status, should_stop,
-               accel: str) -> GuestResult:
+               log: TextIO | None, on_stdout: Sink | None, on_stderr: Sink | None, image_fd: int, status,
+               should_stop, accel: str) -> GuestResult:
     start = time.monotonic()
     # One pipe per channel; qemu writes each through /proc/self/fd/N (a "file" chardev).  The control
     # port also carries the host's acknowledgement into the guest: a socket pair, qemu's end a "socket"
@@ -253,6 +252,7 @@ def _supervise(command: list[str], kernel: str, ended: tuple[str, ...], mark: by
         if text_log is not None:
             log.write(text_log.decode(data))
             log.flush()
+
     lockup = re.compile("|".join(LOCKUP_PATTERNS).encode())
     channels = {proc.stdout: "console", proc.stderr: "qemu", **{f: name for name, f in readers.items()}}
     interrupted = too_big = False
@@ -285,8 +285,11 @@ def _supervise(command: list[str], kernel: str, ended: tuple[str, ...], mark: by
                 begin_at = time.monotonic()
                 status(f"booted in {begin_at - start:.1f} s")
             if not acked and name != "console" and _all_here(got, ended, mark):
-                os.write(readers["control"].fileno(), b"\n")  # the guest may power off now
                 acked = True
+                try:
+                    os.write(readers["control"].fileno(), b"\n")  # the guest may power off now
+                except OSError:
+                    pass  # qemu is gone already (a panic): what arrived is judged below
         try:  # every pipe closed: qemu is exiting, but may not have yet
             proc.wait(0 if interrupted or too_big else max(0.0, deadline() - time.monotonic()))
             timed_out = False
@@ -342,18 +345,24 @@ def _supervise(command: list[str], kernel: str, ended: tuple[str, ...], mark: by
             reason = f"no start marker; last console line: {last_line(text)!r}"
         raise BootError(f"guest {kernel}: {reason}", text, out, began)
     for name in ended:
-        what = "the files the command wrote" if name == "files" else f"the command's {name}"
-        if not whole[name]:
-            raise GuestFailure(f"guest {kernel}: {what} was cut: its end never arrived "
-                               f"({len(got[name])} bytes did)", text, out, began)
-        if re.search(rf"^CUT {name}$", control, re.M):
-            raise GuestFailure(f"guest {kernel}: {what} did not end: a process the command left behind "
-                               f"still held it open {STREAM_GRACE_S} s after the command exited, and was "
-                               "killed", text, out, began)
+        problem = _unended(name, whole[name], len(got[name]), control)
+        if problem:
+            raise GuestFailure(f"guest {kernel}: {problem}", text, out, began)
     return GuestResult(kernel=kernel, kernel_release=release.group(1), returncode=int(end.group(1)),
                        output=out, duration_s=duration, boot_s=begin_at - start, console=text,
                        errors=data["stderr"].decode(errors="replace"),
                        files=data["files"] if "files" in ended and data["files"] else None, accel=accel)
+
+
+def _unended(name: str, whole: bool, arrived: int, control: str) -> str | None:
+    """Why stream `name` did not come whole: its end mark never arrived, or init says it cut it."""
+    what = "the files the command wrote" if name == "files" else f"the command's {name}"
+    if not whole:
+        return f"{what} was cut: its end never arrived ({arrived} bytes did)"
+    if re.search(rf"^CUT {name}$", control, re.M):
+        return (f"{what} did not end: a process the command left behind still held it open "
+                f"{STREAM_GRACE_S} s after the command exited, and was killed")
+    return None
 
 
 def _mark_begun(data: bytearray, mark: bytes) -> int:

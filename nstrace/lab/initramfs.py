@@ -132,6 +132,7 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         "/bin/sh", "-c", run, "nstrace-lab", cwd, *argv,
     ])
     relayed = list(streams(merge_stderr=merge_stderr, bring_back=False))
+    mark = _printf(end_mark(token))
     # fd 3 is the boot channel (ttyS1): why setup failed, before the ports exist.  Raw, so the tty's
     # line discipline neither turns \n into \r\n nor echoes anything back.
     fail = 'fail() { echo "FAIL $*" >&3; echo "FAIL $*"; poweroff -f; }'
@@ -159,12 +160,12 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         # Init opens every port now and holds it until poweroff: virtio_console lets one open file have
         # a port at a time (drivers/char/virtio_console.c port_fops_open: -EBUSY, 5.10 and 6.1), so the
         # command can open none of them, and neither send a tar nor a marker of init's.
-        'exec 4<>"$ctl" 5>"$files" 6>"$out" 7>"$err"',
+        f'exec 4<>"$ctl" {_FD["files"]}>"$files" {_FD["stdout"]}>"$out" {_FD["stderr"]}>"$err"',
         "say() { echo \"$*\" >&4; }",
         f"{move_root} || fail {shlex.quote(move_root)}",
         'say "RELEASE $(uname -r)"',
         f"echo {GUEST_PRINTK} > /proc/sys/kernel/printk",
-        *(f"mkfifo /{name}; cat </{name} >&{_PORT_FD[name]} & {name}_relay=$!" for name in relayed),
+        *(f"mkfifo /{name}; cat </{name} >&{_FD[name]} & {name}_relay=$!" for name in relayed),
         "say BEGIN",
         # The command writes into pipes, never into a port: a write to a port takes at most 32 KiB
         # (drivers/char/virtio_console.c port_fops_write, 5.10 and 6.1) and many programs do not write
@@ -172,9 +173,9 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         f'{command} </dev/null >/stdout {"2>&1" if merge_stderr else "2>/stderr"} 3>&- 4>&- 5>&- 6>&- 7>&-',
         "rc=$?",
         *_end_relays(relayed),
-        *(f"printf '{_printf(end_mark(token))}' >&{_PORT_FD[name]}" for name in relayed),
-        *(["tar -cf - -C /upper/u . >&5 || say FAIL tar of the files written",
-           f"printf '{_printf(end_mark(token))}' >&5"] if bring_back else []),
+        *(f"printf '{mark}' >&{_FD[name]}" for name in relayed),
+        *([f"tar -cf - -C /upper/u . >&{_FD['files']} || say FAIL tar of the files written",
+           f"printf '{mark}' >&{_FD['files']}"] if bring_back else []),
         'say "EXIT $rc"',
         # Until the host has every stream's end, a port may still hold data (qemu stops taking a
         # port's data while the host's pipe is full), and poweroff would drop it.
@@ -184,7 +185,8 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
     return "\n".join(lines) + "\n"
 
 
-_PORT_FD = {"stdout": 6, "stderr": 7, "files": 5}
+# The file descriptors of the ports init holds, besides 4, the control port (3 is ttyS1).
+_FD = {"stdout": 6, "stderr": 7, "files": 5}
 
 
 def _printf(data: bytes) -> str:
@@ -200,7 +202,8 @@ def _end_relays(names: list[str]) -> list[str]:
     relays = " ".join(f"${n}_relay" for n in names)
     return [
         'alive() { read -r _ _ state _ </proc/$1/stat 2>/dev/null && [ "$state" != Z ]; }',
-        # The watchdog spares init, itself and the relays; kernel threads ignore the signal.
+        # The watchdog spares init, itself and the relays; kernel threads ignore every signal
+        # (kernel/kthread.c kthreadd: ignore_signals(), which the threads it starts inherit; 6.1).
         f"( sleep {STREAM_GRACE_S}; {cut} read -r self _ </proc/self/stat; "
         f'for p in /proc/[0-9]*; do p=${{p#/proc/}}; case " 1 $self {relays} " in *" $p "*) ;; '
         "*) kill -9 $p 2>/dev/null;; esac; done ) & dog=$!",
