@@ -225,7 +225,8 @@ def _supervise(command: list[str], kernel: str, ended: tuple[str, ...], mark: by
     start = time.monotonic()
     # One pipe per channel; qemu writes each through /proc/self/fd/N (a "file" chardev).  The control
     # port also carries the host's acknowledgement into the guest: a socket pair, qemu's end a "socket"
-    # chardev (qemu 7.2 takes no input path for a "file" one).  Its host end stays open to the end.
+    # chardev (qemu 7.2 takes no input path for a "file" one).  Its host end stays open until qemu has
+    # exited: at a hang-up qemu would close the port, and init's writes to it would block.
     pipes = {name: os.pipe() for name in ("boot", "stdout", "stderr", "files")}
     pipes["control"] = tuple(s.detach() for s in socket.socketpair())
     command = [*command, *(arg for name, (_, w) in pipes.items() for arg in (
