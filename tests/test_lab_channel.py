@@ -25,8 +25,8 @@ pytestmark = [
 
 # Python unbuffered (-u, as `nstrace lab` runs nstrace) writes each call with one write(2) and does
 # not write what a short write left: a virtio port takes at most 32 KiB a write, which is how the
-# lab's output used to end at 32,768 bytes.
-# Each stream ends with its big write, so that megabytes can still wait in the port when it exits.
+# lab's output used to end at 32,768 bytes.  Each stream ends with its big write, so that its last
+# bytes reach the port in a burst as the command exits.
 WRITER = """
 import sys
 blob = open(sys.argv[1], "rb").read()
