@@ -104,6 +104,8 @@ def run(kernels: list[str], args: list[str], *, timeout: float, status: Status,
                     say(f"wrote {path} ({size} bytes) here")
                 for problem in outcome.brought.failed:
                     say(f"not written here: {problem}")
+                for entry in outcome.brought.skipped:
+                    say(f"not brought back: {entry}")
         return outcome
 
     with concurrent.futures.ThreadPoolExecutor(min(GUEST_PARALLEL, len(kernels))) as pool:

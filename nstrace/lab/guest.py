@@ -8,8 +8,9 @@ read-only) the host's Python, virtualenvs, libbpf and compiled BPF objects run i
 Flow: resolve a kernel name to Debian package(s) (lab.apt) -> download once and keep the kernel and the
 modules a guest loads (lab.kernels) -> build a tiny busybox initramfs that loads them (lab.initramfs)
 -> boot under KVM where it works (lab.kvm), else TCG -> run the command; read its stdout, stderr and
-the files it wrote from ports of their own, and its exit status between unique marker lines on a
-serial port of its own (here).
+the files it wrote from ports of their own, each ended by a mark of init's, and init's markers (the
+exit status) from a control port; once every stream's end mark is here the host says so on that
+port, and only then does the guest power off (here).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -27,17 +29,18 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-from ..errors import BootError, GuestInterrupted, GuestLockup, GuestTimeout, LabError, ToolMissing
+from ..errors import BootError, GuestFailure, GuestInterrupted, GuestLockup, GuestTimeout, LabError, ToolMissing
 from . import apt, kernels, kvm
 from .host import last_line, require
-from .initramfs import BUSYBOX, PORTS, can_bring_back, init_script, scratch_mounts, write_initramfs
+from .initramfs import (BUSYBOX, PORTS, STREAM_GRACE_S, can_bring_back, end_mark, init_script, scratch_mounts,
+                        streams, write_initramfs)
 from .status import Status, quiet
 
 BOOT_TIMEOUT_S = 150
 
 # The guest kernel's command line.  Its console (ttyS0) carries kernel messages only; the command's
-# stdout and stderr have ports of their own (virtio_console, initramfs.PORTS) and init's markers a
-# serial port (ttyS1), so no kernel message can split the output.  A hang
+# stdout and stderr have ports of their own (virtio_console, initramfs.PORTS), as have init's markers,
+# and why a boot failed has a serial port (ttyS1), so no kernel message can split the output.  A hang
 # must end the run at once with every CPU's stack, not at the timeout (kernel/watchdog.c, 6.1-7.2):
 # softlockup_panic panics on a soft lockup, softlockup_all_cpu_backtrace first has every other CPU
 # print its stack (NMI), panic=-1 with qemu's -no-reboot ends qemu on the panic, and hung_task_panic
@@ -136,9 +139,10 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
     spec = apt.resolve(kernel, status)
     unpacked = kernels.prepare(spec, status)
     image_fd, modules = kernels.boot_files(unpacked)
-    marker = f"NSTRACE-LAB-{uuid.uuid4().hex}"
-    init = init_script([m for m, _ in modules], argv, cwd, full_env, marker, scratch,
+    token = uuid.uuid4().hex
+    init = init_script([m for m, _ in modules], argv, cwd, full_env, token, scratch,
                        merge_stderr=stderr is None, bring_back=bring_back)
+    ended = streams(merge_stderr=stderr is None, bring_back=bring_back)
     try:
         accel, why_not_kvm = _accelerator(accel, image_fd, status)
         if accel == "kvm":
@@ -157,9 +161,9 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
                 "-kernel", f"/proc/self/fd/{image_fd}", "-initrd", str(initrd),
                 "-append", " ".join((*KERNEL_ARGS, *kernel_args)),
                 "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-                # ttyS0: the kernel's console on qemu's stdout; ttyS1: init's markers (control)
-                "-serial", "stdio", "-serial", "chardev:control",
-                # the command's stdout, stderr and files, each on a port of its own (initramfs.PORTS)
+                # ttyS0: the kernel's console on qemu's stdout; ttyS1: why setup failed (boot)
+                "-serial", "stdio", "-serial", "chardev:boot",
+                # init's markers, the command's stdout, stderr and files: a port each (initramfs.PORTS)
                 "-device", "virtio-serial-pci,id=ports",
                 *(arg for nr, name in enumerate(PORTS, 1) for arg in
                   ("-device", f"virtserialport,bus=ports.0,nr={nr},chardev={name.split('.')[1]},name={name}")),
@@ -168,8 +172,8 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
                    f"TCG, {tcg_thread}-threaded" + (", no KVM here" if why_not_kvm else "")) + ")")
 
             def attempt() -> GuestResult:
-                return _supervise(command, kernel, marker, timeout, log, stdout, stderr, image_fd, status,
-                                  should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
+                return _supervise(command, kernel, ended, end_mark(token), timeout, log, stdout, stderr, image_fd,
+                                  status, should_stop, accel + (f" ({why_not_kvm})" if why_not_kvm else ""))
 
             try:
                 return attempt()
@@ -215,14 +219,18 @@ LOCKUP_GRACE_S = 60
 FILES_MAX_BYTES = 512 << 20
 
 
-def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log: TextIO | None,
-               on_stdout: Sink | None, on_stderr: Sink | None, image_fd: int, status, should_stop,
-               accel: str) -> GuestResult:
+def _supervise(command: list[str], kernel: str, ended: tuple[str, ...], mark: bytes, timeout: float,
+               log: TextIO | None, on_stdout: Sink | None, on_stderr: Sink | None, image_fd: int, status,
+               should_stop, accel: str) -> GuestResult:
     start = time.monotonic()
-    # One pipe per channel; qemu writes each through /proc/self/fd/N (a "file" chardev).
-    pipes = {name: os.pipe() for name in ("control", "stdout", "stderr", "files")}
-    command = [*command, *(arg for name, (_, w) in pipes.items()
-                           for arg in ("-chardev", f"file,id={name},path=/proc/self/fd/{w}"))]
+    # One pipe per channel; qemu writes each through /proc/self/fd/N (a "file" chardev).  The control
+    # port also carries the host's acknowledgement into the guest: a socket pair, qemu's end a "socket"
+    # chardev (qemu 7.2 takes no input path for a "file" one).  Its host end stays open until qemu has
+    # exited: at a hang-up qemu would close the port, and init's writes to it would block.
+    pipes = {name: os.pipe() for name in ("boot", "stdout", "stderr", "files")}
+    pipes["control"] = tuple(s.detach() for s in socket.socketpair())
+    command = [*command, *(arg for name, (_, w) in pipes.items() for arg in (
+        "-chardev", f"socket,id={name},fd={w}" if name == "control" else f"file,id={name},path=/proc/self/fd/{w}"))]
     # Own process group: a Ctrl-C meant for us must not reach qemu before we kill it ourselves.
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -235,8 +243,19 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
     got = {name: bytearray() for name in ("console", "qemu", *pipes)}
     text_log = codecs.getincrementaldecoder("utf-8")(errors="replace") if log is not None else None
     begin_at = lockup_at = None
+    acked = False
+    passed = {"stdout": 0, "stderr": 0}  # bytes of each stream handed on
+
+    def deliver(name: str, data: bytes) -> None:
+        sink = on_stderr if name == "stderr" and on_stderr is not None else on_stdout
+        if sink is not None:
+            sink(data)
+        if text_log is not None:
+            log.write(text_log.decode(data))
+            log.flush()
+
     lockup = re.compile("|".join(LOCKUP_PATTERNS).encode())
-    streams = {proc.stdout: "console", proc.stderr: "qemu", **{f: name for name, f in readers.items()}}
+    channels = {proc.stdout: "console", proc.stderr: "qemu", **{f: name for name, f in readers.items()}}
     interrupted = too_big = False
 
     def deadline() -> float:
@@ -245,11 +264,11 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
         return min(limit, lockup_at + LOCKUP_GRACE_S) if lockup_at else limit
 
     try:
-        for stream, chunk in _read_until_exit(streams, deadline, should_stop):
+        for stream, chunk in _read_until_exit(channels, deadline, should_stop):
             if stream is None:
                 interrupted = True
                 break
-            name = streams[stream]
+            name = channels[stream]
             if name == "files" and len(got["files"]) + len(chunk) > FILES_MAX_BYTES:
                 too_big = True
                 break
@@ -258,15 +277,20 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
                 if lockup_at is None and lockup.search(got["console"][-len(chunk) - 200:]):
                     lockup_at = time.monotonic()
             elif name in ("stdout", "stderr"):
-                sink = on_stderr if name == "stderr" and on_stderr is not None else on_stdout
-                if sink is not None:
-                    sink(bytes(chunk))
-                if text_log is not None:
-                    log.write(text_log.decode(chunk))
-                    log.flush()
-            elif name == "control" and begin_at is None and f"{marker} BEGIN".encode() in got["control"]:
+                # All but a tail that may be the start of the end mark, which is not the command's.
+                ready = len(got[name]) - _mark_begun(got[name], mark)
+                if ready > passed[name]:
+                    deliver(name, bytes(got[name][passed[name]:ready]))
+                    passed[name] = ready
+            elif name == "control" and begin_at is None and re.search(rb"^BEGIN$", got["control"], re.M):
                 begin_at = time.monotonic()
                 status(f"booted in {begin_at - start:.1f} s")
+            if not acked and name != "console" and _all_here(got, ended, mark):
+                acked = True
+                try:
+                    os.write(readers["control"].fileno(), b"\n")  # the guest may power off now
+                except OSError:
+                    pass  # qemu is gone already (a panic): what arrived is judged below
         try:  # every pipe closed: qemu is exiting, but may not have yet
             proc.wait(0 if interrupted or too_big else max(0.0, deadline() - time.monotonic()))
             timed_out = False
@@ -279,9 +303,17 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
         for pipe in (proc.stdout, proc.stderr, *readers.values()):
             pipe.close()
     duration = time.monotonic() - start
+    whole = {name: got[name].endswith(mark) for name in ended}
+    for name in ("stdout", "stderr"):
+        if len(got[name]) > passed[name] and not whole.get(name):
+            deliver(name, bytes(got[name][passed[name]:]))  # no end mark: the held tail was the command's
+    data = {name: bytes(got[name][:-len(mark)] if whole.get(name) else got[name])
+            for name in ("stdout", "stderr", "files")}
     text = got["console"].decode(errors="replace").replace("\r\n", "\n")
-    out = got["stdout"].decode(errors="replace")
+    out = data["stdout"].decode(errors="replace")
     began = begin_at is not None
+    control = got["control"].decode(errors="replace")
+    end = re.search(r"^EXIT (-?\d+)$", control, re.M)
 
     if lockup_at is not None or lockup.search(got["console"]):
         raise GuestLockup(f"guest {kernel} locked up {'while the command ran' if began else 'during boot'}: "
@@ -291,16 +323,16 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
     if too_big:
         raise LabError(f"guest {kernel}: the files the command wrote exceed {FILES_MAX_BYTES >> 20} MiB")
     if timed_out:
-        phase = "the command" if began else "boot"
+        phase = "the command's output (the command had exited)" if end else "the command" if began else "boot"
         limit = timeout if began else min(timeout, BOOT_TIMEOUT_S)
         raise GuestTimeout(f"guest {kernel} timed out after {limit:g} s during {phase} (--timeout); "
                            f"last output line: {last_line(out or text)!r}", text, out, began)
-    control = got["control"].decode(errors="replace")
-    failed = re.search(rf"{marker} FAIL (.*)$", control, re.M)
+    # ttyS1 is init's until the command begins; after that anything on it is the command's.
+    failed = re.search(r"^FAIL (.*)$", control, re.M) or \
+        (None if began else re.search(r"^FAIL (.*)$", got["boot"].decode(errors="replace"), re.M))
     if failed:
         raise BootError(f"guest {kernel} could not set up: {failed.group(1).strip()}", text, out, began)
-    release = re.search(rf"{marker} RELEASE (\S+)", control)
-    end = re.search(rf"{marker} EXIT (-?\d+)\n", control)
+    release = re.search(r"^RELEASE (\S+)$", control, re.M)
     if release is None or not began or end is None:
         panic = re.search(r"Kernel panic[^\n]*", text)
         qemu_rc = proc.returncode
@@ -313,10 +345,39 @@ def _supervise(command: list[str], kernel: str, marker: str, timeout: float, log
         else:
             reason = f"no start marker; last console line: {last_line(text)!r}"
         raise BootError(f"guest {kernel}: {reason}", text, out, began)
+    for name in ended:
+        problem = _unended(name, whole[name], len(got[name]), control)
+        if problem:
+            raise GuestFailure(f"guest {kernel}: {problem}", text, out, began)
     return GuestResult(kernel=kernel, kernel_release=release.group(1), returncode=int(end.group(1)),
                        output=out, duration_s=duration, boot_s=begin_at - start, console=text,
-                       errors=got["stderr"].decode(errors="replace"),
-                       files=bytes(got["files"]) if got["files"] else None, accel=accel)
+                       errors=data["stderr"].decode(errors="replace"),
+                       files=data["files"] if "files" in ended and data["files"] else None, accel=accel)
+
+
+def _unended(name: str, whole: bool, arrived: int, control: str) -> str | None:
+    """Why stream `name` did not come whole: its end mark never arrived, or init says it cut it."""
+    what = "the files the command wrote" if name == "files" else f"the command's {name}"
+    if not whole:
+        return f"{what} was cut: its end never arrived ({arrived} bytes did)"
+    if re.search(rf"^CUT {name}$", control, re.M):
+        return (f"{what} did not end: a process the command left behind still held it open "
+                f"{STREAM_GRACE_S} s after the command exited, and was killed")
+    return None
+
+
+def _mark_begun(data: bytearray, mark: bytes) -> int:
+    """How many of data's last bytes are the beginning of the end mark (all of it, at the end)."""
+    for size in range(min(len(mark), len(data)), 0, -1):
+        if data.endswith(mark[:size]):
+            return size
+    return 0
+
+
+def _all_here(got: dict[str, bytearray], ended: tuple[str, ...], mark: bytes) -> bool:
+    """Whether init has exited the command and every stream's end mark has arrived."""
+    return bool(re.search(rb"^EXIT -?\d+$", got["control"], re.M)) and \
+        all(got[name].endswith(mark) for name in ended)
 
 
 def lockup_report(console: str) -> str:

@@ -1,5 +1,6 @@
 """The guest's initramfs: busybox, the kernel's own 9p modules, and an init that mounts the host's root
-read-only, gives the command ports of its own and reports its exit status."""
+read-only, relays the command's stdout and stderr to ports of their own, and reports how many bytes
+each stream carried and the command's exit status."""
 
 from __future__ import annotations
 
@@ -65,15 +66,33 @@ def can_bring_back(cwd: str, scratch: tuple[str, ...]) -> bool:
     return cwd != "/" and not any(_under(cwd, m) for m in (*GUEST_MOUNTS, *scratch))
 
 
-# The ports (virtio_console) the host gives a guest, by name: the command's stdout and stderr, and
-# the tar of the files it wrote.  Names, not numbers: /dev/vport<device>p<port> numbers the device
-# by probe order.
-PORTS = ("nstrace.stdout", "nstrace.stderr", "nstrace.files")
+# The ports (virtio_console) the host gives a guest, by name: init's control channel (its markers
+# out, the host's acknowledgement in), the command's stdout and stderr, and the tar of the files it
+# wrote.  Names, not numbers: /dev/vport<device>p<port> numbers the device by probe order.
+PORTS = ("nstrace.control", "nstrace.stdout", "nstrace.stderr", "nstrace.files")
+
+# How long after the command exits a process it left behind may keep its stdout or stderr open.  Until
+# every writer has closed a stream it has not ended; after this the stragglers are killed and the
+# stream is reported as one that did not end (the host's error).  Only a command that leaves a writer
+# behind waits at all.
+STREAM_GRACE_S = 2
 
 
-def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, str], marker: str,
+def streams(*, merge_stderr: bool, bring_back: bool) -> tuple[str, ...]:
+    """The streams init sends on the port of that name, each ending with the end mark."""
+    return ("stdout", *(() if merge_stderr else ("stderr",)), *(("files",) if bring_back else ()))
+
+
+def end_mark(token: str) -> bytes:
+    """What init writes after a stream's last byte.  It starts with a NUL, which text never holds, so
+    the host can pass text on at once and keep back only a tail that may be the mark's beginning."""
+    return b"\0NSTRACE-LAB-END-" + token.encode() + b"\0"
+
+
+def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, str], token: str,
                 scratch: tuple[str, ...] = GUEST_TMPFS, *, merge_stderr: bool = True,
                 bring_back: bool = False) -> str:
+    """The init that runs argv; `token` (letters and digits) makes the end mark of its streams."""
     host_mounts = [
         "mount -t proc proc /host/proc",
         "mount -t sysfs sysfs /host/sys",
@@ -101,27 +120,29 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
             "mkdir -p /upper && mount -t tmpfs -o mode=0700 tmpfs /upper && mkdir /upper/u /upper/w",
             f"mount -t overlay overlay -o lowerdir={here},upperdir=/upper/u,workdir=/upper/w {here}",
         ]
-    run = ("cd \"$1\" || exit 125; shift; exec \"$@\"")
     # Not a plain `chroot /host`: the kernel refuses CLONE_NEWUSER to a chrooted task
     # (kernel/user_namespace.c create_user_ns: current_chrooted() -> EPERM), and the tests create
     # user namespaces. As switch_root does, the host root is moved onto / first; chroot(".") then
     # lands on the top mount of the namespace root, which current_chrooted() accepts. This shell
-    # keeps the initramfs as its own root and still finds busybox, the ports and /upper.
-    command = "cd /host && mount --move /host / && " + " ".join(shlex.quote(w) for w in [
+    # keeps the initramfs as its own root and still finds busybox, the ports, its pipes and /upper.
+    move_root = "cd /host && mount --move /host /"
+    run = "cd \"$1\" || exit 125; shift; exec \"$@\""
+    command = " ".join(shlex.quote(w) for w in [
         "chroot", ".", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
         "/bin/sh", "-c", run, "nstrace-lab", cwd, *argv,
     ])
-    # fd 3 is the host's control channel (ttyS1): the markers.  Raw, so the tty's line discipline
-    # neither turns \n into \r\n nor echoes anything back.
-    fail = f'fail() {{ echo "{marker} FAIL $*" >&3; echo "{marker} FAIL $*"; poweroff -f; }}'
+    relayed = list(streams(merge_stderr=merge_stderr, bring_back=False))
+    mark = _printf(end_mark(token))
+    # fd 3 is the boot channel (ttyS1): why setup failed, before the ports exist.  Raw, so the tty's
+    # line discipline neither turns \n into \r\n nor echoes anything back.
+    fail = 'fail() { echo "FAIL $*" >&3; echo "FAIL $*"; poweroff -f; }'
     # The ports appear once virtio_console has talked to qemu, a little after its probe.
     find_port = ('port() { for p in /sys/class/virtio-ports/*; do '
                  '[ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && [ -c "/dev/${p##*/}" ] && '
                  '{ echo "/dev/${p##*/}"; return 0; }; done; return 1; }')
-    wait_ports = ('i=0; until out=$(port nstrace.stdout) && err=$(port nstrace.stderr) && '
-                  'files=$(port nstrace.files); do i=$((i+1)); [ $i -gt 1000 ] && fail no virtio ports; '
-                  'sleep 0.01; done')
-    stderr = "2>&1" if merge_stderr else '2>"$err"'
+    wait_ports = ('i=0; until ctl=$(port nstrace.control) && out=$(port nstrace.stdout) && '
+                  'err=$(port nstrace.stderr) && files=$(port nstrace.files); do i=$((i+1)); '
+                  '[ $i -gt 1000 ] && fail no virtio ports; sleep 0.01; done')
     lines = [
         "#!/bin/busybox sh",
         "/bin/busybox --install -s",
@@ -136,17 +157,58 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         "|| fail mount 9p host root",
         *(f"{m} || fail {shlex.quote(m)}" for m in host_mounts),
         wait_ports,
-        f'echo "{marker} RELEASE $(uname -r)" >&3',
+        # Init opens every port now and holds it until poweroff: virtio_console lets one open file have
+        # a port at a time (drivers/char/virtio_console.c port_fops_open: -EBUSY, 5.10 and 6.1), so the
+        # command can open none of them, and neither send a tar nor a marker of init's.
+        f'exec 4<>"$ctl" {_FD["files"]}>"$files" {_FD["stdout"]}>"$out" {_FD["stderr"]}>"$err"',
+        "say() { echo \"$*\" >&4; }",
+        f"{move_root} || fail {shlex.quote(move_root)}",
+        'say "RELEASE $(uname -r)"',
         f"echo {GUEST_PRINTK} > /proc/sys/kernel/printk",
-        f'echo "{marker} BEGIN" >&3',
-        f'{command} </dev/null >"$out" {stderr} 3>&-',
+        *(f"mkfifo /{name}; cat </{name} >&{_FD[name]} & {name}_relay=$!" for name in relayed),
+        "say BEGIN",
+        # The command writes into pipes, never into a port: a write to a port takes at most 32 KiB
+        # (drivers/char/virtio_console.c port_fops_write, 5.10 and 6.1) and many programs do not write
+        # the rest (Python's text layer, unbuffered, drops it), where a pipe takes all.
+        f'{command} </dev/null >/stdout {"2>&1" if merge_stderr else "2>/stderr"} 3>&- 4>&- 5>&- 6>&- 7>&-',
         "rc=$?",
-        *(['tar -cf "$files" -C /upper/u . || echo "{marker} FAIL tar of the files written" >&3'.replace(
-            "{marker}", marker)] if bring_back else []),
-        f'echo "{marker} EXIT $rc" >&3',
+        *_end_relays(relayed),
+        *(f"printf '{mark}' >&{_FD[name]}" for name in relayed),
+        *([f"tar -cf - -C /upper/u . >&{_FD['files']} || say FAIL tar of the files written",
+           f"printf '{mark}' >&{_FD['files']}"] if bring_back else []),
+        'say "EXIT $rc"',
+        # Until the host has every stream's end, a port may still hold data (qemu stops taking a
+        # port's data while the host's pipe is full), and poweroff would drop it.
+        "read -r ack <&4",
         "poweroff -f",
     ]
     return "\n".join(lines) + "\n"
+
+
+# The file descriptors of the ports init holds, besides 4, the control port (3 is ttyS1).
+_FD = {"stdout": 6, "stderr": 7, "files": 5}
+
+
+def _printf(data: bytes) -> str:
+    """data as a printf(1) format: octal escapes for what is not a letter or digit."""
+    return "".join(chr(b) if chr(b).isalnum() else f"\\{b:03o}" for b in data)
+
+
+def _end_relays(names: list[str]) -> list[str]:
+    """Wait for every writer of the command's streams to close them.  A stream whose relay still runs
+    STREAM_GRACE_S after the command exited is reported (CUT NAME), and whatever else runs is killed,
+    so that the relay reads the stream to its end: everything written until then still arrives."""
+    cut = " ".join(f'alive ${n}_relay && say "CUT {n}";' for n in names)
+    relays = " ".join(f"${n}_relay" for n in names)
+    return [
+        'alive() { read -r _ _ state _ </proc/$1/stat 2>/dev/null && [ "$state" != Z ]; }',
+        # The watchdog spares init, itself and the relays; kernel threads ignore every signal
+        # (kernel/kthread.c kthreadd: ignore_signals(), which the threads it starts inherit; 6.1).
+        f"( sleep {STREAM_GRACE_S}; {cut} read -r self _ </proc/self/stat; "
+        f'for p in /proc/[0-9]*; do p=${{p#/proc/}}; case " 1 $self {relays} " in *" $p "*) ;; '
+        "*) kill -9 $p 2>/dev/null;; esac; done ) & dog=$!",
+        f"wait {relays}; kill $dog 2>/dev/null",
+    ]
 
 
 def write_initramfs(path: Path, init: str, modules: list[tuple[str, bytes]]) -> None:
