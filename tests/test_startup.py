@@ -25,6 +25,8 @@ from nstrace.trace.tracer import Options, Tracer
     (["watch", "--comm", "bash", "unshare", "-r"], {"command": True}),
     (["watch", "--comm=bash", "-u", "nobody", "--all", "ip", "netns"], {"command": True, "trace_all": True}),
     (["watch", "--json", "--"], {}),
+    (["watch", "-o", "out", "sh"], {"command": True}),
+    (["watch", "--output", "-", "--json"], {}),
     (["watch", "--help"], None),
     (["doctor"], None),
     ([], None),
@@ -42,6 +44,7 @@ WATCH_SAMPLES = {
     "buffer_kib": ["--buffer-kib", "256"], "record_path": ["--record", "/tmp/x.jsonl"],
     "container": ["--container", "0123456789ab"], "ns": ["--ns", "net:4026531840"],
     "user": ["--user", "nobody", "--", "true"], "command": ["--", "unshare", "--uts", "true"],
+    "output_path": ["-o", "/tmp/x.txt"],
 }
 
 
