@@ -11,7 +11,6 @@ from .cliparams import file_name, finite, split_values
 from .errors import (
     BootError,
     CheckFailed,
-    CommandNotRun,
     GuestLockup,
     GuestTimeout,
     LabError,
@@ -136,9 +135,6 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
         if command and pid is not None:
             raise UsageError("--pid follows a process that runs already; a COMMAND is followed from its start: "
                              "give one or the other")
-        if command and not command[0]:
-            # as env(1) says it; Python's execvp() would refuse "" with a ValueError
-            raise CommandNotRun(f"cannot run '': {os.strerror(2)}", 127)
         out = _trace_output(output_path, record_path, bool(command))
         run_as = None
         if command:

@@ -13,6 +13,7 @@ may have threads by then (the loader's), and only async-signal-safe work is
 safe in a forked child of a threaded process.
 """
 
+import errno
 import os
 import signal
 import struct
@@ -64,6 +65,10 @@ class HeldCommand:
         """Exec argv (searched in PATH) as `user` (a User; None: as nstrace runs). Returns once
         the exec has happened; raises CommandNotRun (126/127, as env(1)) if it could not."""
         self.argv = list(argv)
+        if not argv[0]:
+            # found nowhere, as env(1) and a shell say; Python's execvp() would raise ValueError
+            self.cancel()
+            raise CommandNotRun(f"cannot run '': {os.strerror(errno.ENOENT)}", 127)
         ids = (user.uid, user.gid, ",".join(map(str, user.groups))) if user else ("", "", "")
         words = [str(i).encode() for i in ids] + [os.fsencode(a) for a in argv]
         message = b"\0".join(words)
@@ -87,7 +92,7 @@ class HeldCommand:
             self.wait()
             what = "set the user of" if answer.endswith(b":user") else "run"
             raise CommandNotRun(f"cannot {what} {argv[0]}: {os.strerror(err)}",
-                                127 if err == 2 and what == "run" else 126)
+                                127 if err == errno.ENOENT and what == "run" else 126)
 
     def cancel(self):
         """Let the child exit without running anything, and reap it."""

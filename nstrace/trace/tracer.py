@@ -369,7 +369,8 @@ class Tracer:
 
     def close(self, background=False):
         """Detach and free everything. background: the stream has ended otherwise (unfollow(), the
-        ring buffer read): the kernel's slow part of detaching goes on after nstrace (bpf/teardown)."""
+        ring buffer read): the kernel's slow part of detaching goes on in a holder process, at once,
+        while nstrace exits or waits on (bpf/teardown)."""
         if background and self._obj and self._obj.loaded:
             teardown.hand_over()
         if self._batch:
