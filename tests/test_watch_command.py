@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from nshelpers import NSTRACE, loader_programs, programs_left_after
@@ -320,6 +321,9 @@ def test_count_detaches_the_programs_when_the_trace_ends_not_when_the_command_do
                 break
         assert not wait_gone(ours, timeout=3), "the programs stayed attached while COMMAND ran on"
         assert proc.poll() is None  # still waiting for COMMAND
+        # the holder that detached them is no zombie of nstrace's meanwhile: COMMAND is its one child
+        children = psutil.Process(proc.pid).children()
+        assert [c.name() for c in children] == ["sh"] and children[0].status() != psutil.STATUS_ZOMBIE
         rest = proc.stderr.read()
         assert proc.wait(timeout=10) == 4
         assert "nstrace: sh (pid " in rest and "exited: exit status 4" in rest, rest

@@ -26,37 +26,46 @@ _holder = None  # the write end of the holder's pipe: its close lets the holder 
 
 
 def hand_over():
-    """Fork the holder. Call with no other thread of this process running; returns its pid (None if
-    it could not be forked: then the caller's own closes do the teardown, as always). Call
-    let_go() once this process has closed its own fds of the probes."""
+    """Fork the holder. Call with no other thread of this process running; False if it could not be
+    forked: then the caller's own closes do the teardown, as always. Call let_go() once this
+    process has closed its own fds of the probes."""
     global _holder
     try:
         r, w = os.pipe()
         pid = os.fork()
     except OSError:
-        return None
+        return False
     if pid == 0:
         try:
-            os.setsid()  # a hangup of nstrace's terminal is not the holder's concern
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())  # watch -- COMMAND blocks some: not here
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            for name in os.listdir("/proc/self/fd"):
-                fd = int(name)
-                if fd > 2 and fd != r:
-                    try:
-                        keep = os.readlink(f"/proc/self/fd/{fd}").startswith("anon_inode:")
-                    except OSError:
-                        continue  # the listing's own fd, closed by now
-                    if not keep:
-                        os.close(fd)  # files, pipes, sockets: nobody may wait for the holder through them
-            os.read(r, 1)  # EOF: nstrace has closed its own fds (let_go), or exited
+            # The holder is a grandchild, orphaned at once: init reaps it, not nstrace, which may
+            # wait on for a COMMAND long after the holder is done.
+            if os.fork() == 0:
+                _hold(r)
         finally:
             os._exit(0)
     os.close(r)
+    os.waitpid(pid, 0)
     _holder = w
-    return pid
+    return True
+
+
+def _hold(r):
+    """The holder: the probes' fds and r alone, until r's EOF."""
+    os.setsid()  # a hangup of nstrace's terminal is not the holder's concern
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # watch -- COMMAND blocks some: not here
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != r:
+            try:
+                keep = os.readlink(f"/proc/self/fd/{fd}").startswith("anon_inode:")
+            except OSError:
+                continue  # the listing's own fd, closed by now
+            if not keep:
+                os.close(fd)  # files, pipes, sockets: nobody may wait for the holder through them
+    os.read(r, 1)  # EOF: nstrace has closed its own fds (let_go), or exited
 
 
 def let_go():

@@ -76,6 +76,8 @@ class HeldCommand:
             view = memoryview(message)
             while view:
                 view = view[os.write(self._go, view):]
+        except BrokenPipeError:
+            pass  # it died at its gate (a terminal's ^C meanwhile): its status says so
         finally:
             os.close(self._go)
             self._go = None
