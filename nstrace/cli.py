@@ -128,23 +128,15 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     With a COMMAND the trace goes to stderr (or -o FILE), and COMMAND's own output stays apart from it."""
     from .bpf import preload
     held = preload.take_command()
-    relay = None
+    relay = run_as = None
     try:
         if user is not None and not command:
             raise UsageError("--user is for the COMMAND watch runs: give one after the options")
         if command and pid is not None:
             raise UsageError("--pid follows a process that runs already; a COMMAND is followed from its start: "
                              "give one or the other")
-        out = _trace_output(output_path, record_path, bool(command))
-        run_as = None
         if command:
-            from .linux.command import HeldCommand, User, block_watched
-            if user is not None:
-                run_as = User(user)
-            block_watched()  # before a fork: preload blocked them already, before its fork and thread
-            if held is None:
-                held = HeldCommand()
-            relay = _signal_relay(held)
+            held, relay, run_as = _held_command(held, user)
             pid = held.pid
         elif held is not None:  # preload guessed a COMMAND the command line does not have
             from .linux.command import unblock_watched
@@ -164,15 +156,16 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
         status("--pid {}: a thread of process {}: following process {} and its descendants".format(
             *tracer.pid_of_thread, tracer.pid_of_thread[1]))
     recorder = None
-    if record_path:
-        from .record import session
-        try:
+    try:  # after the privilege check (tracer.start), as every file nstrace writes
+        out = _trace_output(output_path, record_path, bool(command))
+        if record_path:
+            from .record import session
             recorder = session.Recorder(record_path, tracer)
-        except BaseException:
-            tracer.close()
-            if held:
-                held.cancel()
-            raise
+    except BaseException:
+        tracer.close()
+        if held:
+            held.cancel()
+        raise
     from .trace.watch import Watch
     table = display.Table(containers=bool(tracer.options.containers))
     w = Watch(tracer, out, row=jsonline.json_line if as_json else table.row,
@@ -220,12 +213,17 @@ def _trace_output(path, record_path, with_command):
     return Output(stream, f"trace file {path}")
 
 
-def _signal_relay(held):
-    """SIGINT, SIGTERM and SIGHUP as watch -- COMMAND reads them (blocked: linux.command.block_watched):
-    from a signalfd, passed on to COMMAND or not as trace.watch.Relay says."""
-    from .linux.command import Inbox
+def _held_command(held, user):
+    """watch -- COMMAND's process at its gate (preload's, or forked now), the Relay of its signals,
+    and the User it runs as (None: as nstrace). SIGINT, SIGTERM and SIGHUP are blocked before a
+    fork (preload blocked them already, before its fork and its thread) and read from a signalfd."""
+    from .linux.command import HeldCommand, Inbox, User, block_watched
     from .trace.watch import Relay
-    return Relay(Inbox(), held, status)
+    run_as = User(user) if user is not None else None
+    block_watched()
+    if held is None:
+        held = HeldCommand()
+    return held, Relay(Inbox(), held, status), run_as
 
 
 def _command_status(held, relay, running):
@@ -515,8 +513,14 @@ def _silence_stdout():
 
 def main(argv=None):
     """Entry point: run the CLI, turning every known error into one line and an exit code."""
-    for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signo in stops:
         signal.signal(signo, _on_signal)
+    from .bpf import preload
+    if not preload.blocked:
+        # A blocked mask survives exec (as in the process that started nstrace): these stop nstrace.
+        # (watch -- COMMAND's preload blocked them on purpose, to read them from a signalfd.)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     stdout_closed = _open_std_fds()
     real_stdout = sys.stdout
     if real_stdout is not None:

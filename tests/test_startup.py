@@ -3,6 +3,7 @@ libbpf loads without calling into Python for every line it prints."""
 
 import ctypes
 import os
+import signal
 import subprocess
 import threading
 
@@ -86,8 +87,12 @@ def loads(monkeypatch):
         seen.append(threading.current_thread().name)
         return real(self, *args, **kwargs)
     monkeypatch.setattr(ProbeSet, "load", load)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     yield seen
     preload.discard()
+    # watch -- COMMAND's begin() blocks SIGINT, SIGTERM and SIGHUP: every later child would inherit that
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    preload.blocked = False
 
 
 root = pytest.mark.root("loads BPF programs")

@@ -268,11 +268,16 @@ def test_o_and_record_cannot_be_one_file(tmp_path):
         res.stderr
 
 
-def test_the_command_starts_with_no_signal_blocked_or_ignored():
+def _block_stops():
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
+@pytest.mark.parametrize("parent_blocks", [False, True], ids=["as-started", "started-blocked"])
+def test_the_command_starts_with_no_signal_blocked_or_ignored(parent_blocks):
     """nstrace blocks SIGINT, SIGTERM and SIGHUP to read them from a signalfd; a blocked mask
-    survives fork and exec: COMMAND must start as it would from here."""
+    survives fork and exec: COMMAND must start as it would from here, whatever nstrace inherited."""
     show = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
-    res = watch("--", *show)
+    res = watch("--", *show, preexec_fn=_block_stops if parent_blocks else None)
     assert res.returncode == 0, res.stderr
     assert res.stdout == subprocess.run(show, capture_output=True, text=True).stdout
     assert "SigBlk:\t0000000000000000" in res.stdout

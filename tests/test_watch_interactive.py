@@ -146,6 +146,24 @@ def test_a_watch_without_a_command_ends_at_ctrl_c_within_a_second(terminal):
     assert b"lost events:" in t.text
 
 
+def _block_stops():
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
+def test_a_watch_started_with_its_stop_signals_blocked_still_stops():
+    """A blocked mask survives exec: whoever left SIGINT blocked in nstrace's parent must not make a
+    watch unstoppable."""
+    proc = subprocess.Popen([str(NSTRACE), "watch"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_block_stops)
+    try:
+        assert "tracing live" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_signal_to_nstrace_alone_is_passed_on_and_a_second_ends_the_watch(tmp_path):
     """kill -INT nstrace: COMMAND gets the SIGINT (its trap runs) and the watch goes on; a second
     signal ends it at once, the programs detached, COMMAND running on as the summary says."""

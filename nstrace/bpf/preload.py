@@ -26,6 +26,7 @@ import threading
 _thread = None
 _probes = None
 _command = None  # the HeldCommand of `watch -- COMMAND`, forked before the thread
+blocked = False  # begin() blocked the signals watch -- COMMAND reads from a signalfd
 _interval = 0.005
 _loading = threading.Event()  # the thread has reached the load (or given up)
 
@@ -83,7 +84,7 @@ def guess(args):
 def begin(args):
     """Start loading in a thread if `args` is a watch command line."""
     global _thread, _interval
-    global _command
+    global _command, blocked
     fields = guess(args)
     if fields is not None:
         seed = None
@@ -92,6 +93,7 @@ def begin(args):
             # the object follows (filter_tgid) and the table's first entry, before anything is attached.
             from ..linux.command import HeldCommand, block_watched
             block_watched()
+            blocked = True
             _command = HeldCommand()
             fields["pid"] = seed = _command.pid
         # Every ctypes call gives up the GIL; taking it back waits out the main thread's
