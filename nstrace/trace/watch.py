@@ -9,7 +9,6 @@ so the loop imports nothing above the record layer.
 import os
 import select
 import stat
-import sys
 import time
 
 from ..errors import WriteFailed
