@@ -89,18 +89,21 @@ struct jl_tables {
 	__u64 op_flag_bits[OP_MAX][8];
 };
 
+#define JL_MAX_COMMS 16
 #define JL_MAX_NS 16
 
 /*
- * --op/--comm/--type/--container/--ns (zero: no filter); comms are raw bytes,
- * NUL-padded. --container is decided per container fragment by Python
- * (struct jl_frags .match); --ns is a namespace by type and inode, or by
- * ns_id (ns_type_bit 0), that the record's before, after or target holds.
+ * --op/--comm/--type/--container/--ns (zero: no filter), filled by
+ * nstrace/record/filters.py Filter.to_c(), which refuses what these arrays
+ * cannot hold; comms are the kernel's bytes, NUL-padded. --container is
+ * decided per container fragment by Python (struct jl_frags .match); --ns is
+ * a namespace by type and inode, or by ns_id (ns_type_bit 0), that the
+ * record's before, after or target holds.
  */
 struct jl_filter {
 	__u32 ops_mask;			/* bit n: enum nstrace_op n wanted */
 	__u32 ncomms;
-	char comms[16][16];
+	char comms[JL_MAX_COMMS][sizeof(((struct nstrace_event *)0)->comm)];
 	__u64 types_mask;		/* CLONE_NEW* bits wanted */
 	__u32 containers;		/* --container given */
 	__u32 nns;
@@ -484,20 +487,21 @@ static __u64 touched_types(const struct jl_tables *t, const struct nstrace_event
 	return types;
 }
 
+static int comm_wanted(const struct jl_filter *f, const char *comm)
+{
+	for (__u32 i = 0; i < f->ncomms && i < JL_MAX_COMMS; i++)
+		if (!strncmp(f->comms[i], comm, sizeof(f->comms[i])))
+			return 1;
+	return 0;
+}
+
 static int wanted(const struct jl_batch *b, const struct jl_tables *t, const struct jl_filter *f,
 		  const struct nstrace_event *e)
 {
 	if (f->ops_mask && (e->op > 31 || !(f->ops_mask & (1u << e->op))))
 		return 0;
-	if (f->ncomms) {
-		__u32 i;
-
-		for (i = 0; i < f->ncomms; i++)
-			if (!strncmp(f->comms[i], e->comm, 16))
-				break;
-		if (i == f->ncomms)
-			return 0;
-	}
+	if (f->ncomms && !comm_wanted(f, e->comm))
+		return 0;
 	if (f->types_mask && !(touched_types(t, e) & f->types_mask))
 		return 0;
 	if (f->containers && !container_wanted(b, e))

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import __version__
-from .cliparams import file_name, finite, split_values
+from .cliparams import file_name, filter_options, finite
 from .errors import (
     BootError,
     CheckFailed,
@@ -22,7 +22,7 @@ from .errors import (
     WriteFailed,
 )
 from .linux import flags as fl
-from .record import filters
+from .record.filters import Filter
 from .trace.tracer import Options, Tracer
 
 _stop_requested = []
@@ -74,11 +74,8 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), container=(), ns=(), t
     nstrace.bpf.preload guesses from the raw argv the fields of these that decide the BPF object;
     tests/test_startup.py holds its guess equal to this for every option watch has.
     """
-    return Options(trace_all=trace_all, pid=pid, comms=split_values(comm, "--comm", "command name given"),
-                   ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
-                   types=tuple(fl.parse_ns_types(",".join(types))) if types else (),
-                   containers=split_values(container, "--container", "container id or name given"),
-                   namespaces=tuple(filters.parse_ns(v) for v in split_values(ns, "--ns", "namespace given")),
+    return Options(trace_all=trace_all, pid=pid,
+                   filter=Filter.parse(comm=comm, ops=ops, types=types, container=container, ns=ns),
                    raw_addresses=raw_addresses, check_proc=not no_proc_check, ringbuf_bytes=buffer_kib * 1024)
 
 
@@ -95,15 +92,7 @@ class _WatchCommand(click.Command):
 
 
 @cli.command(cls=_WatchCommand, context_settings={"allow_interspersed_args": False})
-@click.option("--pid", type=int, help="Only this process and its descendants.")
-@click.option("--comm", multiple=True,
-              help="Only these command names, as nstrace shows them (repeat or comma-separate).")
-@click.option("--op", "ops", multiple=True, help="Only these operations: clone, clone3, unshare, setns.")
-@click.option("--type", "types", multiple=True, help="Only operations touching these namespace types (mnt, uts, ...).")
-@click.option("--container", multiple=True, metavar="ID|NAME",
-              help="Only calls made in this container, or setns into it: an id prefix or a name (repeatable).")
-@click.option("--ns", multiple=True, metavar="TYPE:INODE|NS_ID",
-              help="Only operations involving this namespace, before, after or as the target (repeatable).")
+@filter_options
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line; status on stderr.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=finite,
@@ -155,6 +144,8 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     if tracer.pid_of_thread:
         status("--pid {}: a thread of process {}: following process {} and its descendants".format(
             *tracer.pid_of_thread, tracer.pid_of_thread[1]))
+    for op, why in tracer.unseen_ops().items():
+        status(f"warning: --op {op} matches nothing here: {why}")
     recorder = None
     try:  # after the privilege check (tracer.start), as every file nstrace writes
         out = _trace_output(output_path, record_path, bool(command))
@@ -167,7 +158,7 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
             held.cancel()
         raise
     from .trace.watch import Watch
-    table = display.Table(containers=bool(tracer.options.containers))
+    table = display.Table(containers=bool(tracer.options.filter.containers))
     w = Watch(tracer, out, row=jsonline.json_line if as_json else table.row,
               header=None if as_json else table.header(), as_json=as_json, recorder=recorder,
               record_path=record_path, count=count, duration=duration, status=status,

@@ -11,10 +11,11 @@ import json
 import click
 from tabulate import tabulate
 
-from .cliparams import file_name, split_values
+from .cliparams import file_name, filter_options
 from .linux import flags as fl
 from .linux import nsmap
 from .record import jsonline, session
+from .record.filters import Filter
 from .view import display, render
 
 
@@ -102,41 +103,22 @@ def ls_command(tree, as_json, types, pid):
 
 # --- show and render ---------------------------------------------------------------
 
-def _filter_options(fn):
-    for option in reversed((
-        click.option("--pid", type=int, help="Only this process and its descendants."),
-        click.option("--comm", multiple=True, help="Only these command names (repeat or comma-separate)."),
-        click.option("--op", "ops", multiple=True, help="Only these operations: clone, clone3, unshare, setns."),
-        click.option("--type", "types", multiple=True, help="Only operations touching these namespace types."),
-        click.option("--container", "containers", multiple=True, metavar="ID|NAME",
-                     help="Only calls made in this container, or setns into it: an id prefix or a name."),
-        click.option("--ns", "namespaces", multiple=True, metavar="TYPE:INODE|NS_ID",
-                     help="Only operations involving this namespace, before, after or as the target."),
-    )):
-        fn = option(fn)
-    return fn
-
-
-def _load_selected(file, pid, comm, ops, types, containers=(), namespaces=()):
-    from .record import filters
-    wanted_ns = tuple(filters.parse_ns(v) for v in split_values(namespaces, "--ns", "namespace given"))
-    wanted_containers = split_values(containers, "--container", "container id or name given")
+def _load_selected(file, pid, comm, ops, types, container, ns):
+    filt = Filter.parse(comm=comm, ops=ops, types=types, container=container, ns=ns)
     sess = session.load(file)
     for warning in sess.warnings:
         _status(f"{file}: {warning}")
-    shown, filtered = session.select(sess, pid=pid, comms=split_values(comm, "--comm", "command name given"),
-                                     ops=split_values(ops, "--op", f"operation given: valid are {', '.join(fl.OPS)}"),
-                                     types=_types(types), containers=wanted_containers, namespaces=wanted_ns)
+    shown, filtered = session.select(sess, filt, pid=pid)
     return sess, shown, filtered
 
 
 @click.command("show")
 @click.argument("file", type=click.Path(dir_okay=False))
-@_filter_options
+@filter_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
-def show_command(file, pid, comm, ops, types, containers, namespaces, as_json):
+def show_command(file, pid, comm, ops, types, container, ns, as_json):
     """Replay a recorded session (watch --record FILE) with watch's filters and formats."""
-    sess, shown, filtered = _load_selected(file, pid, comm, ops, types, containers, namespaces)
+    sess, shown, filtered = _load_selected(file, pid, comm, ops, types, container, ns)
     _status(sess.describe())
     table = display.Table(containers=any(display.has_container(r) for r in shown))
     if not as_json:
@@ -157,10 +139,10 @@ def show_command(file, pid, comm, ops, types, containers, namespaces, as_json):
               help="svg: the process/namespace graph; html: a self-contained page; perfetto: Trace Event JSON.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), callback=file_name,
               help="Write here (default: stdout).")
-@_filter_options
-def render_command(file, fmt, out, pid, comm, ops, types, containers, namespaces):
+@filter_options
+def render_command(file, fmt, out, pid, comm, ops, types, container, ns):
     """Draw a recorded session: SVG graph, HTML page with timeline and kernel paths, or a Perfetto trace."""
-    sess, shown, _ = _load_selected(file, pid, comm, ops, types, containers, namespaces)
+    sess, shown, _ = _load_selected(file, pid, comm, ops, types, container, ns)
     text = render.write(sess, fmt, out, shown)
     if text is not None:
         click.echo(text, nl=False)

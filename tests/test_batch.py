@@ -4,7 +4,8 @@
 jsonline.json_line() are the reference. Every record of a full `nstrace check`
 run (42 scenarios: every type, every operation, failures, setns by nsfs and
 pidfd) plus processes with awkward names must come out byte for byte the
-same, and the C filters must drop exactly what filters.wanted() drops.
+same, and the C filters must drop exactly what Filter.wanted() drops, for the filters a user
+can give and no other (their limits are the library's own).
 """
 
 import ctypes
@@ -16,15 +17,20 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from nstrace.bpf import batch
+from nstrace.bpf import batch, btf, libbpf
+from nstrace.errors import UsageError
 from nstrace.record import events, filters, steps
 from nstrace.record import jsonline
+from nstrace.record.filters import Filter, Ns
 from nstrace.linux import flags as fl
 from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
 from test_json_output import replayer, with_containers
+from test_layout import native_btf  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 
@@ -168,24 +174,24 @@ def test_c_ns_filter_is_filters_wanted(catalogue, by):
     nets = [r for r in recs if r.op in ("clone", "clone3") and r.ok and "net" in r.changed]
     entered = [r for r in recs if r.op == "setns" and r.ok and (r.target or {}).get("kind") == "nsfs"]
     assert made and nets and entered
-    uts = ("uts", made[0].ns_after["uts"], None)
+    uts = Ns("uts", made[0].ns_after["uts"], None)
     if by == "inode":
         spec = (uts,)
     elif by == "ns_id":
         ns_id = made[0].ns_id_after["uts"]
         if not ns_id:
             pytest.skip("this kernel has no ns_common.ns_id (6.18+): no ids to filter by")
-        spec = ((None, None, ns_id),)
+        spec = (Ns(None, None, ns_id),)
     elif by == "two":
-        spec = (uts, ("net", nets[0].ns_after["net"], None))
+        spec = (uts, Ns("net", nets[0].ns_after["net"], None))
     else:
-        spec = ((entered[0].target["type"], entered[0].target["inode"], None),)
+        spec = (Ns(entered[0].target["type"], entered[0].target["inode"], None),)
     _same_filter(catalogue, {"namespaces": spec})
 
 
 def _same_filter(catalogue, spec):
     tracer, batches, raw_addresses = catalogue
-    options = Options(**spec)
+    options = Options(filter=Filter(**spec))
     kept = dropped = 0
     # a reader with these options: the same records, each its own batch, classified again
     t = replayer(tracer, options)
@@ -196,19 +202,177 @@ def _same_filter(catalogue, spec):
             rec = steps.decode_record(raw, raw_addresses)
             t._attribution.fill(rec)
             if st & S.PYTHON:
-                assert not st & S.FILTERED  # Python filters those itself, with filters.wanted()
+                assert not st & S.FILTERED  # Python filters those itself, with Filter.wanted()
                 continue
-            assert (not st & S.FILTERED) == filters.wanted(rec, options), (spec, rec.op, rec.comm, rec.changed)
+            assert (not st & S.FILTERED) == options.filter.wanted(rec), (spec, rec.op, rec.comm, rec.changed)
             kept += not st & S.FILTERED
             dropped += bool(st & S.FILTERED)
     assert kept and dropped, (kept, dropped)
+
+
+# --- the filter's values at their edges: what C and Python can hold --------------------------------
+
+class _BtfArray(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("index_type", ctypes.c_uint32), ("nelems", ctypes.c_uint32)]
+
+
+BTF_KIND_ARRAY = 3
+
+
+def _dims(handle, struct_name, member):
+    """The array dimensions of a struct member, outermost first, as the library's BTF has them."""
+    t = btf._type(handle, btf._find(handle, struct_name, libbpf.BTF_KIND_STRUCT))
+    members = ctypes.cast(ctypes.addressof(t) + ctypes.sizeof(libbpf.BtfType),
+                          ctypes.POINTER(libbpf.BtfMember * t.vlen)).contents
+    type_id = next(m.type for m in members if btf._name(handle, m.name_off) == member)
+    dims = []
+    while (t := btf._type(handle, type_id)).kind == BTF_KIND_ARRAY:
+        array = _BtfArray.from_address(ctypes.addressof(t) + ctypes.sizeof(libbpf.BtfType))
+        dims.append(array.nelems)
+        type_id = array.type
+    return dims
+
+
+def test_the_filters_limits_are_the_librarys(native_btf):  # noqa: F811
+    """filters.py refuses what struct jl_filter cannot hold: its limits are the compiled library's
+    (JL_MAX_COMMS names as wide as a record's comm, JL_MAX_NS namespaces), not copies that may drift."""
+    # pahole writes a two-dimensional array as one: its rows are as wide as the record's comm (batch.c
+    # takes sizeof that, and tests/test_layout.py holds events.Event.comm to the object's BTF)
+    assert _dims(native_btf, "jl_filter", "comms") == [filters.MAX_COMMS * filters.COMM_WIDTH]
+    for member in ("ns_type_bit", "ns_inum", "ns_id"):
+        assert _dims(native_btf, "jl_filter", member) == [filters.MAX_NS], member
+    assert _dims(native_btf, "jl_tables", "ops") == [events.OP_SLOTS] and len(filters.OPS) < 32  # ops_mask
+    Filter(comms=("c",) * filters.MAX_COMMS, namespaces=[Ns(None, None, 1)] * filters.MAX_NS)
+    with pytest.raises(UsageError, match="at most 16 --comm"):
+        Filter(comms=("c",) * (filters.MAX_COMMS + 1))
+    with pytest.raises(UsageError, match="at most 16 --ns"):
+        Filter(namespaces=[Ns(None, None, 1)] * (filters.MAX_NS + 1))
+
+
+U32, U64 = 2**32 - 1, 2**64 - 1
+# Records whose namespaces sit at the edges of what a record holds, and at what a value one past them
+# would become if it were cut to the record's width (2**64 + 3 -> 3, 2**32 + 5 -> 5)
+EDGE_IDS = (3, 5, U32, 2**32, U64 - 1, U64)
+EDGE_INODES = (1, 3, 5, U32 - 1, U32)
+# What a user can type: in range, at the edges, just past them, far past them
+TYPED_IDS = (0, 1, 3, 5, U32, 2**32, 2**32 + 5, 2**63, U64 - 1, U64, 2**64, 2**64 + 3, 2**64 + 5, 2**65 + 3, 10**40)
+TYPED_INODES = (0, 1, 3, 5, U32 - 1, U32, 2**32, 2**32 + 3, 2**32 + 5, 2**64 + 3, 10**40)
+
+
+def _edge_records(catalogue):
+    """unshare(CLONE_NEWUTS) and setns records of a plain name, their uts namespace moved to the edges."""
+    _, batches, _ = catalogue
+    uts = fl.NS_ENTRIES.index("uts")
+    base = next(raw for raws, _, _ in batches for raw in raws
+                if events.OPS[events.EventHead.from_buffer_copy(raw).op] == "unshare")
+    out = []
+    for ns_id, inode in zip(EDGE_IDS, EDGE_INODES * 2):
+        ev = events.EventHead.from_buffer_copy(base)
+        ev.comm, ev.nsteps = b"edge-values", 0
+        for ns_set in (ev.before, ev.after):  # every other namespace far from the values tried
+            for slot in range(events.NS_SLOTS):
+                ns_set.inum[slot] = ns_set.ns_id[slot] = 1000 + slot
+        ev.after.ns_id[uts], ev.after.inum[uts] = ns_id, inode
+        out.append(bytes(ev))
+        ev.op = next(num for num, name in events.OPS.items() if name == "setns")
+        ev.target_kind, ev.target_nstype = 1, fl.CLONE_FLAGS["CLONE_NEWUTS"]  # TARGET_NSFS
+        ev.target_inum, ev.target_ns_id = inode, ns_id
+        ev.before = ev.after
+        out.append(bytes(ev))
+    return out
+
+
+def _kept(catalogue, filt, raws):
+    """[(C keeps it, Python keeps it)] for each record of raws, all of which C decides."""
+    tracer, _, raw_addresses = catalogue
+    t = replayer(tracer, Options(filter=filt))
+    try:
+        out = []
+        for start in range(0, len(raws), 1024):
+            chunk = raws[start:start + 1024]
+            t.replay(chunk)
+            for raw, state in zip(chunk, t._states):
+                if state & S.PYTHON:
+                    continue
+                rec = steps.decode_record(raw, raw_addresses)
+                t._attribution.fill(rec)
+                out.append((not state & S.FILTERED, filt.wanted(rec)))
+        return out
+    finally:
+        t._batch.close()
+
+
+@pytest.mark.parametrize("value", [f"{n}" for n in TYPED_IDS] + [f"uts:{n}" for n in TYPED_INODES] +
+                         [f"uts:[{n}]" for n in (U32, 2**32)])
+def test_edge_values_are_refused_or_filtered_alike(catalogue, value):
+    """An --ns value a record cannot hold is refused (2**64 + 3 was cut to 3 in C and matched ns_id 3,
+    while Python matched nothing); every other one keeps the same records in C and in Python."""
+    number = int(value.strip("uts:[]"))
+    limit = U32 if value.startswith("uts") else U64
+    try:
+        filt = Filter.parse(ns=(value,))
+    except UsageError as e:
+        assert not 0 < number <= limit, e
+        assert f"1 to {limit}" in str(e)
+        return
+    raws = _edge_records(catalogue)
+    kept = _kept(catalogue, filt, raws)
+    assert len(kept) == len(raws)
+    assert [c for c, _ in kept] == [py for _, py in kept], value
+    assert any(c for c, _ in kept) == (number in (EDGE_INODES if value.startswith("uts") else EDGE_IDS))
+    assert 0 < number <= limit
+
+
+def _catalogue_values(catalogue):
+    """The comms and namespaces of the catalogue's records: values a filter finds something with."""
+    _, batches, raw_addresses = catalogue
+    comms, namespaces = set(), set()
+    for raws, _, _ in batches:
+        for raw in raws:
+            rec = events.decode(raw, raw_addresses)
+            comms.add(rec.comm)
+            for entry, inode in (rec.ns_after or {}).items():
+                if inode:
+                    namespaces.add(Ns(fl.ns_type_of_entry(entry), inode, None))
+            namespaces |= {Ns(None, None, ns_id) for ns_id in (rec.ns_id_after or {}).values() if ns_id}
+    return sorted(comms), sorted(namespaces, key=str)
+
+
+@pytest.fixture(scope="module")
+def catalogue_values(catalogue):
+    return _catalogue_values(catalogue)
+
+
+@st.composite
+def _filters(draw, values):
+    comms, namespaces = values
+    any_ns = st.one_of(st.sampled_from(namespaces),
+                       st.builds(Ns, st.none(), st.none(), st.integers(1, U64)),
+                       st.builds(Ns, st.sampled_from(list(fl.NS_TYPES)), st.integers(1, U32), st.none()))
+    few = dict(max_size=3, unique=True)
+    return Filter(ops=draw(st.lists(st.sampled_from(filters.OPS), **few)),
+                  types=draw(st.lists(st.sampled_from(list(fl.NS_TYPES)), **few)),
+                  comms=draw(st.lists(st.sampled_from(comms + ["nobody-such"]), **few)),
+                  namespaces=draw(st.lists(any_ns, max_size=3)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_filter_keeps_the_same_records_in_c_and_python(catalogue, catalogue_values, data):
+    """Any filter a user can give (the catalogue's names and namespaces, or any in range) keeps the
+    same records of the whole catalogue in C as in Python."""
+    filt = data.draw(_filters(catalogue_values))
+    _, batches, _ = catalogue
+    kept = _kept(catalogue, filt, [raw for raws, _, _ in batches for raw in raws])
+    assert kept
+    assert [c for c, _ in kept] == [py for _, py in kept], filt
 
 
 def test_counts_match_poll(traced):
     tracer, batches, _ = traced
     n = sum(len(raws) for raws, _, _ in batches)
     assert sum(tracer.by_op.values()) >= n
-    assert set(tracer.by_op) <= set(fl.OPS)
+    assert set(tracer.by_op) <= set(filters.OPS)
 
 
 def test_moved_on_sees_records_not_read_yet(tracer):

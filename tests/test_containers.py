@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nstrace.linux import containers, mounts
-from nstrace.record import filters
+from nstrace.record.filters import Filter
 from nstrace.trace.tracer import Options
 
 from nshelpers import NSTRACE
@@ -217,15 +217,15 @@ def test_both_writers_agree_on_containers_and_their_filters(tracer, docker, dock
         ("nsenter", "setns"), ("unshare", "unshare"), ("unshare", "unshare"), ("unshare", "unshare")]
     assert any(not ours(r) for r in everything)  # the host's unshare --net at least
     for options, kept in (
-        (Options(containers=(docker.id[:12],)), 4),
-        (Options(containers=("0" * 12 + "x",)), 0),
-        (Options(containers=(docker.id,), ops=("setns",)), 1),
+        (Options(filter=Filter(containers=(docker.id[:12],))), 4),
+        (Options(filter=Filter(containers=("0" * 12 + "x",))), 0),
+        (Options(filter=Filter(containers=(docker.id,), ops=("setns",))), 1),
     ):
         _, recs = differential(tracer, raws, options)
         assert len(recs) == kept and all(ours(r) for r in recs), (options, recs)
     # the holder's uts namespace: it made it (after), nsenter entered it (target). An inode number is
     # reused once its namespace is gone: another process's record from before the holder may carry it
-    _, recs = differential(tracer, raws, Options(namespaces=(filters.parse_ns(f"uts:{uts}"),)))
+    _, recs = differential(tracer, raws, Options(filter=Filter.parse(ns=(f"uts:{uts}",))))
     assert sorted((r["comm"], r["op"]) for r in recs if ours(r)) == [("nsenter", "setns"), ("unshare", "unshare")]
     assert all(uts in ((r["ns_before"] or {}).get("uts"), (r["ns_after"] or {}).get("uts"),
                        (r["target"] or {}).get("inode")) for r in recs)

@@ -11,6 +11,7 @@ import pytest
 
 from nstrace.linux import flags as fl
 from nstrace.record import events
+from nstrace.record.filters import Filter
 from nstrace.trace.tracer import Options
 
 from test_json_output import differential, live, take_raw  # noqa: F401 (live: the fixture)
@@ -63,9 +64,9 @@ def made(raw):
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"check_proc": False}, {"ops": ("open_tree",)}, {"ops": ("free", "exec")}, {"ops": ("vfork",)},
-    {"types": ("mnt",)},
-    {"types": ("uts",)}, {"raw_addresses": True},
+    {}, {"check_proc": False}, {"filter": Filter(ops=("open_tree",))}, {"filter": Filter(ops=("free", "exec"))},
+    {"filter": Filter(ops=("vfork",))}, {"filter": Filter(types=("mnt",))},
+    {"filter": Filter(types=("uts",))}, {"raw_addresses": True},
 ], ids=["default", "no-proc-check", "op-open_tree", "op-free-exec", "op-vfork", "type-mnt", "type-uts", "raw-addresses"])
 def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa: F811
     raws = made(unshare_raw)
@@ -90,9 +91,9 @@ def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa:
         assert unknown["ns"] == {"type": "uts", "inode": free["ns"]["inode"], "ns_id": None, "lived_ns": None}
         assert free["ns_before"] is None and free["changed"] == [] and free["proc_check"] is None
         assert by_op["exec"][0]["flags"] == [] and by_op["exec"][0]["ns"] is None
-    if options.get("types") == ("mnt",):
+    if options.get("filter") == Filter(types=("mnt",)):
         assert [r["op"] for r in records] == ["open_tree", "fsmount", "fsmount"]  # the failed open_tree made none
-    if options.get("types") == ("uts",):
+    if options.get("filter") == Filter(types=("uts",)):
         # exec's, fork's and vfork's before/after are the unshare's here: uts changed
         assert set(by_op) == {"free", "exec", "fork", "vfork"}
     for r in records:
@@ -104,7 +105,7 @@ def test_ns_filter_finds_the_namespace_a_record_made_or_freed(live, unshare_raw)
     free record says died: a learner following one namespace sees its birth and its death."""
     ino = events.EventHead.from_buffer_copy(unshare_raw).after.inum[1]
     raws = made(unshare_raw)
-    _, by_inode = differential(live, raws, Options(namespaces=(("mnt", ino + 7, None),)))
+    _, by_inode = differential(live, raws, Options(filter=Filter.parse(ns=(f"mnt:{ino + 7}",))))
     assert [r["op"] for r in by_inode] == ["open_tree", "fsmount", "fsmount"]
-    _, by_id = differential(live, raws, Options(namespaces=((None, None, 77),)))
+    _, by_id = differential(live, raws, Options(filter=Filter.parse(ns=("77",))))
     assert [r["op"] for r in by_id] == ["free"]

@@ -22,7 +22,8 @@ from nstrace.bpf import batch
 from nstrace.linux import containers
 from nstrace.linux import flags as fl
 from nstrace.linux.comm import safe_comm
-from nstrace.record import events, filters, steps
+from nstrace.record import events, steps
+from nstrace.record.filters import Filter
 from nstrace.record import jsonline
 from nstrace.trace.attribution import BatchAttribution
 from nstrace.trace.tracer import Options, Tracer
@@ -75,11 +76,11 @@ ESCAPED = safe_comm(b"esc\x1b[31mred")
 def test_watch_json_under_hostile_names(args):
     """For each hostile name: unshare(NEWUTS), setns back, clone(NEWUTS), under `watch --pid P --json`."""
     with Victim(HOSTILE_NAMES, ["unshare", "setns-back", "clone"], gated=True) as victim:
-        options = Options(ops=args[args.index("--op") + 1:][:1] if "--op" in args else (),
-                          comms=args[args.index("--comm") + 1:][:1] if "--comm" in args else ())
+        only = Filter(ops=args[args.index("--op") + 1:][:1] if "--op" in args else (),
+                      comms=args[args.index("--comm") + 1:][:1] if "--comm" in args else ())
         want = [(safe_comm(comm), op, ok) for comm, op, ok in victim.expected()
-                if (not options.ops or op in options.ops)
-                and (not options.comms or safe_comm(comm) in options.comms)]
+                if (not only.ops or op in only.ops)
+                and (not only.comms or safe_comm(comm) in only.comms)]
         assert want
         watch = subprocess.Popen([str(NSTRACE), "watch", "--pid", str(victim.pid), "--json", "--count", str(len(want)),
                                   *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -136,13 +137,13 @@ def with_containers(rec):
 
 def oracle_lines(raws, options, checker):
     """What `watch --json` must print for this batch, in Python alone: decode every record, add its
-    containers, keep what filters.wanted() keeps, and say superseded where the checked task moves
+    containers, keep what Filter.wanted() keeps, and say superseded where the checked task moves
     after the record in this batch (a clone's child: any move of its own), or else what the check
     against /proc says."""
     recs = [with_containers(steps.decode_record(raw, options.raw_addresses)) for raw in raws]
     lines = []
     for i, rec in enumerate(recs):
-        if not filters.wanted(rec, options):
+        if not options.filter.wanted(rec):
             continue
         _, tid, start_ns, expected, _ = rec.checked_task
         if options.check_proc and expected:
@@ -223,11 +224,11 @@ VARIANTS = {
     "default": {},
     "no-proc-check": {"check_proc": False},
     "raw-addresses": {"raw_addresses": True},
-    "op-clone": {"ops": ("clone", "clone3")},
-    "op-unshare-setns": {"ops": ("unshare", "setns")},
-    "comm": {"comms": ("plain-b", safe_comm(b'q"<script>\x1b['), "plain&<g>")},
-    "type-ipc": {"types": ("ipc",)},
-    "type-net-uts": {"types": ("net", "uts")},
+    "op-clone": {"filter": Filter(ops=("clone", "clone3"))},
+    "op-unshare-setns": {"filter": Filter(ops=("unshare", "setns"))},
+    "comm": {"filter": Filter(comms=("plain-b", safe_comm(b'q"<script>\x1b['), "plain&<g>"))},
+    "type-ipc": {"filter": Filter(types=("ipc",))},
+    "type-net-uts": {"filter": Filter(types=("net", "uts"))},
 }
 
 
@@ -309,7 +310,7 @@ def test_any_name_any_sequence(live, comm, ops, only, by_name):
         assert [(r["comm"], r["op"], r["ret"] >= 0) for r in records] == [
             (shown, op, ok) for _, op, ok in victim.expected()]
         assert not [r for r in records if r["proc_check"]["status"] == "mismatch"], records
-        filtered = Options(ops=tuple(sorted(only)), comms=(shown,) if by_name else ("someone-else",))
+        filtered = Options(filter=Filter(ops=tuple(sorted(only)), comms=(shown,) if by_name else ("someone-else",)))
         _, records = differential(live, raws, filtered)
         assert [r["op"] for r in records] == [
             op for _, op, _ in victim.expected() if by_name and (not only or op in only)]

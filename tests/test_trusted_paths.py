@@ -14,6 +14,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ import pytest
 from nstrace.bpf import loader
 from nstrace.errors import UnsafePath
 
-from nshelpers import ELSEWHERE, NSTRACE
+from nshelpers import ELSEWHERE, NSTRACE, loader_programs, programs_left_after
 
 pytestmark = pytest.mark.root("plays root against user nobody")
 
@@ -32,11 +34,62 @@ def as_nobody(*argv, check=True):
     return subprocess.run([*NOBODY, *argv], capture_output=True, text=True, check=check)
 
 
-def nstrace(*args, cwd=None, umask=None, env=None):
-    cmd = [str(NSTRACE), *args]
+def nstrace(*args, cwd=None, umask=None, env=None, timeout=120, **how):
+    cmd = [str(NSTRACE), *map(str, args)]
     if umask is not None:
         cmd = ["sh", "-c", f'umask {umask:03o}; exec "$@"', "sh", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+    if "stdout" not in how:
+        how["capture_output"] = True
+    return subprocess.run(cmd, text=True, timeout=timeout, cwd=cwd, env=env, **how)
+
+
+# User nobody's side of a FIFO: open for reading from the start (so a writer's open succeeds at
+# once), counting every byte that arrives until its stdin closes.
+READER = """
+import os, select, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+print("ready", flush=True)
+got = 0
+while True:
+    ready = select.select([0, fd], [], [])[0]
+    if fd in ready:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            data = None
+        got += len(data or b"")
+        if not data:
+            time.sleep(0.02)  # a writer came and left: the FIFO reads as ended from now on
+    if 0 in ready:
+        break
+print(got)
+"""
+
+# User nobody listening on a unix socket until its stdin closes.
+LISTENER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen()
+print("ready", flush=True)
+sys.stdin.read()
+print(0)
+"""
+
+
+@contextmanager
+def nobody_at(script, path):
+    """User nobody runs script on path while the block runs; the list yielded gets what it counted."""
+    proc = subprocess.Popen([*NOBODY, "/usr/bin/python3", "-c", script, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    got = []
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        yield got
+    finally:
+        proc.stdin.close()
+        got.append(int(proc.stdout.read() or -1))
+        proc.wait(timeout=10)
 
 
 def refused(res, code=7):
@@ -146,6 +199,105 @@ def test_demo_picture_default_path_refuses_another_users_symlink(sticky, victim)
     as_nobody("ln", "-s", str(victim), str(sticky / "run.jsonl"))
     refused(nstrace("demo", "--flags", "NEWUTS", "--op", "unshare", "--record", str(sticky / "run.jsonl")))
     assert victim.read_text() == "precious\n"
+
+
+# --- what a path ends at: FIFOs, sockets, devices (issue 22) -----------------------------------------
+
+def test_a_fifo_is_refused_at_once_with_or_without_a_reader(sticky, session_file):
+    fifo = sticky / "out.svg"
+    as_nobody("mkfifo", str(fifo))
+    render = ("render", session_file, "--format", "svg", "-o", fifo)
+    assert "it is a FIFO" in refused(nstrace(*render, timeout=60))
+    with nobody_at(READER, fifo) as got:
+        assert "it is a FIFO" in refused(nstrace(*render, timeout=60))
+    assert got == [0]
+
+
+def test_watch_record_into_a_fifo_is_refused_and_detaches(sticky):
+    fifo = sticky / "s.jsonl"
+    as_nobody("mkfifo", str(fifo))
+    before = set(loader_programs())
+    with nobody_at(READER, fifo) as got:
+        err = refused(nstrace("watch", "--record", fifo, "--", "true", timeout=60))
+    assert "session file" in err and "it is a FIFO" in err and got == [0]
+    assert not programs_left_after(before)
+
+
+def test_demo_default_picture_refuses_a_fifo_planted_in_a_shared_cwd(sticky):
+    as_nobody("mkfifo", str(sticky / "nstrace-demo.html"))
+    with nobody_at(READER, sticky / "nstrace-demo.html") as got:
+        err = refused(nstrace("demo", "--flags", "NEWUTS", "--op", "unshare", "--picture", "html", cwd=sticky))
+    assert "nstrace-demo.html: it is a FIFO" in err and got == [0]
+
+
+def test_sockets_and_other_devices_are_refused(sticky, session_file):
+    with nobody_at(LISTENER, sticky / "out.json"):
+        err = refused(nstrace("render", session_file, "--format", "perfetto", "-o", sticky / "out.json"))
+    assert "it is a socket" in err
+    err = refused(nstrace("render", session_file, "--format", "perfetto", "-o", "/dev/zero"))
+    assert "a device, neither a terminal nor /dev/null" in err
+
+
+def test_a_terminal_and_dev_null_named_explicitly_are_written(session_file):
+    for args in (("render", session_file, "--format", "svg", "-o", "/dev/null"),
+                 ("watch", "--duration", "0.2", "--record", "/dev/null")):
+        res = nstrace(*args)
+        assert res.returncode == 0, res.stderr
+    master, slave = os.openpty()
+    shown = bytearray()
+    drain = threading.Thread(target=_drain, args=(master, shown))
+    drain.start()
+    try:
+        res = nstrace("render", session_file, "--format", "perfetto", "-o", os.ttyname(slave))
+    finally:
+        os.close(slave)
+        drain.join(timeout=10)
+        os.close(master)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(shown.replace(b"\r\n", b"\n"))["traceEvents"]
+
+
+def _drain(master, into):
+    """Read a pty's master until its slave is closed (EIO)."""
+    try:
+        while chunk := os.read(master, 65536):
+            into += chunk
+    except OSError:
+        pass
+
+
+def test_dev_stdout_writes_through_the_descriptor_it_names(tmp_path, session_file):
+    # what the shell opened is written as it was opened: appended to here, not truncated
+    log = tmp_path / "log"
+    log.write_text("before\n")
+    with open(log, "a") as out:
+        res = nstrace("render", session_file, "--format", "perfetto", "-o", "/dev/stdout", stdout=out,
+                      stderr=subprocess.PIPE)
+    assert res.returncode == 0, res.stderr
+    first, rest = log.read_text().split("\n", 1)
+    assert first == "before" and json.loads(rest)["traceEvents"]
+    # and one open for reading is not reopened for writing over the input
+    with open(log) as given:
+        err = refused(nstrace("render", session_file, "--format", "perfetto", "-o", "/dev/stdin", stdin=given))
+    assert "open for reading only" in err and log.read_text().startswith("before\n")
+
+
+def test_descriptors_kept_are_blocking_again(tmp_path):
+    from nstrace.linux import trusted_paths
+    old = tmp_path / "old"
+    old.write_text("old content")
+    master, slave = os.openpty()
+    try:
+        for path in (tmp_path / "new", old, "/dev/null", os.ttyname(slave)):
+            fd = trusted_paths.create_output(str(path))
+            try:
+                assert os.get_blocking(fd), path
+            finally:
+                os.close(fd)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert old.read_text() == ""
 
 
 # --- /run/nstrace: the boot cache -----------------------------------------------------------------

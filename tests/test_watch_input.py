@@ -50,6 +50,44 @@ def test_empty_or_impossible_filters_are_refused(args, words):
     assert_one_line_error(nstrace("watch", *args, "--duration", "0.1"), 2, *words)
 
 
+@pytest.mark.parametrize("args,words", [
+    (["--ns", str(2**64 + 3)], ["ns_id is 1 to 18446744073709551615"]),  # C cut it to 3, and followed ns_id 3
+    (["--ns", "0"], ["ns_id is 1 to"]),
+    (["--ns", f"net:{2**32}"], ["inode is 1 to 4294967295"]),
+    (["--ns", "net:[4026531840"], ["TYPE:INODE"]),
+    (["--ns", "\u0663"], ["TYPE:INODE"]),                     # Arabic-Indic 3
+    (["--pid", "\u0661"], ["--pid", "not a process id"]),    # Arabic-Indic 1: click.INT took it as 1
+    (["--pid", str(2**32 + 1)], ["--pid", "not a process id"]),
+], ids=["ns_id-past-u64", "ns_id-0", "inode-past-u32", "ns-one-bracket", "ns-arabic-indic", "pid-arabic-indic",
+        "pid-past-pid_t"])
+def test_numbers_no_record_can_hold_are_refused(args, words):
+    assert_one_line_error(nstrace("watch", *args, "--duration", "0.1"), 2, *words)
+
+
+def _unseen_here():
+    """The ops whose probes `nstrace doctor` says are not attached on this kernel."""
+    from nstrace.record.functions import PER_TYPE_DEATHS, TREE_DEATH
+    res = nstrace("doctor", "--json")
+    assert res.returncode == 0, res.stderr
+    attached = {r["probe"] for r in json.loads(res.stdout)["probes"] if r["attached"]}
+    return {op for op, seen in (("exec", "sched:sched_prepare_exec" in attached),
+                                ("open_tree", "syscalls:sys_exit_open_tree" in attached),
+                                ("fsmount", "syscalls:sys_exit_fsmount" in attached),
+                                ("free", attached & {TREE_DEATH, *PER_TYPE_DEATHS})) if not seen}
+
+
+def test_an_op_this_kernel_cannot_see_is_said_and_the_watch_goes_on():
+    """--op free where no death can be hooked (this host: no function layer), exec before 6.10,
+    open_tree and fsmount without their 7.x flags: one warning line each, and the other ops are traced."""
+    unseen = _unseen_here()
+    res = nstrace("watch", "--json", "--op", "free,exec,open_tree,fsmount,unshare", "--", "unshare", "--uts", "true")
+    assert res.returncode == 0, res.stderr
+    warned = {line.split()[3] for line in res.stderr.splitlines() if line.startswith("nstrace: warning: --op ")}
+    assert warned == unseen, res.stderr
+    assert all("matches nothing here" in line for line in res.stderr.splitlines() if "warning" in line)
+    assert [json.loads(line)["op"] for line in res.stdout.splitlines()] == ["unshare"]
+
+
 THREAD = """
 import sys, threading
 from nstrace.linux import syscalls

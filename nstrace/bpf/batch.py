@@ -19,13 +19,12 @@ from pathlib import Path
 from ..errors import LibbpfError
 from ..linux import flags as fl
 from ..record import events
+from ..record.filters import JlFilter
 from . import libbpf
 
 # beside the BPF object, and found the same way (bpf/loader.py OBJECT_PATH)
 LIB_PATH = Path(__file__).resolve().parents[1] / "_bpf" / "libnstrace-batch.so"
 
-MAX_COMMS = 16
-MAX_NS = 16           # native/batch.c JL_MAX_NS
 CGROUPS, TARGETS = 0, 1  # native/batch.c enum jl_frag_table
 
 
@@ -47,20 +46,6 @@ class Tables(ctypes.Structure):
         ("op_nflags", ctypes.c_uint32 * events.OP_SLOTS),
         ("op_flag_names", (ctypes.c_char_p * 8) * events.OP_SLOTS),
         ("op_flag_bits", (ctypes.c_uint64 * 8) * events.OP_SLOTS),
-    ]
-
-
-class Filter(ctypes.Structure):
-    _fields_ = [
-        ("ops_mask", ctypes.c_uint32),
-        ("ncomms", ctypes.c_uint32),
-        ("comms", (ctypes.c_char * 16) * MAX_COMMS),
-        ("types_mask", ctypes.c_uint64),
-        ("containers", ctypes.c_uint32),
-        ("nns", ctypes.c_uint32),
-        ("ns_type_bit", ctypes.c_uint64 * MAX_NS),
-        ("ns_inum", ctypes.c_uint64 * MAX_NS),
-        ("ns_id", ctypes.c_uint64 * MAX_NS),
     ]
 
 
@@ -106,30 +91,6 @@ def tables(raw_addresses=False):
             t.op_flag_names[num][i], t.op_flag_bits[num][i] = _js(flag), bit
         t.op_nflags[num] = len(events.OP_FLAGS.get(name, {}))
     return t
-
-
-def make_filter(options):
-    """struct jl_filter for --op/--comm/--type/--container/--ns (filters.wanted() is the reference).
-
-    Options.validate() has refused more than MAX_COMMS comms and MAX_NS namespaces. --container is
-    C's to apply through the match bit of each container text (Batch.set_container).
-    """
-    f = Filter()
-    op_numbers = {name: num for num, name in events.OPS.items()}
-    for op in options.ops:
-        f.ops_mask |= 1 << op_numbers[op]
-    for i, comm in enumerate(options.comms):
-        f.comms[i].value = comm.encode("utf-8", "surrogateescape")[:16]
-    f.ncomms = len(options.comms)
-    for ns in options.types:
-        f.types_mask |= fl.CLONE_FLAGS[fl.NS_TYPES[ns]]
-    f.containers = bool(getattr(options, "containers", ()))
-    namespaces = getattr(options, "namespaces", ())
-    for i, (ns_type, inode, ns_id) in enumerate(namespaces):
-        f.ns_type_bit[i] = fl.CLONE_FLAGS[fl.NS_TYPES[ns_type]] if ns_type else 0
-        f.ns_inum[i], f.ns_id[i] = inode or 0, ns_id or 0
-    f.nns = len(namespaces)
-    return f
 
 
 def target_key(target):
@@ -196,7 +157,7 @@ def lib():
                                                 ctypes.c_uint32, ctypes.c_uint8]),
             ("jl_missing", ctypes.c_uint32, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8),
                                              ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint32]),
-            ("jl_classify", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.POINTER(Filter),
+            ("jl_classify", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.POINTER(JlFilter),
                                            ctypes.c_int]),
             ("jl_format", ctypes.c_long, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.c_uint32,
                                           ctypes.POINTER(ctypes.c_void_p)]),
@@ -222,7 +183,7 @@ class Batch:
         if not self._b:
             raise MemoryError("allocating the record batch")
         self._tables = tables(options.raw_addresses)
-        self._filter = make_filter(options)
+        self._filter = options.filter.to_c()
         self._check_proc = options.check_proc
         self._keep = []  # fragments handed to C live until the next poll
         self._keep_cgroups = []  # container texts by cgroup id: C keeps them as long as the reader
@@ -295,12 +256,9 @@ class Batch:
         ptr = self._lib.jl_record(self._b, i, ctypes.byref(size))
         return ctypes.string_at(ptr, size.value)
 
-    def classify(self, filt=None):
-        """Every record's state (bits of :func:`states`), as bytes.
-
-        ``filt``: a :class:`Filter` other than the options' one.
-        """
-        if self._lib.jl_classify(self._b, ctypes.byref(self._tables), ctypes.byref(filt or self._filter),
+    def classify(self):
+        """Every record's state (bits of :func:`states`), as bytes."""
+        if self._lib.jl_classify(self._b, ctypes.byref(self._tables), ctypes.byref(self._filter),
                                  self._check_proc) < 0:
             raise MemoryError("classifying records")
         return ctypes.string_at(self._lib.jl_states(self._b), self.n)

@@ -60,7 +60,6 @@ CLONE_NEW_MASK = sum(CLONE_FLAGS[f] for f in NS_TYPES.values())
 # The entries of /proc/<pid>/ns, in the order of enum nstrace_ns_slot (probes/nstrace.h).
 NS_ENTRIES = ("mnt", "uts", "ipc", "pid", "pid_for_children", "net", "user", "cgroup", "time", "time_for_children")
 
-OPS = ("clone", "clone3", "unshare", "setns", "exec", "open_tree", "fsmount", "free", "fork", "vfork")
 # the operations that make a child: their records carry it (child_pid, exit_signal, ns_after is its)
 CHILD_OPS = ("clone", "clone3", "fork", "vfork")
 

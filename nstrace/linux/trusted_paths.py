@@ -19,9 +19,13 @@ against any file on the system. Two rules, one walker:
   (group or world writable, sticky, or owned by someone other than root and
   the caller), a symlink the caller does not own is never followed, and an
   existing file is written only if it is the caller's and has no other hard
-  link. The path is resolved one component at a time from a directory fd
-  (openat with O_NOFOLLOW), so nothing can be swapped between the look and
-  the use.
+  link. What is written is a regular file, a terminal or /dev/null (or,
+  through /dev/stdout and its kin, the descriptor nstrace was given), never a
+  FIFO, socket or other device (a FIFO blocks the opener until someone reads,
+  and that someone gets the file). The path is resolved one component at a
+  time from a directory fd (openat with O_NOFOLLOW), so nothing can be
+  swapped between the look and the use. Files a lab guest names
+  (:func:`open_beneath`) follow no symlink at all below the caller's directory.
 
 The kernel's fs.protected_symlinks and fs.protected_regular cover part of the
 second rule, for sticky world-writable directories and only when switched on
@@ -30,6 +34,7 @@ second rule, for sticky world-writable directories and only when switched on
 
 import _thread
 import errno
+import fcntl
 import os
 import stat
 
@@ -256,27 +261,47 @@ def write_whole(path, data, mode=0o644):
 
 
 # --- files the caller asked for -------------------------------------------------------
+#
+# Nothing is opened for writing before nstrace knows what it is, so nothing can stall the open: a
+# FIFO blocks its opener until someone reads (and hands that reader the file), a device driver's
+# open may wait too. A new file is made with O_EXCL, so it can only be a new regular file. An
+# existing entry is looked at through an O_PATH fd, which opens no FIFO and calls no driver
+# (do_dentry_open returns before f_op->open for O_PATH, fs/open.c 6.18); then that very inode, not
+# the name again, is opened through /proc/thread-self/fd, with O_NONBLOCK (a terminal's open waits
+# for no carrier), cleared once open. A FIFO or socket is never opened at all.
+
+_NEW = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # O_EXCL follows no symlink: EEXIST, looked at below
+# O_NOCTTY: a session leader without a terminal would take the one it opens as its own (tty_open,
+# drivers/tty/tty_io.c 6.18)
+_REOPEN = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DEV_NULL = os.makedev(1, 3)  # drivers/char/mem.c 6.18
+
 
 def create_output(path, what=""):
-    """An fd open for writing path (truncated), refusing what another user could have redirected.
+    """An fd open for writing path (truncated), refusing what another user could have redirected
+    and what could stall nstrace.
 
-    Raises UnsafePath when the path goes through another user's symlink in a
-    directory others can write, or ends at another user's file (or one with
-    other hard links) in such a directory; UsageError when it cannot be
-    opened at all (no such directory, permission denied, a directory).
+    The end of path must be a regular file (made if missing), a terminal or /dev/null; through
+    /proc's fd links (/dev/stdout, /dev/fd/N) it may be any descriptor nstrace itself holds open
+    for writing (a pipe, a socket), which is duplicated, not opened. Raises UnsafePath when the
+    path goes through another user's symlink in a directory others can write, ends at another
+    user's file (or one with other hard links) in such a directory, or ends at a FIFO, socket or
+    other device; UsageError when it cannot be opened at all (no such directory, permission
+    denied, a directory).
     """
     euid = os.geteuid()
+    label = f"{what}{path}"
     try:
-        return _create(path, euid, f"{what}{path}")
+        return _create(path, euid, label)
     except OSError as e:
-        raise UsageError(f"cannot write {what}{path}: {e.strerror}") from None
+        raise UsageError(f"cannot write {label}: {e.strerror}") from None
 
 
 def _create(path, euid, label):
     fd, name, dir_st, links = _walk(path, False, euid, label=label)
     while True:
         try:
-            out, target = _open_last(path, fd, name, dir_st, euid, label)
+            out, target = _open_last(fd, name, dir_st, euid, label)
             if out is not None:
                 return out
             if links >= _MAX_LINKS:
@@ -287,39 +312,135 @@ def _create(path, euid, label):
         fd, name, dir_st, links = _walk(path, False, euid, start, target.split("/"), links + 1, label)
 
 
-def _open_last(path, fd, name, dir_st, euid, label):
+def _open_last(fd, name, dir_st, euid, label):
     """(fd open for writing, None), or (None, symlink target) when name is a symlink that may be followed."""
-    shared = _others_can_write(dir_st, euid)
     try:
-        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=fd)
-    except OSError as e:
-        # O_NOFOLLOW on a symlink: ELOOP, or EACCES where O_CREAT meets another user's link in a
-        # sticky directory (6.18 says so even with fs.protected_symlinks off)
-        try:
-            entry = os.open(name, _PATH_FLAGS, dir_fd=fd) if e.errno in (errno.ELOOP, errno.EACCES) else None
-        except OSError:
-            entry = None
-        if entry is None or not stat.S_ISLNK(os.fstat(entry).st_mode):
-            if entry is not None:
-                os.close(entry)
-            raise OSError(e.errno, e.strerror, path) from None
-        # a symlink: followed only if nobody but the caller (or root) could have put it there
-        try:
-            st = os.fstat(entry)
-            if _in_procfs(dir_st):
-                return os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd), None
-            if shared and not _trusted_owner(st, euid):
+        return os.open(name, _NEW | os.O_WRONLY, 0o666, dir_fd=fd), None
+    except FileExistsError:
+        pass
+    procfs = _in_procfs(dir_st)
+    # /proc's fd links lead to the open file itself, not to a path: looked at where they lead
+    entry = os.open(name, (os.O_PATH | os.O_CLOEXEC) if procfs else _PATH_FLAGS, dir_fd=fd)
+    try:
+        st = os.fstat(entry)
+        if stat.S_ISLNK(st.st_mode):
+            if _others_can_write(dir_st, euid) and not _trusted_owner(st, euid):
                 raise UnsafePath(f"refusing to write {label}: {name} is a symlink of {_who(st)} in a "
-                                 "directory other users can write") from None
+                                 "directory other users can write")
             return None, os.readlink("", dir_fd=entry)
-        finally:
-            os.close(entry)
-    st = os.fstat(out)
-    if stat.S_ISREG(st.st_mode) and shared and (st.st_uid != euid or st.st_nlink != 1):
-        os.close(out)
+        own = _own_descriptor(name, st, label) if procfs else None
+        if own is not None:
+            return own, None
+        if stat.S_ISREG(st.st_mode):
+            _may_overwrite(st, dir_st, euid, label)
+            return _reopen(entry, st, label, os.O_WRONLY | os.O_TRUNC), None
+        return _reopen(entry, st, label, os.O_WRONLY, devices=True), None
+    finally:
+        os.close(entry)
+
+
+def _own_descriptor(name, st, label):
+    """A duplicate of nstrace's descriptor number name if that is the file st; None if it is not.
+
+    What the caller handed over is written where it was opened (a pipe stays a pipe, an appending
+    file appends); one open only for reading is refused, not reopened for writing over the input.
+    """
+    if not (name.isascii() and name.isdigit()):
+        return None
+    try:
+        own = os.fstat(int(name))
+        access = fcntl.fcntl(int(name), fcntl.F_GETFL) & (os.O_ACCMODE | os.O_PATH)
+    except OSError:
+        return None
+    if (own.st_dev, own.st_ino) != (st.st_dev, st.st_ino):
+        return None
+    if access not in (os.O_WRONLY, os.O_RDWR):
+        raise UnsafePath(f"refusing to write {label}: nstrace holds it open for reading only")
+    return os.dup(int(name))
+
+
+def _may_overwrite(st, dir_st, euid, label):
+    """An existing file in a directory others can write is written only if it is the caller's alone."""
+    if _others_can_write(dir_st, euid) and (st.st_uid != euid or st.st_nlink != 1):
         why = f"belongs to {_who(st)}" if st.st_uid != euid else f"has {st.st_nlink} hard links"
         raise UnsafePath(f"refusing to write {label}: it {why}, in a directory other users can write; "
                          "remove it or write elsewhere")
-    if stat.S_ISREG(st.st_mode):
-        os.ftruncate(out, 0)
-    return out, None
+
+
+def _reopen(entry, st, label, flags, devices=False):
+    """The file of O_PATH fd entry, opened with flags: a regular file, or (devices) a terminal or /dev/null."""
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if not (stat.S_ISREG(st.st_mode) or devices and stat.S_ISCHR(st.st_mode)):
+        raise UnsafePath(f"refusing to write {label}: it is {_kind(st)}, not a regular file")
+    out = os.open(f"/proc/thread-self/fd/{entry}", flags | _REOPEN)
+    try:
+        # a terminal answers only an open descriptor; a device that is neither is closed unwritten
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev != _DEV_NULL and not os.isatty(out):
+            raise UnsafePath(f"refusing to write {label}: it is a device, neither a terminal nor /dev/null")
+        os.set_blocking(out, True)
+    except BaseException:
+        os.close(out)
+        raise
+    return out
+
+
+def _kind(st):
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISCHR, "a device")):
+        if test(st.st_mode):
+            return kind
+    return f"a file of type {stat.S_IFMT(st.st_mode):o}"
+
+
+def open_beneath(directory, name):
+    """(fd open for reading and writing, not truncated; True if the file was made now) for
+    directory/name, where directory is the caller's and name came from outside (a lab guest).
+
+    directory is resolved as create_output resolves a path. Below it no symlink is followed, not
+    even root's or the caller's: a link that is fine in a path the caller typed can still lead a
+    name chosen elsewhere out of the directory. The end must be a regular file or nothing (then it
+    is made). Raises UnsafePath naming the symlink on the way or refusing what is at the end,
+    UsageError when it cannot be opened at all.
+    """
+    euid = os.geteuid()
+    label = os.path.join(directory, name)
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UsageError(f"cannot write {label}: not a plain name inside {directory}")
+    try:
+        fd, _, dir_st, _ = _walk(os.path.join(directory, parts[0]), False, euid, label=label)
+        try:
+            for depth, part in enumerate(parts[:-1], 1):
+                entry = os.open(part, _PATH_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = entry
+                dir_st = os.fstat(fd)
+                if stat.S_ISLNK(dir_st.st_mode):
+                    raise UnsafePath(f"refusing to write {label}: {'/'.join(parts[:depth])} is a symlink, "
+                                     "and a name from outside is never followed through one")
+                if not stat.S_ISDIR(dir_st.st_mode):
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            return _open_last_beneath(fd, parts[-1], dir_st, euid, label)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UsageError(f"cannot write {label}: {e.strerror}") from None
+
+
+def _open_last_beneath(fd, name, dir_st, euid, label):
+    try:
+        return os.open(name, _NEW | os.O_RDWR, 0o666, dir_fd=fd), True
+    except FileExistsError:
+        pass
+    entry = os.open(name, _PATH_FLAGS, dir_fd=fd)
+    try:
+        st = os.fstat(entry)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(f"refusing to write {label}: it is a symlink, and a name from outside is never "
+                             "followed through one")
+        if stat.S_ISREG(st.st_mode):
+            _may_overwrite(st, dir_st, euid, label)
+        return _reopen(entry, st, label, os.O_RDWR), False
+    finally:
+        os.close(entry)

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import os
 import time
-import types as types_
 from importlib import metadata
 
 from ..errors import UsageError, WriteFailed
@@ -51,8 +50,10 @@ def nstrace_version():
 
 
 def _options_json(options):
-    keep = ("trace_all", "pid", "comms", "ops", "types", "raw_addresses", "check_proc", "kernel_path")
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items() if k in keep}
+    f = options.filter
+    return {"trace_all": options.trace_all, "pid": options.pid, "comms": list(f.comms), "ops": list(f.ops),
+            "types": list(f.types), "raw_addresses": options.raw_addresses, "check_proc": options.check_proc,
+            "kernel_path": options.kernel_path}
 
 
 class Recorder:
@@ -317,19 +318,15 @@ def _short(value):
 
 # --- replay filters --------------------------------------------------------------
 
-def select(session, pid=None, comms=(), ops=(), types=(), containers=(), namespaces=()):
-    """(records shown, number filtered out) with watch's filters.
+def select(session, filt, pid=None):
+    """(records shown, number filtered out) with watch's filters: filt, a filters.Filter.
 
     ``pid`` keeps that process and its descendants, as watch --pid does in
     the kernel: the descendants known at the start (the start snapshot's
     process tree) and every process a kept record's caller forked later.
     """
-    from . import filters
     if pid is not None and pid <= 0:
         raise UsageError(f"--pid must be a positive process id, not {pid}")
-    chosen = types_.SimpleNamespace(comms=tuple(comms), ops=tuple(ops), types=tuple(types),
-                                    containers=tuple(containers), namespaces=tuple(namespaces))
-    filters.validate(chosen.comms, chosen.ops, chosen.types, chosen.namespaces)
     tracked = _descendants(session, pid) if pid is not None else None
     shown, filtered = [], 0
     for rec in sorted(session.records, key=lambda r: r.ts):
@@ -339,7 +336,7 @@ def select(session, pid=None, comms=(), ops=(), types=(), containers=(), namespa
             tracked.add(rec.pid)
             if rec.child_pid:
                 tracked.add(rec.child_pid)
-        if filters.wanted(rec, chosen):
+        if filt.wanted(rec):
             shown.append(rec)
         else:
             filtered += 1

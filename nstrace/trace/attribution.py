@@ -17,10 +17,10 @@ from ..record import jsonline
 
 
 class BatchAttribution:
-    """The containers of the batches of one reader (options: the tracer's; .containers is --container)."""
+    """The containers of the batches of one reader (options: the tracer's; .filter.containers is --container)."""
 
     def __init__(self, options):
-        self._wanted = options.containers
+        self._wanted = options.filter.containers
         self._lookup = containers.Attribution()
         self._known = {}  # (table, key) -> container, as C has it now
 

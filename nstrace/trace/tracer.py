@@ -18,7 +18,17 @@ from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: 
 from ..errors import UsageError
 from ..linux import procns
 from ..record import events, filters, steps
+from ..record.functions import PER_TYPE_DEATHS, TREE_DEATH
 from .attribution import BatchAttribution
+
+# Why an operation makes no record on a kernel where its probes could not be attached (Tracer.unseen_ops)
+UNSEEN = {
+    "exec": "this kernel has no sched_prepare_exec tracepoint (6.10+), and no exec moves a task's namespaces "
+            "before 6.12",
+    "open_tree": "this kernel's open_tree() makes no mount namespace (OPEN_TREE_NAMESPACE is 7.x)",
+    "fsmount": "this kernel's fsmount() makes no mount namespace (FSMOUNT_NAMESPACE is 7.x)",
+    "free": "no function that frees a namespace can be hooked on this kernel (nstrace doctor says why)",
+}
 
 
 @dataclasses.dataclass
@@ -27,11 +37,7 @@ class Options:
 
     trace_all: bool = False          # keep plain forks (clone without CLONE_NEW*)
     pid: int | None = None           # only this process and its descendants
-    comms: tuple = ()                # only these command names
-    ops: tuple = ()                  # only these operations
-    types: tuple = ()                # only operations touching these namespace types
-    containers: tuple = ()           # only calls from (or setns into) these containers: id prefix or name
-    namespaces: tuple = ()           # only operations involving these namespaces (filters.parse_ns values)
+    filter: filters.Filter = filters.Filter()  # --comm, --op, --type, --container, --ns
     raw_addresses: bool = False      # show kernel addresses instead of short ids
     check_proc: bool = True          # correlate with /proc/<pid>/ns
     kernel_path: bool = True         # add the kernel-function layer where the kernel allows it
@@ -43,9 +49,6 @@ class Options:
         if self.pid is not None and self.pid <= 0:
             raise UsageError(f"--pid must be a positive process id, not {self.pid}")
         probeset.check_ringbuf_bytes(self.ringbuf_bytes)
-        if len(self.comms) > batch.MAX_COMMS:
-            raise UsageError(f"at most {batch.MAX_COMMS} --comm values, not {len(self.comms)}")
-        filters.validate(self.comms, self.ops, self.types, self.namespaces)
 
 
 class Tracer:
@@ -150,6 +153,15 @@ class Tracer:
         """Every probe point: layer, hook type, attached or why not."""
         return self.probes.availability()
 
+    def unseen_ops(self):
+        """{op: why} for each --op value no record of which can come from the probes attached here."""
+        attached = set(self.probes.attached)
+        unseen = {"exec": not attached.issuperset(probeset.EXEC_PROGRAMS),
+                  "open_tree": not attached.issuperset(probeset.OPEN_TREE_PROGRAMS),
+                  "fsmount": not attached.issuperset(probeset.FSMOUNT_PROGRAMS),
+                  "free": not any(h.attached and h.func in (TREE_DEATH, *PER_TYPE_DEATHS) for h in self.hooks)}
+        return {op: UNSEEN[op] for op in self.options.filter.ops if unseen.get(op)}
+
     def _seed_tracked(self, pid):
         import psutil
         try:
@@ -243,7 +255,7 @@ class Tracer:
         st = self._st
         rec = steps.decode_record(self._batch.raw(i), self.options.raw_addresses)
         self._attribution.fill(rec)
-        if state & st.PYTHON and not filters.wanted(rec, self.options):
+        if state & st.PYTHON and not self.options.filter.wanted(rec):
             self._python_filtered += 1
             return None
         if state & st.LATER:
