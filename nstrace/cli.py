@@ -192,10 +192,11 @@ def _trace_output(path, record_path, with_command):
             return Output(sys.stderr, "to stderr")
         return Output(sys.stdout, "to stdout")
     from .linux import trusted_paths
+    import stat
     fd = trusted_paths.create_output(path, "trace file ")
     stream = open(fd, "w", encoding="utf-8", errors="backslashreplace")
-    try:
-        same = record_path is not None and os.path.samefile(path, record_path)
+    try:  # two writers of one regular file would each overwrite the other's lines (not so /dev/null)
+        same = record_path is not None and stat.S_ISREG(os.fstat(fd).st_mode) and os.path.samefile(path, record_path)
     except OSError:
         same = False  # no --record file yet, and none by that name
     if same:
