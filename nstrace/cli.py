@@ -26,18 +26,14 @@ from .record.filters import Filter
 from .trace.tracer import Options, Tracer
 
 _stop_requested = []
-_relay_to = []  # watch -- COMMAND: the command, which SIGTERM and SIGHUP are passed on to
 
 
 def _on_signal(signo, _frame):
     # SIGINT, SIGTERM, SIGHUP: finish the current batch, drain, summarise, exit 0.
     # A flag, not an exception: the poll wakes with EINTR and the loop ends cleanly.
-    # With a COMMAND, SIGTERM and SIGHUP go on to it, and watch ends when it exits; SIGINT is not
-    # passed on: a terminal's Ctrl-C reaches COMMAND itself (one process group), as under strace.
+    # (watch -- COMMAND blocks them and reads them from a signalfd instead, with who sent each:
+    # nstrace/trace/watch.py Relay.)
     _stop_requested.append(signo)
-    if signo != signal.SIGINT:
-        for held in _relay_to:
-            held.signal(signo)
 
 
 def status(message):
@@ -83,10 +79,22 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), container=(), ns=(), t
                    raw_addresses=raw_addresses, check_proc=not no_proc_check, ringbuf_bytes=buffer_kib * 1024)
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
+class _WatchCommand(click.Command):
+    """watch's command line: a `--` ends the options, and a COMMAND must follow it."""
+
+    def parse_args(self, ctx, args):
+        from .bpf import preload
+        _, command, ended = preload.split(list(args))
+        rest = super().parse_args(ctx, args)
+        if ended and not command:
+            raise UsageError("nothing after --: give the COMMAND to run, or leave -- out to watch the whole system")
+        return rest
+
+
+@cli.command(cls=_WatchCommand, context_settings={"allow_interspersed_args": False})
 @filter_options
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line; status on stderr.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=finite,
               help="Stop after this many seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
@@ -96,30 +104,32 @@ def watch_options(*, pid=None, comm=(), ops=(), types=(), container=(), ns=(), t
               help="Ring buffer size in KiB (a power of two).")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True), callback=file_name,
               help="Also write the session (records, namespace snapshots, kernel, probes) to this file.")
+@click.option("--output", "-o", "output_path", type=click.Path(dir_okay=False, allow_dash=True), callback=file_name,
+              help="Write the trace (table or JSON lines) to this file, '-' for stdout; status lines stay on "
+                   "stderr. By default it goes to stdout, or with a COMMAND to stderr: COMMAND keeps stdout.")
 @click.option("--user", "-u", "user", metavar="USER",
               help="Run COMMAND as this user (name or uid), with its groups, as strace -u does.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, count, raw_addresses, no_proc_check, buffer_kib,
-          record_path, user, command):
+          record_path, output_path, user, command):
     """Stream namespace operations system-wide until Ctrl-C; or run COMMAND and trace it and its
-    descendants from its first instruction until it exits (nstrace watch [OPTIONS] -- COMMAND [ARGS...])."""
+    descendants from its first instruction until it exits (nstrace watch [OPTIONS] -- COMMAND [ARGS...]).
+    With a COMMAND the trace goes to stderr (or -o FILE), and COMMAND's own output stays apart from it."""
     from .bpf import preload
     held = preload.take_command()
+    relay = run_as = None
     try:
         if user is not None and not command:
             raise UsageError("--user is for the COMMAND watch runs: give one after the options")
         if command and pid is not None:
             raise UsageError("--pid follows a process that runs already; a COMMAND is followed from its start: "
                              "give one or the other")
-        run_as = None
         if command:
-            if user is not None:
-                from .linux.command import User
-                run_as = User(user)
-            if held is None:
-                from .linux.command import HeldCommand
-                held = HeldCommand()
+            held, relay, run_as = _held_command(held, user)
             pid = held.pid
+        elif held is not None:  # preload guessed a COMMAND the command line does not have
+            from .linux.command import unblock_watched
+            unblock_watched()
         tracer = Tracer(watch_options(pid=pid, comm=comm, ops=ops, types=types, container=container, ns=ns,
                                       trace_all=trace_all,
                                       raw_addresses=raw_addresses, no_proc_check=no_proc_check,
@@ -137,26 +147,23 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     for op, why in tracer.unseen_ops().items():
         status(f"warning: --op {op} matches nothing here: {why}")
     recorder = None
-    if record_path:
-        from .record import session
-        try:
+    try:  # after the privilege check (tracer.start), as every file nstrace writes
+        out = _trace_output(output_path, record_path, bool(command))
+        if record_path:
+            from .record import session
             recorder = session.Recorder(record_path, tracer)
-        except BaseException:
-            tracer.close()
-            if held:
-                held.cancel()
-            raise
+    except BaseException:
+        tracer.close()
+        if held:
+            held.cancel()
+        raise
     from .trace.watch import Watch
-    if held:
-        _relay_to.append(held)
     table = display.Table(containers=bool(tracer.options.filter.containers))
-    w = Watch(tracer, row=jsonline.json_line if as_json else table.row,
+    w = Watch(tracer, out, row=jsonline.json_line if as_json else table.row,
               header=None if as_json else table.header(), as_json=as_json, recorder=recorder,
               record_path=record_path, count=count, duration=duration, status=status,
-              # with a COMMAND, a signal is COMMAND's to act on (relayed, or the terminal's own):
-              # watch goes on to its exit, unless asked twice
-              stop_requested=lambda: len(_stop_requested) > (1 if held else 0),
-              command=held, release=held and (lambda: held.release(command, run_as)))
+              stop_requested=lambda: bool(_stop_requested),  # without a COMMAND; with one, the relay says
+              command=held, release=held and (lambda: held.release(command, run_as)), signals=relay)
     try:
         summary = w.run()
     except BaseException:
@@ -168,24 +175,69 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     if as_json:
         status("summary " + jsonline.json_summary(summary))
     else:
-        w.stdout.line("\n" + display.summary_table(summary))
+        out.line("\n" + display.summary_table(summary))
+    out.finish()
+    if w.failure:
+        raise w.failure
     if held:
-        raise click.exceptions.Exit(_command_status(held))
+        raise click.exceptions.Exit(_command_status(held, relay, summary["command"]["running"]))
 
 
-def _command_status(held):
-    """COMMAND's exit status, waiting for it if the trace ended first (--count, --duration, stdout
-    gone); a further signal ends the wait, with 128 + its number."""
-    if not held.exited():
-        status(f"{held.argv[0]} (pid {held.pid}) runs on, no longer traced: waiting for it to exit")
-        import select
-        asked = len(_stop_requested)
-        poller = select.poll()
-        poller.register(held.fileno(), select.POLLIN)
-        while not held.exited():
-            if len(_stop_requested) > max(asked, 1):
-                return 128 + _stop_requested[-1]
-            poller.poll(200)
+def _trace_output(path, record_path, with_command):
+    """Where watch's trace goes (a trace.watch.Output): -o's file, stdout ('-'), or by default
+    stdout, and stderr beside a COMMAND, whose output is its own (as strace's trace)."""
+    from .trace.watch import Output
+    if path is None or path == "-":
+        if with_command and path is None:
+            return Output(sys.stderr, "to stderr")
+        return Output(sys.stdout, "to stdout")
+    from .linux import trusted_paths
+    import stat
+    fd = trusted_paths.create_output(path, "trace file ")
+    stream = open(fd, "w", encoding="utf-8", errors="backslashreplace")
+    try:  # two writers of one regular file would each overwrite the other's lines (not so /dev/null)
+        same = record_path is not None and stat.S_ISREG(os.fstat(fd).st_mode) and os.path.samefile(path, record_path)
+    except OSError:
+        same = False  # no --record file yet, and none by that name
+    if same:
+        stream.close()
+        raise UsageError(f"-o {path} and --record {record_path} are the same file: give two")
+    return Output(stream, f"trace file {path}")
+
+
+def _held_command(held, user):
+    """watch -- COMMAND's process at its gate (preload's, or forked now), the Relay of its signals,
+    and the User it runs as (None: as nstrace). SIGINT, SIGTERM and SIGHUP are blocked before a
+    fork (preload blocked them already, before its fork and its thread) and read from a signalfd."""
+    from .linux.command import HeldCommand, Inbox, User, block_watched
+    from .trace.watch import Relay
+    run_as = User(user) if user is not None else None
+    block_watched()
+    if held is None:
+        held = HeldCommand()
+    return held, Relay(Inbox(), held, status), run_as
+
+
+def _command_status(held, relay, running):
+    """COMMAND's exit status, waiting for it if the trace ended first (running: the summary said
+    so; --count, --duration, the output gone), and saying it then. A second signal sent to nstrace
+    (the first was passed on to COMMAND) ends the wait, or ended the trace: nstrace then exits
+    128 + its number, COMMAND running on."""
+    if running and relay.ending is None:
+        if not held.exited():
+            status(f"{held.name} (pid {held.pid}) runs on, no longer traced: waiting for it to exit")
+            import select
+            poller = select.poll()
+            poller.register(held.fileno(), select.POLLIN)
+            poller.register(relay.fileno(), select.POLLIN)
+            while not held.exited() and not relay.take():
+                poller.poll()
+        if held.exited():
+            status(f"{held.name} (pid {held.pid}) exited: {held.outcome()}")
+    if relay.ending is not None and not held.exited():
+        status(f"{held.name} (pid {held.pid}) runs on, not waited for: {relay.ending.name} sent to nstrace "
+               "a second time")
+        return 128 + relay.ending.signo
     return held.status
 
 
@@ -447,14 +499,20 @@ def _open_std_fds():
 
 
 def _silence_stdout():
-    from .trace.watch import silence_stdout
-    silence_stdout()
+    from .trace.watch import silence
+    silence(1)
 
 
 def main(argv=None):
     """Entry point: run the CLI, turning every known error into one line and an exit code."""
-    for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signo in stops:
         signal.signal(signo, _on_signal)
+    from .bpf import preload
+    if not preload.blocked:
+        # A blocked mask survives exec (as in the process that started nstrace): these stop nstrace.
+        # (watch -- COMMAND's preload blocked them on purpose, to read them from a signalfd.)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     stdout_closed = _open_std_fds()
     real_stdout = sys.stdout
     if real_stdout is not None:

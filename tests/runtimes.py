@@ -66,11 +66,13 @@ class Run:
     def __init__(self, argv, workdir, *, watch_args=(), timeout=120, env=None):
         workdir = Path(workdir)
         self.strace_out = workdir / "strace.txt"
-        res = subprocess.run([str(NSTRACE), "watch", "--all", "--json", *watch_args, "--",
+        trace = workdir / "nstrace.jsonl"  # the runtime's own output is stdout and stderr
+        res = subprocess.run([str(NSTRACE), "watch", "--all", "--json", "-o", str(trace), *watch_args, "--",
                               "strace", "-f", "-qq", "-o", str(self.strace_out), "-e", f"trace={CALLS}", *argv],
                              capture_output=True, text=True, timeout=timeout, env=env)
         self.returncode, self.stderr = res.returncode, res.stderr
-        self.records = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+        lines = trace.read_text().splitlines() if trace.exists() else []
+        self.records = [json.loads(line) for line in lines if line.startswith("{")]
         summary = res.stderr.split("nstrace: summary ", 1)[1].splitlines()[0] if "summary " in res.stderr else "{}"
         self.summary = json.loads(summary)
         self.strace_pid = (self.summary.get("command") or {}).get("pid")

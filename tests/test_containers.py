@@ -33,7 +33,8 @@ def watch(*args, timeout=60):
 
 
 def records(res):
-    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    """The JSON lines of a watch -- COMMAND: on stderr (COMMAND keeps stdout)."""
+    return [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_an_unshare_in_a_container_is_the_containers_though_it_exited_at_once(do
     assert rec["container"] == docker.expected
     assert rec["cgroup_id"] == os.stat(docker.path).st_ino
     assert rec["proc_check"]["status"] == "gone"
-    table = watch("--", *docker.shell("exec unshare --uts true")).stdout
+    table = watch("--", *docker.shell("exec unshare --uts true")).stderr
     # the column comes with the first record that has a container, under a header line of its own
     assert [line for line in table.splitlines() if line.startswith("TIME")][-1].endswith("CONTAINER")
     assert f"docker:{docker.id[:12]}" in table
@@ -131,13 +132,13 @@ def test_a_setns_into_a_containers_namespace_names_the_target(docker, docker_hol
     assert rec["container"] is None  # nsenter runs on the host
     assert rec["target"]["container"] == docker.expected
     assert rec["target"]["inode"] == os.stat(f"/proc/{docker_holder}/ns/uts").st_ino
-    table = watch("--", "nsenter", "-t", str(docker_holder), "--uts", "true").stdout
+    table = watch("--", "nsenter", "-t", str(docker_holder), "--uts", "true").stderr
     assert f"->docker:{docker.id[:12]}" in table, table
 
 
 def test_a_command_without_a_container_has_no_container_column():
     res = watch("--", "unshare", "--uts", "true")
-    assert "CONTAINER" not in res.stdout
+    assert "CONTAINER" not in res.stderr and "unshare" in res.stderr
 
 
 def test_container_filter_by_id_prefix_caller_or_target(docker, docker_holder):
@@ -188,7 +189,7 @@ def test_show_filters_by_container_and_ns(tmp_path, docker, docker_holder):
     def show(*args):
         res = subprocess.run([str(NSTRACE), "show", "--json", *args, str(session)], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
-        return [r["op"] for r in records(res)]
+        return [json.loads(line)["op"] for line in res.stdout.splitlines()]
     assert show() == ["unshare", "setns"]
     assert show("--container", docker.id[:8]) == ["setns"]
     assert show("--ns", f"uts:{os.stat(f'/proc/{docker_holder}/ns/uts').st_ino}") == ["setns"]

@@ -92,7 +92,9 @@ def test_the_live_line_counts_the_function_hooks():
     assert int(m.group(1)) == len(syscall_layer) + 1
     assert (int(m.group(2)), int(m.group(3))) == (sum(p["attached"] for p in functions), len(functions))
     # (where deaths are visible, the uts namespace's `free` follows when true exits)
-    [rec] = [r for r in map(json.loads, res.stdout.splitlines()) if r["op"] == "unshare"]
+    # the trace of watch -- COMMAND is on stderr, beside the status lines
+    [rec] = [r for r in map(json.loads, (line for line in res.stderr.splitlines() if line.startswith("{")))
+             if r["op"] == "unshare"]
     assert rec["flags"] == ["CLONE_NEWUTS"]
     if int(m.group(2)):
         assert rec["kernel_path"], "function hooks attached, yet the record has no kernel path"

@@ -254,7 +254,8 @@ def test_watch_a_command_sees_its_namespace_die():
     namespace it made being freed when `true` exits, with how long it lived."""
     res = lab("--kernel", "6.1", "--", "watch", "--json", "--", "unshare", "--uts", "true")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    records = [json.loads(line) for line in res.stdout.splitlines()]
+    # watch -- COMMAND's trace is on stderr, beside the status lines (and the guest's stdout is COMMAND's)
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
     [made] = [r for r in records if r["op"] == "unshare"]
     assert made["flags"] == ["CLONE_NEWUTS"] and made["changed"] == ["uts"], made
     [died] = [r for r in records if r["op"] == "free" and r["ns"]["type"] == "uts"]

@@ -109,7 +109,7 @@ def test_runc_with_a_busybox_rootfs(tmp_path):
     out = tmp_path / "inside"
     cid = f"nstrace-rt-{uuid.uuid4().hex[:8]}"
     try:
-        # the container's stdout is runc's: a file, so that watch's own stdout stays JSON
+        # the container's stdout is runc's: what it shows, read back from a file
         run = Run(["sh", "-c", f'exec runc run --bundle {bundle} {cid} > {out}'], tmp_path)
     finally:
         subprocess.run(["runc", "delete", "--force", cid], capture_output=True)

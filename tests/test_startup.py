@@ -3,6 +3,7 @@ libbpf loads without calling into Python for every line it prints."""
 
 import ctypes
 import os
+import signal
 import subprocess
 import threading
 
@@ -25,6 +26,8 @@ from nstrace.trace.tracer import Options, Tracer
     (["watch", "--comm", "bash", "unshare", "-r"], {"command": True}),
     (["watch", "--comm=bash", "-u", "nobody", "--all", "ip", "netns"], {"command": True, "trace_all": True}),
     (["watch", "--json", "--"], {}),
+    (["watch", "-o", "out", "sh"], {"command": True}),
+    (["watch", "--output", "-", "--json"], {}),
     (["watch", "--help"], None),
     (["doctor"], None),
     ([], None),
@@ -42,6 +45,7 @@ WATCH_SAMPLES = {
     "buffer_kib": ["--buffer-kib", "256"], "record_path": ["--record", "/tmp/x.jsonl"],
     "container": ["--container", "0123456789ab"], "ns": ["--ns", "net:4026531840"],
     "user": ["--user", "nobody", "--", "true"], "command": ["--", "unshare", "--uts", "true"],
+    "output_path": ["-o", "/tmp/x.txt"],
 }
 
 
@@ -83,8 +87,12 @@ def loads(monkeypatch):
         seen.append(threading.current_thread().name)
         return real(self, *args, **kwargs)
     monkeypatch.setattr(ProbeSet, "load", load)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     yield seen
     preload.discard()
+    # watch -- COMMAND's begin() blocks SIGINT, SIGTERM and SIGHUP: every later child would inherit that
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    preload.blocked = False
 
 
 root = pytest.mark.root("loads BPF programs")

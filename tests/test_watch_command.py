@@ -1,19 +1,22 @@
 """`nstrace watch -- COMMAND`: COMMAND and its descendants from the first instruction, nothing else,
-ending with COMMAND, exiting with its status. Real commands (util-linux unshare, sh), real users
-(nobody), real signals; a real process doing unshare all the while beside them, which must never
-appear."""
+ending with COMMAND, exiting with its status; the trace on stderr or -o FILE, never in COMMAND's
+stdout. Real commands (util-linux unshare, sh), real users (nobody), real signals; a real process
+doing unshare all the while beside them, which must never appear."""
 
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from nshelpers import NSTRACE, loader_programs, programs_left_after
+from test_cli import prog_ids_held_by, wait_gone
 
 pytestmark = pytest.mark.root("loads BPF programs and runs commands as other users")
 
@@ -34,7 +37,12 @@ def watch(*args, timeout=60, **kw):
 
 
 def records(res):
-    return [json.loads(line) for line in res.stdout.splitlines()]
+    """The JSON lines of a watch -- COMMAND: on stderr, between nstrace's status lines."""
+    return [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+
+
+def summary_of(res):
+    return json.loads(res.stderr.split("nstrace: summary ", 1)[1].splitlines()[0])
 
 
 def test_only_the_command_and_its_descendants_from_the_first_instruction(bystander):
@@ -46,7 +54,7 @@ def test_only_the_command_and_its_descendants_from_the_first_instruction(bystand
     assert sorted(tuple(r["flags"]) for r in recs) == [("CLONE_NEWIPC", "CLONE_NEWNET"), ("CLONE_NEWUTS",)], recs
     assert all(r["op"] == "unshare" and r["ret"] == 0 and r["comm"] == "unshare" for r in recs)
     assert bystander not in {r["pid"] for r in recs}
-    summary = json.loads(res.stderr.split("nstrace: summary ", 1)[1])
+    summary = summary_of(res)
     assert summary["command"]["exit_status"] == 0 and summary["total"] == 2
     assert "tracing live (" in res.stderr and "function hooks attached); running the command" in res.stderr
 
@@ -65,7 +73,7 @@ def test_the_first_unshare_of_a_command_that_starts_with_it():
 def test_it_exits_with_the_commands_status(script, status):
     res = watch("--", "sh", "-c", script)
     assert res.returncode == status, res.stderr
-    assert "total" in res.stdout  # the summary, as after any watch
+    assert "total" in res.stderr and "total" not in res.stdout  # the summary, with the trace
 
 
 @pytest.mark.parametrize("name,mode,code,words", [
@@ -98,7 +106,7 @@ def test_as_another_user_like_strace_u():
     assert set(rec["flags"]) == {"CLONE_NEWNS", "CLONE_NEWCGROUP", "CLONE_NEWUTS", "CLONE_NEWIPC", "CLONE_NEWNET",
                                  "CLONE_NEWPID"}
     table = watch("-u", "65534", "unshare", *flags, "true", env={**os.environ, "COLUMNS": "220"})
-    text = table.stdout.split("\n\n")[0]
+    text = table.stderr.split("\n\n")[0]
     for name in ("NEWNS", "NEWCGROUP", "NEWUTS", "NEWIPC", "NEWNET", "NEWPID"):
         assert name in text, text
     assert "~" not in text, text
@@ -126,7 +134,7 @@ def test_every_watch_option_works_with_a_command(tmp_path):
     res = watch("--record", str(session), "--op", "unshare", "--type", "ipc,net", "--", "sh", "-c", script)
     assert res.returncode == 0, res.stderr
     shown = subprocess.run([str(NSTRACE), "show", "--json", str(session)], capture_output=True, text=True)
-    assert [r["flags"] for r in records(shown)] == [["CLONE_NEWIPC"], ["CLONE_NEWNET"]]
+    assert [json.loads(line)["flags"] for line in shown.stdout.splitlines()] == [["CLONE_NEWIPC"], ["CLONE_NEWNET"]]
     # --all: unshare --fork's plain fork() is a clone (sh's vfork() is a syscall of its own, not traced)
     res = watch("--json", "--all", "--no-proc-check", "--raw-addresses", "--comm", "unshare", "--",
                 "sh", "-c", "unshare --fork true; sh -c true")
@@ -144,7 +152,7 @@ def test_every_watch_option_works_with_a_command(tmp_path):
 
 def test_a_descendant_left_running_is_counted_and_not_followed():
     res = watch("--json", "--", "sh", "-c", "(sleep 2; unshare --uts true) & unshare --ipc true")
-    summary = json.loads(res.stderr.split("nstrace: summary ", 1)[1])
+    summary = summary_of(res)
     assert [r["flags"] for r in records(res)] == [["CLONE_NEWIPC"]]
     assert summary["command"]["untraced"] >= 1  # the subshell (and its sleep)
 
@@ -198,3 +206,149 @@ def test_the_summary_table_is_laid_out_as_tabulate_would():
         assert display.counts_table(rows, ["op", "events"]) == tabulate(rows, headers=["op", "events"],
                                                                           tablefmt="simple")
     same()
+
+
+# --- the trace has a stream of its own (issue 22) ----------------------------------------------
+
+PRINTS = "for i in 1 2 3 4 5 6 7; do echo line $i; unshare --uts true; done"
+LINES = [f"line {i}" for i in range(1, 8)]
+
+
+def test_the_trace_and_the_commands_output_never_share_a_stream(tmp_path):
+    """COMMAND keeps stdout: the trace goes to stderr (as strace's), or with -o to a file of its own,
+    which `render` then takes as it is (it failed on prog's lines between the JSON)."""
+    res = watch("--json", "--", "sh", "-c", PRINTS)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == LINES
+    assert len(records(res)) == 7
+    assert all(line.startswith(("{", "nstrace: ")) for line in res.stderr.splitlines()), res.stderr
+
+    trace = tmp_path / "trace.jsonl"
+    res = watch("--json", "-o", str(trace), "--", "sh", "-c", PRINTS)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == LINES
+    assert all(line.startswith("nstrace: ") for line in res.stderr.splitlines()), res.stderr
+    assert [json.loads(line)["flags"] for line in trace.read_text().splitlines()] == [["CLONE_NEWUTS"]] * 7
+    drawn = subprocess.run([str(NSTRACE), "render", str(trace), "--format", "perfetto", "-o",
+                            str(tmp_path / "trace.json")], capture_output=True, text=True, timeout=60)
+    assert drawn.returncode == 0, drawn.stderr
+
+    table = tmp_path / "trace.txt"
+    res = watch("--output", str(table), "--", "sh", "-c", PRINTS)
+    assert res.stdout.splitlines() == LINES
+    text = table.read_text()
+    assert text.startswith("TIME ") and text.count("NEWUTS") == 7 and "command: pid" in text, text
+    assert "NEWUTS" not in res.stderr
+
+    # '-': stdout, as asked (a quiet command's trace into a pipe)
+    res = watch("--json", "-o", "-", "--", "unshare", "--uts", "true")
+    assert [json.loads(line)["flags"] for line in res.stdout.splitlines()] == [["CLONE_NEWUTS"]]
+
+
+def test_o_takes_a_system_wide_trace_too(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    proc = subprocess.Popen([str(NSTRACE), "watch", "--json", "-o", str(trace), "--comm", "unshare", "--count", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "tracing live" in proc.stderr.readline()
+        subprocess.run(["unshare", "--uts", "true"], check=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and out == "", err
+    [rec] = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert rec["comm"] == "unshare" and rec["flags"] == ["CLONE_NEWUTS"]
+
+
+def test_o_and_record_cannot_be_one_file(tmp_path):
+    path = tmp_path / "same.jsonl"
+    res = watch("--json", "-o", str(path), "--record", f"{tmp_path}/./same.jsonl", "--", "true")
+    assert res.returncode == 2 and res.stderr.startswith("nstrace: error: -o ") and res.stderr.count("\n") == 1, \
+        res.stderr
+
+
+def _block_stops():
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
+@pytest.mark.parametrize("parent_blocks", [False, True], ids=["as-started", "started-blocked"])
+def test_the_command_starts_with_no_signal_blocked_or_ignored(parent_blocks):
+    """nstrace blocks SIGINT, SIGTERM and SIGHUP to read them from a signalfd; a blocked mask
+    survives fork and exec: COMMAND must start as it would from here, whatever nstrace inherited."""
+    show = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
+    res = watch("--", *show, preexec_fn=_block_stops if parent_blocks else None)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == subprocess.run(show, capture_output=True, text=True).stdout
+    assert "SigBlk:\t0000000000000000" in res.stdout
+
+
+# --- --count: the summary says what was shown; the programs go when the trace ends ------------
+
+# ten unshare() calls within microseconds: one batch of the reader
+BURST = "import ctypes, time\nlibc = ctypes.CDLL(None)\ntime.sleep(0.3)\nfor _ in range(10):\n" \
+        "    libc.unshare(0x04000000)\n"
+
+
+@pytest.mark.parametrize("how", [["--json", "--record"], ["--json"], []], ids=["recorded", "json", "table"])
+def test_count_the_summary_and_the_end_line_agree_with_what_was_shown(tmp_path, how):
+    """--count 3 shows 3 records: the summary's total is 3, and the end line of the record file
+    agrees; records read beyond them are counted as read and not shown."""
+    session = tmp_path / "s.jsonl"
+    args = [*how, str(session)] if "--record" in how else how
+    res = watch(*args, "--count", "3", "--", sys.executable, "-c", BURST)
+    assert res.returncode == 0, res.stderr
+    if "--json" in how:
+        assert len(records(res)) == 3
+        summary = summary_of(res)
+        assert summary["total"] == 3 and summary["events"] == {"unshare": 3}, summary
+        assert 3 + summary["unshown"] <= 10
+    else:
+        assert res.stderr.count("NEWUTS") == 3
+        assert re.search(r"^total +3$", res.stderr, re.M), res.stderr
+        unshown = re.search(r"^read after --count was reached, not shown: (\d+)$", res.stderr, re.M)
+        assert unshown is None or 0 < int(unshown.group(1)) <= 7
+    if "--record" in how:
+        end = json.loads(session.read_text().splitlines()[-1])
+        assert end["records"] == 3 == end["summary"]["total"], end
+
+
+def test_count_detaches_the_programs_when_the_trace_ends_not_when_the_command_does():
+    proc = subprocess.Popen([str(NSTRACE), "watch", "--json", "--count", "1", "--", "sh", "-c",
+                             "sleep 0.5; unshare --uts true; sleep 5; exit 4"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "tracing live" in proc.stderr.readline()
+        ours = prog_ids_held_by(proc.pid)
+        assert ours
+        for line in proc.stderr:
+            if "runs on, no longer traced" in line:
+                break
+        assert not wait_gone(ours, timeout=3), "the programs stayed attached while COMMAND ran on"
+        assert proc.poll() is None  # still waiting for COMMAND
+        # the holder that detached them is no zombie of nstrace's meanwhile: COMMAND is its one child
+        children = psutil.Process(proc.pid).children()
+        assert [c.name() for c in children] == ["sh"] and children[0].status() != psutil.STATUS_ZOMBIE
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=10) == 4
+        assert "nstrace: sh (pid " in rest and "exited: exit status 4" in rest, rest
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- what COMMAND is ---------------------------------------------------------------------------
+
+def test_an_empty_command_name_is_one_error_line():
+    res = watch("--", "")
+    assert res.returncode == 127, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("nstrace: error: ")]
+    assert errors == ["nstrace: error: cannot run '': No such file or directory"], res.stderr
+
+
+def test_a_double_dash_with_nothing_after_it_is_a_usage_error():
+    """Not a system-wide watch, which would run until stopped (this one times out then)."""
+    for args in (["--"], ["--json", "--count", "1", "--"]):
+        res = watch(*args, timeout=20)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.startswith("nstrace: error: nothing after --") and res.stderr.count("\n") == 1, res.stderr

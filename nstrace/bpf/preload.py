@@ -14,7 +14,10 @@ that fails to parse closes them too (discard()). With --pid the thread only
 loads: the descendant table must be filled before any probe runs. With
 `watch -- COMMAND` the child that becomes COMMAND is forked first
 (nstrace.linux.command), so its pid is known: the thread loads, puts it in
-the table and attaches, and the command line only has to release it.
+the table and attaches, and the command line only has to release it. The
+signals that watch reads from a signalfd then (linux.command.Inbox) are
+blocked before that fork and that thread: a signal must find no thread that
+takes it as an interruption.
 """
 
 import sys
@@ -23,13 +26,28 @@ import threading
 _thread = None
 _probes = None
 _command = None  # the HeldCommand of `watch -- COMMAND`, forked before the thread
+blocked = False  # begin() blocked the signals watch -- COMMAND reads from a signalfd
 _interval = 0.005
 _loading = threading.Event()  # the thread has reached the load (or given up)
 
 
 # watch's options that take a value (tests/test_startup.py holds this to the command line)
 VALUED = ("--pid", "--comm", "--op", "--type", "--duration", "--count", "--buffer-kib", "--record", "--user", "-u",
-          "--container", "--ns")
+          "--container", "--ns", "--output", "-o")
+
+
+def split(words):
+    """watch's words (after `watch`) as (options, COMMAND, ended): COMMAND begins after `--` (ended:
+    True) or at the first word that is no option (an option's value aside)."""
+    i = 0
+    while i < len(words):
+        arg = words[i]
+        if arg == "--":
+            return words[:i], words[i + 1:], True
+        if not arg.startswith("-"):
+            return words[:i], words[i:], False
+        i += 2 if arg in VALUED else 1
+    return words, [], False
 
 
 def guess(args):
@@ -38,16 +56,13 @@ def guess(args):
     COMMAND follows the options (after `--`, or at the first word that is no option)."""
     if not args or args[0] != "watch":
         return None
-    fields = {}
-    rest = iter(args[1:])
+    options, command, _ = split(args[1:])
+    fields = {"command": True} if command else {}
+    rest = iter(options)
     for arg in rest:
         name, eq, value = arg.partition("=")
         if arg in ("-h", "--help"):
             return None
-        if arg == "--" or not arg.startswith("-"):
-            if next(rest, None) is not None or arg != "--":
-                fields["command"] = True
-            break
         if arg == "--all":
             fields["trace_all"] = True
         elif arg == "--raw-addresses":
@@ -69,14 +84,16 @@ def guess(args):
 def begin(args):
     """Start loading in a thread if `args` is a watch command line."""
     global _thread, _interval
-    global _command
+    global _command, blocked
     fields = guess(args)
     if fields is not None:
         seed = None
         if fields.pop("command", False) and "pid" not in fields:
             # Forked now, while this process has one thread and no BPF fd: COMMAND's pid is what
             # the object follows (filter_tgid) and the table's first entry, before anything is attached.
-            from ..linux.command import HeldCommand
+            from ..linux.command import HeldCommand, block_watched
+            block_watched()
+            blocked = True
             _command = HeldCommand()
             fields["pid"] = seed = _command.pid
         # Every ctypes call gives up the GIL; taking it back waits out the main thread's

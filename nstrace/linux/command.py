@@ -13,14 +13,22 @@ may have threads by then (the loader's), and only async-signal-safe work is
 safe in a forked child of a threaded process.
 """
 
+import errno
 import os
 import signal
+import struct
 
 from ..errors import CommandNotRun, UsageError
 
-# What Python itself changes at start-up and exec would keep: ignored signals stay ignored
-# across execve (fs/exec.c flush_signal_handlers(), 6.12). COMMAND must start as from a shell.
-_RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGINT") if hasattr(signal, name))
+# What Python itself changes at start-up and exec would keep: ignored signals stay ignored, and
+# blocked ones blocked, across execve (fs/exec.c flush_signal_handlers(), 6.12; the mask is the
+# task's own, exec leaves it). COMMAND must start as from a shell: nstrace blocks the signals it
+# reads from its signalfd (Inbox) before forking it.
+_RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP")
+                       if hasattr(signal, name))
+
+# The signals `watch -- COMMAND` reads as messages (Inbox) instead of taking them as interruptions.
+WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class User:
@@ -50,12 +58,17 @@ class HeldCommand:
         self.pid, self._go, self._err = pid, go_w, err_r
         self.argv = None
         self.status = None          # exit code as a shell gives it, once reaped
+        self.killed_by = None       # the signal that killed it, if one did
         self._pidfd = None
 
     def release(self, argv, user=None):
         """Exec argv (searched in PATH) as `user` (a User; None: as nstrace runs). Returns once
         the exec has happened; raises CommandNotRun (126/127, as env(1)) if it could not."""
         self.argv = list(argv)
+        if not argv[0]:
+            # found nowhere, as env(1) and a shell say; Python's execvp() would raise ValueError
+            self.cancel()
+            raise CommandNotRun(f"cannot run '': {os.strerror(errno.ENOENT)}", 127)
         ids = (user.uid, user.gid, ",".join(map(str, user.groups))) if user else ("", "", "")
         words = [str(i).encode() for i in ids] + [os.fsencode(a) for a in argv]
         message = b"\0".join(words)
@@ -63,6 +76,8 @@ class HeldCommand:
             view = memoryview(message)
             while view:
                 view = view[os.write(self._go, view):]
+        except BrokenPipeError:
+            pass  # it died at its gate (a terminal's ^C meanwhile): its status says so
         finally:
             os.close(self._go)
             self._go = None
@@ -79,7 +94,7 @@ class HeldCommand:
             self.wait()
             what = "set the user of" if answer.endswith(b":user") else "run"
             raise CommandNotRun(f"cannot {what} {argv[0]}: {os.strerror(err)}",
-                                127 if err == 2 and what == "run" else 126)
+                                127 if err == errno.ENOENT and what == "run" else 126)
 
     def cancel(self):
         """Let the child exit without running anything, and reap it."""
@@ -114,6 +129,7 @@ class HeldCommand:
     def _reaped(self, wstatus):
         code = os.waitstatus_to_exitcode(wstatus)
         self.status = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+        self.killed_by = -code if code < 0 else None
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -125,6 +141,35 @@ class HeldCommand:
             except ProcessLookupError:
                 pass
 
+    @property
+    def name(self):
+        """COMMAND's name as a status line may show it (escaped: the caller typed it, any bytes)."""
+        from .comm import safe_comm
+        return safe_comm(os.fsencode(self.argv[0])) if self.argv else "COMMAND"
+
+    @property
+    def signal_name(self):
+        """The name of the signal that killed COMMAND ("SIGTERM"), or None."""
+        if self.killed_by is None:
+            return None
+        try:
+            return signal.Signals(self.killed_by).name
+        except ValueError:
+            return f"signal {self.killed_by}"
+
+    def outcome(self):
+        """What became of COMMAND, in words: "exit status 3", "killed by SIGTERM (exit status 143)"."""
+        name = self.signal_name
+        return f"killed by {name} (exit status {self.status})" if name else f"exit status {self.status}"
+
+    def in_group_of(self, pgrp):
+        """True while COMMAND is in process group pgrp: then a terminal's signal to that (foreground)
+        group reached COMMAND as well."""
+        try:
+            return os.getpgid(self.pid) == pgrp
+        except OSError:
+            return False
+
 
 def _gate(go_r, go_w, err_r, err_w):
     """The child: wait for the word, become the user, exec. Never returns."""
@@ -133,6 +178,8 @@ def _gate(go_r, go_w, err_r, err_w):
         os.close(err_r)
         for signo in _RESET_SIGNALS:
             signal.signal(signo, signal.SIG_DFL)
+        # after the dispositions: a signal already pending then acts as it would on COMMAND
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         message = b""
         while True:
             chunk = os.read(go_r, 65536)
@@ -159,3 +206,72 @@ def _gate(go_r, go_w, err_r, err_w):
     except BaseException:  # noqa: BLE001 - a forked child must never run on in nstrace's code
         pass
     os._exit(127)
+
+
+def block_watched():
+    """Block the signals an Inbox reads, in this thread and the threads it starts from now on."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED_SIGNALS)
+
+
+def unblock_watched():
+    """Take them as interruptions again (Python's handlers), pending ones first."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED_SIGNALS)
+
+
+# A terminal's signals come from the line discipline: drivers/tty/n_tty.c __isig() calls
+# kill_pgrp(pgrp, sig, 1), whose priv=1 is SEND_SIG_PRIV, which kernel/signal.c
+# __send_signal_locked() turns into si_code SI_KERNEL; kill(2) gives SI_USER, sigqueue(3)
+# SI_QUEUE, tgkill(2) SI_TKILL (6.18; tests/test_watch_interactive.py sends ^C through a pty).
+SI_KERNEL = 0x80
+_SFD_NONBLOCK, _SFD_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC  # include/uapi/linux/signalfd.h
+_SIGINFO = struct.Struct("IiiII")  # struct signalfd_siginfo's ssi_signo, ssi_errno, ssi_code, ssi_pid, ssi_uid
+_SIGINFO_SIZE = 128
+
+
+class Signal:
+    """One signal read: its number, who sent it (a pid; 0: the kernel), and whether a terminal sent
+    it to its foreground process group."""
+
+    def __init__(self, signo, code, sender):
+        self.signo, self.sender = signo, sender
+        self.from_terminal = code == SI_KERNEL
+
+    @property
+    def name(self):
+        return signal.Signals(self.signo).name
+
+
+class Inbox:
+    """The watched signals as a readable fd (signalfd(2)), each with who sent it (its siginfo).
+
+    The signals must be blocked in every thread (block_watched) before one can arrive: a signal
+    that finds a thread not blocking it is delivered there, not queued for the fd.
+    """
+
+    def __init__(self):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        mask = (ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong))))()  # glibc's sigset_t
+        bits = 8 * ctypes.sizeof(ctypes.c_ulong)
+        for signo in WATCHED_SIGNALS:
+            mask[(signo - 1) // bits] |= 1 << ((signo - 1) % bits)
+        fd = libc.signalfd(-1, ctypes.byref(mask), _SFD_NONBLOCK | _SFD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), "signalfd")
+        self._fd = fd
+
+    def fileno(self):
+        return self._fd
+
+    def read(self):
+        """The signals that came since the last read, oldest first (none: an empty list)."""
+        got = []
+        while True:
+            try:
+                data = os.read(self._fd, 16 * _SIGINFO_SIZE)
+            except BlockingIOError:
+                return got
+            for at in range(0, len(data), _SIGINFO_SIZE):
+                signo, _errno, code, sender, _uid = _SIGINFO.unpack_from(data, at)
+                got.append(Signal(signo, code, sender))

@@ -10,6 +10,7 @@ neither touches libbpf.
 import collections
 import ctypes
 import dataclasses
+import sys
 import time
 
 from ..bpf import batch, loader, probeset, teardown
@@ -76,6 +77,9 @@ class Tracer:
         # losses came after a record was made, and so may explain what /proc shows (_proc_check)
         self._lost_seen = collections.deque(maxlen=1024)
         self.pid_of_thread = None              # (tid, tgid) when --pid named a thread of tgid
+        # records read after a poll's limit was reached (watch --count): not shown, and so not
+        # counted with what was, nor as filtered or superseded
+        self._unshown = {"by_op": collections.Counter(), "filtered": 0, "superseded": 0}
         self._attribution = None               # attribution.BatchAttribution, made with the reader
 
     @property
@@ -170,10 +174,11 @@ class Tracer:
 
     # --- reading ----------------------------------------------------------
 
-    def poll(self, timeout_ms=None):
-        """The next batch of records (possibly empty), checked against /proc and filtered."""
+    def poll(self, timeout_ms=None, limit=0):
+        """The next batch of records (possibly empty), checked against /proc and filtered; at most
+        `limit` (0: all), the rest of the batch counted as unshown."""
         self._read(timeout_ms)
-        return self.records()
+        return self.records(limit)
 
     def poll_json(self, timeout_ms=None, limit=0):
         """poll() as JSON lines: (bytes-like, number of lines), at most `limit` lines (0: all)."""
@@ -194,10 +199,14 @@ class Tracer:
         self._attribution.resolve(self._batch)
         self._states = self._batch.classify()
 
-    def records(self):
-        """The batch read last, as Records: decoded, checked and filtered in Python (the reference)."""
+    def records(self, limit=0):
+        """The batch read last, as Records: decoded, checked and filtered in Python (the reference);
+        at most `limit` (0: all)."""
         out = []
         for i, state in enumerate(self._states):
+            if limit and len(out) == limit:
+                self._unshow(i)
+                break
             if not state & self._st.FILTERED:
                 rec = self._record(i, state)
                 if rec:
@@ -207,19 +216,39 @@ class Tracer:
     def json_lines(self, limit=0):
         """The batch read last as JSON lines: the lines of records() by jsonline.json_line(), but
         written by native/batch.c. Python decodes only the records it must check against /proc
-        (each task's last in the batch) and those C leaves to it (PYTHON: it writes their lines)."""
+        (each task's last in the batch) and those C leaves to it (PYTHON: it writes their lines).
+        At most `limit` lines (0: all): jl_format() writes the same first ones that were counted here."""
         from ..record import jsonline  # imported once tracing is live: start-up is measured to the first event
         st = self._st
+        shown = 0
         for i, state in enumerate(self._states):
+            if limit and shown == limit:
+                self._unshow(i)
+                break
             if state & st.PYTHON:
                 rec = self._record(i, state)
                 self._batch.set(i, (jsonline.json_line(rec) + "\n").encode() if rec else None)
-            elif state & st.CHECK:
-                rec = self._record(i, state)
-                self._batch.set(i, jsonline.json_value(rec.proc_check).encode())
+                shown += rec is not None
+            elif not state & st.FILTERED:
+                if state & st.CHECK:
+                    rec = self._record(i, state)
+                    self._batch.set(i, jsonline.json_value(rec.proc_check).encode())
+                shown += 1
         before = self._batch.counts.lines
         lines = self._batch.format(limit)
         return lines, self._batch.counts.lines - before
+
+    def _unshow(self, first):
+        """Records first.. of the batch are read but not shown: take them out of what C counted
+        for them (jl_classify(): every record by op; filtered; superseded, if not Python's)."""
+        st, unshown = self._st, self._unshown
+        offset, size = events.EventHead.op.offset, events.EventHead.op.size
+        for i in range(first, len(self._states)):
+            state = self._states[i]
+            op = int.from_bytes(self._batch.raw(i)[offset:offset + size], sys.byteorder)
+            unshown["by_op"][op if op < events.OP_SLOTS else 0] += 1  # as C counts an op it does not know
+            unshown["filtered"] += bool(state & st.FILTERED)
+            unshown["superseded"] += bool(state & st.LATER and not state & (st.FILTERED | st.PYTHON))
 
     def _record(self, i, state):
         """Record i of the batch, decoded, with its /proc check; None if a user-space filter drops it."""
@@ -298,13 +327,14 @@ class Tracer:
 
     def _batch_counts(self):
         if self._batch:
-            c = self._batch.counts
-            return {"by_op": list(c.by_op), "superseded": c.superseded, "filtered": c.filtered}
+            c, cut = self._batch.counts, self._unshown
+            return {"by_op": [n - cut["by_op"][op] for op, n in enumerate(c.by_op)],
+                    "superseded": c.superseded - cut["superseded"], "filtered": c.filtered - cut["filtered"]}
         return self._counts or {"by_op": [0] * events.OP_SLOTS, "superseded": 0, "filtered": 0}
 
     @property
     def by_op(self):
-        """Records read, by operation (before filtering)."""
+        """Records read and shown or filtered, by operation: all read but the unshown."""
         by_op = self._batch_counts()["by_op"]
         return {events.OPS.get(num, "unknown"): n for num, n in enumerate(by_op) if n}
 
@@ -322,9 +352,16 @@ class Tracer:
         """Records a --comm/--op/--type filter dropped."""
         return self._batch_counts()["filtered"] + self._python_filtered
 
+    @property
+    def unshown(self):
+        """Records read after a poll's limit was reached (watch --count): neither shown nor filtered."""
+        return sum(self._unshown["by_op"].values())
+
     def summary(self):
+        """total: the records shown, and those a filter dropped (filtered says how many); unshown:
+        read beyond that, after --count was reached."""
         by_op = self.by_op
-        return {"events": by_op, "total": sum(by_op.values()),
+        return {"events": by_op, "total": sum(by_op.values()), "unshown": self.unshown,
                 "proc_check": self.by_check, "filtered": self.filtered, "lost": self.lost}
 
     def fileno(self):
@@ -344,7 +381,8 @@ class Tracer:
 
     def close(self, background=False):
         """Detach and free everything. background: the stream has ended otherwise (unfollow(), the
-        ring buffer read): the kernel's slow part of detaching goes on after nstrace (bpf/teardown)."""
+        ring buffer read): the kernel's slow part of detaching goes on in a holder process, at once,
+        while nstrace exits or waits on (bpf/teardown)."""
         if background and self._obj and self._obj.loaded:
             teardown.hand_over()
         if self._batch:
@@ -354,6 +392,8 @@ class Tracer:
         if self._obj:
             self._final_lost = self.lost
             self.probes.close()
+        if background:
+            teardown.let_go()  # ours are closed: the holder's exit detaches now, not at ours
 
     def __enter__(self):
         return self.start()

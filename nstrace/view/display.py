@@ -198,12 +198,29 @@ def summary_table(summary):
                + (f", {lost['untracked']} processes not followed (--pid table full)" if "untracked" in lost else ""))
     if summary["filtered"]:
         out.append(f"filtered out by --comm/--op/--type/--container/--ns: {summary['filtered']}")
-    command = summary.get("command")
-    if command:
-        left = command.get("untraced") or 0
-        out.append(f"command: pid {command['pid']}, exit status {command['exit_status']}" +
-                   (f"; {left} of its descendants still ran when it exited, no longer followed" if left else ""))
+    if summary.get("unshown"):
+        out.append(f"read after --count was reached, not shown: {summary['unshown']}")
+    if summary.get("command"):
+        out.append(_command_line(summary["command"]))
     return lines("\n".join(out))
+
+
+# why a trace ended before its COMMAND did (nstrace.trace.watch.Watch.ended)
+_ENDED_BY = {"count": "--count reached", "duration": "--duration passed", "signal": "a second signal to nstrace",
+             "output": "the output was closed"}
+
+
+def _command_line(command):
+    """watch -- COMMAND's line of the summary: how COMMAND ended, or that it runs on."""
+    left = command.get("untraced") or 0
+    if command.get("running"):
+        why = _ENDED_BY.get(command.get("ended_by"), "the trace ended")
+        return (f"command: pid {command['pid']}, still running when the trace ended ({why}), not followed from then on"
+                + (f"; {left} of its descendants too" if left else ""))
+    status, signal = command["exit_status"], command.get("signal")
+    how = f"killed by {signal} (exit status {status})" if signal else f"exit status {status}"
+    return (f"command: pid {command['pid']}, {how}" +
+            (f"; {left} of its descendants still ran when it exited, no longer followed" if left else ""))
 
 
 def availability_table(rows):
