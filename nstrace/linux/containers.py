@@ -15,6 +15,11 @@ A cgroup removed before its id is looked up (a container that exits within
 the reader's 50 ms) leaves no path to read: its records say null, and keep
 their ``cgroup_id``. A namespace's container is the one every process in it
 belongs to (as ``nstrace ls`` says), read from /proc when asked.
+
+Cgroup names are any bytes but "/" and a newline (kernel/cgroup/cgroup.c
+cgroup_mkdir() and cgroup-v1.c cgroup1_rename() refuse "\\n", 5.10 to 6.18): paths
+are read as bytes, split at "\\n" alone, kept as str with undecodable bytes as
+surrogates, and the names a container is known by escaped (comm.safe_comm).
 """
 
 import ctypes
@@ -22,34 +27,36 @@ import os
 import re
 import time
 
+from . import mounts
 from .comm import safe_comm
 
 
 def _text(s):
     """Outside text (psutil and os give str with undecodable bytes as surrogates), escaped."""
-    return safe_comm(s.encode("utf-8", "surrogateescape"))
+    return safe_comm(os.fsencode(s))
 
 
 _HEX64 = r"([0-9a-f]{64})"
 # (runtime, pattern) in order; the first match wins. Kubernetes first: its
 # paths embed the engine's own scope names (cri-containerd-, crio-, docker-).
 _CGROUP_RULES = (
-    ("kubernetes", re.compile(r"kubepods.*?/(?:(?P<engine>cri-containerd|crio|docker)-)?" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("docker", re.compile(r"/docker[-/]" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("containerd", re.compile(r"/cri-containerd-" + _HEX64 + r"\.scope(?:/|$)")),
-    ("cri-o", re.compile(r"/crio-" + _HEX64 + r"\.scope(?:/|$)")),
+    ("kubernetes", re.compile(r"kubepods.*?/(?:(?P<engine>cri-containerd|crio|docker)-)?" + _HEX64 + r"(?:\.scope)?(?:/|\Z)")),
+    ("docker", re.compile(r"/docker[-/]" + _HEX64 + r"(?:\.scope)?(?:/|\Z)")),
+    ("containerd", re.compile(r"/cri-containerd-" + _HEX64 + r"\.scope(?:/|\Z)")),
+    ("cri-o", re.compile(r"/crio-" + _HEX64 + r"\.scope(?:/|\Z)")),
     # podman: libpod-<id>.scope (systemd) or /libpod_parent/libpod-<id> (cgroupfs);
     # libpod-conmon-<id>.scope is the monitor beside the container, not in it
-    ("podman", re.compile(r"/libpod-" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("systemd-nspawn", re.compile(r"/machine\.slice/(?:systemd-nspawn@(?P<svc>[^/]+)\.service|machine-(?P<scope>[^/]+)\.scope)(?:/|$)")),
-    ("lxc", re.compile(r"/lxc(?:\.payload\.|/)(?P<lxc>[^/.][^/]*)(?:/|$)")),
+    ("podman", re.compile(r"/libpod-" + _HEX64 + r"(?:\.scope)?(?:/|\Z)")),
+    ("systemd-nspawn", re.compile(r"/machine\.slice/(?:systemd-nspawn@(?P<svc>[^/]+)\.service|machine-(?P<scope>[^/]+)\.scope)(?:/|\Z)")),
+    ("lxc", re.compile(r"/lxc(?:\.payload\.|/)(?P<lxc>[^/.][^/]*)(?:/|\Z)")),
 )
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 
 
 def _unescape_systemd(name):
-    """systemd unit-name escaping: machine-my\\x2dbox.scope names machine my-box."""
-    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
+    """systemd unit-name escaping: machine-my\\x2dbox.scope names machine my-box. Bytes: an
+    escaped byte need not be UTF-8."""
+    return re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), os.fsencode(name))
 
 
 def classify_cgroup(path):
@@ -66,7 +73,7 @@ def classify_cgroup(path):
         groups = m.groupdict()
         out = {"runtime": runtime, "id": None, "name": None, "pod": None}
         if runtime == "systemd-nspawn":
-            out["name"] = _text(_unescape_systemd(groups["svc"] or groups["scope"]))
+            out["name"] = safe_comm(_unescape_systemd(groups["svc"] or groups["scope"]))
         elif runtime == "lxc":
             out["name"] = _text(groups["lxc"])
         else:
@@ -93,31 +100,53 @@ def matches(c, wanted):
 
 def process_container(pid):
     """The container of a process from /proc/<pid>/cgroup (every hierarchy), or None."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        found = classify_cgroup(line.split(":", 2)[-1])
+    for _, path in task_cgroups(pid) or ():
+        found = classify_cgroup(path)
         if found:
             return found
     return None
 
 
+def task_cgroups(pid):
+    """[(hierarchy id, path)] of /proc/<pid>/cgroup, None if the process is gone.
+
+    One line per hierarchy, "ID:CONTROLLERS:PATH", the path printed as it is
+    (kernel/cgroup/cgroup.c proc_cgroup_show(), 5.10 to 6.18): a name cannot hold the
+    newline, but any other byte (str.splitlines() would also cut at \\x1c-\\x1e, \\x85,
+    U+2028...). The v2 hierarchy is id 0.
+    """
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    out = []
+    for line in data.split(b"\n"):
+        hierarchy, _, rest = line.partition(b":")
+        _, colon, path = rest.partition(b":")
+        if colon and hierarchy.isdigit():
+            out.append((int(hierarchy), os.fsdecode(path)))
+    return out
+
+
+def cgroup_mounts():
+    """[(mount point, root of the mount in its hierarchy, fstype)] of the cgroup and cgroup2
+    mounts here, one per hierarchy (v1: each its own device number)."""
+    try:
+        entries = mounts.mountinfo()
+    except OSError:
+        return []
+    seen, out = set(), []
+    for device, root, point, fstype in entries:
+        if fstype in ("cgroup", "cgroup2") and device not in seen:
+            seen.add(device)
+            out.append((point, root, fstype))
+    return out
+
+
 def cgroup2_mount():
     """(mount point, root of the mount in the hierarchy) of a cgroup2 mount here, or None."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    fields = left.split()
-                    unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda o: chr(int(o.group(1), 8)), s)  # noqa: E731
-                    return unescape(fields[4]), unescape(fields[3])
-    except OSError:
-        pass
-    return None
+    return next(((point, root) for point, root, fstype in cgroup_mounts() if fstype == "cgroup2"), None)
 
 
 class _FileHandle(ctypes.Structure):
