@@ -29,7 +29,7 @@ from nstrace.linux import flags as fl
 from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
-from test_json_output import replayer, with_containers
+from test_json_output import replayer, setns_callers, with_containers
 from test_layout import native_btf  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
@@ -113,8 +113,9 @@ def test_c_lines_are_the_python_lines(traced):
     for raws, states, lines in batches:
         shown = [(raw, st) for raw, st in zip(raws, states) if not st & S.FILTERED]
         assert len(lines) == len(shown)
+        entered = setns_callers([steps.decode_record(raw, raw_addresses) for raw in raws])
         for (raw, state), line in zip(shown, lines):
-            rec = with_containers(steps.decode_record(raw, raw_addresses))
+            rec = with_containers(steps.decode_record(raw, raw_addresses), entered)
             c = json.loads(line)
             # /proc was read once, by Python; the rest of the line is C's own
             rec.proc_check = c["proc_check"]

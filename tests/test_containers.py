@@ -135,6 +135,15 @@ def test_a_setns_into_a_containers_namespace_names_the_target(docker, docker_hol
     assert f"->docker:{docker.id[:12]}" in table, table
 
 
+def test_a_setns_caller_does_not_count_in_the_namespace_it_entered(docker, docker_holder):
+    """nsenter from the host into the container's namespace is still in it when the record is read
+    (it runs sleep there): the namespace is the container's all the same, as `ls` says once it
+    has gone. It used to be the host's, or not, as the race went."""
+    res = watch("--json", "--", "nsenter", "-t", str(docker_holder), "--uts", "sleep", "0.5")
+    [rec] = [r for r in records(res) if r["op"] == "setns"]
+    assert rec["target"]["container"] == docker.expected
+
+
 def test_a_command_without_a_container_has_no_container_column():
     res = watch("--", "unshare", "--uts", "true")
     assert "CONTAINER" not in res.stdout

@@ -104,6 +104,16 @@ def target_key(target):
     return 0
 
 
+def head_target_key(head):
+    """native/batch.c target_key() of a raw record's head (events.EventHead)."""
+    kind = events.TARGET_KINDS.get(head.target_kind) if events.OPS.get(head.op) == "setns" else None
+    if kind == "nsfs":
+        return head.target_nstype << 32 | head.target_inum
+    if kind == "pidfd":
+        return 1 << 63 | head.target_pid
+    return 0
+
+
 class _StateBit(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("bit", ctypes.c_uint8)]
 

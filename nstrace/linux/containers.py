@@ -226,10 +226,12 @@ class Attribution:
             self._tree = tree
         return self._tree.get(cgroup_id)
 
-    def of_namespace(self, ns_type, inode, ns_id=None):
+    def of_namespace(self, ns_type, inode, ns_id=None, entered_by=frozenset()):
         """The container every process in namespace type:[inode] belongs to, or None (a host
-        namespace, one shared by several containers, one no process is in)."""
-        key = (ns_type, inode, ns_id)
+        namespace, one shared by several containers, one no process is in). The processes in
+        `entered_by`, the callers of a setns into it, do not count: they have just joined it,
+        and one that has not exited yet would make any container's namespace the host's."""
+        key = (ns_type, inode, ns_id, entered_by)
         hit = self._by_ns.get(key)
         now = time.monotonic()
         if hit and now - hit[0] < self._ttl:
@@ -237,7 +239,7 @@ class Attribution:
         owner, seen = None, False
         link = f"{ns_type}:[{inode}]"
         for name in os.listdir("/proc"):
-            if not name.isdigit():
+            if not name.isdigit() or int(name) in entered_by:
                 continue
             try:
                 if os.readlink(f"/proc/{name}/ns/{ns_type}") != link:
