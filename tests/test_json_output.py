@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from nstrace.bpf import batch
 from nstrace.linux import containers
 from nstrace.linux import flags as fl
+from nstrace.linux import procns
 from nstrace.linux.comm import safe_comm
 from nstrace.record import events, steps
 from nstrace.record.filters import Filter
@@ -133,10 +134,13 @@ def setns_callers(recs):
 
 
 def with_containers(rec, entered=None):
-    """The record with its caller's container (by cgroup id) and its setns target's (the namespace's
-    owner but for the processes that entered it in this batch, `entered`: setns_callers(); or the
-    pidfd's process's), looked up here on their own."""
+    """The record with its caller's container (by cgroup id; else, while a process is in a container
+    only cgroup v1 names, its cgroup v1 hierarchies', if the caller lives still) and its setns
+    target's (the namespace's owner but for the processes that entered it in this batch, `entered`:
+    setns_callers(); or the pidfd's process's), looked up here on their own."""
     rec.container = ATTRIBUTION.of_cgroup(rec.cgroup_id)
+    if rec.container is None and containers.v1_only_containers():
+        rec.container = _v1_container(rec.pid, rec.tid, rec.start_time_ns)
     t = rec.target
     if t and t["kind"] == "nsfs" and t["type"] in fl.NS_TYPES:
         t["container"] = ATTRIBUTION.of_namespace(t["type"], t["inode"],
@@ -144,6 +148,12 @@ def with_containers(rec, entered=None):
     elif t and t["kind"] == "pidfd":
         t["container"] = containers.process_container(t["pid"])
     return rec
+
+
+def _v1_container(pid, tid, start_time_ns):
+    born = procns.ns_to_ticks(start_time_ns)
+    found = containers.process_container(pid, tid, v1_only=True) if procns.start_ticks(pid, tid) == born else None
+    return found if procns.start_ticks(pid, tid) == born else None
 
 
 def oracle_lines(raws, options, checker):

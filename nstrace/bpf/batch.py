@@ -279,9 +279,11 @@ class Batch:
         return [(self._missing_tables[i], self._missing_keys[i]) for i in range(n)]
 
     def set_container(self, table, key, text, match):
-        """C's container text for key (JSON bytes) and whether --container takes it."""
+        """C's container text for key (JSON bytes) and whether --container takes it. None: no
+        text, the container is each caller's own (attribution.PER_TASK): C leaves the records
+        of key to Python."""
         (self._keep_cgroups if table == CGROUPS else self._keep).append(text)
-        if self._lib.jl_set_container(self._b, table, key, text, len(text), match):
+        if self._lib.jl_set_container(self._b, table, key, text, len(text or b""), match):
             raise MemoryError("container table")
 
     def set(self, i, fragment):

@@ -16,6 +16,13 @@ the reader's 50 ms) leaves no path to read: its records say null, and keep
 their ``cgroup_id``. A namespace's container is the one every process in it
 belongs to (as ``nstrace ls`` says), read from /proc when asked.
 
+A process's container is its cgroup v2 cgroup's, else the first of its cgroup v1
+hierarchies' (a hybrid or legacy host, where docker's cgroupfs driver makes
+``docker/<id>`` in each controller's hierarchy and leaves the v2 cgroup alone):
+``ls`` and ``watch`` follow the same rule. v1 membership is no cgroup id's, so a
+record's v1 container is read from /proc while its caller lives
+(nstrace/trace/attribution.py).
+
 Cgroup names are any bytes but "/" and a newline (kernel/cgroup/cgroup.c
 cgroup_mkdir() and cgroup-v1.c cgroup1_rename() refuse "\\n", 5.10 to 6.18): paths
 are read as bytes, split at "\\n" alone, kept as str with undecodable bytes as
@@ -98,25 +105,35 @@ def matches(c, wanted):
     return bool(c) and ((c.get("id") or "").startswith(wanted) or c.get("name") == wanted)
 
 
-def process_container(pid):
-    """The container of a process from /proc/<pid>/cgroup (every hierarchy), or None."""
-    for _, path in task_cgroups(pid) or ():
+def process_container(pid, tid=None, v1_only=False):
+    """The container of a process (of its thread tid, if given) from /proc, or None.
+
+    Its cgroup v2 cgroup's, else the first of its v1 hierarchies' that is a container's; with
+    v1_only, the v1 hierarchies' alone (the caller knows the v2 cgroup's already).
+    """
+    paths = task_cgroups(pid, tid)
+    if paths is None:
+        return None
+    v2 = [path for hierarchy, path in paths if hierarchy == 0]
+    v1 = [path for hierarchy, path in paths if hierarchy != 0]
+    for path in v1 if v1_only else v2 + v1:
         found = classify_cgroup(path)
         if found:
             return found
     return None
 
 
-def task_cgroups(pid):
-    """[(hierarchy id, path)] of /proc/<pid>/cgroup, None if the process is gone.
+def task_cgroups(pid, tid=None):
+    """[(hierarchy id, path)] of /proc/<pid>/cgroup (or /proc/<pid>/task/<tid>/cgroup), None if gone.
 
     One line per hierarchy, "ID:CONTROLLERS:PATH", the path printed as it is
     (kernel/cgroup/cgroup.c proc_cgroup_show(), 5.10 to 6.18): a name cannot hold the
     newline, but any other byte (str.splitlines() would also cut at \\x1c-\\x1e, \\x85,
     U+2028...). The v2 hierarchy is id 0.
     """
+    where = f"/proc/{pid}/task/{tid}/cgroup" if tid else f"/proc/{pid}/cgroup"
     try:
-        with open(f"/proc/{pid}/cgroup", "rb") as f:
+        with open(where, "rb") as f:
             data = f.read()
     except OSError:
         return None
@@ -149,6 +166,41 @@ def cgroup2_mount():
     return next(((point, root) for point, root, fstype in cgroup_mounts() if fstype == "cgroup2"), None)
 
 
+def _in_hierarchy(path, point, root):
+    """A directory under mount point `point` as its hierarchy names it (as /proc/<pid>/cgroup does)."""
+    rel = path[len(point):] if path.startswith(point) else path
+    return os.path.normpath(root.rstrip("/") + "/" + rel.lstrip("/")) if rel.strip("/") else root
+
+
+def v1_only_containers():
+    """True if a process here is in a container that only a cgroup v1 hierarchy names (docker's
+    cgroupfs driver on a hybrid or legacy host): then a record whose cgroup v2 id is no container's
+    may still be a container's. Walks the v1 hierarchies mounted here, and stops at the first such
+    process. A container a v2 cgroup names too (a systemd driver mirrors its scope into every
+    hierarchy) does not count: its records' cgroup id says it."""
+    for point, root, fstype in cgroup_mounts():
+        if fstype != "cgroup":
+            continue
+        for top, _, _ in os.walk(point):
+            if classify_cgroup(_in_hierarchy(top, point, root)) and _has_v1_only_process(top):
+                return True
+    return False
+
+
+def _has_v1_only_process(directory):
+    """True if the first living process of this cgroup v1 directory is in no v2 container."""
+    try:
+        with open(os.path.join(directory, "cgroup.procs"), "rb") as f:
+            pids = f.read().split()
+    except OSError:
+        return False
+    for pid in pids:
+        paths = task_cgroups(int(pid))
+        if paths is not None:
+            return not any(classify_cgroup(path) for hierarchy, path in paths if hierarchy == 0)
+    return False
+
+
 class _FileHandle(ctypes.Structure):
     # struct file_handle (include/uapi/linux/fcntl.h ... fs/fhandle.c), with kernfs's 8-byte id
     _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("id", ctypes.c_uint64)]
@@ -170,6 +222,17 @@ class Attribution:
         self._libc = None
         self._scanned_at = 0.0
         self._tree = {}
+        self._v1_found, self._v1_next = False, 0.0
+
+    def v1_only_containers(self):
+        """:func:`v1_only_containers`, walked again when asked, but never for more than a
+        twentieth of the time (a big host's hierarchies take tens of milliseconds): a container
+        started in v1 is seen within twenty walks' time (here, under 20 ms)."""
+        now = time.monotonic()
+        if now >= self._v1_next:
+            self._v1_found = v1_only_containers()
+            self._v1_next = now + 20 * (time.monotonic() - now)
+        return self._v1_found
 
     def of_cgroup(self, cgroup_id):
         """The container whose cgroup (v2) has this id, or None (not a container's, or unknown)."""
@@ -189,10 +252,7 @@ class Attribution:
         path = self._by_handle(cgroup_id, point)
         if path is None:
             path = self._by_walk(cgroup_id, point)
-        if path is None:
-            return None
-        rel = path[len(point):] if path.startswith(point) else path
-        return os.path.normpath(root.rstrip("/") + "/" + rel.lstrip("/")) if rel.strip("/") else root
+        return None if path is None else _in_hierarchy(path, point, root)
 
     def _by_handle(self, cgroup_id, point):
         try:
