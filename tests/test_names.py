@@ -229,6 +229,16 @@ def test_a_namespace_bind_mounted_at_a_hostile_path(tmp_path):
         subprocess.run([b"umount", pin], check=True)
 
 
+def test_nstrace_run_under_a_hostile_name(tmp_path):
+    """exec names a task after the file it ran (a symlink, here): nstrace's own comm in its
+    /proc/self/status, which it reads for its capabilities, is not UTF-8 either."""
+    alias = os.path.join(os.fsencode(tmp_path), b"\xff\x1b[2J")
+    os.symlink(os.fsencode(NSTRACE), alias)
+    for args in ([b"watch", b"--", b"unshare", b"--uts", b"true"], [b"ls", b"--type", b"uts"]):
+        res = subprocess.run([alias, *args], capture_output=True, timeout=120)
+        assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
+
+
 # --- what nstrace says of files -------------------------------------------------------------
 
 FILE_NAME = "e\x1b]0;pwn\x07\u202e\nnstrace: error: fake"
