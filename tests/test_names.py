@@ -220,7 +220,8 @@ def test_a_namespace_bind_mounted_at_a_hostile_path(tmp_path):
     try:
         uts = os.stat(pin).st_ino
         doc = {(n["type"], n["inode"]): n for n in json.loads(run("ls", "--json").stdout)["namespaces"]}
-        assert doc[("uts", uts)]["held_by"] == [f"bind mount {safe_comm(pin)} (mnt:[{os.stat('/proc/self/ns/mnt').st_ino}])"]
+        # (another nstrace's look may hold it open for a moment too: "fd N of pid P")
+        assert f"bind mount {safe_comm(pin)} (mnt:[{os.stat('/proc/self/ns/mnt').st_ino}])" in doc[("uts", uts)]["held_by"]
         table = terminal_safe(run("ls", "--type", "uts").stdout)
         [row] = [line for line in table.splitlines() if line.startswith(f"{uts} ")]
         assert "(bind mount /" in row, row  # cut at 60 characters: the table's COMMAND column
