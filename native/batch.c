@@ -121,9 +121,12 @@ struct jl_counts {
 
 /*
  * The "container" JSON of each key (a cgroup id; a setns target), written by
- * Python (nstrace/trace/tracer.py, containers are user space's knowledge) and
- * copied here as it is: the two writers write the same bytes by construction.
+ * Python (nstrace/trace/attribution.py, containers are user space's knowledge)
+ * and copied here as it is: the two writers write the same bytes by construction.
  * match: the --container filter takes it. Open addressing; Python owns the text.
+ * A key whose frag is NULL has no text: its records' container is their
+ * caller's, from its cgroup v1 hierarchies, which Python reads per task
+ * (attribution.PER_TASK): jl_classify() leaves those records to Python.
  */
 struct jl_frags {
 	__u64 *key;
@@ -396,13 +399,21 @@ JL_EXPORT __u32 jl_missing(struct jl_batch *b, __u8 *tables, __u64 *keys, __u32 
 	return n;
 }
 
+/* Key's container text is there (not missing, not NULL: per task). */
+static int frag_known(const struct jl_frags *t, __u64 key)
+{
+	long c = frag_find(t, key);
+
+	return c >= 0 && t->frag[c];
+}
+
 /* Both of a record's container texts are there (else Python writes its line). */
 static int containers_known(const struct jl_batch *b, const struct nstrace_event *e)
 {
 	__u64 target = target_key(e);
 
-	return frag_find(&b->frags[JL_CGROUPS], e->cgroup_id) >= 0 &&
-	       (!target || frag_find(&b->frags[JL_TARGETS], target) >= 0);
+	return frag_known(&b->frags[JL_CGROUPS], e->cgroup_id) &&
+	       (!target || frag_known(&b->frags[JL_TARGETS], target));
 }
 
 static int container_wanted(const struct jl_batch *b, const struct nstrace_event *e)

@@ -37,7 +37,11 @@ def _on_signal(signo, _frame):
 
 
 def status(message):
-    """A status line: always stderr, so --json keeps stdout clean."""
+    """A status line: always stderr, so --json keeps stdout clean; through the terminal filter, for
+    what it names (a file, a guest's file, a kernel) is anybody's choice."""
+    if not message.isprintable():  # watch's start-up lines are plain: they import nothing for it
+        from .view.terminal import printable
+        message = printable(message)
     click.echo(f"nstrace: {message}", err=True)
 
 

@@ -16,7 +16,7 @@ from .linux import flags as fl
 from .linux import nsmap
 from .record import jsonline, session
 from .record.filters import Filter
-from .view import display, render
+from .view import display, render, terminal
 
 
 def _types(values):
@@ -25,7 +25,7 @@ def _types(values):
 
 def _status(message):
     # what a session file says (its host, its name) goes to a terminal: escaped like every table line
-    click.echo(f"nstrace: {display.printable(message)}", err=True)
+    click.echo(f"nstrace: {terminal.printable(message)}", err=True)
 
 
 # --- ls ------------------------------------------------------------------------------
@@ -91,14 +91,14 @@ def ls_command(tree, as_json, types, pid):
     if tree:
         context = nsmap.with_ancestors(chosen, snap.namespaces)
         click.echo("User namespaces and what they own:")
-        click.echo(display.lines("\n".join(_tree_lines(nsmap.tree(context, "owner")))))
+        click.echo(terminal.lines("\n".join(_tree_lines(nsmap.tree(context, "owner")))))
         click.echo("")
         click.echo("PID namespaces:")
-        click.echo(display.lines("\n".join(_tree_lines(nsmap.tree(context, "parent")))) or "(none)")
+        click.echo(terminal.lines("\n".join(_tree_lines(nsmap.tree(context, "parent")))) or "(none)")
         return
-    click.echo(display.lines(tabulate([_ls_row(n) for n in chosen],
-                                      headers=["NS", "TYPE", "NS_ID", "NPROCS", "PID", "OWNER", "PARENT", "CONTAINER",
-                                               "COMMAND"], tablefmt="plain", disable_numparse=True)))
+    click.echo(terminal.lines(tabulate([_ls_row(n) for n in chosen],
+                                       headers=["NS", "TYPE", "NS_ID", "NPROCS", "PID", "OWNER", "PARENT", "CONTAINER",
+                                                "COMMAND"], tablefmt="plain", disable_numparse=True)))
 
 
 # --- show and render ---------------------------------------------------------------

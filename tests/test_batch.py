@@ -29,7 +29,7 @@ from nstrace.linux import flags as fl
 from nstrace.trace.tracer import Options, Tracer
 
 from nshelpers import NSTRACE, ROOT
-from test_json_output import replayer, with_containers
+from test_json_output import replayer, setns_callers, with_containers
 from test_layout import native_btf  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
@@ -113,8 +113,9 @@ def test_c_lines_are_the_python_lines(traced):
     for raws, states, lines in batches:
         shown = [(raw, st) for raw, st in zip(raws, states) if not st & S.FILTERED]
         assert len(lines) == len(shown)
+        entered = setns_callers([steps.decode_record(raw, raw_addresses) for raw in raws])
         for (raw, state), line in zip(shown, lines):
-            rec = with_containers(steps.decode_record(raw, raw_addresses))
+            rec = with_containers(steps.decode_record(raw, raw_addresses), entered)
             c = json.loads(line)
             # /proc was read once, by Python; the rest of the line is C's own
             rec.proc_check = c["proc_check"]
@@ -147,6 +148,24 @@ def test_python_gets_what_c_does_not_format(traced):
 
 def _plain(comm):
     return all(0x20 <= c < 0x7f for c in comm) and b"\\" not in comm
+
+
+def test_a_cgroup_without_text_is_left_to_python(catalogue):
+    """A cgroup id whose container is per task (cgroup v1, attribution.PER_TASK) has no text in C's
+    table: C neither writes nor filters its records, and does not ask for it again."""
+    tracer, batches, _ = catalogue
+    t = replayer(tracer, Options(filter=Filter(containers=("f" * 12,))))
+    raws = [raw for raws, states, _ in batches for raw, st in zip(raws, states) if not st & S.PYTHON][:20]
+    assert raws
+    t._batch.refill(raws)
+    t._attribution.resolve(t._batch)
+    assert not any(st & S.PYTHON for st in t._batch.classify())  # C's own: written, or filtered by it
+    cgroups = {events.EventHead.from_buffer_copy(raw).cgroup_id for raw in raws}
+    for cgroup_id in cgroups:
+        t._batch.set_container(batch.CGROUPS, cgroup_id, None, 0)
+    assert all(st & S.PYTHON and not st & S.FILTERED for st in t._batch.classify())
+    assert not [key for table, key in t._batch.missing() if table == batch.CGROUPS]
+    t._batch.close()
 
 
 FILTERS = [

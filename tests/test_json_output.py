@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from nstrace.bpf import batch
 from nstrace.linux import containers
 from nstrace.linux import flags as fl
+from nstrace.linux import procns
 from nstrace.linux.comm import safe_comm
 from nstrace.record import events, steps
 from nstrace.record.filters import Filter
@@ -123,16 +124,36 @@ def _moves(rec):
 ATTRIBUTION = containers.Attribution()
 
 
-def with_containers(rec):
-    """The record with its caller's container (by cgroup id) and its setns target's (the namespace's
-    owner, or the pidfd's process's), looked up here on their own."""
+def setns_callers(recs):
+    """{(type, inode): the pids of the records among recs that setns into that namespace}."""
+    callers = {}
+    for r in recs:
+        if r.op == "setns" and r.target["kind"] == "nsfs":
+            callers.setdefault((r.target["type"], r.target["inode"]), set()).add(r.pid)
+    return {k: frozenset(v) for k, v in callers.items()}
+
+
+def with_containers(rec, entered=None):
+    """The record with its caller's container (by cgroup id; else, while a process is in a container
+    only cgroup v1 names, its cgroup v1 hierarchies', if the caller lives still) and its setns
+    target's (the namespace's owner but for the processes that entered it in this batch, `entered`:
+    setns_callers(); or the pidfd's process's), looked up here on their own."""
     rec.container = ATTRIBUTION.of_cgroup(rec.cgroup_id)
+    if rec.container is None and containers.v1_only_containers():
+        rec.container = _v1_container(rec.pid, rec.tid, rec.start_time_ns)
     t = rec.target
     if t and t["kind"] == "nsfs" and t["type"] in fl.NS_TYPES:
-        t["container"] = ATTRIBUTION.of_namespace(t["type"], t["inode"])
+        t["container"] = ATTRIBUTION.of_namespace(t["type"], t["inode"],
+                                                  entered_by=(entered or {}).get((t["type"], t["inode"]), frozenset()))
     elif t and t["kind"] == "pidfd":
         t["container"] = containers.process_container(t["pid"])
     return rec
+
+
+def _v1_container(pid, tid, start_time_ns):
+    born = procns.ns_to_ticks(start_time_ns)
+    found = containers.process_container(pid, tid, v1_only=True) if procns.start_ticks(pid, tid) == born else None
+    return found if procns.start_ticks(pid, tid) == born else None
 
 
 def oracle_lines(raws, options, checker):
@@ -140,7 +161,9 @@ def oracle_lines(raws, options, checker):
     containers, keep what Filter.wanted() keeps, and say superseded where the checked task moves
     after the record in this batch (a clone's child: any move of its own), or else what the check
     against /proc says."""
-    recs = [with_containers(steps.decode_record(raw, options.raw_addresses)) for raw in raws]
+    recs = [steps.decode_record(raw, options.raw_addresses) for raw in raws]
+    entered = setns_callers(recs)
+    recs = [with_containers(rec, entered) for rec in recs]
     lines = []
     for i, rec in enumerate(recs):
         if not options.filter.wanted(rec):

@@ -104,6 +104,16 @@ def target_key(target):
     return 0
 
 
+def head_target_key(head):
+    """native/batch.c target_key() of a raw record's head (events.EventHead)."""
+    kind = events.TARGET_KINDS.get(head.target_kind) if events.OPS.get(head.op) == "setns" else None
+    if kind == "nsfs":
+        return head.target_nstype << 32 | head.target_inum
+    if kind == "pidfd":
+        return 1 << 63 | head.target_pid
+    return 0
+
+
 class _StateBit(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("bit", ctypes.c_uint8)]
 
@@ -269,9 +279,11 @@ class Batch:
         return [(self._missing_tables[i], self._missing_keys[i]) for i in range(n)]
 
     def set_container(self, table, key, text, match):
-        """C's container text for key (JSON bytes) and whether --container takes it."""
+        """C's container text for key (JSON bytes) and whether --container takes it. None: no
+        text, the container is each caller's own (attribution.PER_TASK): C leaves the records
+        of key to Python."""
         (self._keep_cgroups if table == CGROUPS else self._keep).append(text)
-        if self._lib.jl_set_container(self._b, table, key, text, len(text), match):
+        if self._lib.jl_set_container(self._b, table, key, text, len(text or b""), match):
             raise MemoryError("container table")
 
     def set(self, i, fragment):

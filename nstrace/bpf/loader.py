@@ -40,11 +40,12 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
 def effective_caps(pid="self"):
-    """The CapEff bitmask of a process, from /proc/<pid>/status."""
-    with open(f"/proc/{pid}/status") as f:
-        lines = f.read().splitlines()
+    """The CapEff bitmask of a process, from /proc/<pid>/status (bytes: its Name: line is whatever
+    file the process was run as)."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        lines = f.read().split(b"\n")
     for line in lines:
-        if line.startswith("CapEff:"):
+        if line.startswith(b"CapEff:"):
             return int(line.split()[1], 16)
     return 0
 

@@ -15,6 +15,18 @@ A cgroup removed before its id is looked up (a container that exits within
 the reader's 50 ms) leaves no path to read: its records say null, and keep
 their ``cgroup_id``. A namespace's container is the one every process in it
 belongs to (as ``nstrace ls`` says), read from /proc when asked.
+
+A process's container is its cgroup v2 cgroup's, else the first of its cgroup v1
+hierarchies' (a hybrid or legacy host, where docker's cgroupfs driver makes
+``docker/<id>`` in each controller's hierarchy and leaves the v2 cgroup alone):
+``ls`` and ``watch`` follow the same rule. v1 membership is no cgroup id's, so a
+record's v1 container is read from /proc while its caller lives
+(nstrace/trace/attribution.py).
+
+Cgroup names are any bytes but "/" and a newline (kernel/cgroup/cgroup.c
+cgroup_mkdir() and cgroup-v1.c cgroup1_rename() refuse "\\n", 5.10 to 6.18): paths
+are read as bytes, split at "\\n" alone, kept as str with undecodable bytes as
+surrogates, and the names a container is known by escaped (comm.safe_comm).
 """
 
 import ctypes
@@ -22,34 +34,36 @@ import os
 import re
 import time
 
+from . import mounts
 from .comm import safe_comm
 
 
 def _text(s):
     """Outside text (psutil and os give str with undecodable bytes as surrogates), escaped."""
-    return safe_comm(s.encode("utf-8", "surrogateescape"))
+    return safe_comm(os.fsencode(s))
 
 
 _HEX64 = r"([0-9a-f]{64})"
 # (runtime, pattern) in order; the first match wins. Kubernetes first: its
 # paths embed the engine's own scope names (cri-containerd-, crio-, docker-).
 _CGROUP_RULES = (
-    ("kubernetes", re.compile(r"kubepods.*?/(?:(?P<engine>cri-containerd|crio|docker)-)?" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("docker", re.compile(r"/docker[-/]" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("containerd", re.compile(r"/cri-containerd-" + _HEX64 + r"\.scope(?:/|$)")),
-    ("cri-o", re.compile(r"/crio-" + _HEX64 + r"\.scope(?:/|$)")),
+    ("kubernetes", re.compile(r"kubepods.*?/(?:(?P<engine>cri-containerd|crio|docker)-)?" + _HEX64 + r"(?:\.scope)?(?:/|\Z)")),
+    ("docker", re.compile(r"/docker[-/]" + _HEX64 + r"(?:\.scope)?(?:/|\Z)")),
+    ("containerd", re.compile(r"/cri-containerd-" + _HEX64 + r"\.scope(?:/|\Z)")),
+    ("cri-o", re.compile(r"/crio-" + _HEX64 + r"\.scope(?:/|\Z)")),
     # podman: libpod-<id>.scope (systemd) or /libpod_parent/libpod-<id> (cgroupfs);
     # libpod-conmon-<id>.scope is the monitor beside the container, not in it
-    ("podman", re.compile(r"/libpod-" + _HEX64 + r"(?:\.scope)?(?:/|$)")),
-    ("systemd-nspawn", re.compile(r"/machine\.slice/(?:systemd-nspawn@(?P<svc>[^/]+)\.service|machine-(?P<scope>[^/]+)\.scope)(?:/|$)")),
-    ("lxc", re.compile(r"/lxc(?:\.payload\.|/)(?P<lxc>[^/.][^/]*)(?:/|$)")),
+    ("podman", re.compile(r"/libpod-" + _HEX64 + r"(?:\.scope)?(?:/|\Z)")),
+    ("systemd-nspawn", re.compile(r"/machine\.slice/(?:systemd-nspawn@(?P<svc>[^/]+)\.service|machine-(?P<scope>[^/]+)\.scope)(?:/|\Z)")),
+    ("lxc", re.compile(r"/lxc(?:\.payload\.|/)(?P<lxc>[^/.][^/]*)(?:/|\Z)")),
 )
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 
 
 def _unescape_systemd(name):
-    """systemd unit-name escaping: machine-my\\x2dbox.scope names machine my-box."""
-    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
+    """systemd unit-name escaping: machine-my\\x2dbox.scope names machine my-box. Bytes: an
+    escaped byte need not be UTF-8."""
+    return re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), os.fsencode(name))
 
 
 def classify_cgroup(path):
@@ -66,7 +80,7 @@ def classify_cgroup(path):
         groups = m.groupdict()
         out = {"runtime": runtime, "id": None, "name": None, "pod": None}
         if runtime == "systemd-nspawn":
-            out["name"] = _text(_unescape_systemd(groups["svc"] or groups["scope"]))
+            out["name"] = safe_comm(_unescape_systemd(groups["svc"] or groups["scope"]))
         elif runtime == "lxc":
             out["name"] = _text(groups["lxc"])
         else:
@@ -91,33 +105,100 @@ def matches(c, wanted):
     return bool(c) and ((c.get("id") or "").startswith(wanted) or c.get("name") == wanted)
 
 
-def process_container(pid):
-    """The container of a process from /proc/<pid>/cgroup (every hierarchy), or None."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
+def process_container(pid, tid=None, v1_only=False):
+    """The container of a process (of its thread tid, if given) from /proc, or None.
+
+    Its cgroup v2 cgroup's, else the first of its v1 hierarchies' that is a container's; with
+    v1_only, the v1 hierarchies' alone (the caller knows the v2 cgroup's already).
+    """
+    paths = task_cgroups(pid, tid)
+    if paths is None:
         return None
-    for line in lines:
-        found = classify_cgroup(line.split(":", 2)[-1])
+    v2 = [path for hierarchy, path in paths if hierarchy == 0]
+    v1 = [path for hierarchy, path in paths if hierarchy != 0]
+    for path in v1 if v1_only else v2 + v1:
+        found = classify_cgroup(path)
         if found:
             return found
     return None
 
 
+def task_cgroups(pid, tid=None):
+    """[(hierarchy id, path)] of /proc/<pid>/cgroup (or /proc/<pid>/task/<tid>/cgroup), None if gone.
+
+    One line per hierarchy, "ID:CONTROLLERS:PATH", the path printed as it is
+    (kernel/cgroup/cgroup.c proc_cgroup_show(), 5.10 to 6.18): a name cannot hold the
+    newline, but any other byte (str.splitlines() would also cut at \\x1c-\\x1e, \\x85,
+    U+2028...). The v2 hierarchy is id 0.
+    """
+    where = f"/proc/{pid}/task/{tid}/cgroup" if tid else f"/proc/{pid}/cgroup"
+    try:
+        with open(where, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    out = []
+    for line in data.split(b"\n"):
+        hierarchy, _, rest = line.partition(b":")
+        _, colon, path = rest.partition(b":")
+        if colon and hierarchy.isdigit():
+            out.append((int(hierarchy), os.fsdecode(path)))
+    return out
+
+
+def cgroup_mounts():
+    """[(mount point, root of the mount in its hierarchy, fstype)] of the cgroup and cgroup2
+    mounts here, one per hierarchy (v1: each its own device number)."""
+    try:
+        entries = mounts.mountinfo()
+    except OSError:
+        return []
+    seen, out = set(), []
+    for device, root, point, fstype in entries:
+        if fstype in ("cgroup", "cgroup2") and device not in seen:
+            seen.add(device)
+            out.append((point, root, fstype))
+    return out
+
+
 def cgroup2_mount():
     """(mount point, root of the mount in the hierarchy) of a cgroup2 mount here, or None."""
+    return next(((point, root) for point, root, fstype in cgroup_mounts() if fstype == "cgroup2"), None)
+
+
+def _in_hierarchy(path, point, root):
+    """A directory under mount point `point` as its hierarchy names it (as /proc/<pid>/cgroup does)."""
+    rel = path[len(point):] if path.startswith(point) else path
+    return os.path.normpath(root.rstrip("/") + "/" + rel.lstrip("/")) if rel.strip("/") else root
+
+
+def v1_only_containers():
+    """True if a process here is in a container that only a cgroup v1 hierarchy names (docker's
+    cgroupfs driver on a hybrid or legacy host): then a record whose cgroup v2 id is no container's
+    may still be a container's. Walks the v1 hierarchies mounted here, and stops at the first such
+    process. A container a v2 cgroup names too (a systemd driver mirrors its scope into every
+    hierarchy) does not count: its records' cgroup id says it."""
+    for point, root, fstype in cgroup_mounts():
+        if fstype != "cgroup":
+            continue
+        for top, _, _ in os.walk(point):
+            if classify_cgroup(_in_hierarchy(top, point, root)) and _has_v1_only_process(top):
+                return True
+    return False
+
+
+def _has_v1_only_process(directory):
+    """True if the first living process of this cgroup v1 directory is in no v2 container."""
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    fields = left.split()
-                    unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda o: chr(int(o.group(1), 8)), s)  # noqa: E731
-                    return unescape(fields[4]), unescape(fields[3])
+        with open(os.path.join(directory, "cgroup.procs"), "rb") as f:
+            pids = f.read().split()
     except OSError:
-        pass
-    return None
+        return False
+    for pid in pids:
+        paths = task_cgroups(int(pid))
+        if paths is not None:
+            return not any(classify_cgroup(path) for hierarchy, path in paths if hierarchy == 0)
+    return False
 
 
 class _FileHandle(ctypes.Structure):
@@ -141,6 +222,19 @@ class Attribution:
         self._libc = None
         self._scanned_at = 0.0
         self._tree = {}
+        self._v1_found, self._v1_next = False, 0.0
+
+    def v1_only_containers(self):
+        """:func:`v1_only_containers`, walked again when asked, but never for more than a fiftieth
+        of the time (here a walk takes about a millisecond, a big host's tens): the reader's peak
+        rate pays at most 2% for it. A container started in v1 is seen within fifty walks' time
+        (here about 50 ms, the reader's own poll): the first records of the first such container
+        may say null before then."""
+        now = time.monotonic()
+        if now >= self._v1_next:
+            self._v1_found = v1_only_containers()
+            self._v1_next = now + 50 * (time.monotonic() - now)
+        return self._v1_found
 
     def of_cgroup(self, cgroup_id):
         """The container whose cgroup (v2) has this id, or None (not a container's, or unknown)."""
@@ -160,10 +254,7 @@ class Attribution:
         path = self._by_handle(cgroup_id, point)
         if path is None:
             path = self._by_walk(cgroup_id, point)
-        if path is None:
-            return None
-        rel = path[len(point):] if path.startswith(point) else path
-        return os.path.normpath(root.rstrip("/") + "/" + rel.lstrip("/")) if rel.strip("/") else root
+        return None if path is None else _in_hierarchy(path, point, root)
 
     def _by_handle(self, cgroup_id, point):
         try:
@@ -197,10 +288,12 @@ class Attribution:
             self._tree = tree
         return self._tree.get(cgroup_id)
 
-    def of_namespace(self, ns_type, inode, ns_id=None):
+    def of_namespace(self, ns_type, inode, ns_id=None, entered_by=frozenset()):
         """The container every process in namespace type:[inode] belongs to, or None (a host
-        namespace, one shared by several containers, one no process is in)."""
-        key = (ns_type, inode, ns_id)
+        namespace, one shared by several containers, one no process is in). The processes in
+        `entered_by`, the callers of a setns into it, do not count: they have just joined it,
+        and one that has not exited yet would make any container's namespace the host's."""
+        key = (ns_type, inode, ns_id, entered_by)
         hit = self._by_ns.get(key)
         now = time.monotonic()
         if hit and now - hit[0] < self._ttl:
@@ -208,7 +301,7 @@ class Attribution:
         owner, seen = None, False
         link = f"{ns_type}:[{inode}]"
         for name in os.listdir("/proc"):
-            if not name.isdigit():
+            if not name.isdigit() or int(name) in entered_by:
                 continue
             try:
                 if os.readlink(f"/proc/{name}/ns/{ns_type}") != link:

@@ -35,7 +35,6 @@ import dataclasses
 import errno
 import fcntl
 import os
-import re
 import time
 
 import psutil
@@ -43,13 +42,13 @@ import psutil
 from ..errors import UsageError
 from . import containers
 from . import flags as fl
-from . import nsfs, nstree
+from . import mounts, nsfs, nstree
 from .comm import safe_comm
 
 
 def _text(s):
     """Outside text (psutil and os give str with undecodable bytes as surrogates), escaped."""
-    return safe_comm(s.encode("utf-8", "surrogateescape"))
+    return safe_comm(os.fsencode(s))
 
 
 TYPES = tuple(fl.NS_TYPES)              # the eight namespace types, lsns's rows
@@ -195,22 +194,13 @@ def _related_fd(fd, request):
 
 def _mount_points(pid):
     """(mountpoint, type, inode) of every nsfs mount in the mount namespace of pid."""
-    out = []
     try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if not right.startswith("nsfs "):
-                    continue
-                fields = left.split()
-                link = nsfs.parse_link(fields[3])
-                if link:
-                    # mountinfo escapes space, tab, newline and backslash as octal
-                    point = re.sub(r"\\([0-7]{3})", lambda o: chr(int(o.group(1), 8)), fields[4])
-                    out.append((point, *link))
+        entries = mounts.mountinfo(pid)
     except OSError:
-        pass
-    return out
+        return []
+    # an nsfs mount's root is the namespace's link text, "net:[4026531840]"
+    return [(point, *link) for _, root, point, fstype in entries
+            if fstype == "nsfs" and (link := nsfs.parse_link(root))]
 
 
 def snapshot():
@@ -417,8 +407,8 @@ def sees_everything():
     security/commoncap.c cap_ptrace_access_check(), 6.12). What is still refused is a security
     module's choice, not something the caller could change."""
     try:
-        with open("/proc/self/status") as f:
-            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+        with open("/proc/self/status", "rb") as f:  # its Name: line is whatever we were started as
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith(b"CapEff:"))
     except (OSError, StopIteration, ValueError):
         return False
     return bool(caps >> 19 & 1)  # CAP_SYS_PTRACE, include/uapi/linux/capability.h

@@ -1,6 +1,6 @@
 """How records look: the streaming table, JSON lines, summaries, check and demo reports.
 
-Every line for a terminal goes through :func:`printable` on its way out: a
+Every line for a terminal goes through :func:`printable` (view/terminal.py) on its way out: a
 record's comm is escaped where it is decoded (linux.comm.safe_comm), but a table
 also shows what a session file from elsewhere says, and no control byte
 (C0, C1, ESC, DEL) or bidirectional override may reach the terminal whatever
@@ -11,6 +11,7 @@ import dataclasses
 import time
 
 from ..linux import flags as fl
+from .terminal import lines, printable
 
 # (header, width): fixed so that rows streamed one at a time line up.
 COLUMNS = (
@@ -23,22 +24,6 @@ def tabulate(*args, **kw):
     # Imported on first use: it is heavy to import, and `watch --json` never needs it.
     from tabulate import tabulate as _tabulate
     return _tabulate(*args, **kw)
-
-
-def printable(text):
-    """text as it may go to a terminal: each character str.isprintable() refuses (controls, ESC,
-    bidi overrides, line separators, unassigned) as \\xNN, \\uNNNN or \\UNNNNNNNN. Cheap when
-    there is nothing to escape: one C-level scan."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else
-                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else
-                   f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text)
-
-
-def lines(text):
-    """Multi-line text with every line made printable (newlines kept)."""
-    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def _fit(text, width):
