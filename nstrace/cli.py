@@ -484,6 +484,11 @@ def main(argv=None):
                               "redirect it to /dev/null to discard the output")
         # Not cli.main(): click turns EPIPE into exit 1 there, before the record file is closed.
         args = list(sys.argv[1:] if argv is None else argv)
+        if not args:
+            # The help `nstrace -h` prints, on stderr, exit 2: no command is bad input. Click 8.2's groups
+            # do the same; said here so that click 8.1's (help on stdout, exit 0) do not decide it.
+            click.echo(cli.get_help(click.Context(cli, info_name="nstrace", **cli.context_settings)), err=True)
+            return UsageError.exit_code
         with cli.make_context("nstrace", args) as ctx:
             cli.invoke(ctx)
         sys.stdout.flush()
