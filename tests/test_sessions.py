@@ -1,18 +1,32 @@
-"""Session files as a whole (issue 22, "Nothing lost, nothing hung").
+"""Session files as a whole, and render's limits (issue 22, "Nothing lost, nothing hung").
 
 What no schema of one line can say, show and render hold too: the header is line 1, the end line
-is last and counts the records before it, and no JSON object has a key twice.
+is last and counts the records before it, and no JSON object has a key twice. And a session of
+10,000 records, recorded by a real `nstrace watch --record` of a loop of unshares, renders within
+the limits the README states: dot never runs on a graph it cannot lay out in seconds, nor for
+longer than its timeout, and the page grows by the bytes per operation the README says.
 """
 
 import json
+import re
 import subprocess
+import sys
 
+import psutil
 import pytest
 
-from nshelpers import ELSEWHERE, NSTRACE
+from nshelpers import ELSEWHERE, NSTRACE, ROOT
 from nstrace.cli import main
+from nstrace.view import render
 
 pytestmark = pytest.mark.root("records sessions with nstrace watch (loads BPF)")
+
+BIG = 10_000
+UNSHARE_LOOP = ("import ctypes, sys\n"
+                "libc = ctypes.CDLL(None, use_errno=True)\n"
+                "for _ in range(int(sys.argv[1])):\n"
+                "    if libc.unshare(0x04000000):  # CLONE_NEWUTS: a new uts namespace each time\n"
+                "        sys.exit(f'unshare: errno {ctypes.get_errno()}')\n")
 
 
 def record(path, *command, buffer_kib=4096):
@@ -33,6 +47,15 @@ def small(tmp_path_factory):
                    "unshare --uts true; unshare --ipc true; unshare --net true")
     assert len(lines) == 5, lines
     return lines
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A session of BIG unshare(CLONE_NEWUTS) records by one process, and its lines."""
+    path = tmp_path_factory.mktemp("big") / "big.jsonl"
+    lines = record(path, sys.executable, "-c", UNSHARE_LOOP, str(BIG), buffer_kib=65536)
+    assert len(lines) == BIG + 2
+    return path, lines
 
 
 def _write(tmp_path, lines, name="crafted.jsonl"):
@@ -112,3 +135,99 @@ def test_what_the_format_allows_still_reads(small, tmp_path, what, make, count, 
     done = subprocess.run([str(NSTRACE), "show", "--json", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, (what, done.stderr)
     assert len(done.stdout.splitlines()) == count and words in done.stderr, (what, done.stderr)
+
+
+# --- render: a real 10,000-record session ------------------------------------------------------
+
+def _readme_page_sizes():
+    """The README's figures for the page: (at most, for an unshare) bytes per operation."""
+    text = (ROOT / "README.md").read_text()
+    bound = re.search(r"The page adds under (\d+(?:\.\d+)?) KB per operation", text)
+    unshare = re.search(r"(\d+) bytes for an unshare", text)
+    assert bound and unshare, "README: render and large sessions"
+    return float(bound.group(1)) * 1024, int(unshare.group(1))
+
+
+def test_render_html_of_10000_records_leaves_out_the_graph_and_grows_linearly(big, tmp_path):
+    path, lines = big
+    page = tmp_path / "big.html"
+    done = subprocess.run([str(NSTRACE), "render", str(path), "--format", "html", "-o", str(page)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "without the graph" in line]
+    assert len(warnings) == 1 and f"more than render lays out ({render.GRAPH_MAX})" in warnings[0], done.stderr
+    text = page.read_text()
+    graph = text.split('<section id="graph">', 1)[1].split("</section>", 1)[0]
+    assert "<svg" not in graph and "Not drawn: the graph has" in graph  # dot never ran
+    assert all(f'id="op-{n}"' in text for n in (1, BIG // 2, BIG))
+    # one unshare(CLONE_NEWUTS) path, written once; every other operation links to it
+    assert text.count('<table class="path">') == 1 and text.count('as for <a href="#op-1">1</a>') == BIG - 1
+    fixed = len(render.html_page(_session_of(lines[:1] + lines[1:2])))  # the page of one operation
+    per_op = (len(text.encode()) - fixed) / (BIG - 1)
+    bound, unshare = _readme_page_sizes()
+    assert per_op < bound and abs(per_op - unshare) < unshare / 5, (per_op, bound, unshare)
+
+
+def _session_of(lines):
+    import tempfile
+
+    from nstrace.record import session
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+        f.write("".join(lines))
+        f.flush()
+        return session.load(f.name)
+
+
+def test_render_svg_of_10000_records_is_refused_and_a_narrowed_one_drawn(big):
+    path, lines = big
+    done = subprocess.run([str(NSTRACE), "render", str(path), "--format", "svg"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith("nstrace: error: the graph has ") and done.stderr.count("\n") == 1, done.stderr
+    assert f"more than render lays out ({render.GRAPH_MAX})" in done.stderr and "--pid" in done.stderr
+    # one namespace of the middle: by its ns_id (its inode number was reused many times over the loop)
+    middle = json.loads(lines[BIG // 2])
+    narrowed = subprocess.run([str(NSTRACE), "render", str(path), "--format", "svg", "--ns",
+                               str(middle["ns_id_after"]["uts"])], capture_output=True, text=True, timeout=60)
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert narrowed.stdout.lstrip().startswith("<?xml") and f"ns_id {middle['ns_id_after']['uts']}" in narrowed.stdout
+
+
+def test_render_perfetto_of_10000_records(big):
+    path, _ = big
+    done = subprocess.run([str(NSTRACE), "render", str(path), "--format", "perfetto"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = json.loads(done.stdout)["traceEvents"]
+    assert sum(e["ph"] == "X" and e["cat"] == "namespace,unshare" for e in events) == BIG
+
+
+def test_dot_is_stopped_at_its_timeout(big, tmp_path, capsys, monkeypatch):
+    """A graph under GRAPH_MAX that dot takes longer than DOT_TIMEOUT_S on: one error line, exit 1
+    (README: exit codes), and no dot left running. The same file renders with the real timeout."""
+    _, lines = big
+    # one process, 1,900 namespaces and edges: 3,801 nodes and edges, a second or two for dot
+    path = _write(tmp_path, lines[:1901], "cut.jsonl")
+    capsys.readouterr()
+    assert main(["render", str(path), "--format", "svg", "-o", str(tmp_path / "cut.svg")]) == 0
+    assert (tmp_path / "cut.svg").read_text().count('class="node"') == 1901
+    monkeypatch.setattr(render, "DOT_TIMEOUT_S", 0.2)
+    capsys.readouterr()
+    assert main(["render", str(path), "--format", "svg"]) == 1
+    out, err = capsys.readouterr()
+    assert err == ("nstrace: error: graphviz dot did not lay out this graph within 0.2 s (stopped); narrow the "
+                   f"session with {render.NARROW}\n") and out == "", err
+    assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "dot"]
+
+
+def test_the_page_holds_at_most_page_paths_max_kernel_paths(small, tmp_path, capsys, monkeypatch):
+    """Past PAGE_PATHS_MAX different kernel-path tables, a row says its path is not shown, and
+    stderr says how many were left out. (Three unshares of three types: three different paths.)"""
+    path = _write(tmp_path, small)
+    monkeypatch.setattr(render, "PAGE_PATHS_MAX", 2)
+    capsys.readouterr()
+    assert main(["render", str(path), "--format", "html", "-o", str(tmp_path / "s.html")]) == 0
+    err = capsys.readouterr().err
+    assert "the page shows 2 different kernel paths; those of 1 more operations are left out" in err, err
+    text = (tmp_path / "s.html").read_text()
+    assert text.count('<table class="path">') == 2 and "not shown: the page holds 2 different kernel paths" in text
