@@ -46,6 +46,7 @@ writing it) is left out with a warning, and then there is no end line.
 """
 
 import dataclasses
+import gc
 import json
 import os
 import time
@@ -323,6 +324,18 @@ class _Structure:
 
 def load(path):
     """Read a session file (or a ``watch --json`` capture). Raises UsageError on anything else."""
+    # Each record is a few dicts and lists, none in a cycle: collections while they pile up only scan
+    # them again and again (50,000 records: 4.4 s of CPU with the collector, 3.7 s without).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(path)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load(path):
     from fastjsonschema import JsonSchemaValueException
 
     from ._session_schema import validate  # the schema compiled to Python (scripts/session-validator.py)
