@@ -17,6 +17,7 @@ import pytest
 
 from nshelpers import ELSEWHERE, NSTRACE, ROOT
 from nstrace.cli import main
+from nstrace.record import session
 from nstrace.view import render
 
 pytestmark = pytest.mark.root("records sessions with nstrace watch (loads BPF)")
@@ -162,20 +163,10 @@ def test_render_html_of_10000_records_leaves_out_the_graph_and_grows_linearly(bi
     assert all(f'id="op-{n}"' in text for n in (1, BIG // 2, BIG))
     # one unshare(CLONE_NEWUTS) path, written once; every other operation links to it
     assert text.count('<table class="path">') == 1 and text.count('as for <a href="#op-1">1</a>') == BIG - 1
-    fixed = len(render.html_page(_session_of(lines[:1] + lines[1:2])))  # the page of one operation
+    fixed = len(render.html_page(session.load(_write(tmp_path, lines[:2], "one.jsonl"))))  # one operation's page
     per_op = (len(text.encode()) - fixed) / (BIG - 1)
     bound, unshare = _readme_page_sizes()
     assert per_op < bound and abs(per_op - unshare) < unshare / 5, (per_op, bound, unshare)
-
-
-def _session_of(lines):
-    import tempfile
-
-    from nstrace.record import session
-    with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
-        f.write("".join(lines))
-        f.flush()
-        return session.load(f.name)
 
 
 def test_render_svg_of_10000_records_is_refused_and_a_narrowed_one_drawn(big):
