@@ -125,6 +125,8 @@ READABLE = [
     ("an end without a count (it is optional)",
      lambda h, r1, r2, r3, e: [h, r1, r2, r3, json.dumps({k: v for k, v in json.loads(e).items() if k != "records"}) + "\n"],
      3, ", 3 records"),
+    ("a session line of kind record is no record",
+     lambda h, r1, r2, r3, e: [h, r1, '{"nstrace_session": 1, "kind": "record"}\n', r2, r3, e], 3, ", 3 records"),
     ("a line of a kind this nstrace does not know, inside",
      lambda h, r1, r2, r3, e: [h, r1, '{"nstrace_session": 1, "kind": "mark"}\n', r2, r3, e], 3, ", 3 records"),
 ]

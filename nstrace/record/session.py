@@ -293,10 +293,11 @@ class _Structure:
         self.records = 0
 
     def take(self, number, obj):
-        kind = obj.get("kind") if "nstrace_session" in obj else "record"
+        record = "nstrace_session" not in obj
+        kind = None if record else obj.get("kind")
         if self.end is not None:
-            return self._after_end(kind)
-        if kind == "record":
+            return self._after_end(record, kind)
+        if record:
             self.records += 1
         elif kind == "header":
             if self.header is not None:
@@ -313,13 +314,13 @@ class _Structure:
             self.end, self.end_line = obj, number
         return None  # a kind this version does not know: ignored, as unknown keys are
 
-    def _after_end(self, kind):
+    def _after_end(self, record, kind):
         if kind == "end":
             return f"a second end line (the first is line {self.end_line})"
         where = f"after the end line (line {self.end_line})"
         if kind == "header":
             return f"a header {where}: two sessions joined together?"
-        return f"a {'record' if kind == 'record' else 'line'} {where}: a session ends there"
+        return f"a {'record' if record else 'line'} {where}: a session ends there"
 
 
 def load(path):
