@@ -143,7 +143,7 @@ def show_command(file, pid, comm, ops, types, container, ns, as_json):
 def render_command(file, fmt, out, pid, comm, ops, types, container, ns):
     """Draw a recorded session: SVG graph, HTML page with timeline and kernel paths, or a Perfetto trace."""
     sess, shown, _ = _load_selected(file, pid, comm, ops, types, container, ns)
-    text = render.write(sess, fmt, out, shown)
+    text = render.write(sess, fmt, out, shown, warn=_status)
     if text is not None:
         click.echo(text, nl=False)
     else:

@@ -60,6 +60,24 @@ def test_check_table_and_exit_code():
     assert "unshare-uts" in res.stdout and "PASS" in res.stdout and "2 passed, 0 failed" in res.stdout
 
 
+def test_check_list_counts_the_catalogue_and_speaks_json():
+    res = subprocess.run([str(NSTRACE), "check", "--list"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    names = [line.split()[0] for line in res.stdout.splitlines()]
+    assert names == list(catalogue.CATALOGUE) and res.stderr == f"nstrace: {len(names)} scenarios\n", res.stderr
+    res = subprocess.run([str(NSTRACE), "check", "--list", "--json"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(res.stdout)  # one document, nothing else on stdout
+    assert listed == [{"scenario": sc.name, "summary": sc.summary} for sc in catalogue.CATALOGUE.values()]
+    res = subprocess.run([str(NSTRACE), "check", "--json", "--list", "unshare-uts", "fail-eperm"],
+                         capture_output=True, text=True, timeout=60)
+    assert [sc["scenario"] for sc in json.loads(res.stdout)] == ["unshare-uts", "fail-eperm"]
+    assert res.stderr == "nstrace: 2 scenarios\n"
+    res = subprocess.run([str(NSTRACE), "check", "--list", "no-such-scenario"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown scenario" in res.stderr
+
+
 def test_unknown_scenario():
     res = subprocess.run([str(NSTRACE), "check", "no-such-scenario"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown scenario" in res.stderr

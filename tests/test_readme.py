@@ -35,3 +35,14 @@ def test_main_job_runs_a_demo_the_demo_accepts():
     op = re.search(r"--op (\S+)", main_job)
     scenario, _ = demo.build(op.group(1) if op else "clone", value)  # raises UsageError for what demo refuses
     assert scenario.name == "demo"
+
+
+def test_the_readme_counts_no_scenarios_the_catalogue_does_not_have():
+    """`nstrace check --list` counts the catalogue; a number typed into the README goes stale (it
+    said 47 when there were 50), so the README names none, and any it names must be the count."""
+    from nstrace.check import catalogue
+    text = (ROOT / "README.md").read_text()
+    counts = {int(n.replace(",", "")) for n in re.findall(r"\b(\d[\d,]*) scenarios\b", text)}
+    assert counts <= {len(catalogue.CATALOGUE)}, (counts, len(catalogue.CATALOGUE))
+    row = next(line for line in text.splitlines() if line.startswith("| `nstrace check "))
+    assert "`--list`" in row and "`--json`" in row, row

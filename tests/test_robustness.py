@@ -372,6 +372,15 @@ def test_not_privileged_every_command(command):
     assert "needs root" in res.stderr
 
 
+def test_a_bare_nstrace_prints_its_help_plainly():
+    """No command: the help `nstrace --help` prints, as text on stderr (not one escaped error line),
+    and exit 2: no command is bad input (README: exit codes)."""
+    bare, asked = nstrace(), nstrace("--help")
+    assert asked.returncode == 0 and asked.stdout.startswith("Usage: nstrace ") and "\n  watch " in asked.stdout
+    assert bare.returncode == 2 and bare.stdout == "" and bare.stderr == asked.stdout, bare.stderr
+    assert "\\x0a" not in bare.stderr and "Traceback" not in bare.stderr
+
+
 def test_lab_unknown_kernel_is_bad_input():
     assert_one_line_error(nstrace("lab", "--kernel", "no-such-kernel"), 2)
 

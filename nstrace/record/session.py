@@ -11,7 +11,8 @@ The file is JSON lines, one object per line, UTF-8:
 - one line per record: exactly a ``watch --json`` line (README: the JSON
   record), so a plain ``watch --json > FILE`` is a session too, only without
   header and end;
-- last, the end: ``{"nstrace_session": 1, "kind": "end", "ended", "summary", "snapshot"}``.
+- last, the end: ``{"nstrace_session": 1, "kind": "end", "ended", "records", "summary", "snapshot"}``,
+  ``records`` the number of record lines above it.
   A session whose recorder was killed has no end line; it still reads.
 
 ``nstrace_session`` is the format version: a reader refuses versions newer
@@ -23,11 +24,29 @@ nstrace/session.schema.json (JSON Schema, draft-07) says what each line
 may hold, for nstrace and for anyone else reading these files or ``watch
 --json`` (log shippers). :func:`load` holds every line to it before any of
 it is used, and to strict JSON (RFC 8259: no NaN or Infinity, no lone
-surrogate, numbers that fit): a file from elsewhere is outside data, and
-one that fails gets one line naming the line number and the field (exit 2).
+surrogate, numbers that fit, no key twice in one object: Python's json would
+keep the last of two, another reader the first): a file from elsewhere is
+outside data, and one that fails gets one line naming the line number and the
+field (exit 2).
+
+What no schema of a single line can say, :func:`load` holds too (the file's
+structure), refusing with the line number:
+
+- a header is line 1 or nowhere: a header further down is a second session
+  joined on, or records written before their header;
+- an end line closes a session that has a header, at most once, and nothing
+  but blank lines follows it;
+- the end's ``records`` is the number of record lines read: a file with lines
+  cut out of its middle, or joined from several, is refused;
+- records alone, no header and no end, are a ``watch --json`` capture: read
+  as a session whose host, kernel and snapshots are unknown.
+
+A last line cut short (no newline after it: the recorder was killed while
+writing it) is left out with a warning, and then there is no end line.
 """
 
 import dataclasses
+import gc
 import json
 import os
 import time
@@ -208,9 +227,25 @@ def _finite(text):
     return value
 
 
+def _one_of_each(pairs):
+    """An object whose keys are all different (RFC 8259 section 4: "SHOULD be unique"): a key given
+    twice means one reader sees the first value and another the last."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _NotJson(f"key {_short(key)} twice in one object")
+            seen.add(key)
+    return obj
+
+
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite, object_pairs_hook=_one_of_each)
+
+
 def _parse(line):
     """One line as strict JSON (RFC 8259): ValueError or RecursionError if it is not."""
-    obj = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite)
+    obj = _STRICT.decode(line)
     if _has_surrogate(line):
         _find_surrogate(obj)
     return obj
@@ -249,8 +284,60 @@ def _schema_error(e):
     return f"field {field}: {what}"
 
 
+class _Structure:
+    """Where each line may stand in a session file (the module's docstring: header first, end last,
+    the end's count right). ``take`` says what is wrong with the next line, or None."""
+
+    def __init__(self):
+        self.header = self.end = None
+        self.end_line = None
+        self.records = 0
+
+    def take(self, number, obj):
+        record = "nstrace_session" not in obj
+        kind = None if record else obj.get("kind")
+        if self.end is not None:
+            return self._after_end(record, kind)
+        if record:
+            self.records += 1
+        elif kind == "header":
+            if self.header is not None:
+                return "a second header (the first is line 1): two sessions joined together?"
+            if number != 1:
+                return f"a header on line {number}: a session's header is its first line"
+            self.header = obj
+        elif kind == "end":
+            if self.header is None:
+                return "an end line, and no header on line 1"
+            counted = obj.get("records")
+            if counted is not None and counted != self.records:
+                return f"the end line counts {counted} records, the file holds {self.records} before it"
+            self.end, self.end_line = obj, number
+        return None  # a kind this version does not know: ignored, as unknown keys are
+
+    def _after_end(self, record, kind):
+        if kind == "end":
+            return f"a second end line (the first is line {self.end_line})"
+        where = f"after the end line (line {self.end_line})"
+        if kind == "header":
+            return f"a header {where}: two sessions joined together?"
+        return f"a {'record' if record else 'line'} {where}: a session ends there"
+
+
 def load(path):
     """Read a session file (or a ``watch --json`` capture). Raises UsageError on anything else."""
+    # Each record is a few dicts and lists, none in a cycle: collections while they pile up only scan
+    # them again and again (50,000 records: 4.4 s of CPU with the collector, 3.7 s without).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(path)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load(path):
     from fastjsonschema import JsonSchemaValueException
 
     from ._session_schema import validate  # the schema compiled to Python (scripts/session-validator.py)
@@ -265,7 +352,7 @@ def load(path):
         line = data.count(b"\n", 0, e.start) + 1
         raise UsageError(f"{path}:{line}: not an nstrace session (not UTF-8 text)") from None
     del data
-    header, end, records, warnings = None, None, [], []
+    structure, records, warnings = _Structure(), [], []
     lines = text.split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -284,23 +371,20 @@ def load(path):
             raise UsageError(f"{path}:{number}: not an nstrace session line ({why})") from None
         if not isinstance(obj, dict):
             raise UsageError(f"{path}:{number}: not an nstrace session line (not an object)")
-        version = obj.get("nstrace_session")
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version > VERSION):
-            raise UsageError(f"{path}:{number}: session format {_short(version)} is newer than this nstrace "
-                             f"reads ({VERSION}): upgrade nstrace")
+        if "nstrace_session" in obj:
+            _check_version(path, number, obj["nstrace_session"])
         try:
             validate(obj)
         except JsonSchemaValueException as e:
             raise UsageError(f"{path}:{number}: {_schema_error(e)}") from None
         except RecursionError:
             raise UsageError(f"{path}:{number}: not an nstrace session line (nested too deeply)") from None
-        if version is not None:
-            if obj.get("kind") == "header":
-                header = obj
-            elif obj.get("kind") == "end":
-                end = obj
-            continue
-        records.append(events.Record(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
+        wrong = structure.take(number, obj)
+        if wrong:
+            raise UsageError(f"{path}:{number}: {wrong}")
+        if "nstrace_session" not in obj:
+            records.append(events.Record(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
+    header, end = structure.header, structure.end
     if header is None and not records:
         raise UsageError(f"{path} is not an nstrace session (no header, no records)")
     release = ((header or {}).get("kernel") or {}).get("release")
@@ -309,6 +393,14 @@ def load(path):
             from . import steps
             steps.annotate(rec, release)
     return Session(str(path), header, records, end, warnings)
+
+
+def _check_version(path, number, version):
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UsageError(f"{path}:{number}: session format {_short(version)} is not a format number")
+    if version > VERSION:
+        raise UsageError(f"{path}:{number}: session format {_short(version)} is newer than this nstrace reads "
+                         f"({VERSION}): upgrade nstrace")
 
 
 def _short(value):

@@ -24,6 +24,13 @@ The HTML page embeds everything (CSS, the SVG, a few lines of script): it
 fetches nothing, so it opens from a file, offline. Kernel paths link to the
 recorded kernel's source on elixir.bootlin.com (a source browser).
 
+Large sessions (a watch --record of a busy machine): dot is given at most
+GRAPH_MAX nodes and edges and DOT_TIMEOUT_S seconds; past GRAPH_MAX the SVG is
+refused and the page goes without the graph, saying so. The page writes each
+different kernel-path table once (operations with the same path link to it),
+at most PAGE_PATHS_MAX of them, so past those it grows by an operation's row
+and timeline mark alone (README: render and large sessions).
+
 The Perfetto output is the Chrome Trace Event Format ({"traceEvents": [...]}
 with ph "X" complete events per operation and per kernel function, "i"
 instant events per namespace created or joined, "M" metadata naming
@@ -31,6 +38,7 @@ processes and threads; ts/dur in microseconds from the session start),
 which ui.perfetto.dev and chrome://tracing open.
 """
 
+import functools
 import html
 import json
 import re
@@ -46,6 +54,21 @@ from . import display
 
 FORMATS = ("svg", "html", "perfetto")
 ELIXIR = "https://elixir.bootlin.com/linux"
+
+# dot's layout time grows faster than linearly with the graph (rank assignment and crossing
+# minimisation; edge labels are nodes to it). Measured on a 2-core build machine shared with other
+# work: 4,000 nodes and edges took 1.1-1.3 s (one process unsharing uts 2,000 times) and 1.8-2.3 s
+# (800 forked children each unsharing uts and ipc); 8,000 took 3.8-5.4 s and 11-37 s. Above this the
+# SVG is refused and the HTML page goes without the graph (about 3 MB of SVG at this size); a
+# learner's session is far below it (a demo: a dozen nodes and edges).
+GRAPH_MAX = 4000
+# dot is stopped after this long in any case: a graph under GRAPH_MAX takes a few seconds at most
+DOT_TIMEOUT_S = 30
+# The HTML page writes each distinct kernel-path table once (operations whose path reads the same
+# link to it), and at most this many: past them, a row says its path is not shown (README: render and
+# large sessions)
+PAGE_PATHS_MAX = 500
+NARROW = "--pid, --comm, --op, --type, --container or --ns"
 
 # one colour per namespace type and per op, shared by the graph, the timeline and the page
 TYPE_COLOURS = {"mnt": "#8dd3c7", "uts": "#ffffb3", "ipc": "#bebada", "pid": "#fb8072",
@@ -118,12 +141,15 @@ def graph(records, snapshots=()):
                 edges.append({"n": n, "from": caller, "to": node, "kind": "failed", "op": rec.op,
                               "ts": rec.ts, "errno": rec.errno})
     # ownership, where a snapshot knows it
+    users = {}
+    for node, info in namespaces.items():
+        if info["type"] == "user":
+            users.setdefault(info["inode"], node)
     for node, info in list(namespaces.items()):
         for snap in snapshots:
             known = snap.get(info["type"], info["inode"]) if snap else None
             if known and known.owner and (not info["ns_id"] or known.ns_id == info["ns_id"]):
-                owner = next((k for k, v in namespaces.items() if v["type"] == "user" and v["inode"] == known.owner),
-                             None)
+                owner = users.get(known.owner)
                 if owner and owner != node:
                     edges.append({"n": None, "from": node, "to": owner, "kind": "owner"})
                 break
@@ -141,7 +167,24 @@ def _q(text):
 
 def dot_source(records, snapshots=(), started=None):
     """The DOT text of :func:`graph` (dot lays it out top to bottom, in time order)."""
-    g = graph(records, snapshots)
+    return _dot(graph(records, snapshots), records, started)
+
+
+def graph_size(g):
+    """What dot's time grows with: the graph's nodes and edges (each edge label is a node to dot too)."""
+    return len(g["processes"]) + len(g["namespaces"]) + len(g["edges"])
+
+
+def too_large(g):
+    """Why dot will not be given this graph, or None: it is over GRAPH_MAX."""
+    size = graph_size(g)
+    if size <= GRAPH_MAX:
+        return None
+    return (f"the graph has {size} nodes and edges, more than render lays out ({GRAPH_MAX}): "
+            f"narrow the session with {NARROW}")
+
+
+def _dot(g, records, started):
     t0 = started if started is not None else min((r.ts for r in records), default=0.0)
     out = ["digraph nstrace {", '  graph [rankdir=TB, fontname="Helvetica", fontsize=10, nodesep=0.3, ranksep=0.45];',
            '  node [fontname="Helvetica", fontsize=10];', '  edge [fontname="Helvetica", fontsize=9];']
@@ -169,15 +212,17 @@ def dot_source(records, snapshots=(), started=None):
     return "\n".join(out) + "\n"
 
 
-def run_dot(source):
-    """SVG text laid out by Graphviz dot."""
+def run_dot(source, timeout=None):
+    """SVG text laid out by Graphviz dot, which is killed after timeout seconds (DOT_TIMEOUT_S)."""
+    timeout = DOT_TIMEOUT_S if timeout is None else timeout
     dot = shutil.which("dot")
     if not dot:
         raise RenderError("graphviz `dot` not found: install the graphviz package (apt-get install graphviz)")
     try:
-        done = subprocess.run([dot, "-Tsvg"], input=source, capture_output=True, text=True, timeout=120)
+        done = subprocess.run([dot, "-Tsvg"], input=source, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise RenderError("graphviz dot took over 120 s on this graph; narrow the session with --pid/--op/--type") from None
+        raise RenderError(f"graphviz dot did not lay out this graph within {timeout:g} s (stopped); "
+                          f"narrow the session with {NARROW}") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise RenderError(f"graphviz dot failed (exit {done.returncode}): {last}")
@@ -189,9 +234,13 @@ def _snapshots(session):
 
 
 def svg(session, records=None):
-    """The session graph as an SVG document (text)."""
+    """The session graph as an SVG document (text); UsageError if it is over GRAPH_MAX."""
     records = session.records if records is None else records
-    return run_dot(dot_source(records, _snapshots(session), session.started))
+    g = graph(records, _snapshots(session))
+    why = too_large(g)
+    if why:
+        raise UsageError(f"{why}; or render it --format html (without the graph) or perfetto")
+    return run_dot(_dot(g, records, session.started))
 
 
 # --- kernel source links -------------------------------------------------------
@@ -246,6 +295,7 @@ def _common_reason(availability):
     return reasons.pop() if functions and len(reasons) == 1 and not any(a["attached"] for a in functions) else None
 
 
+@functools.lru_cache(maxsize=4096)  # the same few dozen steps on every row of a large session
 def _step_link(name, kind, file, tag, release):
     """A step's name linked to its definition: file#Lline at the version the line was read from
     (nstrace/record/kernelsource.py: the recorded kernel's own, or the nearest covered one), and
@@ -294,10 +344,9 @@ def _path_html(rec, tag, hooks, tracepoints, common=None, release=None):
 def timeline_svg(records, started, width=960):
     """One lane per process, one mark per operation at its time; each mark links to its row."""
     records = sorted(records, key=lambda r: r.ts)
-    lanes = []
+    lanes = {}
     for r in records:
-        if r.pid not in lanes:
-            lanes.append(r.pid)
+        lanes.setdefault(r.pid, len(lanes))
     t0 = min([started] + [r.ts - r.duration_us / 1e6 for r in records]) if records else started
     t1 = max([r.ts for r in records] + [t0 + 1e-3])
     span = t1 - t0
@@ -311,11 +360,11 @@ def timeline_svg(records, started, width=960):
         out.append(f'<line x1="{tx:.1f}" y1="{top - 6}" x2="{tx:.1f}" y2="{height}" class="tick"/>'
                    f'<text x="{tx:.1f}" y="{top - 10}" class="axis">+{span * i / 5:.3f}s</text>')
     comm = {r.pid: r.comm for r in records}
-    for lane, pid in enumerate(lanes):
+    for pid, lane in lanes.items():
         y = top + lane * lane_h
         out.append(f'<text x="4" y="{y + 15}" class="lane">{_e(comm[pid])} {_e(pid)}</text>')
     for n, r in enumerate(records, 1):
-        y = top + lanes.index(r.pid) * lane_h
+        y = top + lanes[r.pid] * lane_h
         start = r.ts - r.duration_us / 1e6
         w = max(x(r.ts) - x(start), 4)
         what = f"{n}. {r.op} {fl.short(r.flags)} ret {r.errno or r.ret} (+{r.ts - t0:.6f}s)"
@@ -341,7 +390,7 @@ tr.created td.values{font-weight:bold}
 """ + "".join(f"table.path td.d{d}{{padding-left:{0.3 + 1.2 * d:.1f}em}}" for d in range(8)) + """
 a.def{font-size:.8em;color:#888}#graph svg{max-width:100%;height:auto}
 .legend span{display:inline-block;padding:1px 6px;margin-right:4px;border-radius:3px}
-#filter{margin:.4em 0}
+#filter{margin:.4em 0}p.note{color:#666}
 """ + "".join(f".legend .t-{t}{{background:{c}}}" for t, c in TYPE_COLOURS.items()) + \
     "".join(f".legend .o-{o}{{background:{c};color:#fff}}" for o, c in OP_COLOURS.items()) + "\n"
 
@@ -370,14 +419,47 @@ _JS = """
 """
 
 
-def html_page(session, records=None):
-    """The whole page as text: summary, timeline, graph (inline SVG), operations with their kernel paths."""
+def _graph_html(session, records, warn):
+    """The graph as inline SVG, or a note saying why the page goes without it."""
+    g = graph(records, _snapshots(session))
+    why = too_large(g)
+    if why:
+        warn(f"the page goes without the graph: {why}")
+        return f'<p class="note">Not drawn: {_e(why)}.</p>'
+    drawn = run_dot(_dot(g, records, session.started))
+    return drawn[drawn.index("<svg"):]  # drop the XML prolog and doctype: inline SVG
+
+
+class _PathTables:
+    """Each operation's kernel-path cell: a distinct table is written once, at its first operation;
+    later operations with the same table link to it; past PAGE_PATHS_MAX tables, none is written."""
+
+    def __init__(self):
+        self.first = {}  # table HTML -> the operation it is written at
+        self.left_out = 0
+
+    def cell(self, n, table):
+        first = self.first.get(table)
+        if first is not None:
+            return f'<p class="path">as for <a href="#op-{first}">{first}</a></p>'
+        if len(self.first) >= PAGE_PATHS_MAX:
+            self.left_out += 1
+            return f'<p class="path">not shown: the page holds {PAGE_PATHS_MAX} different kernel paths</p>'
+        self.first[table] = n
+        return table
+
+
+def html_page(session, records=None, warn=None):
+    """The whole page as text: summary, timeline, graph (inline SVG), operations with their kernel paths.
+
+    warn(message): what the page leaves out (the graph of a large session, kernel paths past
+    PAGE_PATHS_MAX); the page says it too."""
+    warn = warn or (lambda message: None)
     records = sorted(session.records if records is None else records, key=lambda r: r.ts)
     k = session.kernel
     tag = kernel_tag(k.get("release"), k.get("version")) if k else None
     hooks, tracepoints = _hooks_from(session.availability)
-    graph_svg = svg(session, records)
-    graph_svg = graph_svg[graph_svg.index("<svg"):]  # drop the XML prolog and doctype: inline SVG
+    graph_html = _graph_html(session, records, warn)
     t0 = session.started
     functions = [a for a in session.availability if a.get("layer") == "function"]
     common = _common_reason(session.availability)
@@ -391,7 +473,7 @@ def html_page(session, records=None):
             ("operations", str(len(records))),
             ("kernel-function layer", (f"{attached} of {len(functions)} functions attached" if functions else "unknown")
              + (f": {common}" if common else ""))]
-    rows = []
+    rows, paths, release = [], _PathTables(), k.get("release") if k else None
     for n, r in enumerate(records, 1):
         changed = "<br>".join(f"{_e(e)} {_e((r.ns_before or {}).get(e))} &rarr; {_e((r.ns_after or {}).get(e))}"
                               for e in r.changed) or "-"
@@ -401,7 +483,11 @@ def html_page(session, records=None):
             f"<td>+{r.ts - t0:.6f}s</td><td>{_e(r.comm)}</td><td>{_e(r.pid)}/{_e(r.tid)}</td><td>{_e(r.op)}</td>"
             f"<td>{_e(fl.short(r.flags))}</td><td class=\"ret\">{_e(r.errno or r.ret)}</td>"
             f"<td>{_e(r.child_pid or '-')}</td><td>{changed}</td><td>{_e(proc)}</td>"
-            f"<td>{_path_html(r, tag, hooks, tracepoints, common, k.get('release') if k else None)}</td></tr>")
+            f"<td>{paths.cell(n, _path_html(r, tag, hooks, tracepoints, common, release))}</td></tr>")
+    if paths.left_out:
+        warn(f"the page shows {PAGE_PATHS_MAX} different kernel paths; those of {paths.left_out} more operations "
+             "are left out (`nstrace show --json` has every record's kernel_path; or narrow the session with "
+             f"{NARROW})")
     legend = "".join(f'<span class="t-{t}">{t}</span>' for t in TYPE_COLOURS)
     ops_legend = "".join(f'<span class="o-{o}">{o}</span>' for o in OP_COLOURS)
     title = f"nstrace session: {(session.header or {}).get('host', '')} {k.get('release', '')}".strip()
@@ -413,7 +499,7 @@ def html_page(session, records=None):
 <h1>{_e(title)}</h1>
 <table class="session">{"".join(f"<tr><th>{_e(a)}</th><td>{b if a == 'kernel source' else _e(b)}</td></tr>" for a, b in head)}</table>
 <section id="timeline"><h2>Timeline</h2><p class="legend">{ops_legend}</p>{timeline_svg(records, t0)}</section>
-<section id="graph"><h2>Processes and namespaces</h2><p class="legend">{legend}</p>{graph_svg}</section>
+<section id="graph"><h2>Processes and namespaces</h2><p class="legend">{legend}</p>{graph_html}</section>
 <section id="operations"><h2>Operations</h2>
 <input id="filter" type="search" placeholder="filter rows" aria-label="filter rows">
 <table><thead><tr><th>#</th><th>time</th><th>comm</th><th>pid/tid</th><th>op</th><th>flags</th><th>ret</th><th>child</th>
@@ -495,20 +581,20 @@ def _step_events(rec, offset_ns, us):
 
 # --- one entry point ----------------------------------------------------------------
 
-def render(session, fmt, records=None):
-    """The session in one of FORMATS, as text ready to write."""
+def render(session, fmt, records=None, warn=None):
+    """The session in one of FORMATS, as text ready to write; warn(message): what the HTML page leaves out."""
     if fmt == "svg":
         return svg(session, records)
     if fmt == "html":
-        return html_page(session, records)
+        return html_page(session, records, warn)
     if fmt == "perfetto":
         return json.dumps(perfetto(session, records), separators=(",", ":")) + "\n"
     raise UsageError(f"unknown format {fmt!r}: valid are {', '.join(FORMATS)}")
 
 
-def write(session, fmt, out_path, records=None):
+def write(session, fmt, out_path, records=None, warn=None):
     """Render and write to out_path ("-" or None: returns the text instead)."""
-    text = render(session, fmt, records)
+    text = render(session, fmt, records, warn)
     if out_path in (None, "-"):
         return text
     fd = trusted_paths.create_output(out_path)  # never through another user's symlink
