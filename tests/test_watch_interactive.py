@@ -125,14 +125,17 @@ def test_ctrl_c_for_a_command_outside_nstraces_group_is_passed_on(terminal):
     """COMMAND made a session of its own (setsid without a fork: it is no group leader), so the
     terminal's ^C reaches nstrace alone: it is passed on, as a kill's would be, and a second ends
     the watch."""
-    trap = 'trap "echo got INT" INT; echo ready; while :; do sleep 0.05; done'
+    trap = 'trap "echo got INT" INT; echo ready $$; while :; do sleep 0.05; done'
     t = terminal([str(NSTRACE), "watch", "--", "setsid", "sh", "-c", trap])
-    t.expect(rb"ready")
-    t.send(b"\x03")
-    t.expect(rb"got INT")
-    t.send(b"\x03")
-    assert t.wait() == 128 + signal.SIGINT, t.text.decode(errors="replace")
-    assert b"still running when the trace ended (a second signal to nstrace)" in t.text
+    command = int(t.expect(rb"ready (\d+)").group(1))
+    try:
+        t.send(b"\x03")
+        t.expect(rb"got INT")
+        t.send(b"\x03")
+        assert t.wait() == 128 + signal.SIGINT, t.text.decode(errors="replace")
+        assert b"still running when the trace ended (a second signal to nstrace)" in t.text
+    finally:  # it runs on in a session of its own, as it should: the test ends it
+        os.kill(command, signal.SIGKILL)
 
 
 def test_a_watch_without_a_command_ends_at_ctrl_c_within_a_second(terminal):
