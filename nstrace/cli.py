@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import __version__
-from .cliparams import file_name, filter_options, finite
+from .cliparams import Seconds, Whole, file_name, filter_options
 from .errors import (
     BootError,
     CheckFailed,
@@ -99,12 +99,11 @@ class _WatchCommand(click.Command):
 @filter_options
 @click.option("--all", "trace_all", is_flag=True, help="Include plain forks that create or join no namespace.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line; status on stderr.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), callback=finite,
-              help="Stop after this many seconds.")
-@click.option("--count", type=click.IntRange(min=1), help="Stop after this many records.")
+@click.option("--duration", type=Seconds(), help="Stop after this many seconds.")
+@click.option("--count", type=Whole(1, 2**63 - 1, "a number of records"), help="Stop after this many records.")
 @click.option("--raw-addresses", is_flag=True, help="Show kernel nsproxy addresses instead of short ids.")
 @click.option("--no-proc-check", is_flag=True, help="Do not correlate records with /proc/<pid>/ns.")
-@click.option("--buffer-kib", type=click.IntRange(min=4), default=4096, show_default=True,
+@click.option("--buffer-kib", type=Whole(4, 1 << 20, "a ring buffer size in KiB"), default=4096, show_default=True,
               help="Ring buffer size in KiB (a power of two).")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True), callback=file_name,
               help="Also write the session (records, namespace snapshots, kernel, probes) to this file.")
@@ -283,18 +282,33 @@ def demo(flag_text, op, record_path, picture, picture_path):
     from .check.demo import run_demo
     from .view import display
     value = fl.parse_flags(flag_text)
+    out = picture_path or f"nstrace-demo.{'json' if picture == 'perfetto' else picture}"
+    picture_fd = _picture_output(out) if picture else None
     with tempfile.TemporaryDirectory(prefix="nstrace-demo-") as tmp:
         path = record_path or (os.path.join(tmp, "session.jsonl") if picture else None)
-        result, report, availability = run_demo(op, value, path)
+        try:
+            result, report, availability = run_demo(op, value, path)
+        except BaseException:
+            if picture_fd is not None:
+                os.close(picture_fd)
+            raise
         click.echo(display.demo_report(result, report, availability))
         if picture:
             from .record import session
             from .view import render
-            out = picture_path or f"nstrace-demo.{'json' if picture == 'perfetto' else picture}"
-            render.write(session.load(path), picture, out)
+            render.write(session.load(path), picture, out, fd=picture_fd)
             status(f"{picture} picture of this run written to {out}")
     if not result.ok:
         raise CheckFailed("the trace did not match what the kernel notes document (see above)")
+
+
+def _picture_output(path):
+    """demo's picture file, opened before the demo runs: a path nstrace may not write is said at once,
+    not after the work it would have drawn (and as root: demo needs CAP_SYS_ADMIN first)."""
+    from .check.checker import require_privileges
+    from .linux import trusted_paths
+    require_privileges()
+    return trusted_paths.create_output(path)
 
 
 @cli.command()
@@ -344,8 +358,8 @@ def _list_scenarios(chosen, as_json):
 @click.option("--kernel", "kernels", multiple=True, required=True,
               help="A Debian kernel: 5.10 (or bullseye), 6.1 (bookworm), 6.12 (trixie), sid, or a package "
                    "name such as linux-image-amd64/bullseye (repeatable).")
-@click.option("--timeout", type=click.FloatRange(min=10, max=LAB_MAX_TIMEOUT_S), default=900, show_default=True,
-              callback=finite, help="Seconds a guest may run (boot and command) before it is killed.")
+@click.option("--timeout", type=Seconds(10, LAB_MAX_TIMEOUT_S), default=900, show_default=True,
+              help="Seconds a guest may run (boot and command) before it is killed.")
 @click.option("--verbose", is_flag=True, help="The suite: show the guests' whole output.")
 @click.option("--pytest-args", metavar="ARGS",
               help="The suite: pytest's arguments in the guest, as one shell-quoted string "
@@ -392,7 +406,7 @@ def _lab_command(kernels, command, timeout):
     codes = [lab_command.exit_code(o) for o in outcomes]
     for o in outcomes:
         if isinstance(o.error, GuestLockup):
-            click.echo(guest.lockup_report(o.error.console), err=True)  # the stacks say why it ended
+            _echo_guest_text(guest.lockup_report(o.error.console))  # the stacks say why it ended
     if _stop_requested:  # Ctrl-C: the guests were stopped, as watch stops
         raise click.exceptions.Exit(130)
     failed = [o for o in outcomes if o.error is not None]
@@ -423,12 +437,12 @@ def _lab_suite(kernels, pytest_args, check_only, timeout, verbose):
                                         status=say, output=output, should_stop=lambda: bool(_stop_requested))
         except GuestLockup as e:
             # always: a hang is worth its stacks in any log, and they are why the run ended
-            click.echo(guest.lockup_report(e.console), err=True)
+            _echo_guest_text(guest.lockup_report(e.console))
             raise
         except (GuestTimeout, BootError) as e:
             if verbose:  # the guest's last words, for whoever reads a CI log
-                click.echo("\n".join(e.console.splitlines()[-60:]), err=True)
-                click.echo("\n".join(e.output.splitlines()[-60:]), err=True)
+                _echo_guest_text("\n".join(e.console.splitlines()[-60:]))
+                _echo_guest_text("\n".join(e.output.splitlines()[-60:]))
             raise
         finally:
             if output is not None:
@@ -457,10 +471,17 @@ def _lab_suite(kernels, pytest_args, check_only, timeout, verbose):
         raise LabFailed(f"kernel-layer suite failed on: {', '.join(bad)}")
 
 
+def _echo_guest_text(text):
+    """A guest's console or output on stderr: a guest kernel or command prints what it likes, and no
+    byte of it may move this terminal."""
+    from .view.terminal import lines
+    click.echo(lines(text), err=True)
+
+
 def _one_line(text):
     """An error message as one line: what the user typed (a CR, an escape) is shown, not obeyed."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-                   for c in text)
+    from .view.terminal import printable
+    return printable(text)
 
 
 class _Stdout:

@@ -11,7 +11,7 @@ import json
 import click
 from tabulate import tabulate
 
-from .cliparams import file_name, filter_options
+from .cliparams import Pid, file_name, filter_options
 from .linux import flags as fl
 from .linux import nsmap
 from .record import jsonline, session
@@ -68,7 +68,7 @@ def _tree_json(forest):
 @click.option("--tree", is_flag=True, help="Show user-namespace ownership and the PID-namespace hierarchy.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--type", "types", multiple=True, help="Only these namespace types (repeat or comma-separate).")
-@click.option("--pid", type=int, help="Only the namespaces of this process.")
+@click.option("--pid", type=Pid(), help="Only the namespaces of this process.")
 def ls_command(tree, as_json, types, pid):
     """List every namespace on the system: type, inode, ns_id, processes, owner, parent, container."""
     snap = nsmap.snapshot()

@@ -230,6 +230,17 @@ def test_demo_default_picture_refuses_a_fifo_planted_in_a_shared_cwd(sticky):
     assert "nstrace-demo.html: it is a FIFO" in err and got == [0]
 
 
+def test_demo_refuses_its_picture_path_before_it_runs(sticky, tmp_path):
+    """An output nstrace may not write is said before the demo's work, not after it: the session it
+    would record is never begun."""
+    as_nobody("mkfifo", str(sticky / "demo.html"))
+    record = tmp_path / "demo.jsonl"
+    err = refused(nstrace("demo", "--flags", "NEWUTS", "--op", "unshare", "--record", record, "--picture", "html",
+                          "-o", sticky / "demo.html"))
+    assert "demo.html: it is a FIFO" in err
+    assert not record.exists()
+
+
 def test_sockets_and_other_devices_are_refused(sticky, session_file):
     with nobody_at(LISTENER, sticky / "out.json"):
         err = refused(nstrace("render", session_file, "--format", "perfetto", "-o", sticky / "out.json"))

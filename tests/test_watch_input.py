@@ -64,6 +64,23 @@ def test_numbers_no_record_can_hold_are_refused(args, words):
     assert_one_line_error(nstrace("watch", *args, "--duration", "0.1"), 2, *words)
 
 
+@pytest.mark.parametrize("args, words", [
+    (["watch", "--count", "\u0663"], ["--count", "not a number of records"]),     # click.IntRange took it as 3
+    (["watch", "--count", "1_0"], ["--count", "not a number of records"]),
+    (["watch", "--buffer-kib", "\u0664\u0660\u0669\u0666"], ["--buffer-kib", "in ASCII digits"]),
+    (["watch", "--duration", "\u0661"], ["--duration", "not a number of seconds"]),  # click.FloatRange took it
+    (["watch", "--duration", "inf"], ["--duration", "not a number of seconds"]),
+    (["watch", "--duration", "1e400"], ["--duration", "not a number of seconds"]),
+    (["ls", "--pid", "\u0661"], ["--pid", "not a process id"]),                    # click.INT took it as 1
+    (["lab", "--kernel", "6.1", "--timeout", "\u0666\u0660", "--", "doctor"], ["--timeout", "not a number"]),
+], ids=["count-arabic-indic", "count-underscore", "buffer-arabic-indic", "duration-arabic-indic", "duration-inf",
+        "duration-huge", "ls-pid-arabic-indic", "lab-timeout-arabic-indic"])
+def test_every_number_option_takes_ascii_digits_only(args, words):
+    """Every number on the command line is read as ASCII decimal digits, as --pid and --ns are:
+    click's int and float types take whatever int() and float() do."""
+    assert_one_line_error(nstrace(*args), 2, *words)
+
+
 def _unseen_here():
     """The ops whose probes `nstrace doctor` says are not attached on this kernel."""
     from nstrace.record.functions import PER_TYPE_DEATHS, TREE_DEATH

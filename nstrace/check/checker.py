@@ -50,6 +50,12 @@ class ScenarioResult:
 def tracer_for_check():
     """The tracer of `check` and `demo`; raises PrivilegeError unless this process may also make
     the namespaces they trace."""
+    require_privileges()
+    return Tracer(Options(trace_all=True, pid=os.getpid(), poll_ms=20))
+
+
+def require_privileges():
+    """Raise PrivilegeError unless this process may trace and make namespaces, as check and demo do."""
     loader.check_privileges()
     if not loader.effective_caps() >> loader.CAP_SYS_ADMIN & 1:
         # CAP_BPF and CAP_PERFMON trace; making or joining a namespace of any type but user takes
@@ -57,7 +63,6 @@ def tracer_for_check():
         # type's ->install(), 6.18), and the launcher makes them all
         raise PrivilegeError("this needs root: it makes namespaces, which takes CAP_SYS_ADMIN, and this "
                              "process has only what tracing takes (CAP_BPF and CAP_PERFMON)")
-    return Tracer(Options(trace_all=True, pid=os.getpid(), poll_ms=20))
 
 
 def deaths_visible(tracer):

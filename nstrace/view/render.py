@@ -592,12 +592,14 @@ def render(session, fmt, records=None, warn=None):
     raise UsageError(f"unknown format {fmt!r}: valid are {', '.join(FORMATS)}")
 
 
-def write(session, fmt, out_path, records=None, warn=None):
-    """Render and write to out_path ("-" or None: returns the text instead)."""
+def write(session, fmt, out_path, records=None, warn=None, fd=None):
+    """Render and write to out_path ("-" or None: returns the text instead); to fd instead, where the
+    caller opened out_path already (trusted_paths.create_output), before the work it draws."""
     text = render(session, fmt, records, warn)
-    if out_path in (None, "-"):
-        return text
-    fd = trusted_paths.create_output(out_path)  # never through another user's symlink
+    if fd is None:
+        if out_path in (None, "-"):
+            return text
+        fd = trusted_paths.create_output(out_path)  # never through another user's symlink
     try:
         with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
