@@ -224,3 +224,26 @@ def test_the_page_holds_at_most_page_paths_max_kernel_paths(small, tmp_path, cap
     assert "the page shows 2 different kernel paths; those of 1 more operations are left out" in err, err
     text = (tmp_path / "s.html").read_text()
     assert text.count('<table class="path">') == 2 and "not shown: the page holds 2 different kernel paths" in text
+
+
+def test_a_session_cut_by_a_full_disk_reads_back(big, tmp_path):
+    """A record that did not fit leaves a part of its line: no end line may follow it (it would make
+    a file that show refuses), whatever room there is when the recorder closes. A real tmpfs fills
+    up, then grows (a transient ENOSPC: space freed meanwhile)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "none", str(disk)], check=True)
+    try:
+        records = session.load(big[0]).records
+        recorder = session.Recorder(disk / "s.jsonl", snapshots=False)
+        with pytest.raises(OSError):
+            for rec in records:
+                recorder.write(rec)
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        recorder.close({"events": {}, "total": recorder.count, "lost": {"ringbuf": 0, "inflight": 0}})
+        back = session.load(disk / "s.jsonl")
+        # the record that did not fit is there whole where closing flushed the rest of its line
+        assert back.end is None and 0 < len(back.records) <= recorder.count + 1
+        assert "not closed" in back.describe()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)

@@ -86,6 +86,7 @@ class Recorder:
     def __init__(self, path, tracer=None, snapshots=True):
         self.path = str(path)
         self.count = 0
+        self._cut = False  # a write failed: the last line may be a part of one
         self._snapshots = snapshots
         fd = trusted_paths.create_output(self.path, "session file ")  # never through another user's symlink
         # line-buffered: every record reaches the file as soon as it is written
@@ -114,7 +115,13 @@ class Recorder:
             raise WriteFailed(f"cannot write session file {self.path}: {e.strerror}") from None
 
     def _line(self, obj):
-        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        try:
+            self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        except OSError:
+            # part of the line may be in the file: nothing may follow it, or its end would make a
+            # file the reader refuses (a line in the middle that is not JSON)
+            self._cut = True
+            raise
 
     def write(self, record):
         """Append one :class:`~nstrace.record.events.Record`."""
@@ -127,8 +134,16 @@ class Recorder:
         return records
 
     def close(self, summary=None):
-        """Write the end line (summary: Tracer.summary()) and close. Safe to call twice."""
+        """Write the end line (summary: Tracer.summary()) and close. Safe to call twice. A file a
+        write failed in is closed as it is, without one: it reads as an interrupted recording."""
         if self._file is None:
+            return
+        if self._cut:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the same failure, flushing what did not fit
+            self._file = None
             return
         try:
             self._line({"nstrace_session": VERSION, "kind": "end", "ended": time.time(), "records": self.count,
