@@ -24,6 +24,8 @@ import pytest  # noqa: E402
 
 from nstrace.trace.tracer import Options, Tracer  # noqa: E402
 
+from nshelpers import namespace_holder  # noqa: E402
+
 
 def root_skip_reason(why):
     """Why a test that needs root is skipped here, or None when running as root (as CI does)."""
@@ -71,29 +73,9 @@ def tracer(session_tracer):
 
 @pytest.fixture(scope="session")
 def ns_holder():
-    """A process living in new namespaces of all eight types, to setns into.
-
-    Created by util-linux unshare with --fork: the forked child (sleep) is
-    the one inside the new PID and time namespaces. It sleeps until the session
-    ends and kills it, however long the suite runs: on a fresh machine the lab's
-    first kernel downloads alone can take longer than any fixed sleep.
-    """
+    """A process living in new namespaces of all eight types, to setns into (nshelpers.namespace_holder):
+    it lives until the session ends, however long the suite runs."""
     if root_skip_reason("creates namespaces of every type"):
         pytest.skip(root_skip_reason("creates namespaces of every type"))
-    proc = subprocess.Popen(["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--user",
-                             "--cgroup", "--time", "--fork", "sleep", "infinity"])
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            kids = psutil.Process(proc.pid).children()
-            if kids and kids[0].name() == "sleep":
-                yield kids[0].pid
-                break
-            time.sleep(0.02)
-        else:
-            raise AssertionError("namespace holder did not start")
-    finally:
-        proc.kill()
-        for kid in psutil.Process(proc.pid).children(recursive=True) if psutil.pid_exists(proc.pid) else []:
-            kid.kill()
-        proc.wait()
+    with namespace_holder() as pid:
+        yield pid

@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from nstrace.linux import flags as fl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +42,37 @@ def nsop(spec):
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
+
+
+@contextmanager
+def namespace_holder():
+    """A process in new namespaces of all eight types, to setns into; its pid while the block runs,
+    gone after it.
+
+    Created by util-linux unshare with --fork: the forked child (sleep) is the one inside the new
+    PID and time namespaces. It sleeps until the block ends, not on a timer: on a fresh machine the
+    lab's first kernel downloads alone outlast any fixed sleep. --kill-child: should unshare die
+    first, the kernel kills the child too (PR_SET_PDEATHSIG); else the child, pid 1 of its own pid
+    namespace and reparented to init, would sleep on forever.
+    """
+    proc = subprocess.Popen(["unshare", "--mount", "--uts", "--ipc", "--net", "--pid", "--user", "--cgroup", "--time",
+                             "--fork", "--kill-child", "sleep", "infinity"])
+    kid = None
+    try:
+        deadline = time.monotonic() + 5
+        while kid is None:
+            assert time.monotonic() < deadline, "namespace holder did not start"
+            kids = psutil.Process(proc.pid).children()
+            if kids and kids[0].name() == "sleep":
+                kid = kids[0]
+            else:
+                time.sleep(0.02)
+        yield kid.pid
+    finally:
+        if kid is not None:
+            kid.kill()
+        proc.kill()
+        proc.wait()
 
 
 def flag(ns_type):
