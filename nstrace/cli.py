@@ -21,7 +21,7 @@ from .errors import (
     UsageError,
     WriteFailed,
 )
-from .linux import flags as fl
+from .kernel import flags as fl
 from .record.filters import Filter
 from .trace.tracer import Options, Tracer
 
@@ -142,7 +142,9 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
         if held:
             held.cancel()
         raise
-    from .record import jsonline  # after the probes are attached: tracing is live a little sooner
+    from .record import (
+        jsonline,  # after the probes are attached: tracing is live a little sooner
+    )
     from .view import display
     if tracer.pid_of_thread:
         status("--pid {}: a thread of process {}: following process {} and its descendants".format(
@@ -194,8 +196,9 @@ def _trace_output(path, record_path, with_command):
         if with_command and path is None:
             return Output(sys.stderr, "to stderr")
         return Output(sys.stdout, "to stdout")
-    from .linux import trusted_paths
     import stat
+
+    from .linux import trusted_paths
     fd = trusted_paths.create_output(path, "trace file ")
     stream = open(fd, "w", encoding="utf-8", errors="backslashreplace")
     try:  # two writers of one regular file would each overwrite the other's lines (not so /dev/null)

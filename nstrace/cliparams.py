@@ -5,7 +5,7 @@ import re
 
 import click
 
-from .linux import flags as fl
+from .kernel import flags as fl
 from .record import filters
 
 

@@ -12,7 +12,7 @@ import click
 from tabulate import tabulate
 
 from .cliparams import Pid, file_name, filter_options
-from .linux import flags as fl
+from .kernel import flags as fl
 from .linux import nsmap
 from .record import jsonline, session
 from .record.filters import Filter

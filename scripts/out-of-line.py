@@ -1,4 +1,4 @@
-"""Write, into nstrace/record/paths.toml, which kernel versions have each function as an out-of-line
+"""Write, into nstrace/kernel/paths.toml, which kernel versions have each function as an out-of-line
 function, from kernel-notes/btf-*.txt: the output of kernel-notes/btf_check.py run in each kernel
 (in `nstrace lab` guests for Debian's 5.10, 6.1, 6.12 and 7.2; on this machine for 6.18).
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "kernel-notes"
-PATHS = ROOT / "nstrace" / "record" / "paths.toml"
+PATHS = ROOT / "nstrace" / "kernel" / "paths.toml"
 
 
 def _rank(series):

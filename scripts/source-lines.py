@@ -1,4 +1,4 @@
-"""Write nstrace/record/source-lines.toml: the line where each function of paths.toml is defined, per
+"""Write nstrace/kernel/source-lines.toml: the line where each function of paths.toml is defined, per
 kernel version, read from that version's own source tree.
 
     .venv/bin/python scripts/source-lines.py [VERSION=TREE ...]
@@ -24,8 +24,8 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ROOT / "nstrace" / "record" / "paths.toml"
-OUT = ROOT / "nstrace" / "record" / "source-lines.toml"
+PATHS = ROOT / "nstrace" / "kernel" / "paths.toml"
+OUT = ROOT / "nstrace" / "kernel" / "source-lines.toml"
 KSRC = Path("/work/ksrc")
 
 HEADER = """\
@@ -33,7 +33,7 @@ HEADER = """\
 #
 # [version."X.Y"]: upstream = the tree's Makefile version; debian = the linux-source package it came
 # from; line.FUNC = "file:line" of FUNC's definition in that version (absent: not defined in the
-# directory of the file paths.toml names for it). nstrace/record/kernelsource.py reads it; a kernel of another
+# directory of the file paths.toml names for it). nstrace/kernel/sourcelines.py reads it; a kernel of another
 # series takes the lines of the nearest series here and says so.
 """
 

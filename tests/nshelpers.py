@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from nstrace.linux import flags as fl
+from nstrace.kernel import flags as fl
 
 ROOT = Path(__file__).resolve().parent.parent
 NSTRACE = ROOT / ".venv" / "bin" / "nstrace"

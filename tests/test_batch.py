@@ -19,18 +19,16 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from nstrace.bpf import batch, btf, libbpf
-from nstrace.errors import UsageError
-from nstrace.record import events, filters, steps
-from nstrace.record import jsonline
-from nstrace.record.filters import Filter, Ns
-from nstrace.linux import flags as fl
-from nstrace.trace.tracer import Options, Tracer
-
 from nshelpers import NSTRACE, ROOT
 from test_json_output import replayer, setns_callers, with_containers
 from test_layout import native_btf  # noqa: F401 (the fixture)
+
+from nstrace.bpf import batch, btf, libbpf
+from nstrace.errors import UsageError
+from nstrace.kernel import flags as fl
+from nstrace.record import events, filters, jsonline, steps
+from nstrace.record.filters import Filter, Ns
+from nstrace.trace.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 

@@ -8,14 +8,13 @@ import click
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nshelpers import NSTRACE, ROOT
 
 from nstrace.cliparams import Pid
 from nstrace.errors import UsageError
-from nstrace.linux import flags as fl
+from nstrace.kernel import flags as fl
 from nstrace.record import events, filters
 from nstrace.record.filters import Filter, Ns
-
-from nshelpers import NSTRACE, ROOT
 
 # 5 records: the uts namespace a demo's unshare made is inode 4026532137, ns_id 14; the host's, 2
 SESSION = ROOT / "tests" / "data" / "lab-7.2-demo-setns.jsonl"

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nstrace.linux import flags as fl
 from nstrace.errors import UsageError
+from nstrace.kernel import flags as fl
 
 
 @pytest.mark.parametrize("name,value", fl.CLONE_FLAGS.items())

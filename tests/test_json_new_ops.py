@@ -8,13 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from test_json_output import differential, live, take_raw  # noqa: F401 (live: the fixture)
 
-from nstrace.linux import flags as fl
+from nstrace.kernel import flags as fl
 from nstrace.record import events
 from nstrace.record.filters import Filter
 from nstrace.trace.tracer import Options
-
-from test_json_output import differential, live, take_raw  # noqa: F401 (live: the fixture)
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 

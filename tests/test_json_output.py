@@ -17,20 +17,17 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from nstrace.bpf import batch
-from nstrace.linux import containers
-from nstrace.linux import flags as fl
-from nstrace.linux import procns
-from nstrace.linux.comm import safe_comm
-from nstrace.record import events, steps
-from nstrace.record.filters import Filter
-from nstrace.record import jsonline
-from nstrace.trace.attribution import BatchAttribution
-from nstrace.trace.tracer import Options, Tracer
-
 from nshelpers import NSTRACE
 from victims import HOSTILE_NAMES, RECORDS, Victim
+
+from nstrace.bpf import batch
+from nstrace.kernel import flags as fl
+from nstrace.linux import containers, procns
+from nstrace.linux.comm import safe_comm
+from nstrace.record import events, jsonline, steps
+from nstrace.record.filters import Filter
+from nstrace.trace.attribution import BatchAttribution
+from nstrace.trace.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 

@@ -108,14 +108,15 @@ def test_batch_mirror_matches_the_library(native_btf, struct_name, mirror):
 # imports upward, and the top (cli, viewcli) is imported by nothing but __main__.
 MAY_IMPORT = {
     "errors": set(),
-    "linux": {"errors"},
-    "record": {"errors", "linux"},
-    "bpf": {"errors", "linux", "record"},
-    "trace": {"errors", "linux", "record", "bpf"},
-    "check": {"errors", "linux", "record", "bpf", "trace"},
-    "view": {"errors", "linux", "record"},
+    "kernel": {"errors"},
+    "linux": {"errors", "kernel"},
+    "record": {"errors", "kernel", "linux"},
+    "bpf": {"errors", "kernel", "linux", "record"},
+    "trace": {"errors", "kernel", "linux", "record", "bpf"},
+    "check": {"errors", "kernel", "linux", "record", "bpf", "trace"},
+    "view": {"errors", "kernel", "linux", "record"},
     "lab": {"errors", "linux"},
-    "cliparams": {"errors", "linux", "record"},
+    "cliparams": {"errors", "kernel", "linux", "record"},
 }
 
 

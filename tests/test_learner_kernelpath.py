@@ -9,17 +9,17 @@ import re
 import subprocess
 
 import pytest
-
-from nstrace.record import kernelsource, steps
-
 from nshelpers import NSTRACE, flag, nsop, wait_for
+
+from nstrace.kernel import sourcelines
+from nstrace.record import steps
 
 pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer"),
               pytest.mark.usefixtures("function_layer")]
 
 
 def _line(func):
-    return kernelsource.where(func, kernelsource.running_release())
+    return sourcelines.where(func, sourcelines.running_release())
 
 
 def test_clone_steps_carry_their_line_and_new_or_shared(tracer):

@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from nstrace.record import _session_schema, kernelsource, pathcheck, session, steps
-from nstrace.view import display, render
-
 from nshelpers import NSTRACE, loader_programs, programs_left_after
+
+from nstrace.kernel import sourcelines
+from nstrace.record import _session_schema, pathcheck, session, steps
+from nstrace.view import display, render
 
 DATA = Path(__file__).resolve().parent / "data"
 CLONE_61 = DATA / "lab-6.1-demo-clone.jsonl"
@@ -36,7 +36,7 @@ def test_show_nests_the_clone_path_with_new_shared_and_lines():
     done = _nstrace("show", str(CLONE_61), "--op", "clone")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    line = kernelsource.where("copy_namespaces", "6.1.0-57-amd64").line
+    line = sourcelines.where("copy_namespaces", "6.1.0-57-amd64").line
     assert re.search(rf"^ {{4}}copy_namespaces\(NEWNS\|NEWUTS\|NEWPID\) = 0 +[\d.]+ +kernel/nsproxy\.c:{line}$", out, re.M), out
     assert re.search(r"^ {6}create_new_namespaces\(NEWNS\|NEWUTS\|NEWPID\) = nsproxy \w+ \(count 1\) ", out, re.M), out
     for func, entry, mark in (("copy_mnt_ns", "mnt", "new"), ("copy_utsname", "uts", "new"), ("copy_pid_ns", "pid", "new"),
@@ -87,7 +87,7 @@ def test_setns_view_shows_its_arguments_and_the_switch():
     assert "/* prepare_nsset copies the caller's nsproxy with flags 0" in text
     assert re.search(r"utsns_install\(nsset, uts:\[(\d+)\]\) = 0", text).group(1) == str(rec.target["inode"])
     assert re.search(r"/\* nsproxy (\w+) \(count (\d+)\) -> (\w+) \(count 1\); old \1 kept: its count was \2", text), text
-    assert kernelsource.where("switch_task_namespaces", "7.2.13+deb14-amd64").text in text
+    assert sourcelines.where("switch_task_namespaces", "7.2.13+deb14-amd64").text in text
 
 
 def test_one_view_of_documented_and_observed():
@@ -135,7 +135,7 @@ def test_html_links_each_step_to_its_line_at_that_version(tmp_path):
     page = tmp_path / "p.html"
     assert _nstrace("render", str(CLONE_61), "--format", "html", "-o", str(page)).returncode == 0
     text = page.read_text()
-    spot = kernelsource.where("copy_namespaces", "6.1.0-57-amd64")
+    spot = sourcelines.where("copy_namespaces", "6.1.0-57-amd64")
     assert f'href="https://elixir.bootlin.com/linux/v{spot.version}/source/kernel/nsproxy.c#L{spot.line}"' in text
     assert re.search(r'<tr class="observed created"><td class="step d4">.*?copy_pid_ns</a>', text), "copy_pid_ns made new"
     assert re.search(r'<tr class="observed"><td class="step d4">.*?copy_net_ns</a>.*?shared', text)

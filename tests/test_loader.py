@@ -6,13 +6,12 @@ import os
 import subprocess
 
 import pytest
+from nshelpers import NSTRACE
 
 from nstrace.bpf import hookplan, loader
 from nstrace.errors import LibbpfError, ProbeError
-from nstrace.record.functions import FUNCTIONS
+from nstrace.kernel.functions import FUNCTIONS
 from nstrace.trace.tracer import SYSCALL_PROGRAMS, section_of
-
-from nshelpers import NSTRACE
 
 
 def only(obj, *names):

@@ -11,11 +11,10 @@ import signal
 import time
 
 import pytest
-
-from nstrace.linux import syscalls, procns
-from nstrace.linux import flags as fl
-
 from nshelpers import wait_for
+
+from nstrace.kernel import flags as fl
+from nstrace.linux import procns, syscalls
 
 pytestmark = pytest.mark.root("makes namespaces and loads BPF programs")
 

@@ -26,7 +26,7 @@ def test_ci_runs_the_readme_test_command():
 def test_main_job_runs_a_demo_the_demo_accepts():
     """The README's main job is a demo of namespace flags only, which demo takes for its op."""
     from nstrace.check import demo
-    from nstrace.linux import flags
+    from nstrace.kernel import flags
     main_job = readme_commands()[0]
     words = re.search(r"--flags '([^']+)'", main_job)
     assert words, main_job

@@ -19,14 +19,13 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from nstrace.linux import syscalls, nsfs, procns
-from nstrace.linux.comm import safe_comm
-from nstrace.linux import flags as fl
-from nstrace.errors import LauncherError, UsageError
-from nstrace.check.launcher import Launcher
-
 from nshelpers import ELSEWHERE, NSTRACE, wait_for
+
+from nstrace.check.launcher import Launcher
+from nstrace.errors import LauncherError, UsageError
+from nstrace.kernel import flags as fl
+from nstrace.linux import nsfs, procns, syscalls
+from nstrace.linux.comm import safe_comm
 
 NEWUTS = fl.CLONE_FLAGS["CLONE_NEWUTS"]
 PR_SET_NAME = 15

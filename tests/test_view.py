@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from nstrace.check import checker, scenarios
+from nstrace.kernel import flags as fl
+from nstrace.kernel import sourcelines
 from nstrace.linux import nsmap
-from nstrace.record import kernelsource, session
+from nstrace.record import session
 from nstrace.view import display, render
-from nstrace.linux import flags as fl
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real CLI; ls/show/render are added to it here only until nstrace/cli.py registers them.
@@ -378,7 +379,7 @@ def test_render_html_loads_in_chromium_without_errors(recorded, tmp_path):
     # self-contained: nothing to fetch (links to the kernel source are anchors, not loads)
     assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=", text)
     # each documented step links to its definition's line, in the version that line was read from
-    spot = kernelsource.where("switch_task_namespaces", os.uname().release)
+    spot = sourcelines.where("switch_task_namespaces", os.uname().release)
     assert f"https://elixir.bootlin.com/linux/v{spot.version}/source/kernel/nsproxy.c#L{spot.line}" in text
     tag = render.kernel_tag(os.uname().release, os.uname().version)
     assert f"https://elixir.bootlin.com/linux/{tag}/A/ident/switch_task_namespaces" in text
@@ -781,8 +782,8 @@ def test_fuzz_session_files_through_show_and_render(fuzz_base, tmp_path, capsys,
     import fastjsonschema
     import jsonschema
 
-    from nstrace.record import _session_schema
     from nstrace.cli import main
+    from nstrace.record import _session_schema
     text, objects = data.draw(damaged_sessions(fuzz_base))
     path = tmp_path / "fuzz.jsonl"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")

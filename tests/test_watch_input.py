@@ -13,12 +13,11 @@ import subprocess
 import sys
 
 import pytest
+from nshelpers import ELSEWHERE, NSTRACE
 
 from nstrace.bpf import loader
 from nstrace.errors import LibbpfError
 from nstrace.trace.tracer import Options, Tracer
-
-from nshelpers import ELSEWHERE, NSTRACE
 
 pytestmark = pytest.mark.root("traces, drops privileges with setpriv, mounts")
 
@@ -83,7 +82,7 @@ def test_every_number_option_takes_ascii_digits_only(args, words):
 
 def _unseen_here():
     """The ops whose probes `nstrace doctor` says are not attached on this kernel."""
-    from nstrace.record.functions import PER_TYPE_DEATHS, TREE_DEATH
+    from nstrace.kernel.functions import PER_TYPE_DEATHS, TREE_DEATH
     res = nstrace("doctor", "--json")
     assert res.returncode == 0, res.stderr
     attached = {r["probe"] for r in json.loads(res.stdout)["probes"] if r["attached"]}

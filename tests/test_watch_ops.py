@@ -8,12 +8,11 @@ import sys
 import time
 
 import pytest
-
-from nstrace.record import events
-from nstrace.linux import flags as fl
-from nstrace.trace.tracer import Options, Tracer
-
 from nshelpers import flag, nsop, wait_for
+
+from nstrace.kernel import flags as fl
+from nstrace.record import events
+from nstrace.trace.tracer import Options, Tracer
 
 TYPES = list(fl.NS_TYPES)
 

@@ -11,8 +11,8 @@ import os
 import select
 import signal
 
+from nstrace.kernel import flags as fl
 from nstrace.linux import syscalls
-from nstrace.linux import flags as fl
 
 PR_SET_NAME = 15
 NEWUTS = fl.CLONE_FLAGS["CLONE_NEWUTS"]

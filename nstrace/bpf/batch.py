@@ -17,7 +17,7 @@ import types
 from pathlib import Path
 
 from ..errors import LibbpfError
-from ..linux import flags as fl
+from ..kernel import flags as fl
 from ..record import events
 from ..record.filters import JlFilter
 from . import libbpf

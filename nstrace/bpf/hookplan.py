@@ -16,8 +16,8 @@ import os
 # plan() runs in nstrace.bpf.preload's thread before the first probe is attached:
 # nothing here imports more than the loader and the function list at module level.
 from ..errors import LibbpfError
-from ..record.probes import Hook
-from ..record.functions import FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH
+from ..kernel.functions import FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH
+from ..kernel.hooks import Hook
 from . import bootcache, libbpf, loader
 from .btf import KernelBtf
 

@@ -65,7 +65,7 @@ class ProbeSet:
         self.trace_all, self.pid, self.raw_addresses = trace_all, pid, raw_addresses
         self.kernel_path, self.ringbuf_bytes, self.wakeup_bytes = kernel_path, ringbuf_bytes, wakeup_bytes
         self._object_path = object_path  # None: the build object_for_kernel() chooses
-        self.hooks = []         # probes.Hook per function, once planned
+        self.hooks = []         # kernel.hooks.Hook per function, once planned
         self.attached = []      # syscall-layer programs attached, in order
         self.missing = {}       # optional syscall-layer programs this kernel has no tracepoint for: why
         self.obj = None         # the loaded loader.BpfObject
@@ -224,8 +224,10 @@ class ProbeSet:
                  "hook": "raw_tracepoint" if name in RAW_TRACEPOINTS else "tracepoint",
                  "attached": name in self.attached, "reason": self.missing.get(name, "")}
                 for name in self.programs()]
-        from ..record import paths  # only doctor and the session header ask: not before the first probe
-        rows += [{"probe": h.func, "layer": "function", "file": paths.source_file(h.func),
+        from ..kernel import (
+            documented,  # only doctor and the session header ask: not before the first probe
+        )
+        rows += [{"probe": h.func, "layer": "function", "file": documented.source_file(h.func),
                   "hook": h.kind, "attached": h.attached, "reason": h.reason, "why": h.why} for h in self.hooks]
         return rows
 

@@ -12,7 +12,7 @@ import time
 
 from ..bpf import loader
 from ..errors import NstraceError, PrivilegeError, UsageError
-from ..linux import flags as fl
+from ..kernel import flags as fl
 from ..record import pathcheck
 from ..trace.tracer import Options, Tracer, section_of
 from . import catalogue, scenarios

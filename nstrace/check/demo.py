@@ -8,7 +8,7 @@ needs: the records, the /proc links, the inside view and the path verdicts.
 import os
 
 from ..errors import UsageError
-from ..linux import flags as fl
+from ..kernel import flags as fl
 from . import checker, scenarios
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from ..linux import flags as fl
+from ..kernel import flags as fl
 from ..linux import procns, syscalls
 from . import inside as inside_mod
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..linux import flags as fl
+from ..kernel import flags as fl
 from ..linux import mountns
 from ..linux.mounts import umount
 

@@ -40,9 +40,8 @@ import time
 import psutil
 
 from ..errors import UsageError
-from . import containers
-from . import flags as fl
-from . import mounts, nsfs, nstree
+from ..kernel import flags as fl
+from . import containers, mounts, nsfs, nstree
 from .comm import safe_comm
 
 

@@ -10,7 +10,7 @@ BPF side recorded, before and after reading the links.
 import errno
 import os
 
-from . import flags as fl
+from ..kernel import flags as fl
 from . import nsfs
 
 _TICKS_PER_SEC = os.sysconf("SC_CLK_TCK")

@@ -9,7 +9,7 @@ import dataclasses
 import errno as errno_mod
 import time
 
-from ..linux import flags as fl
+from ..kernel import flags as fl
 from ..linux.comm import safe_comm
 
 NS_SLOTS = len(fl.NS_ENTRIES)

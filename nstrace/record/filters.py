@@ -11,8 +11,8 @@ import re
 import typing
 
 from ..errors import UsageError
+from ..kernel import flags as fl
 from ..linux import comm, containers
-from ..linux import flags as fl
 from . import events
 
 # The arrays of native/batch.c's struct jl_filter: JL_MAX_COMMS names of the record's comm width

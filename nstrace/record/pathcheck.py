@@ -12,8 +12,9 @@ notes do not list for the operation follow, marked "undocumented".
 
 import dataclasses
 
-from ..linux import flags as fl
-from . import kernelsource, paths, steps
+from ..kernel import documented, sourcelines
+from ..kernel import flags as fl
+from . import steps
 
 # Functions of the documented path that nstrace does not probe on purpose:
 # they run on every fork or every credential change, so a probe there taxes
@@ -160,9 +161,9 @@ def _values(call, rec):
 
 
 def compare(rec, hooks, tracepoints, release=None):
-    """StepResults for one record. hooks: {func: nstrace.bpf.probes.Hook}; tracepoints: attached names;
+    """StepResults for one record. hooks: {func: nstrace.kernel.hooks.Hook}; tracepoints: attached names;
     release: the recorded kernel's (default: the running one), for the source lines."""
-    doc = paths.notes()["op"].get(rec.op, {}).get("step", [])
+    doc = documented.notes()["op"].get(rec.op, {}).get("step", [])
     flags = effective_flags(rec)
     if rec.kernel_path and release:
         steps.annotate(rec, release)
@@ -177,7 +178,7 @@ def compare(rec, hooks, tracepoints, release=None):
                 parent.setdefault(id(inner), call.func)
     observable = lambda s: _observability(s, hooks, tracepoints) is None and s["kind"] == "function"
     for step in doc:
-        file = step.get("file") or paths.source_file(step["name"])
+        file = step.get("file") or documented.source_file(step["name"])
         if step["kind"] == "tracepoint":
             file = "include/trace/events/" + ("task.h" if step["name"].startswith("task:") else "syscalls.h")
         expected = _expected(step, flags)
@@ -216,12 +217,12 @@ def compare(rec, hooks, tracepoints, release=None):
             result.values = _tracepoint_values(step, rec)
         if step["kind"] == "function" and not result.source:
             # where to read a step that did not happen, in the recorded kernel's version
-            spot = kernelsource.where(step["name"], release or kernelsource.running_release())
+            spot = sourcelines.where(step["name"], release or sourcelines.running_release())
             result.source = spot.text if spot else file
         results.append(result)
     for func, call in observed.items():
         if func not in by_name:
-            results.append(StepResult(func, "function", paths.source_file(func), False, "undocumented",
+            results.append(StepResult(func, "function", documented.source_file(func), False, "undocumented",
                                       f"not in the documented path of {rec.op} (kernel-notes/paths.toml)",
                                       depth=call.depth, values=_values(call, rec),
                                       note=steps.why(call, rec, hooks), duration_us=call.duration_us,

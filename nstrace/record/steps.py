@@ -1,11 +1,11 @@
 """The steps of a record's kernel path: which function, entered or returned, with what.
 
-Each step names one of the functions the BPF side can hook (record/functions.py).
+Each step names one of the functions the BPF side can hook (kernel/functions.py).
 """
 
 import dataclasses
 
-from .functions import ENTRY_ONLY, FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH  # noqa: F401 (steps.X for its readers)
+from ..kernel.functions import ENTRY_ONLY, FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH  # noqa: F401 (steps.X for its readers)
 
 
 def decode_record(raw, raw_addresses=False):
@@ -20,11 +20,12 @@ def decode_record(raw, raw_addresses=False):
 
 def decode_step(step, raw_addresses=False):
     """One struct nstrace_step as a dict (JSON-ready)."""
-    from ..linux import flags as fl
-    from . import events, paths
+    from ..kernel import documented
+    from ..kernel import flags as fl
+    from . import events
     func = FUNCTIONS[step.func] if step.func < len(FUNCTIONS) else f"fn{step.func}"
     what = events.STEP_VALUES.get(step.what, "none")
-    out = {"func": func, "file": paths.source_file(func), "kind": events.STEP_KINDS.get(step.kind, "?"),
+    out = {"func": func, "file": documented.source_file(func), "kind": events.STEP_KINDS.get(step.kind, "?"),
            "ts_ns": step.ts_ns}
     if what == "flags":
         out["flags"] = fl.decode_flags(step.arg, "unshare")
@@ -47,7 +48,7 @@ def decode_step(step, raw_addresses=False):
 def _short(s):
     if s["kind"] == "enter":
         if "flags" in s:
-            from ..linux import flags as fl
+            from ..kernel import flags as fl
             return f"{s['func']}({fl.short(s['flags'])})"
         if "old_nsproxy" in s:
             return f"{s['func']}({s['old_nsproxy']}->{s['nsproxy']})"
@@ -66,7 +67,7 @@ def _short(s):
 # --- the path as a learner reads it ------------------------------------------------------
 #
 # What decode_step makes is one step per probe hit. Below: each step's source line in the
-# recorded kernel's version (kernelsource), whether a copy_*() built its namespace or only
+# recorded kernel's version (kernel.sourcelines), whether a copy_*() built its namespace or only
 # took a reference to the caller's (`created`), and the steps folded into calls nested by
 # depth, each with its arguments, its result and its duration.
 
@@ -86,12 +87,12 @@ def annotate(rec, release=None):
     `release` (default: the running kernel), and each copy_*() exit `created`. A line taken from
     another version (the kernel's series is not covered) names it in `line_from`. In place; steps
     that already carry them keep theirs."""
-    from . import kernelsource
-    release = release or kernelsource.running_release()
+    from ..kernel import sourcelines
+    release = release or sourcelines.running_release()
     before = rec.ns_before or {}
     for s in rec.kernel_path:
         if "line" not in s:
-            spot = kernelsource.where(s["func"], release)
+            spot = sourcelines.where(s["func"], release)
             s["line"] = spot.line if spot else None
             if spot:
                 s["file"] = spot.file  # the file of that version (7.2 moved timens_commit)
@@ -157,7 +158,7 @@ def _ns(entry_or_type, inode):
 
 
 def _flags(step):
-    from ..linux import flags as fl
+    from ..kernel import flags as fl
     return fl.short(step["flags"]) if step.get("flags") else "0"
 
 
@@ -188,7 +189,7 @@ def arguments(call, rec=None):
 
 def setns_arguments(rec):
     """setns(fd, nstype) as the kernel got them: the fd resolved to what it is, and the nstype."""
-    from ..linux import flags as fl
+    from ..kernel import flags as fl
     target = rec.target or {}
     kind = target.get("kind")
     if kind == "nsfs":
@@ -222,7 +223,7 @@ def result(call, rec=None):
 def why(call, rec=None, hooks=None):
     """One line saying why a call did what a learner may not expect, or "". hooks ({func: Hook}), where
     known, tell a function that did not run from one nstrace could not see."""
-    from ..linux import flags as fl
+    from ..kernel import flags as fl
     names = set(call.enter.get("flags", ())) if call.enter else set()
     new_flags = names & {n for n in fl.NS_TYPES.values()} - {"CLONE_NEWUSER"}
     if call.func == "copy_namespaces" and call.exit and call.exit.get("ret") == 0 and \
@@ -282,7 +283,7 @@ def switch_summary(call, hooks=None):
 
 def source_text(step):
     """"kernel/nsproxy.c:151" for a step, labelled "(as in 7.2.13)" when the line is another
-    version's (the recorded kernel's series is not in nstrace/record/source-lines.toml)."""
+    version's (the recorded kernel's series is not in nstrace/kernel/source-lines.toml)."""
     if not step.get("line"):
         return step.get("file", "?")
     return f"{step.get('file', '?')}:{step['line']}" + (f" (as in {step['line_from']})" if step.get("line_from") else "")

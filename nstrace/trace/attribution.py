@@ -22,8 +22,8 @@ its look-up does. Otherwise C writes those records' null itself.
 """
 
 from ..bpf import batch
+from ..kernel import flags as fl
 from ..linux import containers, procns
-from ..linux import flags as fl
 from ..record import events, jsonline
 
 PER_TASK = "per-task"  # a cgroup id whose records' container is their caller's v1 one

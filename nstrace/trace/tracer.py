@@ -16,9 +16,9 @@ import time
 from ..bpf import batch, loader, probeset, teardown
 from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: F401 (the CLI's and tests' names)
 from ..errors import UsageError
+from ..kernel.functions import PER_TYPE_DEATHS, TREE_DEATH
 from ..linux import procns
 from ..record import events, filters, steps
-from ..record.functions import PER_TYPE_DEATHS, TREE_DEATH
 from .attribution import BatchAttribution
 
 # Why an operation makes no record on a kernel where its probes could not be attached (Tracer.unseen_ops)
@@ -89,7 +89,7 @@ class Tracer:
 
     @property
     def hooks(self):
-        """probes.Hook per kernel function: how it is probed here, or why not."""
+        """kernel.hooks.Hook per kernel function: how it is probed here, or why not."""
         return self.probes.hooks
 
     @property
@@ -218,7 +218,9 @@ class Tracer:
         written by native/batch.c. Python decodes only the records it must check against /proc
         (each task's last in the batch) and those C leaves to it (PYTHON: it writes their lines).
         At most `limit` lines (0: all): jl_format() writes the same first ones that were counted here."""
-        from ..record import jsonline  # imported once tracing is live: start-up is measured to the first event
+        from ..record import (
+            jsonline,  # imported once tracing is live: start-up is measured to the first event
+        )
         st = self._st
         shown = 0
         for i, state in enumerate(self._states):

@@ -10,7 +10,7 @@ field it came in. JSON output escapes them itself (json.dumps: \\uNNNN).
 import dataclasses
 import time
 
-from ..linux import flags as fl
+from ..kernel import flags as fl
 from .terminal import lines, printable
 
 # (header, width): fixed so that rows streamed one at a time line up.
@@ -223,7 +223,7 @@ def availability_verdict(rows):
     attached = [r for r in functions if r["attached"]]
     syscalls_ok = all(r["attached"] or r["reason"] for r in rows if r["layer"] == "syscall")  # reason: not here
     head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
-    from ..record.functions import PER_TYPE_DEATHS, TREE_DEATH
+    from ..kernel.functions import PER_TYPE_DEATHS, TREE_DEATH
     deaths = [r for r in attached if r["probe"] in (TREE_DEATH, *PER_TYPE_DEATHS)]
     head += "\nnamespace deaths: " + (
         f"recorded (op free) through {', '.join(r['probe'] for r in deaths)}" if deaths else
@@ -336,10 +336,11 @@ def lab_command(expect):
 
 def _switch_note(rec, availability):
     """What became of the old nsproxy, where the kernel path shows the switch."""
-    from ..record import probes, steps
+    from ..kernel.hooks import Hook
+    from ..record import steps
     if not rec.kernel_path:
         return ""
-    hooks = {a["probe"]: probes.Hook(a["probe"], a["hook"], a["reason"], a["attached"])
+    hooks = {a["probe"]: Hook(a["probe"], a["hook"], a["reason"], a["attached"])
              for a in availability if a.get("layer") == "function"}
     for top in steps.tree(rec.kernel_path):
         for call in top.walk():

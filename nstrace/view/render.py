@@ -47,9 +47,11 @@ import subprocess
 import time
 
 from ..errors import RenderError, UsageError, WriteFailed
-from ..linux import flags as fl
+from ..kernel import flags as fl
+from ..kernel import sourcelines
+from ..kernel.hooks import Hook
 from ..linux import trusted_paths
-from ..record import kernelsource, pathcheck, probes, steps
+from ..record import pathcheck, steps
 from . import display
 
 FORMATS = ("svg", "html", "perfetto")
@@ -281,8 +283,8 @@ def _e(text):
 
 
 def _hooks_from(availability):
-    """probes.Hook per function as recorded, so documented steps are judged as at record time."""
-    hooks = {a["probe"]: probes.Hook(a["probe"], a["hook"], a["reason"], a["attached"])
+    """Hook per function as recorded, so documented steps are judged as at record time."""
+    hooks = {a["probe"]: Hook(a["probe"], a["hook"], a["reason"], a["attached"])
              for a in availability if a.get("layer") == "function"}
     tracepoints = {a["probe"] for a in availability if a.get("layer") == "syscall" and a["attached"]}
     return hooks, tracepoints
@@ -298,9 +300,9 @@ def _common_reason(availability):
 @functools.lru_cache(maxsize=4096)  # the same few dozen steps on every row of a large session
 def _step_link(name, kind, file, tag, release):
     """A step's name linked to its definition: file#Lline at the version the line was read from
-    (nstrace/record/kernelsource.py: the recorded kernel's own, or the nearest covered one), and
+    (nstrace/record/sourcelines.py: the recorded kernel's own, or the nearest covered one), and
     elixir's identifier search at the recorded kernel's tag."""
-    spot = kernelsource.where(name, release) if kind == "function" and release else None
+    spot = sourcelines.where(name, release) if kind == "function" and release else None
     if spot:
         url = f"{ELIXIR}/v{spot.version}/source/{spot.file}#L{spot.line}"
         title = f"{spot.file}:{spot.line} in {spot.version}" + ("" if spot.exact else ", the nearest version nstrace has lines for")

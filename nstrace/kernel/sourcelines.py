@@ -1,6 +1,6 @@
 """Where each function of the namespace path is defined, in the source of a given kernel version.
 
-The lines are data (nstrace/record/source-lines.toml), taken by scripts/source-lines.py from each
+The lines are data (nstrace/kernel/source-lines.toml), taken by scripts/source-lines.py from each
 covered version's own source tree (Debian's linux-source packages of the kernels `nstrace lab`
 boots), never typed by hand. A kernel of a series the data does not cover gets the lines of the
 nearest covered series that defines the function, and says so (`exact` is then False): this

@@ -1,7 +1,7 @@
 """paths.toml: the documented kernel path of each operation, and the source file of each function on
 it. The one copy of those facts; the checker, the function-layer plan and every view read them here.
 
-The file lives in the package (nstrace/record/paths.toml) so that an installed nstrace has it, and
+The file lives in the package (nstrace/kernel/paths.toml) so that an installed nstrace has it, and
 is read as the package's resource; kernel-notes/paths.toml, where a reader of the notes finds it, is
 a link to it.
 """
