@@ -155,8 +155,8 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     try:  # after the privilege check (tracer.start), as every file nstrace writes
         out = _trace_output(output_path, record_path, bool(command))
         if record_path:
-            from .record import session
-            recorder = session.Recorder(record_path, tracer)
+            from .session import writer
+            recorder = writer.Recorder(record_path, tracer)
     except BaseException:
         tracer.close()
         if held:
@@ -297,9 +297,9 @@ def demo(flag_text, op, record_path, picture, picture_path):
             raise
         click.echo(display.demo_report(result, report, availability))
         if picture:
-            from .record import session
+            from .session import reader
             from .view import render
-            render.write(session.load(path), picture, out, fd=picture_fd)
+            render.write(reader.load(path), picture, out, fd=picture_fd)
             status(f"{picture} picture of this run written to {out}")
     if not result.ok:
         raise CheckFailed("the trace did not match what the kernel notes document (see above)")

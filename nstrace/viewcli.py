@@ -14,8 +14,9 @@ from tabulate import tabulate
 from .cliparams import Pid, file_name, filter_options
 from .kernel import flags as fl
 from .linux import nsmap
-from .record import jsonline, session
+from .record import jsonline
 from .record.filters import Filter
+from .session import reader, replay
 from .view import display, render, terminal
 
 
@@ -105,10 +106,10 @@ def ls_command(tree, as_json, types, pid):
 
 def _load_selected(file, pid, comm, ops, types, container, ns):
     filt = Filter.parse(comm=comm, ops=ops, types=types, container=container, ns=ns)
-    sess = session.load(file)
+    sess = reader.load(file)
     for warning in sess.warnings:
         _status(f"{file}: {warning}")
-    shown, filtered = session.select(sess, filt, pid=pid)
+    shown, filtered = replay.select(sess, filt, pid=pid)
     return sess, shown, filtered
 
 
@@ -125,7 +126,7 @@ def show_command(file, pid, comm, ops, types, container, ns, as_json):
         click.echo(table.header())
     for rec in shown:
         click.echo(jsonline.json_line(rec) if as_json else table.row(rec))
-    summary = session.summary(sess, shown, filtered)
+    summary = replay.summary(sess, shown, filtered)
     if as_json:
         _status("summary " + jsonline.json_summary(summary))
     else:

@@ -16,7 +16,9 @@ import pytest
 from nshelpers import NSTRACE, loader_programs, programs_left_after
 
 from nstrace.kernel import sourcelines
-from nstrace.record import _session_schema, pathcheck, session, steps
+from nstrace.record import pathcheck, steps
+from nstrace.session import _schema as _session_schema
+from nstrace.session import reader
 from nstrace.view import display, render
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -80,7 +82,7 @@ def test_json_steps_have_line_and_created_within_the_schema():
 
 
 def test_setns_view_shows_its_arguments_and_the_switch():
-    sess = session.load(SETNS_72)
+    sess = reader.load(SETNS_72)
     rec = _main(sess, "setns")
     text = display.row(rec)
     assert re.search(r"__x64_sys_setns\(fd \d+ = uts:\[\d+\], nstype NEWUTS\) = 0 ", text), text
@@ -91,7 +93,7 @@ def test_setns_view_shows_its_arguments_and_the_switch():
 
 
 def test_one_view_of_documented_and_observed():
-    sess = session.load(SETNS_72)
+    sess = reader.load(SETNS_72)
     rec = _main(sess, "setns")
     hooks, tracepoints = render._hooks_from(sess.availability)
     results = pathcheck.compare(rec, hooks, tracepoints, sess.kernel["release"])
@@ -117,7 +119,7 @@ def text_of(results):
 def test_a_call_observed_where_the_notes_do_not_put_it_fails():
     """pathcheck holds each observed call to its documented caller: utsns_install moved inside
     create_new_namespaces (as no kernel calls it) is out of place."""
-    sess = session.load(SETNS_72)
+    sess = reader.load(SETNS_72)
     rec = copy.deepcopy(_main(sess, "setns"))
     path = rec.kernel_path
     install = [s for s in path if s["func"] == "utsns_install"]
@@ -154,7 +156,7 @@ def test_demo_hint_names_the_lab_command_for_this_run():
 def test_tree_keeps_a_call_whose_exit_was_dropped():
     """A record that filled up before a call returned: the call stays, with no exit, and its
     callers still close."""
-    rec = copy.deepcopy(_main(session.load(CLONE_61), "clone"))
+    rec = copy.deepcopy(_main(reader.load(CLONE_61), "clone"))
     rec.kernel_path = [s for s in rec.kernel_path if not (s["func"] == "copy_pid_ns" and s["kind"] == "exit")]
     [top] = steps.tree(rec.kernel_path)
     [inner] = top.calls[:1]
@@ -165,7 +167,7 @@ def test_tree_keeps_a_call_whose_exit_was_dropped():
 def test_an_entry_only_hook_is_a_leaf_of_the_call_it_fired_in():
     """7.x: __ns_tree_add_raw (hooked on entry only) fires inside copy_mnt_ns; it must not swallow the
     rest of the path as its callees, and it says it has no exit by design, not that one was lost."""
-    rec = copy.deepcopy(_main(session.load(CLONE_61), "clone"))
+    rec = copy.deepcopy(_main(reader.load(CLONE_61), "clone"))
     at = next(i for i, s in enumerate(rec.kernel_path) if s["func"] == "copy_mnt_ns" and s["kind"] == "enter")
     rec.kernel_path.insert(at + 1, {"func": "__ns_tree_add_raw", "file": "kernel/nstree.c", "kind": "enter",
                                     "ts_ns": rec.kernel_path[at]["ts_ns"] + 1, "short": ""})

@@ -675,7 +675,7 @@ def test_watch_and_ls_never_import_the_session_validator(tmp_path):
                              text=True, timeout=60, cwd=ELSEWHERE)
         assert res.returncode == 0, res.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
-        assert not {m for m in imported if "jsonschema" in m or m == "nstrace.record._session_schema"}, args
+        assert not {m for m in imported if "jsonschema" in m or m == "nstrace.session._schema"}, args
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstrace", "show", str(tmp_path / "s.jsonl")],
                          capture_output=True, text=True, timeout=60, cwd=ELSEWHERE)
-    assert "nstrace.record._session_schema" in res.stderr and "| jsonschema" not in res.stderr  # (the check is not blind)
+    assert "nstrace.session._schema" in res.stderr and "| jsonschema" not in res.stderr  # (the check is not blind)

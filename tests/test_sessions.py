@@ -14,10 +14,10 @@ import sys
 
 import psutil
 import pytest
-
 from nshelpers import ELSEWHERE, NSTRACE, ROOT
+
 from nstrace.cli import main
-from nstrace.record import session
+from nstrace.session import reader, writer
 from nstrace.view import render
 
 pytestmark = pytest.mark.root("records sessions with nstrace watch (loads BPF)")
@@ -165,7 +165,7 @@ def test_render_html_of_10000_records_leaves_out_the_graph_and_grows_linearly(bi
     assert all(f'id="op-{n}"' in text for n in (1, BIG // 2, BIG))
     # one unshare(CLONE_NEWUTS) path, written once; every other operation links to it
     assert text.count('<table class="path">') == 1 and text.count('as for <a href="#op-1">1</a>') == BIG - 1
-    fixed = len(render.html_page(session.load(_write(tmp_path, lines[:2], "one.jsonl"))))  # one operation's page
+    fixed = len(render.html_page(reader.load(_write(tmp_path, lines[:2], "one.jsonl"))))  # one operation's page
     per_op = (len(text.encode()) - fixed) / (BIG - 1)
     bound, unshare = _readme_page_sizes()
     assert per_op < bound and abs(per_op - unshare) < unshare / 5, (per_op, bound, unshare)
@@ -234,14 +234,14 @@ def test_a_session_cut_by_a_full_disk_reads_back(big, tmp_path):
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "none", str(disk)], check=True)
     try:
-        records = session.load(big[0]).records
-        recorder = session.Recorder(disk / "s.jsonl", snapshots=False)
+        records = reader.load(big[0]).records
+        recorder = writer.Recorder(disk / "s.jsonl", snapshots=False)
         with pytest.raises(OSError):
             for rec in records:
                 recorder.write(rec)
         subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
         recorder.close({"events": {}, "total": recorder.count, "lost": {"ringbuf": 0, "inflight": 0}})
-        back = session.load(disk / "s.jsonl")
+        back = reader.load(disk / "s.jsonl")
         # the record that did not fit is there whole where closing flushed the rest of its line
         assert back.end is None and 0 < len(back.records) <= recorder.count + 1
         assert "not closed" in back.describe()

@@ -23,7 +23,7 @@ from nstrace.check import checker, scenarios
 from nstrace.kernel import flags as fl
 from nstrace.kernel import sourcelines
 from nstrace.linux import nsmap
-from nstrace.record import session
+from nstrace.session import format, reader, writer
 from nstrace.view import display, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,14 +235,14 @@ def recorded():
     path = where / "session.jsonl"
     start = time.monotonic()
     with checker.tracer_for_check() as tracer:
-        recorder = session.Recorder(path, tracer)
-        tee = session.RecordingTracer(tracer, recorder)
+        recorder = writer.Recorder(path, tracer)
+        tee = writer.RecordingTracer(tracer, recorder)
         results = [checker.run_scenario(scenarios.CATALOGUE[name], tee) for name in SCENARIOS]
         recorder.close(tracer.summary())
     path.chmod(0o644)
     print(f"recorded {recorder.count} records of {len(SCENARIOS)} scenarios in {time.monotonic() - start:.1f} s")
     assert all(r.ok for r in results), [(r.name, r.error) for r in results if not r.ok]
-    yield path, session.load(path)
+    yield path, reader.load(path)
     shutil.rmtree(where)
 
 
@@ -259,7 +259,7 @@ def test_session_file_format(recorded):
     path, sess = recorded
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     head, end = lines[0], lines[-1]
-    assert head["nstrace_session"] == session.VERSION and head["kind"] == "header"
+    assert head["nstrace_session"] == format.VERSION and head["kind"] == "header"
     assert head["kernel"]["release"] == os.uname().release
     assert any(a["probe"] == "syscalls:sys_enter_unshare" and a["attached"] for a in head["availability"])
     assert head["snapshot"]["namespaces"] and head["snapshot"]["processes"]
@@ -327,7 +327,7 @@ def test_show_reads_watch_json_and_interrupted_sessions(recorded, tmp_path):
     done = nstrace("show", str(cut))
     assert done.returncode == 0 and "cut short" in done.stderr and "not closed" in done.stderr
     newer = tmp_path / "newer.jsonl"
-    newer.write_text(json.dumps({"nstrace_session": session.VERSION + 1, "kind": "header"}) + "\n")
+    newer.write_text(json.dumps({"nstrace_session": format.VERSION + 1, "kind": "header"}) + "\n")
     for bad in (newer, tmp_path / "missing.jsonl", Path("/etc/hostname")):
         done = nstrace("show", str(bad))
         assert done.returncode == 2 and done.stderr.startswith("nstrace: error:") and done.stderr.count("\n") == 1, bad
@@ -597,22 +597,22 @@ def test_the_compiled_validator_is_made_from_the_schema_in_the_repo():
     import importlib.util
 
     import fastjsonschema
-    generated = (ROOT / "nstrace" / "record" / "_session_schema.py").read_text()
+    generated = (ROOT / "nstrace" / "session" / "_schema.py").read_text()
     made_by = re.search(r'^VERSION = "([^"]+)"', generated, re.M).group(1)
     if made_by != fastjsonschema.VERSION:
-        pytest.skip(f"nstrace/record/_session_schema.py was made by fastjsonschema {made_by}, {fastjsonschema.VERSION} is "
+        pytest.skip(f"nstrace/session/_schema.py was made by fastjsonschema {made_by}, {fastjsonschema.VERSION} is "
                     "installed: its code differs by version (the fuzz still checks it against jsonschema)")
     spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "session-validator.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert gen.code() == generated, "nstrace/record/_session_schema.py is stale: run scripts/session-validator.py"
+    assert gen.code() == generated, "nstrace/session/_schema.py is stale: run scripts/session-validator.py"
 
 
 def test_every_line_nstrace_writes_meets_the_published_schema(recorded, tmp_path):
     """The schema is valid draft-07 (jsonschema checks it), and what watch writes (Python's
     recorder and native/batch.c) passes it."""
     import jsonschema
-    schema = json.loads((ROOT / "nstrace" / "record" / "session.schema.json").read_text())
+    schema = json.loads((ROOT / "nstrace" / "session" / "schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     reference = jsonschema.Draft7Validator(schema)
     for obj in _session_lines(recorded):
@@ -783,12 +783,12 @@ def test_fuzz_session_files_through_show_and_render(fuzz_base, tmp_path, capsys,
     import jsonschema
 
     from nstrace.cli import main
-    from nstrace.record import _session_schema
+    from nstrace.session import _schema as _session_schema
     text, objects = data.draw(damaged_sessions(fuzz_base))
     path = tmp_path / "fuzz.jsonl"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     # the compiled validator and the reference implementation agree on the published schema
-    reference = jsonschema.Draft7Validator(json.loads((ROOT / "nstrace" / "record" / "session.schema.json").read_text()))
+    reference = jsonschema.Draft7Validator(json.loads((ROOT / "nstrace" / "session" / "schema.json").read_text()))
     for obj in objects:
         if isinstance(obj, dict) and not re.search(r"\\n\"", json.dumps(obj)):  # (Python's $ matches before \n)
             try:

@@ -37,8 +37,8 @@ def test_the_wheel_holds_what_nstrace_reads_at_run_time():
     names = set(zipfile.ZipFile(the_wheel()).namelist())
     objects = (loader.OBJECT_PATH, loader.NO_ATOMICS_OBJECT_PATH, *loader.SYSCALLS_OBJECTS)
     for needed in (*(f"nstrace/_bpf/{os.path.basename(p)}" for p in objects), "nstrace/_bpf/libnstrace-batch.so",
-                   "nstrace/kernel/paths.toml", "nstrace/kernel/source-lines.toml", "nstrace/record/session.schema.json",
-                   "nstrace/record/_session_schema.py"):
+                   "nstrace/kernel/paths.toml", "nstrace/kernel/source-lines.toml", "nstrace/session/schema.json",
+                   "nstrace/session/_schema.py"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith(".tmp.o")], "make's intermediate objects are not shipped"
     assert the_wheel().name.endswith("-py3-none-linux_x86_64.whl"), the_wheel().name

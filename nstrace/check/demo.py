@@ -68,9 +68,9 @@ def run_demo(op, flags, record_path=None):
         if not record_path:
             result = checker.run_scenario(sc, tracer)
         else:
-            from ..record import session
-            with session.Recorder(record_path, tracer) as recorder:
-                result = checker.run_scenario(sc, session.RecordingTracer(tracer, recorder))
+            from ..session import writer
+            with writer.Recorder(record_path, tracer) as recorder:
+                result = checker.run_scenario(sc, writer.RecordingTracer(tracer, recorder))
                 recorder.close(tracer.summary())
         availability = tracer.availability()
         # The demo's stream ends with its scenario: the kernel's slow part of detaching (in a TCG
