@@ -35,9 +35,11 @@ static const struct nstrace_path empty_path;
 
 /*
  * Namespaces whose birth the function layer saw: ns_common address ->
- * bpf_ktime_get_ns() then, for the lifetime a death record gives. An LRU:
- * a full table forgets the oldest birth, and that death's lifetime is then
- * unknown (0), never a record lost. Entries leave at the death.
+ * bpf_ktime_get_ns() then, for the lifetime a death record gives. With
+ * --pid, what lets a death be recorded at all (ns_dies()). Entries leave at
+ * the death. An LRU: a full table forgets the oldest birth, and that death's
+ * lifetime is then unknown (0); with --pid, that death is recorded only
+ * where a followed task drops the namespace.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -58,6 +60,19 @@ struct {
 	__type(value, struct nstrace_step);
 } dying SEC(".maps");
 
+/*
+ * create_user_ns(struct cred *new) puts the user namespace it makes in
+ * new->user_ns and returns 0 (kernel/user_namespace.c, 5.10.262 and 6.1.192):
+ * no copy_*() returns one. The cred it was handed waits here, by tid, from
+ * entry to exit, where a success is that namespace's birth.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64);
+} user_ns_cred SEC(".maps");
+
 /* Births the tree saw outside any traced operation (6.18+), of processes traced: should stay 0. */
 __u64 births_untraced = 0;
 
@@ -71,6 +86,26 @@ static __always_inline void born(const void *ns)
 	__u64 key = (__u64)ns, now = bpf_ktime_get_ns();
 
 	bpf_map_update_elem(&births, &key, &now, BPF_ANY);
+}
+
+static __always_inline void user_ns_enter(__u64 cred)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	if (inflight_find(tid))	/* births are those of traced operations, as at a copy_*() exit */
+		bpf_map_update_elem(&user_ns_cred, &tid, &cred, BPF_ANY);
+}
+
+static __always_inline void user_ns_exit(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *cred = bpf_map_lookup_elem(&user_ns_cred, &tid);
+
+	if (!cred)
+		return;
+	if (!ret)
+		born(&BPF_CORE_READ((struct cred *)*cred, user_ns)->ns);
+	bpf_map_delete_elem(&user_ns_cred, &tid);
 }
 
 static __always_inline struct nstrace_step *next_step(void)
@@ -116,6 +151,8 @@ static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, 
 		}
 		bpf_map_update_elem(&dying, &tid, &ctx, BPF_ANY);
 	}
+	if (fn == FN_create_user_ns)
+		user_ns_enter(arg0);
 	s = next_step();
 	if (!s)
 		return 0;
@@ -187,7 +224,7 @@ static __always_inline bool is_initial_inum(__u32 inum)
  * A namespace's reference count, 0 where ns_common has none (5.10). Right
  * after a copy_*() returns, 1 is a namespace it made and more one it shares
  * (the !CLONE_NEW* branch takes a reference to the caller's: get_uts_ns() and
- * the like, 6.1 to 7.2).
+ * the like, 6.1 to 7.2). Shown, not what a birth is told by: see callers_ns().
  */
 static __always_inline __u32 ns_refs(const struct ns_common *ns)
 {
@@ -200,6 +237,31 @@ static __always_inline __u32 ns_refs(const struct ns_common *ns)
 	return refs;
 }
 
+/*
+ * The caller's namespace in a slot: what a copy_*() hands back, with a
+ * reference taken, when it makes none. create_new_namespaces() passes each
+ * copy_*() tsk->nsproxy's namespace of its type, tsk being current (unshare,
+ * setns) or a clone child whose nsproxy is still the parent's
+ * (kernel/nsproxy.c, 5.10.262 to 7.2.13). A namespace that is not the
+ * caller's is new: the one test on every kernel, 5.10's namespaces having no
+ * count in ns_common to tell (include/linux/ns_common.h, 5.10.262).
+ */
+static __always_inline const void *callers_ns(int slot)
+{
+	struct nsproxy *nsp = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), nsproxy);
+
+	switch (slot) {
+	case NS_MNT: return BPF_CORE_READ(nsp, mnt_ns);
+	case NS_UTS: return BPF_CORE_READ(nsp, uts_ns);
+	case NS_IPC: return BPF_CORE_READ(nsp, ipc_ns);
+	case NS_PID_FOR_CHILDREN: return BPF_CORE_READ(nsp, pid_ns_for_children);
+	case NS_NET: return BPF_CORE_READ(nsp, net_ns);
+	case NS_CGROUP: return BPF_CORE_READ(nsp, cgroup_ns);
+	case NS_TIME_FOR_CHILDREN: return BPF_CORE_READ(nsp, time_ns_for_children);
+	}
+	return NULL;
+}
+
 static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, int slot, long ret)
 {
 	struct nstrace_step *s;
@@ -209,6 +271,8 @@ static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, i
 
 		bpf_map_delete_elem(&dying, &tid);
 	}
+	if (fn == FN_create_user_ns)
+		user_ns_exit(ret);
 	s = next_step();
 	if (!s)
 		return 0;
@@ -238,11 +302,10 @@ static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, i
 			const struct ns_common *ns = ns_common_of(slot, (void *)ret);
 
 			s->inum = BPF_CORE_READ(ns, inum);
-			if (!is_initial_inum(s->inum)) {
+			if (!is_initial_inum(s->inum))
 				s->refs = ns_refs(ns);
-				if (s->refs == 1)	/* made by this call (see ns_refs()) */
-					born(ns);
-			}
+			if ((const void *)ret != callers_ns(slot))
+				born(ns);
 		}
 		break;
 	default:
@@ -257,10 +320,11 @@ static __always_inline int tree_add(const struct ns_common *ns)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct nstrace_step *s;
 
+	if (!wanted_process(pid_tgid >> 32))
+		return 0;	/* with --pid, births are the followed processes', as before the tree */
 	born(ns);
 	if (!inflight_find((__u32)pid_tgid)) {
-		if (wanted_process(pid_tgid >> 32))
-			__sync_fetch_and_add(&births_untraced, 1);
+		__sync_fetch_and_add(&births_untraced, 1);
 		return 0;
 	}
 	s = next_step();
@@ -278,8 +342,12 @@ static __always_inline int tree_add(const struct ns_common *ns)
  * A namespace dies: a record of its own, op OP_FREE, made here, outside any
  * syscall (a dying task's exit, an umount, a kworker's deferred free). Its
  * path: the dropping context the task is inside, if any (dying), then fn.
- * With --pid, only deaths of namespaces born in the trace, or by a task it
- * follows.
+ * With --pid, only deaths of namespaces a followed process made (births), or
+ * dropped by a task it follows. An exit is not such a task: it leaves the
+ * followed set at sched_process_exit, before exit_task_namespaces() drops
+ * its namespaces (kernel/exit.c do_exit(), 5.10.262 and 6.1.192); nor is
+ * the RCU callback that frees a pid namespace, or the last put of a cred
+ * (kernel/pid_namespace.c, kernel/cred.c).
  */
 static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common *ns, __u32 type)
 {
