@@ -557,6 +557,9 @@ TRACE_DEATH(mq_clear_sbinfo, ipc_of, CLONE_NEWIPC)	/* ipc/mqueue.c, from put_ipc
 TRACE_DEATH(free_mnt_ns, mnt_of, CLONE_NEWNS)		/* fs/namespace.c */
 TRACE_DEATH(delayed_free_pidns, pid_of, CLONE_NEWPID)	/* kernel/pid_namespace.c */
 TRACE_DEATH(__put_net, net_of, CLONE_NEWNET)		/* net/core/net_namespace.c, from put_net() at 0 */
-TRACE_DEATH(__put_user_ns, user_of, CLONE_NEWUSER)	/* kernel/user_namespace.c, from put_user_ns() at 0 */
+/* kernel/ucount.c: free_user_ns() frees a user namespace, then each ancestor it held the last
+ * reference to, in one loop that calls this for every one (kernel/user_namespace.c, 5.10.262 to
+ * 6.12.118): __put_user_ns() sees only the first. */
+TRACE_DEATH(retire_userns_sysctls, user_of, CLONE_NEWUSER)
 TRACE_DEATH(free_cgroup_ns, cgroup_of, CLONE_NEWCGROUP)	/* kernel/cgroup/namespace.c */
 TRACE_DEATH(free_time_ns, time_of, CLONE_NEWTIME)	/* kernel/time/namespace.c */

@@ -15,17 +15,17 @@ FUNCTIONS = (
     "mntns_install", "utsns_install", "ipcns_install", "pidns_install", "cgroupns_install",
     "netns_install", "userns_install", "timens_install",
     "exec_task_namespaces", "nsproxy_free", "cleanup_net", "__ns_tree_add_raw", "__ns_tree_remove",
-    "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net", "__put_user_ns",
+    "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net", "retire_userns_sysctls",
     "free_cgroup_ns", "free_time_ns", "vfs_open_tree", "create_new_namespace", "alloc_mnt_ns",
 )
 
 # Hooked on entry only (probes/kfuncs.bpf.c): the namespace tree's insertion, and each death function,
 # whose death record is made on the way in.
 ENTRY_ONLY = frozenset({"__ns_tree_add_raw", "__ns_tree_remove", "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns",
-                        "delayed_free_pidns", "__put_net", "__put_user_ns", "free_cgroup_ns", "free_time_ns"})
+                        "delayed_free_pidns", "__put_net", "retire_userns_sysctls", "free_cgroup_ns", "free_time_ns"})
 
 # Where each type's namespaces die before the namespace tree (5.10 to 6.17); the tree's removal sees every
 # death where it exists (kernel/nstree.c, 6.18+), and then these are not hooked.
 PER_TYPE_DEATHS = ("free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net",
-                   "__put_user_ns", "free_cgroup_ns", "free_time_ns")
+                   "retire_userns_sysctls", "free_cgroup_ns", "free_time_ns")
 TREE_DEATH = "__ns_tree_remove"
