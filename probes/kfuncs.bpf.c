@@ -37,7 +37,8 @@ static const struct nstrace_path empty_path;
  * Namespaces whose birth the function layer saw: ns_common address ->
  * bpf_ktime_get_ns() then, for the lifetime a death record gives. With
  * --pid, what lets a death be recorded at all (ns_dies()). Entries leave at
- * the death. An LRU: a full table forgets the oldest birth, and that death's
+ * the death: what is left when a trace ends outlived it (user space counts
+ * them). An LRU: a full table forgets the oldest birth, and that death's
  * lifetime is then unknown (0); with --pid, that death is recorded only
  * where a followed task drops the namespace.
  */
@@ -351,20 +352,25 @@ static __always_inline int tree_add(const struct ns_common *ns)
  */
 static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common *ns, __u32 type)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid(), key = (__u64)ns, now = bpf_ktime_get_ns();
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), key = (__u64)ns, now = bpf_ktime_get_ns(), lived = 0;
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = (__u32)pid_tgid, n = 0;
 	struct nstrace_step *ctx;
 	struct nstrace_event *rec;
 	__u64 *birth;
+	bool claimed;
 
 	birth = bpf_map_lookup_elem(&births, &key);
-	if (!birth && !wanted_process(pid_tgid >> 32))
+	if (birth && *birth && now > *birth)
+		lived = now - *birth;
+	/* a birth is taken once: by its death here, or by user space as the trace ends (outlived) */
+	claimed = birth && !bpf_map_delete_elem(&births, &key);
+	if (!claimed && !wanted_process(pid_tgid >> 32))
 		return 0;
 	rec = bpf_ringbuf_reserve(&events, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step), 0);
 	if (!rec) {
 		__sync_fetch_and_add(&lost_events, 1);
-		goto out;
+		return 0;
 	}
 	__builtin_memset(rec, 0, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step));
 	rec->enter_ns = rec->exit_ns = now;
@@ -379,8 +385,7 @@ static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common 
 	ns_fields(ns, &rec->target_inum, &rec->target_ns_id, NULL);
 	rec->target_nstype = type ?: ns_type(ns);
 	rec->raw_flags = rec->target_nstype;
-	if (birth && *birth && now > *birth)
-		rec->lived_ns = now - *birth;
+	rec->lived_ns = lived;
 	ctx = bpf_map_lookup_elem(&dying, &tid);
 	if (ctx) {
 		rec->steps[0] = *ctx;
@@ -393,9 +398,6 @@ static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common 
 	rec->steps[n & 1].inum = rec->target_inum;
 	rec->nsteps = n + 1;
 	bpf_ringbuf_submit(rec, wakeup_flags(NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step)));
-out:
-	if (birth)
-		bpf_map_delete_elem(&births, &key);
 	return 0;
 }
 

@@ -198,6 +198,9 @@ def summary_table(summary):
                + (f", {lost['untracked']} processes not followed (--pid table full)" if "untracked" in lost else ""))
     if summary["filtered"]:
         out.append(f"filtered out by --comm/--op/--type/--container/--ns: {summary['filtered']}")
+    if summary.get("outlived"):
+        out.append(f"namespaces born in the trace and not seen to die: {summary['outlived']} "
+                   "(alive when it ended, or freed after)")
     command = summary.get("command")
     if command:
         left = command.get("untraced") or 0
