@@ -35,9 +35,12 @@ static const struct nstrace_path empty_path;
 
 /*
  * Namespaces whose birth the function layer saw: ns_common address ->
- * bpf_ktime_get_ns() then, for the lifetime a death record gives. An LRU:
- * a full table forgets the oldest birth, and that death's lifetime is then
- * unknown (0), never a record lost. Entries leave at the death.
+ * bpf_ktime_get_ns() then, for the lifetime a death record gives. With
+ * --pid, what lets a death be recorded at all (ns_dies()). Entries leave at
+ * the death: what is left when a trace ends outlived it (user space counts
+ * them). An LRU: a full table forgets the oldest birth, and that death's
+ * lifetime is then unknown (0); with --pid, that death is recorded only
+ * where a followed task drops the namespace.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -58,6 +61,19 @@ struct {
 	__type(value, struct nstrace_step);
 } dying SEC(".maps");
 
+/*
+ * create_user_ns(struct cred *new) puts the user namespace it makes in
+ * new->user_ns and returns 0 (kernel/user_namespace.c, 5.10.262 and 6.1.192):
+ * no copy_*() returns one. The cred it was handed waits here, by tid, from
+ * entry to exit, where a success is that namespace's birth.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64);
+} user_ns_cred SEC(".maps");
+
 /* Births the tree saw outside any traced operation (6.18+), of processes traced: should stay 0. */
 __u64 births_untraced = 0;
 
@@ -71,6 +87,26 @@ static __always_inline void born(const void *ns)
 	__u64 key = (__u64)ns, now = bpf_ktime_get_ns();
 
 	bpf_map_update_elem(&births, &key, &now, BPF_ANY);
+}
+
+static __always_inline void user_ns_enter(__u64 cred)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	if (inflight_find(tid))	/* births are those of traced operations, as at a copy_*() exit */
+		bpf_map_update_elem(&user_ns_cred, &tid, &cred, BPF_ANY);
+}
+
+static __always_inline void user_ns_exit(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *cred = bpf_map_lookup_elem(&user_ns_cred, &tid);
+
+	if (!cred)
+		return;
+	if (!ret)
+		born(&BPF_CORE_READ((struct cred *)*cred, user_ns)->ns);
+	bpf_map_delete_elem(&user_ns_cred, &tid);
 }
 
 static __always_inline struct nstrace_step *next_step(void)
@@ -116,6 +152,8 @@ static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, 
 		}
 		bpf_map_update_elem(&dying, &tid, &ctx, BPF_ANY);
 	}
+	if (fn == FN_create_user_ns)
+		user_ns_enter(arg0);
 	s = next_step();
 	if (!s)
 		return 0;
@@ -187,7 +225,7 @@ static __always_inline bool is_initial_inum(__u32 inum)
  * A namespace's reference count, 0 where ns_common has none (5.10). Right
  * after a copy_*() returns, 1 is a namespace it made and more one it shares
  * (the !CLONE_NEW* branch takes a reference to the caller's: get_uts_ns() and
- * the like, 6.1 to 7.2).
+ * the like, 6.1 to 7.2). Shown, not what a birth is told by: see callers_ns().
  */
 static __always_inline __u32 ns_refs(const struct ns_common *ns)
 {
@@ -200,6 +238,31 @@ static __always_inline __u32 ns_refs(const struct ns_common *ns)
 	return refs;
 }
 
+/*
+ * The caller's namespace in a slot: what a copy_*() hands back, with a
+ * reference taken, when it makes none. create_new_namespaces() passes each
+ * copy_*() tsk->nsproxy's namespace of its type, tsk being current (unshare,
+ * setns) or a clone child whose nsproxy is still the parent's
+ * (kernel/nsproxy.c, 5.10.262 to 7.2.13). A namespace that is not the
+ * caller's is new: the one test on every kernel, 5.10's namespaces having no
+ * count in ns_common to tell (include/linux/ns_common.h, 5.10.262).
+ */
+static __always_inline const void *callers_ns(int slot)
+{
+	struct nsproxy *nsp = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), nsproxy);
+
+	switch (slot) {
+	case NS_MNT: return BPF_CORE_READ(nsp, mnt_ns);
+	case NS_UTS: return BPF_CORE_READ(nsp, uts_ns);
+	case NS_IPC: return BPF_CORE_READ(nsp, ipc_ns);
+	case NS_PID_FOR_CHILDREN: return BPF_CORE_READ(nsp, pid_ns_for_children);
+	case NS_NET: return BPF_CORE_READ(nsp, net_ns);
+	case NS_CGROUP: return BPF_CORE_READ(nsp, cgroup_ns);
+	case NS_TIME_FOR_CHILDREN: return BPF_CORE_READ(nsp, time_ns_for_children);
+	}
+	return NULL;
+}
+
 static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, int slot, long ret)
 {
 	struct nstrace_step *s;
@@ -209,6 +272,8 @@ static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, i
 
 		bpf_map_delete_elem(&dying, &tid);
 	}
+	if (fn == FN_create_user_ns)
+		user_ns_exit(ret);
 	s = next_step();
 	if (!s)
 		return 0;
@@ -238,11 +303,10 @@ static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, i
 			const struct ns_common *ns = ns_common_of(slot, (void *)ret);
 
 			s->inum = BPF_CORE_READ(ns, inum);
-			if (!is_initial_inum(s->inum)) {
+			if (!is_initial_inum(s->inum))
 				s->refs = ns_refs(ns);
-				if (s->refs == 1)	/* made by this call (see ns_refs()) */
-					born(ns);
-			}
+			if ((const void *)ret != callers_ns(slot))
+				born(ns);
 		}
 		break;
 	default:
@@ -257,10 +321,11 @@ static __always_inline int tree_add(const struct ns_common *ns)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct nstrace_step *s;
 
+	if (!wanted_process(pid_tgid >> 32))
+		return 0;	/* with --pid, births are the followed processes', as before the tree */
 	born(ns);
 	if (!inflight_find((__u32)pid_tgid)) {
-		if (wanted_process(pid_tgid >> 32))
-			__sync_fetch_and_add(&births_untraced, 1);
+		__sync_fetch_and_add(&births_untraced, 1);
 		return 0;
 	}
 	s = next_step();
@@ -278,25 +343,34 @@ static __always_inline int tree_add(const struct ns_common *ns)
  * A namespace dies: a record of its own, op OP_FREE, made here, outside any
  * syscall (a dying task's exit, an umount, a kworker's deferred free). Its
  * path: the dropping context the task is inside, if any (dying), then fn.
- * With --pid, only deaths of namespaces born in the trace, or by a task it
- * follows.
+ * With --pid, only deaths of namespaces a followed process made (births), or
+ * dropped by a task it follows. An exit is not such a task: it leaves the
+ * followed set at sched_process_exit, before exit_task_namespaces() drops
+ * its namespaces (kernel/exit.c do_exit(), 5.10.262 and 6.1.192); nor is
+ * the RCU callback that frees a pid namespace, or the last put of a cred
+ * (kernel/pid_namespace.c, kernel/cred.c).
  */
 static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common *ns, __u32 type)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid(), key = (__u64)ns, now = bpf_ktime_get_ns();
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), key = (__u64)ns, now = bpf_ktime_get_ns(), lived = 0;
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = (__u32)pid_tgid, n = 0;
 	struct nstrace_step *ctx;
 	struct nstrace_event *rec;
 	__u64 *birth;
+	bool claimed;
 
 	birth = bpf_map_lookup_elem(&births, &key);
-	if (!birth && !wanted_process(pid_tgid >> 32))
+	if (birth && *birth && now > *birth)
+		lived = now - *birth;
+	/* a birth is taken once: by its death here, or by user space as the trace ends (outlived) */
+	claimed = birth && !bpf_map_delete_elem(&births, &key);
+	if (!claimed && !wanted_process(pid_tgid >> 32))
 		return 0;
 	rec = bpf_ringbuf_reserve(&events, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step), 0);
 	if (!rec) {
 		__sync_fetch_and_add(&lost_events, 1);
-		goto out;
+		return 0;
 	}
 	__builtin_memset(rec, 0, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step));
 	rec->enter_ns = rec->exit_ns = now;
@@ -311,8 +385,7 @@ static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common 
 	ns_fields(ns, &rec->target_inum, &rec->target_ns_id, NULL);
 	rec->target_nstype = type ?: ns_type(ns);
 	rec->raw_flags = rec->target_nstype;
-	if (birth && *birth && now > *birth)
-		rec->lived_ns = now - *birth;
+	rec->lived_ns = lived;
 	ctx = bpf_map_lookup_elem(&dying, &tid);
 	if (ctx) {
 		rec->steps[0] = *ctx;
@@ -325,9 +398,6 @@ static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common 
 	rec->steps[n & 1].inum = rec->target_inum;
 	rec->nsteps = n + 1;
 	bpf_ringbuf_submit(rec, wakeup_flags(NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step)));
-out:
-	if (birth)
-		bpf_map_delete_elem(&births, &key);
 	return 0;
 }
 
@@ -489,6 +559,9 @@ TRACE_DEATH(mq_clear_sbinfo, ipc_of, CLONE_NEWIPC)	/* ipc/mqueue.c, from put_ipc
 TRACE_DEATH(free_mnt_ns, mnt_of, CLONE_NEWNS)		/* fs/namespace.c */
 TRACE_DEATH(delayed_free_pidns, pid_of, CLONE_NEWPID)	/* kernel/pid_namespace.c */
 TRACE_DEATH(__put_net, net_of, CLONE_NEWNET)		/* net/core/net_namespace.c, from put_net() at 0 */
-TRACE_DEATH(__put_user_ns, user_of, CLONE_NEWUSER)	/* kernel/user_namespace.c, from put_user_ns() at 0 */
+/* kernel/ucount.c: free_user_ns() frees a user namespace, then each ancestor it held the last
+ * reference to, in one loop that calls this for every one (kernel/user_namespace.c, 5.10.262 to
+ * 6.12.118): __put_user_ns() sees only the first. */
+TRACE_DEATH(retire_userns_sysctls, user_of, CLONE_NEWUSER)
 TRACE_DEATH(free_cgroup_ns, cgroup_of, CLONE_NEWCGROUP)	/* kernel/cgroup/namespace.c */
 TRACE_DEATH(free_time_ns, time_of, CLONE_NEWTIME)	/* kernel/time/namespace.c */

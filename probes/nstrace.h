@@ -108,7 +108,7 @@ enum nstrace_func {
 	FN_free_mnt_ns,
 	FN_delayed_free_pidns,
 	FN___put_net,
-	FN___put_user_ns,
+	FN_retire_userns_sysctls,
 	FN_free_cgroup_ns,
 	FN_free_time_ns,
 	/* fs/namespace.c (7.x): open_tree(OPEN_TREE_NAMESPACE) and fsmount(FSMOUNT_NAMESPACE) */

@@ -6,9 +6,7 @@ the real one. These tests need root; CI runs them as root.
 """
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 _checkout = [p for p in sys.path if Path(p or os.curdir).resolve() == ROOT]
 sys.path[:] = [p for p in sys.path if p not in _checkout] + _checkout
 
-import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 from nstrace.trace.tracer import Options, Tracer  # noqa: E402

@@ -10,7 +10,6 @@ of hanging it. User nobody (setpriv) plants FIFOs and sockets where the files la
 import dataclasses
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile

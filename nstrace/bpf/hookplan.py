@@ -1,4 +1,4 @@
-"""The kernel-function layer's hooks: which functions of record.functions.FUNCTIONS can be probed here, and how.
+"""The kernel-function layer's hooks: which functions of kernel.functions.FUNCTIONS can be probed here, and how.
 
 Hook choice per function, each decided on its own: fentry/fexit where the
 kernel loads BPF_PROG_TYPE_TRACING programs, has what our fentry programs

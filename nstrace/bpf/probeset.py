@@ -101,7 +101,8 @@ class ProbeSet:
         # (the syscall layer's builds have no function-layer maps to shrink)
         unused = {}
         if not functions:
-            unused = {"paths": 1} if path in loader.SYSCALLS_OBJECTS else {"paths": 1, "births": 1, "dying": 1}
+            unused = {"paths": 1} if path in loader.SYSCALLS_OBJECTS else \
+                {"paths": 1, "births": 1, "dying": 1, "user_ns_cred": 1}
         return {
             "object": path,
             "rodata": {"trace_all": self.trace_all, "filter_tgid": self.pid or 0,

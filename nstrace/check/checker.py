@@ -65,10 +65,16 @@ def require_privileges():
                              "process has only what tracing takes (CAP_BPF and CAP_PERFMON)")
 
 
-def deaths_visible(tracer):
-    """True if a hook that makes death records is attached (steps.PER_TYPE_DEATHS or the tree's)."""
-    from ..record import steps
-    return any(h.attached and h.func in (steps.TREE_DEATH, *steps.PER_TYPE_DEATHS) for h in tracer.hooks)
+def deaths_visible(tracer, ns_type=None):
+    """True if a hook that makes death records of ns_type's namespaces is attached (the tree's, or that
+    type's function of functions.DEATH_OF); without ns_type, of any type's."""
+    from ..kernel.functions import types_seen_dying
+    seen = types_seen_dying({h.func for h in tracer.hooks if h.attached})
+    return ns_type in seen if ns_type else bool(seen)
+
+
+def _type_of(exp):
+    return (exp.ns or {}).get("type")
 
 
 def _matches(exp, rec):
@@ -100,8 +106,9 @@ def judge(exp, rec, tracer):
     if exp.op == "facts":
         v.checks.append(("inside", _subset(exp.inside, exp.seen_inside), f"saw {exp.seen_inside}"))
         return v
-    if exp.needs == "deaths" and not deaths_visible(tracer):
-        v.checks.append(("visible", True, "not checked: no hook sees namespaces die on this kernel (nstrace doctor)"))
+    if exp.needs == "deaths" and not deaths_visible(tracer, _type_of(exp)):
+        v.checks.append(("visible", True, f"not checked: no hook sees {_type_of(exp) or 'namespace'} namespaces die "
+                                          "on this kernel (nstrace doctor)"))
         return v
     if rec is None:
         v.checks.append(("traced", False, "no record of this operation"))
@@ -135,7 +142,8 @@ def run_scenario(sc, tracer, settle_s=5.0):
         with Launcher() as launcher:
             expects = sc.run(launcher)
             deadline = time.monotonic() + settle_s
-            pending = [e for e in expects if e.op != "facts" and (e.needs != "deaths" or deaths_visible(tracer))]
+            pending = [e for e in expects if e.op != "facts"
+                       and (e.needs != "deaths" or deaths_visible(tracer, _type_of(e)))]
             while True:
                 records += tracer.poll(20)
                 matched = [next((r for r in records if _matches(e, r)), None) for e in pending]

@@ -15,17 +15,23 @@ FUNCTIONS = (
     "mntns_install", "utsns_install", "ipcns_install", "pidns_install", "cgroupns_install",
     "netns_install", "userns_install", "timens_install",
     "exec_task_namespaces", "nsproxy_free", "cleanup_net", "__ns_tree_add_raw", "__ns_tree_remove",
-    "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net", "__put_user_ns",
+    "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net", "retire_userns_sysctls",
     "free_cgroup_ns", "free_time_ns", "vfs_open_tree", "create_new_namespace", "alloc_mnt_ns",
 )
 
 # Hooked on entry only (probes/kfuncs.bpf.c): the namespace tree's insertion, and each death function,
 # whose death record is made on the way in.
 ENTRY_ONLY = frozenset({"__ns_tree_add_raw", "__ns_tree_remove", "free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns",
-                        "delayed_free_pidns", "__put_net", "__put_user_ns", "free_cgroup_ns", "free_time_ns"})
+                        "delayed_free_pidns", "__put_net", "retire_userns_sysctls", "free_cgroup_ns", "free_time_ns"})
 
-# Where each type's namespaces die before the namespace tree (5.10 to 6.17); the tree's removal sees every
-# death where it exists (kernel/nstree.c, 6.18+), and then these are not hooked.
-PER_TYPE_DEATHS = ("free_uts_ns", "mq_clear_sbinfo", "free_mnt_ns", "delayed_free_pidns", "__put_net",
-                   "__put_user_ns", "free_cgroup_ns", "free_time_ns")
+# Where each type's namespaces die before the namespace tree (5.10 to 6.17), by type; the tree's removal sees
+# every death where it exists (kernel/nstree.c, 6.18+), and then these are not hooked.
+DEATH_OF = {"uts": "free_uts_ns", "ipc": "mq_clear_sbinfo", "mnt": "free_mnt_ns", "pid": "delayed_free_pidns",
+            "net": "__put_net", "user": "retire_userns_sysctls", "cgroup": "free_cgroup_ns", "time": "free_time_ns"}
+PER_TYPE_DEATHS = tuple(DEATH_OF.values())
 TREE_DEATH = "__ns_tree_remove"
+
+
+def types_seen_dying(attached):
+    """The namespace types whose deaths are records, given the names of the functions attached."""
+    return tuple(DEATH_OF) if TREE_DEATH in attached else tuple(t for t, f in DEATH_OF.items() if f in attached)

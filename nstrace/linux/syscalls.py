@@ -18,6 +18,8 @@ SYS_UNSHARE = 272
 SYS_SETNS = 308
 SYS_PIDFD_OPEN = 434
 SYS_CLONE3 = 435
+SYS_MEMBARRIER = 324
+MEMBARRIER_CMD_GLOBAL = 1   # include/uapi/linux/membarrier.h
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -50,6 +52,17 @@ def setns(fd, nstype=0):
 
 def pidfd_open(pid):
     return call(SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0))
+
+
+def rcu_grace_period():
+    """Wait for an RCU grace period: membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu() where more
+    than one CPU is online, and returns at once on one (kernel/sched/membarrier.c, 5.10.262 and
+    6.1.192). False where the kernel refuses it (EINVAL with nohz_full CPUs)."""
+    try:
+        call(SYS_MEMBARRIER, ctypes.c_int(MEMBARRIER_CMD_GLOBAL), ctypes.c_uint(0), ctypes.c_int(0))
+    except OSError:
+        return False
+    return True
 
 
 def clone(flags, exit_signal=SIGCHLD):

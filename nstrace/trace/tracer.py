@@ -18,6 +18,7 @@ from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: 
 from ..errors import UsageError
 from ..kernel.functions import PER_TYPE_DEATHS, TREE_DEATH
 from ..linux import procns
+from ..kernel import functions
 from ..record import events, filters, steps
 from .attribution import BatchAttribution
 
@@ -29,6 +30,17 @@ UNSEEN = {
     "fsmount": "this kernel's fsmount() makes no mount namespace (FSMOUNT_NAMESPACE is 7.x)",
     "free": "no function that frees a namespace can be hooked on this kernel (nstrace doctor says why)",
 }
+
+
+# How long a watch -- COMMAND waits, once COMMAND has exited, for the namespaces born in its trace to die
+# (Tracer.end_deaths): a user namespace takes two RCU grace periods and a work item, so some grace periods,
+# each followed by a moment for the callbacks and work queued at its end. Measured in 6.1 under QEMU (TCG)
+# with a CPU kept busy: one or two such rounds (30-65 ms); ten leave room for callbacks queued behind
+# others. A namespace that outlives COMMAND on purpose (a bind mount, a daemon) holds the end of the
+# watch that long: ~0.25 s where a grace period takes 15 ms (measured on the build machines' 6.18).
+AWAIT_GRACE_PERIODS = 10
+AWAIT_AFTER_EACH_S = 0.01
+AWAIT_DEATHS_S = 1.5
 
 
 @dataclasses.dataclass
@@ -73,6 +85,7 @@ class Tracer:
         self._st = None                        # batch.states(), once the library is loaded
         self.last_read = 0                     # records the last poll took from the ring buffer
         self._final_lost = {"ringbuf": 0, "inflight": 0}
+        self._outlived = None                  # births left when end_deaths() took them
         # (CLOCK_MONOTONIC ns, events lost so far) before each read of the ring buffer: which
         # losses came after a record was made, and so may explain what /proc shows (_proc_check)
         self._lost_seen = collections.deque(maxlen=1024)
@@ -363,8 +376,51 @@ class Tracer:
         """total: the records shown, and those a filter dropped (filtered says how many); unshown:
         read beyond that, after --count was reached."""
         by_op = self.by_op
-        return {"events": by_op, "total": sum(by_op.values()), "unshown": self.unshown,
-                "proc_check": self.by_check, "filtered": self.filtered, "lost": self.lost}
+        out = {"events": by_op, "total": sum(by_op.values()), "unshown": self.unshown,
+               "proc_check": self.by_check, "filtered": self.filtered, "lost": self.lost}
+        if self._deaths_seen():
+            out["outlived"] = self.outlived()
+        return out
+
+    def outlived(self):
+        """Namespaces whose birth the trace saw and whose death it has not: the births table of
+        probes/kfuncs.bpf.c, whose entries leave at each death record; fixed once end_deaths() took them."""
+        if self._outlived is not None or not self._obj or not self._obj.loaded:
+            return self._outlived or 0
+        return len(self._obj.map_keys("births", ctypes.c_uint64))
+
+    def end_deaths(self, wait=False):
+        """No death record after this; the births left are counted as outlived. With `wait`, first up
+        to AWAIT_GRACE_PERIODS RCU grace periods (AWAIT_DEATHS_S at most) for them to die, once the
+        trace's processes are gone: a pid namespace is freed in an RCU callback after its last pid is
+        (kernel/pid_namespace.c destroy_pid_namespace(), kernel/pid.c free_pid()), a user namespace when
+        the cred of its last task is, a grace period after that task is reaped and another after
+        (kernel/exit.c delayed_put_task_struct(), kernel/cred.c __put_cred(); 5.10.262 and 6.1.192).
+
+        Each birth is taken once, by the death that records it (ns_dies() deletes it) or here: a death
+        after this finds none and, with no followed process left to drop it, makes no record. So a
+        death is either a record read before the end or counted, never both, never neither. Without
+        --pid, any death is a record: only call this once the probes are detached (stop()) or closing.
+        """
+        if self._outlived is not None or not self._deaths_seen() or not self._obj or not self._obj.loaded:
+            return
+        if wait:
+            self._await_deaths()
+        births = self._obj.map_keys("births", ctypes.c_uint64)
+        self._outlived = sum(self._obj.map_delete("births", key) for key in births)
+
+    def _await_deaths(self):
+        from ..linux import syscalls
+        deadline = time.monotonic() + AWAIT_DEATHS_S
+        for _ in range(AWAIT_GRACE_PERIODS):
+            if not self.outlived() or time.monotonic() > deadline:
+                return
+            if not syscalls.rcu_grace_period():
+                time.sleep(AWAIT_AFTER_EACH_S)  # nohz_full: time alone
+            time.sleep(AWAIT_AFTER_EACH_S)
+
+    def _deaths_seen(self):
+        return bool(functions.types_seen_dying({h.func for h in self.hooks if h.attached}))
 
     def fileno(self):
         """For poll(): readable when the ring buffer wakes its reader (records may also wait
@@ -393,6 +449,7 @@ class Tracer:
             self._batch = None
         if self._obj:
             self._final_lost = self.lost
+            self.end_deaths()
             self.probes.close()
         if background:
             teardown.let_go()  # ours are closed: the holder's exit detaches now, not at ours

@@ -208,6 +208,8 @@ class Watch:
             # and what it left behind are what was traced); else the probes go.
             if command:
                 self.untraced = tracer.unfollow()
+                # the namespaces COMMAND made die after it, if at all; the drain below reads their records
+                tracer.end_deaths(wait=command.exited() and not self.untraced)
             else:
                 tracer.stop()
             try:

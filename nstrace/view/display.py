@@ -185,6 +185,9 @@ def summary_table(summary):
         out.append(f"filtered out by --comm/--op/--type/--container/--ns: {summary['filtered']}")
     if summary.get("unshown"):
         out.append(f"read after --count was reached, not shown: {summary['unshown']}")
+    if summary.get("outlived"):
+        out.append(f"namespaces born in the trace and not seen to die: {summary['outlived']} "
+                   "(alive when it ended, or freed after)")
     if summary.get("command"):
         out.append(_command_line(summary["command"]))
     return lines("\n".join(out))
@@ -218,16 +221,26 @@ def availability_table(rows):
                     tablefmt="simple")
 
 
+def deaths_verdict(functions):
+    """Which types' deaths are records here, through which functions, and why not the others'."""
+    from ..kernel.functions import DEATH_OF, PER_TYPE_DEATHS, TREE_DEATH, types_seen_dying
+    attached = {r["probe"]: r for r in functions if r["attached"]}
+    seen = types_seen_dying(attached)
+    if not seen:
+        return "not visible on this kernel: no hook on any function that frees a namespace, so no free records"
+    through = [f for f in (TREE_DEATH, *PER_TYPE_DEATHS) if f in attached]
+    unseen = [f"{t} ({DEATH_OF[t]}: {next((r['reason'] for r in functions if r['probe'] == DEATH_OF[t]), '')})"
+              for t in DEATH_OF if t not in seen]
+    return (f"recorded (op free) through {', '.join(through)}" +
+            (f"; not visible for {', '.join(unseen)}" if unseen else ""))
+
+
 def availability_verdict(rows):
     functions = [r for r in rows if r["layer"] == "function"]
     attached = [r for r in functions if r["attached"]]
     syscalls_ok = all(r["attached"] or r["reason"] for r in rows if r["layer"] == "syscall")  # reason: not here
     head = "syscall/tracepoint layer: " + ("available" if syscalls_ok else "INCOMPLETE")
-    from ..kernel.functions import PER_TYPE_DEATHS, TREE_DEATH
-    deaths = [r for r in attached if r["probe"] in (TREE_DEATH, *PER_TYPE_DEATHS)]
-    head += "\nnamespace deaths: " + (
-        f"recorded (op free) through {', '.join(r['probe'] for r in deaths)}" if deaths else
-        "not visible on this kernel: no hook on any function that frees a namespace, so no free records")
+    head += "\nnamespace deaths: " + deaths_verdict(functions)
     if not attached:
         reasons = sorted({r["reason"] for r in functions})
         return (f"{head}\nkernel-function layer: unavailable on this kernel, only the syscall/tracepoint "

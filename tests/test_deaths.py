@@ -1,0 +1,113 @@
+"""Namespace deaths (op `free`) of every type, where the kernel-function layer runs (inside `nstrace lab`
+guests: tests/test_lab.py runs every kernelpath test on each kernel), and what doctor says of them.
+
+`watch -- COMMAND` follows COMMAND's processes only. A process leaves the followed set at
+sched_process_exit, before its exit drops its namespaces (kernel/exit.c do_exit(), 5.10.262 and
+6.1.192), and pid and user namespaces are freed later still, from RCU callbacks: a death is a record
+there only because the trace saw the namespace born. Issue 22: on 5.10, whose ns_common has no count
+to tell a new namespace from a shared one, no death of any type was a record, and the summary said
+nothing was missing.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from nshelpers import NSTRACE
+
+# type -> util-linux unshare's options for it, and the entry of the caller's that its new namespace takes
+UNSHARE = {"uts": (["--uts"], "uts"), "ipc": (["--ipc"], "ipc"), "mnt": (["--mount"], "mnt"),
+           "pid": (["--pid", "--fork"], "pid_for_children"), "net": (["--net"], "net"),
+           "user": (["--user"], "user"), "cgroup": (["--cgroup"], "cgroup"),
+           "time": (["--time", "--fork"], "time_for_children")}
+
+
+def watch(*command):
+    """`nstrace watch --json -- COMMAND`: its records, and its summary."""
+    res = subprocess.run([str(NSTRACE), "watch", "--json", "--", *command], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    [summary] = [json.loads(line.split(" ", 2)[2]) for line in res.stderr.splitlines()
+                 if line.startswith("nstrace: summary ")]
+    return [json.loads(line) for line in res.stdout.splitlines()], summary
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+@pytest.mark.parametrize("ns_type", list(UNSHARE))
+def test_a_followed_command_sees_the_namespace_it_made_die(tracer, ns_type):
+    """`watch -- unshare --TYPE true`: the namespace unshare made dies when its last process is gone,
+    and that is a record of the trace, whichever task or callback the kernel frees it in."""
+    from nstrace.check.checker import deaths_visible
+    if not deaths_visible(tracer, ns_type):
+        pytest.skip(f"no hook sees {ns_type} namespaces die on this kernel (nstrace doctor says why)")
+    options, entry = UNSHARE[ns_type]
+    records, summary = watch("unshare", *options, "true")
+    [made] = [r for r in records if r["op"] == "unshare"]
+    assert made["changed"] == [entry], made
+    inode = made["ns_after"][entry]
+    died = [r for r in records if r["op"] == "free" and r["ns"]["inode"] == inode]
+    assert [r["ns"]["type"] for r in died] == [ns_type], (records, summary)
+    assert records.index(died[0]) > records.index(made)
+    assert died[0]["ns"]["lived_ns"] > 0, died  # its birth was seen: that is what let the death through
+    assert summary["outlived"] == 0, summary
+    assert not sum(summary["lost"].values()), summary
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_a_user_namespace_and_the_parent_it_held_die(tracer):
+    """`unshare --user --map-root-user unshare --user true`: the inner namespace holds the last reference
+    to the outer one (the cred that held it is gone since the exec), so freeing the inner frees the outer
+    in the same loop (kernel/user_namespace.c free_user_ns(), 5.10.262 to 6.12.118), where put_user_ns()
+    is never called for it. Both deaths are records."""
+    from nstrace.check.checker import deaths_visible
+    if not deaths_visible(tracer, "user"):
+        pytest.skip("no hook sees user namespaces die on this kernel (nstrace doctor says why)")
+    records, summary = watch("unshare", "--user", "--map-root-user", "unshare", "--user", "true")
+    made = [r["ns_after"]["user"] for r in records if r["op"] == "unshare"]
+    assert len(set(made)) == 2, records
+    died = [r["ns"]["inode"] for r in records if r["op"] == "free" and r["ns"]["type"] == "user"]
+    assert sorted(died) == sorted(made), (made, died, summary)
+    assert summary["outlived"] == 0, summary
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_a_namespace_that_outlives_the_command_is_counted(tracer, tmp_path):
+    """A namespace whose death the trace does not see is said in the summary: here a bind mount of its
+    ns file holds it past the command's exit, until the test unmounts it."""
+    from nstrace.check.checker import deaths_visible
+    if not deaths_visible(tracer, "uts"):
+        pytest.skip("no hook sees uts namespaces die on this kernel (nstrace doctor says why)")
+    keep = tmp_path / "uts"
+    keep.touch()
+    try:
+        records, summary = watch("unshare", "--uts", "mount", "--bind", "/proc/self/ns/uts", str(keep))
+    finally:
+        subprocess.run(["umount", str(keep)], check=False)
+    [made] = [r for r in records if r["op"] == "unshare"]
+    assert not [r for r in records if r["op"] == "free" and r["ns"]["inode"] == made["ns_after"]["uts"]]
+    assert summary["outlived"] == 1, summary
+
+
+ROWS = [{"probe": f, "layer": "function", "attached": True, "reason": ""}
+        for f in ("free_uts_ns", "mq_clear_sbinfo", "delayed_free_pidns", "__put_net", "retire_userns_sysctls",
+                  "free_cgroup_ns", "free_time_ns")]
+
+
+def test_doctor_names_the_types_whose_deaths_it_cannot_see():
+    from nstrace.view.display import deaths_verdict
+    missing = {"probe": "free_mnt_ns", "layer": "function", "attached": False,
+               "reason": "not in this kernel's BTF or symbols: inlined or renamed"}
+    assert deaths_verdict(ROWS + [missing]) == (
+        "recorded (op free) through free_uts_ns, mq_clear_sbinfo, delayed_free_pidns, __put_net, "
+        "retire_userns_sysctls, free_cgroup_ns, free_time_ns; not visible for mnt (free_mnt_ns: not in this "
+        "kernel's BTF or symbols: inlined or renamed)")
+    tree = {"probe": "__ns_tree_remove", "layer": "function", "attached": True, "reason": ""}
+    assert deaths_verdict([tree, missing]) == "recorded (op free) through __ns_tree_remove"
+    assert deaths_verdict([missing]).startswith("not visible on this kernel")
