@@ -1,6 +1,6 @@
 """native/batch.c against the Python decoder, on records of real namespace operations.
 
-`watch --json` lines are written by C (nstrace/bpf/batch.py); events.decode() +
+`watch --json` lines are written by C (nstrace/record/reader.py); decode.decode() +
 jsonline.json_line() are the reference. Every record of a full `nstrace check`
 run (42 scenarios: every type, every operation, failures, setns by nsfs and
 pidfd) plus processes with awkward names must come out byte for byte the
@@ -23,11 +23,12 @@ from nshelpers import NSTRACE, ROOT
 from test_json_output import replayer, setns_callers, with_containers
 from test_layout import native_btf  # noqa: F401 (the fixture)
 
-from nstrace.bpf import batch, btf, libbpf
+from nstrace.bpf import btf, libbpf
 from nstrace.errors import UsageError
 from nstrace.kernel import flags as fl
-from nstrace.record import events, filters, jsonline, steps
+from nstrace.record import decode, filters, jsonline, layout, reader
 from nstrace.record.filters import Filter, Ns
+from nstrace.study import callpath
 from nstrace.trace.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
@@ -95,12 +96,12 @@ def traced(request):
     return request.getfixturevalue(request.param)
 
 
-S = batch.states()
+S = reader.states()
 
 
 def test_routing_states_are_the_librarys_bits():
     """Read from native/batch.c's jl_state_bits[]: four bits of their own, each tested alone."""
-    bits = vars(batch.states())
+    bits = vars(reader.states())
     assert set(bits) == {"PYTHON", "CHECK", "LATER", "FILTERED"}
     assert all(v and not v & (v - 1) for v in bits.values()) and len(set(bits.values())) == 4
 
@@ -111,9 +112,9 @@ def test_c_lines_are_the_python_lines(traced):
     for raws, states, lines in batches:
         shown = [(raw, st) for raw, st in zip(raws, states) if not st & S.FILTERED]
         assert len(lines) == len(shown)
-        entered = setns_callers([steps.decode_record(raw, raw_addresses) for raw in raws])
+        entered = setns_callers([callpath.annotate(decode.decode(raw, raw_addresses)) for raw in raws])
         for (raw, state), line in zip(shown, lines):
-            rec = with_containers(steps.decode_record(raw, raw_addresses), entered)
+            rec = with_containers(callpath.annotate(decode.decode(raw, raw_addresses)), entered)
             c = json.loads(line)
             # /proc was read once, by Python; the rest of the line is C's own
             rec.proc_check = c["proc_check"]
@@ -136,7 +137,7 @@ def test_python_gets_what_c_does_not_format(traced):
     state_of = {}
     for raws, states, _ in batches:
         for raw, st in zip(raws, states):
-            ev = events.EventHead.from_buffer_copy(raw)
+            ev = layout.EventHead.from_buffer_copy(raw)
             if ev.comm in COMMS and ev.op == 3:
                 state_of[ev.comm] = st
     assert set(state_of) == set(COMMS)
@@ -158,11 +159,11 @@ def test_a_cgroup_without_text_is_left_to_python(catalogue):
     t._batch.refill(raws)
     t._attribution.resolve(t._batch)
     assert not any(st & S.PYTHON for st in t._batch.classify())  # C's own: written, or filtered by it
-    cgroups = {events.EventHead.from_buffer_copy(raw).cgroup_id for raw in raws}
+    cgroups = {layout.EventHead.from_buffer_copy(raw).cgroup_id for raw in raws}
     for cgroup_id in cgroups:
-        t._batch.set_container(batch.CGROUPS, cgroup_id, None, 0)
+        t._batch.set_container(reader.CGROUPS, cgroup_id, None, 0)
     assert all(st & S.PYTHON and not st & S.FILTERED for st in t._batch.classify())
-    assert not [key for table, key in t._batch.missing() if table == batch.CGROUPS]
+    assert not [key for table, key in t._batch.missing() if table == reader.CGROUPS]
     t._batch.close()
 
 
@@ -186,7 +187,7 @@ def test_c_ns_filter_is_filters_wanted(catalogue, by):
     """--ns: namespaces the catalogue made (by type:inode, by ns_id, two at once) and one a setns
     entered, each involved in a few records (before, after, target) and not in the rest."""
     _, batches, raw_addresses = catalogue
-    recs = [events.decode(raw, raw_addresses) for raws, _, _ in batches for raw in raws]
+    recs = [decode.decode(raw, raw_addresses) for raws, _, _ in batches for raw in raws]
     made = [r for r in recs if r.op == "unshare" and r.ok and "uts" in r.changed]
     nets = [r for r in recs if r.op in ("clone", "clone3") and r.ok and "net" in r.changed]
     entered = [r for r in recs if r.op == "setns" and r.ok and (r.target or {}).get("kind") == "nsfs"]
@@ -216,7 +217,7 @@ def _same_filter(catalogue, spec):
         for raw in raws:
             t.replay([raw])
             st = t._states[0]
-            rec = steps.decode_record(raw, raw_addresses)
+            rec = callpath.annotate(decode.decode(raw, raw_addresses))
             t._attribution.fill(rec)
             if st & S.PYTHON:
                 assert not st & S.FILTERED  # Python filters those itself, with Filter.wanted()
@@ -254,11 +255,11 @@ def test_the_filters_limits_are_the_librarys(native_btf):  # noqa: F811
     """filters.py refuses what struct jl_filter cannot hold: its limits are the compiled library's
     (JL_MAX_COMMS names as wide as a record's comm, JL_MAX_NS namespaces), not copies that may drift."""
     # pahole writes a two-dimensional array as one: its rows are as wide as the record's comm (batch.c
-    # takes sizeof that, and tests/test_layout.py holds events.Event.comm to the object's BTF)
+    # takes sizeof that, and tests/test_layout.py holds layout.Event.comm to the object's BTF)
     assert _dims(native_btf, "jl_filter", "comms") == [filters.MAX_COMMS * filters.COMM_WIDTH]
     for member in ("ns_type_bit", "ns_inum", "ns_id"):
         assert _dims(native_btf, "jl_filter", member) == [filters.MAX_NS], member
-    assert _dims(native_btf, "jl_tables", "ops") == [events.OP_SLOTS] and len(filters.OPS) < 32  # ops_mask
+    assert _dims(native_btf, "jl_tables", "ops") == [layout.OP_SLOTS] and len(filters.OPS) < 32  # ops_mask
     Filter(comms=("c",) * filters.MAX_COMMS, namespaces=[Ns(None, None, 1)] * filters.MAX_NS)
     with pytest.raises(UsageError, match="at most 16 --comm"):
         Filter(comms=("c",) * (filters.MAX_COMMS + 1))
@@ -281,17 +282,17 @@ def _edge_records(catalogue):
     _, batches, _ = catalogue
     uts = fl.NS_ENTRIES.index("uts")
     base = next(raw for raws, _, _ in batches for raw in raws
-                if events.OPS[events.EventHead.from_buffer_copy(raw).op] == "unshare")
+                if layout.OPS[layout.EventHead.from_buffer_copy(raw).op] == "unshare")
     out = []
     for ns_id, inode in zip(EDGE_IDS, EDGE_INODES * 2):
-        ev = events.EventHead.from_buffer_copy(base)
+        ev = layout.EventHead.from_buffer_copy(base)
         ev.comm, ev.nsteps = b"edge-values", 0
         for ns_set in (ev.before, ev.after):  # every other namespace far from the values tried
-            for slot in range(events.NS_SLOTS):
+            for slot in range(layout.NS_SLOTS):
                 ns_set.inum[slot] = ns_set.ns_id[slot] = 1000 + slot
         ev.after.ns_id[uts], ev.after.inum[uts] = ns_id, inode
         out.append(bytes(ev))
-        ev.op = next(num for num, name in events.OPS.items() if name == "setns")
+        ev.op = next(num for num, name in layout.OPS.items() if name == "setns")
         ev.target_kind, ev.target_nstype = 1, fl.CLONE_FLAGS["CLONE_NEWUTS"]  # TARGET_NSFS
         ev.target_inum, ev.target_ns_id = inode, ns_id
         ev.before = ev.after
@@ -311,7 +312,7 @@ def _kept(catalogue, filt, raws):
             for raw, state in zip(chunk, t._states):
                 if state & S.PYTHON:
                     continue
-                rec = steps.decode_record(raw, raw_addresses)
+                rec = callpath.annotate(decode.decode(raw, raw_addresses))
                 t._attribution.fill(rec)
                 out.append((not state & S.FILTERED, filt.wanted(rec)))
         return out
@@ -346,7 +347,7 @@ def _catalogue_values(catalogue):
     comms, namespaces = set(), set()
     for raws, _, _ in batches:
         for raw in raws:
-            rec = events.decode(raw, raw_addresses)
+            rec = decode.decode(raw, raw_addresses)
             comms.add(rec.comm)
             for entry, inode in (rec.ns_after or {}).items():
                 if inode:
@@ -432,7 +433,7 @@ def test_a_thread_inside_a_syscall_is_in_the_in_flight_table(tracer):
 
 def test_a_batch_is_bounded_and_the_rest_waits(tracer):
     """max_records caps a batch; what does not fit stays in the ring buffer for the next poll."""
-    small = batch.Batch(tracer._obj.map_fd("events"), tracer.options, max_records=2)
+    small = reader.Batch(tracer._obj.map_fd("events"), tracer.options, max_records=2)
     try:
         while small.poll(0):
             pass

@@ -15,19 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from nstrace.bpf import batch
-from nstrace.linux import containers, mounts
-from nstrace.record import events
-from nstrace.record.filters import Filter
-from nstrace.trace.tracer import Options
-
 from nshelpers import NSTRACE
 from test_json_output import differential
 
+from nstrace.linux import containers, mounts
+from nstrace.record import layout, reader
+from nstrace.record.filters import Filter
+from nstrace.trace.tracer import Options
+
 pytestmark = pytest.mark.root("makes cgroups and loads BPF programs")
 
-S = batch.states()
+S = reader.states()
 
 
 def watch(*args, timeout=60):
@@ -368,7 +366,7 @@ def test_both_writers_agree_on_a_container_only_cgroup_v1_knows(tracer, v1_docke
         while tracer.poll(20) or tracer.last_read:
             raws += [tracer._batch.raw(i) for i in range(tracer.last_read)]
         ours = {inside.pid: v1_docker.expected, outside.pid: None}
-        raws = [raw for raw in raws if events.EventHead.from_buffer_copy(raw).pid in ours]
+        raws = [raw for raw in raws if layout.EventHead.from_buffer_copy(raw).pid in ours]
         states, recs = differential(tracer, raws, Options())
         assert sorted((r["pid"], json.dumps(r["container"])) for r in recs) == \
             sorted((pid, json.dumps(c)) for pid, c in ours.items())
@@ -376,7 +374,7 @@ def test_both_writers_agree_on_a_container_only_cgroup_v1_knows(tracer, v1_docke
         _, recs = differential(tracer, raws, Options(filter=Filter(containers=(v1_docker.id[:12],))))
         assert [r["pid"] for r in recs] == [inside.pid]
         v1_docker.close()
-        host = [raw for raw in raws if events.EventHead.from_buffer_copy(raw).pid == outside.pid]
+        host = [raw for raw in raws if layout.EventHead.from_buffer_copy(raw).pid == outside.pid]
         states, recs = differential(tracer, host, Options())
         assert [r["container"] for r in recs] == [None] and not any(st & S.PYTHON for st in states)
     finally:

@@ -13,7 +13,7 @@ from nshelpers import NSTRACE, ROOT
 from nstrace.cliparams import Pid
 from nstrace.errors import UsageError
 from nstrace.kernel import flags as fl
-from nstrace.record import events, filters
+from nstrace.record import filters, layout
 from nstrace.record.filters import Filter, Ns
 
 # 5 records: the uts namespace a demo's unshare made is inode 4026532137, ns_id 14; the host's, 2
@@ -91,7 +91,7 @@ def test_any_ns_text_is_taken_or_refused_in_one_line(text):
 # --- the other fields, and the value -----------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,words", [
-    ({"ops": ("bogus",)}, ["unknown operation", *events.OPS.values()]),
+    ({"ops": ("bogus",)}, ["unknown operation", *layout.OPS.values()]),
     ({"ops": (" , ",)}, ["--op: no operation given", "vfork"]),
     ({"types": ("bogus",)}, ["unknown namespace type"]),
     ({"comm": ("\\x00",)}, ["none of them NUL"]),  # the kernel's comm ends at its first NUL: C matched ""
@@ -120,7 +120,7 @@ def test_a_filter_is_one_immutable_value():
 def test_to_c_is_the_same_filter():
     c = Filter.parse(comm=("bash",), ops=("clone", "free"), types=("net",), container=("x",),
                      ns=("net:4026531840", str(U64))).to_c()
-    assert c.ops_mask == sum(1 << n for n, name in events.OPS.items() if name in ("clone", "free"))
+    assert c.ops_mask == sum(1 << n for n, name in layout.OPS.items() if name in ("clone", "free"))
     assert (c.ncomms, c.comms[0].value) == (1, b"bash")
     assert c.types_mask == fl.CLONE_FLAGS["CLONE_NEWNET"] and c.containers == 1
     assert c.nns == 2 and list(c.ns_type_bit[:2]) == [fl.CLONE_FLAGS["CLONE_NEWNET"], 0]
@@ -150,7 +150,7 @@ def test_help_lists_every_op_and_type(command):
     res = nstrace(*command, "--help")
     assert res.returncode == 0, res.stderr
     text = " ".join(res.stdout.split())
-    assert f"Only these operations: {', '.join(events.OPS.values())}" in text
+    assert f"Only these operations: {', '.join(layout.OPS.values())}" in text
     assert ", ".join(fl.NS_TYPES) in text
     for option in ("--pid", "--comm", "--op", "--type", "--container", "--ns"):
         assert option in res.stdout

@@ -11,7 +11,7 @@ import pytest
 from test_json_output import differential, live, take_raw  # noqa: F401 (live: the fixture)
 
 from nstrace.kernel import flags as fl
-from nstrace.record import events
+from nstrace.record import layout
 from nstrace.record.filters import Filter
 from nstrace.trace.tracer import Options
 
@@ -25,13 +25,13 @@ def unshare_raw(live):  # noqa: F811
     subprocess.run([sys.executable, "-c", UNSHARE], check=True)
     # where deaths are visible, the uts namespace's free can come in the same poll: the unshare's is first
     raws = take_raw(live, 1, at_least=True)
-    assert events.OPS[events.EventHead.from_buffer_copy(raws[0]).op] == "unshare", raws
+    assert layout.OPS[layout.EventHead.from_buffer_copy(raws[0]).op] == "unshare", raws
     return raws[0]
 
 
 def as_op(raw, op, **fields):
-    ev = events.EventHead.from_buffer_copy(raw)
-    ev.op = {name: num for num, name in events.OPS.items()}[op]
+    ev = layout.EventHead.from_buffer_copy(raw)
+    ev.op = {name: num for num, name in layout.OPS.items()}[op]
     for name, value in fields.items():
         setattr(ev, name, value)
     return bytes(ev)
@@ -41,9 +41,9 @@ def made(raw):
     """The new-op records of this test, from one real record."""
     mnt = fl.CLONE_FLAGS["CLONE_NEWNS"]
     uts = fl.CLONE_FLAGS["CLONE_NEWUTS"]
-    ino = events.EventHead.from_buffer_copy(raw).after.inum[1]
+    ino = layout.EventHead.from_buffer_copy(raw).after.inum[1]
     nsfs = dict(target_kind=1, target_nstype=mnt, target_inum=ino + 7, target_ns_id=4242)
-    no_after = events.NsSet()
+    no_after = layout.NsSet()
     return [
         as_op(raw, "open_tree", raw_flags=0x2 | 0x80000 | 0x8000, ret=3, after=no_after, **nsfs),
         as_op(raw, "open_tree", raw_flags=0x2 | 0x40000000, ret=-2, after=no_after),   # ENOENT; an unknown bit
@@ -56,7 +56,7 @@ def made(raw):
         as_op(raw, "exec", raw_flags=0, ret=0),
         # fork and vfork, as task_newtask fills them: the child's side, no duration
         as_op(raw, "fork", raw_flags=0, ret=4242, exit_signal=17, child_pid=4242, child_tid=4242,
-              child_start_ns=99, exit_ns=events.EventHead.from_buffer_copy(raw).enter_ns),
+              child_start_ns=99, exit_ns=layout.EventHead.from_buffer_copy(raw).enter_ns),
         as_op(raw, "vfork", raw_flags=0x4100, ret=4243, exit_signal=17, child_pid=4243, child_tid=4243,
               child_start_ns=98),
     ]
@@ -102,7 +102,7 @@ def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa:
 def test_ns_filter_finds_the_namespace_a_record_made_or_freed(live, unshare_raw):  # noqa: F811
     """--ns TYPE:INODE or an ns_id also means the namespace open_tree or fsmount made and the one a
     free record says died: a learner following one namespace sees its birth and its death."""
-    ino = events.EventHead.from_buffer_copy(unshare_raw).after.inum[1]
+    ino = layout.EventHead.from_buffer_copy(unshare_raw).after.inum[1]
     raws = made(unshare_raw)
     _, by_inode = differential(live, raws, Options(filter=Filter.parse(ns=(f"mnt:{ino + 7}",))))
     assert [r["op"] for r in by_inode] == ["open_tree", "fsmount", "fsmount"]

@@ -2,7 +2,7 @@
 
 Every stdout line is one valid JSON object (RFC 8259: UTF-8, here plain ASCII) with no control
 byte, whatever a process calls itself; the filters drop exactly what they say; and the two writers
-of those lines, native/batch.c and Python's events.decode() + jsonline.json_line(), write the same
+of those lines, native/batch.c and Python's decode.decode() + jsonline.json_line(), write the same
 bytes in every routing state native/batch.c can give a record. Everything runs on the real kernel:
 real processes rename themselves (prctl PR_SET_NAME) and make real unshare/setns/clone calls, and
 /proc is the real one.
@@ -20,18 +20,19 @@ from hypothesis import strategies as st
 from nshelpers import NSTRACE
 from victims import HOSTILE_NAMES, RECORDS, Victim
 
-from nstrace.bpf import batch
 from nstrace.kernel import flags as fl
+from nstrace.kernel import functions
 from nstrace.linux import containers, procns
 from nstrace.linux.comm import safe_comm
-from nstrace.record import events, jsonline, steps
+from nstrace.record import decode, jsonline, layout, reader
 from nstrace.record.filters import Filter
+from nstrace.study import callpath
 from nstrace.trace.attribution import BatchAttribution
 from nstrace.trace.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 
-S = batch.states()
+S = reader.states()
 # README, "The JSON record": every key, in this order
 KEYS = ["ts", "duration_us", "op", "pid", "tid", "ppid", "uid", "comm", "raw_flags", "flags", "ret", "errno",
         "exit_signal", "child_pid", "child_tid", "target", "ns_before", "ns_after", "ns_id_before", "ns_id_after",
@@ -107,7 +108,7 @@ def replayer(live, options):
     counters of lost events are the live tracer's object's."""
     t = Tracer(options)
     t.probes = live.probes
-    t._batch = batch.Batch(live._obj.map_fd("events"), options, inflight_fd=live._obj.map_fd("inflight"))
+    t._batch = reader.Batch(live._obj.map_fd("events"), options, inflight_fd=live._obj.map_fd("inflight"))
     t._attribution = BatchAttribution(options)
     t._st = S
     return t
@@ -158,7 +159,7 @@ def oracle_lines(raws, options, checker):
     containers, keep what Filter.wanted() keeps, and say superseded where the checked task moves
     after the record in this batch (a clone's child: any move of its own), or else what the check
     against /proc says."""
-    recs = [steps.decode_record(raw, options.raw_addresses) for raw in raws]
+    recs = [callpath.annotate(decode.decode(raw, options.raw_addresses)) for raw in raws]
     entered = setns_callers(recs)
     recs = [with_containers(rec, entered) for rec in recs]
     lines = []
@@ -260,18 +261,18 @@ def with_steps(raw, dropped=0):
     (struct nstrace_step after the head, nsteps counting them): the op's entry function with its
     flags, the nsproxy switch from the record's own before/after ids, the exit with its return.
     """
-    head = bytearray(raw[:events.HEAD_SIZE])
-    ev = events.EventHead.from_buffer(head)
-    fn = {name: i for i, name in enumerate(steps.FUNCTIONS) if name}
-    entry = {"unshare": "ksys_unshare", "setns": "__x64_sys_setns"}.get(events.OPS.get(ev.op), "copy_namespaces")
+    head = bytearray(raw[:layout.HEAD_SIZE])
+    ev = layout.EventHead.from_buffer(head)
+    fn = {name: i for i, name in enumerate(functions.FUNCTIONS) if name}
+    entry = {"unshare": "ksys_unshare", "setns": "__x64_sys_setns"}.get(layout.OPS.get(ev.op), "copy_namespaces")
     span = max(ev.exit_ns - ev.enter_ns, 4)
     path = [
-        events.Step(ts_ns=ev.enter_ns + 1, func=fn[entry], kind=1, what=1, arg=ev.raw_flags & ~0xff),
-        events.Step(ts_ns=ev.enter_ns + span // 3, func=fn["create_new_namespaces"], kind=2, what=2,
+        layout.Step(ts_ns=ev.enter_ns + 1, func=fn[entry], kind=1, what=1, arg=ev.raw_flags & ~0xff),
+        layout.Step(ts_ns=ev.enter_ns + span // 3, func=fn["create_new_namespaces"], kind=2, what=2,
                     nsproxy_id=ev.after.nsproxy_id, refs=1),
-        events.Step(ts_ns=ev.enter_ns + span // 2, func=fn["switch_task_namespaces"], kind=1, what=3,
+        layout.Step(ts_ns=ev.enter_ns + span // 2, func=fn["switch_task_namespaces"], kind=1, what=3,
                     arg=ev.before.nsproxy_id, nsproxy_id=ev.after.nsproxy_id, refs=2),
-        events.Step(ts_ns=ev.exit_ns - 1, func=fn[entry], kind=2, what=4, ret=min(ev.ret, 0)),
+        layout.Step(ts_ns=ev.exit_ns - 1, func=fn[entry], kind=2, what=4, ret=min(ev.ret, 0)),
     ]
     ev.nsteps, ev.steps_dropped = len(path), dropped
     return bytes(head) + b"".join(bytes(s) for s in path)

@@ -8,11 +8,10 @@ it must pass.
 
 
 import pytest
+from nshelpers import flag, nsop, wait_for
 
 from nstrace.bpf import loader
-from nstrace.record import pathcheck
-
-from nshelpers import flag, nsop, wait_for
+from nstrace.study import pathcheck
 
 pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer"),
               pytest.mark.usefixtures("function_layer")]

@@ -1,11 +1,13 @@
-"""The ctypes mirror in nstrace/record/events.py against the compiled object's BTF."""
+"""The ctypes mirrors against the compiled objects: nstrace/record/layout.py against the BPF object's BTF,
+nstrace/record/reader.py against the reader library's; and the layers of the package."""
 
 import ctypes
 
 import pytest
 
-from nstrace.bpf import batch, btf, libbpf, loader
-from nstrace.record import events, filters, steps
+from nstrace.bpf import btf, libbpf, loader
+from nstrace.kernel import functions
+from nstrace.record import filters, layout, reader
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +18,9 @@ def object_btf():
 
 
 @pytest.mark.parametrize("struct_name,mirror", [
-    ("nstrace_event", events.Event),
-    ("nstrace_ns_set", events.NsSet),
-    ("nstrace_step", events.Step),
+    ("nstrace_event", layout.Event),
+    ("nstrace_ns_set", layout.NsSet),
+    ("nstrace_step", layout.Step),
 ])
 def test_mirror_matches_btf(object_btf, struct_name, mirror):
     c_members = btf.struct_members(object_btf, struct_name)
@@ -29,35 +31,35 @@ def test_mirror_matches_btf(object_btf, struct_name, mirror):
 
 
 def test_head_is_the_event_up_to_its_steps():
-    assert ctypes.sizeof(events.EventHead) == events.HEAD_SIZE == events.Event.steps.offset
+    assert ctypes.sizeof(layout.EventHead) == layout.HEAD_SIZE == layout.Event.steps.offset
 
 
 def test_constants_match(object_btf):
     # the array bounds the mirror uses are the ones C was compiled with
     members = dict((m[0], m[2]) for m in btf.struct_members(object_btf, "nstrace_event"))
-    assert members["steps"] == events.MAX_STEPS * ctypes.sizeof(events.Step)
+    assert members["steps"] == layout.MAX_STEPS * ctypes.sizeof(layout.Step)
     ns = dict((m[0], m[2]) for m in btf.struct_members(object_btf, "nstrace_ns_set"))
-    assert ns["inum"] == events.NS_SLOTS * 4
+    assert ns["inum"] == layout.NS_SLOTS * 4
 
 
 @pytest.mark.parametrize("enum_name,table,prefix", [
-    ("nstrace_op", events.OPS, "OP_"),
-    ("nstrace_target_kind", events.TARGET_KINDS, "TARGET_"),
-    ("nstrace_step_kind", events.STEP_KINDS, "STEP_"),
-    ("nstrace_step_value", events.STEP_VALUES, "VAL_"),
+    ("nstrace_op", layout.OPS, "OP_"),
+    ("nstrace_target_kind", layout.TARGET_KINDS, "TARGET_"),
+    ("nstrace_step_kind", layout.STEP_KINDS, "STEP_"),
+    ("nstrace_step_value", layout.STEP_VALUES, "VAL_"),
 ])
 def test_enums_match(object_btf, enum_name, table, prefix):
     c_enum = btf.enum_values(object_btf, enum_name)
-    if prefix == "OP_":  # the count, for C's tables (events.OP_SLOTS)
-        assert c_enum.pop("OP_MAX") == events.OP_SLOTS
+    if prefix == "OP_":  # the count, for C's tables (layout.OP_SLOTS)
+        assert c_enum.pop("OP_MAX") == layout.OP_SLOTS
     py = {prefix + (name or "none").upper(): value for value, name in table.items()}
     assert py == c_enum
 
 
 def test_function_table_matches(object_btf):
     c_enum = btf.enum_values(object_btf, "nstrace_func")
-    assert c_enum.pop("FN_MAX") == len(steps.FUNCTIONS)
-    assert {name: value for value, name in enumerate(steps.FUNCTIONS) if name} == \
+    assert c_enum.pop("FN_MAX") == len(functions.FUNCTIONS)
+    assert {name: value for value, name in enumerate(functions.FUNCTIONS) if name} == \
         {name.removeprefix("FN_"): value for name, value in c_enum.items()}
 
 
@@ -72,7 +74,7 @@ def test_libbpf_is_at_least_1_0():
     assert libbpf.version() >= (1, 0)
 
 
-# --- the mirrors of native/batch.c's structs (nstrace/bpf/batch.py) ------------------------------
+# --- the mirrors of native/batch.c's structs (nstrace/record/reader.py) ---------------------------
 
 @pytest.fixture(scope="module")
 def native_btf(tmp_path_factory):
@@ -82,8 +84,8 @@ def native_btf(tmp_path_factory):
     import subprocess
     pahole = shutil.which("pahole")
     assert pahole, "pahole not found: scripts/setup.sh installs Debian's dwarves package"
-    out = tmp_path_factory.mktemp("btf") / "batch.btf"
-    subprocess.run([pahole, f"--btf_encode_detached={out}", str(batch.LIB_PATH)], check=True, capture_output=True)
+    out = tmp_path_factory.mktemp("btf") / "reader.btf"
+    subprocess.run([pahole, f"--btf_encode_detached={out}", str(reader.LIB_PATH)], check=True, capture_output=True)
     data = out.read_bytes()
     handle = libbpf.lib().btf__new(data, len(data))
     assert handle, "libbpf could not parse pahole's BTF"
@@ -92,8 +94,8 @@ def native_btf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("struct_name,mirror", [
-    ("jl_tables", batch.Tables), ("jl_filter", filters.JlFilter), ("jl_counts", batch.Counts),
-    ("jl_state_bit", batch._StateBit),
+    ("jl_tables", reader.Tables), ("jl_filter", filters.JlFilter), ("jl_counts", reader.Counts),
+    ("jl_state_bit", reader._StateBit),
 ])
 def test_batch_mirror_matches_the_library(native_btf, struct_name, mirror):
     c_members = btf.struct_members(native_btf, struct_name)
@@ -110,12 +112,13 @@ MAY_IMPORT = {
     "errors": set(),
     "kernel": {"errors"},
     "linux": {"errors", "kernel"},
-    "record": {"errors", "kernel", "linux"},
-    "bpf": {"errors", "kernel", "linux", "record"},
-    "session": {"errors", "kernel", "linux", "record"},
-    "trace": {"errors", "kernel", "linux", "record", "bpf"},
-    "check": {"errors", "kernel", "linux", "record", "bpf", "trace", "session"},
-    "view": {"errors", "kernel", "linux", "record", "session"},
+    "bpf": {"errors", "kernel", "linux"},
+    "record": {"errors", "kernel", "linux", "bpf"},
+    "study": {"errors", "kernel", "linux", "record"},
+    "session": {"errors", "kernel", "linux", "record", "study"},
+    "trace": {"errors", "kernel", "linux", "bpf", "record", "study"},
+    "view": {"errors", "kernel", "linux", "record", "study", "session"},
+    "check": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "trace"},
     "lab": {"errors", "linux"},
     "cliparams": {"errors", "kernel", "linux", "record"},
 }

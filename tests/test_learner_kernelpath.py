@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from nshelpers import NSTRACE, flag, nsop, wait_for
 
-from nstrace.kernel import sourcelines
-from nstrace.record import steps
+from nstrace.kernel import functions, sourcelines
+from nstrace.study import callpath
 
 pytestmark = [pytest.mark.kernelpath, pytest.mark.root("attaches the kernel-function layer"),
               pytest.mark.usefixtures("function_layer")]
@@ -35,11 +35,11 @@ def test_clone_steps_carry_their_line_and_new_or_shared(tracer):
             spot = _line(s["func"])
             assert (s["file"], s["line"]) == ((spot.file, spot.line) if spot else (s["file"], None)), s
         # nested: copy_namespaces > create_new_namespaces > the seven copy_*
-        [top] = [c for c in steps.tree(rec.kernel_path) if c.func == "copy_namespaces"]
+        [top] = [c for c in callpath.tree(rec.kernel_path) if c.func == "copy_namespaces"]
         [inner] = [c for c in top.calls if c.func == "create_new_namespaces"]
-        assert [c.func for c in inner.calls] == list(steps.COPY_ENTRY)
+        assert [c.func for c in inner.calls] == list(callpath.COPY_ENTRY)
         # every call has its duration, but the hooks on entry alone (7.x: __ns_tree_add_raw)
-        timed = [c for c in top.walk() if c.func not in steps.ENTRY_ONLY]
+        timed = [c for c in top.walk() if c.func not in functions.ENTRY_ONLY]
         assert all(c.duration_us is not None and c.duration_us >= 0 for c in timed), [
             (c.func, c.enter, c.exit) for c in timed if c.duration_us is None]
 

@@ -16,9 +16,9 @@ import pytest
 from nshelpers import NSTRACE, loader_programs, programs_left_after
 
 from nstrace.kernel import sourcelines
-from nstrace.record import pathcheck, steps
 from nstrace.session import _schema as _session_schema
 from nstrace.session import reader
+from nstrace.study import callpath, pathcheck
 from nstrace.view import display, render
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -158,10 +158,10 @@ def test_tree_keeps_a_call_whose_exit_was_dropped():
     callers still close."""
     rec = copy.deepcopy(_main(reader.load(CLONE_61), "clone"))
     rec.kernel_path = [s for s in rec.kernel_path if not (s["func"] == "copy_pid_ns" and s["kind"] == "exit")]
-    [top] = steps.tree(rec.kernel_path)
+    [top] = callpath.tree(rec.kernel_path)
     [inner] = top.calls[:1]
     pid = next(c for c in inner.calls if c.func == "copy_pid_ns")
-    assert pid.exit is None and steps.result(pid) == "(no exit seen)" and top.exit is not None
+    assert pid.exit is None and callpath.result(pid) == "(no exit seen)" and top.exit is not None
 
 
 def test_an_entry_only_hook_is_a_leaf_of_the_call_it_fired_in():
@@ -171,13 +171,13 @@ def test_an_entry_only_hook_is_a_leaf_of_the_call_it_fired_in():
     at = next(i for i, s in enumerate(rec.kernel_path) if s["func"] == "copy_mnt_ns" and s["kind"] == "enter")
     rec.kernel_path.insert(at + 1, {"func": "__ns_tree_add_raw", "file": "kernel/nstree.c", "kind": "enter",
                                     "ts_ns": rec.kernel_path[at]["ts_ns"] + 1, "short": ""})
-    [top] = steps.tree(rec.kernel_path)
+    [top] = callpath.tree(rec.kernel_path)
     [inner] = top.calls[:1]
     mnt = next(c for c in inner.calls if c.func == "copy_mnt_ns")
     [added] = mnt.calls
     assert added.func == "__ns_tree_add_raw" and added.calls == [] and mnt.exit is not None
-    assert [c.func for c in inner.calls] == list(steps.COPY_ENTRY)
-    assert steps.result(added) == "(entry only)"
+    assert [c.func for c in inner.calls] == list(callpath.COPY_ENTRY)
+    assert callpath.result(added) == "(entry only)"
 
 
 def test_demo_exits_before_the_kernel_has_detached_and_nothing_lingers():

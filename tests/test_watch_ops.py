@@ -11,7 +11,7 @@ import pytest
 from nshelpers import flag, nsop, wait_for
 
 from nstrace.kernel import flags as fl
-from nstrace.record import events
+from nstrace.record import layout
 from nstrace.trace.tracer import Options, Tracer
 
 TYPES = list(fl.NS_TYPES)
@@ -221,13 +221,13 @@ def test_reused_slot_keeps_nothing_of_the_record_before(tracer):
         tracer.poll_json(20)
         for i in range(tracer._batch.n):
             raw = tracer._batch.raw(i)
-            head = events.EventHead.from_buffer_copy(raw)
+            head = layout.EventHead.from_buffer_copy(raw)
             if head.pid == proc.pid:
-                mine.setdefault(events.OPS.get(head.op), (head, raw))
+                mine.setdefault(layout.OPS.get(head.op), (head, raw))
     assert set(mine) == {"clone", "setns", "unshare"}, mine.keys()
     for op, (head, raw) in mine.items():
-        comm_end = events.EventHead.comm.offset + events.EventHead.comm.size
-        assert raw[comm_end:events.EventHead.before.offset] == b"\0" * 4, op
+        comm_end = layout.EventHead.comm.offset + layout.EventHead.comm.size
+        assert raw[comm_end:layout.EventHead.before.offset] == b"\0" * 4, op
         if head.nsteps == 0:
             assert head.steps_dropped == 0, op
         if op != "clone":

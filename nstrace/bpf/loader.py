@@ -350,7 +350,7 @@ class BpfObject:
             self._lib.bpf_link__destroy(link)
 
     def close(self):
-        """Unmap globals, destroy links, close the object: the reverse of setup (nstrace/bpf/batch.py owns the ring buffer reader)."""
+        """Unmap globals, destroy links, close the object: the reverse of setup (nstrace/record/reader.py owns the ring buffer reader)."""
         for m in self._mmaps.values():
             m.close()
         self._mmaps.clear()

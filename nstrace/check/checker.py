@@ -13,7 +13,7 @@ import time
 from ..bpf import loader
 from ..errors import NstraceError, PrivilegeError, UsageError
 from ..kernel import flags as fl
-from ..record import pathcheck
+from ..study import pathcheck
 from ..trace.tracer import Options, Tracer, section_of
 from . import catalogue, scenarios
 from .launcher import Launcher

@@ -102,15 +102,17 @@ def valid_names_hint():
 
 
 def decode_flags(value, op="unshare"):
-    """Names of the flags set in value, with any unknown bits as one hex string.
+    """Names of the flags set in value, with any unknown bits as one hex string: an op's own table
+    where it has one (OP_FLAGS: open_tree, fsmount), else CLONE_*.
 
     For clone() the low byte is the exit signal, not flags: it is left out
     (see :func:`exit_signal_name`).
     """
+    table = OP_FLAGS.get(op, CLONE_FLAGS)
     if op == "clone":
         value &= ~CSIGNAL
     names = []
-    for name, bit in CLONE_FLAGS.items():
+    for name, bit in table.items():
         if value & bit:
             names.append(name)
             value &= ~bit
@@ -167,3 +169,12 @@ def parse_ns_types(text):
     if not out:
         raise UsageError(f"no namespace type given: valid types are {', '.join(NS_TYPES)}")
     return out
+
+
+# Flags of the ops whose flags are not CLONE_*: include/uapi/linux/mount.h and fcntl.h (7.2)
+OP_FLAGS = {
+    "open_tree": {"OPEN_TREE_CLONE": 0x1, "OPEN_TREE_NAMESPACE": 0x2, "AT_SYMLINK_NOFOLLOW": 0x100,
+                  "AT_NO_AUTOMOUNT": 0x800, "AT_EMPTY_PATH": 0x1000, "AT_RECURSIVE": 0x8000,
+                  "OPEN_TREE_CLOEXEC": 0x80000},
+    "fsmount": {"FSMOUNT_CLOEXEC": 0x1, "FSMOUNT_NAMESPACE": 0x2},
+}

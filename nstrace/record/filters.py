@@ -13,19 +13,19 @@ import typing
 from ..errors import UsageError
 from ..kernel import flags as fl
 from ..linux import comm, containers
-from . import events
+from . import layout
 
 # The arrays of native/batch.c's struct jl_filter: JL_MAX_COMMS names of the record's comm width
 # (TASK_COMM_LEN), JL_MAX_NS namespaces
 MAX_COMMS = 16
 MAX_NS = 16
-COMM_WIDTH = events.EventHead.comm.size
-OPS = tuple(events.OPS.values())
+COMM_WIDTH = layout.EventHead.comm.size
+OPS = tuple(layout.OPS.values())
 
 
 def _widest(field):
     """The largest value one element of an NsSet array holds."""
-    return (1 << 8 * ctypes.sizeof(dict(events.NsSet._fields_)[field]._type_)) - 1
+    return (1 << 8 * ctypes.sizeof(dict(layout.NsSet._fields_)[field]._type_)) - 1
 
 
 # What a record can hold, and so what a --ns value can match: ns_common.inum is an unsigned int, and
@@ -131,7 +131,7 @@ class Filter:
             raise UsageError(f"at most {MAX_NS} --ns values, not {len(self.namespaces)}")
 
     def wanted(self, rec):
-        """True if rec (an events.Record) passes every field."""
+        """True if rec (an model.Record) passes every field."""
         if self.ops and rec.op not in self.ops:
             return False
         if self.comms and rec.comm not in self.comms:
@@ -144,9 +144,9 @@ class Filter:
 
     def to_c(self):
         """This filter as native/batch.c's struct jl_filter. --container is C's to apply through the
-        match bit of each container text (bpf/batch.py Batch.set_container)."""
+        match bit of each container text (record/reader.py Batch.set_container)."""
         f = JlFilter()
-        number = {name: num for num, name in events.OPS.items()}
+        number = {name: num for num, name in layout.OPS.items()}
         for op in self.ops:
             f.ops_mask |= 1 << number[op]
         for i, name in enumerate(self.comms):
@@ -205,7 +205,7 @@ class JlFilter(ctypes.Structure):
 def touched_types(rec):
     """The namespace types an operation touches: those its flags ask for, those that changed, a setns
     target's, and the one open_tree or fsmount made or a free freed."""
-    touched = set() if rec.op in events.OP_FLAGS else set(fl.requested_types(rec.raw_flags, rec.op))
+    touched = set() if rec.op in fl.OP_FLAGS else set(fl.requested_types(rec.raw_flags, rec.op))
     touched |= {fl.ns_type_of_entry(e) for e in rec.changed}
     if rec.target and rec.target.get("type"):
         touched.add(rec.target["type"])

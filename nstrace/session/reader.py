@@ -8,10 +8,10 @@ import time
 
 from ..errors import UsageError
 from ..linux import nsmap
-from ..record import events
+from ..record import model
 from .format import VERSION
 
-_RECORD_FIELDS = {f.name for f in dataclasses.fields(events.Record)}
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(model.Record)}
 
 
 @dataclasses.dataclass
@@ -237,15 +237,15 @@ def _load(path):
         if wrong:
             raise UsageError(f"{path}:{number}: {wrong}")
         if "nstrace_session" not in obj:
-            records.append(events.Record(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
+            records.append(model.Record(**{k: v for k, v in obj.items() if k in _RECORD_FIELDS}))
     header, end = structure.header, structure.end
     if header is None and not records:
         raise UsageError(f"{path} is not an nstrace session (no header, no records)")
     release = ((header or {}).get("kernel") or {}).get("release")
     for rec in records:
         if rec.kernel_path and release:  # a file from an older nstrace: its steps' lines and new/shared
-            from ..record import steps
-            steps.annotate(rec, release)
+            from ..study import callpath
+            callpath.annotate(rec, release)
     return Session(str(path), header, records, end, warnings)
 
 

@@ -9,7 +9,7 @@ from importlib import metadata
 from ..errors import WriteFailed
 from ..linux import nsmap, trusted_paths
 from ..linux.comm import safe_comm
-from ..record import events
+from ..record import decode
 from .format import VERSION
 
 
@@ -53,8 +53,8 @@ class Recorder:
                        "version": text(uname.version), "machine": text(uname.machine)},
             "options": _options_json(tracer.options) if tracer else {},
             "availability": tracer.availability() if tracer else [],
-            # what events.decode added to bpf_ktime_get_ns() in this process
-            "clock": {"monotonic_to_wall_ns": events.WALL_OFFSET_NS},
+            # what decode.decode added to bpf_ktime_get_ns() in this process
+            "clock": {"monotonic_to_wall_ns": decode.WALL_OFFSET_NS},
             "snapshot": nsmap.snapshot().to_json() if snapshots else None,
         }
         try:
@@ -76,7 +76,7 @@ class Recorder:
             raise
 
     def write(self, record):
-        """Append one :class:`~nstrace.record.events.Record`."""
+        """Append one :class:`~nstrace.record.model.Record`."""
         self._line(record.to_json())
         self.count += 1
 

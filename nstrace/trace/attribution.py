@@ -21,10 +21,10 @@ once per task and batch, if the caller is still the task that made the call
 its look-up does. Otherwise C writes those records' null itself.
 """
 
-from ..bpf import batch
 from ..kernel import flags as fl
 from ..linux import containers, procns
-from ..record import events, jsonline
+from ..record import jsonline, layout, reader
+from ..record.layout import OPS, TARGET_KINDS
 
 PER_TASK = "per-task"  # a cgroup id whose records' container is their caller's v1 one
 
@@ -42,7 +42,7 @@ class BatchAttribution:
     def resolve(self, b):
         """Before b is classified: C gets the text of every container it lacks."""
         # native/batch.c forgets the targets' texts at every read: so does this
-        self._known = {k: v for k, v in self._known.items() if k[0] == batch.CGROUPS}
+        self._known = {k: v for k, v in self._known.items() if k[0] == reader.CGROUPS}
         self._tasks = {}
         if b.n and self._lookup.v1_only_containers() != self._v1:
             self._v1 = not self._v1
@@ -50,7 +50,7 @@ class BatchAttribution:
                 if found is None or found is PER_TASK:
                     self._tell(b, *key, self._find(*key))
         missing = b.missing()
-        entered = setns_callers(b) if any(table == batch.TARGETS for table, _ in missing) else {}
+        entered = setns_callers(b) if any(table == reader.TARGETS for table, _ in missing) else {}
         for table, key in missing:
             self._tell(b, table, key, self._find(table, key, entered.get(key, frozenset())))
 
@@ -64,18 +64,18 @@ class BatchAttribution:
 
     def fill(self, rec):
         """rec.container and its setns target's container, as C was told them."""
-        found = self._get(batch.CGROUPS, rec.cgroup_id)
+        found = self._get(reader.CGROUPS, rec.cgroup_id)
         rec.container = self._of_task(rec) if found is PER_TASK else found
-        target = batch.target_key(rec.target)
+        target = target_key(rec.target)
         if target:
-            rec.target["container"] = self._get(batch.TARGETS, target)
+            rec.target["container"] = self._get(reader.TARGETS, target)
 
     def _get(self, table, key):
         found = self._known.get((table, key), self)
         return self._find(table, key) if found is self else found
 
     def _find(self, table, key, entered_by=frozenset()):
-        if table == batch.CGROUPS:
+        if table == reader.CGROUPS:
             return self._lookup.of_cgroup(key) or (PER_TASK if self._v1 else None)
         if key >> 63:  # a pidfd: the process's own container
             return containers.process_container(key & 0xFFFFFFFF)
@@ -94,9 +94,9 @@ def setns_callers(b):
     callers = {}
     for i in range(b.n):
         raw = b.raw(i)
-        if len(raw) >= events.HEAD_SIZE:
-            head = events.EventHead.from_buffer_copy(raw)
-            key = batch.head_target_key(head)
+        if len(raw) >= layout.HEAD_SIZE:
+            head = layout.EventHead.from_buffer_copy(raw)
+            key = head_target_key(head)
             if key:
                 callers[key] = callers.get(key, frozenset()) | {head.pid}
     return callers
@@ -110,3 +110,24 @@ def task_v1_container(pid, tid, start_time_ns):
         return None
     found = containers.process_container(pid, tid, v1_only=True)
     return found if procns.start_ticks(pid, tid) == born else None
+
+
+def target_key(target):
+    """native/batch.c target_key() of a decoded setns target: what its container is said of."""
+    if not target:
+        return 0
+    if target.get("kind") == "nsfs" and target.get("type") in fl.NS_TYPES:
+        return fl.CLONE_FLAGS[fl.NS_TYPES[target["type"]]] << 32 | target["inode"]
+    if target.get("kind") == "pidfd":
+        return 1 << 63 | target["pid"]
+    return 0
+
+
+def head_target_key(head):
+    """native/batch.c target_key() of a raw record's head (layout.EventHead)."""
+    kind = TARGET_KINDS.get(head.target_kind) if OPS.get(head.op) == "setns" else None
+    if kind == "nsfs":
+        return head.target_nstype << 32 | head.target_inum
+    if kind == "pidfd":
+        return 1 << 63 | head.target_pid
+    return 0

@@ -13,13 +13,14 @@ import dataclasses
 import sys
 import time
 
-from ..bpf import batch, loader, probeset, teardown
+from ..bpf import loader, probeset, teardown
 from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: F401 (the CLI's and tests' names)
 from ..errors import UsageError
+from ..kernel import functions
 from ..kernel.functions import PER_TYPE_DEATHS, TREE_DEATH
 from ..linux import procns
-from ..kernel import functions
-from ..record import events, filters, steps
+from ..record import decode, filters, layout, reader
+from ..study import callpath
 from .attribution import BatchAttribution
 
 # Why an operation makes no record on a kernel where its probes could not be attached (Tracer.unseen_ops)
@@ -67,7 +68,7 @@ class Tracer:
     """Trace namespace operations system-wide until closed.
 
     Use as a context manager; :meth:`poll` returns the next batch of
-    :class:`~nstrace.record.events.Record`, already checked and filtered.
+    :class:`~nstrace.record.model.Record`, already checked and filtered.
     """
 
     def __init__(self, options=None, object_path=None):
@@ -82,7 +83,7 @@ class Tracer:
         self._counts = None                    # the batch's counters once it is closed
         self._batch = None
         self._states = b""                     # the routing state of each record of the batch
-        self._st = None                        # batch.states(), once the library is loaded
+        self._st = None                        # reader.states(), once the library is loaded
         self.last_read = 0                     # records the last poll took from the ring buffer
         self._final_lost = {"ringbuf": 0, "inflight": 0}
         self._outlived = None                  # births left when end_deaths() took them
@@ -146,9 +147,9 @@ class Tracer:
             if self.options.pid:
                 self._seed_tracked(self.options.pid)
             self.probes.attach()
-        self._batch = batch.Batch(self._obj.map_fd("events"), self.options, inflight_fd=self._obj.map_fd("inflight"))
+        self._batch = reader.Batch(self._obj.map_fd("events"), self.options, inflight_fd=self._obj.map_fd("inflight"))
         self._attribution = BatchAttribution(self.options)
-        self._st = batch.states()
+        self._st = reader.states()
 
     def _adopt_preloaded(self):
         """Take the probes nstrace.bpf.preload loaded, if they are the ones these options ask for."""
@@ -257,18 +258,18 @@ class Tracer:
         """Records first.. of the batch are read but not shown: take them out of what C counted
         for them (jl_classify(): every record by op; filtered; superseded, if not Python's)."""
         st, unshown = self._st, self._unshown
-        offset, size = events.EventHead.op.offset, events.EventHead.op.size
+        offset, size = layout.EventHead.op.offset, layout.EventHead.op.size
         for i in range(first, len(self._states)):
             state = self._states[i]
             op = int.from_bytes(self._batch.raw(i)[offset:offset + size], sys.byteorder)
-            unshown["by_op"][op if op < events.OP_SLOTS else 0] += 1  # as C counts an op it does not know
+            unshown["by_op"][op if op < layout.OP_SLOTS else 0] += 1  # as C counts an op it does not know
             unshown["filtered"] += bool(state & st.FILTERED)
             unshown["superseded"] += bool(state & st.LATER and not state & (st.FILTERED | st.PYTHON))
 
     def _record(self, i, state):
         """Record i of the batch, decoded, with its /proc check; None if a user-space filter drops it."""
         st = self._st
-        rec = steps.decode_record(self._batch.raw(i), self.options.raw_addresses)
+        rec = callpath.annotate(decode.decode(self._batch.raw(i), self.options.raw_addresses))
         self._attribution.fill(rec)
         if state & st.PYTHON and not self.options.filter.wanted(rec):
             self._python_filtered += 1
@@ -313,7 +314,7 @@ class Tracer:
         record older than every reading kept is measured against no loss at
         all. So a loss is at worst counted as too recent, never missed.
         """
-        entered = round((rec.ts - rec.duration_us / 1e6) * 1e9) - events.WALL_OFFSET_NS - 1_000_000
+        entered = round((rec.ts - rec.duration_us / 1e6) * 1e9) - decode.WALL_OFFSET_NS - 1_000_000
         before = 0
         for at, lost in reversed(self._lost_seen):
             if at <= entered:
@@ -345,13 +346,13 @@ class Tracer:
             c, cut = self._batch.counts, self._unshown
             return {"by_op": [n - cut["by_op"][op] for op, n in enumerate(c.by_op)],
                     "superseded": c.superseded - cut["superseded"], "filtered": c.filtered - cut["filtered"]}
-        return self._counts or {"by_op": [0] * events.OP_SLOTS, "superseded": 0, "filtered": 0}
+        return self._counts or {"by_op": [0] * layout.OP_SLOTS, "superseded": 0, "filtered": 0}
 
     @property
     def by_op(self):
         """Records read and shown or filtered, by operation: all read but the unshown."""
         by_op = self._batch_counts()["by_op"]
-        return {events.OPS.get(num, "unknown"): n for num, n in enumerate(by_op) if n}
+        return {layout.OPS.get(num, "unknown"): n for num, n in enumerate(by_op) if n}
 
     @property
     def by_check(self):

@@ -126,8 +126,8 @@ class Table:
 def path_table(rec, indent="    "):
     """The record's kernel path, one call a line, nested by call depth: arguments, result (new or
     shared for a copy_*), µs and source line; a why under a call that needs one."""
-    from ..record import steps  # only records from the function layer get here
-    rows = steps.path_rows(rec)
+    from ..study import callpath  # only records from the function layer get here
+    rows = callpath.path_rows(rec)
     table = [["  " * depth + text, "-" if us is None else f"{us:.1f}", source] for depth, text, _, source, us, _ in rows]
     text = tabulate(table, headers=["kernel path", "µs", "source"], tablefmt="plain", disable_numparse=True,
                     colalign=("left", "right", "left"), preserve_whitespace=True).split("\n")
@@ -223,7 +223,12 @@ def availability_table(rows):
 
 def deaths_verdict(functions):
     """Which types' deaths are records here, through which functions, and why not the others'."""
-    from ..kernel.functions import DEATH_OF, PER_TYPE_DEATHS, TREE_DEATH, types_seen_dying
+    from ..kernel.functions import (
+        DEATH_OF,
+        PER_TYPE_DEATHS,
+        TREE_DEATH,
+        types_seen_dying,
+    )
     attached = {r["probe"]: r for r in functions if r["attached"]}
     seen = types_seen_dying(attached)
     if not seen:
@@ -350,15 +355,15 @@ def lab_command(expect):
 def _switch_note(rec, availability):
     """What became of the old nsproxy, where the kernel path shows the switch."""
     from ..kernel.hooks import Hook
-    from ..record import steps
+    from ..study import callpath
     if not rec.kernel_path:
         return ""
     hooks = {a["probe"]: Hook(a["probe"], a["hook"], a["reason"], a["attached"])
              for a in availability if a.get("layer") == "function"}
-    for top in steps.tree(rec.kernel_path):
+    for top in callpath.tree(rec.kernel_path):
         for call in top.walk():
             if call.func == "switch_task_namespaces":
-                return "\n  " + steps.switch_summary(call, hooks)
+                return "\n  " + callpath.switch_summary(call, hooks)
     return ""
 
 

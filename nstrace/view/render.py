@@ -51,7 +51,7 @@ from ..kernel import flags as fl
 from ..kernel import sourcelines
 from ..kernel.hooks import Hook
 from ..linux import trusted_paths
-from ..record import pathcheck, steps
+from ..study import callpath, pathcheck
 from . import display
 
 FORMATS = ("svg", "html", "perfetto")
@@ -572,7 +572,7 @@ def _step_events(rec, offset_ns, us):
             start, enter = open_steps[s["func"]].pop()
             out.append({"ph": "X", "name": s["func"], "cat": "kernel", "pid": rec.pid, "tid": rec.tid,
                         "ts": us(start), "dur": round((wall - start) * 1e6, 3),
-                        "args": {"file": s.get("file"), "source": steps.source_text(s), "enter": enter.get("short"),
+                        "args": {"file": s.get("file"), "source": callpath.source_text(s), "enter": enter.get("short"),
                                  "exit": s.get("short"), **({"created": s["created"]} if "created" in s else {})}})
     for stack in open_steps.values():
         for start, enter in stack:

@@ -1,70 +1,16 @@
-"""The steps of a record's kernel path: which function, entered or returned, with what.
-
-Each step names one of the functions the BPF side can hook (kernel/functions.py).
+"""A record's kernel path as a learner reads it: each step's source line in the recorded kernel's
+version, whether a copy_*() built its namespace or took a reference to the caller's, and the steps
+folded into calls nested by depth, each with its arguments, its result, its duration and why it did
+what it did.
 """
 
 import dataclasses
+import errno as errno_mod
 
-from ..kernel.functions import ENTRY_ONLY, FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH  # noqa: F401 (steps.X for its readers)
+from ..kernel import flags as fl
+from ..kernel import sourcelines
+from ..kernel.functions import ENTRY_ONLY
 
-
-def decode_record(raw, raw_addresses=False):
-    """One ring-buffer record (bytes) as a Record with its kernel path: each step decoded, given its
-    source line in this kernel and, on a copy_*() exit, whether it made its namespace (annotate)."""
-    from . import events
-    rec = events.decode(raw, raw_addresses, decode_step)
-    if rec.kernel_path:
-        annotate(rec)
-    return rec
-
-
-def decode_step(step, raw_addresses=False):
-    """One struct nstrace_step as a dict (JSON-ready)."""
-    from ..kernel import documented
-    from ..kernel import flags as fl
-    from . import events
-    func = FUNCTIONS[step.func] if step.func < len(FUNCTIONS) else f"fn{step.func}"
-    what = events.STEP_VALUES.get(step.what, "none")
-    out = {"func": func, "file": documented.source_file(func), "kind": events.STEP_KINDS.get(step.kind, "?"),
-           "ts_ns": step.ts_ns}
-    if what == "flags":
-        out["flags"] = fl.decode_flags(step.arg, "unshare")
-    elif what in ("nsproxy", "switch"):
-        out["nsproxy"] = events.format_id(step.nsproxy_id, raw_addresses)
-        out["refs"] = step.refs
-        if what == "switch":
-            out["old_nsproxy"] = events.format_id(step.arg, raw_addresses)
-            out["old_refs"] = step.old_refs
-    elif what == "int" or (what == "ns" and step.ret < 0):
-        out["ret"] = step.ret
-    if what in ("ns", "ns_arg") and step.inum:
-        out["inode"] = step.inum
-        if what == "ns" and step.refs:  # the kernel keeps no common count before 6.1
-            out["refs"] = step.refs
-    out["short"] = _short(out)
-    return out
-
-
-def _short(s):
-    if s["kind"] == "enter":
-        if "flags" in s:
-            from ..kernel import flags as fl
-            return f"{s['func']}({fl.short(s['flags'])})"
-        if "old_nsproxy" in s:
-            return f"{s['func']}({s['old_nsproxy']}->{s['nsproxy']})"
-        if "inode" in s:
-            return f"{s['func']}({s['inode']})"
-        return f"{s['func']}()"
-    if "ret" in s and s["ret"] < 0:
-        return f"={s['ret']}"
-    if "inode" in s:
-        return f"={s['inode']}"
-    if "nsproxy" in s:
-        return f"={s['nsproxy']}"
-    return ""
-
-
-# --- the path as a learner reads it ------------------------------------------------------
 #
 # What decode_step makes is one step per probe hit. Below: each step's source line in the
 # recorded kernel's version (kernel.sourcelines), whether a copy_*() built its namespace or only
@@ -87,7 +33,6 @@ def annotate(rec, release=None):
     `release` (default: the running kernel), and each copy_*() exit `created`. A line taken from
     another version (the kernel's series is not covered) names it in `line_from`. In place; steps
     that already carry them keep theirs."""
-    from ..kernel import sourcelines
     release = release or sourcelines.running_release()
     before = rec.ns_before or {}
     for s in rec.kernel_path:
@@ -158,7 +103,6 @@ def _ns(entry_or_type, inode):
 
 
 def _flags(step):
-    from ..kernel import flags as fl
     return fl.short(step["flags"]) if step.get("flags") else "0"
 
 
@@ -189,7 +133,6 @@ def arguments(call, rec=None):
 
 def setns_arguments(rec):
     """setns(fd, nstype) as the kernel got them: the fd resolved to what it is, and the nstype."""
-    from ..kernel import flags as fl
     target = rec.target or {}
     kind = target.get("kind")
     if kind == "nsfs":
@@ -204,7 +147,6 @@ def setns_arguments(rec):
 
 def result(call, rec=None):
     """What the call returned, as text: "0", "-22 EINVAL", "uts:[4026532140] new", "nsproxy 60051401" ..."""
-    import errno as errno_mod
     s = call.exit
     if s is None:
         return "(entry only)" if call.func in ENTRY_ONLY else "(no exit seen)"
@@ -223,7 +165,6 @@ def result(call, rec=None):
 def why(call, rec=None, hooks=None):
     """One line saying why a call did what a learner may not expect, or "". hooks ({func: Hook}), where
     known, tell a function that did not run from one nstrace could not see."""
-    from ..kernel import flags as fl
     names = set(call.enter.get("flags", ())) if call.enter else set()
     new_flags = names & {n for n in fl.NS_TYPES.values()} - {"CLONE_NEWUSER"}
     if call.func == "copy_namespaces" and call.exit and call.exit.get("ret") == 0 and \

@@ -14,7 +14,8 @@ import dataclasses
 
 from ..kernel import documented, sourcelines
 from ..kernel import flags as fl
-from . import steps
+from ..kernel.functions import FUNCTIONS
+from . import callpath
 
 # Functions of the documented path that nstrace does not probe on purpose:
 # they run on every fork or every credential change, so a probe there taxes
@@ -40,7 +41,7 @@ class StepResult:
     reason: str = ""
     depth: int = 0       # in the documented call tree (paths.toml `in`)
     values: str = ""     # observed: "(arguments) = result", the learner's reading of the step
-    note: str = ""       # observed: why it did what it did, where that is not obvious (steps.why)
+    note: str = ""       # observed: why it did what it did, where that is not obvious (callpath.why)
     duration_us: float | None = None
     source: str = ""     # observed: file:line in the recorded kernel's version
 
@@ -75,7 +76,7 @@ def _observability(step, hooks, tracepoints):
         return "inlined: no symbol to probe"
     if name in NOT_PROBED:
         return NOT_PROBED[name]
-    if name not in steps.FUNCTIONS:
+    if name not in FUNCTIONS:
         return "not probed by nstrace"
     hook = hooks.get(name)
     if hook is None:
@@ -146,7 +147,7 @@ def _tracepoint_values(step, rec):
     name = step["name"]
     if name.startswith("syscalls:sys_enter_"):
         if rec.op == "setns":
-            return "(" + steps.setns_arguments(rec) + ")"
+            return "(" + callpath.setns_arguments(rec) + ")"
         return f"(flags {fl.short(rec.flags) if rec.flags else '0'})"
     if name.startswith("syscalls:sys_exit_"):
         return f"= {rec.ret}" + (f" {rec.errno}" if rec.errno else "")
@@ -156,8 +157,8 @@ def _tracepoint_values(step, rec):
 
 
 def _values(call, rec):
-    counts = steps.counts(call.exit or {})
-    return f"({steps.arguments(call, rec)}) = {steps.result(call, rec)}" + (f" ({counts})" if counts else "")
+    counts = callpath.counts(call.exit or {})
+    return f"({callpath.arguments(call, rec)}) = {callpath.result(call, rec)}" + (f" ({counts})" if counts else "")
 
 
 def compare(rec, hooks, tracepoints, release=None):
@@ -166,12 +167,12 @@ def compare(rec, hooks, tracepoints, release=None):
     doc = documented.notes()["op"].get(rec.op, {}).get("step", [])
     flags = effective_flags(rec)
     if rec.kernel_path and release:
-        steps.annotate(rec, release)
+        callpath.annotate(rec, release)
     results, seen_order = [], []
     by_name = {s["name"]: s for s in doc}
     depth = _depths(doc)
     observed, parent = {}, {}
-    for top in steps.tree(rec.kernel_path):
+    for top in callpath.tree(rec.kernel_path):
         for call in top.walk():
             observed.setdefault(call.func, call)
             for inner in call.calls:
@@ -205,9 +206,9 @@ def compare(rec, hooks, tracepoints, release=None):
         call = observed.get(step["name"]) if step["kind"] == "function" and index is not None else None
         if call is not None:
             result.values = _values(call, rec)
-            result.note = steps.why(call, rec, hooks)
+            result.note = callpath.why(call, rec, hooks)
             result.duration_us = call.duration_us
-            result.source = steps.source_text(call.step)
+            result.source = callpath.source_text(call.step)
             want = _expected_caller(step, by_name, observable)
             got = parent.get(id(call))
             if got != want and status == "observed":
@@ -225,8 +226,8 @@ def compare(rec, hooks, tracepoints, release=None):
             results.append(StepResult(func, "function", documented.source_file(func), False, "undocumented",
                                       f"not in the documented path of {rec.op} (kernel-notes/paths.toml)",
                                       depth=call.depth, values=_values(call, rec),
-                                      note=steps.why(call, rec, hooks), duration_us=call.duration_us,
-                                      source=steps.source_text(call.step)))
+                                      note=callpath.why(call, rec, hooks), duration_us=call.duration_us,
+                                      source=callpath.source_text(call.step)))
     # Documented order: observed steps must appear in the order the notes list them.
     last = None
     for index, pos in seen_order:

@@ -6,7 +6,7 @@ batch. Per batch, the C side then says which records Python must look at
 (a /proc check, or a record it does not format: non-ASCII comm, kernel-path
 steps) and writes the JSON lines of all the others itself. What it says of
 a record is a set of bits (:func:`states`) that this module reads from the
-library, never copies. Python's decoder (:mod:`nstrace.record.events`) stays the
+library, never copies. Python's decoder (:mod:`nstrace.record.decode`) stays the
 reference: the C lines are byte-identical to :func:`nstrace.record.jsonline.json_line`
 (tests/test_batch.py, tests/test_json_output.py).
 """
@@ -16,11 +16,11 @@ import errno
 import types
 from pathlib import Path
 
+from ..bpf import libbpf
 from ..errors import LibbpfError
 from ..kernel import flags as fl
-from ..record import events
-from ..record.filters import JlFilter
-from . import libbpf
+from . import decode, layout
+from .filters import JlFilter
 
 # beside the BPF object, and found the same way (bpf/loader.py OBJECT_PATH)
 LIB_PATH = Path(__file__).resolve().parents[1] / "_bpf" / "libnstrace-batch.so"
@@ -30,12 +30,12 @@ CGROUPS, TARGETS = 0, 1  # native/batch.c enum jl_frag_table
 
 class Tables(ctypes.Structure):
     _fields_ = [
-        ("ops", ctypes.c_char_p * events.OP_SLOTS),
+        ("ops", ctypes.c_char_p * layout.OP_SLOTS),
         ("flag_names", ctypes.c_char_p * 64),
         ("flag_bits", ctypes.c_uint64 * 64),
         ("nflags", ctypes.c_uint32),
-        ("entries", ctypes.c_char_p * events.NS_SLOTS),
-        ("entry_type_bit", ctypes.c_uint64 * events.NS_SLOTS),
+        ("entries", ctypes.c_char_p * layout.NS_SLOTS),
+        ("entry_type_bit", ctypes.c_uint64 * layout.NS_SLOTS),
         ("errnos", ctypes.c_char_p * 256),
         ("signals", ctypes.c_char_p * 65),
         ("target_kinds", ctypes.c_char_p * 5),
@@ -43,15 +43,15 @@ class Tables(ctypes.Structure):
         ("nstype_bits", ctypes.c_uint64 * 8),
         ("wall_offset_ns", ctypes.c_int64),
         ("raw_addresses", ctypes.c_uint32),
-        ("op_nflags", ctypes.c_uint32 * events.OP_SLOTS),
-        ("op_flag_names", (ctypes.c_char_p * 8) * events.OP_SLOTS),
-        ("op_flag_bits", (ctypes.c_uint64 * 8) * events.OP_SLOTS),
+        ("op_nflags", ctypes.c_uint32 * layout.OP_SLOTS),
+        ("op_flag_names", (ctypes.c_char_p * 8) * layout.OP_SLOTS),
+        ("op_flag_bits", (ctypes.c_uint64 * 8) * layout.OP_SLOTS),
     ]
 
 
 class Counts(ctypes.Structure):
     _fields_ = [
-        ("by_op", ctypes.c_uint64 * events.OP_SLOTS),
+        ("by_op", ctypes.c_uint64 * layout.OP_SLOTS),
         ("superseded", ctypes.c_uint64),
         ("filtered", ctypes.c_uint64),
         ("lines", ctypes.c_uint64),
@@ -64,9 +64,9 @@ def _js(text):
 
 
 def tables(raw_addresses=False):
-    """struct jl_tables from the Python names: flags.py and events.py stay the only lists."""
+    """struct jl_tables from the Python names: kernel/flags.py and record/layout.py stay the only lists."""
     t = Tables()
-    for num, name in events.OPS.items():
+    for num, name in layout.OPS.items():
         t.ops[num] = _js(name)
     for i, (name, bit) in enumerate(fl.CLONE_FLAGS.items()):
         t.flag_names[i], t.flag_bits[i] = _js(name), bit
@@ -80,38 +80,17 @@ def tables(raw_addresses=False):
     for num in range(1, 65):
         name = fl.exit_signal_name(num)
         t.signals[num] = _js(name) if name != str(num) else None
-    for num, kind in events.TARGET_KINDS.items():
+    for num, kind in layout.TARGET_KINDS.items():
         t.target_kinds[num] = _js(kind) if kind else None
     for i, (bit, ns) in enumerate(fl.NS_FLAG_VALUES.items()):
         t.nstype_names[i], t.nstype_bits[i] = _js(ns), bit
-    t.wall_offset_ns = events.WALL_OFFSET_NS
+    t.wall_offset_ns = decode.WALL_OFFSET_NS
     t.raw_addresses = raw_addresses
-    for num, name in events.OPS.items():
-        for i, (flag, bit) in enumerate(events.OP_FLAGS.get(name, {}).items()):
+    for num, name in layout.OPS.items():
+        for i, (flag, bit) in enumerate(fl.OP_FLAGS.get(name, {}).items()):
             t.op_flag_names[num][i], t.op_flag_bits[num][i] = _js(flag), bit
-        t.op_nflags[num] = len(events.OP_FLAGS.get(name, {}))
+        t.op_nflags[num] = len(fl.OP_FLAGS.get(name, {}))
     return t
-
-
-def target_key(target):
-    """native/batch.c target_key() of a decoded setns target: what its container is said of."""
-    if not target:
-        return 0
-    if target.get("kind") == "nsfs" and target.get("type") in fl.NS_TYPES:
-        return fl.CLONE_FLAGS[fl.NS_TYPES[target["type"]]] << 32 | target["inode"]
-    if target.get("kind") == "pidfd":
-        return 1 << 63 | target["pid"]
-    return 0
-
-
-def head_target_key(head):
-    """native/batch.c target_key() of a raw record's head (events.EventHead)."""
-    kind = events.TARGET_KINDS.get(head.target_kind) if events.OPS.get(head.op) == "setns" else None
-    if kind == "nsfs":
-        return head.target_nstype << 32 | head.target_inum
-    if kind == "pidfd":
-        return 1 << 63 | head.target_pid
-    return 0
 
 
 class _StateBit(ctypes.Structure):
@@ -209,7 +188,7 @@ class Batch:
         self.n = 0
         if inflight_fd >= 0:
             err = self._lib.jl_watch_ring(self._b, map_fd, options.ringbuf_bytes, inflight_fd,
-                                          ctypes.sizeof(events.Event))
+                                          ctypes.sizeof(layout.Event))
             if err:
                 self.close()
                 raise LibbpfError(f"mapping the ring buffer read-only: {errno.errorcode.get(-err, err)}")
@@ -228,7 +207,7 @@ class Batch:
 
     def in_flight(self, tid):
         """The operation thread tid is inside now ("clone", "unshare" ...), None if none (or not traced)."""
-        return events.OPS.get(self._lib.jl_in_flight(self._b, tid))
+        return layout.OPS.get(self._lib.jl_in_flight(self._b, tid))
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms, take up to max_records; return how many."""
