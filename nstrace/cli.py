@@ -131,7 +131,7 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
             held, relay, run_as = _held_command(held, user)
             pid = held.pid
         elif held is not None:  # preload guessed a COMMAND the command line does not have
-            from .linux.command import unblock_watched
+            from .linux.heldcommand import unblock_watched
             unblock_watched()
         tracer = Tracer(watch_options(pid=pid, comm=comm, ops=ops, types=types, container=container, ns=ns,
                                       trace_all=trace_all,
@@ -145,7 +145,7 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     from .record import (
         jsonline,  # after the probes are attached: tracing is live a little sooner
     )
-    from .view import display
+    from .view import reports, table
     if tracer.pid_of_thread:
         status("--pid {}: a thread of process {}: following process {} and its descendants".format(
             *tracer.pid_of_thread, tracer.pid_of_thread[1]))
@@ -163,9 +163,9 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
             held.cancel()
         raise
     from .trace.watch import Watch
-    table = display.Table(containers=bool(tracer.options.filter.containers))
-    w = Watch(tracer, out, row=jsonline.json_line if as_json else table.row,
-              header=None if as_json else table.header(), as_json=as_json, recorder=recorder,
+    stream = table.Table(containers=bool(tracer.options.filter.containers))
+    w = Watch(tracer, out, row=jsonline.json_line if as_json else stream.row,
+              header=None if as_json else stream.header(), as_json=as_json, recorder=recorder,
               record_path=record_path, count=count, duration=duration, status=status,
               stop_requested=lambda: bool(_stop_requested),  # without a COMMAND; with one, the relay says
               command=held, release=held and (lambda: held.release(command, run_as)), signals=relay)
@@ -180,7 +180,7 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
     if as_json:
         status("summary " + jsonline.json_summary(summary))
     else:
-        out.line("\n" + display.summary_table(summary))
+        out.line("\n" + reports.summary_table(summary))
     out.finish()
     if w.failure:
         raise w.failure
@@ -215,7 +215,7 @@ def _held_command(held, user):
     """watch -- COMMAND's process at its gate (preload's, or forked now), the Relay of its signals,
     and the User it runs as (None: as nstrace). SIGINT, SIGTERM and SIGHUP are blocked before a
     fork (preload blocked them already, before its fork and its thread) and read from a signalfd."""
-    from .linux.command import HeldCommand, Inbox, User, block_watched
+    from .linux.heldcommand import HeldCommand, Inbox, User, block_watched
     from .trace.watch import Relay
     run_as = User(user) if user is not None else None
     block_watched()
@@ -259,13 +259,13 @@ def doctor(as_json):
         tracer.close()
     import json
 
-    from .view import display
+    from .view import reports
     if as_json:
         click.echo(json.dumps({"kernel": os.uname().release, "probes": rows}, indent=1))
         return
-    click.echo(display.availability_table(rows))
+    click.echo(reports.availability_table(rows))
     click.echo("")
-    click.echo(display.availability_verdict(rows))
+    click.echo(reports.availability_verdict(rows))
 
 
 @cli.command()
@@ -283,7 +283,7 @@ def demo(flag_text, op, record_path, picture, picture_path):
     import tempfile
 
     from .check.demo import run_demo
-    from .view import display
+    from .view import reports
     value = fl.parse_flags(flag_text)
     out = picture_path or f"nstrace-demo.{'json' if picture == 'perfetto' else picture}"
     picture_fd = _picture_output(out) if picture else None
@@ -295,7 +295,7 @@ def demo(flag_text, op, record_path, picture, picture_path):
             if picture_fd is not None:
                 os.close(picture_fd)
             raise
-        click.echo(display.demo_report(result, report, availability))
+        click.echo(reports.demo_report(result, report, availability))
         if picture:
             from .session import reader
             from .view import render
@@ -322,7 +322,7 @@ def _picture_output(path):
 def check(as_json, list_only, names):
     """Run the scenario catalogue (or the named scenarios) and check each trace; exit 0 only if all match."""
     from .check import checker
-    from .view import display
+    from .view import reports
     chosen = checker.select(names)
     if list_only:
         _list_scenarios(chosen, as_json)
@@ -337,9 +337,9 @@ def check(as_json, list_only, names):
                 break
     if as_json:
         import json
-        click.echo(json.dumps(display.check_json(results), indent=1))
+        click.echo(json.dumps(reports.check_json(results), indent=1))
     else:
-        click.echo(display.check_table(results))
+        click.echo(reports.check_table(results))
     failed = [r.name for r in results if not r.ok and not r.skipped]
     if failed or len(results) < len(chosen):
         raise CheckFailed(f"{len(failed)} of {len(chosen)} scenarios failed: {', '.join(failed) or 'interrupted'}")
@@ -402,11 +402,10 @@ def lab(kernels, timeout, verbose, pytest_args, check_only, command):
 
 
 def _lab_command(kernels, command, timeout):
-    from .lab import command as lab_command
-    from .lab import guest
-    outcomes = lab_command.run(kernels, command, timeout=timeout, status=status,
+    from .lab import guest, runner
+    outcomes = runner.run(kernels, command, timeout=timeout, status=status,
                                should_stop=lambda: bool(_stop_requested))
-    codes = [lab_command.exit_code(o) for o in outcomes]
+    codes = [runner.exit_code(o) for o in outcomes]
     for o in outcomes:
         if isinstance(o.error, GuestLockup):
             _echo_guest_text(guest.lockup_report(o.error.console))  # the stacks say why it ended
@@ -427,8 +426,8 @@ def _lab_suite(kernels, pytest_args, check_only, timeout, verbose):
     import threading
 
     from .lab import guest, suite
-    from .lab.command import GUEST_PARALLEL, LineWriter
-    from .view import display
+    from .lab.runner import GUEST_PARALLEL, LineWriter
+    from .view import reports
     lock = threading.Lock()
 
     def one(kernel):
@@ -464,7 +463,7 @@ def _lab_suite(kernels, pytest_args, check_only, timeout, verbose):
     if _stop_requested:
         raise click.exceptions.Exit(130)
     if results:
-        click.echo(display.lab_table(results))
+        click.echo(reports.lab_table(results))
     if errors and len(kernels) == 1:
         raise errors[0][1]
     for kernel, e in errors:

@@ -17,7 +17,7 @@ from .linux import nsmap
 from .record import jsonline
 from .record.filters import Filter
 from .session import reader, replay
-from .view import display, render, terminal
+from .view import render, reports, table, terminal
 
 
 def _types(values):
@@ -121,17 +121,17 @@ def show_command(file, pid, comm, ops, types, container, ns, as_json):
     """Replay a recorded session (watch --record FILE) with watch's filters and formats."""
     sess, shown, filtered = _load_selected(file, pid, comm, ops, types, container, ns)
     _status(sess.describe())
-    table = display.Table(containers=any(display.has_container(r) for r in shown))
+    stream = table.Table(containers=any(table.has_container(r) for r in shown))
     if not as_json:
-        click.echo(table.header())
+        click.echo(stream.header())
     for rec in shown:
-        click.echo(jsonline.json_line(rec) if as_json else table.row(rec))
+        click.echo(jsonline.json_line(rec) if as_json else stream.row(rec))
     summary = replay.summary(sess, shown, filtered)
     if as_json:
         _status("summary " + jsonline.json_summary(summary))
     else:
         click.echo("")
-        click.echo(display.summary_table(summary))
+        click.echo(reports.summary_table(summary))
 
 
 @click.command("render")

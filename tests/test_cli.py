@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
-
 from nshelpers import ELSEWHERE, NSTRACE, ROOT
-from nstrace.trace.tracer import BODY_PROGRAMS, SYSCALL_PROGRAMS
+
 from nstrace.errors import KernelSupportError
+from nstrace.trace.tracer import BODY_PROGRAMS, SYSCALL_PROGRAMS
 
 REQUIRED_KEYS = {"ts", "op", "pid", "tid", "comm", "uid", "flags", "raw_flags", "ret", "errno", "child_pid",
                  "target", "ns_before", "ns_after", "changed", "nsproxy", "proc_check"}
@@ -124,7 +124,9 @@ def wait_gone(ids, timeout=5):
 def test_stopping_leaves_no_probe(tracer, sig):
     w = Watch()
     ids = prog_ids_held_by(w.proc.pid)
-    from nstrace.bpf.probeset import EXEC_PROGRAMS  # attached on this kernel (6.10+: sched_prepare_exec)
+    from nstrace.bpf.probeset import (
+        EXEC_PROGRAMS,  # attached on this kernel (6.10+: sched_prepare_exec)
+    )
     assert len(ids) == len(SYSCALL_PROGRAMS + EXEC_PROGRAMS + BODY_PROGRAMS), \
         "the syscall layer's nine programs, its two bodies and the exec pair"
     assert ids <= kernel_prog_ids()
@@ -166,15 +168,15 @@ def test_missing_libbpf():
 
 
 def test_missing_btf():
-    from nstrace.bpf import loader
+    from nstrace.bpf import features
     with pytest.raises(KernelSupportError, match="CONFIG_DEBUG_INFO_BTF"):
-        loader.check_btf("/nonexistent/vmlinux")
+        features.check_btf("/nonexistent/vmlinux")
 
 
 def test_tracefs_not_mountable(tmp_path):
-    from nstrace.bpf import loader
+    from nstrace.bpf import tracefs
     with pytest.raises(KernelSupportError, match="mounting it failed"):
-        loader.ensure_tracefs(tmp_path / "no" / "such" / "dir")  # the real mount(2) fails: ENOENT
+        tracefs.ensure_tracefs(tmp_path / "no" / "such" / "dir")  # the real mount(2) fails: ENOENT
 
 
 def test_python_dash_m():

@@ -13,7 +13,6 @@ import json
 import subprocess
 
 import pytest
-
 from nshelpers import NSTRACE
 
 # type -> util-linux unshare's options for it, and the entry of the caller's that its new namespace takes
@@ -101,7 +100,7 @@ ROWS = [{"probe": f, "layer": "function", "attached": True, "reason": ""}
 
 
 def test_doctor_names_the_types_whose_deaths_it_cannot_see():
-    from nstrace.view.display import deaths_verdict
+    from nstrace.view.reports import deaths_verdict
     missing = {"probe": "free_mnt_ns", "layer": "function", "attached": False,
                "reason": "not in this kernel's BTF or symbols: inlined or renamed"}
     assert deaths_verdict(ROWS + [missing]) == (

@@ -19,7 +19,7 @@ from nstrace.kernel import sourcelines
 from nstrace.session import _schema as _session_schema
 from nstrace.session import reader
 from nstrace.study import callpath, pathcheck
-from nstrace.view import display, render
+from nstrace.view import reports, table
 
 DATA = Path(__file__).resolve().parent / "data"
 CLONE_61 = DATA / "lab-6.1-demo-clone.jsonl"
@@ -84,7 +84,7 @@ def test_json_steps_have_line_and_created_within_the_schema():
 def test_setns_view_shows_its_arguments_and_the_switch():
     sess = reader.load(SETNS_72)
     rec = _main(sess, "setns")
-    text = display.row(rec)
+    text = table.row(rec)
     assert re.search(r"__x64_sys_setns\(fd \d+ = uts:\[\d+\], nstype NEWUTS\) = 0 ", text), text
     assert "/* prepare_nsset copies the caller's nsproxy with flags 0" in text
     assert re.search(r"utsns_install\(nsset, uts:\[(\d+)\]\) = 0", text).group(1) == str(rec.target["inode"])
@@ -95,7 +95,7 @@ def test_setns_view_shows_its_arguments_and_the_switch():
 def test_one_view_of_documented_and_observed():
     sess = reader.load(SETNS_72)
     rec = _main(sess, "setns")
-    hooks, tracepoints = render._hooks_from(sess.availability)
+    hooks, tracepoints = pathcheck.recorded_hooks(sess.availability)
     results = pathcheck.compare(rec, hooks, tracepoints, sess.kernel["release"])
     by = {r.name: r for r in results}
     assert pathcheck.passed(results)
@@ -108,12 +108,12 @@ def test_one_view_of_documented_and_observed():
     # documented steps that did not happen say why
     assert by["prepare_nsset"].status == "not observable" and "inlined" in by["prepare_nsset"].reason
     assert by["netns_install"].status == "not expected"
-    text = "\n".join(display.documented_and_observed(results))
+    text = "\n".join(reports.documented_and_observed(results))
     assert re.search(r"^ {4}utsns_install +observed +\(nsset, uts:\[\d+\]\) = 0 ", text, re.M), text
 
 
 def text_of(results):
-    return "\n".join(display.documented_and_observed(results))
+    return "\n".join(reports.documented_and_observed(results))
 
 
 def test_a_call_observed_where_the_notes_do_not_put_it_fails():
@@ -127,7 +127,7 @@ def test_a_call_observed_where_the_notes_do_not_put_it_fails():
         path.remove(s)
     at = next(i for i, s in enumerate(path) if s["func"] == "copy_time_ns" and s["kind"] == "exit") + 1
     path[at:at] = install
-    hooks, tracepoints = render._hooks_from(sess.availability)
+    hooks, tracepoints = pathcheck.recorded_hooks(sess.availability)
     [moved] = [r for r in pathcheck.compare(rec, hooks, tracepoints) if r.name == "utsns_install"]
     assert moved.status == "out of place" and moved.failed
     assert moved.reason == "called from create_new_namespaces, the notes say __x64_sys_setns"

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from nshelpers import NSTRACE
 
 from nstrace.linux import containers
 from nstrace.linux.comm import safe_comm
-
-from nshelpers import NSTRACE
 
 pytestmark = pytest.mark.root("makes cgroups, moves processes and loads BPF programs")
 
@@ -258,7 +257,7 @@ def test_a_status_line_needs_no_table_code():
     tabulate, and a plain one (as watch's start-up lines are) not even the filter."""
     probe = ("import sys; from nstrace import cli; cli.status('tracing live'); "
              "print(sorted(m for m in sys.modules if m.startswith('nstrace.view'))); cli.status('\\x1b[2J'); "
-             "print(sorted(m for m in ('nstrace.view.display', 'tabulate') if m in sys.modules))")
+             "print(sorted(m for m in ('nstrace.view.table', 'nstrace.view.reports', 'tabulate') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/")
     assert res.returncode == 0 and res.stdout == "[]\n[]\n", res
     assert res.stderr == "nstrace: tracing live\nnstrace: \\x1b[2J\n", res

@@ -10,11 +10,10 @@ and trace here.
 import subprocess
 
 import pytest
-
-from nstrace.bpf import loader
-from nstrace.trace.tracer import Options, Tracer
-
 from nshelpers import flag, nsop, wait_for
+
+from nstrace.bpf import features, loader
+from nstrace.trace.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 
@@ -38,7 +37,7 @@ def test_the_syscall_builds_have_no_function_layer():
 
 def test_the_kernel_is_asked_not_its_version():
     """This kernel (6.18) has BPF atomics: the check says so, and the build with them is chosen."""
-    assert loader.kernel_has_cmpxchg() is True
+    assert features.kernel_has_cmpxchg() is True
     assert loader.object_for_kernel() == loader.OBJECT_PATH
     assert loader.object_for_kernel(function_layer=False) == loader.SYSCALLS_OBJECT_PATH
 

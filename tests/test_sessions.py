@@ -18,7 +18,8 @@ from nshelpers import ELSEWHERE, NSTRACE, ROOT
 
 from nstrace.cli import main
 from nstrace.session import reader, writer
-from nstrace.view import render
+from nstrace.view import graph
+from nstrace.view import page as pagemod
 
 pytestmark = pytest.mark.root("records sessions with nstrace watch (loads BPF)")
 
@@ -158,14 +159,14 @@ def test_render_html_of_10000_records_leaves_out_the_graph_and_grows_linearly(bi
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "without the graph" in line]
-    assert len(warnings) == 1 and f"more than render lays out ({render.GRAPH_MAX})" in warnings[0], done.stderr
+    assert len(warnings) == 1 and f"more than render lays out ({graph.GRAPH_MAX})" in warnings[0], done.stderr
     text = page.read_text()
-    graph = text.split('<section id="graph">', 1)[1].split("</section>", 1)[0]
-    assert "<svg" not in graph and "Not drawn: the graph has" in graph  # dot never ran
+    drawn = text.split('<section id="graph">', 1)[1].split("</section>", 1)[0]
+    assert "<svg" not in drawn and "Not drawn: the graph has" in drawn  # dot never ran
     assert all(f'id="op-{n}"' in text for n in (1, BIG // 2, BIG))
     # one unshare(CLONE_NEWUTS) path, written once; every other operation links to it
     assert text.count('<table class="path">') == 1 and text.count('as for <a href="#op-1">1</a>') == BIG - 1
-    fixed = len(render.html_page(reader.load(_write(tmp_path, lines[:2], "one.jsonl"))))  # one operation's page
+    fixed = len(pagemod.html_page(reader.load(_write(tmp_path, lines[:2], "one.jsonl"))))  # one operation's page
     per_op = (len(text.encode()) - fixed) / (BIG - 1)
     bound, unshare = _readme_page_sizes()
     assert per_op < bound and abs(per_op - unshare) < unshare / 5, (per_op, bound, unshare)
@@ -177,7 +178,7 @@ def test_render_svg_of_10000_records_is_refused_and_a_narrowed_one_drawn(big):
                           timeout=60)
     assert done.returncode == 2 and done.stdout == "", done.stderr
     assert done.stderr.startswith("nstrace: error: the graph has ") and done.stderr.count("\n") == 1, done.stderr
-    assert f"more than render lays out ({render.GRAPH_MAX})" in done.stderr and "--pid" in done.stderr
+    assert f"more than render lays out ({graph.GRAPH_MAX})" in done.stderr and "--pid" in done.stderr
     # one namespace of the middle: by its ns_id (its inode number was reused many times over the loop)
     middle = json.loads(lines[BIG // 2])
     narrowed = subprocess.run([str(NSTRACE), "render", str(path), "--format", "svg", "--ns",
@@ -204,12 +205,12 @@ def test_dot_is_stopped_at_its_timeout(big, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["render", str(path), "--format", "svg", "-o", str(tmp_path / "cut.svg")]) == 0
     assert (tmp_path / "cut.svg").read_text().count('class="node"') == 1901
-    monkeypatch.setattr(render, "DOT_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(graph, "DOT_TIMEOUT_S", 0.2)
     capsys.readouterr()
     assert main(["render", str(path), "--format", "svg"]) == 1
     out, err = capsys.readouterr()
     assert err == ("nstrace: error: graphviz dot did not lay out this graph within 0.2 s (stopped); narrow the "
-                   f"session with {render.NARROW}\n") and out == "", err
+                   f"session with {graph.NARROW}\n") and out == "", err
     assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "dot"]
 
 
@@ -217,7 +218,7 @@ def test_the_page_holds_at_most_page_paths_max_kernel_paths(small, tmp_path, cap
     """Past PAGE_PATHS_MAX different kernel-path tables, a row says its path is not shown, and
     stderr says how many were left out. (Three unshares of three types: three different paths.)"""
     path = _write(tmp_path, small)
-    monkeypatch.setattr(render, "PAGE_PATHS_MAX", 2)
+    monkeypatch.setattr(pagemod, "PAGE_PATHS_MAX", 2)
     capsys.readouterr()
     assert main(["render", str(path), "--format", "html", "-o", str(tmp_path / "s.html")]) == 0
     err = capsys.readouterr().err

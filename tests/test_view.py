@@ -24,7 +24,8 @@ from nstrace.kernel import flags as fl
 from nstrace.kernel import sourcelines
 from nstrace.linux import nsmap
 from nstrace.session import format, reader, writer
-from nstrace.view import display, render
+from nstrace.view import graph, table
+from nstrace.view import page as pagemod
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real CLI; ls/show/render are added to it here only until nstrace/cli.py registers them.
@@ -309,10 +310,10 @@ def test_show_replays_as_nobody_with_watch_filters(recorded):
         got = [json.loads(line) for line in _show(path, "--json", *args).stdout.splitlines()]
         assert got == expected and got, args
 
-    table = _show(path, "--op", "unshare").stdout
-    rows = [display.row(r) for r in sess.records if r.op == "unshare"]
-    assert table.startswith(display.header()) and all(row in table for row in rows)
-    assert "unshare" in table and "total" in table
+    shown = _show(path, "--op", "unshare").stdout
+    rows = [table.row(r) for r in sess.records if r.op == "unshare"]
+    assert shown.startswith(table.header()) and all(row in shown for row in rows)
+    assert "unshare" in shown and "total" in shown
 
 
 def test_show_reads_watch_json_and_interrupted_sessions(recorded, tmp_path):
@@ -347,7 +348,7 @@ def test_render_svg_has_a_node_per_namespace_and_process(recorded, tmp_path):
         if rec.child_pid:
             assert any(i == f"pid-{rec.child_pid}" or i.startswith(f"pid-{rec.child_pid}-") for i in ids)
         for entry in rec.changed:
-            want = render.ns_node_id(fl.ns_type_of_entry(entry), rec.ns_after[entry], rec.ns_id_after[entry])
+            want = graph.ns_node_id(fl.ns_type_of_entry(entry), rec.ns_after[entry], rec.ns_id_after[entry])
             assert want in ids, (rec.op, entry, want)
     created = sum(1 for r in sess.records if r.ok and r.op != "setns" and
                   set(fl.ns_types_in(r.raw_flags & ~fl.CSIGNAL)) & {fl.ns_type_of_entry(e) for e in r.changed})
@@ -381,7 +382,7 @@ def test_render_html_loads_in_chromium_without_errors(recorded, tmp_path):
     # each documented step links to its definition's line, in the version that line was read from
     spot = sourcelines.where("switch_task_namespaces", os.uname().release)
     assert f"https://elixir.bootlin.com/linux/v{spot.version}/source/kernel/nsproxy.c#L{spot.line}" in text
-    tag = render.kernel_tag(os.uname().release, os.uname().version)
+    tag = pagemod.kernel_tag(os.uname().release, os.uname().version)
     assert f"https://elixir.bootlin.com/linux/{tag}/A/ident/switch_task_namespaces" in text
     # the harness must see a console error when there is one
     broken = tmp_path / "broken.html"

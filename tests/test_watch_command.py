@@ -14,7 +14,6 @@ import time
 
 import psutil
 import pytest
-
 from nshelpers import NSTRACE, loader_programs, programs_left_after
 from test_cli import prog_ids_held_by, wait_gone
 
@@ -190,20 +189,20 @@ def test_loader_programs_sees_a_live_watch():
 
 
 def test_the_summary_table_is_laid_out_as_tabulate_would():
-    """display.counts_table stands in for tabulate's "simple" format (whose import costs a short
+    """reports.counts_table stands in for tabulate's "simple" format (whose import costs a short
     command ~50 ms): the same text, for any counts."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
     from tabulate import tabulate
 
-    from nstrace.view import display
+    from nstrace.view import reports
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.tuples(st.sampled_from(["clone", "clone3", "unshare", "setns", "total"]),
                               st.integers(min_value=0, max_value=10**12)), min_size=1, max_size=5))
     def same(rows):
         rows = [list(r) for r in rows]
-        assert display.counts_table(rows, ["op", "events"]) == tabulate(rows, headers=["op", "events"],
+        assert reports.counts_table(rows, ["op", "events"]) == tabulate(rows, headers=["op", "events"],
                                                                           tablefmt="simple")
     same()
 

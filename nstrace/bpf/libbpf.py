@@ -160,7 +160,9 @@ def lib():
     try:
         handle = ctypes.CDLL(name, use_errno=True)
     except OSError:
-        from ctypes.util import find_library  # imports subprocess, shutil, tempfile: fallback only
+        from ctypes.util import (
+            find_library,  # imports subprocess, shutil, tempfile: fallback only
+        )
         other = None if "NSTRACE_LIBBPF" in os.environ else find_library("bpf")
         if not other:
             raise LibbpfError(f"libbpf not found ({name}): install the libbpf1 package") from None

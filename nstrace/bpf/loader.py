@@ -9,16 +9,13 @@ or a subclass with a one-line reason.
 
 import ctypes
 import errno
-import functools
 import mmap
 import os
-import stat
 import threading
 
-from ..errors import KernelSupportError, LibbpfError, PrivilegeError, ProbeError
-from ..linux import mounts
+from ..errors import LibbpfError, ProbeError
 from . import btf as btfmod
-from . import corebtf, libbpf
+from . import corebtf, features, libbpf
 
 _libc = ctypes.CDLL(None)
 # Strings, not pathlib: importing pathlib and what it imports delays `nstrace watch` going live.
@@ -32,128 +29,13 @@ NO_ATOMICS_OBJECT_PATH = os.path.join(_BUILD, "nstrace-noatomics.bpf.o")
 SYSCALLS_OBJECT_PATH = os.path.join(_BUILD, "nstrace-syscalls.bpf.o")
 SYSCALLS_NO_ATOMICS_OBJECT_PATH = os.path.join(_BUILD, "nstrace-syscalls-noatomics.bpf.o")
 SYSCALLS_OBJECTS = (SYSCALLS_OBJECT_PATH, SYSCALLS_NO_ATOMICS_OBJECT_PATH)
-VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
-TRACEFS = "/sys/kernel/tracing"
-
-# include/uapi/linux/capability.h
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
-
-
-def effective_caps(pid="self"):
-    """The CapEff bitmask of a process, from /proc/<pid>/status (bytes: its Name: line is whatever
-    file the process was run as)."""
-    with open(f"/proc/{pid}/status", "rb") as f:
-        lines = f.read().split(b"\n")
-    for line in lines:
-        if line.startswith(b"CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
-
-
-def in_initial_user_ns():
-    """True unless this process runs in a user namespace other than the initial one.
-
-    The initial user namespace maps every uid to itself, and only it can
-    (kernel/user_namespace.c; /proc/self/uid_map is "0 0 4294967295" there, 5.10-7.2).
-    """
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return True  # no /proc: nothing to tell, and the kernel will answer at load
-
-
-def check_privileges():
-    """Raise PrivilegeError unless this process may load and attach tracing BPF."""
-    caps = effective_caps()
-    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
-    if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
-        if not in_initial_user_ns():
-            # capabilities in a user namespace are only over it; the kernel checks CAP_BPF and
-            # CAP_PERFMON in the initial one (kernel/bpf/syscall.c bpf_capable(), 6.18)
-            raise PrivilegeError("nstrace needs root of the initial user namespace: this process runs in "
-                                 "another user namespace, whose capabilities do not reach the kernel's BPF")
-        return
-    who = "not root" if os.geteuid() else "root without the needed capabilities"
-    raise PrivilegeError(f"nstrace needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): running as {who}; try sudo")
-
-
-class _BpfInsn(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("regs", ctypes.c_uint8), ("off", ctypes.c_int16), ("imm", ctypes.c_int32)]
-
-
-def _insn(code, dst=0, src=0, off=0, imm=0):
-    return _BpfInsn(code, dst | src << 4, off, imm)
-
-
-# *(u64 *)(r10 - 8) = 0; r0 = 0; r1 = 1; r0 = cmpxchg(r10 - 8, r0, r1); r0 = 0; exit
-# (include/uapi/linux/bpf.h: BPF_STX | BPF_ATOMIC | BPF_DW = 0xdb, BPF_CMPXCHG = 0xf1)
-_CMPXCHG_PROG = (_insn(0x7a, dst=10, off=-8), _insn(0xb7), _insn(0xb7, dst=1, imm=1),
-                 _insn(0xdb, dst=10, src=1, off=-8, imm=0xf1), _insn(0xb7), _insn(0x95))
-
-
-@functools.cache
-def kernel_has_cmpxchg():
-    """True if this kernel's verifier takes BPF's compare-and-swap (BPF atomics, 5.12+).
-
-    Asked of the kernel itself: a six-instruction socket filter with one
-    cmpxchg is loaded and closed (tens of microseconds). Not a version check:
-    a backport counts, and 5.10's "BPF_STX uses reserved fields" is the answer no.
-    """
-    insns = (_BpfInsn * len(_CMPXCHG_PROG))(*_CMPXCHG_PROG)
-    fd = libbpf.lib().bpf_prog_load(libbpf.BPF_PROG_TYPE_SOCKET_FILTER, None, b"GPL", insns, len(insns), None)
-    if fd < 0:
-        return False
-    os.close(fd)
-    return True
-
 
 def object_for_kernel(function_layer=True):
     """The build of nstrace's BPF object this kernel loads: with BPF atomics where it has them, and
     with the kernel-function layer's programs only where one of its hooks can attach."""
     if function_layer:
-        return OBJECT_PATH if kernel_has_cmpxchg() else NO_ATOMICS_OBJECT_PATH
-    return SYSCALLS_OBJECT_PATH if kernel_has_cmpxchg() else SYSCALLS_NO_ATOMICS_OBJECT_PATH
-
-
-def check_btf(path=VMLINUX_BTF):
-    """Raise KernelSupportError if the kernel exposes no BTF (CONFIG_DEBUG_INFO_BTF)."""
-    if not os.path.exists(path):
-        raise KernelSupportError(f"no kernel BTF at {path}: nstrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
-
-
-def ensure_tracefs(path=TRACEFS):
-    """Make tracefs available for attaching tracepoints; return True if we mounted it.
-
-    libbpf resolves a tracepoint's id through tracefs at attach time only; our
-    machines do not mount it by default (../shared/kernel-env.md). Mounted,
-    tracefs is root's alone (mode 0700, fs/tracefs/inode.c, 6.18): with
-    CAP_BPF and CAP_PERFMON but not root, it is there and cannot be read.
-    """
-    try:
-        if stat.S_ISDIR(os.stat(os.path.join(path, "events")).st_mode):
-            return False
-    except PermissionError as e:
-        raise PrivilegeError(f"tracefs at {path} is mounted, but this user may not read it ({e.strerror}): "
-                             "libbpf looks tracepoints up there; run as root") from None
-    except OSError:
-        pass  # not mounted (or not there at all): mount it
-    try:
-        mounts.mount("nodev", path, "tracefs")
-    except OSError as e:
-        if e.errno == errno.EPERM:
-            raise PrivilegeError(f"tracefs is not mounted at {path}, and mounting it needs CAP_SYS_ADMIN: "
-                                 "run as root, or mount it first") from None
-        raise KernelSupportError(f"tracefs is not mounted at {path} and mounting it failed: {os.strerror(e.errno)}") \
-            from None
-    return True
-
-
-def unmount(path=TRACEFS):
-    try:
-        mounts.umount(path)  # detached: a reader may still hold a file
-    except OSError:
-        pass
+        return OBJECT_PATH if features.kernel_has_cmpxchg() else NO_ATOMICS_OBJECT_PATH
+    return SYSCALLS_OBJECT_PATH if features.kernel_has_cmpxchg() else SYSCALLS_NO_ATOMICS_OBJECT_PATH
 
 
 class BpfObject:

@@ -13,9 +13,9 @@ otherwise closes them, records and all, and loads again; a command line
 that fails to parse closes them too (discard()). With --pid the thread only
 loads: the descendant table must be filled before any probe runs. With
 `watch -- COMMAND` the child that becomes COMMAND is forked first
-(nstrace.linux.command), so its pid is known: the thread loads, puts it in
+(nstrace.linux.heldcommand), so its pid is known: the thread loads, puts it in
 the table and attaches, and the command line only has to release it. The
-signals that watch reads from a signalfd then (linux.command.Inbox) are
+signals that watch reads from a signalfd then (linux.heldcommand.Inbox) are
 blocked before that fork and that thread: a signal must find no thread that
 takes it as an interruption.
 """
@@ -91,7 +91,7 @@ def begin(args):
         if fields.pop("command", False) and "pid" not in fields:
             # Forked now, while this process has one thread and no BPF fd: COMMAND's pid is what
             # the object follows (filter_tgid) and the table's first entry, before anything is attached.
-            from ..linux.command import HeldCommand, block_watched
+            from ..linux.heldcommand import HeldCommand, block_watched
             block_watched()
             blocked = True
             _command = HeldCommand()
@@ -112,10 +112,10 @@ def begin(args):
 def _load(fields, seed=None):
     global _probes
     try:
-        from . import loader
+        from . import features, privileges
         from .probeset import ProbeSet
-        loader.check_privileges()
-        loader.check_btf()
+        privileges.check_privileges()
+        features.check_btf()
         probes = ProbeSet(**fields)
         try:
             probes.load(loading=_loading.set)

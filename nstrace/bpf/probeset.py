@@ -14,7 +14,7 @@ import errno
 import os
 
 from ..errors import LibbpfError, ProbeError, UsageError
-from . import hookplan, libbpf, loader
+from . import hookplan, libbpf, loader, tracefs
 
 # The syscall layer (probes/syscalls.bpf.c), attached on every kernel.
 SYSCALL_PROGRAMS = (
@@ -172,7 +172,7 @@ class ProbeSet:
     def attach(self):
         """Attach the syscall layer (raising ProbeError naming a refused probe), then each
         kernel-function hook (a refused one is only marked, with the reason)."""
-        mounted = loader.ensure_tracefs()
+        mounted = tracefs.ensure_tracefs()
         try:
             for name in self.programs():
                 try:
@@ -186,7 +186,7 @@ class ProbeSet:
                 self.attached.append(name)
         finally:
             if mounted:
-                loader.unmount()
+                tracefs.unmount()
         for hook in self.hooks:
             self._attach_hook(hook)
 

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import time
 
-from ..bpf import loader
+from ..bpf import privileges
 from ..errors import NstraceError, PrivilegeError, UsageError
 from ..kernel import flags as fl
 from ..study import pathcheck
@@ -56,8 +56,8 @@ def tracer_for_check():
 
 def require_privileges():
     """Raise PrivilegeError unless this process may trace and make namespaces, as check and demo do."""
-    loader.check_privileges()
-    if not loader.effective_caps() >> loader.CAP_SYS_ADMIN & 1:
+    privileges.check_privileges()
+    if not privileges.effective_caps() >> privileges.CAP_SYS_ADMIN & 1:
         # CAP_BPF and CAP_PERFMON trace; making or joining a namespace of any type but user takes
         # CAP_SYS_ADMIN (kernel/nsproxy.c copy_namespaces(), unshare_nsproxy_namespaces() and each
         # type's ->install(), 6.18), and the launcher makes them all

@@ -328,14 +328,3 @@ def resolve(name: str, status: Status = quiet) -> KernelSpec:
             return _remember(name, KernelSpec(name, candidate, tuple(packages), version, tuple(sizes)))
     where = suite or ", ".join(KERNEL_SUITES.values())
     raise PackageNotFound(f"no package {package} in {where}")
-
-
-def available_kernels() -> dict[str, KernelSpec | LabError]:
-    """What each short name resolves to right now (an error in place of a spec if a suite is unreachable)."""
-    result: dict[str, KernelSpec | LabError] = {}
-    for name in KERNEL_SUITES:
-        try:
-            result[name] = resolve(name)
-        except LabError as exc:
-            result[name] = exc
-    return result

@@ -45,7 +45,7 @@ def _descendants(session, pid):
 
 
 def summary(session, shown, filtered):
-    """A Tracer.summary()-shaped dict for the replayed records (display.summary_table prints it)."""
+    """A Tracer.summary()-shaped dict for the replayed records (reports.summary_table prints it)."""
     by_op, by_check = {}, {}
     for rec in shown:
         by_op[rec.op] = by_op.get(rec.op, 0) + 1

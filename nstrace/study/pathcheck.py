@@ -241,3 +241,20 @@ def compare(rec, hooks, tracepoints, release=None):
 
 def passed(results):
     return not any(r.failed for r in results)
+
+
+def recorded_hooks(availability):
+    """({func: Hook}, attached tracepoint names) as a session's availability recorded them: documented
+    steps are judged as the kernel let them be probed when the record was made."""
+    from ..kernel.hooks import Hook
+    hooks = {a["probe"]: Hook(a["probe"], a["hook"], a["reason"], a["attached"])
+             for a in availability if a.get("layer") == "function"}
+    tracepoints = {a["probe"] for a in availability if a.get("layer") == "syscall" and a["attached"]}
+    return hooks, tracepoints
+
+
+def common_reason(availability):
+    """The one reason every kernel function was unavailable, if it is the same for all (said once)."""
+    functions = [a for a in availability if a.get("layer") == "function"]
+    reasons = {a["reason"] for a in functions if not a["attached"]}
+    return reasons.pop() if functions and len(reasons) == 1 and not any(a["attached"] for a in functions) else None

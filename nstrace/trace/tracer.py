@@ -13,7 +13,7 @@ import dataclasses
 import sys
 import time
 
-from ..bpf import loader, probeset, teardown
+from ..bpf import features, privileges, probeset, teardown
 from ..bpf.probeset import BODY_PROGRAMS, SYSCALL_PROGRAMS, section_of  # noqa: F401 (the CLI's and tests' names)
 from ..errors import UsageError
 from ..kernel import functions
@@ -114,8 +114,8 @@ class Tracer:
 
     def start(self):
         """Check the environment, load and attach; raise NstraceError on any failure."""
-        loader.check_privileges()
-        loader.check_btf()
+        privileges.check_privileges()
+        features.check_btf()
         if self.options.pid is not None:
             self._resolve_pid()
         try:

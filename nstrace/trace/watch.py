@@ -101,7 +101,7 @@ def silence(fd=1):
 
 
 class Relay:
-    """watch -- COMMAND's signals (SIGINT, SIGTERM, SIGHUP), read from a linux.command.Inbox.
+    """watch -- COMMAND's signals (SIGINT, SIGTERM, SIGHUP), read from a linux.heldcommand.Inbox.
 
     A terminal's signal goes to its whole foreground process group: when COMMAND is in nstrace's,
     it has the signal too, and acting on it is COMMAND's (a REPL's Ctrl-C, as often as it comes);
@@ -111,7 +111,7 @@ class Relay:
 
     def __init__(self, inbox, command, status):
         self.inbox, self.command, self.status = inbox, command, status
-        self.passed_on = []  # linux.command.Signal, in order
+        self.passed_on = []  # linux.heldcommand.Signal, in order
 
     def fileno(self):
         return self.inbox.fileno()
@@ -156,7 +156,7 @@ class Watch:
     stop_requested() is true once a signal asked to stop. count: records to show at most;
     duration: seconds (None: until a stop).
 
-    command (watch -- COMMAND): a linux.command.HeldCommand the tracer follows; released (run) as
+    command (watch -- COMMAND): a linux.heldcommand.HeldCommand the tracer follows; released (run) as
     soon as tracing is live, by release(); signals: its Relay. The watch then ends when COMMAND
     exits: the followed processes are forgotten (no record begins after that), the ring buffer is
     read to its end, and the kernel's teardown of the probes goes on in the background

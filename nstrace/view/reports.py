@@ -1,164 +1,12 @@
-"""How records look: the streaming table, JSON lines, summaries, check and demo reports.
-
-Every line for a terminal goes through :func:`printable` (view/terminal.py) on its way out: a
-record's comm is escaped where it is decoded (linux.comm.safe_comm), but a table
-also shows what a session file from elsewhere says, and no control byte
-(C0, C1, ESC, DEL) or bidirectional override may reach the terminal whatever
-field it came in. JSON output escapes them itself (json.dumps: \\uNNNN).
-"""
+"""The reports: watch's summary, doctor's probe table, check's results, demo's report, the lab's
+table. Each is made once, at the end of its command; the streaming table is view/table.py."""
 
 import dataclasses
-import time
 
 from ..kernel import flags as fl
-from .terminal import lines, printable
-
-# (header, width): fixed so that rows streamed one at a time line up.
-COLUMNS = (
-    ("TIME", 12), ("COMM", 15), ("PID", 7), ("TID", 7), ("OP", 7), ("FLAGS", 32),
-    ("RET", 6), ("CHILD", 7), ("NSPROXY", 17), ("PROC", 10),
-)
-
-
-def tabulate(*args, **kw):
-    # Imported on first use: it is heavy to import, and `watch --json` never needs it.
-    from tabulate import tabulate as _tabulate
-    return _tabulate(*args, **kw)
-
-
-def _fit(text, width):
-    text = str(text)
-    return text if len(text) <= width else text[: width - 1] + "~"
-
-
-FLAGS_COLUMN = 5
-GAP = "  "  # between columns, as tabulate's "plain" format has it
-
-
-def wrap(text, width):
-    """text in lines of at most width characters, broken after a '|' or at a space where it can
-    be (flag names stay whole), else hard."""
-    text = str(text)
-    out = []
-    while len(text) > width:
-        cut = max(text.rfind("|", 0, width) + 1, text.rfind(" ", 0, width + 1))
-        if cut <= 0:
-            cut = width
-        out.append(text[:cut].rstrip())
-        text = text[cut:].lstrip(" ")
-    return out + [text]
-
-
-def _row(cells):
-    """One table row: every cell cut to its column's width, but the flags, which are never cut:
-    what does not fit goes on in the same column on the lines below."""
-    fitted = [_fit(c, w) for c, (_, w) in zip(cells, COLUMNS)]
-    flags = wrap(cells[FLAGS_COLUMN], COLUMNS[FLAGS_COLUMN][1]) if len(cells) > FLAGS_COLUMN else [""]
-    if len(cells) > FLAGS_COLUMN:
-        fitted[FLAGS_COLUMN] = flags[0]
-    lines = [GAP.join(c.ljust(w) for c, (_, w) in zip(fitted, COLUMNS)).rstrip()]
-    indent = sum(w + len(GAP) for _, w in COLUMNS[:FLAGS_COLUMN])
-    lines += [" " * indent + more for more in flags[1:]]
-    return "\n".join(lines)
-
-
-def header(containers=False):
-    return _row([h for h, _ in COLUMNS]) + (GAP + "CONTAINER" if containers else "")
-
-
-def flags_cell(rec):
-    if rec.op == "setns":
-        nstype = fl.short(rec.flags) if rec.raw_flags else "0"
-        target = rec.target or {}
-        if target.get("kind") == "nsfs":
-            return f"{nstype} fd={target.get('fd')}:{target.get('type')}"
-        if target.get("kind") == "pidfd":
-            return f"{nstype} pidfd={target.get('pid')}"
-        return f"{nstype} fd={target.get('fd')}:{target.get('kind')}"
-    return fl.short(rec.flags)
-
-
-def ret_cell(rec):
-    return rec.errno if rec.errno else str(rec.ret)
-
-
-def nsproxy_cell(rec):
-    before, after = rec.nsproxy.get("before"), rec.nsproxy.get("after")
-    if not after or before == after:
-        return before or "-"
-    return f"{before}>{after}"
-
-
-def proc_cell(rec):
-    return rec.proc_check["status"] if rec.proc_check else "-"
-
-
-def has_container(rec):
-    return bool(rec.container or (rec.target or {}).get("container"))
-
-
-def container_cell(rec):
-    """The caller's container; a setns into another container's namespace adds it: "-" > docker:..."""
-    from ..linux.containers import container_label
-    caller = container_label(rec.container)
-    target = (rec.target or {}).get("container")
-    return caller if not target or target == rec.container else f"{caller}>{container_label(target)}"
-
-
-class Table:
-    """The streaming table, with a CONTAINER column (last, never cut) once any record has one:
-    from the start if asked (show knows all its records), else from the first such record on,
-    under a header line of its own."""
-
-    def __init__(self, containers=False):
-        self.containers = containers
-
-    def header(self):
-        return header(self.containers)
-
-    def row(self, rec):
-        if self.containers or not has_container(rec):
-            return row(rec, containers=self.containers)
-        self.containers = True
-        return self.header() + "\n" + row(rec, containers=True)
-
-
-def path_table(rec, indent="    "):
-    """The record's kernel path, one call a line, nested by call depth: arguments, result (new or
-    shared for a copy_*), µs and source line; a why under a call that needs one."""
-    from ..study import callpath  # only records from the function layer get here
-    rows = callpath.path_rows(rec)
-    table = [["  " * depth + text, "-" if us is None else f"{us:.1f}", source] for depth, text, _, source, us, _ in rows]
-    text = tabulate(table, headers=["kernel path", "µs", "source"], tablefmt="plain", disable_numparse=True,
-                    colalign=("left", "right", "left"), preserve_whitespace=True).split("\n")
-    out, said = [indent + text[0].rstrip()], set()
-    for line, (depth, _, why, _, _, _) in zip(text[1:], rows):
-        out.append(indent + line.rstrip())
-        if why and why not in said:  # under its call, outside the table: a long why must not widen every row
-            out.append(indent + "  " * (depth + 1) + f"/* {why} */")
-            said.add(why)  # once: the seven copy_* of one call may all have the same
-    return out
-
-
-def row(rec, path=True, containers=False):
-    """The record as one table line plus indented detail lines (its kernel path with `path`); the
-    CONTAINER cell last with `containers`."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts * 1000) % 1000:03d}"
-    line = _row([stamp, rec.comm, rec.pid, rec.tid, rec.op, flags_cell(rec), ret_cell(rec),
-                 rec.child_pid or "-", nsproxy_cell(rec), proc_cell(rec)])
-    if containers:
-        first, _, rest = line.partition("\n")
-        first = first.ljust(sum(w + len(GAP) for _, w in COLUMNS)) + container_cell(rec)
-        line = first + ("\n" + rest if rest else "")
-    details = []
-    for entry in rec.changed:
-        details.append(f"    {entry:<17} {(rec.ns_before or {}).get(entry)} -> {(rec.ns_after or {}).get(entry)}")
-    if rec.kernel_path and path:
-        details += path_table(rec)
-    if rec.proc_check and rec.proc_check["status"] == "mismatch":
-        for entry, d in (rec.proc_check.get("diff") or {}).items():
-            details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")
-    return "\n".join(printable(text) for text in line.split("\n") + details)
+from ..study import pathcheck
+from .table import fit, header, row, tabulate
+from .terminal import lines
 
 
 def counts_table(rows, headers):
@@ -288,9 +136,9 @@ def check_table(results):
         ops = ", ".join(v.expect.op for v in r.verdicts if v.expect.op != "facts") or "-"
         paths = " ".join(_path_counts(v) for v in r.verdicts if v.steps) or "-"
         if getattr(r, "skipped", ""):
-            rows.append([r.name, "-", "SKIP", "-", _fit(r.skipped, 70)])
+            rows.append([r.name, "-", "SKIP", "-", fit(r.skipped, 70)])
             continue
-        rows.append([r.name, ops, "PASS" if r.ok else "FAIL", paths, _fit(_first_problem(r), 70)])
+        rows.append([r.name, ops, "PASS" if r.ok else "FAIL", paths, fit(_first_problem(r), 70)])
     out = tabulate(rows, headers=["scenario", "operations", "result", "path seen/observable/documented", "problem"],
                    tablefmt="simple")
     skipped = [r for r in results if getattr(r, "skipped", "")]
@@ -309,13 +157,6 @@ def check_json(results):
                              "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in v.checks],
                              "kernel_path": [dataclasses.asdict(s) for s in v.steps]} for v in r.verdicts]}
             for r in results]
-
-
-def _common_reason(availability):
-    """The one reason every kernel function is unavailable, if it is the same for all."""
-    reasons = {a["reason"] for a in availability if a["layer"] == "function" and not a["attached"]}
-    attached = any(a["attached"] for a in availability if a["layer"] == "function")
-    return reasons.pop() if len(reasons) == 1 and not attached else None
 
 
 SHOWN = ("observed", "unexpected", "out of order", "out of place", "undocumented")
@@ -354,12 +195,10 @@ def lab_command(expect):
 
 def _switch_note(rec, availability):
     """What became of the old nsproxy, where the kernel path shows the switch."""
-    from ..kernel.hooks import Hook
     from ..study import callpath
     if not rec.kernel_path:
         return ""
-    hooks = {a["probe"]: Hook(a["probe"], a["hook"], a["reason"], a["attached"])
-             for a in availability if a.get("layer") == "function"}
+    hooks, _ = pathcheck.recorded_hooks(availability)
     for top in callpath.tree(rec.kernel_path):
         for call in top.walk():
             if call.func == "switch_task_namespaces":
@@ -398,7 +237,7 @@ def demo_report(result, report, availability):
             shown = {k: v for k, v in facts.items() if k != "monotonic_s" or "time" in what}
             out.append(f"  {what}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         out.append("")
-    common = _common_reason(availability)
+    common = pathcheck.common_reason(availability)
     for v in result.verdicts:
         if not v.steps:
             continue
