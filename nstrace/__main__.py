@@ -15,7 +15,7 @@ def main():
     preload.begin(sys.argv[1:])
     try:
         try:
-            from .cli import main as cli_main
+            from .cli.main import main as cli_main
         finally:
             gc.enable()
         return cli_main()

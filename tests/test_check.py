@@ -5,13 +5,12 @@ import os
 import subprocess
 
 import pytest
-
-from nstrace.check import catalogue, checker, launcher, scenarios
-from nstrace.linux import procns
-from nstrace.check.launcher import Launcher
-
 from nshelpers import NSTRACE
+
+from nstrace.check import catalogue, checker, launcher, scenario
+from nstrace.check.launcher import Launcher
 from nstrace.errors import LauncherError
+from nstrace.linux import procns
 
 
 def same_host_state(before, after):
@@ -92,7 +91,7 @@ def test_a_scenario_failing_midway_is_undone(tracer):
         raise LauncherError("broken on purpose after making things")
 
     before = host_state()
-    sc = scenarios.Scenario("broken", "fails midway", broken)
+    sc = scenario.Scenario("broken", "fails midway", broken)
     with checker.tracer_for_check() as t:
         result = checker.run_scenario(sc, t)
     assert not result.ok and "broken on purpose" in result.error

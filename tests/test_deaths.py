@@ -23,9 +23,9 @@ UNSHARE = {"uts": (["--uts"], "uts"), "ipc": (["--ipc"], "ipc"), "mnt": (["--mou
 
 
 def watch(*command):
-    """`nstrace watch --json -- COMMAND`: its records, and its summary."""
-    res = subprocess.run([str(NSTRACE), "watch", "--json", "--", *command], capture_output=True, text=True,
-                         timeout=120)
+    """`nstrace watch --json -o /dev/stdout -- COMMAND`: its records, and its summary."""
+    res = subprocess.run([str(NSTRACE), "watch", "--json", "-o", "/dev/stdout", "--", *command],
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     [summary] = [json.loads(line.split(" ", 2)[2]) for line in res.stderr.splitlines()
                  if line.startswith("nstrace: summary ")]

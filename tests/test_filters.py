@@ -1,5 +1,5 @@
 """The filters of watch, show and render: one value (nstrace/record/filters.py Filter), parsed and
-refused alike by each command, and declared once (nstrace/cliparams.py). What C does with the same
+refused alike by each command, and declared once (nstrace/cli/params.py). What C does with the same
 values is tests/test_batch.py's; these need no root: show reads a session recorded on sid's 7.2."""
 
 import subprocess
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nshelpers import NSTRACE, ROOT
 
-from nstrace.cliparams import Pid
+from nstrace.cli.params import Pid
 from nstrace.errors import UsageError
 from nstrace.kernel import flags as fl
 from nstrace.record import filters, layout

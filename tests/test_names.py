@@ -255,8 +255,8 @@ def test_the_session_written_line_shows_a_hostile_file_name_escaped(tmp_path):
 def test_a_status_line_needs_no_table_code():
     """The filter is on watch's start-up path: a status line imports neither the tables nor
     tabulate, and a plain one (as watch's start-up lines are) not even the filter."""
-    probe = ("import sys; from nstrace import cli; cli.status('tracing live'); "
-             "print(sorted(m for m in sys.modules if m.startswith('nstrace.view'))); cli.status('\\x1b[2J'); "
+    probe = ("import sys; from nstrace.cli import console; console.status('tracing live'); "
+             "print(sorted(m for m in sys.modules if m.startswith('nstrace.view'))); console.status('\\x1b[2J'); "
              "print(sorted(m for m in ('nstrace.view.table', 'nstrace.view.reports', 'tabulate') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/")
     assert res.returncode == 0 and res.stdout == "[]\n[]\n", res

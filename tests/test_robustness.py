@@ -487,7 +487,7 @@ def test_cli_property(command, args):
 
 
 def test_cli_main_in_process_never_raises(capsys):
-    from nstrace.cli import main
+    from nstrace.cli.main import main
     for argv in (["watch", "--pid", "x"], ["demo", "--flags", "NOPE"], ["check", "zzz"], ["--nope"],
                  ["lab", "--timeout", "-1", "--kernel", "6.1"], ["watch", "--type", "bogus"]):
         code = main(argv)

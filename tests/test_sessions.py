@@ -16,7 +16,7 @@ import psutil
 import pytest
 from nshelpers import ELSEWHERE, NSTRACE, ROOT
 
-from nstrace.cli import main
+from nstrace.cli.main import main
 from nstrace.session import reader, writer
 from nstrace.view import graph
 from nstrace.view import page as pagemod

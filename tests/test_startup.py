@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from nstrace.bpf import hookplan, libbpf, loader, preload
-from nstrace.errors import LibbpfError
 from nstrace.bpf.probeset import ProbeSet
+from nstrace.errors import LibbpfError
 from nstrace.trace.tracer import Options, Tracer
 
 
@@ -52,21 +52,21 @@ WATCH_SAMPLES = {
 def _object_settings(argv):
     """What the object of `nstrace watch ARGV` depends on: as the command line parses, and as
     nstrace.bpf.preload guesses it from the raw words."""
-    from nstrace import cli
-    ctx = cli.cli.commands["watch"].make_context("watch", list(argv))
+    from nstrace.cli import watch
+    ctx = watch.watch.make_context("watch", list(argv))
     guessed = preload.guess(["watch", *argv])
     params = dict(ctx.params)
     if params["command"]:
         # watch follows COMMAND's pid, known once forked: a stand-in for it, on both sides
         assert guessed.pop("command") is True and params["pid"] is None
         params["pid"] = guessed["pid"] = 4242
-    tracer = Tracer(cli.watch_options(**params))
+    tracer = Tracer(watch.watch_options(**params))
     return tracer.probes.settings([]), ProbeSet(**guessed).settings([]) if guessed is not None else None
 
 
 def test_every_watch_option_is_sampled():
-    from nstrace import cli
-    assert {p.name for p in cli.cli.commands["watch"].params if p.name != "help"} == set(WATCH_SAMPLES)
+    from nstrace.cli import watch
+    assert {p.name for p in watch.watch.params if p.name != "help"} == set(WATCH_SAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(WATCH_SAMPLES))

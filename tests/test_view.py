@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nstrace.check import checker, scenarios
+from nstrace.check import catalogue, checker
 from nstrace.kernel import flags as fl
 from nstrace.kernel import sourcelines
 from nstrace.linux import nsmap
@@ -28,10 +28,8 @@ from nstrace.view import graph, table
 from nstrace.view import page as pagemod
 
 ROOT = Path(__file__).resolve().parent.parent
-# The real CLI; ls/show/render are added to it here only until nstrace/cli.py registers them.
-BOOT = ("import sys\nfrom nstrace import cli, viewcli\n"
-        "[cli.cli.add_command(c) for c in viewcli.COMMANDS if c.name not in cli.cli.commands]\n"
-        "sys.exit(cli.main(sys.argv[1:]))")
+# The real CLI, as `python -c` runs it
+BOOT = "import sys\nfrom nstrace.cli.main import main\nsys.exit(main(sys.argv[1:]))"
 SCENARIOS = ("unshare-uts", "clone-net", "setns-ipc", "clone3-user", "unshare-pid-children-only", "fail-einval")
 
 pytestmark = pytest.mark.root("makes namespaces and cgroups, loads BPF")
@@ -238,7 +236,7 @@ def recorded():
     with checker.tracer_for_check() as tracer:
         recorder = writer.Recorder(path, tracer)
         tee = writer.RecordingTracer(tracer, recorder)
-        results = [checker.run_scenario(scenarios.CATALOGUE[name], tee) for name in SCENARIOS]
+        results = [checker.run_scenario(catalogue.CATALOGUE[name], tee) for name in SCENARIOS]
         recorder.close(tracer.summary())
     path.chmod(0o644)
     print(f"recorded {recorder.count} records of {len(SCENARIOS)} scenarios in {time.monotonic() - start:.1f} s")
@@ -570,7 +568,7 @@ NOT_JSON = [
 @pytest.mark.parametrize("what,line,field,damage", CRAFTED, ids=[c[0] for c in CRAFTED])
 def test_a_crafted_session_file_is_refused_naming_line_and_field(recorded, tmp_path, capsys, what, line, field,
                                                                  damage):
-    from nstrace.cli import main
+    from nstrace.cli.main import main
     lines = _session_lines(recorded)
     header, record, end = lines[0], lines[1], lines[-1]
     path = _write_session(tmp_path / "crafted.jsonl", damage(header, record, end))
@@ -783,7 +781,7 @@ def test_fuzz_session_files_through_show_and_render(fuzz_base, tmp_path, capsys,
     import fastjsonschema
     import jsonschema
 
-    from nstrace.cli import main
+    from nstrace.cli.main import main
     from nstrace.session import _schema as _session_schema
     text, objects = data.draw(damaged_sessions(fuzz_base))
     path = tmp_path / "fuzz.jsonl"

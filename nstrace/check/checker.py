@@ -15,7 +15,7 @@ from ..errors import NstraceError, PrivilegeError, UsageError
 from ..kernel import flags as fl
 from ..study import pathcheck
 from ..trace.tracer import Options, Tracer, section_of
-from . import catalogue, scenarios
+from . import catalogue, scenario
 from .launcher import Launcher
 
 
@@ -23,7 +23,7 @@ from .launcher import Launcher
 class Verdict:
     """One expectation judged: the matching record (if any) and every check made."""
 
-    expect: scenarios.Expect
+    expect: scenario.Expect
     record: object = None
     checks: list = dataclasses.field(default_factory=list)   # [(what, ok, detail)]
     steps: list = dataclasses.field(default_factory=list)    # pathcheck.StepResult
@@ -40,7 +40,7 @@ class ScenarioResult:
     verdicts: list
     error: str = ""
     duration_s: float = 0.0
-    skipped: str = ""    # why this kernel cannot run it (scenarios.Unsupported): neither passed nor failed
+    skipped: str = ""    # why this kernel cannot run it (scenario.Unsupported): neither passed nor failed
 
     @property
     def ok(self):
@@ -151,7 +151,7 @@ def run_scenario(sc, tracer, settle_s=5.0):
                     break
             by_exp = dict(zip(map(id, pending), matched))
             verdicts = [judge(e, by_exp.get(id(e)), tracer) for e in expects]
-    except scenarios.Unsupported as e:
+    except scenario.Unsupported as e:
         skipped = str(e)
     except NstraceError as e:
         error = str(e)

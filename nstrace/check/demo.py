@@ -9,7 +9,7 @@ import os
 
 from ..errors import UsageError
 from ..kernel import flags as fl
-from . import checker, scenarios
+from . import checker, scenario
 
 
 def build(op, flags):
@@ -38,23 +38,23 @@ def build(op, flags):
         h = launcher.nsop(spec)
         rep = h.report
         run.report = rep
-        changed = sorted({e for t in types for e in scenarios.changes(op, t)}, key=fl.NS_ENTRIES.index)
-        want_inside = scenarios.inside_for([t for t in types if not (op == "setns" and t == "user")],
+        changed = sorted({e for t in types for e in scenario.changes(op, t)}, key=fl.NS_ENTRIES.index)
+        want_inside = scenario.inside_for([t for t in types if not (op == "setns" and t == "user")],
                                             op in ("clone", "clone3"))
-        expects = [scenarios.Expect(op, pid=h.pid, flags=flags, changed=changed, inside=want_inside,
+        expects = [scenario.Expect(op, pid=h.pid, flags=flags, changed=changed, inside=want_inside,
                                     seen_inside=rep.get("inside"), what=f"{op} {fl.short(fl.decode_flags(flags, op))}")]
         if op == "setns":
             expects[0].ns_after = {e: targets[fl.ns_type_of_entry(e)] for e in changed}
         if "fork_child" in rep:
             entered = [t for t in types if t in ("pid", "time")]
-            expects.append(scenarios.Expect("clone", pid=h.pid, changed=entered,
+            expects.append(scenario.Expect("clone", pid=h.pid, changed=entered,
                                             inside={"pid": 1} if "pid" in entered and op == "unshare" else {},
                                             seen_inside=rep.get("fork_inside"),
                                             what="the next fork enters the new " + "/".join(entered) + " namespace"))
         return expects
 
     run.report = None
-    return scenarios.Scenario("demo", f"{op} {fl.short(fl.decode_flags(flags, op))}", run), run
+    return scenario.Scenario("demo", f"{op} {fl.short(fl.decode_flags(flags, op))}", run), run
 
 
 def run_demo(op, flags, record_path=None):

@@ -110,7 +110,7 @@ class Launcher:
         """Run one namespace operation in a held process (nstrace.check.nsop); return a Held."""
         proc = subprocess.Popen([sys.executable, "-m", "nstrace.check.nsop", json.dumps(spec)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                cwd="/",  # imports the installed nstrace (check/experiments.py says why)
+                                cwd="/",  # imports the installed nstrace (check/scenario.py run_inside says why)
                                 preexec_fn=_die_with(os.getpid()))
         self._record("process", proc.pid, start=procns.start_ticks(proc.pid))
         line = proc.stdout.readline()

@@ -1,7 +1,7 @@
 """The watch loop: a tracer's records to its output (stdout, stderr or -o FILE; and a session file)
 until a stop, then the rest of what the kernel already handed over, then the summary.
 
-The CLI (nstrace/cli.py `watch`) parses the options, starts the Tracer and says how a record looks;
+The CLI (nstrace/cli/watch.py) parses the options, starts the Tracer and says how a record looks;
 this module does the work between. Formatting stays with the caller (a table row is the view's),
 so the loop imports nothing above the record layer.
 """

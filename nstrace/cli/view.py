@@ -1,7 +1,6 @@
 """The viewing commands: ``nstrace ls``, ``nstrace show FILE``, ``nstrace render FILE``.
 
-Plain click commands, registered on the main group by nstrace/cli.py
-(``viewcli.register(cli)``). None of them loads BPF: ``show`` and
+None of them loads BPF: ``show`` and
 ``render`` read a recorded session on any machine, without root; ``ls``
 reads /proc and sees everything only as root (like lsns).
 """
@@ -11,22 +10,18 @@ import json
 import click
 from tabulate import tabulate
 
-from .cliparams import Pid, file_name, filter_options
-from .kernel import flags as fl
-from .linux import nsmap
-from .record import jsonline
-from .record.filters import Filter
-from .session import reader, replay
-from .view import render, reports, table, terminal
+from ..kernel import flags as fl
+from ..linux import nsmap
+from ..record import jsonline
+from ..record.filters import Filter
+from ..session import reader, replay
+from ..view import render, reports, table, terminal
+from .console import status
+from .params import Pid, file_name, filter_options
 
 
 def _types(values):
     return tuple(fl.parse_ns_types(",".join(values))) if values else ()
-
-
-def _status(message):
-    # what a session file says (its host, its name) goes to a terminal: escaped like every table line
-    click.echo(f"nstrace: {terminal.printable(message)}", err=True)
 
 
 # --- ls ------------------------------------------------------------------------------
@@ -78,7 +73,7 @@ def ls_command(tree, as_json, types, pid):
         # Root sees every process the kernel shows to anyone; what it still cannot read a security
         # module hides (pid 1 on our build machines): the same on every run, so said only in --json's
         # "unreadable", as lsns says nothing. Without root, other users' processes are hidden: said.
-        _status(f"{len(snap.unreadable)} processes could not be read (pid {', '.join(map(str, snap.unreadable[:5]))}"
+        status(f"{len(snap.unreadable)} processes could not be read (pid {', '.join(map(str, snap.unreadable[:5]))}"
                 f"{' ...' if len(snap.unreadable) > 5 else ''}): their namespaces are not counted; run as root "
                 "to see them")
     if as_json:
@@ -108,7 +103,7 @@ def _load_selected(file, pid, comm, ops, types, container, ns):
     filt = Filter.parse(comm=comm, ops=ops, types=types, container=container, ns=ns)
     sess = reader.load(file)
     for warning in sess.warnings:
-        _status(f"{file}: {warning}")
+        status(f"{file}: {warning}")
     shown, filtered = replay.select(sess, filt, pid=pid)
     return sess, shown, filtered
 
@@ -120,7 +115,7 @@ def _load_selected(file, pid, comm, ops, types, container, ns):
 def show_command(file, pid, comm, ops, types, container, ns, as_json):
     """Replay a recorded session (watch --record FILE) with watch's filters and formats."""
     sess, shown, filtered = _load_selected(file, pid, comm, ops, types, container, ns)
-    _status(sess.describe())
+    status(sess.describe())
     stream = table.Table(containers=any(table.has_container(r) for r in shown))
     if not as_json:
         click.echo(stream.header())
@@ -128,7 +123,7 @@ def show_command(file, pid, comm, ops, types, container, ns, as_json):
         click.echo(jsonline.json_line(rec) if as_json else stream.row(rec))
     summary = replay.summary(sess, shown, filtered)
     if as_json:
-        _status("summary " + jsonline.json_summary(summary))
+        status("summary " + jsonline.json_summary(summary))
     else:
         click.echo("")
         click.echo(reports.summary_table(summary))
@@ -144,17 +139,8 @@ def show_command(file, pid, comm, ops, types, container, ns, as_json):
 def render_command(file, fmt, out, pid, comm, ops, types, container, ns):
     """Draw a recorded session: SVG graph, HTML page with timeline and kernel paths, or a Perfetto trace."""
     sess, shown, _ = _load_selected(file, pid, comm, ops, types, container, ns)
-    text = render.write(sess, fmt, out, shown, warn=_status)
+    text = render.write(sess, fmt, out, shown, warn=status)
     if text is not None:
         click.echo(text, nl=False)
     else:
-        _status(f"wrote {fmt} of {len(shown)} operations to {out}")
-
-
-COMMANDS = (ls_command, show_command, render_command)
-
-
-def register(group):
-    """Add ls, show and render to a click group (nstrace/cli.py: ``viewcli.register(cli)``)."""
-    for command in COMMANDS:
-        group.add_command(command)
+        status(f"wrote {fmt} of {len(shown)} operations to {out}")

@@ -1,12 +1,12 @@
-"""Command-line values shared by the commands of nstrace/cli.py and nstrace/viewcli.py: the same
+"""Command-line values shared by the commands of nstrace/cli/: the same
 option means the same thing, and is refused the same way, in watch, demo, show and render."""
 
 import re
 
 import click
 
-from .kernel import flags as fl
-from .record import filters
+from ..kernel import flags as fl
+from ..record import filters
 
 
 def file_name(_ctx, param, value):
