@@ -1,6 +1,8 @@
 """Every scenario `nstrace check` runs, by name, in order: each call on each namespace type first
 (operations.py), then one module per type's own experiments, and the docker-like container last;
-each registered by its module's @scenario (scenario.py)."""
+each registered by its module's @scenario (scenario.py), in the order the modules are imported here."""
 
-from . import container, ipcns, mntns, netns, operations, pidns, timens, userns  # noqa: F401 (they register)
+# isort: off (this order is the catalogue's)
+from . import operations, pidns, userns, mntns, netns, ipcns, timens, container  # noqa: F401 (they register)
+# isort: on
 from .scenario import CATALOGUE  # noqa: F401
