@@ -1,7 +1,7 @@
 """The kernel-function layer on a kernel that allows it: order, flags and results.
 
 These need fentry/fexit or kprobes. Our build machines have neither (see
-../shared/kernel-env.md), so on them this module is skipped with that reason
+kernel-notes/build-machines.md), so on them this module is skipped with that reason
 and tests/test_lab.py runs it inside Debian kernels booted under QEMU, where
 it must pass.
 """

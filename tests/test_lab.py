@@ -1,4 +1,4 @@
-"""Real QEMU boots of Debian kernels (see shared/kernel-env.md); a boot costs a few seconds under TCG.
+"""Real QEMU boots of Debian kernels (see kernel-notes/build-machines.md); a boot costs a few seconds under TCG.
 
 Run with `python3 -m pytest -m lab tests/test_lab.py`.  The first run downloads the kernels into
 $NSTRACE_LAB_CACHE (default /var/cache/nstrace/lab) and needs the Debian mirror.  No two tests boot
@@ -145,7 +145,7 @@ def test_cache_keeps_only_what_a_guest_needs():
 def test_kvm_verdict_is_kept_for_the_boot():
     """The first guest of a boot asks whether KVM works (at most kvm.PROBE_TIMEOUT_S); the answer
     holds for the rest of the boot. On the build machines it does not work ("failed to set MSR"
-    or a hang, kernel-env.md), so every guest there runs under TCG."""
+    or a hang, kernel-notes/build-machines.md), so every guest there runs under TCG."""
     kernel = kernels.prepare(apt.resolve("6.1"))
     fd, _ = kernels.boot_files(kernel)
     try:

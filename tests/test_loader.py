@@ -41,7 +41,7 @@ def test_fentry_refusal_is_reported_not_fatal():
     refusal = hookplan.fentry_refusal()
     if refusal is None:
         pytest.skip("this kernel loads fentry programs: nothing refused to report (the lab covers this path)")
-    assert "fentry/fexit refused" in refusal and "EPERM" in refusal  # ../shared/kernel-env.md
+    assert "fentry/fexit refused" in refusal and "EPERM" in refusal  # kernel-notes/build-machines.md
 
 
 def test_options_are_frozen_after_load():

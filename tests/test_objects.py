@@ -43,7 +43,7 @@ def test_the_kernel_is_asked_not_its_version():
 
 
 def test_where_no_function_can_be_hooked_the_syscall_build_is_loaded():
-    """This kernel hooks no function (kernel-env.md): the syscall layer's build is loaded, with the
+    """This kernel hooks no function (kernel-notes/build-machines.md): the syscall layer's build is loaded, with the
     kernel-path option on all the same; the lab's kernels load the whole one (tests/test_kernelpath.py)."""
     with Tracer(Options(poll_ms=20)) as tracer:
         if any(h.kind for h in tracer.hooks):

@@ -15,7 +15,7 @@ def ensure_tracefs(path=TRACEFS):
     """Make tracefs available for attaching tracepoints; return True if we mounted it.
 
     libbpf resolves a tracepoint's id through tracefs at attach time only; our
-    machines do not mount it by default (../shared/kernel-env.md). Mounted,
+    machines do not mount it by default (kernel-notes/build-machines.md). Mounted,
     tracefs is root's alone (mode 0700, fs/tracefs/inode.c, 6.18): with
     CAP_BPF and CAP_PERFMON but not root, it is there and cannot be read.
     """

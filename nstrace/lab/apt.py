@@ -17,7 +17,7 @@ from .host import cache_dir, last_line, locked, trusted
 from .status import Status, quiet
 
 # Short names -> Debian suite whose `linux-image-amd64` metapackage picks the kernel.  The generic
-# -amd64 flavour on purpose: kernel-env.md notes the -cloud-amd64 image has no 9p.
+# -amd64 flavour on purpose: kernel-notes/build-machines.md notes the -cloud-amd64 image has no 9p.
 KERNEL_SUITES = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie", "sid": "sid"}
 # The suites' own names say the same.
 ALIASES = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12", "unstable": "sid"}
@@ -233,7 +233,7 @@ def _kernel_packages(apt: Apt, package: str) -> tuple[list[str], str, list[int]]
 
     bookworm/trixie: linux-image-amd64 -> linux-image-<abi>-amd64, which is the kernel itself.  sid:
     linux-image-<ver>-amd64 is only a dependency shell over linux-binary-* and linux-modules-*
-    (kernel-env.md); those two also bring that kernel's linux-base-<ver> (config, modules.builtin).
+    (kernel-notes/build-machines.md); those two also bring that kernel's linux-base-<ver> (config, modules.builtin).
     So: a linux-image-* package with kernel dependencies is a shell, everything else is content.
     The unversioned `linux-base` (maintainer scripts) does not match and stays out.
     """

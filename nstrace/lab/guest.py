@@ -1,6 +1,6 @@
 """Run a command under a stock Debian kernel booted in QEMU, with this machine's root shared read-only.
 
-Why this exists (shared/kernel-env.md): the build machines' kernel has no kprobes and refuses fentry, so
+Why this exists (kernel-notes/build-machines.md): the build machines' kernel has no kprobes and refuses fentry, so
 the kernel-function layer of nstrace can only be exercised on another kernel.  Debian's own kernels have
 both; QEMU's TCG boots them here in seconds, and because the guest chroots into the host's root (9p,
 read-only) the host's Python, virtualenvs, libbpf and compiled BPF objects run in it unchanged.
@@ -148,7 +148,7 @@ def run_in_guest(kernel: str, argv: list[str], *, cwd: str, env: dict[str, str] 
         if accel == "kvm":
             machine = ["-accel", "kvm", "-cpu", "host"]
         else:
-            # kernel-env.md: -enable-kvm hangs or aborts on these machines (no nested virtualisation).
+            # kernel-notes/build-machines.md: -enable-kvm hangs or aborts on these machines (no nested virtualisation).
             machine = ["-accel", f"tcg,thread={tcg_thread}", "-cpu", "max"]
         with tempfile.TemporaryDirectory(prefix="nstrace-lab-") as tmp:
             initrd = Path(tmp) / "initrd.cpio"

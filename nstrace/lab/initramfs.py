@@ -99,7 +99,7 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         "mount -t devtmpfs devtmpfs /host/dev",
         "mkdir -p /host/dev/pts /host/dev/shm",
         "mount -t devpts devpts /host/dev/pts",
-        # Not mounted by default, and the kernel-function layer needs both (kernel-env.md: tracefs).
+        # Not mounted by default, and the kernel-function layer needs both (kernel-notes/build-machines.md: tracefs).
         "mount -t tracefs tracefs /host/sys/kernel/tracing",
         "mount -t bpf bpf /host/sys/fs/bpf",
         "mount -t debugfs debugfs /host/sys/kernel/debug",

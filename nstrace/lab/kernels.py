@@ -35,7 +35,7 @@ from .status import Status, quiet
 # The guest needs a PCI virtio transport and the 9p filesystem (the host's root), virtio_console
 # (the command's stdout, stderr and files have ports of their own) and overlay (the command's
 # working directory is writable, see initramfs.py).  Their dependencies (virtio, netfs, fscache ...
-# kernel-env.md) come from each module's own modinfo: the set differs per kernel (6.12 and sid build
+# kernel-notes/build-machines.md) come from each module's own modinfo: the set differs per kernel (6.12 and sid build
 # virtio_pci, fscache and virtio_console in).
 ROOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "virtio_console", "overlay")
 
@@ -132,7 +132,7 @@ _MODULE = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/]+)/.*/([^/]+)\.ko(\.xz
 _IMAGE = re.compile(r"^(?:\./)?(?:boot/vmlinuz-([^/]+)|(?:usr/)?lib/modules/([^/]+)/vmlinuz)$")
 _BUILTIN = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/]+)/modules\.builtin$")
 
-# Modules every Debian kernel of 5.10-7.2 loads for ROOT_MODULES (kernel-env.md): fetched in the
+# Modules every Debian kernel of 5.10-7.2 loads for ROOT_MODULES (kernel-notes/build-machines.md): fetched in the
 # first pass over a package, so that a second pass is needed only if a new kernel adds a dependency.
 _LIKELY_DEPENDENCIES = ("virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "netfs",
                         "fscache", "9pnet", "llc", "stp")
@@ -143,7 +143,7 @@ def _module_name(file_name: str) -> str:
 
 
 def _module_bytes(name: str, data: bytes) -> bytes:
-    # busybox insmod takes plain .ko only; 6.12 and later ship .ko.xz (kernel-env.md).
+    # busybox insmod takes plain .ko only; 6.12 and later ship .ko.xz (kernel-notes/build-machines.md).
     if name.endswith(".xz"):
         return lzma.decompress(data)
     if name.endswith(".zst"):

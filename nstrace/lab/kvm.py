@@ -2,7 +2,7 @@
 
 KVM boots a lab kernel in well under a second where TCG takes seconds, but on the build machines
 (themselves VMs without nested virtualisation) `/dev/kvm` exists and does not work: qemu aborts at
-once ("failed to set MSR 0x10a") or hangs (kernel-env.md).  So the first guest of a boot tries: it
+once ("failed to set MSR 0x10a") or hangs (kernel-notes/build-machines.md).  So the first guest of a boot tries: it
 starts the kernel under KVM with no initramfs and waits a few seconds for its banner on the console.
 The verdict is kept in /run/nstrace/kvm-<boot id>.txt for the rest of the boot, root's alone like
 every file there (trusted_paths), because it decides how root starts qemu.
