@@ -2,7 +2,8 @@
 
 The sessions in tests/data/ are real: `nstrace lab --kernel 5.10 --kernel sid -- demo --flags NEWUTS
 --record d.jsonl` (and --kernel 6.12) on 2026-12-06, Debian's 5.10.262 (kprobes), 6.12.118 and sid's
-7.2.13 (fentry). Compare needs no root and no lab: sessions are files.
+7.2.13 (fentry). Compare needs no root and no lab: sessions are files. The last test boots one pair of
+guests for `nstrace lab --compare`.
 """
 
 import json
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 from nshelpers import NSTRACE
 
+from nstrace.cli.lab import COMPARE_RECORD, _recording
+from nstrace.errors import UsageError
 from nstrace.kernel import renames, sourcelines
 from nstrace.session import reader
 from nstrace.study import compare, pathcheck
@@ -227,3 +230,46 @@ def test_a_file_name_reaches_the_terminal_escaped(tmp_path):
     shutil.copy(K510, odd)
     done = _nstrace("compare", str(odd), str(K72))
     assert done.returncode == 0 and "\x1b" not in done.stdout and "k\\x1b[31m.jsonl" in done.stdout
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["demo", "--flags", "NEWUTS"], (["demo", "--record", COMPARE_RECORD, "--flags", "NEWUTS"], COMPARE_RECORD)),
+    (["demo", "--record", "./mine.jsonl"], (["demo", "--record", "./mine.jsonl"], "mine.jsonl")),
+    (["watch", "--record=w.jsonl", "--", "unshare", "-u", "true"],
+     (["watch", "--record=w.jsonl", "--", "unshare", "-u", "true"], "w.jsonl")),
+    # COMMAND's own --record is not watch's
+    (["watch", "--", "prog", "--record", "x"], (["watch", "--record", COMPARE_RECORD, "--", "prog", "--record", "x"],
+                                                COMPARE_RECORD)),
+])
+def test_lab_compare_records_each_guests_run(command, expected):
+    assert _recording(command) == expected
+
+
+@pytest.mark.parametrize("command, message", [
+    (["check"], "check records none"),
+    (["demo", "--record", "/tmp/d.jsonl"], "outside the current directory"),
+    (["demo", "--record", "../d.jsonl"], "outside the current directory"),
+])
+def test_lab_compare_refuses_what_it_cannot_compare(command, message):
+    with pytest.raises(UsageError, match=message):
+        _recording(command)
+
+
+@pytest.mark.lab
+@pytest.mark.root("boots guests and runs nstrace in them as root")
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 not installed")
+def test_lab_compare_end_to_end(tmp_path):
+    """`nstrace lab --kernel 5.10 --kernel sid --compare -- demo --flags NEWUTS`: both guests record,
+    their sessions come back named per kernel, and the comparison follows their output."""
+    res = subprocess.run([str(NSTRACE), "lab", "--kernel", "5.10", "--kernel", "sid", "--compare", "--", "demo",
+                          "--flags", "NEWUTS"], capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nstrace-compare-5.10.jsonl", "nstrace-compare-sid.jsonl"]
+    out = res.stdout[res.stdout.index("\nComparing 2 sessions"):]
+    assert re.search(r"^  5\.10: nstrace-compare-5\.10\.jsonl, 5\.10\.\S+, 3 records$", out, re.M), out
+    assert re.search(r"^  7\.2: nstrace-compare-sid\.jsonl, 7\.2\.\S+, 3 records$", out, re.M), out
+    assert re.search(r"^\s+free_nsproxy / nsproxy_free\s.*renamed", out, re.M), out
+    assert re.search(r"^\s+__ns_tree_add_raw\s.*new: not in 5\.10$", out, re.M), out
+    assert not any(line.startswith("[") for line in out.splitlines()), out  # after every guest line
+    again = _nstrace("compare", *(str(tmp_path / f"nstrace-compare-{k}.jsonl") for k in ("5.10", "sid")))
+    assert again.returncode == 0 and again.stdout.split("\n== ", 1)[1] == out.split("\n== ", 1)[1]
