@@ -92,6 +92,31 @@ def test_paths_are_aligned_by_call_structure_not_position():
     assert [c.values for c in uts.cells] == ["= uts:[4026532155] new", "= uts:[4026532155] new (count 1)"]
 
 
+def test_a_call_inlined_on_one_kernel_has_what_it_called_lined_up_below_it(tmp_path):
+    """None of the four Debian kernels inlines a function nstrace hooks where another hooks it, so this
+    is 5.10's real session as 5.10 would have recorded it with create_new_namespaces inlined: its steps
+    gone (the copy_* one depth up, straight under copy_namespaces), its availability what the hook plan
+    says of a function in neither BTF nor kallsyms. The copy_* still line up with 7.2's, under it."""
+    lines = K510.read_text().splitlines()
+    header = json.loads(lines[0])
+    [plan] = [a for a in header["availability"] if a["probe"] == "create_new_namespaces"]
+    plan.update(hook=None, attached=False, reason="not in this kernel's BTF or symbols: inlined or renamed", why="")
+    rec = json.loads(lines[2])
+    assert rec["changed"] == ["uts"]
+    rec["kernel_path"] = [s for s in rec["kernel_path"] if s["func"] != "create_new_namespaces"]
+    lines[0], lines[2] = json.dumps(header), json.dumps(rec)
+    inlined = tmp_path / "inlined.jsonl"
+    inlined.write_text("\n".join(lines) + "\n")
+    m = _match(_compare(inlined, K72), "clone", ["CLONE_NEWUTS"])
+    assert [(r.depth, r.name) for r in m.rows] == [(r.depth, r.name) for r in _match(_compare(K510, K72), "clone",
+                                                                                      ["CLONE_NEWUTS"]).rows]
+    made = _row(m, "create_new_namespaces")
+    assert made.cells[0].call is None and made.cells[0].absent == "inlined" and made.cells[1].call
+    assert [n.text for n in made.notes] == ["inlined on 5.10"]
+    for name in ("copy_mnt_ns", "copy_utsname", "copy_time_ns"):
+        assert all(c.call for c in _row(m, name).cells), name
+
+
 def test_the_rename_is_found():
     """free_nsproxy (5.10, 6.12) is nsproxy_free on 7.2: one row, both names, the rename's source."""
     result = _compare(K510, K612, K72)

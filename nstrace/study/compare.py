@@ -8,10 +8,12 @@ n-th of every other. A session with fewer such records leaves its column empty, 
 Each matched group's kernel paths are aligned by call structure (callpath.tree): at each depth the
 calls of every kernel are lined up by name, a renamed function (kernel.renames) under its one name,
 as the longest common subsequence of the kernels' calls there (the first kernel's order first); the
-calls made inside two lined-up calls are aligned the same way, one depth below. So a row is one step
-of the union of the paths, and a step one kernel shows and another does not says why not there: not
-in that kernel's source (new or gone), inlined (in its source, not in its BTF or symbols), not hooked
-for another reason, or hooked and not called.
+calls made inside two lined-up calls are aligned the same way, one depth below. A call one kernel
+did not hook (inlined there) leaves the calls it made one depth up on that kernel: they are gathered
+under a stand-in for it first (StandIn), so that they line up with their namesakes below the call.
+So a row is one step of the union of the paths, and a step one kernel shows and another does not says
+why not there: not in that kernel's source (new or gone), inlined (in its source, not in its BTF or
+symbols), not hooked for another reason, or hooked and not called.
 """
 
 import dataclasses
@@ -226,11 +228,43 @@ def align(m, sides):
 
 
 def _rows(levels, depth, m, sides, out):
-    for slot in _line_up(levels):
-        names = [c.func for c in slot if c]
+    for slot in _line_up(_fold(levels, sides)):
+        names = [c.func for c in slot if c and not isinstance(c, StandIn)]
         cells = [_cell(side, call, rec, names) for side, call, rec in zip(sides, slot, m.records)]
         out.append(Row(depth, cells))
         _rows([c.calls if c else [] for c in slot], depth + 1, m, sides, out)
+
+
+@dataclasses.dataclass
+class StandIn(callpath.Call):
+    """A call one kernel shows and another did not hook (inlined there, say): on that other kernel the
+    calls it made come one depth up, and are gathered back under this stand-in, to line up with their
+    namesakes below the call."""
+
+
+def _fold(levels, sides):
+    """The calls of one depth, a list per kernel, with StandIns where a kernel that did not hook a call
+    another kernel shows has, at this depth, the calls that kernel shows inside it."""
+    levels = [list(calls) for calls in levels]
+    for k, calls in enumerate(levels):
+        here = {renames.canonical(c.func) for c in calls}
+        for other in levels[:k] + levels[k + 1:]:
+            for call in other:
+                name = renames.canonical(call.func)
+                if name in here or not sides[k].hooks or _hooked(sides[k], call.func):
+                    continue
+                inside = {renames.canonical(c.func) for c in call.calls}
+                run = [i for i, c in enumerate(calls) if renames.canonical(c.func) in inside]
+                if run:
+                    start = run[0]
+                    end = next((i for i in range(start, len(calls)) if i not in run), len(calls))
+                    calls[start:end] = [StandIn(call.func, call.depth, calls=calls[start:end])]
+                    here.add(name)
+    return levels
+
+
+def _hooked(side, func):
+    return any(side.hooks.get(n) and side.hooks[n].attached for n in renames.names(func))
 
 
 def _line_up(levels):
@@ -273,7 +307,7 @@ def _cell(side, call, rec, names):
         return Cell(names[0], absent="no_record")
     if call is None and side.hooks and not side.function_layer:
         return Cell(names[0], absent="no_layer", reason=side.no_layer)
-    if call is not None:
+    if call is not None and not isinstance(call, StandIn):
         step = call.step
         hook = side.hooks.get(call.func)
         return Cell(call.func, call, values=values(call, rec), refs=_refs(call), hook=hook.kind if hook else None,
