@@ -9,12 +9,7 @@ from pathlib import Path
 
 from ..errors import ToolMissing
 from ..linux import trusted_paths
-
-DEFAULT_CACHE = "/var/cache/nstrace/lab"
-
-
-def cache_dir() -> Path:
-    return Path(os.path.abspath(os.environ.get("NSTRACE_LAB_CACHE", DEFAULT_CACHE)))
+from ..linux.labcache import DEFAULT_CACHE, cache_dir  # noqa: F401 (the lab's names for them)
 
 
 def trusted(path: Path) -> Path:
