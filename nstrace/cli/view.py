@@ -150,6 +150,7 @@ def _source_for(release):
     from ..linux import kernelsource
     if not release or not kernelsource.missing(release):
         return
+    why = ""
     if os.geteuid() == 0:
         from ..errors import LabError
         from .source import fetch
@@ -158,8 +159,8 @@ def _source_for(release):
                 fetch(series)
             return
         except LabError as e:  # offline, or the suite moved on: the view goes on without the code
-            status(f"cannot fetch the kernel source: {e}")
-    status(kernelsource.missing_line(release))
+            why = f" (fetching it failed: {e})"
+    status(kernelsource.missing_line(release) + why)
 
 
 @click.command("render")

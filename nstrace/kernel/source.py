@@ -6,7 +6,8 @@ the kernel source this machine fetched from Debian (nstrace/linux/kernelsource.p
 is the API the views call; nstrace/lab/sources.py fetches it); scripts/source-lines.py uses the same
 rules to write source-lines.toml.
 
-paths.toml keys read here, in [function.F] (see the key list at the top of that file):
+paths.toml keys read here, in [source.F] (the key list is above them in that file), beside [function.F]'s
+file:
 
 - ``decides``: what the deciding line of F's body tests, as it is written there (a string, or a list
   of spellings when versions differ): e.g. ``"flags & CLONE_NEWUTS"`` for copy_utsname. Matched
@@ -16,7 +17,7 @@ paths.toml keys read here, in [function.F] (see the key list at the top of that 
   install functions (ns->ops->install in validate_ns). Default: ``F(``.
 - ``via``: inline helpers a caller may reach F through, outermost first, e.g. ``["put_nsproxy"]`` for
   free_nsproxy (switch_task_namespaces calls put_nsproxy, whose count test calls free_nsproxy).
-  Each is a [function] of its own, with its file.
+  A helper that is no step of any path has its file in its own [source] table.
 
 A call site is looked for in the caller's body, then through the helpers of ``via`` and the
 functions paths.toml documents as F's callers (its ops' ``in``), which is how a call is found
@@ -50,7 +51,8 @@ class Excerpt:
     func: str               # the function whose lines these are: the step's, its caller's, or a helper on the way
     file: str               # path in the kernel tree, e.g. "kernel/nsproxy.c"
     line: int | None        # the definition's first line, or the call's line; None: not known (no source)
-    version: str            # upstream version of the source, e.g. "6.1.192"
+    version: str            # of the source: upstream, e.g. "6.1.192" (the Debian revision, "6.1.192-3", where
+                            # the kernel is that upstream version in another revision)
     exact: bool             # the kernel's own source (else the nearest covered version's, or another revision)
     lines: tuple = ()
     via: "Excerpt | None" = None   # a call made through a helper: that helper's lines (its test, its call)
@@ -73,7 +75,7 @@ class Excerpt:
 def code_lines(text):
     """text's lines with comments, string and character literals blanked (same lines, same
     columns): what the rules below match, so that a word in a comment is never taken for code."""
-    out, i, n = [], 0, len(text)
+    i, n = 0, len(text)
     chars = list(text)
     state = None  # None, "/*", "//", '"', "'"
     while i < n:
@@ -111,8 +113,7 @@ def code_lines(text):
             else:
                 chars[i] = " "
         i += 1
-    out = "".join(chars).split("\n")
-    return out
+    return "".join(chars).split("\n")
 
 
 def _normal(text):

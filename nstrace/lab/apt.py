@@ -346,8 +346,12 @@ def source_spec(series: str, status: Status = quiet) -> KernelSpec:
         raise PackageNotFound(f"not a kernel series: {series!r}")
     suite = source_suite(series)
     package = f"linux-source-{series}"
+    spec = _cached(f"source {series}")  # asked of apt once a day at most, as a kernel's name is
+    if spec is not None:
+        return spec
     fields = Apt(suite, status).show(package)
     if fields is None:
         moved = " (sid's kernel is of another series now)" if suite == "sid" else ""
         raise PackageNotFound(f"no {package} in {suite}{moved}")
-    return KernelSpec(series, suite, (package,), fields["Version"], (int(fields.get("Size", "0") or 0),))
+    size = int(fields.get("Size", "0") or 0)
+    return _remember(f"source {series}", KernelSpec(series, suite, (package,), fields["Version"], (size,)))

@@ -22,7 +22,7 @@ def trusted(path: Path) -> Path:
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        package = {"qemu-system-x86_64": "qemu-system-x86", "dpkg-deb": "dpkg"}.get(tool, tool)
+        package = {"qemu-system-x86_64": "qemu-system-x86", "dpkg-deb": "dpkg", "xz": "xz-utils"}.get(tool, tool)
         raise ToolMissing(f"{tool} not found: install the {package} package")
     return path
 

@@ -179,8 +179,9 @@ def _exact(series, release, kernel_version, data):
         return False, data["upstream"]
     debian = re.search(r"\bDebian (\S+)", kernel_version or "")
     if debian:
+        exact = debian.group(1) == data["version"]
         same_upstream = debian.group(1).split("-")[0] == data["upstream"]
-        return debian.group(1) == data["version"], data["version"] if same_upstream else data["upstream"]
+        return exact, data["version"] if same_upstream and not exact else data["upstream"]
     upstream = re.match(r"(\d+\.\d+\.(\d+))", release)
     if upstream and int(upstream.group(2)) > 0:
         return upstream.group(1) == data["upstream"], data["upstream"]
