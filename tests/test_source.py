@@ -203,6 +203,10 @@ def test_source_text_is_filtered_for_the_terminal():
     assert line == "*     3          x = 1; /* \\x1b[2J */"
 
 
-def test_show_source_is_for_the_table():
+def test_show_source_is_for_the_table_of_a_file_that_names_its_kernel(tmp_path):
     done = _run(["show", "--source", "--json", CLONE_61])
     assert done.returncode == 2 and "--source is for the table" in done.stderr
+    bare = tmp_path / "records.jsonl"  # watch --json's lines: no header, no kernel
+    bare.write_text("".join(line for line in open(CLONE_61) if '"nstrace_session"' not in line))
+    done = _run(["show", "--source", str(bare)])
+    assert done.returncode == 0 and "no kernel named (no header): its source cannot be chosen" in done.stderr

@@ -48,7 +48,8 @@ def series_for_kernel(name):
     if sourcelines.series_of(name):
         return kernelsource.needed(name)
     raise UsageError(f"unknown kernel {name!r}: use a series ({', '.join(covered)}), a lab kernel "
-                     f"({', '.join([*apt.KERNEL_SUITES, *apt.ALIASES])}), a release such as {os.uname().release} or all")
+                     f"({', '.join([*apt.KERNEL_SUITES, *apt.ALIASES])}), a release such as "
+                     f"{os.uname().release} or all")
 
 
 @click.group("source")

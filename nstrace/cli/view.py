@@ -11,12 +11,12 @@ import os
 import click
 from tabulate import tabulate
 
+from ..errors import UsageError
 from ..kernel import flags as fl
 from ..linux import nsmap
 from ..record import jsonline
 from ..record.filters import Filter
 from ..session import reader, replay
-from ..errors import UsageError
 from ..view import excerpts, render, reports, table, terminal
 from .console import status
 from .params import Pid, file_name, filter_options
@@ -125,6 +125,9 @@ def show_command(file, pid, comm, ops, types, container, ns, as_json, with_sourc
     sess, shown, filtered = _load_selected(file, pid, comm, ops, types, container, ns)
     status(sess.describe())
     kernel = sess.kernel
+    if with_source and not kernel.get("release"):
+        status(f"{file}: no kernel named (no header): its source cannot be chosen; showing the path without it")
+        with_source = False
     if with_source:
         _source_for(kernel.get("release"))
     stream = table.Table(containers=any(table.has_container(r) for r in shown))
@@ -148,7 +151,7 @@ def _source_for(release):
     """The kernel source a view of release shows: fetched now if root can (a status line each step),
     else one line saying how to get it."""
     from ..linux import kernelsource
-    if not release or not kernelsource.missing(release):
+    if not kernelsource.missing(release):
         return
     why = ""
     if os.geteuid() == 0:

@@ -111,9 +111,10 @@ def _extract(deb: Path, inner: str, members: list[str], dest: Path) -> None:
         for p in procs:
             p.wait()
             p.stderr.close()
-    for argv, p, err in zip(stages, procs, errors):
+    for argv, p, err in zip(stages, procs, errors, strict=True):
         if p.returncode != 0 and not (argv is stages[-1] and _only_absent(err)):
-            raise DownloadError(f"{Path(argv[0]).name} failed on {deb.name}: {last_line(err) or f'exit {p.returncode}'}")
+            why = last_line(err) or f"exit {p.returncode}"
+            raise DownloadError(f"{Path(argv[0]).name} failed on {deb.name}: {why}")
 
 
 def _only_absent(err: str) -> bool:
