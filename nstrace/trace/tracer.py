@@ -177,10 +177,9 @@ class Tracer:
         return {op: UNSEEN[op] for op in self.options.filter.ops if unseen.get(op)}
 
     def _seed_tracked(self, pid):
-        import psutil
         try:
             pids = procns.descendants(pid)
-        except psutil.NoSuchProcess:
+        except ProcessLookupError:
             raise UsageError(f"--pid {pid}: no such process") from None
         one = ctypes.c_uint8(1)
         for p in pids:
