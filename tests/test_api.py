@@ -394,6 +394,34 @@ def test_trace_is_the_function_whatever_is_imported():
     assert res.stdout.split() == ["True", "nstrace.api"]
 
 
+TYPED = textwrap.dedent("""
+    import subprocess
+    import nstrace
+
+    with nstrace.trace(ops="unshare", types=["uts", "net"], namespaces=4026531840) as t:
+        subprocess.run(["unshare", "--uts", "true"])
+    ok: bool = t.created("uts") and not t.records[0].joined()
+    funcs: list[str] = [step.func for step in t.records[0].path]
+    status: int | None = nstrace.run(["true"], user=65534).exit_status
+    inodes: list[int] = [n.inode for n in nstrace.ls()]
+    lost: int | None = nstrace.load("session.jsonl").lost
+    line: str = t.records[0].to_json()
+    wrong: int = t.records[0].path
+""")
+
+
+def test_a_users_program_type_checks_against_the_package(tmp_path):
+    """py.typed: a user's type checker reads the installed package's annotations (mypy --strict), and
+    finds the one line that is wrong."""
+    from mypy import api
+    program = tmp_path / "user.py"
+    program.write_text(TYPED)
+    out, err, status = api.run(["--strict", "--no-incremental", "--python-executable", PYTHON, str(program)])
+    assert status == 1 and out.count("error:") == 1, out + err
+    wrong = TYPED.splitlines().index("wrong: int = t.records[0].path") + 1
+    assert f'user.py:{wrong}: error: Incompatible types in assignment (expression has type "KernelPath"' in out, out
+
+
 # --- the function layer, in a Debian kernel under QEMU -------------------------------------------
 
 IN_GUEST = textwrap.dedent("""

@@ -11,6 +11,11 @@ import dataclasses
 from ..errors import UsageError
 from ..kernel import flags as fl
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+
 
 @dataclasses.dataclass
 class Record:
@@ -155,7 +160,7 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(Record))
 # HTML page's escaping and look), which this layer may not import (tests/test_layout.py): nstrace.api,
 # which every public way to a Record passes through, sets this to a function that returns
 # nstrace.view.notebook.
-html_view = None
+html_view: "Callable[[], ModuleType] | None" = None
 
 
 @dataclasses.dataclass(frozen=True)
