@@ -386,6 +386,15 @@ def test_import_nstrace_imports_nothing_else():
     assert res.stdout.strip() == "['nstrace']"
 
 
+def test_a_block_imports_no_more_than_the_tracer_needs():
+    """A process's first block pays for what it imports: psutil (ls()'s) and the notebook view are not
+    among it (bench --only library)."""
+    code = ("import sys, nstrace\nwith nstrace.trace(): pass\n"
+            "print([m for m in ('psutil', 'nstrace.view.notebook', 'nstrace.view.page') if m in sys.modules])")
+    res = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True, cwd=ELSEWHERE)
+    assert res.stdout.strip() == "[]"
+
+
 def test_trace_is_the_function_whatever_is_imported():
     """nstrace/trace/ is the tracer's sub-package: importing it must not make nstrace.trace a module."""
     code = ("import nstrace.trace.tracer, nstrace, nstrace.trace.watch\n"
