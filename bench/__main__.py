@@ -83,8 +83,8 @@ def library_figure(rep, a, st):
     interpreter's own (st: startup's figures, measured in the same run)."""
     res = library.enter_exit(a.reps, 5 if a.quick else 20, log)
     interpreter = res["interpreter"]
-    variants = (("first_enter", "trace() enter: a process's first block (imports included)"),
-                ("enter", "trace() enter: a later block, the last one detached"),
+    variants = (("first_enter", "trace() enter: a process's first block (imports included), cold"),
+                ("enter", "trace() enter: a later block, cold (the last block's holder done)"),
                 ("enter_back_to_back", "trace() enter: a later block, right after the last"),
                 ("exit", "trace() exit"),
                 ("detached_after_exit", "trace() exit -> its programs gone (the holder's detach)"))

@@ -5,11 +5,12 @@ Each repetition is a fresh interpreter (bench's own, which has nstrace installed
 CLOCK_MONOTONIC around the `with` statement's two halves:
 - its first block's enter, `import nstrace` done: what a script's first block costs, the lazy
   imports of the tracer included;
-- later blocks' enters, each once the previous block's programs are gone (the holder has
-  detached them): the tracer's own load and attach;
-- later blocks' enters one right after another, as a test suite's blocks come: the kernel serialises
-  a tracepoint's attach behind the detaches still running (event_mutex,
-  kernel/trace/trace_event_perf.c), so these may wait for the previous block's holder;
+- later blocks' enters, each once the previous block's holder is done: the tracer's own load and
+  attach (on a machine where other tracers come and go, an attach may also queue behind their
+  detaches: event_mutex, kernel/trace/trace_event_perf.c);
+- later blocks' enters one right after another, as a test suite's blocks come: the previous block's
+  holder may still hold the same tracepoints (then they are on already, and cheaper), or be
+  detaching them (then the attach queues behind it: event_mutex, kernel/trace/trace_event_perf.c);
 - every block's exit, and how long after it the block's programs were still loaded (the detach
   left to the holder, nstrace/bpf/teardown.py).
 The comparison is the command line's exec to "tracing live" (figures.startup_shutdown) less the
@@ -60,9 +61,14 @@ def block():
     return t1 - t0, t3 - t2, ids
 
 def detached(ids, since):
+    # Seconds from `since` until the programs are gone; then a moment more, unmeasured, in which the
+    # holder finishes: a link's program goes before its attachment's last grace period (a perf
+    # event's teardown holds event_mutex through it), and the next attach would wait for that.
     while any(exists(i) for i in ids) and time.monotonic() - since < 30:
         time.sleep(0.001)
-    return time.monotonic() - since
+    took = time.monotonic() - since
+    time.sleep(0.3)
+    return took
 
 n = int(sys.argv[1])
 first_enter, first_exit, ids = block()
@@ -79,6 +85,7 @@ for _ in range(n):
     enter, leave, ids = block()
     out["enter_back_to_back"].append(enter)
     out["exit"].append(leave)
+detached(ids, time.monotonic())  # the next repetition's first block starts cold too
 print(json.dumps(out))
 """
 
