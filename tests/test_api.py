@@ -242,6 +242,22 @@ def _holder_fdinfo(me):
     return {"links": [], "maps": set()}  # not forked yet
 
 
+def test_created_and_joined_on_sessions_from_lab_kernels():
+    """The question a test asks, of records Debian's kernels made (tests/data, recorded in lab guests):
+    a clone into three new namespaces; an unshare, then a setns into what it made."""
+    from nshelpers import ROOT
+    clone = nstrace.load(ROOT / "tests" / "data" / "lab-6.1-demo-clone.jsonl").records[1]
+    assert [t for t in TYPES if clone.created(t)] == ["mnt", "uts", "pid"] and not clone.joined()
+    setns = nstrace.load(ROOT / "tests" / "data" / "lab-7.2-demo-setns.jsonl")
+    made, joined = (next(r for r in setns.records if r.op == op) for op in ("unshare", "setns"))
+    assert [t for t in TYPES if made.created(t)] == ["uts"] and not made.joined()
+    assert [t for t in TYPES if joined.joined(t)] == ["uts"] and not joined.created()
+    assert setns.created("uts") and setns.joined("uts") and not setns.created("net")
+
+
+TYPES = ("mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time")
+
+
 # --- run() -----------------------------------------------------------------------------------
 
 def test_run_is_watch_command():
@@ -457,3 +473,32 @@ def test_the_function_layer_in_a_lab_guest():
     assert out["function_layer"] and out["created"] and out["html"], out
     steps = [tuple(s) for s in out["steps"]]
     assert ("ksys_unshare", "enter", None) in steps and ("copy_utsname", "exit", True) in steps, steps
+
+
+EMPTY_MNTNS = textwrap.dedent("""
+    import ctypes, json, os
+    import nstrace
+    libc = ctypes.CDLL(None, use_errno=True)
+    with nstrace.trace() as t:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if libc.unshare(0x00100000) == 0 else 1)  # UNSHARE_EMPTY_MNTNS (7.1 uapi)
+        os.waitpid(pid, 0)
+    [rec] = [r for r in t.records if r.op == "unshare"]  # and the free of that namespace, where deaths are seen
+    print(json.dumps({"ret": rec.ret, "flags": rec.flags, "changed": rec.changed, "created": rec.created("mnt"),
+                      "ops": [r.op for r in t.records]}))
+""")
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 not installed")
+def test_an_empty_mount_namespace_is_created_though_nstrace_does_not_name_its_flag():
+    """7.x's UNSHARE_EMPTY_MNTNS shares its bit with CLONE_PARENT_SETTID, which is what nstrace's flag
+    table calls it: created("mnt") goes by what the record saw, the caller in a new mount namespace."""
+    from nstrace.lab import guest
+    result = guest.run_in_guest("sid", [PYTHON, "-c", EMPTY_MNTNS], cwd="/", timeout=600)
+    assert result.returncode == 0, result.output[-3000:] + result.console[-2000:]
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["ret"] == 0 and "CLONE_NEWNS" not in out["flags"] and out["changed"] == ["mnt"], out
+    assert out["created"], out
+

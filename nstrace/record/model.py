@@ -97,13 +97,17 @@ class Record:
         """True if this operation made a new namespace of `ns_type` ("mnt", "uts", "ipc", "pid", "net",
         "user", "cgroup", "time"; None: of any type).
 
-        A clone, clone3 or unshare that succeeded makes one namespace for each CLONE_NEW* flag it
-        was given (kernel/nsproxy.c create_new_namespaces() calls each copy_*() with the flags, and
-        a copy_*() whose flag is set always builds a new one; kernel/user_namespace.c for the user
-        namespace; 6.1 to 7.2): a clone's child is in them; unshare's caller is, but for pid and
-        time, whose new namespace is its children's (pid_for_children, time_for_children). An
-        open_tree or fsmount with its 7.x flag made a mount namespace (the record's ``ns``).
-        Entering a namespace made earlier (a fork into the caller's pid_for_children) creates none.
+        A clone, clone3 or unshare that succeeded makes one namespace for each CLONE_NEW* flag it was
+        given: each copy_*() that create_new_namespaces() calls with its flag set builds a new one
+        (kernel/nsproxy.c, kernel/utsname.c copy_utsname(), kernel/pid_namespace.c copy_pid_ns(),
+        fs/namespace.c copy_mnt_ns() ...; kernel/user_namespace.c unshare_userns(); 6.1 and 7.2).
+        A clone's child is in them; unshare's caller is, but for pid and time, whose new namespace is
+        its children's (pid_for_children, time_for_children). The flags nstrace names are not all:
+        7.x's UNSHARE_EMPTY_MNTNS and CLONE_EMPTY_MNTNS make a mount namespace too (kernel/fork.c,
+        7.2), so what the record saw counts as well: an unshare enters no namespace that existed, and
+        a clone's child differs from its parent only where it got new ones, or entered the parent's
+        pid_for_children or time_for_children, made earlier. An open_tree or fsmount with its 7.x flag
+        made a mount namespace (the record's ``ns``).
         """
         return _any_of(ns_type, self._created_types())
 
@@ -116,12 +120,15 @@ class Record:
 
     def _created_types(self):
         if self.ret < 0:
-            return ()
+            return set()
         if self.op in ("clone", "clone3", "unshare"):
-            return fl.requested_types(self.raw_flags, self.op)
+            seen = {fl.ns_type_of_entry(entry) for entry in self.changed}
+            if self.op != "unshare":
+                seen -= {"pid", "time"}  # the child may have entered its parent's _for_children
+            return set(fl.requested_types(self.raw_flags, self.op)) | seen
         if self.op in ("open_tree", "fsmount") and self.ns:
-            return (self.ns.get("type"),)
-        return ()
+            return {self.ns.get("type")}
+        return set()
 
     def _joined_types(self):
         if self.ret < 0 or self.op not in ("setns", "exec"):
