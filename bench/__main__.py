@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from . import figures, hooks, lab, tracers
+from . import figures, hooks, lab, library, tracers
 from .report import Report, stat
 from .workload import Workload
 
@@ -35,10 +35,11 @@ def parse(argv):
     p.add_argument("--wait-quiet", type=float,
                    help="seconds the hook-set figure may wait, in all, for other processes' BPF programs on the "
                         "syscall tracepoints to go (default 60, quick 0)")
-    p.add_argument("--only", choices=["hooks", "startup", "command", "lab"],
+    p.add_argument("--only", choices=["hooks", "startup", "command", "library", "lab"],
                    help="hooks: only the hook-set figure (a minute or two), e.g. to repeat it when the machine is "
                         "quiet; startup: only start-up and shutdown; command: only `nstrace watch -- true` beside "
-                        "`true` and `strace -f true`; lab: only the lab's boot and demo per kernel (QEMU guests, "
+                        "`true` and `strace -f true`; library: only nstrace.trace()'s enter and exit beside the "
+                        "command line's start-up; lab: only the lab's boot and demo per kernel (QEMU guests, "
                         "one at a time; about 15 s a run; not part of the whole benchmark)")
     p.add_argument("--lab-kernels", default=",".join(lab.KERNELS),
                    help="--only lab: the kernels, comma-separated (default: %(default)s)")
@@ -74,6 +75,29 @@ def startup(rep, work, background, a):
     s = stat(st["nstrace"]["detached_s"])
     rep.target("shutdown", s["median"], f"{s['median'] * 1e3:.0f} ms (max {s['max'] * 1e3:.0f} ms)"
                + (f", {st['nstrace']['hung']} hung" if st["nstrace"]["hung"] else ""))
+    return st
+
+
+def library_figure(rep, a, st):
+    """nstrace.trace()'s enter and exit (bench/library.py), beside the command line's start-up less the
+    interpreter's own (st: startup's figures, measured in the same run)."""
+    res = library.enter_exit(a.reps, 5 if a.quick else 20, log)
+    interpreter = res["interpreter"]
+    variants = (("first_enter", "trace() enter: a process's first block (imports included), cold"),
+                ("enter", "trace() enter: a later block, cold (the last block's holder done)"),
+                ("enter_back_to_back", "trace() enter: a later block, right after the last"),
+                ("exit", "trace() exit"),
+                ("detached_after_exit", "trace() exit -> its programs gone (the holder's detach)"))
+    for key, label in variants:
+        rep.add("library: nstrace.trace()", label, res[key], "ms", scale=1e3, fmt="{:.0f}")
+    rep.add("library: nstrace.trace()", "python -c pass (exec -> exit)", interpreter, "ms", scale=1e3, fmt="{:.0f}")
+    live, first, python = (stat(v)["median"] for v in (st["nstrace"]["first_event_s"], res["first_enter"], interpreter))
+    if live is None or live <= python:
+        rep.target("library", None, "the command line's start-up was not measured")
+        return
+    budget = live - python
+    rep.target("library", first / budget, f"first enter {first * 1e3:.0f} ms; the command line's exec -> first event "
+               f"{live * 1e3:.0f} ms less the interpreter's {python * 1e3:.0f} ms = {budget * 1e3:.0f} ms")
 
 
 def short_command(rep, a):
@@ -178,6 +202,13 @@ def main(argv=None):
     if a.only == "command":
         short_command(rep, a)
         return finish(rep, a, t_start, load_before)
+    if a.only == "library":
+        work = Workload()
+        try:
+            library_figure(rep, a, startup(rep, work, ["nstrace"], a))
+        finally:
+            work.close()
+        return finish(rep, a, t_start, load_before)
     work = Workload()
     try:
         # the unshare loop is slowed 10x or more by strace and perf: a quarter of the time keeps the run short
@@ -216,9 +247,10 @@ def main(argv=None):
             s = ratios[(mode, "nstrace")]
             rep.target(mode, s["median"], f"{s['median']:.3f}x (spread {s['min']:.3f}-{s['max']:.3f})")
 
-        # 2. start-up and shutdown; a short command under watch -- COMMAND
-        startup(rep, work, background, a)
+        # 2. start-up and shutdown; a short command under watch -- COMMAND; the library's enter and exit
+        st = startup(rep, work, background, a)
         short_command(rep, a)
+        library_figure(rep, a, st)
 
         # 3. kernel-side cost per probe hit: in the churn (fresh processes, namespaces other CPUs
         # keep writing: the verdict) and in the tight loop (the same task again: the programs alone)

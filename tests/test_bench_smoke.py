@@ -31,7 +31,11 @@ def test_quick_benchmark_table_and_json(tmp_path):
     start = figures[("start: exec -> first event captured", "nstrace")]
     assert start["unit"] == "ms" and 5 < start["median"] < 60_000, start
     # every target of issue 5 is stated, with a verdict or the reason it was not measured
-    assert {t["target"] for t in doc["targets"]} == {"live", "shutdown", "churn", "unshare", "rate", "memory", "probe"}
+    assert {t["target"] for t in doc["targets"]} == {"live", "shutdown", "churn", "unshare", "rate", "memory", "probe",
+                                                     "library"}
+    # the library's enter and exit (issue 25), in every repetition's fresh process
+    library = [f for f in doc["figures"] if f["figure"] == "library: nstrace.trace()"]
+    assert len(library) == 6 and all(f["n"] >= 1 and f["unit"] == "ms" for f in library), library
     assert all(t["holds"] in (True, False, None) and t["detail"] for t in doc["targets"])
     # the same on stdout, as a table
     assert "| figure" in r.stdout and ("HOLDS" in r.stdout or "MISSED" in r.stdout)

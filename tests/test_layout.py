@@ -122,6 +122,10 @@ MAY_IMPORT = {
     "lab": {"errors", "linux"},
     "cli": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "trace", "view", "check", "lab",
             "__version__"},
+    # the library's face (nstrace/__init__.py imports it, and nothing else may): beside cli, not above it
+    "api": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "trace", "view"},
+    # a client of the public API: `import nstrace`, and the errors it raises
+    "pytest_plugin": {"errors"},
 }
 
 
@@ -158,6 +162,14 @@ def test_sub_packages_import_only_downwards():
             if imported not in MAY_IMPORT[layer]:
                 bad.append(f"{rel}: imports nstrace.{imported}")
     assert not bad, bad
+
+
+def test_only_the_package_face_imports_the_api():
+    """nstrace/api.py is the top: the command line, like every layer, is a client of what is below it."""
+    from nshelpers import ROOT
+    importers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "nstrace").rglob("*.py")
+                       if "api" in _imports(p, ".".join(("nstrace", *p.relative_to(ROOT / "nstrace").parts[:-1]))))
+    assert importers == ["nstrace/__init__.py"]
 
 
 def test_sub_package_inits_are_empty():

@@ -6,7 +6,8 @@ from nshelpers import ROOT
 
 
 def readme_commands():
-    text = (ROOT / "README.md").read_text()
+    """The README's indented code blocks (its commands); fenced blocks (its Python) are not commands."""
+    text = re.sub(r"^```.*?^```$", "", (ROOT / "README.md").read_text(), flags=re.M | re.S)
     return [m.group(1).strip() for m in re.finditer(r"^    (\S.*)$", text, re.M)]
 
 

@@ -38,10 +38,12 @@ def test_the_wheel_holds_what_nstrace_reads_at_run_time():
     objects = (loader.OBJECT_PATH, loader.NO_ATOMICS_OBJECT_PATH, *loader.SYSCALLS_OBJECTS)
     for needed in (*(f"nstrace/_bpf/{os.path.basename(p)}" for p in objects), "nstrace/_bpf/libnstrace-batch.so",
                    "nstrace/kernel/paths.toml", "nstrace/kernel/source-lines.toml", "nstrace/session/schema.json",
-                   "nstrace/session/_schema.py"):
+                   "nstrace/session/_schema.py", "nstrace/py.typed"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith(".tmp.o")], "make's intermediate objects are not shipped"
     assert the_wheel().name.endswith("-py3-none-linux_x86_64.whl"), the_wheel().name
+    metadata = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "[pytest11]\nnstrace = nstrace.pytest_plugin" in zipfile.ZipFile(the_wheel()).read(metadata).decode()
 
 
 # Hidden in the machine the wheel is tried on: what only building nstrace needs, and the checkout.
@@ -64,8 +66,16 @@ def test_the_wheel_installs_and_traces_without_a_compiler_or_a_checkout(tmp_path
         {venv}/bin/pip install -q --no-index --find-links {wheels} --find-links {wheels}/deps nstrace
         cd /
         {venv}/bin/nstrace demo --flags NEWUTS --op unshare
+        {venv}/bin/python -c "{LIBRARY}"
     """
     res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "unshare" in res.stdout and "nsproxy" in res.stdout, res.stdout[-2000:]
+    assert res.stdout.strip().endswith("library: ['uts']"), res.stdout[-2000:]
+
+
+# The library, as installed with the wheel: nothing more to install (README "Python library")
+LIBRARY = ("import ctypes, nstrace; "
+           "t = nstrace.trace(); r = t.__enter__(); ctypes.CDLL(None).unshare(0x04000000); t.__exit__(None, None, None); "
+           "print('library:', r.records[0].changed)")

@@ -128,6 +128,7 @@ _PROTOTYPES = {
     "bpf_program__insns": (ctypes.c_void_p, [ctypes.c_void_p]),
     "bpf_program__insn_cnt": (ctypes.c_size_t, [ctypes.c_void_p]),
     "bpf_link__destroy": (ctypes.c_int, [ctypes.c_void_p]),
+    "bpf_link__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map__set_max_entries": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
     "bpf_map__initial_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]),

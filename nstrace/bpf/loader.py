@@ -216,6 +216,11 @@ class BpfObject:
     def attached(self):
         return list(self._links)
 
+    def link_fds(self):
+        """The fd of each attachment: a BPF link, or the perf event itself where the kernel has no perf
+        link (before 5.15). Each holds its program and keeps it attached (bpf/teardown.py)."""
+        return [self._lib.bpf_link__fd(link) for link in self._links.values()]
+
     @property
     def loaded(self):
         """True once the kernel took the object: only then do its maps have fds."""

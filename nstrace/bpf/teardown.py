@@ -1,4 +1,5 @@
-"""Detaching without waiting for it: the last references to the probes go to a child that outlives nstrace.
+"""Detaching without waiting for it: the last references to the probes go to a holder process, which
+drops them as soon as it is told to.
 
 The kernel tears down a perf-event tracepoint attachment under event_mutex
 and waits out an SRCU and an RCU grace period for each before it returns
@@ -7,70 +8,86 @@ perf_trace_event_unreg() -> tracepoint_synchronize_unregister(), 6.12 and
 7.2): the closes run one after another, ~45 ms each on our machines, about
 400 ms for a watch's eight syscall tracepoints and sched_process_exit, and
 threads do not help (they queue on the mutex). `watch -- true` would spend
-most of its time there.
+most of its time there, and so would every `nstrace.trace()` block.
 
-Where the stream's end is already fixed otherwise (watch -- COMMAND: the
-table of followed processes is empty, the ring buffer is read to its end),
-nothing is left to wait for: hand_over() forks a holder that keeps only the
-BPF and perf fds (anonymous inodes), with /dev/null for stdin, stdout and
-stderr so that no pipe reader waits on it. nstrace's own closes then only
-drop references; let_go() tells the holder they are done, and the holder's
-exit pays for the teardown in the background, whether nstrace exits now or
-waits on for a COMMAND that outlived its trace (--count, --duration).
+Where the stream's end is already fixed otherwise (the table of followed
+processes is empty, the ring buffer is read to its end), nothing is left to
+wait for: hand_over(fds) forks a holder that keeps the probes' links (the
+fds given: each BPF link, or perf event where the kernel has no perf link,
+holds its program and its attachment) and nothing else, with /dev/null for
+stdin, stdout and stderr so that no pipe reader waits on it. The caller's
+own closes then only drop references; Holder.let_go() tells the holder
+they are done, and the holder's exit pays for the teardown in the
+background, at once, while the caller goes on: nstrace exits, waits on for
+a COMMAND that outlived its trace (--count, --duration), or, as a library
+(nstrace/api.py), runs the next line of its caller's program.
+
+The holder is given those fds alone, not every BPF fd of the process: a
+library's caller may hold BPF objects of its own (or a second trace, in
+another thread), whose detach must stay theirs.
 """
 
 import os
 import signal
 
-_holder = None  # the write end of the holder's pipe: its close lets the holder go
+
+class Holder:
+    """The holder of one set of probes, waiting to be let go."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe  # the write end of the holder's pipe: its close lets the holder go
+
+    def let_go(self):
+        """The caller holds no fd of the probes any more: the holder's exit detaches them now."""
+        if self._pipe is not None:
+            os.close(self._pipe)
+            self._pipe = None
 
 
-def hand_over():
-    """Fork the holder. Call with no other thread of this process running; False if it could not be
-    forked: then the caller's own closes do the teardown, as always. Call let_go() once this
-    process has closed its own fds of the probes."""
-    global _holder
+def hand_over(fds):
+    """Fork the holder of `fds`; None if it could not be forked: then the caller's own closes do the
+    teardown, as always. Call let_go() on what it returns once the caller has closed its own fds of
+    the probes.
+
+    The fork runs no Python of the caller's in the child but its at-fork handlers, and only os calls
+    after them, so a caller with threads of its own may call it."""
+    keep = sorted(set(fds))
     try:
-        r, w = os.pipe()
+        r, w = os.pipe()  # O_CLOEXEC: no program another thread starts meanwhile keeps the holder waiting
+    except OSError:
+        return None
+    try:
         pid = os.fork()
     except OSError:
-        return False
+        os.close(r)
+        os.close(w)
+        return None
     if pid == 0:
         try:
-            # The holder is a grandchild, orphaned at once: init reaps it, not nstrace, which may
-            # wait on for a COMMAND long after the holder is done.
+            # The holder is a grandchild, orphaned at once: init reaps it, not the caller, which may
+            # wait on for a COMMAND long after the holder is done, or never wait for it at all.
             if os.fork() == 0:
-                _hold(r)
+                _hold(r, keep)
         finally:
             os._exit(0)
     os.close(r)
     os.waitpid(pid, 0)
-    _holder = w
-    return True
+    return Holder(w)
 
 
-def _hold(r):
-    """The holder: the probes' fds and r alone, until r's EOF."""
-    os.setsid()  # a hangup of nstrace's terminal is not the holder's concern
+def _hold(r, keep):
+    """The holder: the fds to keep and r alone, until r's EOF."""
+    os.setsid()  # a hangup of the caller's terminal is not the holder's concern
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # watch -- COMMAND blocks some: not here
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    wanted = {0, 1, 2, r, *keep}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2 and fd != r:
+        if fd not in wanted:
             try:
-                keep = os.readlink(f"/proc/self/fd/{fd}").startswith("anon_inode:")
+                os.close(fd)  # files, pipes, sockets, other BPF objects: nobody may wait for the holder through them
             except OSError:
-                continue  # the listing's own fd, closed by now
-            if not keep:
-                os.close(fd)  # files, pipes, sockets: nobody may wait for the holder through them
-    os.read(r, 1)  # EOF: nstrace has closed its own fds (let_go), or exited
-
-
-def let_go():
-    """This process holds no fd of the probes any more: the holder's exit detaches them now."""
-    global _holder
-    if _holder is not None:
-        os.close(_holder)
-        _holder = None
+                pass  # the listing's own fd, closed by now
+    os.read(r, 1)  # EOF: the caller has closed its own fds (let_go), or exited

@@ -186,7 +186,25 @@ def tgid_of(tid):
 
 
 def descendants(pid):
-    """pid and every live descendant (psutil), for --pid seeding. Raises psutil.NoSuchProcess."""
-    import psutil  # only --pid needs it: everyone else starts without importing it
-    proc = psutil.Process(pid)
-    return [pid] + [child.pid for child in proc.children(recursive=True)]
+    """pid and every live descendant, for --pid seeding (and every nstrace.trace() block): from the
+    parent of each process in /proc, its stat's fourth field (fs/proc/array.c do_task_stat(): the
+    real parent's tgid, 6.18). Not psutil's children(), which reads the same files: importing psutil
+    costs a block's start more than the reading. Raises ProcessLookupError if pid does not exist."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])  # after the comm, whatever it holds
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(name))
+    if not os.path.exists(f"/proc/{pid}/stat"):
+        raise ProcessLookupError(pid)
+    found, todo = [], [pid]
+    while todo:  # a pid reused while /proc was read could close a loop: each is taken once
+        p = todo.pop()
+        if p not in found:
+            found.append(p)
+            todo += children.get(p, ())
+    return found

@@ -17,7 +17,7 @@ def json_value(value, sort_keys=False):
 
 def json_line(rec):
     """The record as one line of `watch --json` (and `show --json`), without its newline."""
-    return json_value(rec.to_json())
+    return json_value(rec.as_dict())
 
 
 def json_summary(summary):

@@ -77,7 +77,7 @@ class Recorder:
 
     def write(self, record):
         """Append one :class:`~nstrace.record.model.Record`."""
-        self._line(record.to_json())
+        self._line(record.as_dict())
         self.count += 1
 
     def write_all(self, records):

@@ -177,10 +177,9 @@ class Tracer:
         return {op: UNSEEN[op] for op in self.options.filter.ops if unseen.get(op)}
 
     def _seed_tracked(self, pid):
-        import psutil
         try:
             pids = procns.descendants(pid)
-        except psutil.NoSuchProcess:
+        except ProcessLookupError:
             raise UsageError(f"--pid {pid}: no such process") from None
         one = ctypes.c_uint8(1)
         for p in pids:
@@ -442,18 +441,21 @@ class Tracer:
         """Detach and free everything. background: the stream has ended otherwise (unfollow(), the
         ring buffer read): the kernel's slow part of detaching goes on in a holder process, at once,
         while nstrace exits or waits on (bpf/teardown)."""
+        holder = None
         if background and self._obj and self._obj.loaded:
-            teardown.hand_over()
-        if self._batch:
-            self._counts = self._batch_counts()
-            self._batch.close()
-            self._batch = None
-        if self._obj:
-            self._final_lost = self.lost
-            self.end_deaths()
-            self.probes.close()
-        if background:
-            teardown.let_go()  # ours are closed: the holder's exit detaches now, not at ours
+            holder = teardown.hand_over(self._obj.link_fds())
+        try:
+            if self._batch:
+                self._counts = self._batch_counts()
+                self._batch.close()
+                self._batch = None
+            if self._obj:
+                self._final_lost = self.lost
+                self.end_deaths()
+                self.probes.close()
+        finally:
+            if holder:
+                holder.let_go()  # ours are closed: the holder's exit detaches now, not at ours
 
     def __enter__(self):
         return self.start()

@@ -155,7 +155,7 @@ def check_json(results):
     return [{"scenario": r.name, "ok": r.ok, "error": r.error, "skipped": getattr(r, "skipped", ""),
              "duration_s": round(r.duration_s, 3),
              "operations": [{"op": v.expect.op, "ok": v.ok, "what": v.expect.what,
-                             "record": v.record.to_json() if v.record else None,
+                             "record": v.record.as_dict() if v.record else None,
                              "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in v.checks],
                              "kernel_path": [dataclasses.asdict(s) for s in v.steps]} for v in r.verdicts]}
             for r in results]
