@@ -7,9 +7,6 @@ Each name is imported from nstrace/api.py when first used, so that ``import nstr
 command line, which starts here) imports nothing else.
 """
 
-import sys
-import types
-
 __version__ = "0.1.0"
 
 __all__ = ["trace", "run", "ls", "load", "Trace", "Record", "Step", "KernelPath", "Namespace"]
@@ -28,26 +25,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted([*globals(), *__all__])
-
-
-class _Package(types.ModuleType):
-    """This package, whose `trace` is the function nstrace.api.trace whatever is imported.
-
-    The tracer's sub-package is nstrace/trace/ too, and the import system binds a sub-package to its
-    parent's attribute of the same name when it first imports it (importlib._bootstrap
-    _find_and_load_unlocked): after `from nstrace.trace.tracer import Tracer`, anyone's, a plain
-    module attribute `trace` would be that sub-package. A property wins over it; the sub-package
-    stays where every import finds it, in sys.modules.
-    """
-
-    @property
-    def trace(self):
-        from .api import trace
-        return trace
-
-    @trace.setter
-    def trace(self, subpackage):
-        pass
-
-
-sys.modules[__name__].__class__ = _Package

@@ -127,7 +127,7 @@ def trace(*, pid: int | None = None, ops: Values = None, types: Values = None, c
     Raises nstrace.errors.PrivilegeError (not root), KernelSupportError (no BTF), LibbpfError (no
     libbpf, or a probe the kernel refused) or UsageError (a bad value) when the block is entered.
     """
-    from .trace.tracer import Options, Tracer
+    from .tracing.tracer import Options, Tracer
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
         raise UsageError(f"pid must be a process id (an int), not {pid!r}")
     tracer = Tracer(Options(pid=os.getpid() if pid is None else pid, kernel_path=bool(function_layer),
@@ -159,7 +159,7 @@ def run(argv: Sequence[str | bytes | os.PathLike], *, user: str | int | None = N
     exception goes on (as subprocess.run does).
     """
     from .linux.heldcommand import HeldCommand, User
-    from .trace.tracer import Options, Tracer
+    from .tracing.tracer import Options, Tracer
     if isinstance(argv, (str, bytes)) or not argv:
         raise UsageError("give the command as a list of words, e.g. ['unshare', '--uts', 'true']")
     argv = [os.fsdecode(a) for a in argv]

@@ -19,7 +19,7 @@ sys.path[:] = [p for p in sys.path if p not in _checkout] + _checkout
 
 import pytest  # noqa: E402
 
-from nstrace.trace.tracer import Options, Tracer  # noqa: E402
+from nstrace.tracing.tracer import Options, Tracer  # noqa: E402
 
 from nshelpers import namespace_holder  # noqa: E402
 

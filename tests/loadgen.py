@@ -206,7 +206,7 @@ def run_traced(workers, per_worker, rounds=1, ringbuf_bytes=4 << 20, sample_s=0.
 
     Records are counted and dropped, as a long-running consumer would.
     """
-    from nstrace.trace.tracer import Options, Tracer
+    from nstrace.tracing.tracer import Options, Tracer
     load = Workload(workers, per_worker)
     samples, settled = Samples(), Samples(Workload.MAX_ROUNDS)
     seen = 0

@@ -9,11 +9,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
-import warnings
 
 import pytest
 from nshelpers import ELSEWHERE, NSTRACE, PYTHON
@@ -65,7 +63,7 @@ def test_the_block_is_the_process_its_threads_and_descendants_and_nothing_else()
     process, which is no descendant, is not, though it works all the while."""
     churn = "import ctypes, time\nwhile True:\n    ctypes.CDLL(None).unshare(0x08000000); time.sleep(0.002)"
     # started from a shell that exits at once: reparented to init, it is no descendant of ours
-    started = subprocess.run(["sh", "-c", f'"$0" -c "$1" >/dev/null 2>&1 & echo $!', PYTHON, churn],
+    started = subprocess.run(["sh", "-c", '"$0" -c "$1" >/dev/null 2>&1 & echo $!', PYTHON, churn],
                              capture_output=True, text=True, check=True)
     bystander = int(started.stdout)
     tids = []
@@ -196,7 +194,7 @@ def test_the_holder_keeps_the_probes_links_and_nothing_else():
     """bpf/teardown.py: the holder takes the fds it is given (the probes' links), not every BPF fd of
     the process: a library's caller may hold BPF objects of its own, whose detach stays theirs."""
     from nstrace.bpf import teardown
-    from nstrace.trace.tracer import Options, Tracer
+    from nstrace.tracing.tracer import Options, Tracer
     tracer = Tracer(Options(pid=os.getpid()))
     tracer.start()
     try:
@@ -412,8 +410,9 @@ def test_a_block_imports_no_more_than_the_tracer_needs():
 
 
 def test_trace_is_the_function_whatever_is_imported():
-    """nstrace/trace/ is the tracer's sub-package: importing it must not make nstrace.trace a module."""
-    code = ("import nstrace.trace.tracer, nstrace, nstrace.trace.watch\n"
+    """No sub-package is named trace (the tracer's is nstrace/tracing/): importing the tracer leaves
+    nstrace.trace the function, as an import of a sub-package binds its name on the package."""
+    code = ("import nstrace.tracing.tracer, nstrace, nstrace.tracing.watch\n"
             "print(callable(nstrace.trace), nstrace.trace.__module__)")
     res = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True, cwd=ELSEWHERE)
     assert res.stdout.split() == ["True", "nstrace.api"]

@@ -29,7 +29,7 @@ from nstrace.kernel import flags as fl
 from nstrace.record import decode, filters, jsonline, layout, reader
 from nstrace.record.filters import Filter, Ns
 from nstrace.study import callpath
-from nstrace.trace.tracer import Options, Tracer
+from nstrace.tracing.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 

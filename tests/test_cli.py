@@ -11,7 +11,7 @@ import pytest
 from nshelpers import ELSEWHERE, NSTRACE, ROOT
 
 from nstrace.errors import KernelSupportError
-from nstrace.trace.tracer import BODY_PROGRAMS, SYSCALL_PROGRAMS
+from nstrace.tracing.tracer import BODY_PROGRAMS, SYSCALL_PROGRAMS
 
 REQUIRED_KEYS = {"ts", "op", "pid", "tid", "comm", "uid", "flags", "raw_flags", "ret", "errno", "child_pid",
                  "target", "ns_before", "ns_after", "changed", "nsproxy", "proc_check"}

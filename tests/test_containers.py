@@ -21,7 +21,7 @@ from test_json_output import differential
 from nstrace.linux import containers, mounts
 from nstrace.record import layout, reader
 from nstrace.record.filters import Filter
-from nstrace.trace.tracer import Options
+from nstrace.tracing.tracer import Options
 
 pytestmark = pytest.mark.root("makes cgroups and loads BPF programs")
 

@@ -13,7 +13,7 @@ from test_json_output import differential, live, take_raw  # noqa: F401 (live: t
 from nstrace.kernel import flags as fl
 from nstrace.record import layout
 from nstrace.record.filters import Filter
-from nstrace.trace.tracer import Options
+from nstrace.tracing.tracer import Options
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 

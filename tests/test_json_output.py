@@ -27,8 +27,8 @@ from nstrace.linux.comm import safe_comm
 from nstrace.record import decode, jsonline, layout, reader
 from nstrace.record.filters import Filter
 from nstrace.study import callpath
-from nstrace.trace.attribution import BatchAttribution
-from nstrace.trace.tracer import Options, Tracer
+from nstrace.tracing.attribution import BatchAttribution
+from nstrace.tracing.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 

@@ -116,14 +116,14 @@ MAY_IMPORT = {
     "record": {"errors", "kernel", "linux", "bpf"},
     "study": {"errors", "kernel", "linux", "record"},
     "session": {"errors", "kernel", "linux", "record", "study"},
-    "trace": {"errors", "kernel", "linux", "bpf", "record", "study"},
+    "tracing": {"errors", "kernel", "linux", "bpf", "record", "study"},
     "view": {"errors", "kernel", "linux", "record", "study", "session"},
-    "check": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "trace"},
+    "check": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "tracing"},
     "lab": {"errors", "linux"},
-    "cli": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "trace", "view", "check", "lab",
+    "cli": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "tracing", "view", "check", "lab",
             "__version__"},
     # the library's face (nstrace/__init__.py imports it, and nothing else may): beside cli, not above it
-    "api": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "trace", "view"},
+    "api": {"errors", "kernel", "linux", "bpf", "record", "study", "session", "tracing", "view"},
     # a client of the public API: `import nstrace`, and the errors it raises
     "pytest_plugin": {"errors"},
 }

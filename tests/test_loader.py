@@ -11,7 +11,7 @@ from nshelpers import NSTRACE
 from nstrace.bpf import hookplan, loader
 from nstrace.errors import LibbpfError, ProbeError
 from nstrace.kernel.functions import FUNCTIONS
-from nstrace.trace.tracer import SYSCALL_PROGRAMS, section_of
+from nstrace.tracing.tracer import SYSCALL_PROGRAMS, section_of
 
 
 def only(obj, *names):

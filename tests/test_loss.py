@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from nstrace.trace.tracer import Options, Tracer
+from nstrace.tracing.tracer import Options, Tracer
 
 from nshelpers import ELSEWHERE
 

@@ -2,7 +2,6 @@
 and what a notebook shows of a Trace, a Record and a kernel path: the HTML page's escaping and look."""
 
 import html
-import os
 import re
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import pytest
 from nshelpers import flag, nsop, wait_for
 
 from nstrace.bpf import features, loader
-from nstrace.trace.tracer import Options, Tracer
+from nstrace.tracing.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("loads BPF programs into the kernel")
 

@@ -12,7 +12,7 @@ import pytest
 from nstrace.bpf import hookplan, libbpf, loader, preload
 from nstrace.bpf.probeset import ProbeSet
 from nstrace.errors import LibbpfError
-from nstrace.trace.tracer import Options, Tracer
+from nstrace.tracing.tracer import Options, Tracer
 
 
 @pytest.mark.parametrize("args,fields", [

@@ -17,7 +17,7 @@ from nshelpers import ELSEWHERE, NSTRACE
 
 from nstrace.bpf import loader
 from nstrace.errors import LibbpfError
-from nstrace.trace.tracer import Options, Tracer
+from nstrace.tracing.tracer import Options, Tracer
 
 pytestmark = pytest.mark.root("traces, drops privileges with setpriv, mounts")
 

@@ -12,7 +12,7 @@ from nshelpers import flag, nsop, wait_for
 
 from nstrace.kernel import flags as fl
 from nstrace.record import layout
-from nstrace.trace.tracer import Options, Tracer
+from nstrace.tracing.tracer import Options, Tracer
 
 TYPES = list(fl.NS_TYPES)
 

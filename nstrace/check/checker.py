@@ -14,7 +14,7 @@ from ..bpf import privileges
 from ..errors import NstraceError, PrivilegeError, UsageError
 from ..kernel import flags as fl
 from ..study import pathcheck
-from ..trace.tracer import Options, Tracer, section_of
+from ..tracing.tracer import Options, Tracer, section_of
 from . import catalogue, scenario
 from .launcher import Launcher
 

@@ -11,7 +11,7 @@ def on_signal(signo, _frame):
     # SIGINT, SIGTERM, SIGHUP: finish the current batch, drain, summarise, exit 0.
     # A flag, not an exception: the poll wakes with EINTR and the loop ends cleanly.
     # (watch -- COMMAND blocks them and reads them from a signalfd instead, with who sent each:
-    # nstrace/trace/watch.py Relay.)
+    # nstrace/tracing/watch.py Relay.)
     stop_requested.append(signo)
 
 

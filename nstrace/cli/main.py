@@ -89,7 +89,7 @@ def _open_std_fds():
 
 
 def _silence_stdout():
-    from ..trace.watch import silence
+    from ..tracing.watch import silence
     silence(1)
 
 

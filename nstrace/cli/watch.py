@@ -1,5 +1,5 @@
 """`nstrace watch` and `nstrace doctor`: the tracing commands. The work is the tracer's
-(nstrace/trace/): here the command line is parsed, the pieces are put together, and what went wrong is
+(nstrace/tracing/): here the command line is parsed, the pieces are put together, and what went wrong is
 said."""
 
 import os
@@ -9,7 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..record.filters import Filter
-from ..trace.tracer import Options, Tracer
+from ..tracing.tracer import Options, Tracer
 from .console import status, stop_requested
 from .params import Seconds, Whole, file_name, filter_options
 
@@ -105,7 +105,7 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
         if held:
             held.cancel()
         raise
-    from ..trace.watch import Watch
+    from ..tracing.watch import Watch
     stream = table.Table(containers=bool(tracer.options.filter.containers))
     w = Watch(tracer, out, row=jsonline.json_line if as_json else stream.row,
               header=None if as_json else stream.header(), as_json=as_json, recorder=recorder,
@@ -134,7 +134,7 @@ def watch(pid, comm, ops, types, container, ns, trace_all, as_json, duration, co
 def _trace_output(path, record_path, with_command):
     """Where watch's trace goes (a trace.watch.Output): -o's file, stdout ('-'), or by default
     stdout, and stderr beside a COMMAND, whose output is its own (as strace's trace)."""
-    from ..trace.watch import Output
+    from ..tracing.watch import Output
     if path is None or path == "-":
         if with_command and path is None:
             return Output(sys.stderr, "to stderr")
@@ -159,7 +159,7 @@ def _held_command(held, user):
     and the User it runs as (None: as nstrace). SIGINT, SIGTERM and SIGHUP are blocked before a
     fork (preload blocked them already, before its fork and its thread) and read from a signalfd."""
     from ..linux.heldcommand import HeldCommand, Inbox, User, block_watched
-    from ..trace.watch import Relay
+    from ..tracing.watch import Relay
     run_as = User(user) if user is not None else None
     block_watched()
     if held is None:

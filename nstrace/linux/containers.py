@@ -21,7 +21,7 @@ hierarchies' (a hybrid or legacy host, where docker's cgroupfs driver makes
 ``docker/<id>`` in each controller's hierarchy and leaves the v2 cgroup alone):
 ``ls`` and ``watch`` follow the same rule. v1 membership is no cgroup id's, so a
 record's v1 container is read from /proc while its caller lives
-(nstrace/trace/attribution.py).
+(nstrace/tracing/attribution.py).
 
 Cgroup names are any bytes but "/" and a newline (kernel/cgroup/cgroup.c
 cgroup_mkdir() and cgroup-v1.c cgroup1_rename() refuse "\\n", 5.10 to 6.18): paths

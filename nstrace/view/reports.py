@@ -41,7 +41,7 @@ def summary_table(summary):
     return lines("\n".join(out))
 
 
-# why a trace ended before its COMMAND did (nstrace.trace.watch.Watch.ended)
+# why a trace ended before its COMMAND did (nstrace.tracing.watch.Watch.ended)
 _ENDED_BY = {"count": "--count reached", "duration": "--duration passed", "signal": "a second signal to nstrace",
              "output": "the output was closed"}
 
