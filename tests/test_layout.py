@@ -94,8 +94,8 @@ def native_btf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("struct_name,mirror", [
-    ("jl_tables", reader.Tables), ("jl_filter", filters.JlFilter), ("jl_counts", reader.Counts),
-    ("jl_state_bit", reader._StateBit),
+    ("batch_tables", reader.Tables), ("batch_filter", filters.BatchFilter), ("batch_counts", reader.Counts),
+    ("batch_state_bit", reader._StateBit),
 ])
 def test_batch_mirror_matches_the_library(native_btf, struct_name, mirror):
     c_members = btf.struct_members(native_btf, struct_name)
