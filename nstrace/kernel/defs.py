@@ -6,8 +6,8 @@ functions; probes/record.def: the record's codes; probes/uapi.def: the flags). T
 files beside the BPF object (nstrace/_bpf/, probes/Makefile): Python reads the tables of the object
 it loads.
 
-A row is one line that starts, in its first column, with a macro's name and its arguments in
-parentheses: ``NSTRACE_OP(CLONE, 1)``. Anything after the closing parenthesis is a comment, and
+A row is one line that starts, in its first column, with a macro's name in capitals and its arguments
+in parentheses: ``NSTRACE_OP(CLONE, 1)``. Anything after the closing parenthesis is a comment, and
 every other line (preprocessor directives, comments) is not a row.
 
 On the way to watch's first load (nstrace/bpf/hookplan.py in nstrace/bpf/preload.py's thread): no
@@ -24,15 +24,17 @@ _read = {}
 
 def rows(name, macro):
     """The argument tuples of `macro`'s rows in the table file `name` ("record.def"), in order."""
-    return [args for m, args in table(name) if m == macro]
+    return [args for m, args in _table(name) if m == macro]
 
 
-def table(name):
+def _table(name):
     """Every row of the table file `name`, in order, as (macro, (argument, ...)); read once."""
     if name not in _read:
-        found = []
         with open(os.path.join(_BUILD, name)) as f:
-            for line in f:
+            text = f.read()
+        found = []
+        for line in text.split("\n"):
+            if line[:1].isupper():  # a row starts with its macro's name: the cheap test first
                 macro, paren, rest = line.partition("(")
                 if paren and macro.isidentifier():
                     found.append((macro, tuple(a.strip() for a in rest.partition(")")[0].split(","))))
