@@ -506,20 +506,23 @@ int kprobe_##fn(struct pt_regs *ctx)						\
 	return tree_add(FN_##fn, (const struct ns_common *)PT_REGS_PARM1_CORE(ctx)); \
 }
 
-/* DEATH: entry only. type: its CLONE_NEW*, 0 to read the namespace's own. */
-#define HOOK_DEATH(fn, ns_of, type)						\
+/* DEATH and DEATH_ANY: entry only. nstype: the CLONE_NEW* of what fn frees, 0 to read the namespace's own. */
+#define HOOK_DEATH_OF(fn, ns_of, nstype)					\
 SEC("fentry/" #fn)								\
 int fentry_##fn(__u64 *ctx)							\
 {										\
 	__u64 a0 = 0;								\
 	bpf_get_func_arg(ctx, 0, &a0);						\
-	return ns_dies(FN_##fn, ns_of(a0), type);				\
+	return ns_dies(FN_##fn, ns_of(a0), nstype);				\
 }										\
 SEC("kprobe/" #fn)								\
 int kprobe_##fn(struct pt_regs *ctx)						\
 {										\
-	return ns_dies(FN_##fn, ns_of(PT_REGS_PARM1_CORE(ctx)), type);		\
+	return ns_dies(FN_##fn, ns_of(PT_REGS_PARM1_CORE(ctx)), nstype);	\
 }
+
+#define HOOK_DEATH(fn, ns_of, type) HOOK_DEATH_OF(fn, ns_of, NS_TYPE_##type)
+#define HOOK_DEATH_ANY(fn, ns_of) HOOK_DEATH_OF(fn, ns_of, 0)
 
 #define HOOK(kind, fn, ...) HOOK_##kind(fn, ##__VA_ARGS__)
 #include "functions.def"

@@ -17,6 +17,12 @@ enum {
 #include "uapi.def"
 };
 
+/* The CLONE_NEW* flag of each namespace type, by the name of its /proc entry (uapi.def): NS_TYPE_uts */
+enum {
+#define NSTRACE_NS_TYPE(type, flag) NS_TYPE_##type = flag,
+#include "uapi.def"
+};
+
 #define CLONE_NEW_ANY_BUT_TIME	(CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | \
 				 CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
 

@@ -8,24 +8,20 @@ to the first load (nstrace/bpf/preload.py), before anything else of nstrace is i
 
 from . import defs
 
-_ROWS = defs.rows("functions.def", "HOOK")  # (kind, fn, ...): CALL, DROPS, BIRTH or DEATH
+_ROWS = defs.rows("functions.def", "HOOK")  # (kind, fn, ...)
 
 # enum nstrace_func of probes/nstrace.h, by value: a row's position, from 1
 FUNCTIONS = (None, *(fn for _, fn, *_ in _ROWS))
 
-# Hooked on entry only: the namespace tree's insertion (BIRTH), and each death function (DEATH), whose
-# death record is made on the way in.
-ENTRY_ONLY = frozenset(fn for kind, fn, *_ in _ROWS if kind in ("BIRTH", "DEATH"))
+# Hooked on entry only: the namespace tree's insertion (BIRTH), and each death function (DEATH, DEATH_ANY),
+# whose death record is made on the way in.
+ENTRY_ONLY = frozenset(fn for kind, fn, *_ in _ROWS if kind in ("BIRTH", "DEATH", "DEATH_ANY"))
 
-_DEATHS = [(row[1], row[3]) for row in _ROWS if row[0] == "DEATH"]  # HOOK(DEATH, fn, ns_of, type): (fn, type)
-_TYPE_OF_FLAG = {flag: ns for ns, flag in defs.rows("uapi.def", "NSTRACE_NS_TYPE")}
-
-# Where each type's namespaces die before the namespace tree (5.10 to 6.17), by type: the DEATH rows of
-# one type. The tree's removal, the DEATH row of no type (it reads each namespace's own), sees every death
-# where it exists (kernel/nstree.c, 6.18+), and then these are not hooked.
-DEATH_OF = {_TYPE_OF_FLAG[flag]: fn for fn, flag in _DEATHS if flag != "0"}
+# Where each type's namespaces die before the namespace tree (5.10 to 6.17), by type. The tree's removal, the
+# one DEATH_ANY, sees every death where it exists (kernel/nstree.c, 6.18+), and then these are not hooked.
+DEATH_OF = {row[3]: row[1] for row in _ROWS if row[0] == "DEATH"}  # HOOK(DEATH, fn, ns_of, type)
 PER_TYPE_DEATHS = tuple(DEATH_OF.values())
-(TREE_DEATH,) = (fn for fn, flag in _DEATHS if flag == "0")
+(TREE_DEATH,) = (fn for kind, fn, *_ in _ROWS if kind == "DEATH_ANY")
 
 
 def types_seen_dying(attached):
