@@ -1,4 +1,5 @@
-"""The wheel's build step: nstrace's CO-RE object and its native ring-buffer reader, compiled into it.
+"""The wheel's build step: nstrace's CO-RE object and its native ring-buffer reader, compiled into it,
+with the tables they are compiled from.
 
 clang, bpftool and libbpf-dev are needed here, at build time, and nowhere else: an installed wheel
 carries nstrace/_bpf/ and loads it through the system's libbpf1. Everything else about the package
@@ -18,7 +19,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class BuildWithBpf(build_py):
-    """build_py, then probes/ and native/ built and their products (*.bpf.o, *.so) put in nstrace/_bpf."""
+    """build_py, then probes/ and native/ built and their products put in nstrace/_bpf: the objects
+    (*.bpf.o), the reader library (*.so) and the tables both were made from (*.def), which the package
+    reads at run time (nstrace/kernel/defs.py)."""
 
     def run(self):
         super().run()
@@ -28,7 +31,7 @@ class BuildWithBpf(build_py):
         dest = os.path.join(self.build_lib, "nstrace", "_bpf")
         os.makedirs(dest, exist_ok=True)
         for name in sorted(os.listdir(staging)):
-            if name.endswith((".bpf.o", ".so")):
+            if name.endswith((".bpf.o", ".so", ".def")):
                 shutil.copy2(os.path.join(staging, name), dest)
 
 

@@ -5,17 +5,19 @@
  * A Python callback per record costs microseconds (ctypes builds a frame for
  * every call); `nstrace watch --json` has to keep up with hundreds of
  * thousands of records a second. So the ring buffer's sample callback is
- * jl_sample() below: it only copies the record into a batch. Python then asks
- * jl_classify() which records it must look at itself (a /proc check, or a
- * record this file cannot format), and jl_format() writes the rest.
+ * batch_sample() below: it only copies the record into a batch. Python then asks
+ * batch_classify() which records it must look at itself (a /proc check, or a
+ * record this file cannot format), and batch_format() writes the rest.
  *
  * One source of truth for names: every string (op, flag, errno, signal and
- * namespace names) comes from nstrace/flags.py and nstrace/events.py through
- * struct jl_tables. The record layout is probes/nstrace.h itself. The
- * reference decoder is nstrace/events.py + display.json_line(): for every
- * record formatted here the bytes are identical, which tests/test_batch.py
- * checks on records of real namespace operations, and tests/test_json_output.py
- * in every routing state (enum jl_state), hostile names and all.
+ * namespace names) comes from Python (nstrace/kernel/flags.py and
+ * nstrace/record/layout.py, which read the tables of probes/) through
+ * struct batch_tables. The record layout is probes/nstrace.h itself. The reference
+ * decoder is nstrace/record/decode.py + nstrace/record/jsonline.py
+ * json_line(): for every record formatted here the bytes are identical,
+ * which tests/test_batch.py checks on records of real namespace operations,
+ * and tests/test_json_output.py in every routing state (enum batch_state),
+ * hostile names and all.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -30,46 +32,51 @@
 
 #include "../probes/nstrace.h"
 
-#define JL_EXPORT __attribute__((visibility("default")))
-#define CLONE_CSIGNAL 0xffull
+#define BATCH_EXPORT __attribute__((visibility("default")))
+
+/* CSIGNAL: the exit signal's byte of clone()'s flags, which are no flags (probes/uapi.def) */
+enum {
+#define NSTRACE_CLONE_MASK(name, value) name = value,
+#include "../probes/uapi.def"
+};
 
 /*
- * What jl_classify() decided for a record: independent bits, each tested on
+ * What batch_classify() decided for a record: independent bits, each tested on
  * its own (never a whole state compared with ==: a record can be Python's
- * and superseded at once). The bits are defined here only: nstrace/batch.py
- * reads their names and values from jl_state_bits[] in this library.
+ * and superseded at once). The bits are defined here only: nstrace/record/reader.py
+ * reads their names and values from batch_state_bits[] in this library.
  */
-#define JL_STATE_BITS(X)							\
-	/* Python decodes it, filters it, and writes its whole line (jl_set) */	\
+#define BATCH_STATE_BITS(X)							\
+	/* Python decodes it, filters it, and writes its whole line (batch_set) */	\
 	X(PYTHON, 0x01)								\
-	/* Python reads its /proc; a line of C's waits for that proc_check (jl_set) */ \
+	/* Python reads its /proc; a line of C's waits for that proc_check (batch_set) */ \
 	X(CHECK, 0x02)								\
 	/* superseded: the checked task moves after it, in this batch; /proc not read */ \
 	X(LATER, 0x04)								\
-	/* not shown: --op/--comm/--type (C's filter, or Python's via jl_set) */	\
+	/* not shown: --op/--comm/--type (C's filter, or Python's via batch_set) */	\
 	X(FILTERED, 0x08)
 
-enum jl_state {
-	JL_FORMAT = 0,		/* none of them: formatted here, proc_check null */
-#define JL_ENUM(name, bit) JL_##name = bit,
-	JL_STATE_BITS(JL_ENUM)
-#undef JL_ENUM
+enum batch_state {
+	BATCH_FORMAT = 0,		/* none of them: formatted here, proc_check null */
+#define BATCH_ENUM(name, bit) BATCH_##name = bit,
+	BATCH_STATE_BITS(BATCH_ENUM)
+#undef BATCH_ENUM
 };
 
-struct jl_state_bit {
+struct batch_state_bit {
 	const char *name;
 	__u8 bit;
 };
 
-JL_EXPORT const struct jl_state_bit jl_state_bits[] = {
-#define JL_ENTRY(name, bit) { #name, bit },
-	JL_STATE_BITS(JL_ENTRY)
-#undef JL_ENTRY
+BATCH_EXPORT const struct batch_state_bit batch_state_bits[] = {
+#define BATCH_ENTRY(name, bit) { #name, bit },
+	BATCH_STATE_BITS(BATCH_ENTRY)
+#undef BATCH_ENTRY
 	{ NULL, 0 }
 };
 
-/* Names, filled once by nstrace/batch.py; strings are JSON-ready ("\"clone\""). */
-struct jl_tables {
+/* Names, filled once by nstrace/record/reader.py tables(); strings are JSON-ready ("\"clone\""). */
+struct batch_tables {
 	const char *ops[OP_MAX];	/* by enum nstrace_op; NULL: "op<n>" */
 	const char *flag_names[64];	/* flags.CLONE_FLAGS, in its order */
 	__u64 flag_bits[64];
@@ -78,45 +85,45 @@ struct jl_tables {
 	__u64 entry_type_bit[NS_SLOTS];	/* CLONE_NEW* of each entry (pid_for_children: NEWPID) */
 	const char *errnos[256];	/* errno.errorcode; NULL: the number as a string */
 	const char *signals[65];	/* signal.Signals names; NULL: the number as a string */
-	const char *target_kinds[5];	/* events.TARGET_KINDS; NULL: null */
+	const char *target_kinds[5];	/* layout.TARGET_KINDS; NULL: null */
 	const char *nstype_names[8];	/* the namespace types, by nstype_bits */
 	__u64 nstype_bits[8];
-	__s64 wall_offset_ns;		/* CLOCK_MONOTONIC -> wall clock (events.WALL_OFFSET_NS) */
+	__s64 wall_offset_ns;		/* CLOCK_MONOTONIC -> wall clock (decode.WALL_OFFSET_NS) */
 	__u32 raw_addresses;
-	/* ops whose flags are their own (events.OP_FLAGS: open_tree, fsmount); 0 names: CLONE_* */
+	/* ops whose flags are their own (flags.OP_FLAGS: open_tree, fsmount); 0 names: CLONE_* */
 	__u32 op_nflags[OP_MAX];
 	const char *op_flag_names[OP_MAX][8];
 	__u64 op_flag_bits[OP_MAX][8];
 };
 
-#define JL_MAX_COMMS 16
-#define JL_MAX_NS 16
+#define BATCH_MAX_COMMS 16
+#define BATCH_MAX_NS 16
 
 /*
  * --op/--comm/--type/--container/--ns (zero: no filter), filled by
  * nstrace/record/filters.py Filter.to_c(), which refuses what these arrays
  * cannot hold; comms are the kernel's bytes, NUL-padded. --container is
- * decided per container fragment by Python (struct jl_frags .match); --ns is
+ * decided per container fragment by Python (struct batch_frags .match); --ns is
  * a namespace by type and inode, or by ns_id (ns_type_bit 0), that the
  * record's before, after or target holds.
  */
-struct jl_filter {
+struct batch_filter {
 	__u32 ops_mask;			/* bit n: enum nstrace_op n wanted */
 	__u32 ncomms;
-	char comms[JL_MAX_COMMS][sizeof(((struct nstrace_event *)0)->comm)];
+	char comms[BATCH_MAX_COMMS][sizeof(((struct nstrace_event *)0)->comm)];
 	__u64 types_mask;		/* CLONE_NEW* bits wanted */
 	__u32 containers;		/* --container given */
 	__u32 nns;
-	__u64 ns_type_bit[JL_MAX_NS];	/* CLONE_NEW* of the namespace; 0: by ns_id */
-	__u64 ns_inum[JL_MAX_NS];
-	__u64 ns_id[JL_MAX_NS];
+	__u64 ns_type_bit[BATCH_MAX_NS];	/* CLONE_NEW* of the namespace; 0: by ns_id */
+	__u64 ns_inum[BATCH_MAX_NS];
+	__u64 ns_id[BATCH_MAX_NS];
 };
 
-struct jl_counts {
+struct batch_counts {
 	__u64 by_op[OP_MAX];		/* every record, by enum nstrace_op (0: unknown) */
 	__u64 superseded;
 	__u64 filtered;
-	__u64 lines;			/* lines written by jl_format */
+	__u64 lines;			/* lines written by batch_format */
 };
 
 /*
@@ -126,9 +133,9 @@ struct jl_counts {
  * match: the --container filter takes it. Open addressing; Python owns the text.
  * A key whose frag is NULL has no text: its records' container is their
  * caller's, from its cgroup v1 hierarchies, which Python reads per task
- * (attribution.PER_TASK): jl_classify() leaves those records to Python.
+ * (attribution.PER_TASK): batch_classify() leaves those records to Python.
  */
-struct jl_frags {
+struct batch_frags {
 	__u64 *key;
 	const char **frag;
 	__u32 *len;
@@ -136,36 +143,36 @@ struct jl_frags {
 	__u32 mask, count;
 };
 
-enum jl_frag_table {
-	JL_CGROUPS = 0,		/* by cgroup id: kept for the life of the reader (ids are never reused) */
-	JL_TARGETS = 1,		/* by target key: a batch's only (namespaces change hands) */
+enum batch_frag_table {
+	BATCH_CGROUPS = 0,		/* by cgroup id: kept for the life of the reader (ids are never reused) */
+	BATCH_TARGETS = 1,		/* by target key: a batch's only (namespaces change hands) */
 };
 
-struct jl_batch {
+struct batch {
 	char *data;			/* records back to back, 8-byte aligned */
 	size_t used, cap;
 	__u32 n, max;
 	__u32 *off, *len;
 	__u8 *state;
-	const char **frag;		/* JL_CHECK: proc_check JSON; JL_PYTHON: the line */
+	const char **frag;		/* BATCH_CHECK: proc_check JSON; BATCH_PYTHON: the line */
 	__u32 *frag_len;
 	char *out;
 	size_t out_len, out_cap;
-	struct jl_counts counts;
+	struct batch_counts counts;
 	int oom;
-	/* the ring buffer again, read-only, to look at records not consumed yet (jl_moved_on) */
+	/* the ring buffer again, read-only, to look at records not consumed yet (batch_moved_on) */
 	const char *ring_pos;		/* its consumer and producer pages */
 	int ring_fd;
 	__u64 ring_mask;		/* data bytes - 1 */
 	long page;
 	int inflight_fd;
 	void *inflight_value;
-	struct jl_frags frags[2];	/* enum jl_frag_table */
+	struct batch_frags frags[2];	/* enum batch_frag_table */
 };
 
-JL_EXPORT struct jl_batch *jl_new(__u32 max)
+BATCH_EXPORT struct batch *batch_new(__u32 max)
 {
-	struct jl_batch *b = calloc(1, sizeof(*b));
+	struct batch *b = calloc(1, sizeof(*b));
 
 	if (!b)
 		return NULL;
@@ -182,7 +189,7 @@ JL_EXPORT struct jl_batch *jl_new(__u32 max)
 	return b;
 }
 
-JL_EXPORT void jl_free(struct jl_batch *b)
+BATCH_EXPORT void batch_free(struct batch *b)
 {
 	if (!b)
 		return;
@@ -190,7 +197,7 @@ JL_EXPORT void jl_free(struct jl_batch *b)
 		munmap((void *)b->ring_pos, 2 * b->page);
 	free(b->inflight_value);
 	for (int i = 0; i < 2; i++) {
-		struct jl_frags *t = &b->frags[i];
+		struct batch_frags *t = &b->frags[i];
 
 		free(t->key), free(t->frag), free(t->len), free(t->match), free(t->used);
 	}
@@ -220,9 +227,9 @@ static int reserve(char **buf, size_t *cap, size_t need)
  * this record (which it has already consumed), so a full batch ends the
  * consume call and the rest waits in the ring buffer.
  */
-JL_EXPORT int jl_sample(void *ctx, void *data, size_t size)
+BATCH_EXPORT int batch_sample(void *ctx, void *data, size_t size)
 {
-	struct jl_batch *b = ctx;
+	struct batch *b = ctx;
 	size_t at = (b->used + 7) & ~(size_t)7;
 
 	if (reserve(&b->data, &b->cap, at + size)) {
@@ -237,65 +244,65 @@ JL_EXPORT int jl_sample(void *ctx, void *data, size_t size)
 	return ++b->n >= b->max ? -E2BIG : 0;
 }
 
-static void frags_clear(struct jl_frags *t)
+static void frags_clear(struct batch_frags *t)
 {
 	if (t->used)
 		memset(t->used, 0, t->mask + 1);
 	t->count = 0;
 }
 
-JL_EXPORT void jl_reset(struct jl_batch *b)
+BATCH_EXPORT void batch_reset(struct batch *b)
 {
 	b->n = 0, b->used = 0, b->out_len = 0;
-	frags_clear(&b->frags[JL_TARGETS]);
+	frags_clear(&b->frags[BATCH_TARGETS]);
 }
 
-JL_EXPORT __u32 jl_count(const struct jl_batch *b)
+BATCH_EXPORT __u32 batch_count(const struct batch *b)
 {
 	return b->n;
 }
 
-JL_EXPORT const void *jl_record(const struct jl_batch *b, __u32 i, __u32 *size)
+BATCH_EXPORT const void *batch_record(const struct batch *b, __u32 i, __u32 *size)
 {
 	*size = b->len[i];
 	return b->data + b->off[i];
 }
 
-JL_EXPORT const __u8 *jl_states(const struct jl_batch *b)
+BATCH_EXPORT const __u8 *batch_states(const struct batch *b)
 {
 	return b->state;
 }
 
-JL_EXPORT const struct jl_counts *jl_counts(const struct jl_batch *b)
+BATCH_EXPORT const struct batch_counts *batch_counts(const struct batch *b)
 {
 	return &b->counts;
 }
 
-JL_EXPORT int jl_oom(const struct jl_batch *b)
+BATCH_EXPORT int batch_oom(const struct batch *b)
 {
 	return b->oom;
 }
 
 /*
- * Python's fragment for record i: its whole line (JL_PYTHON; NULL: Python's
- * filter dropped it) or its proc_check (JL_CHECK).
+ * Python's fragment for record i: its whole line (BATCH_PYTHON; NULL: Python's
+ * filter dropped it) or its proc_check (BATCH_CHECK).
  */
-JL_EXPORT void jl_set(struct jl_batch *b, __u32 i, const char *frag, __u32 len)
+BATCH_EXPORT void batch_set(struct batch *b, __u32 i, const char *frag, __u32 len)
 {
 	b->frag[i] = frag;
 	b->frag_len[i] = len;
-	if ((b->state[i] & JL_PYTHON) && !frag)
-		b->state[i] |= JL_FILTERED;
+	if ((b->state[i] & BATCH_PYTHON) && !frag)
+		b->state[i] |= BATCH_FILTERED;
 }
 
-static const struct nstrace_event *rec(const struct jl_batch *b, __u32 i)
+static const struct nstrace_event *rec(const struct batch *b, __u32 i)
 {
 	return (const void *)(b->data + b->off[i]);
 }
 
 /* --- containers -------------------------------------------------------------- */
 
-static __u32 frag_slot(const struct jl_frags *t, __u64 key)
+static __u32 frag_slot(const struct batch_frags *t, __u64 key)
 {
 	__u32 s = (__u32)((key * 0x9e3779b97f4a7c15ull) >> 32) & t->mask;
 
@@ -305,7 +312,7 @@ static __u32 frag_slot(const struct jl_frags *t, __u64 key)
 }
 
 /* Index of key's entry, or -1. */
-static long frag_find(const struct jl_frags *t, __u64 key)
+static long frag_find(const struct batch_frags *t, __u64 key)
 {
 	__u32 s;
 
@@ -315,9 +322,9 @@ static long frag_find(const struct jl_frags *t, __u64 key)
 	return t->used[s] ? (long)s : -1;
 }
 
-static int frags_grow(struct jl_frags *t)
+static int frags_grow(struct batch_frags *t)
 {
-	struct jl_frags old = *t, n = {};
+	struct batch_frags old = *t, n = {};
 	__u32 cap = old.used ? 2 * (old.mask + 1) : 256;
 
 	n.mask = cap - 1;
@@ -344,10 +351,10 @@ static int frags_grow(struct jl_frags *t)
 	return 0;
 }
 
-/* Python's container JSON for key in table (enum jl_frag_table); match: --container takes it. */
-JL_EXPORT int jl_set_container(struct jl_batch *b, __u32 table, __u64 key, const char *frag, __u32 len, __u8 match)
+/* Python's container JSON for key in table (enum batch_frag_table); match: --container takes it. */
+BATCH_EXPORT int batch_set_container(struct batch *b, __u32 table, __u64 key, const char *frag, __u32 len, __u8 match)
 {
-	struct jl_frags *t = &b->frags[table & 1];
+	struct batch_frags *t = &b->frags[table & 1];
 	__u32 s;
 
 	if ((!t->used || 2 * (t->count + 1) > t->mask + 1) && frags_grow(t))
@@ -373,9 +380,9 @@ static __u64 target_key(const struct nstrace_event *e)
 /*
  * The keys of this batch's records that have no container JSON yet: up to
  * max of them, each once, as (table, key). Python looks them up and calls
- * jl_set_container() before jl_classify().
+ * batch_set_container() before batch_classify().
  */
-JL_EXPORT __u32 jl_missing(struct jl_batch *b, __u8 *tables, __u64 *keys, __u32 max)
+BATCH_EXPORT __u32 batch_missing(struct batch *b, __u8 *tables, __u64 *keys, __u32 max)
 {
 	__u32 n = 0;
 
@@ -388,7 +395,7 @@ JL_EXPORT __u32 jl_missing(struct jl_batch *b, __u8 *tables, __u64 *keys, __u32 
 		for (__u32 tb = 0; tb < 2 && n < max; tb++) {
 			__u32 k;
 
-			if ((tb == JL_TARGETS && !want[tb]) || frag_find(&b->frags[tb], want[tb]) >= 0)
+			if ((tb == BATCH_TARGETS && !want[tb]) || frag_find(&b->frags[tb], want[tb]) >= 0)
 				continue;
 			for (k = 0; k < n && !(tables[k] == tb && keys[k] == want[tb]); k++)
 				;
@@ -400,7 +407,7 @@ JL_EXPORT __u32 jl_missing(struct jl_batch *b, __u8 *tables, __u64 *keys, __u32 
 }
 
 /* Key's container text is there (not missing, not NULL: per task). */
-static int frag_known(const struct jl_frags *t, __u64 key)
+static int frag_known(const struct batch_frags *t, __u64 key)
 {
 	long c = frag_find(t, key);
 
@@ -408,39 +415,39 @@ static int frag_known(const struct jl_frags *t, __u64 key)
 }
 
 /* Both of a record's container texts are there (else Python writes its line). */
-static int containers_known(const struct jl_batch *b, const struct nstrace_event *e)
+static int containers_known(const struct batch *b, const struct nstrace_event *e)
 {
 	__u64 target = target_key(e);
 
-	return frag_known(&b->frags[JL_CGROUPS], e->cgroup_id) &&
-	       (!target || frag_known(&b->frags[JL_TARGETS], target));
+	return frag_known(&b->frags[BATCH_CGROUPS], e->cgroup_id) &&
+	       (!target || frag_known(&b->frags[BATCH_TARGETS], target));
 }
 
-static int container_wanted(const struct jl_batch *b, const struct nstrace_event *e)
+static int container_wanted(const struct batch *b, const struct nstrace_event *e)
 {
-	long c = frag_find(&b->frags[JL_CGROUPS], e->cgroup_id);
+	long c = frag_find(&b->frags[BATCH_CGROUPS], e->cgroup_id);
 	__u64 target = target_key(e);
-	long tg = target ? frag_find(&b->frags[JL_TARGETS], target) : -1;
+	long tg = target ? frag_find(&b->frags[BATCH_TARGETS], target) : -1;
 
-	return (c >= 0 && b->frags[JL_CGROUPS].match[c]) || (tg >= 0 && b->frags[JL_TARGETS].match[tg]);
+	return (c >= 0 && b->frags[BATCH_CGROUPS].match[c]) || (tg >= 0 && b->frags[BATCH_TARGETS].match[tg]);
 }
 
-/* open_tree, fsmount and free say which namespace they made or freed (events.decode(): "ns"). */
+/* open_tree, fsmount and free say which namespace they made or freed (decode.decode(): "ns"). */
 static int has_ns(const struct nstrace_event *e)
 {
 	return e->op == OP_FREE || ((e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT) && e->target_kind == TARGET_NSFS);
 }
 
 /*
- * filters.wanted() for --ns: the namespace is one of the record's, before, after, as its setns
+ * Filter.wanted() for --ns: the namespace is one of the record's, before, after, as its setns
  * target, or the one it made or freed (open_tree, fsmount, free keep that in the target fields).
  */
-static int involves_ns(const struct jl_tables *t, const struct jl_filter *f, const struct nstrace_event *e)
+static int involves_ns(const struct batch_tables *t, const struct batch_filter *f, const struct nstrace_event *e)
 {
 	const struct nstrace_ns_set *sets[2] = { &e->before, &e->after };
 	int nsfs = (e->op == OP_SETNS && e->target_kind == TARGET_NSFS) || has_ns(e);
 
-	for (__u32 k = 0; k < f->nns && k < JL_MAX_NS; k++) {
+	for (__u32 k = 0; k < f->nns && k < BATCH_MAX_NS; k++) {
 		for (int i = 0; i < 2; i++) {
 			if (!sets[i]->valid)
 				continue;
@@ -465,9 +472,10 @@ static int is_clone(__u32 op)
 }
 
 /*
- * A comm events.safe_comm() leaves as it is and --comm compares byte for
- * byte: printable ASCII without a backslash. Anything else (escapes,
- * UTF-8) goes to Python, the reference, so there is one escaping rule.
+ * A comm that safe_comm() (nstrace/linux/comm.py) leaves as it is and --comm
+ * compares byte for byte: printable ASCII without a backslash. Anything else
+ * (escapes, UTF-8) goes to Python, the reference, so there is one escaping
+ * rule.
  */
 static int comm_is_plain(const char *comm)
 {
@@ -477,10 +485,10 @@ static int comm_is_plain(const char *comm)
 	return 1;
 }
 
-/* filters.wanted(): the types an operation touches (as CLONE_NEW* bits). */
-static __u64 touched_types(const struct jl_tables *t, const struct nstrace_event *e)
+/* Filter.wanted(): the types an operation touches (as CLONE_NEW* bits). */
+static __u64 touched_types(const struct batch_tables *t, const struct nstrace_event *e)
 {
-	__u64 flags = e->op == OP_CLONE ? e->raw_flags & ~CLONE_CSIGNAL : e->raw_flags;
+	__u64 flags = e->op == OP_CLONE ? e->raw_flags & ~CSIGNAL : e->raw_flags;
 	__u64 types = 0;
 
 	if (e->op < OP_MAX && t->op_nflags[e->op])	/* not CLONE_* flags */
@@ -498,15 +506,15 @@ static __u64 touched_types(const struct jl_tables *t, const struct nstrace_event
 	return types;
 }
 
-static int comm_wanted(const struct jl_filter *f, const char *comm)
+static int comm_wanted(const struct batch_filter *f, const char *comm)
 {
-	for (__u32 i = 0; i < f->ncomms && i < JL_MAX_COMMS; i++)
+	for (__u32 i = 0; i < f->ncomms && i < BATCH_MAX_COMMS; i++)
 		if (!strncmp(f->comms[i], comm, sizeof(f->comms[i])))
 			return 1;
 	return 0;
 }
 
-static int wanted(const struct jl_batch *b, const struct jl_tables *t, const struct jl_filter *f,
+static int wanted(const struct batch *b, const struct batch_tables *t, const struct batch_filter *f,
 		  const struct nstrace_event *e)
 {
 	if (f->ops_mask && (e->op > 31 || !(f->ops_mask & (1u << e->op))))
@@ -573,13 +581,13 @@ static int moves_caller(const struct nstrace_event *e)
 
 /*
  * Decide every record's state; count ops, and the filtered and superseded
- * records written here. Returns how many records Python must see (JL_CHECK
- * or JL_PYTHON), or -1. A record is superseded (JL_LATER) when the task it
+ * records written here. Returns how many records Python must see (BATCH_CHECK
+ * or BATCH_PYTHON), or -1. A record is superseded (BATCH_LATER) when the task it
  * would check moves to other namespaces after it, in a record of this
- * batch: /proc already shows where it went, so it is not read. A JL_PYTHON
- * record carries JL_CHECK and JL_LATER as any other; Python filters it.
+ * batch: /proc already shows where it went, so it is not read. A BATCH_PYTHON
+ * record carries BATCH_CHECK and BATCH_LATER as any other; Python filters it.
  */
-JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const struct jl_filter *f,
+BATCH_EXPORT int batch_classify(struct batch *b, const struct batch_tables *t, const struct batch_filter *f,
 			  int check_proc)
 {
 	struct last_seen h;
@@ -621,19 +629,19 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
 			later = last > i + 1 || (last && tid != e->tid &&
 						 rec(b, last - 1)->start_time_ns == e->child_start_ns);
 		}
-		st = later ? JL_LATER : check ? JL_CHECK : JL_FORMAT;
+		st = later ? BATCH_LATER : check ? BATCH_CHECK : BATCH_FORMAT;
 
 		if (b->len[i] < offsetof(struct nstrace_event, steps) || !comm_is_plain(e->comm) || e->nsteps ||
 		    !containers_known(b, e)) {
-			st |= JL_PYTHON;
+			st |= BATCH_PYTHON;
 		} else if (!wanted(b, t, f, e)) {
-			st = JL_FILTERED;
+			st = BATCH_FILTERED;
 			b->counts.filtered++;
 		} else if (later) {
 			b->counts.superseded++;
 		}
 		b->state[i] = st;
-		python += !!(st & (JL_PYTHON | JL_CHECK));
+		python += !!(st & (BATCH_PYTHON | BATCH_CHECK));
 	}
 	free(h.tid), free(h.idx);
 	return python;
@@ -650,7 +658,7 @@ JL_EXPORT int jl_classify(struct jl_batch *b, const struct jl_tables *t, const s
  * twice over for wrap-around, would add 8 MiB to the resident set.
  * inflight_fd: the in-flight table (record heads of syscalls in progress, by slot).
  */
-JL_EXPORT int jl_watch_ring(struct jl_batch *b, int ring_fd, __u32 data_bytes, int inflight_fd, __u32 value_bytes)
+BATCH_EXPORT int batch_watch_ring(struct batch *b, int ring_fd, __u32 data_bytes, int inflight_fd, __u32 value_bytes)
 {
 	void *p;
 
@@ -668,9 +676,9 @@ JL_EXPORT int jl_watch_ring(struct jl_batch *b, int ring_fd, __u32 data_bytes, i
 
 /*
  * The operation tid is inside now (OP_*), 0 if none: its slot of the
- * in-flight table (probes/common.bpf.h).
+ * in-flight table (probes/inflight.bpf.h).
  */
-JL_EXPORT __u32 jl_in_flight(struct jl_batch *b, __u32 tid)
+BATCH_EXPORT __u32 batch_in_flight(struct batch *b, __u32 tid)
 {
 	const struct nstrace_event *head = b->inflight_value;
 
@@ -692,9 +700,9 @@ JL_EXPORT __u32 jl_in_flight(struct jl_batch *b, __u32 tid)
 	return 0;
 }
 
-static int in_flight_move(struct jl_batch *b, __u32 tid)
+static int in_flight_move(struct batch *b, __u32 tid)
 {
-	__u32 op = jl_in_flight(b, tid);
+	__u32 op = batch_in_flight(b, tid);
 
 	return op == OP_UNSHARE || op == OP_SETNS || op == OP_EXEC;
 }
@@ -708,7 +716,7 @@ static int in_flight_move(struct jl_batch *b, __u32 tid)
  * Returns 1: tid moves in one; 0: not in this window (*cons advanced);
  * -1: stop (an uncommitted record, or the window cannot be mapped).
  */
-static int look_in_window(struct jl_batch *b, __u32 tid, __u64 *cons, __u64 prod)
+static int look_in_window(struct batch *b, __u32 tid, __u64 *cons, __u64 prod)
 {
 	size_t data_pages = (b->ring_mask + 1 + b->page - 1) / b->page;
 	size_t first = (*cons & b->ring_mask) / b->page;
@@ -752,7 +760,7 @@ static int look_in_window(struct jl_batch *b, __u32 tid, __u64 *cons, __u64 prod
  * /proc was read before this runs, so any move it could show is one of the
  * two. Returns 0 if neither: then the mismatch is real.
  */
-JL_EXPORT int jl_moved_on(struct jl_batch *b, __u32 tid)
+BATCH_EXPORT int batch_moved_on(struct batch *b, __u32 tid)
 {
 	__u64 cons, prod;
 
@@ -863,10 +871,10 @@ static void put_num_str(struct out *o, __s64 v)
 }
 
 /*
- * The comm as display.json_line() writes it: json.dumps() of a plain comm
+ * The comm as jsonline.json_line() writes it: json.dumps() of a plain comm
  * (see comm_is_plain), with '"' escaped, and '<', '>' and '&' as \u00XX so
  * that a line pasted into HTML cannot end a <script> element. No other byte
- * below 0x20 or above 0x7e gets here (jl_classify() sends such records to
+ * below 0x20 or above 0x7e gets here (batch_classify() sends such records to
  * Python, whose escaping is the reference); were one to, it would still be
  * written as \u00XX, never raw.
  */
@@ -890,8 +898,8 @@ static void put_comm(struct out *o, const char *comm)
 	*o->p++ = '"';
 }
 
-/* events.decode_flags(): names in table order, then leftover bits as one hex string. */
-static void put_flags(struct out *o, const struct jl_tables *t, __u64 v, __u32 op)
+/* flags.decode_flags(): names in table order, then leftover bits as one hex string. */
+static void put_flags(struct out *o, const struct batch_tables *t, __u64 v, __u32 op)
 {
 	const char *const *names = t->flag_names;
 	const __u64 *bits = t->flag_bits;
@@ -899,7 +907,7 @@ static void put_flags(struct out *o, const struct jl_tables *t, __u64 v, __u32 o
 	int first = 1;
 
 	if (op == OP_CLONE)
-		v &= ~CLONE_CSIGNAL;
+		v &= ~CSIGNAL;
 	if (op < OP_MAX && t->op_nflags[op]) {
 		names = t->op_flag_names[op];
 		bits = t->op_flag_bits[op];
@@ -925,7 +933,7 @@ static void put_flags(struct out *o, const struct jl_tables *t, __u64 v, __u32 o
 	*o->p++ = ']';
 }
 
-static void put_ns_map_uncached(struct out *o, const struct jl_tables *t, const __u64 *v)
+static void put_ns_map_uncached(struct out *o, const struct batch_tables *t, const __u64 *v)
 {
 	*o->p++ = '{';
 	for (int i = 0; i < NS_SLOTS; i++) {
@@ -950,13 +958,13 @@ static void put_ns_map_uncached(struct out *o, const struct jl_tables *t, const 
 
 static struct map_text {
 	__u64 v[NS_SLOTS];
-	const struct jl_tables *t;
+	const struct batch_tables *t;
 	__u32 len;
 	char text[MAP_TEXT];
 } map_cache[MAP_CACHE];
 static __u32 map_next;
 
-static void put_ns_map(struct out *o, const struct jl_tables *t, const struct nstrace_ns_set *s, int ids)
+static void put_ns_map(struct out *o, const struct batch_tables *t, const struct nstrace_ns_set *s, int ids)
 {
 	__u64 v[NS_SLOTS];
 	struct map_text *m;
@@ -983,8 +991,8 @@ static void put_ns_map(struct out *o, const struct jl_tables *t, const struct ns
 	put(o, m->text, m->len);
 }
 
-/* events.format_id(): 8 hex digits, or the address with --raw-addresses. */
-static void put_id(struct out *o, const struct jl_tables *t, __u64 v)
+/* decode.format_id(): 8 hex digits, or the address with --raw-addresses. */
+static void put_id(struct out *o, const struct batch_tables *t, __u64 v)
 {
 	if (!v) {
 		PUT(o, "null");
@@ -997,8 +1005,8 @@ static void put_id(struct out *o, const struct jl_tables *t, __u64 v)
 	PUT(o, "\"");
 }
 
-/* The container JSON of key (jl_classify() sent every record without one to Python). */
-static void put_container(struct out *o, const struct jl_frags *t, __u64 key)
+/* The container JSON of key (batch_classify() sent every record without one to Python). */
+static void put_container(struct out *o, const struct batch_frags *t, __u64 key)
 {
 	long c = frag_find(t, key);
 
@@ -1009,7 +1017,7 @@ static void put_container(struct out *o, const struct jl_frags *t, __u64 key)
 }
 
 /* The namespace type of a CLONE_NEW* bit, as put_target() writes it. */
-static void put_nstype(struct out *o, const struct jl_tables *t, __u32 nstype)
+static void put_nstype(struct out *o, const struct batch_tables *t, __u32 nstype)
 {
 	int i;
 
@@ -1024,7 +1032,7 @@ static void put_nstype(struct out *o, const struct jl_tables *t, __u32 nstype)
 	}
 }
 
-static void put_target(struct out *o, const struct jl_batch *b, const struct jl_tables *t,
+static void put_target(struct out *o, const struct batch *b, const struct batch_tables *t,
 		       const struct nstrace_event *e)
 {
 	const char *kind = e->target_kind < 5 ? t->target_kinds[e->target_kind] : t->target_kinds[TARGET_OTHER];
@@ -1052,7 +1060,7 @@ static void put_target(struct out *o, const struct jl_batch *b, const struct jl_
 	}
 	if (target_key(e)) {
 		PUT(o, ",\"container\":");
-		put_container(o, &b->frags[JL_TARGETS], target_key(e));
+		put_container(o, &b->frags[BATCH_TARGETS], target_key(e));
 	}
 	*o->p++ = '}';
 }
@@ -1066,16 +1074,16 @@ static void put_opt_u64(struct out *o, __u64 v)
 }
 
 /* What a record's container texts add to its line. */
-static size_t containers_len(const struct jl_batch *b, const struct nstrace_event *e)
+static size_t containers_len(const struct batch *b, const struct nstrace_event *e)
 {
-	long c = frag_find(&b->frags[JL_CGROUPS], e->cgroup_id);
-	long tg = target_key(e) ? frag_find(&b->frags[JL_TARGETS], target_key(e)) : -1;
+	long c = frag_find(&b->frags[BATCH_CGROUPS], e->cgroup_id);
+	long tg = target_key(e) ? frag_find(&b->frags[BATCH_TARGETS], target_key(e)) : -1;
 
-	return (c >= 0 ? b->frags[JL_CGROUPS].len[c] : 0) + (tg >= 0 ? b->frags[JL_TARGETS].len[tg] : 0);
+	return (c >= 0 ? b->frags[BATCH_CGROUPS].len[c] : 0) + (tg >= 0 ? b->frags[BATCH_TARGETS].len[tg] : 0);
 }
 
 /* "ns" of open_tree, fsmount and free: the namespace made or freed (and how long it lived). */
-static void put_ns(struct out *o, const struct jl_tables *t, const struct nstrace_event *e)
+static void put_ns(struct out *o, const struct batch_tables *t, const struct nstrace_event *e)
 {
 	if (!has_ns(e)) {
 		PUT(o, "null");
@@ -1097,7 +1105,7 @@ static void put_ns(struct out *o, const struct jl_tables *t, const struct nstrac
 /* Longest line put_line() can write, without the proc_check and container fragments. */
 #define LINE_MAX_BYTES (4096 + 16 * 8 + 64 * 32)
 
-static void put_line(struct out *o, const struct jl_batch *b, const struct jl_tables *t,
+static void put_line(struct out *o, const struct batch *b, const struct batch_tables *t,
 		     const struct nstrace_event *e, const char *proc, __u32 proc_len)
 {
 	int clone = is_clone(e->op);
@@ -1190,7 +1198,7 @@ static void put_line(struct out *o, const struct jl_batch *b, const struct jl_ta
 	PUT(o, ",\"cgroup_id\":");
 	put_u64(o, e->cgroup_id);
 	PUT(o, ",\"container\":");
-	put_container(o, &b->frags[JL_CGROUPS], e->cgroup_id);
+	put_container(o, &b->frags[BATCH_CGROUPS], e->cgroup_id);
 	PUT(o, ",\"ns\":");
 	put_ns(o, t, e);
 	PUT(o, ",\"kernel_path\":[],\"kernel_path_dropped\":");
@@ -1207,7 +1215,7 @@ static void put_line(struct out *o, const struct jl_batch *b, const struct jl_ta
  * Write the lines of up to `limit` shown records (0: all) into the batch's
  * output buffer; *out points at them. Returns the byte count, or -1.
  */
-JL_EXPORT long jl_format(struct jl_batch *b, const struct jl_tables *t, __u32 limit, const char **out)
+BATCH_EXPORT long batch_format(struct batch *b, const struct batch_tables *t, __u32 limit, const char **out)
 {
 	struct out o;
 	__u32 lines = 0;
@@ -1219,14 +1227,14 @@ JL_EXPORT long jl_format(struct jl_batch *b, const struct jl_tables *t, __u32 li
 			      (b->len[i] >= offsetof(struct nstrace_event, steps) ? containers_len(b, rec(b, i)) : 0);
 
 		/* a Python record is never written here: its line, or nothing */
-		if ((st & JL_FILTERED) || ((st & JL_PYTHON) && !b->frag[i]))
+		if ((st & BATCH_FILTERED) || ((st & BATCH_PYTHON) && !b->frag[i]))
 			continue;
 		if (reserve(&b->out, &b->out_cap, need))
 			return -1;
 		o.p = b->out + b->out_len;
-		if (st & JL_PYTHON) {
+		if (st & BATCH_PYTHON) {
 			put(&o, b->frag[i], b->frag_len[i]);
-		} else if (st & JL_LATER) {
+		} else if (st & BATCH_LATER) {
 			char frag[48] = "{\"status\":\"superseded\",\"pid\":";
 			struct out f = { frag + strlen(frag) };
 			__u32 tid;

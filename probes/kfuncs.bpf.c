@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The kernel-function layer: each function of the namespace path gets an
- * entry and an exit program, twice over: fentry/fexit where the kernel
- * allows BPF trampolines, kprobe/kretprobe where it has kprobes. User space
- * (nstrace/bpf/hookplan.py) loads one pair per function or none, per kernel.
+ * The kernel-function layer: each function of functions.def gets its
+ * programs (an entry and an exit program, or an entry program alone) twice
+ * over: fentry/fexit where the kernel allows BPF trampolines,
+ * kprobe/kretprobe where it has kprobes. User space (nstrace/bpf/hookplan.py)
+ * loads one set per function or none, per kernel.
  *
  * Every hit inside a traced syscall appends a step to that syscall's
  * in-flight record, so one record carries its ordered kernel path. Arguments
@@ -12,7 +13,17 @@
  * exact prototype, which differs between 6.1 and 6.18 (flags went from
  * unsigned long to u64, the same register either way).
  */
-#include "common.bpf.h"
+#include "core.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "nstrace.h"
+#include "uapi.h"
+#include "options.bpf.h"
+#include "maps.bpf.h"
+#include "inflight.bpf.h"
+#include "ptr_id.bpf.h"
+#include "ns_read.bpf.h"
 
 /* What a function's first two arguments hold that is worth recording. */
 enum arg_kind {
@@ -77,11 +88,6 @@ struct {
 /* Births the tree saw outside any traced operation (6.18+), of processes traced: should stay 0. */
 __u64 births_untraced = 0;
 
-static __always_inline bool is_death_context(enum nstrace_func fn)
-{
-	return fn == FN_free_nsproxy || fn == FN_nsproxy_free || fn == FN_cleanup_net;
-}
-
 static __always_inline void born(const void *ns)
 {
 	__u64 key = (__u64)ns, now = bpf_ktime_get_ns();
@@ -135,12 +141,14 @@ static __always_inline struct nstrace_step *next_step(void)
 	return &p->steps[i];
 }
 
-static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, __u64 arg0, __u64 arg1)
+/* drops: fn is a DROPS row of functions.def, whose entry heads the death records made inside it */
+static __always_inline int step_enter(enum nstrace_func fn, bool drops, enum arg_kind kind, __u64 arg0,
+				      __u64 arg1)
 {
 	struct nstrace_step *s;
 	struct nsproxy *nsp = NULL;
 
-	if (is_death_context(fn)) {
+	if (drops) {
 		/* what a death record shows as its first step, inside a traced call or not */
 		__u32 tid = (__u32)bpf_get_current_pid_tgid();
 		struct nstrace_step ctx = { .ts_ns = bpf_ktime_get_ns(), .func = fn, .kind = STEP_ENTER };
@@ -192,6 +200,14 @@ static __always_inline int step_enter(enum nstrace_func fn, enum arg_kind kind, 
 		s->refs = nsproxy_refs(nsp);
 	}
 	return 0;
+}
+
+/* A pointer a function returns that is an error: ERR_PTR(-errno), include/linux/err.h IS_ERR_VALUE() */
+#define MAX_ERRNO 4095
+
+static __always_inline bool is_err_value(long v)
+{
+	return (unsigned long)v >= (unsigned long)-MAX_ERRNO;
 }
 
 /* The ns_common of a namespace returned by a copy_*() function, by the slot its type fills (no read). */
@@ -263,11 +279,11 @@ static __always_inline const void *callers_ns(int slot)
 	return NULL;
 }
 
-static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, int slot, long ret)
+static __always_inline int step_exit(enum nstrace_func fn, bool drops, enum ret_kind kind, int slot, long ret)
 {
 	struct nstrace_step *s;
 
-	if (is_death_context(fn)) {
+	if (drops) {
 		__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 		bpf_map_delete_elem(&dying, &tid);
@@ -316,7 +332,7 @@ static __always_inline int step_exit(enum nstrace_func fn, enum ret_kind kind, i
 }
 
 /* The namespace tree's insertion (6.18+): a birth, and a step of the operation that makes it. */
-static __always_inline int tree_add(const struct ns_common *ns)
+static __always_inline int tree_add(enum nstrace_func fn, const struct ns_common *ns)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct nstrace_step *s;
@@ -332,7 +348,7 @@ static __always_inline int tree_add(const struct ns_common *ns)
 	if (!s)
 		return 0;
 	s->ts_ns = bpf_ktime_get_ns();
-	s->func = FN___ns_tree_add_raw;
+	s->func = fn;
 	s->kind = STEP_ENTER;
 	s->what = VAL_NS_ARG;
 	s->inum = BPF_CORE_READ(ns, inum);
@@ -401,111 +417,7 @@ static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common 
 	return 0;
 }
 
-/*
- * One function, four programs. The entry side reads two arguments, the exit
- * side the return value. Program names: fentry_<fn>, fexit_<fn>,
- * kprobe_<fn>, kretprobe_<fn> (the kernel keeps the first 15 characters).
- */
-#define TRACE_FUNC(fn, argk, retk, slot)					\
-SEC("fentry/" #fn)								\
-int fentry_##fn(__u64 *ctx)							\
-{										\
-	__u64 a0 = 0, a1 = 0;							\
-	bpf_get_func_arg(ctx, 0, &a0);						\
-	bpf_get_func_arg(ctx, 1, &a1);						\
-	return step_enter(FN_##fn, argk, a0, a1);				\
-}										\
-SEC("fexit/" #fn)								\
-int fexit_##fn(__u64 *ctx)							\
-{										\
-	__u64 r = 0;								\
-	if (retk != RET_NONE)							\
-		bpf_get_func_ret(ctx, &r);					\
-	return step_exit(FN_##fn, retk, slot, (long)r);				\
-}										\
-SEC("kprobe/" #fn)								\
-int kprobe_##fn(struct pt_regs *ctx)						\
-{										\
-	return step_enter(FN_##fn, argk, PT_REGS_PARM1_CORE(ctx),		\
-			  PT_REGS_PARM2_CORE(ctx));				\
-}										\
-SEC("kretprobe/" #fn)								\
-int kretprobe_##fn(struct pt_regs *ctx)						\
-{										\
-	return step_exit(FN_##fn, retk, slot, (long)PT_REGS_RC_CORE(ctx));	\
-}
-
-/* kernel/nsproxy.c */
-TRACE_FUNC(copy_namespaces, ARG_FLAGS, RET_INT, 0)
-TRACE_FUNC(create_new_namespaces, ARG_FLAGS, RET_NSPROXY, 0)
-TRACE_FUNC(unshare_nsproxy_namespaces, ARG_FLAGS, RET_INT, 0)
-TRACE_FUNC(switch_task_namespaces, ARG_TASK_NSPROXY, RET_NONE, 0)
-TRACE_FUNC(validate_nsset, ARG_NONE, RET_INT, 0)
-TRACE_FUNC(commit_nsset, ARG_NONE, RET_NONE, 0)
-TRACE_FUNC(free_nsproxy, ARG_NSPROXY, RET_NONE, 0)
-/* fs/namespace.c, kernel/utsname.c, ipc/namespace.c, kernel/pid_namespace.c,
- * kernel/cgroup/namespace.c, net/core/net_namespace.c, kernel/time/namespace.c */
-TRACE_FUNC(copy_mnt_ns, ARG_FLAGS, RET_NS, NS_MNT)
-TRACE_FUNC(copy_utsname, ARG_FLAGS, RET_NS, NS_UTS)
-TRACE_FUNC(copy_ipcs, ARG_FLAGS, RET_NS, NS_IPC)
-TRACE_FUNC(copy_pid_ns, ARG_FLAGS, RET_NS, NS_PID_FOR_CHILDREN)
-TRACE_FUNC(copy_cgroup_ns, ARG_FLAGS, RET_NS, NS_CGROUP)
-TRACE_FUNC(copy_net_ns, ARG_FLAGS, RET_NS, NS_NET)
-TRACE_FUNC(copy_time_ns, ARG_FLAGS, RET_NS, NS_TIME_FOR_CHILDREN)
-TRACE_FUNC(timens_on_fork, ARG_NSPROXY, RET_NONE, 0)
-/* kernel/user_namespace.c */
-TRACE_FUNC(create_user_ns, ARG_NONE, RET_INT, 0)
-TRACE_FUNC(unshare_userns, ARG_FLAGS, RET_INT, 0)
-/* the setns syscall itself (arch wrapper of kernel/nsproxy.c SYSCALL_DEFINE2(setns)) */
-TRACE_FUNC(__x64_sys_setns, ARG_NONE, RET_INT, 0)
-TRACE_FUNC(put_nsset, ARG_NONE, RET_NONE, 0)
-/* kernel/fork.c: the body of unshare(2) */
-TRACE_FUNC(ksys_unshare, ARG_FLAGS, RET_INT, 0)
-/* kernel/time/namespace.c: switches the caller's vDSO clock page after setns into a time ns */
-TRACE_FUNC(timens_commit, ARG_NONE, RET_NONE, 0)
-/* each type's proc_ns_operations->install(), called by setns: arg1 is the ns_common joined */
-TRACE_FUNC(mntns_install, ARG_NS, RET_INT, 0)
-TRACE_FUNC(utsns_install, ARG_NS, RET_INT, 0)
-TRACE_FUNC(ipcns_install, ARG_NS, RET_INT, 0)
-TRACE_FUNC(pidns_install, ARG_NS, RET_INT, 0)
-TRACE_FUNC(cgroupns_install, ARG_NS, RET_INT, 0)
-TRACE_FUNC(netns_install, ARG_NS, RET_INT, 0)
-TRACE_FUNC(userns_install, ARG_NS, RET_INT, 0)
-TRACE_FUNC(timens_install, ARG_NS, RET_INT, 0)
-
-/* alloc_mnt_ns() (fs/namespace.c, 5.10 to 7.2) makes every mount namespace, anonymous ones too */
-TRACE_FUNC(alloc_mnt_ns, ARG_NONE, RET_NS, NS_MNT)
-/* 7.x: open_tree(OPEN_TREE_NAMESPACE) and fsmount(FSMOUNT_NAMESPACE) make theirs here */
-TRACE_FUNC(vfs_open_tree, ARG_NONE, RET_NONE, 0)
-TRACE_FUNC(create_new_namespace, ARG_NONE, RET_NS, NS_MNT)
-/* kernel/nsproxy.c (6.12+): the exec that moves its caller into time_for_children */
-TRACE_FUNC(exec_task_namespaces, ARG_NONE, RET_INT, 0)
-/* the contexts that drop a dying task's namespaces, and net's deferred free */
-TRACE_FUNC(nsproxy_free, ARG_NSPROXY, RET_NONE, 0)
-TRACE_FUNC(cleanup_net, ARG_NONE, RET_NONE, 0)
-
-/*
- * kernel/nstree.c (6.18+): every namespace of every type, but the
- * anonymous mount namespaces of detached mounts, enters the namespace tree
- * in __ns_tree_add_raw() once it is made, and leaves it in
- * __ns_tree_remove() as it is freed. One birth hook, one death hook.
- */
-SEC("fentry/__ns_tree_add_raw")
-int fentry___ns_tree_add_raw(__u64 *ctx)
-{
-	__u64 a0 = 0;
-
-	bpf_get_func_arg(ctx, 0, &a0);
-	return tree_add((const struct ns_common *)a0);
-}
-
-SEC("kprobe/__ns_tree_add_raw")
-int kprobe___ns_tree_add_raw(struct pt_regs *ctx)
-{
-	return tree_add((const struct ns_common *)PT_REGS_PARM1_CORE(ctx));
-}
-
-/* The ns_common a death function is handed, by what it is handed. */
+/* The ns_common a death function is handed, by what it is handed (functions.def DEATH rows). */
 static __always_inline const struct ns_common *as_ns(__u64 a)
 {
 	return (const struct ns_common *)a;
@@ -537,31 +449,80 @@ static __always_inline const struct ns_common *net_of(__u64 a) { return &((struc
 static __always_inline const struct ns_common *user_of(__u64 a) { return &((struct user_namespace *)a)->ns; }
 static __always_inline const struct ns_common *cgroup_of(__u64 a) { return &((struct cgroup_namespace *)a)->ns; }
 
-/* A death function: entry only. type: its CLONE_NEW*, 0 to read the namespace's own. */
-#define TRACE_DEATH(fn, ns_of, type)						\
+/*
+ * The programs of each row of functions.def. Arguments are read with
+ * bpf_get_func_arg() (fentry) or pt_regs (kprobes); program names are
+ * fentry_<fn>, fexit_<fn>, kprobe_<fn>, kretprobe_<fn> (the kernel keeps the
+ * first 15 characters). User space loads the fentry or the kprobe ones of a
+ * function, or none (nstrace/bpf/hookplan.py).
+ *
+ * CALL and DROPS: an entry side that reads two arguments, an exit side that
+ * reads the return value.
+ */
+#define HOOK_CALL_DROPS(fn, argk, retk, slot, drops)				\
+SEC("fentry/" #fn)								\
+int fentry_##fn(__u64 *ctx)							\
+{										\
+	__u64 a0 = 0, a1 = 0;							\
+	bpf_get_func_arg(ctx, 0, &a0);						\
+	bpf_get_func_arg(ctx, 1, &a1);						\
+	return step_enter(FN_##fn, drops, argk, a0, a1);			\
+}										\
+SEC("fexit/" #fn)								\
+int fexit_##fn(__u64 *ctx)							\
+{										\
+	__u64 r = 0;								\
+	if (retk != RET_NONE)							\
+		bpf_get_func_ret(ctx, &r);					\
+	return step_exit(FN_##fn, drops, retk, slot, (long)r);			\
+}										\
+SEC("kprobe/" #fn)								\
+int kprobe_##fn(struct pt_regs *ctx)						\
+{										\
+	return step_enter(FN_##fn, drops, argk, PT_REGS_PARM1_CORE(ctx),	\
+			  PT_REGS_PARM2_CORE(ctx));				\
+}										\
+SEC("kretprobe/" #fn)								\
+int kretprobe_##fn(struct pt_regs *ctx)						\
+{										\
+	return step_exit(FN_##fn, drops, retk, slot, (long)PT_REGS_RC_CORE(ctx)); \
+}
+
+#define HOOK_CALL(fn, argk, retk, slot) HOOK_CALL_DROPS(fn, argk, retk, slot, false)
+#define HOOK_DROPS(fn, argk) HOOK_CALL_DROPS(fn, argk, RET_NONE, 0, true)
+
+/* BIRTH: entry only, the first argument is the namespace born */
+#define HOOK_BIRTH(fn)								\
 SEC("fentry/" #fn)								\
 int fentry_##fn(__u64 *ctx)							\
 {										\
 	__u64 a0 = 0;								\
 	bpf_get_func_arg(ctx, 0, &a0);						\
-	return ns_dies(FN_##fn, ns_of(a0), type);				\
+	return tree_add(FN_##fn, (const struct ns_common *)a0);			\
 }										\
 SEC("kprobe/" #fn)								\
 int kprobe_##fn(struct pt_regs *ctx)						\
 {										\
-	return ns_dies(FN_##fn, ns_of(PT_REGS_PARM1_CORE(ctx)), type);		\
+	return tree_add(FN_##fn, (const struct ns_common *)PT_REGS_PARM1_CORE(ctx)); \
 }
 
-TRACE_DEATH(__ns_tree_remove, as_ns, 0)
-/* Before the tree (5.10 to 6.17), each type's: where its count reached 0, or the free that follows. */
-TRACE_DEATH(free_uts_ns, uts_of, CLONE_NEWUTS)		/* kernel/utsname.c */
-TRACE_DEATH(mq_clear_sbinfo, ipc_of, CLONE_NEWIPC)	/* ipc/mqueue.c, from put_ipc_ns() at 0 */
-TRACE_DEATH(free_mnt_ns, mnt_of, CLONE_NEWNS)		/* fs/namespace.c */
-TRACE_DEATH(delayed_free_pidns, pid_of, CLONE_NEWPID)	/* kernel/pid_namespace.c */
-TRACE_DEATH(__put_net, net_of, CLONE_NEWNET)		/* net/core/net_namespace.c, from put_net() at 0 */
-/* kernel/ucount.c: free_user_ns() frees a user namespace, then each ancestor it held the last
- * reference to, in one loop that calls this for every one (kernel/user_namespace.c, 5.10.262 to
- * 6.12.118): __put_user_ns() sees only the first. */
-TRACE_DEATH(retire_userns_sysctls, user_of, CLONE_NEWUSER)
-TRACE_DEATH(free_cgroup_ns, cgroup_of, CLONE_NEWCGROUP)	/* kernel/cgroup/namespace.c */
-TRACE_DEATH(free_time_ns, time_of, CLONE_NEWTIME)	/* kernel/time/namespace.c */
+/* DEATH and DEATH_ANY: entry only. nstype: the CLONE_NEW* of what fn frees, 0 to read the namespace's own. */
+#define HOOK_DEATH_OF(fn, ns_of, nstype)					\
+SEC("fentry/" #fn)								\
+int fentry_##fn(__u64 *ctx)							\
+{										\
+	__u64 a0 = 0;								\
+	bpf_get_func_arg(ctx, 0, &a0);						\
+	return ns_dies(FN_##fn, ns_of(a0), nstype);				\
+}										\
+SEC("kprobe/" #fn)								\
+int kprobe_##fn(struct pt_regs *ctx)						\
+{										\
+	return ns_dies(FN_##fn, ns_of(PT_REGS_PARM1_CORE(ctx)), nstype);	\
+}
+
+#define HOOK_DEATH(fn, ns_of, type) HOOK_DEATH_OF(fn, ns_of, NS_TYPE_##type)
+#define HOOK_DEATH_ANY(fn, ns_of) HOOK_DEATH_OF(fn, ns_of, 0)
+
+#define HOOK(kind, fn, ...) HOOK_##kind(fn, ##__VA_ARGS__)
+#include "functions.def"

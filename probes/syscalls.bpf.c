@@ -5,7 +5,18 @@
  * tracepoint for the child of a clone. Needs nothing but tracepoints and
  * BTF, so it runs on every kernel >= 5.8 (ring buffer), ours included.
  */
-#include "common.bpf.h"
+#include "core.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "nstrace.h"
+#include "uapi.h"
+#include "options.bpf.h"
+#include "maps.bpf.h"
+#include "inflight.bpf.h"
+#include "ptr_id.bpf.h"
+#include "ns_read.bpf.h"
+#include "snapshot.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -47,15 +58,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } nsfs_fop SEC(".maps");
-
-/* struct clone_args, include/uapi/linux/sched.h: user memory, plain layout */
-struct clone_args {
-	__u64 flags;
-	__u64 pidfd;
-	__u64 child_tid;
-	__u64 parent_tid;
-	__u64 exit_signal;
-};
 
 /* Keeps struct nstrace_event in the object's BTF: nstrace checks its ctypes mirror against it. */
 const struct nstrace_event *btf_anchor_event __attribute__((unused));
@@ -445,22 +447,6 @@ static __always_inline int op_exit(long ret)
 }
 
 /*
- * x86-64 syscall numbers, arch/x86/entry/syscalls/syscall_64.tbl (the same
- * on every kernel): how the shared bodies tell their callers apart.
- */
-#define NR_clone	56
-#define NR_unshare	272
-#define NR_setns	308
-#define NR_open_tree	428
-#define NR_fsmount	432
-#define NR_clone3	435
-#define NR_open_tree_attr 467
-
-/* include/uapi/linux/mount.h (7.x): the flags that make a mount namespace */
-#define OPEN_TREE_NAMESPACE	(1 << 1)
-#define FSMOUNT_NAMESPACE	0x00000002
-
-/*
  * One body for every syscall entry and one for every exit, reached by tail
  * call from a small program per tracepoint. Why not a body inlined into each
  * of the eight: each of the body's dozen loads through the caller's
@@ -471,7 +457,7 @@ static __always_inline int op_exit(long ret)
  * body's run time counts to the program that called it: include/linux/filter.h
  * __bpf_prog_run(), 6.1 to 7.2). The bodies switch on the syscall number.
  */
-/* Slots of bodies: nstrace/probeset.py BODY_PROGRAMS lists the programs in this order. */
+/* Slots of bodies: nstrace/bpf/probeset.py BODY_PROGRAMS lists the programs in this order. */
 enum { BODY_ENTER, BODY_EXIT };
 
 /*
@@ -569,66 +555,25 @@ int sys_exit(struct trace_event_raw_sys_exit *ctx)
 	return op_exit(ctx->ret);
 }
 
-SEC("tracepoint/syscalls/sys_enter_clone")
-int sys_enter_clone(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
+/* A syscall tracepoint's program: straight to the body of its direction (BODY_ENTER, BODY_EXIT). */
+#define TO_BODY(tp, body)							\
+SEC("tracepoint/syscalls/" #tp)							\
+int tp(void *ctx)								\
+{										\
+	return to_body(ctx, body);						\
 }
 
-SEC("tracepoint/syscalls/sys_enter_clone3")
-int sys_enter_clone3(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
-SEC("tracepoint/syscalls/sys_enter_unshare")
-int sys_enter_unshare(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
-SEC("tracepoint/syscalls/sys_enter_setns")
-int sys_enter_setns(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
+TO_BODY(sys_enter_clone, BODY_ENTER)
+TO_BODY(sys_enter_clone3, BODY_ENTER)
+TO_BODY(sys_enter_unshare, BODY_ENTER)
+TO_BODY(sys_enter_setns, BODY_ENTER)
 /* Mount namespaces made outside clone/unshare (7.x); attached only where the kernel has the flags. */
-SEC("tracepoint/syscalls/sys_enter_open_tree")
-int sys_enter_open_tree(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
-SEC("tracepoint/syscalls/sys_exit_open_tree")
-int sys_exit_open_tree(void *ctx)
-{
-	return to_body(ctx, BODY_EXIT);
-}
-
-SEC("tracepoint/syscalls/sys_enter_open_tree_attr")
-int sys_enter_open_tree_attr(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
-SEC("tracepoint/syscalls/sys_exit_open_tree_attr")
-int sys_exit_open_tree_attr(void *ctx)
-{
-	return to_body(ctx, BODY_EXIT);
-}
-
-SEC("tracepoint/syscalls/sys_enter_fsmount")
-int sys_enter_fsmount(void *ctx)
-{
-	return to_body(ctx, BODY_ENTER);
-}
-
-SEC("tracepoint/syscalls/sys_exit_fsmount")
-int sys_exit_fsmount(void *ctx)
-{
-	return to_body(ctx, BODY_EXIT);
-}
+TO_BODY(sys_enter_open_tree, BODY_ENTER)
+TO_BODY(sys_exit_open_tree, BODY_EXIT)
+TO_BODY(sys_enter_open_tree_attr, BODY_ENTER)
+TO_BODY(sys_exit_open_tree_attr, BODY_EXIT)
+TO_BODY(sys_enter_fsmount, BODY_ENTER)
+TO_BODY(sys_exit_fsmount, BODY_EXIT)
 
 /*
  * clone and clone3 return twice: 0 in the child, which starts with no
@@ -647,17 +592,8 @@ int sys_exit_clone3(struct trace_event_raw_sys_exit *ctx)
 	return ctx->ret ? to_body(ctx, BODY_EXIT) : 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_unshare")
-int sys_exit_unshare(void *ctx)
-{
-	return to_body(ctx, BODY_EXIT);
-}
-
-SEC("tracepoint/syscalls/sys_exit_setns")
-int sys_exit_setns(void *ctx)
-{
-	return to_body(ctx, BODY_EXIT);
-}
+TO_BODY(sys_exit_unshare, BODY_EXIT)
+TO_BODY(sys_exit_setns, BODY_EXIT)
 
 /*
  * include/trace/events/task.h: fires in copy_process() after

@@ -67,8 +67,8 @@ def collect(tracer, maker):
         lines, _ = tracer.poll_json(20)
         b = tracer._batch
         if b.n:
-            # the states jl_format used (classify() again would count twice)
-            states = ctypes.string_at(b._lib.jl_states(b._b), b.n)
+            # the states batch_format used (classify() again would count twice)
+            states = ctypes.string_at(b._lib.batch_states(b._b), b.n)
             batches.append(([b.raw(i) for i in range(b.n)], states, bytes(lines).decode().splitlines()))
         if done_at is None and not worker.is_alive():
             done_at = time.monotonic()
@@ -100,7 +100,7 @@ S = reader.states()
 
 
 def test_routing_states_are_the_librarys_bits():
-    """Read from native/batch.c's jl_state_bits[]: four bits of their own, each tested alone."""
+    """Read from native/batch.c's batch_state_bits[]: four bits of their own, each tested alone."""
     bits = vars(reader.states())
     assert set(bits) == {"PYTHON", "CHECK", "LATER", "FILTERED"}
     assert all(v and not v & (v - 1) for v in bits.values()) and len(set(bits.values())) == 4
@@ -252,14 +252,14 @@ def _dims(handle, struct_name, member):
 
 
 def test_the_filters_limits_are_the_librarys(native_btf):  # noqa: F811
-    """filters.py refuses what struct jl_filter cannot hold: its limits are the compiled library's
-    (JL_MAX_COMMS names as wide as a record's comm, JL_MAX_NS namespaces), not copies that may drift."""
+    """filters.py refuses what struct batch_filter cannot hold: its limits are the compiled library's
+    (BATCH_MAX_COMMS names as wide as a record's comm, BATCH_MAX_NS namespaces), not copies that may drift."""
     # pahole writes a two-dimensional array as one: its rows are as wide as the record's comm (batch.c
     # takes sizeof that, and tests/test_layout.py holds layout.Event.comm to the object's BTF)
-    assert _dims(native_btf, "jl_filter", "comms") == [filters.MAX_COMMS * filters.COMM_WIDTH]
+    assert _dims(native_btf, "batch_filter", "comms") == [filters.MAX_COMMS * filters.COMM_WIDTH]
     for member in ("ns_type_bit", "ns_inum", "ns_id"):
-        assert _dims(native_btf, "jl_filter", member) == [filters.MAX_NS], member
-    assert _dims(native_btf, "jl_tables", "ops") == [layout.OP_SLOTS] and len(filters.OPS) < 32  # ops_mask
+        assert _dims(native_btf, "batch_filter", member) == [filters.MAX_NS], member
+    assert _dims(native_btf, "batch_tables", "ops") == [layout.OP_SLOTS] and len(filters.OPS) < 32  # ops_mask
     Filter(comms=("c",) * filters.MAX_COMMS, namespaces=[Ns(None, None, 1)] * filters.MAX_NS)
     with pytest.raises(UsageError, match="at most 16 --comm"):
         Filter(comms=("c",) * (filters.MAX_COMMS + 1))
@@ -410,7 +410,7 @@ def test_moved_on_sees_records_not_read_yet(tracer):
 
 def test_a_thread_inside_a_syscall_is_in_the_in_flight_table(tracer):
     """clone(CLONE_VFORK) keeps its caller inside the syscall until the child exits: the in-flight
-    table (an array probed from tid, probes/common.bpf.h) has it while it waits, then gives it back."""
+    table (an array probed from tid, probes/inflight.bpf.h) has it while it waits, then gives it back."""
     from nstrace.linux import syscalls
     pid = os.fork()
     if pid == 0:

@@ -1,12 +1,13 @@
 """The ctypes mirrors against the compiled objects: nstrace/record/layout.py against the BPF object's BTF,
-nstrace/record/reader.py against the reader library's; and the layers of the package."""
+nstrace/record/reader.py against the reader library's; the tables Python reads from probes/*.def
+(nstrace/kernel/defs.py) against what C made of them, in the object's BTF; and the layers of the package."""
 
 import ctypes
 
 import pytest
 
 from nstrace.bpf import btf, libbpf, loader
-from nstrace.kernel import functions
+from nstrace.kernel import defs, documented, functions
 from nstrace.record import filters, layout, reader
 
 
@@ -63,6 +64,24 @@ def test_function_table_matches(object_btf):
         {name.removeprefix("FN_"): value for name, value in c_enum.items()}
 
 
+def test_the_installed_tables_are_this_checkouts():
+    """The package reads probes/*.def as the build shipped them beside the object (nstrace/_bpf/): the
+    installed copies are the checkout's, else these tests run a stale build (rerun scripts/setup.sh)."""
+    from nshelpers import ROOT
+    tables = sorted((ROOT / "probes").glob("*.def"))
+    assert tables
+    for src in tables:
+        with open(f"{defs._BUILD}/{src.name}", "rb") as f:
+            assert f.read() == src.read_bytes(), src.name
+
+
+def test_every_hooked_function_is_documented():
+    """Adding a hooked function is a row of probes/functions.def and its [function.NAME] in paths.toml,
+    whose source file each of its steps shows (record/decode.py decode_step)."""
+    notes = documented.notes()["function"]
+    assert [f for f in functions.FUNCTIONS[1:] if "file" not in notes.get(f, {})] == []
+
+
 def test_options_are_rodata(object_btf):
     """The options user space sets before load live in .rodata (const volatile)."""
     assert set(btf.datasec_vars(object_btf, ".rodata")) >= {
@@ -94,8 +113,8 @@ def native_btf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("struct_name,mirror", [
-    ("jl_tables", reader.Tables), ("jl_filter", filters.JlFilter), ("jl_counts", reader.Counts),
-    ("jl_state_bit", reader._StateBit),
+    ("batch_tables", reader.Tables), ("batch_filter", filters.BatchFilter), ("batch_counts", reader.Counts),
+    ("batch_state_bit", reader._StateBit),
 ])
 def test_batch_mirror_matches_the_library(native_btf, struct_name, mirror):
     c_members = btf.struct_members(native_btf, struct_name)

@@ -1,64 +1,32 @@
 """CLONE_* flags and namespace types: names, values, parsing and decoding.
 
-Values from include/uapi/linux/sched.h, checked against Linux 6.18. The low
-byte of clone()'s flags (CSIGNAL) is the exit signal, which is why
-CLONE_NEWTIME (0x80, inside that byte) only works with unshare() and clone3().
+The flags, the namespace types and the order of a snapshot's /proc entries are rows of
+probes/uapi.def and probes/record.def (nstrace/kernel/defs.py), the tables the BPF side is compiled
+from. The low byte of clone()'s flags (CSIGNAL) is the exit signal, which is why CLONE_NEWTIME (0x80,
+inside that byte) only works with unshare() and clone3().
 """
 
 import re
 import signal
 
 from ..errors import UsageError
+from . import defs
 
-CSIGNAL = 0x000000FF
+CSIGNAL = int(dict(defs.rows("uapi.def", "NSTRACE_CLONE_MASK"))["CSIGNAL"], 0)
 
-CLONE_FLAGS = {
-    "CLONE_NEWTIME": 0x00000080,
-    "CLONE_VM": 0x00000100,
-    "CLONE_FS": 0x00000200,
-    "CLONE_FILES": 0x00000400,
-    "CLONE_SIGHAND": 0x00000800,
-    "CLONE_PIDFD": 0x00001000,
-    "CLONE_PTRACE": 0x00002000,
-    "CLONE_VFORK": 0x00004000,
-    "CLONE_PARENT": 0x00008000,
-    "CLONE_THREAD": 0x00010000,
-    "CLONE_NEWNS": 0x00020000,
-    "CLONE_SYSVSEM": 0x00040000,
-    "CLONE_SETTLS": 0x00080000,
-    "CLONE_PARENT_SETTID": 0x00100000,
-    "CLONE_CHILD_CLEARTID": 0x00200000,
-    "CLONE_DETACHED": 0x00400000,
-    "CLONE_UNTRACED": 0x00800000,
-    "CLONE_CHILD_SETTID": 0x01000000,
-    "CLONE_NEWCGROUP": 0x02000000,
-    "CLONE_NEWUTS": 0x04000000,
-    "CLONE_NEWIPC": 0x08000000,
-    "CLONE_NEWUSER": 0x10000000,
-    "CLONE_NEWPID": 0x20000000,
-    "CLONE_NEWNET": 0x40000000,
-    "CLONE_IO": 0x80000000,
-    # clone3() only: these do not fit clone()'s int flags
-    "CLONE_CLEAR_SIGHAND": 0x100000000,
-    "CLONE_INTO_CGROUP": 0x200000000,
-}
+CLONE_FLAGS = {name: int(value, 0) for name, value in defs.rows("uapi.def", "NSTRACE_CLONE_FLAG")}
 
 # Namespace types: the /proc/<pid>/ns entry name and the flag that creates one.
-NS_TYPES = {
-    "mnt": "CLONE_NEWNS",
-    "uts": "CLONE_NEWUTS",
-    "ipc": "CLONE_NEWIPC",
-    "pid": "CLONE_NEWPID",
-    "net": "CLONE_NEWNET",
-    "user": "CLONE_NEWUSER",
-    "cgroup": "CLONE_NEWCGROUP",
-    "time": "CLONE_NEWTIME",
-}
+NS_TYPES = dict(defs.rows("uapi.def", "NSTRACE_NS_TYPE"))
 NS_FLAG_VALUES = {CLONE_FLAGS[flag]: ns for ns, flag in NS_TYPES.items()}
 CLONE_NEW_MASK = sum(CLONE_FLAGS[f] for f in NS_TYPES.values())
 
-# The entries of /proc/<pid>/ns, in the order of enum nstrace_ns_slot (probes/nstrace.h).
-NS_ENTRIES = ("mnt", "uts", "ipc", "pid", "pid_for_children", "net", "user", "cgroup", "time", "time_for_children")
+# The entries of /proc/<pid>/ns, in the order of enum nstrace_ns_slot (probes/record.def).
+NS_ENTRIES = tuple(name.lower() for (name,) in defs.rows("record.def", "NSTRACE_NS_SLOT"))
+
+# Flags of the ops whose flags are not CLONE_* (open_tree, fsmount), by op
+_OP_FLAG_ROWS = defs.rows("uapi.def", "NSTRACE_OP_FLAG")
+OP_FLAGS = {op: {name: int(value, 0) for o, name, value in _OP_FLAG_ROWS if o == op} for op, *_ in _OP_FLAG_ROWS}
 
 # the operations that make a child: their records carry it (child_pid, exit_signal, ns_after is its)
 CHILD_OPS = ("clone", "clone3", "fork", "vfork")
@@ -169,12 +137,3 @@ def parse_ns_types(text):
     if not out:
         raise UsageError(f"no namespace type given: valid types are {', '.join(NS_TYPES)}")
     return out
-
-
-# Flags of the ops whose flags are not CLONE_*: include/uapi/linux/mount.h and fcntl.h (7.2)
-OP_FLAGS = {
-    "open_tree": {"OPEN_TREE_CLONE": 0x1, "OPEN_TREE_NAMESPACE": 0x2, "AT_SYMLINK_NOFOLLOW": 0x100,
-                  "AT_NO_AUTOMOUNT": 0x800, "AT_EMPTY_PATH": 0x1000, "AT_RECURSIVE": 0x8000,
-                  "OPEN_TREE_CLOEXEC": 0x80000},
-    "fsmount": {"FSMOUNT_CLOEXEC": 0x1, "FSMOUNT_NAMESPACE": 0x2},
-}

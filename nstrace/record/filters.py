@@ -1,6 +1,6 @@
 """Which records a user asked to see: --comm, --op, --type, --container, --ns (user space; --pid is
 followed in the kernel). One value, :class:`Filter`, parsed and refused here for watch, show and
-render alike; native/batch.c's wanted() applies it in C as struct jl_filter (:meth:`Filter.to_c`).
+render alike; native/batch.c's wanted() applies it in C as struct batch_filter (:meth:`Filter.to_c`).
 tests/test_batch.py and tests/test_json_output.py hold the two filters to each other, and
 tests/test_layout.py and tests/test_batch.py the mirror below and its limits to the library's own layout.
 """
@@ -15,8 +15,8 @@ from ..kernel import flags as fl
 from ..linux import comm, containers
 from . import layout
 
-# The arrays of native/batch.c's struct jl_filter: JL_MAX_COMMS names of the record's comm width
-# (TASK_COMM_LEN), JL_MAX_NS namespaces
+# The arrays of native/batch.c's struct batch_filter: BATCH_MAX_COMMS names of the record's comm width
+# (TASK_COMM_LEN), BATCH_MAX_NS namespaces
 MAX_COMMS = 16
 MAX_NS = 16
 COMM_WIDTH = layout.EventHead.comm.size
@@ -93,7 +93,7 @@ class Filter:
     """The records wanted: each field given narrows them (an empty one takes every record).
 
     Refused at construction if a field holds a value no record could ever match, or more than C's
-    struct jl_filter holds: a Filter that exists is one both filters apply alike.
+    struct batch_filter holds: a Filter that exists is one both filters apply alike.
     """
 
     comms: tuple = ()       # task->comm as nstrace shows it (escaped: linux/comm.py)
@@ -143,9 +143,9 @@ class Filter:
         return not self.namespaces or involves(rec, self.namespaces)
 
     def to_c(self):
-        """This filter as native/batch.c's struct jl_filter. --container is C's to apply through the
+        """This filter as native/batch.c's struct batch_filter. --container is C's to apply through the
         match bit of each container text (record/reader.py Batch.set_container)."""
-        f = JlFilter()
+        f = BatchFilter()
         number = {name: num for num, name in layout.OPS.items()}
         for op in self.ops:
             f.ops_mask |= 1 << number[op]
@@ -186,8 +186,8 @@ def _check_ns(ns):
         raise _past(f"{ns.type}:{ns.inode}", "an inode")
 
 
-class JlFilter(ctypes.Structure):
-    """native/batch.c struct jl_filter (tests/test_layout.py compares the two layouts)."""
+class BatchFilter(ctypes.Structure):
+    """native/batch.c struct batch_filter (tests/test_layout.py compares the two layouts)."""
 
     _fields_ = [
         ("ops_mask", ctypes.c_uint32),

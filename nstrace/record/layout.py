@@ -1,25 +1,31 @@
 """The record as the BPF side writes it: the ctypes mirror of ``struct nstrace_event`` and the codes of
 its enums.
 
-probes/nstrace.h is the definition; tests/test_layout.py checks every field of the mirror and every
-code below against the compiled object's BTF.
+probes/nstrace.h is the definition, its enums made from the rows of probes/record.def, which the codes
+below are read from (nstrace/kernel/defs.py); tests/test_layout.py checks every field of the mirror and
+every code below against the compiled object's BTF.
 """
 
 import ctypes
 
+from ..kernel import defs
 from ..kernel import flags as fl
 
+
+def _codes(macro):
+    """{value: name} of one enum of probes/record.def, each named by its row's name in lower case."""
+    return {int(value): name.lower() for name, value in defs.rows("record.def", macro)}
+
+
 NS_SLOTS = len(fl.NS_ENTRIES)
-MAX_STEPS = 48
-# The enums of probes/nstrace.h (tests/test_layout.py checks them against BTF).
-OPS = {1: "clone", 2: "clone3", 3: "unshare", 4: "setns", 5: "exec", 6: "open_tree", 7: "fsmount", 8: "free",
-       9: "fork", 10: "vfork"}
+MAX_STEPS = int(dict(defs.rows("record.def", "NSTRACE_SIZE"))["MAX_STEPS"])
+OPS = _codes("NSTRACE_OP")
 OP_SLOTS = max(OPS) + 1  # enum nstrace_op's OP_MAX: the C tables' size
 # The ops that make or free one namespace and say which in the record's "ns": the rest move a task
 NS_OPS = ("open_tree", "fsmount", "free")
-TARGET_KINDS = {0: None, 1: "nsfs", 2: "pidfd", 3: "other", 4: "badfd"}
-STEP_KINDS = {1: "enter", 2: "exit"}
-STEP_VALUES = {0: "none", 1: "flags", 2: "nsproxy", 3: "switch", 4: "int", 5: "ns", 6: "ns_arg"}
+TARGET_KINDS = {value: name if value else None for value, name in _codes("NSTRACE_TARGET").items()}  # NONE: null
+STEP_KINDS = _codes("NSTRACE_STEP_KIND")
+STEP_VALUES = _codes("NSTRACE_STEP_VALUE")
 
 
 class NsSet(ctypes.Structure):

@@ -20,12 +20,12 @@ from ..bpf import libbpf
 from ..errors import LibbpfError
 from ..kernel import flags as fl
 from . import decode, layout
-from .filters import JlFilter
+from .filters import BatchFilter
 
 # beside the BPF object, and found the same way (bpf/loader.py OBJECT_PATH)
 LIB_PATH = Path(__file__).resolve().parents[1] / "_bpf" / "libnstrace-batch.so"
 
-CGROUPS, TARGETS = 0, 1  # native/batch.c enum jl_frag_table
+CGROUPS, TARGETS = 0, 1  # native/batch.c enum batch_frag_table
 
 
 class Tables(ctypes.Structure):
@@ -64,7 +64,7 @@ def _js(text):
 
 
 def tables(raw_addresses=False):
-    """struct jl_tables from the Python names: kernel/flags.py and record/layout.py stay the only lists."""
+    """struct batch_tables from the Python names: kernel/flags.py and record/layout.py stay the only lists."""
     t = Tables()
     for num, name in layout.OPS.items():
         t.ops[num] = _js(name)
@@ -102,7 +102,7 @@ _STATES = None
 
 
 def states():
-    """The routing bits of jl_classify(), as native/batch.c defines them (jl_state_bits[]):
+    """The routing bits of batch_classify(), as native/batch.c defines them (batch_state_bits[]):
     PYTHON, CHECK, LATER, FILTERED; a record with none of them is C's own, proc_check null.
 
     Read from the library, never copied: the two sides cannot drift apart. Each
@@ -111,7 +111,7 @@ def states():
     """
     global _STATES
     if _STATES is None:
-        table = ctypes.cast(ctypes.addressof(_StateBit.in_dll(lib(), "jl_state_bits")), ctypes.POINTER(_StateBit))
+        table = ctypes.cast(ctypes.addressof(_StateBit.in_dll(lib(), "batch_state_bits")), ctypes.POINTER(_StateBit))
         bits = {}
         for i in range(64):
             if not table[i].name:
@@ -128,28 +128,28 @@ def lib():
             raise LibbpfError(f"{LIB_PATH} is missing: build it with `make -C native`")
         so = ctypes.CDLL(str(LIB_PATH))
         for name, res, args in (
-            ("jl_new", ctypes.c_void_p, [ctypes.c_uint32]),
-            ("jl_free", None, [ctypes.c_void_p]),
-            ("jl_sample", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]),
-            ("jl_reset", None, [ctypes.c_void_p]),
-            ("jl_count", ctypes.c_uint32, [ctypes.c_void_p]),
-            ("jl_record", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]),
-            ("jl_states", ctypes.POINTER(ctypes.c_uint8), [ctypes.c_void_p]),
-            ("jl_counts", ctypes.POINTER(Counts), [ctypes.c_void_p]),
-            ("jl_oom", ctypes.c_int, [ctypes.c_void_p]),
-            ("jl_watch_ring", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_int,
-                                             ctypes.c_uint32]),
-            ("jl_moved_on", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
-            ("jl_in_flight", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_uint32]),
-            ("jl_set", None, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint32]),
-            ("jl_set_container", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_char_p,
-                                                ctypes.c_uint32, ctypes.c_uint8]),
-            ("jl_missing", ctypes.c_uint32, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8),
-                                             ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint32]),
-            ("jl_classify", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.POINTER(JlFilter),
-                                           ctypes.c_int]),
-            ("jl_format", ctypes.c_long, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.c_uint32,
-                                          ctypes.POINTER(ctypes.c_void_p)]),
+            ("batch_new", ctypes.c_void_p, [ctypes.c_uint32]),
+            ("batch_free", None, [ctypes.c_void_p]),
+            ("batch_sample", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]),
+            ("batch_reset", None, [ctypes.c_void_p]),
+            ("batch_count", ctypes.c_uint32, [ctypes.c_void_p]),
+            ("batch_record", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]),
+            ("batch_states", ctypes.POINTER(ctypes.c_uint8), [ctypes.c_void_p]),
+            ("batch_counts", ctypes.POINTER(Counts), [ctypes.c_void_p]),
+            ("batch_oom", ctypes.c_int, [ctypes.c_void_p]),
+            ("batch_watch_ring", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_int,
+                                                ctypes.c_uint32]),
+            ("batch_moved_on", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
+            ("batch_in_flight", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_uint32]),
+            ("batch_set", None, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint32]),
+            ("batch_set_container", ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64,
+                                                   ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint8]),
+            ("batch_missing", ctypes.c_uint32, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8),
+                                                ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint32]),
+            ("batch_classify", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(Tables),
+                                              ctypes.POINTER(BatchFilter), ctypes.c_int]),
+            ("batch_format", ctypes.c_long, [ctypes.c_void_p, ctypes.POINTER(Tables), ctypes.c_uint32,
+                                             ctypes.POINTER(ctypes.c_void_p)]),
         ):
             fn = getattr(so, name)
             fn.restype, fn.argtypes = res, args
@@ -168,7 +168,7 @@ class Batch:
     def __init__(self, map_fd, options, inflight_fd=-1, max_records=1024):
         self._lib = lib()
         self._max = max_records
-        self._b = self._lib.jl_new(max_records)
+        self._b = self._lib.batch_new(max_records)
         if not self._b:
             raise MemoryError("allocating the record batch")
         self._tables = tables(options.raw_addresses)
@@ -178,16 +178,16 @@ class Batch:
         self._keep_cgroups = []  # container texts by cgroup id: C keeps them as long as the reader
         self._missing_tables = (ctypes.c_uint8 * (2 * max_records))()
         self._missing_keys = (ctypes.c_uint64 * (2 * max_records))()
-        cb = ctypes.cast(self._lib.jl_sample, libbpf.RING_BUFFER_SAMPLE_FN)
+        cb = ctypes.cast(self._lib.batch_sample, libbpf.RING_BUFFER_SAMPLE_FN)
         self._cb = cb
         self._rb = libbpf.lib().ring_buffer__new(map_fd, cb, self._b, None)
         if not self._rb:
-            self._lib.jl_free(self._b)
+            self._lib.batch_free(self._b)
             self._b = None
             libbpf.check_ptr(None, "creating the ring buffer reader")
         self.n = 0
         if inflight_fd >= 0:
-            err = self._lib.jl_watch_ring(self._b, map_fd, options.ringbuf_bytes, inflight_fd,
+            err = self._lib.batch_watch_ring(self._b, map_fd, options.ringbuf_bytes, inflight_fd,
                                           ctypes.sizeof(layout.Event))
             if err:
                 self.close()
@@ -199,7 +199,7 @@ class Batch:
         For a /proc check that found other namespaces than the record: a
         record not read yet, or an unshare/setns in progress, explains it.
         """
-        return bool(self._lib.jl_moved_on(self._b, tid))
+        return bool(self._lib.batch_moved_on(self._b, tid))
 
     def fileno(self):
         """The reader's epoll fd: readable when the kernel wakes the reader (wakeup_bytes unread)."""
@@ -207,22 +207,22 @@ class Batch:
 
     def in_flight(self, tid):
         """The operation thread tid is inside now ("clone", "unshare" ...), None if none (or not traced)."""
-        return layout.OPS.get(self._lib.jl_in_flight(self._b, tid))
+        return layout.OPS.get(self._lib.batch_in_flight(self._b, tid))
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms, take up to max_records; return how many."""
-        self._lib.jl_reset(self._b)
+        self._lib.batch_reset(self._b)
         self._keep = []
         rb = libbpf.lib()
         ret = rb.ring_buffer__poll(self._rb, timeout_ms)
-        if ret >= 0 and self._lib.jl_count(self._b) < 1:
+        if ret >= 0 and self._lib.batch_count(self._b) < 1:
             # The BPF side may suppress wake-ups (wakeup_bytes): drain what is there.
             ret = rb.ring_buffer__consume(self._rb)
-        if self._lib.jl_oom(self._b):
+        if self._lib.batch_oom(self._b):
             raise MemoryError("copying ring-buffer records")
         if ret < 0 and ret not in (-errno.EINTR, -errno.E2BIG):
             libbpf.check(ret, "polling the ring buffer")
-        self.n = self._lib.jl_count(self._b)
+        self.n = self._lib.batch_count(self._b)
         return self.n
 
     def refill(self, records):
@@ -230,31 +230,31 @@ class Batch:
         tests drive every routing state with them. At most max_records."""
         if len(records) > self._max:
             raise ValueError(f"{len(records)} records: a batch holds {self._max}")
-        self._lib.jl_reset(self._b)
+        self._lib.batch_reset(self._b)
         self._keep = []
         for raw in records:
             buf = ctypes.create_string_buffer(raw, len(raw))
-            if self._lib.jl_sample(self._b, buf, len(raw)) == -errno.ENOMEM:
+            if self._lib.batch_sample(self._b, buf, len(raw)) == -errno.ENOMEM:
                 raise MemoryError("copying records")
-        self.n = self._lib.jl_count(self._b)
+        self.n = self._lib.batch_count(self._b)
         return self.n
 
     def raw(self, i):
         """Record i as bytes (for the Python decoder)."""
         size = ctypes.c_uint32()
-        ptr = self._lib.jl_record(self._b, i, ctypes.byref(size))
+        ptr = self._lib.batch_record(self._b, i, ctypes.byref(size))
         return ctypes.string_at(ptr, size.value)
 
     def classify(self):
         """Every record's state (bits of :func:`states`), as bytes."""
-        if self._lib.jl_classify(self._b, ctypes.byref(self._tables), ctypes.byref(self._filter),
+        if self._lib.batch_classify(self._b, ctypes.byref(self._tables), ctypes.byref(self._filter),
                                  self._check_proc) < 0:
             raise MemoryError("classifying records")
-        return ctypes.string_at(self._lib.jl_states(self._b), self.n)
+        return ctypes.string_at(self._lib.batch_states(self._b), self.n)
 
     def missing(self):
         """[(table, key)] of this batch whose container text C does not have (CGROUPS, TARGETS)."""
-        n = self._lib.jl_missing(self._b, self._missing_tables, self._missing_keys, 2 * self._max)
+        n = self._lib.batch_missing(self._b, self._missing_tables, self._missing_keys, 2 * self._max)
         return [(self._missing_tables[i], self._missing_keys[i]) for i in range(n)]
 
     def set_container(self, table, key, text, match):
@@ -262,31 +262,31 @@ class Batch:
         text, the container is each caller's own (attribution.PER_TASK): C leaves the records
         of key to Python."""
         (self._keep_cgroups if table == CGROUPS else self._keep).append(text)
-        if self._lib.jl_set_container(self._b, table, key, text, len(text or b""), match):
+        if self._lib.batch_set_container(self._b, table, key, text, len(text or b""), match):
             raise MemoryError("container table")
 
     def set(self, i, fragment):
         """Python's part of record i: its line (PYTHON; None: filtered) or its proc_check JSON (CHECK)."""
         if fragment is not None:
             self._keep.append(fragment)
-        self._lib.jl_set(self._b, i, fragment, len(fragment) if fragment else 0)
+        self._lib.batch_set(self._b, i, fragment, len(fragment) if fragment else 0)
 
     def format(self, limit=0):
         """The JSON lines of up to `limit` shown records (0: all), as a memoryview valid until the next poll."""
         out = ctypes.c_void_p()
-        n = self._lib.jl_format(self._b, ctypes.byref(self._tables), limit, ctypes.byref(out))
+        n = self._lib.batch_format(self._b, ctypes.byref(self._tables), limit, ctypes.byref(out))
         if n < 0:
             raise MemoryError("formatting records")
         return memoryview((ctypes.c_char * n).from_address(out.value)) if n else memoryview(b"")
 
     @property
     def counts(self):
-        return self._lib.jl_counts(self._b).contents
+        return self._lib.batch_counts(self._b).contents
 
     def close(self):
         if self._rb:
             libbpf.lib().ring_buffer__free(self._rb)
             self._rb = None
         if self._b:
-            self._lib.jl_free(self._b)
+            self._lib.batch_free(self._b)
             self._b = None

@@ -2,7 +2,7 @@
 
 Which container a cgroup or a namespace belongs to is user space's knowledge
 (nstrace/linux/containers.py). Per batch, native/batch.c says which cgroup
-ids and setns targets it has no container text for (jl_missing); each is
+ids and setns targets it has no container text for (batch_missing); each is
 looked up here once (a cgroup id for the life of the reader: ids are never
 reused; a target for the batch: namespaces change hands, and the batch's own
 setns callers into it do not count) and given to C as

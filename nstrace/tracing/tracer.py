@@ -230,7 +230,7 @@ class Tracer:
         """The batch read last as JSON lines: the lines of records() by jsonline.json_line(), but
         written by native/batch.c. Python decodes only the records it must check against /proc
         (each task's last in the batch) and those C leaves to it (PYTHON: it writes their lines).
-        At most `limit` lines (0: all): jl_format() writes the same first ones that were counted here."""
+        At most `limit` lines (0: all): batch_format() writes the same first ones that were counted here."""
         from ..record import (
             jsonline,  # imported once tracing is live: start-up is measured to the first event
         )
@@ -255,7 +255,7 @@ class Tracer:
 
     def _unshow(self, first):
         """Records first.. of the batch are read but not shown: take them out of what C counted
-        for them (jl_classify(): every record by op; filtered; superseded, if not Python's)."""
+        for them (batch_classify(): every record by op; filtered; superseded, if not Python's)."""
         st, unshown = self._st, self._unshown
         offset, size = layout.EventHead.op.offset, layout.EventHead.op.size
         for i in range(first, len(self._states)):
