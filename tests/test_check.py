@@ -145,3 +145,11 @@ def test_demo_clone_newtime_is_refused():
     res = subprocess.run([str(NSTRACE), "demo", "--op", "clone", "--flags", "NEWTIME"], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "clone3" in res.stderr
+
+
+def test_the_lab_table_names_kernel_5_10_as_typed():
+    """tabulate reads "5.10" as the number 5.1 unless told not to parse numbers."""
+    from nstrace.view import reports
+    table = reports.lab_table([{"kernel": "5.10", "release": "5.10.0-46-amd64", "summary": "tests: 1 passed",
+                                "duration_s": 12.0}])
+    assert table.splitlines()[-1].split()[0] == "5.10", table

@@ -24,7 +24,7 @@ UNSHARE = {"uts": (["--uts"], "uts"), "ipc": (["--ipc"], "ipc"), "mnt": (["--mou
 
 def watch(*command):
     """`nstrace watch --json -o /dev/stdout -- COMMAND`: its records, and its summary."""
-    res = subprocess.run([str(NSTRACE), "watch", "--json", "-o", "/dev/stdout", "--", *command],
+    res = subprocess.run([str(NSTRACE), "watch", "--json", "-o", "-", "--", *command],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     [summary] = [json.loads(line.split(" ", 2)[2]) for line in res.stderr.splitlines()

@@ -181,7 +181,7 @@ def test_watch_names_each_container_as_ls_does(boxes):
     argv = [b"sh", b"-c", INTO_AND_FROM.encode(), b"sh"]
     for box in boxes:
         argv += [str(box.proc.pid).encode(), box.path]
-    res = run("watch", "--json", "--op", "setns,unshare", "-o", "/dev/stdout", "--", *argv)
+    res = run("watch", "--json", "--op", "setns,unshare", "-o", "-", "--", *argv)
     recs = [json.loads(line) for line in res.stdout.decode().splitlines()]
     assert [r["op"] for r in recs] == ["setns", "unshare"] * len(boxes)
     ls = {n["inode"]: n for n in json.loads(run("ls", "--json", "--type", "uts").stdout)["namespaces"]}
@@ -189,7 +189,7 @@ def test_watch_names_each_container_as_ls_does(boxes):
         assert into["target"]["inode"] == box.uts
         assert into["target"]["container"] == inside["container"] == ls[box.uts]["container"] == box.expected, \
             box.label
-    table = terminal_safe(run("watch", "--op", "setns,unshare", "-o", "/dev/stdout", "--", *argv).stdout)
+    table = terminal_safe(run("watch", "--op", "setns,unshare", "-o", "-", "--", *argv).stdout)
     for box in boxes:
         assert "->" + box.label in table and f" {box.label}\n" in table, box.label
 

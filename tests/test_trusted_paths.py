@@ -181,7 +181,7 @@ def test_the_callers_own_symlink_is_followed(sticky, tmp_path, session_file):
     res = nstrace("render", str(session_file), "--format", "perfetto", "-o", str(sticky / "mine.json"))
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "real.json").read_text())["traceEvents"]
-    res = nstrace("render", str(session_file), "--format", "perfetto", "-o", "/dev/stdout")  # /proc's own links
+    res = nstrace("render", str(session_file), "--format", "perfetto", "-o", "-")  # /proc's own links
     assert res.returncode == 0 and json.loads(res.stdout)["traceEvents"], res.stderr
 
 
@@ -282,7 +282,7 @@ def test_dev_stdout_writes_through_the_descriptor_it_names(tmp_path, session_fil
     log = tmp_path / "log"
     log.write_text("before\n")
     with open(log, "a") as out:
-        res = nstrace("render", session_file, "--format", "perfetto", "-o", "/dev/stdout", stdout=out,
+        res = nstrace("render", session_file, "--format", "perfetto", "-o", "-", stdout=out,
                       stderr=subprocess.PIPE)
     assert res.returncode == 0, res.stderr
     first, rest = log.read_text().split("\n", 1)

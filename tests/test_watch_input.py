@@ -96,7 +96,7 @@ def test_an_op_this_kernel_cannot_see_is_said_and_the_watch_goes_on():
     """--op free where no death can be hooked (this host: no function layer), exec before 6.10,
     open_tree and fsmount without their 7.x flags: one warning line each, and the other ops are traced."""
     unseen = _unseen_here()
-    res = nstrace("watch", "--json", "--op", "free,exec,open_tree,fsmount,unshare", "-o", "/dev/stdout",
+    res = nstrace("watch", "--json", "--op", "free,exec,open_tree,fsmount,unshare", "-o", "-",
                   "--", "unshare", "--uts", "true")
     assert res.returncode == 0, res.stderr
     warned = {line.split()[3] for line in res.stderr.splitlines() if line.startswith("nstrace: warning: --op ")}

@@ -21,6 +21,8 @@ from .params import Seconds
 
 # A week: selectors and Popen.wait take their timeouts as C ints of milliseconds (about 24 days at most).
 LAB_MAX_TIMEOUT_S = 7 * 24 * 3600
+# the session --compare has a command record where it gives no --record FILE of its own
+COMPARE_RECORD = "nstrace-compare.jsonl"
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -34,8 +36,11 @@ LAB_MAX_TIMEOUT_S = 7 * 24 * 3600
               help="The suite: pytest's arguments in the guest, as one shell-quoted string "
                    "(default: tests/test_kernelpath.py).")
 @click.option("--check-only", is_flag=True, help="The suite: run only `nstrace check`, not the kernel-function tests.")
+@click.option("--compare", is_flag=True,
+              help="A command that records (demo, watch) on two kernels or more: their sessions side by side at "
+                   f"the end, as `nstrace compare` shows them (its --record FILE, else {COMPARE_RECORD}).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- NSTRACE-ARGS...]")
-def lab(kernels, timeout, verbose, pytest_args, check_only, command):
+def lab(kernels, timeout, verbose, pytest_args, check_only, compare, command):
     """Boot Debian kernels under QEMU and run `nstrace NSTRACE-ARGS...` inside each.
 
     Without a command: the kernel-function tests and `nstrace check` in each kernel.  Files the
@@ -51,6 +56,12 @@ def lab(kernels, timeout, verbose, pytest_args, check_only, command):
         raise UsageError("--pytest-args, --check-only and --verbose are for the suite, not for a command")
     if command and command[0] == "lab":
         raise UsageError("nstrace lab runs no lab inside a guest")
+    if compare and (not command or len(set(kernels)) < 2):
+        raise UsageError("--compare needs two kernels or more and a command that records, e.g. "
+                         "--kernel 5.10 --kernel sid --compare -- demo --flags NEWUTS")
+    keep = None
+    if compare:
+        command, keep = _recording(list(command))
     try:
         pytest_args = tuple(shlex.split(pytest_args)) if pytest_args else ()
     except ValueError as e:
@@ -62,15 +73,38 @@ def lab(kernels, timeout, verbose, pytest_args, check_only, command):
         except PackageNotFound as e:
             raise UsageError(str(e)) from None
     if command:
-        _lab_command(list(dict.fromkeys(kernels)), list(command), timeout)
+        _lab_command(list(dict.fromkeys(kernels)), list(command), timeout, keep)
     else:
         _lab_suite(list(dict.fromkeys(kernels)), pytest_args, check_only, timeout, verbose)
 
 
-def _lab_command(kernels, command, timeout):
+def _recording(command):
+    """(the command as it records its session for --compare, the session's name in the working
+    directory): its own --record FILE, else COMPARE_RECORD."""
+    import posixpath
+
+    from .main import cli
+    sub = cli.get_command(None, command[0])
+    if sub is None or "record_path" not in {p.name for p in sub.params}:
+        raise UsageError(f"--compare compares the sessions a command records: {command[0]} records none "
+                         "(demo and watch do)")
+    try:
+        path = sub.make_context(command[0], command[1:], resilient_parsing=True).params.get("record_path")
+    except click.ClickException:
+        path = None  # what is wrong with the command, the guest's nstrace says
+    if path is None:
+        return [command[0], "--record", COMPARE_RECORD, *command[1:]], COMPARE_RECORD
+    name = posixpath.normpath(path)
+    if name.startswith(("/", "../")) or name == "..":
+        raise UsageError(f"--compare: --record {path} is outside the current directory, where the guests' "
+                         "files come back")
+    return command, name
+
+
+def _lab_command(kernels, command, timeout, keep=None):
     from ..lab import guest, runner
     outcomes = runner.run(kernels, command, timeout=timeout, status=status,
-                               should_stop=lambda: bool(stop_requested))
+                          should_stop=lambda: bool(stop_requested), keep=keep)
     codes = [runner.exit_code(o) for o in outcomes]
     for o in outcomes:
         if isinstance(o.error, GuestLockup):
@@ -82,9 +116,32 @@ def _lab_command(kernels, command, timeout):
         raise failed[0].error
     for o in failed:
         error(f"{o.kernel}: {o.error}")
+    if keep:
+        _compare(outcomes, keep)
     first = next((c for c in codes if c != 0), 0)
     if first:
         raise click.exceptions.Exit(first)
+
+
+def _compare(outcomes, keep):
+    """--compare: the sessions the guests wrote, side by side (nstrace compare)."""
+    from ..lab.outfiles import renamed
+    from ..session import reader
+    from .study import show
+    sessions = []
+    for o in outcomes:
+        if o.kept is None:
+            if o.error is None:
+                error(f"{o.kernel}: --compare: the command wrote no {keep}")
+            continue
+        try:
+            sessions.append(reader.load(renamed(keep, o.kernel), o.kept))
+        except UsageError as e:
+            error(f"{o.kernel}: --compare: {e}")
+    if len(sessions) < 2:
+        raise LabFailed(f"--compare: {len(sessions)} of {len(outcomes)} sessions came back: nothing to compare")
+    click.echo("")
+    show(sessions)
 
 
 def _lab_suite(kernels, pytest_args, check_only, timeout, verbose):

@@ -99,6 +99,10 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         "mount -t devtmpfs devtmpfs /host/dev",
         "mkdir -p /host/dev/pts /host/dev/shm",
         "mount -t devpts devpts /host/dev/pts",
+        # What udev makes on a booted system and devtmpfs does not: without them `-o /dev/stdout` in a
+        # guest would write a regular file of that name.
+        "ln -s /proc/self/fd /host/dev/fd && ln -s fd/0 /host/dev/stdin && ln -s fd/1 /host/dev/stdout "
+        "&& ln -s fd/2 /host/dev/stderr",
         # Not mounted by default, and the kernel-function layer needs both (kernel-notes/build-machines.md: tracefs).
         "mount -t tracefs tracefs /host/sys/kernel/tracing",
         "mount -t bpf bpf /host/sys/fs/bpf",

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import os
+import posixpath
 import sys
+import tarfile
 import threading
 from typing import Callable
 
@@ -36,6 +39,7 @@ class Outcome:
     result: GuestResult | None = None
     error: NstraceError | None = None  # the guest failed: download, boot, lockup, timeout
     brought: outfiles.Brought | None = None
+    kept: bytes | None = None  # the file run(keep=NAME) asked for, as the guest wrote it (None: it wrote none)
 
 
 class LineWriter:
@@ -64,8 +68,10 @@ class LineWriter:
 
 
 def run(kernels: list[str], args: list[str], *, timeout: float, status: Status,
-        should_stop: Callable[[], bool], stdout=None, stderr=None) -> list[Outcome]:
-    """Run `nstrace ARGS` in each kernel (two guests at a time); one Outcome per kernel, in order."""
+        should_stop: Callable[[], bool], stdout=None, stderr=None, keep: str | None = None) -> list[Outcome]:
+    """Run `nstrace ARGS` in each kernel (two guests at a time); one Outcome per kernel, in order.
+    keep: a file the command writes in the working directory, whose bytes each Outcome keeps (`lab
+    --compare` reads the sessions as the guests wrote them, whatever becomes of the copies here)."""
     stdout = stdout or sys.stdout.buffer
     stderr = stderr or sys.stderr.buffer
     cwd = os.getcwd()
@@ -99,6 +105,8 @@ def run(kernels: list[str], args: list[str], *, timeout: float, status: Status,
             say(f"nstrace {' '.join(args[:1])} exited {outcome.result.returncode} "
                 f"({outcome.result.boot_s:.1f} s boot, {outcome.result.duration_s:.1f} s in the guest)")
             if outcome.result.files:
+                if keep:
+                    outcome.kept = file_in(outcome.result.files, keep)
                 outcome.brought = outfiles.bring_back(outcome.result.files, cwd, kernel if several else None)
                 for path, size in outcome.brought.written:
                     say(f"wrote {path} ({size} bytes) here")
@@ -111,6 +119,19 @@ def run(kernels: list[str], args: list[str], *, timeout: float, status: Status,
     with concurrent.futures.ThreadPoolExecutor(min(GUEST_PARALLEL, len(kernels))) as pool:
         futures = [pool.submit(one, k) for k in kernels]
         return [f.result() for f in futures]
+
+
+def file_in(data: bytes, name: str) -> bytes | None:
+    """The regular file `name` of a guest's tar of its working directory (outfiles.py), or None. A tar
+    that is none is outfiles.bring_back's to report."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            for member in archive:
+                if member.isreg() and posixpath.normpath(member.name) == name:
+                    return archive.extractfile(member).read()
+    except tarfile.TarError:
+        pass
+    return None
 
 
 def exit_code(outcome: Outcome) -> int:

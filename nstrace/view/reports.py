@@ -105,7 +105,9 @@ def availability_verdict(rows):
 
 def lab_table(results):
     rows = [[r["kernel"], r["release"], r["summary"], f"{r['duration_s']:.0f}"] for r in results]
-    return tabulate(rows, headers=["kernel", "release", "kernel-layer tests and nstrace check", "seconds"], tablefmt="simple")
+    # no number parsing: a kernel named 5.10 is not the number 5.1
+    return tabulate(rows, headers=["kernel", "release", "kernel-layer tests and nstrace check", "seconds"],
+                    tablefmt="simple", disable_numparse=True)
 
 
 # --- check and demo ----------------------------------------------------------------
