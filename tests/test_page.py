@@ -4,7 +4,8 @@ download), at a 1400 px window and narrower. A page that scrolls sideways, a pan
 content is cut off, or any console message of level error (a CSP violation, a script error) fails.
 
 The sessions: those in tests/data/ (recorded by `nstrace demo --record` in `nstrace lab` guests on
-6.1 and 7.2, with their kernel paths), a demo recorded here, and a big one recorded here.
+5.10, 6.1, 6.12 and 7.2, with their kernel paths), this kernel's scenarios and a demo recorded here,
+and a big one recorded here.
 """
 
 import json
@@ -22,7 +23,9 @@ from nshelpers import NSTRACE
 
 CHROMIUM = "/usr/bin/chromium"
 DATA = Path(__file__).resolve().parent / "data"
-LAB_SESSIONS = (DATA / "lab-6.1-demo-clone.jsonl", DATA / "lab-7.2-demo-setns.jsonl")
+# recorded by `nstrace demo --record` in `nstrace lab` guests, with their kernel paths
+LAB_SESSIONS = sorted(DATA.glob("lab-*.jsonl"))
+CLONE_61 = DATA / "lab-6.1-demo-clone.jsonl"
 
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium package")
 
@@ -385,7 +388,7 @@ def test_what_comes_from_outside_stays_text_on_the_page(browser, tmp_path):
     """Every field a session brings (a host, a command, a demo's view from inside) is escaped: markup
     in them is shown, never run, under the page's CSP; a control character is refused with the
     file (the schema), one error line, exit 2."""
-    lines = LAB_SESSIONS[0].read_text().splitlines()
+    lines = CLONE_61.read_text().splitlines()
     hostile = '</script><img src=x onerror=alert(1)>&amp;"'
     head, *records, end = (json.loads(line) for line in lines)
     head["host"] = hostile
