@@ -55,7 +55,8 @@ GRAPH_FIT_PX = 2700
 _MORE_OP_COLOURS = {"exec": "#9467bd", "open_tree": "#8c564b", "fsmount": "#bcbd22", "free": "#555555",
                     "fork": "#7f7f7f", "vfork": "#e377c2"}
 OP_COLOUR = {op: OP_COLOURS.get(op) or _MORE_OP_COLOURS[op] for op in OPS.values()}
-# What each op is, for the legend (README: the JSON record, `op`)
+# What each op is (README: the JSON record, `op`), and what a failed call's mark looks like: the
+# legend's tooltips
 OP_MEANING = {
     "clone": "a new process, in new namespaces for each CLONE_NEW* flag",
     "clone3": "clone with its arguments in a struct clone_args",
@@ -71,8 +72,8 @@ OP_MEANING = {
 }
 # What each fact seen from inside shows (check/inside.py view, check/container.py)
 INSIDE_MEANING = {
-    "pid": "its pid as its own PID namespace numbers it (1: the namespace's first process, its init)",
-    "uid": "its uid as its user namespace maps it",
+    "pid": "its pid, as the PID namespace it is in numbers it (1: that namespace's first process, its init)",
+    "uid": "its uid, as the user namespace it is in maps it",
     "hostname": "the hostname it set in its own UTS namespace; the host's did not change",
     "proc_pids": "the pids in a /proc it mounted for its PID namespace: only that namespace's",
     "interfaces": "the network interfaces its network namespace has (a new one has only lo, down)",
