@@ -12,6 +12,7 @@ packages=(
   bubblewrap runc                              # tests: real runtimes under watch -- and strace -f (runc on a busybox rootfs)
   dwarves                                      # tests: pahole gives the reader library's BTF, to check batch.py's mirrors
   qemu-system-x86 busybox-static zstd          # nstrace lab: Debian kernels under QEMU (zstd: 6.12+ kernels and modules)
+  xz-utils                                     # nstrace source fetch: the kernel source inside Debian's linux-source
   graphviz                                     # nstrace render: dot lays out the session graph
   chromium                                     # tests: the rendered HTML page loads without console errors
   linux-perf bpftrace                          # bench: the tracers nstrace is measured beside

@@ -32,13 +32,48 @@ def watch(*command):
     return [json.loads(line) for line in res.stdout.splitlines()], summary
 
 
+# A namespace dies a grace period or two (and a workqueue item, for a user namespace: kernel/user_namespace.c
+# __put_user_ns() schedules free_user_ns()) after its last process: milliseconds, but under a busy TCG guest
+# more than watch's bounded wait at COMMAND's end. A COMMAND that lives on this long after making them
+# sees them die inside its trace whatever the load.
+LINGER_S = 5
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_a_followed_command_sees_each_namespace_it_made_die(tracer):
+    """`watch -- sh -c 'unshare --TYPE true; ...'`: each namespace unshare made dies when its last
+    process is gone, and that is a record of the trace, whichever task or callback the kernel frees it
+    in; with its lifetime (its birth was seen: that is what let the death through)."""
+    from nstrace.check.checker import deaths_visible
+    types = [t for t in UNSHARE if deaths_visible(tracer, t)]
+    if not types:
+        pytest.skip("no hook sees namespaces die on this kernel (nstrace doctor says why)")
+    script = "; ".join(f"unshare {' '.join(UNSHARE[t][0])} true" for t in types) + f"; sleep {LINGER_S}"
+    records, summary = watch("sh", "-c", script)
+    made = [r for r in records if r["op"] == "unshare"]
+    assert [r["changed"] for r in made] == [[UNSHARE[t][1]] for t in types], records
+    for t, rec in zip(types, made):
+        # an inode number is free for the next namespace of any type as soon as one dies
+        # (kernel-notes/lifetime-and-identity.md): a death is its type's and inode's
+        inode = rec["ns_after"][UNSHARE[t][1]]
+        died = [r for r in records if r["op"] == "free" and (r["ns"]["type"], r["ns"]["inode"]) == (t, inode)]
+        assert len(died) == 1, (t, records, summary)
+        assert records.index(died[0]) > records.index(rec)
+        assert died[0]["ns"]["lived_ns"] > 0, died
+    assert summary["outlived"] == 0, summary
+    assert not sum(summary["lost"].values()), summary
+
+
 @pytest.mark.kernelpath
 @pytest.mark.root("attaches the kernel-function layer")
 @pytest.mark.usefixtures("function_layer")
 @pytest.mark.parametrize("ns_type", list(UNSHARE))
-def test_a_followed_command_sees_the_namespace_it_made_die(tracer, ns_type):
-    """`watch -- unshare --TYPE true`: the namespace unshare made dies when its last process is gone,
-    and that is a record of the trace, whichever task or callback the kernel frees it in."""
+def test_each_namespace_born_is_a_death_or_counted_once(tracer, ns_type):
+    """`watch -- unshare --TYPE true`, which ends as soon as unshare does: the namespace it made is
+    either a death record of the trace or counted as outlived in the summary, once, never neither (on
+    5.10 it was neither, and the summary said nothing was missing)."""
     from nstrace.check.checker import deaths_visible
     if not deaths_visible(tracer, ns_type):
         pytest.skip(f"no hook sees {ns_type} namespaces die on this kernel (nstrace doctor says why)")
@@ -46,12 +81,8 @@ def test_a_followed_command_sees_the_namespace_it_made_die(tracer, ns_type):
     records, summary = watch("unshare", *options, "true")
     [made] = [r for r in records if r["op"] == "unshare"]
     assert made["changed"] == [entry], made
-    inode = made["ns_after"][entry]
-    died = [r for r in records if r["op"] == "free" and r["ns"]["inode"] == inode]
-    assert [r["ns"]["type"] for r in died] == [ns_type], (records, summary)
-    assert records.index(died[0]) > records.index(made)
-    assert died[0]["ns"]["lived_ns"] > 0, died  # its birth was seen: that is what let the death through
-    assert summary["outlived"] == 0, summary
+    died = [r for r in records if r["op"] == "free" and r["ns"]["inode"] == made["ns_after"][entry]]
+    assert len(died) + summary["outlived"] == 1, (records, summary)
     assert not sum(summary["lost"].values()), summary
 
 
@@ -66,7 +97,7 @@ def test_a_user_namespace_and_the_parent_it_held_die(tracer):
     from nstrace.check.checker import deaths_visible
     if not deaths_visible(tracer, "user"):
         pytest.skip("no hook sees user namespaces die on this kernel (nstrace doctor says why)")
-    records, summary = watch("unshare", "--user", "--map-root-user", "unshare", "--user", "true")
+    records, summary = watch("sh", "-c", f"unshare --user --map-root-user unshare --user true; sleep {LINGER_S}")
     made = [r["ns_after"]["user"] for r in records if r["op"] == "unshare"]
     assert len(set(made)) == 2, records
     died = [r["ns"]["inode"] for r in records if r["op"] == "free" and r["ns"]["type"] == "user"]

@@ -15,7 +15,8 @@ from .console import error, on_signal
 # command -> (the module of nstrace.cli that defines it, its click command there)
 COMMANDS = {"watch": ("watch", "watch"), "doctor": ("watch", "doctor"), "demo": ("check", "demo"),
             "check": ("check", "check"), "lab": ("lab", "lab"), "ls": ("view", "ls_command"),
-            "show": ("view", "show_command"), "render": ("view", "render_command"), "compare": ("study", "compare_command")}
+            "show": ("view", "show_command"), "render": ("view", "render_command"), "compare": ("study", "compare_command"),
+            "source": ("source", "source_group")}
 
 
 class _Commands(click.Group):

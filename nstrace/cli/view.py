@@ -6,16 +6,18 @@ reads /proc and sees everything only as root (like lsns).
 """
 
 import json
+import os
 
 import click
 from tabulate import tabulate
 
+from ..errors import UsageError
 from ..kernel import flags as fl
 from ..linux import nsmap
 from ..record import jsonline
 from ..record.filters import Filter
 from ..session import reader, replay
-from ..view import render, reports, table, terminal
+from ..view import excerpts, render, reports, table, terminal
 from .console import status
 from .params import Pid, file_name, filter_options
 
@@ -112,21 +114,56 @@ def _load_selected(file, pid, comm, ops, types, container, ns):
 @click.argument("file", type=click.Path(dir_okay=False))
 @filter_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout; status on stderr.")
-def show_command(file, pid, comm, ops, types, container, ns, as_json):
+@click.option("--source", "with_source", is_flag=True,
+              help="Under each operation, its kernel path with each step's code: the line that called it and "
+                   "its definition, the deciding test marked (Debian's source of the recorded kernel, "
+                   "fetched once as root).")
+def show_command(file, pid, comm, ops, types, container, ns, as_json, with_source):
     """Replay a recorded session (watch --record FILE) with watch's filters and formats."""
+    if with_source and as_json:
+        raise UsageError("--source is for the table, not --json")
     sess, shown, filtered = _load_selected(file, pid, comm, ops, types, container, ns)
     status(sess.describe())
+    kernel = sess.kernel
+    if with_source and not kernel.get("release"):
+        status(f"{file}: no kernel named (no header): its source cannot be chosen; showing the path without it")
+        with_source = False
+    if with_source:
+        _source_for(kernel.get("release"))
     stream = table.Table(containers=any(table.has_container(r) for r in shown))
     if not as_json:
         click.echo(stream.header())
+        if with_source:
+            click.echo(f"({excerpts.LEGEND})")
     for rec in shown:
         click.echo(jsonline.json_line(rec) if as_json else stream.row(rec))
+        if with_source and rec.kernel_path:
+            click.echo("\n".join(excerpts.path_lines(rec, kernel.get("release"), kernel.get("version"))))
     summary = replay.summary(sess, shown, filtered)
     if as_json:
         status("summary " + jsonline.json_summary(summary))
     else:
         click.echo("")
         click.echo(reports.summary_table(summary))
+
+
+def _source_for(release):
+    """The kernel source a view of release shows: fetched now if root can (a status line each step),
+    else one line saying how to get it."""
+    from ..linux import kernelsource
+    if not kernelsource.missing(release):
+        return
+    why = ""
+    if os.geteuid() == 0:
+        from ..errors import LabError
+        from .source import fetch
+        try:
+            for series in kernelsource.missing(release):
+                fetch(series)
+            return
+        except LabError as e:  # offline, or the suite moved on: the view goes on without the code
+            why = f" (fetching it failed: {e})"
+    status(kernelsource.missing_line(release) + why)
 
 
 @click.command("render")

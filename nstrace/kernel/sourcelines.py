@@ -52,22 +52,34 @@ def covered():
     return sorted(_data(), key=_rank)
 
 
-def where(func, release):
-    """Where func is defined for a kernel of this release (uname -r), or None where no covered
-    version defines it."""
+def series_for(func, release):
+    """The covered series whose source stands for func on a kernel of this release (uname -r): its
+    own, else the nearest covered series that defines it (the newer of two as near); None where no
+    covered series defines it, or where the kernel's own (covered) series does not: another
+    version's line would mislead there. The one rule for lines and for the code the views show
+    (nstrace/linux/kernelsource.py)."""
     series = series_of(release)
     versions = _data()
     if series is None:
         return None
     order = sorted(versions, key=lambda s: (abs(_rank(s) - _rank(series)), -_rank(s)))
     for s in order:
-        spot = versions[s]["line"].get(func)
-        if spot:
-            file, line = spot.rsplit(":", 1)
-            return Where(file, int(line), versions[s]["upstream"], s == series)
+        if func in versions[s]["line"]:
+            return s
         if s == series:
-            return None  # the kernel's own source has no such function: another version's line would mislead
+            return None
     return None
+
+
+def where(func, release):
+    """Where func is defined for a kernel of this release (uname -r), or None where no covered
+    version defines it."""
+    s = series_for(func, release)
+    if s is None:
+        return None
+    version = _data()[s]
+    file, line = version["line"][func].rsplit(":", 1)
+    return Where(file, int(line), version["upstream"], s == series_of(release))
 
 
 @functools.cache

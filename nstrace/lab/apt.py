@@ -1,5 +1,6 @@
 """Debian kernels by name: a short name or package resolved to the packages that hold it, through apt
-on a private state for each suite (the machine's own apt state stays untouched)."""
+on a private state for each suite (the machine's own apt state stays untouched); and the source of
+each kernel series the lab boots, Debian's linux-source-X.Y of the same suite."""
 
 from __future__ import annotations
 
@@ -328,3 +329,29 @@ def resolve(name: str, status: Status = quiet) -> KernelSpec:
             return _remember(name, KernelSpec(name, candidate, tuple(packages), version, tuple(sizes)))
     where = suite or ", ".join(KERNEL_SUITES.values())
     raise PackageNotFound(f"no package {package} in {where}")
+
+
+def source_suite(series: str) -> str:
+    """The suite whose kernel is of this series: the lab's named suites, else sid (whose series moves)."""
+    return KERNEL_SUITES.get(series, KERNEL_SUITES["sid"])
+
+
+def source_spec(series: str, status: Status = quiet) -> KernelSpec:
+    """linux-source-<series> in its suite, as the suite's lists now have it.
+
+    Built from the same `linux` source package as the suite's kernel images, so its version is the
+    booted image's (linux-image-6.1.0-57-amd64 and linux-source-6.1 are both 6.1.192-3 today).
+    """
+    if not re.fullmatch(r"\d+\.\d+", series):  # it names a directory of the cache
+        raise PackageNotFound(f"not a kernel series: {series!r}")
+    suite = source_suite(series)
+    package = f"linux-source-{series}"
+    spec = _cached(f"source {series}")  # asked of apt once a day at most, as a kernel's name is
+    if spec is not None:
+        return spec
+    fields = Apt(suite, status).show(package)
+    if fields is None:
+        moved = " (sid's kernel is of another series now)" if suite == "sid" else ""
+        raise PackageNotFound(f"no {package} in {suite}{moved}")
+    size = int(fields.get("Size", "0") or 0)
+    return _remember(f"source {series}", KernelSpec(series, suite, (package,), fields["Version"], (size,)))

@@ -9,12 +9,7 @@ from pathlib import Path
 
 from ..errors import ToolMissing
 from ..linux import trusted_paths
-
-DEFAULT_CACHE = "/var/cache/nstrace/lab"
-
-
-def cache_dir() -> Path:
-    return Path(os.path.abspath(os.environ.get("NSTRACE_LAB_CACHE", DEFAULT_CACHE)))
+from ..linux.labcache import DEFAULT_CACHE, cache_dir  # noqa: F401 (the lab's names for them)
 
 
 def trusted(path: Path) -> Path:
@@ -27,7 +22,7 @@ def trusted(path: Path) -> Path:
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        package = {"qemu-system-x86_64": "qemu-system-x86", "dpkg-deb": "dpkg"}.get(tool, tool)
+        package = {"qemu-system-x86_64": "qemu-system-x86", "dpkg-deb": "dpkg", "xz": "xz-utils"}.get(tool, tool)
         raise ToolMissing(f"{tool} not found: install the {package} package")
     return path
 
