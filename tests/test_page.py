@@ -207,9 +207,9 @@ def show(browser, page, width=1400):
     return errors, browser.evaluate(OVERFLOW), requests
 
 
-def render(session, out):
+def render(session, out, env=None):
     done = subprocess.run([str(NSTRACE), "render", str(session), "--format", "html", "-o", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr
     return out
 
@@ -410,3 +410,73 @@ def test_what_comes_from_outside_stays_text_on_the_page(browser, tmp_path):
                           timeout=60)
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"nstrace: error: {session}:{len(lines)}: ") and "seen_inside" in done.stderr
+
+
+# --- the code under each step ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def source_fetched():
+    """The default cache holds the kernel source of the lab sessions' series (fetched where it does not)."""
+    from nstrace.cli.source import fetch
+    from nstrace.linux import kernelsource
+    for series in ("5.10", "6.1", "6.12", "7.2"):
+        fetch(series, say=print)
+    kernelsource.forget()
+
+
+# Each step of the kernel path that opens on its code: [name, [where...], [call lines], [deciding lines]]
+STEP_CODE = """[...document.querySelectorAll('.steps details.step')].map(d => [d.querySelector('.name a').textContent,
+    [...d.querySelectorAll('.code p.where')].map(p => p.textContent),
+    [...d.querySelectorAll('.code pre .call')].map(l => l.textContent),
+    [...d.querySelectorAll('.code pre .decides')].map(l => l.textContent)])"""
+
+
+@needs_chromium
+@pytest.mark.root("fetches the kernel source into the lab's cache, as root does")
+def test_each_step_opens_on_its_code_the_call_and_the_deciding_test_marked(browser, source_fetched, tmp_path):
+    from nstrace.kernel import sourcelines
+    from nstrace.session import reader
+    page = render(CLONE_61, tmp_path / "page.html")
+    reads_well(browser, page, len(reader.load(CLONE_61).records))
+    browser.open(page.as_uri())
+    steps = {name: rest for name, *rest in browser.evaluate(STEP_CODE)}
+    where, calls, decides = steps["copy_utsname"]
+    line = sourcelines.where("copy_utsname", "6.1.0-57-amd64").line
+    assert where[0].startswith("called in create_new_namespaces, kernel/nsproxy.c:") and \
+        where[1] == f"defined at kernel/utsname.c:{line}", where
+    assert [c.split(None, 1)[1] for c in calls] == ["new_nsp->uts_ns = copy_utsname(flags, user_ns, "
+                                                    "tsk->nsproxy->uts_ns);"], calls
+    assert [d.split(None, 1)[1] for d in decides] == ["if (!(flags & CLONE_NEWUTS))"], decides
+    # steps nstrace cannot see on any kernel still open on their code: copy_process, called by kernel_clone
+    assert steps["copy_process"][0][0].startswith("called in kernel_clone, kernel/fork.c:")
+    # and the steps are folded until opened
+    assert browser.evaluate("document.querySelectorAll('.steps details.step[open]').length") == 0
+
+
+@needs_chromium
+def test_without_the_source_a_page_says_how_to_get_it_once(browser, tmp_path):
+    empty = tmp_path / "cache"
+    done = subprocess.run([str(NSTRACE), "render", str(CLONE_61), "--format", "html", "-o", str(tmp_path / "p.html")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "NSTRACE_LAB_CACHE": str(empty)})
+    assert done.returncode == 0, done.stderr
+    said = ("the kernel source of 6.1 is not here: as root, `nstrace source fetch --kernel 6.1.0-57-amd64` fetches it "
+            "from Debian once (then it works offline); showing file:line only")
+    assert f"nstrace: {said}\n" in done.stderr
+    page = tmp_path / "p.html"
+    reads_well(browser, page, 2)
+    browser.open(page.as_uri())
+    assert browser.evaluate("[...document.querySelectorAll('#operations p.note')].map(p => p.textContent)")[1] == \
+        said + "."
+    assert browser.evaluate(STEP_CODE) == []  # file:line alone, no step to open
+
+
+def test_the_source_is_text_on_the_page():
+    """The kernel's source is outside text: markup in it is shown, never parsed; tabs are spaces."""
+    from nstrace.kernel import source
+    from nstrace.view import page as pagemod
+    e = source.Excerpt("f", "kernel/x.c", 3, "6.1.192-3", True,
+                       ((3, "\tx = 1; /* </pre><script>alert(1)</script> \x1b[2J */", "decides"), (5, "}", "")))
+    assert pagemod.excerpt_html(e, "defined at") == (
+        '<p class="where">defined at <a href="https://elixir.bootlin.com/linux/v6.1.192/source/kernel/x.c#L3">'
+        'kernel/x.c:3</a></p><pre><span class="decides"><i>3</i>        x = 1; /* &lt;/pre&gt;&lt;script&gt;'
+        'alert(1)&lt;/script&gt; \\x1b[2J */</span><span class="gap">\u2026</span><span><i>5</i>}</span></pre>')

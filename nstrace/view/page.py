@@ -18,10 +18,11 @@ import math
 import re
 import time
 
+from ..kernel import documented, sourcelines
 from ..kernel import flags as fl
-from ..kernel import sourcelines
+from ..linux import kernelsource
 from ..record.layout import OPS
-from ..study import pathcheck
+from ..study import callpath, pathcheck
 from . import pagestyle, reports
 from .graph import (
     NARROW,
@@ -168,6 +169,53 @@ def _step_html(s, tag, release, shown, note, more=""):
     return f'<details class="{klass}"><summary class="row">{cells}</summary><div class="more">{more}</div></details>'
 
 
+def _callers(rec):
+    """Who called each function of rec's path: the caller a probe saw (its first call), else the one
+    paths.toml documents (its first `in`)."""
+    out = {}
+    for step in documented.notes()["op"].get(rec.op, {}).get("step", []):
+        where = step.get("in")
+        if where:
+            out[step["name"]] = where if isinstance(where, str) else where[0]
+    seen = {}
+    for top in callpath.tree(rec.kernel_path):
+        for call in top.walk():
+            for inner in call.calls:
+                seen.setdefault(inner.func, call.func)
+    return out | seen
+
+
+def excerpt_html(e, what):
+    """An Excerpt (linux/kernelsource.py) as a head linking to its place at that version and its
+    numbered lines, the call and the deciding test marked; a call made through a helper (put_nsproxy
+    on the way to free_nsproxy), the helper's lines below."""
+    url = f"{ELIXIR}/v{e.version.split('-')[0]}/source/{e.file}" + (f"#L{e.line}" if e.line else "")
+    lines, last = [], None
+    for number, text, mark in e.lines:
+        if last is not None and number != last + 1:
+            lines.append('<span class="gap">\u2026</span>')
+        klass = f' class="{_e(mark)}"' if mark else ""
+        lines.append(f"<span{klass}><i>{number}</i>{_e(text.expandtabs(8))}</span>")
+        last = number
+    return (f'<p class="where">{what} <a href="{_e(url)}">{_e(e.text)}</a></p><pre>{"".join(lines)}</pre>'
+            + (excerpt_html(e.via, f"through {_e(e.via.func)},") if e.via else ""))
+
+
+@functools.lru_cache(maxsize=4096)  # a step's code is the same on every row of a session
+def _code(func, caller, release, version):
+    """The step's code from the kernel source this machine fetched: the line of its caller that
+    called it, then its definition with the test that decided marked; "" where there is none here
+    (the page says once how to fetch it)."""
+    parts = []
+    called = kernelsource.excerpt(func, release, "call", caller, version) if caller else None
+    if called is not None and called.lines:
+        parts.append(excerpt_html(called, f"called in <b>{_e(called.func)}</b>,"))
+    defined = kernelsource.excerpt(func, release, kernel_version=version)
+    if defined is not None and defined.lines:
+        parts.append(excerpt_html(defined, "defined at"))
+    return f'<div class="code">{"".join(parts)}</div>' if parts else ""
+
+
 def _path_summary(results):
     """The path in one line: how much of the documented path was seen, and what differs."""
     expected = [s for s in results if s.expected]
@@ -180,22 +228,24 @@ def _path_summary(results):
     return text + (f"; {wrong} differ{'s' if wrong == 1 else ''} from the notes" if wrong else "; as the notes say")
 
 
-def _path_html(rec, tag, hooks, tracepoints, common=None, release=None, opened=True):
+def _path_html(rec, tag, hooks, tracepoints, common=None, release=None, opened=True, version=None):
     """The record's kernel path in one view: the documented steps nested by their documented caller,
     each with what was observed of it (arguments, result, new or shared, µs, source line) or why it
-    was not; then calls the notes do not list. None where the notes document no path for it."""
+    was not, and its code to open; then calls the notes do not list. None where the notes document
+    no path for it. version: the recorded kernel's uname -v (its Debian revision)."""
     try:
         results = pathcheck.compare(rec, hooks, tracepoints, release)
     except (KeyError, TypeError, ValueError):
         return None
-    rows, said = [], set()
+    rows, said, callers = [], set(), _callers(rec)
     for s in results:
         if not (s.expected or s.status in reports.SHOWN):
             continue
         why_not = "function layer off here (see top)" if common and s.reason == common else s.reason
         note = s.note or (s.reason if s.values and s.reason else "")
         note, said = ("" if note in said else note), said | {note}  # each why once: seven copies say it seven times
-        rows.append(_step_html(s, tag, release, s.values or why_not, note))
+        code = _code(s.name, callers.get(s.name), release, version) if s.kind == "function" and release else ""
+        rows.append(_step_html(s, tag, release, s.values or why_not, note, code))
     if not rows:
         return None
     return (f'<details class="path"{" open" if opened else ""}><summary>{_e(_path_summary(results))}</summary>'
@@ -390,14 +440,14 @@ def _changed(r):
 def _operations(records, t0, session, warn):
     """The operations table: a row per operation (tbody id="op-N"), its kernel path below it."""
     k = session.kernel
-    release = k.get("release")
-    tag = kernel_tag(release, k.get("version")) if k else None
+    release, version = k.get("release"), k.get("version")
+    tag = kernel_tag(release, version) if k else None
     hooks, tracepoints = pathcheck.recorded_hooks(session.availability)
     common = pathcheck.common_reason(session.availability)
     opened = len(records) <= PATHS_OPEN_MAX
     rows, paths = [], _PathTables()
     for n, r in enumerate(records, 1):
-        said, path = paths.cell(n, _path_html(r, tag, hooks, tracepoints, common, release, opened))
+        said, path = paths.cell(n, _path_html(r, tag, hooks, tracepoints, common, release, opened, version))
         proc = r.proc_check["status"] if r.proc_check else "-"
         failed = "" if r.ok else ' class="failed"'
         rows.append(
@@ -446,6 +496,9 @@ def html_page(session, records=None, warn=None):
     k = session.kernel
     graph_html = _graph_html(session, records, warn)
     inside = _inside_html(session)
+    no_source = kernelsource.missing_line(k["release"]) if k.get("release") else ""
+    if no_source:
+        warn(no_source)
     title = f"nstrace session: {(session.header or {}).get('host', '')} {k.get('release', '')}".strip()
     ops_legend = _legend([(f"o-{op}", op) for op in OP_COLOUR] + [("failed", "failed call")], OP_MEANING)
     types_legend = _legend((f"t-{t}", t) for t in TYPE_COLOURS)
@@ -471,7 +524,10 @@ a dotted one, a namespace to the user namespace that owns it.</p>
 {types_legend}{graph_html}</section>
 <section id="operations"><h2>Operations</h2>
 <p class="note">Each operation, the namespaces it changed, what /proc showed of it, and its kernel path: the
-steps kernel-notes/paths.toml documents, each with what this kernel let nstrace see of it.</p>
+steps kernel-notes/paths.toml documents, each with what this kernel let nstrace see of it. A step opens
+(&#9656;) on its code: the line of its caller that called it (<span class="call">&gt;</span>), and its
+definition, the test that decided what it did marked (<span class="decides">*</span>).</p>
+{f'<p class="note">{_e(no_source)}.</p>' if no_source else ""}
 <input id="filter" type="search" placeholder="filter operations" aria-label="filter operations">
 {_operations(records, session.started, session, warn)}</section>
 <script>{_JS}</script>

@@ -85,7 +85,15 @@ padding:.2rem .6rem;border-top:1px solid #eaeef2}
 .steps details>summary .name::before{content:"\\25b8\\00a0";color:#6e7781}
 .steps details[open]>summary .name::before{content:"\\25be\\00a0"}
 .steps .more{padding:.3rem .8rem .6rem 2rem;background:#fbfcfd;border-top:1px dashed #eaeef2}
-.steps .more pre{margin:.3rem 0;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.95em}
+.steps .more{font-size:.95em}
+.code p.where{margin:.4rem 0 .1rem;color:#57606a}
+.code pre{margin:0 0 .3rem;padding:.3rem 0;background:#f6f8fa;border:1px solid #eaeef2;border-radius:4px;
+white-space:pre-wrap;overflow-wrap:anywhere;font-size:.92em;line-height:1.35}
+.code pre>span{display:block;min-height:1.35em;padding:0 .6rem 0 5.2em;text-indent:-4.6em}
+.code pre i{display:inline-block;width:4.6em;text-indent:0;padding-right:.8em;text-align:right;font-style:normal;color:#8c959f}
+.code .decides,#operations span.decides{background:#fff3b0}.code .call,#operations span.call{background:#ddf4ff}
+.code .decides>i::before{content:"* "}.code .call>i::before{content:"> "}
+.code .gap{color:#8c959f;text-indent:0;padding-left:3.4em}
 
 @media (max-width:800px){
 .steps .row{grid-template-columns:minmax(0,1fr) auto;grid-template-areas:"name status" "values us" "src src"}
@@ -120,7 +128,7 @@ def css(type_colours, op_colours):
     return _BASE + depths + "\n" + types + "\n" + ops + "\n"
 
 
-# The only script: the filter box over the operations, and a kernel path opened when its operation
+# The only script: the filter box over the operations (their rows, not the code of their paths), and a kernel path opened when its operation
 # is linked to (#op-N, from the timeline). It marks the page ready when it ran to its end, which
 # the tests read in the rendered DOM.
 SCRIPT = """
@@ -130,7 +138,7 @@ SCRIPT = """
   box.addEventListener("input", function () {
     var want = box.value.toLowerCase();
     ops.forEach(function (op) {
-      op.hidden = want !== "" && op.textContent.toLowerCase().indexOf(want) < 0;
+      op.hidden = want !== "" && op.rows[0].textContent.toLowerCase().indexOf(want) < 0;
     });
   });
   function reveal() {
