@@ -139,8 +139,8 @@ def test_html_links_each_step_to_its_line_at_that_version(tmp_path):
     text = page.read_text()
     spot = sourcelines.where("copy_namespaces", "6.1.0-57-amd64")
     assert f'href="https://elixir.bootlin.com/linux/v{spot.version}/source/kernel/nsproxy.c#L{spot.line}"' in text
-    assert re.search(r'<tr class="observed created"><td class="step d4">.*?copy_pid_ns</a>', text), "copy_pid_ns made new"
-    assert re.search(r'<tr class="observed"><td class="step d4">.*?copy_net_ns</a>.*?shared', text)
+    assert re.search(r'class="step d4 observed created( row)?">(<summary class="row">)?<span class="name">.*?copy_pid_ns</a>', text), "copy_pid_ns made new"
+    assert re.search(r'class="step d4 observed( row)?">(<summary class="row">)?<span class="name">.*?copy_net_ns</a>.*?shared', text)
 
 
 def test_demo_hint_names_the_lab_command_for_this_run():

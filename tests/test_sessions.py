@@ -165,7 +165,7 @@ def test_render_html_of_10000_records_leaves_out_the_graph_and_grows_linearly(bi
     assert "<svg" not in drawn and "Not drawn: the graph has" in drawn  # dot never ran
     assert all(f'id="op-{n}"' in text for n in (1, BIG // 2, BIG))
     # one unshare(CLONE_NEWUTS) path, written once; every other operation links to it
-    assert text.count('<table class="path">') == 1 and text.count('as for <a href="#op-1">1</a>') == BIG - 1
+    assert text.count('<div class="steps">') == 1 and text.count('as for <a href="#op-1">1</a>') == BIG - 1
     fixed = len(pagemod.html_page(reader.load(_write(tmp_path, lines[:2], "one.jsonl"))))  # one operation's page
     per_op = (len(text.encode()) - fixed) / (BIG - 1)
     bound, unshare = _readme_page_sizes()
@@ -224,7 +224,7 @@ def test_the_page_holds_at_most_page_paths_max_kernel_paths(small, tmp_path, cap
     err = capsys.readouterr().err
     assert "the page shows 2 different kernel paths; those of 1 more operations are left out" in err, err
     text = (tmp_path / "s.html").read_text()
-    assert text.count('<table class="path">') == 2 and "not shown: the page holds 2 different kernel paths" in text
+    assert text.count('<div class="steps">') == 2 and "not shown: the page holds 2 different kernel paths" in text
 
 
 def test_a_session_cut_by_a_full_disk_reads_back(big, tmp_path):

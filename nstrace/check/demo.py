@@ -9,6 +9,7 @@ import os
 
 from ..errors import UsageError
 from ..kernel import flags as fl
+from ..linux.comm import safe_comm
 from . import checker, scenario
 
 
@@ -57,6 +58,18 @@ def build(op, flags):
     return scenario.Scenario("demo", f"{op} {fl.short(fl.decode_flags(flags, op))}", run), run
 
 
+def seen_inside(result):
+    """What the demo's processes reported from inside their namespaces, for the session's end line
+    (the page shows it as demo's report does): [{"what", "facts"}], text escaped as every name
+    from outside is (a hostname is any bytes its namespace's root sets)."""
+    def text(value):
+        if isinstance(value, str):
+            return safe_comm(value.encode("utf-8", "surrogateescape"))
+        return [text(v) for v in value] if isinstance(value, list) else value
+    return [{"what": verdict.expect.what, "facts": {k: text(v) for k, v in verdict.expect.seen_inside.items()}}
+            for verdict in result.verdicts if verdict.expect.seen_inside]
+
+
 def run_demo(op, flags, record_path=None):
     """Run the demo; return (ScenarioResult, nsop report, probe availability).
 
@@ -71,7 +84,7 @@ def run_demo(op, flags, record_path=None):
             from ..session import writer
             with writer.Recorder(record_path, tracer) as recorder:
                 result = checker.run_scenario(sc, writer.RecordingTracer(tracer, recorder))
-                recorder.close(tracer.summary())
+                recorder.close(tracer.summary(), seen_inside=seen_inside(result))
         availability = tracer.availability()
         # The demo's stream ends with its scenario: the kernel's slow part of detaching (in a TCG
         # guest, most of the demo's time: bench --only lab) goes on after nstrace, as for

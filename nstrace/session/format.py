@@ -12,7 +12,8 @@ The file is JSON lines, one object per line, UTF-8:
   record), so a plain ``watch --json > FILE`` is a session too, only without
   header and end;
 - last, the end: ``{"nstrace_session": 1, "kind": "end", "ended", "records", "summary", "snapshot"}``,
-  ``records`` the number of record lines above it.
+  ``records`` the number of record lines above it; ``demo --record`` adds ``seen_inside``: what its
+  processes reported from inside their namespaces (check/demo.py), for the HTML page.
   A session whose recorder was killed has no end line; it still reads.
 
 ``nstrace_session`` is the format version: a reader refuses versions newer

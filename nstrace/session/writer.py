@@ -85,9 +85,10 @@ class Recorder:
             self.write(rec)
         return records
 
-    def close(self, summary=None):
-        """Write the end line (summary: Tracer.summary()) and close. Safe to call twice. A file a
-        write failed in is closed as it is, without one: it reads as an interrupted recording."""
+    def close(self, summary=None, seen_inside=None):
+        """Write the end line (summary: Tracer.summary(); seen_inside: what a demo's processes saw
+        from inside, check/demo.py) and close. Safe to call twice. A file a write failed in is closed
+        as it is, without one: it reads as an interrupted recording."""
         if self._file is None:
             return
         if self._cut:
@@ -98,9 +99,11 @@ class Recorder:
             self._file = None
             return
         try:
-            self._line({"nstrace_session": VERSION, "kind": "end", "ended": time.time(), "records": self.count,
-                        "summary": summary,
-                        "snapshot": nsmap.snapshot().to_json() if self._snapshots else None})
+            end = {"nstrace_session": VERSION, "kind": "end", "ended": time.time(), "records": self.count,
+                   "summary": summary, "snapshot": nsmap.snapshot().to_json() if self._snapshots else None}
+            if seen_inside:
+                end["seen_inside"] = seen_inside
+            self._line(end)
         finally:
             self._file.close()
             self._file = None
