@@ -118,10 +118,15 @@ def _load_selected(file, pid, comm, ops, types, container, ns):
               help="Under each operation, its kernel path with each step's code: the line that called it and "
                    "its definition, the deciding test marked (Debian's source of the recorded kernel, "
                    "fetched once as root).")
-def show_command(file, pid, comm, ops, types, container, ns, as_json, with_source):
+@click.option("--explain", is_flag=True,
+              help="Under each step of a kernel path, what the function does and the kernel-notes paragraph "
+                   "that explains its concept (--json always carries them: `does`, `notes`).")
+def show_command(file, pid, comm, ops, types, container, ns, as_json, with_source, explain):
     """Replay a recorded session (watch --record FILE) with watch's filters and formats."""
     if with_source and as_json:
         raise UsageError("--source is for the table, not --json")
+    if explain and as_json:
+        raise UsageError("--explain is for the table: --json always carries each step's `does` and `notes`")
     sess, shown, filtered = _load_selected(file, pid, comm, ops, types, container, ns)
     status(sess.describe())
     kernel = sess.kernel
@@ -130,7 +135,7 @@ def show_command(file, pid, comm, ops, types, container, ns, as_json, with_sourc
         with_source = False
     if with_source:
         _source_for(kernel.get("release"))
-    stream = table.Table(containers=any(table.has_container(r) for r in shown))
+    stream = table.Table(containers=any(table.has_container(r) for r in shown), explain=explain)
     if not as_json:
         click.echo(stream.header())
         if with_source:

@@ -20,3 +20,19 @@ def notes():
 def source_file(func):
     """The kernel source file a function lives in, per kernel-notes."""
     return notes().get("function", {}).get(func, {}).get("file", "?")
+
+
+def does(func):
+    """What the function does, per kernel-notes ("" for one the notes do not describe)."""
+    return notes().get("function", {}).get(func, {}).get("does", "")
+
+
+def notes_pointer(func):
+    """The kernel-notes paragraph explaining the concept the function's step teaches, as
+    "FILE#ANCHOR" under kernel-notes/, or ""."""
+    return notes().get("function", {}).get(func, {}).get("notes", "")
+
+
+def gist(pointer):
+    """That paragraph in a sentence or two, as shipped in paths.toml ("" for no pointer)."""
+    return notes().get("concept", {}).get(pointer, {}).get("gist", "")

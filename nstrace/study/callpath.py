@@ -7,8 +7,8 @@ what it did.
 import dataclasses
 import errno as errno_mod
 
+from ..kernel import documented, sourcelines
 from ..kernel import flags as fl
-from ..kernel import sourcelines
 from ..kernel.functions import ENTRY_ONLY
 
 #
@@ -31,11 +31,18 @@ INSTALL_TYPE = {"mntns_install": "mnt", "utsns_install": "uts", "ipcns_install":
 def annotate(rec, release=None):
     """Give each step of rec.kernel_path its `line`, where the function is defined in the kernel of
     `release` (default: the running kernel), and each copy_*() exit `created`. A line taken from
-    another version (the kernel's series is not covered) names it in `line_from`. In place; steps
-    that already carry them keep theirs."""
+    another version (the kernel's series is not covered) names it in `line_from`. Each call's first
+    step (its entry, or its exit when it was entered before the probes were attached) gets what the
+    function does and where kernel-notes explain it (explain). In place; steps that already carry
+    them keep theirs."""
     release = release or sourcelines.running_release()
     before = rec.ns_before or {}
+    entered = set()
     for s in rec.kernel_path:
+        if s["kind"] == "enter" or s["func"] not in entered:
+            explain(s)
+        if s["kind"] == "enter":
+            entered.add(s["func"])
         if "line" not in s:
             spot = sourcelines.where(s["func"], release)
             s["line"] = spot.line if spot else None
@@ -50,6 +57,39 @@ def annotate(rec, release=None):
             # would say the same, and the steps do not carry it).
             s["created"] = s["inode"] != before[entry]
     return rec
+
+
+NOTES_DIR = "kernel-notes/"
+
+
+def explain(step):
+    """Add to a step `does`, what its function does, and `notes`, the kernel-notes paragraph of the
+    concept it teaches ("kernel-notes/pid.md#pid-for-children"), where paths.toml has them."""
+    if "does" in step:
+        return
+    text, pointer = documented.does(step["func"]), documented.notes_pointer(step["func"])
+    if text:
+        step["does"] = text
+    if pointer:
+        step["notes"] = NOTES_DIR + pointer
+
+
+def explanation(func):
+    """(does, notes pointer, gist) of a function, as --explain prints them under its row; "" where
+    paths.toml has none."""
+    pointer = documented.notes_pointer(func)
+    return documented.does(func), (NOTES_DIR + pointer if pointer else ""), documented.gist(pointer)
+
+
+def explain_lines(func, said):
+    """What --explain prints under a step of func: "does: ..." and "notes: FILE#ANCHOR: gist". A
+    paragraph already in `said` (a set, updated) is named again without its gist."""
+    text, pointer, summary = explanation(func)
+    lines = [f"does: {text}"] if text else []
+    if pointer:
+        lines.append(f"notes: {pointer}" + (f": {summary}" if summary and pointer not in said else " (above)"))
+        said.add(pointer)
+    return lines
 
 
 @dataclasses.dataclass

@@ -110,39 +110,58 @@ class Table:
     from the start if asked (show knows all its records), else from the first such record on,
     under a header line of its own."""
 
-    def __init__(self, containers=False):
+    def __init__(self, containers=False, explain=False):
         self.containers = containers
+        self.explain = explain
 
     def header(self):
         return header(self.containers)
 
     def row(self, rec):
         if self.containers or not has_container(rec):
-            return row(rec, containers=self.containers)
+            return row(rec, containers=self.containers, explain=self.explain)
         self.containers = True
-        return self.header() + "\n" + row(rec, containers=True)
+        return self.header() + "\n" + row(rec, containers=True, explain=self.explain)
 
 
-def path_table(rec, indent="    "):
+EXPLAIN_WIDTH = 100  # an explanation's lines, wrapped: a terminal's width, not the table's
+
+
+def explained(lines, indent):
+    """--explain's lines under a row (callpath.explain_lines), each wrapped under its label."""
+    import textwrap
+    out = []
+    for line in lines:
+        label = line.split(": ", 1)[0] + ": "
+        out += textwrap.wrap(line, EXPLAIN_WIDTH, initial_indent=indent, subsequent_indent=indent + " " * len(label),
+                             break_on_hyphens=False)
+    return out
+
+
+def path_table(rec, indent="    ", explain=False):
     """The record's kernel path, one call a line, nested by call depth: arguments, result (new or
-    shared for a copy_*), µs and source line; a why under a call that needs one."""
+    shared for a copy_*), µs and source line; a why under a call that needs one, and with `explain`
+    what the function does and the kernel-notes paragraph of its concept."""
     from ..study import callpath  # only records from the function layer get here
     rows = callpath.path_rows(rec)
     table = [["  " * depth + text, "-" if us is None else f"{us:.1f}", source] for depth, text, _, source, us, _ in rows]
     text = tabulate(table, headers=["kernel path", "µs", "source"], tablefmt="plain", disable_numparse=True,
                     colalign=("left", "right", "left"), preserve_whitespace=True).split("\n")
-    out, said = [indent + text[0].rstrip()], set()
-    for line, (depth, _, why, _, _, _) in zip(text[1:], rows):
+    out, said, read = [indent + text[0].rstrip()], set(), set()
+    for line, (depth, _, why, _, _, call) in zip(text[1:], rows):
         out.append(indent + line.rstrip())
+        under = indent + "  " * (depth + 1)
         if why and why not in said:  # under its call, outside the table: a long why must not widen every row
-            out.append(indent + "  " * (depth + 1) + f"/* {why} */")
+            out.append(under + f"/* {why} */")
             said.add(why)  # once: the seven copy_* of one call may all have the same
+        if explain:
+            out += explained(callpath.explain_lines(call.func, read), under + "| ")
     return out
 
 
-def row(rec, path=True, containers=False):
-    """The record as one table line plus indented detail lines (its kernel path with `path`); the
-    CONTAINER cell last with `containers`."""
+def row(rec, path=True, containers=False, explain=False):
+    """The record as one table line plus indented detail lines (its kernel path with `path`, each
+    step explained with `explain`); the CONTAINER cell last with `containers`."""
     stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts * 1000) % 1000:03d}"
     line = _row([stamp, rec.comm, rec.pid, rec.tid, rec.op, flags_cell(rec), ret_cell(rec),
                  rec.child_pid or "-", nsproxy_cell(rec), proc_cell(rec)])
@@ -154,7 +173,7 @@ def row(rec, path=True, containers=False):
     for entry in rec.changed:
         details.append(f"    {entry:<17} {(rec.ns_before or {}).get(entry)} -> {(rec.ns_after or {}).get(entry)}")
     if rec.kernel_path and path:
-        details += path_table(rec)
+        details += path_table(rec, explain=explain)
     if rec.proc_check and rec.proc_check["status"] == "mismatch":
         for entry, d in (rec.proc_check.get("diff") or {}).items():
             details.append(f"    /proc differs: {entry} kernel {d['kernel']} /proc {d['proc']}")
