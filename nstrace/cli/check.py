@@ -21,7 +21,10 @@ from .params import file_name
               help="Also draw the run: an SVG graph, an HTML page, or a Perfetto trace.")
 @click.option("--output", "-o", "picture_path", type=click.Path(dir_okay=False), callback=file_name,
               help="Where --picture goes (default: nstrace-demo.<svg|html|json>).")
-def demo(flag_text, op, record_path, picture, picture_path):
+@click.option("--explain", is_flag=True,
+              help="Under each step of the kernel path, what the function does and the kernel-notes paragraph "
+                   "that explains its concept.")
+def demo(flag_text, op, record_path, picture, picture_path, explain):
     """Run one namespace operation, trace it, and show what the kernel did beside what its source says."""
     import tempfile
 
@@ -38,7 +41,7 @@ def demo(flag_text, op, record_path, picture, picture_path):
             if picture_fd is not None:
                 os.close(picture_fd)
             raise
-        click.echo(reports.demo_report(result, report, availability))
+        click.echo(reports.demo_report(result, report, availability, explain))
         if picture:
             from ..session import reader
             from ..view import render

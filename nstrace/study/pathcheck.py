@@ -44,6 +44,8 @@ class StepResult:
     note: str = ""       # observed: why it did what it did, where that is not obvious (callpath.why)
     duration_us: float | None = None
     source: str = ""     # observed: file:line in the recorded kernel's version
+    does: str = ""       # what the function does (paths.toml), for --explain and --json
+    notes: str = ""      # the kernel-notes paragraph of the concept the step teaches ("kernel-notes/F.md#A")
 
     @property
     def failed(self):
@@ -203,6 +205,7 @@ def compare(rec, hooks, tracepoints, release=None):
             status = "not observed"
             reason = f"the record was full: {rec.kernel_path_dropped} steps dropped" if rec.kernel_path_dropped else ""
         result = StepResult(step["name"], step["kind"], file, expected, status, reason, depth=depth[step["name"]])
+        result.does, result.notes, _ = callpath.explanation(step["name"])
         call = observed.get(step["name"]) if step["kind"] == "function" and index is not None else None
         if call is not None:
             result.values = _values(call, rec)
@@ -223,11 +226,12 @@ def compare(rec, hooks, tracepoints, release=None):
         results.append(result)
     for func, call in observed.items():
         if func not in by_name:
+            does, pointer, _ = callpath.explanation(func)
             results.append(StepResult(func, "function", documented.source_file(func), False, "undocumented",
                                       f"not in the documented path of {rec.op} (kernel-notes/paths.toml)",
                                       depth=call.depth, values=_values(call, rec),
                                       note=callpath.why(call, rec, hooks), duration_us=call.duration_us,
-                                      source=callpath.source_text(call.step)))
+                                      source=callpath.source_text(call.step), does=does, notes=pointer))
     # Documented order: observed steps must appear in the order the notes list them.
     last = None
     for index, pos in seen_order:

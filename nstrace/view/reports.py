@@ -4,8 +4,8 @@ table. Each is made once, at the end of its command; the streaming table is view
 import dataclasses
 
 from ..kernel import flags as fl
-from ..study import pathcheck
-from .table import fit, header, row, tabulate
+from ..study import callpath, pathcheck
+from .table import explained, fit, header, row, tabulate
 from .terminal import lines
 
 
@@ -164,10 +164,11 @@ def check_json(results):
 SHOWN = ("observed", "unexpected", "out of order", "out of place", "undocumented")
 
 
-def documented_and_observed(results, common=None):
+def documented_and_observed(results, common=None, explain=False):
     """The documented path and the observed one as one table: each documented step nested by its
     documented caller, with what was observed of it (arguments, result, new or shared, µs, source
-    line) or why it was not; calls the notes do not list follow. A why under a step that has one."""
+    line) or why it was not; calls the notes do not list under their caller. A why under a step that
+    has one; with `explain`, what the step does and the kernel-notes paragraph of its concept."""
     shown = [s for s in results if s.expected or s.status in SHOWN]
     table = []
     for s in shown:
@@ -177,13 +178,15 @@ def documented_and_observed(results, common=None):
     text = tabulate(table, headers=["step", "on this kernel", "observed, or why not", "µs", "source"],
                     tablefmt="simple", disable_numparse=True, colalign=("left", "left", "left", "right", "left"),
                     preserve_whitespace=True).split("\n")
-    out, said = [line.rstrip() for line in text[:2]], set()
+    out, said, read = [line.rstrip() for line in text[:2]], set(), set()
     for line, s in zip(text[2:], shown):
         out.append(line.rstrip())
         note = s.note or (s.reason if s.values else "")
         if note and note not in said:  # once: the seven copy_* of one call may all have the same
             out.append("  " * (s.depth + 1) + f"/* {note} */")
             said.add(note)
+        if explain:
+            out += explained(callpath.explain_lines(s.name, read), "  " * (s.depth + 1) + "| ")
     return out
 
 
@@ -197,7 +200,6 @@ def lab_command(expect):
 
 def _switch_note(rec, availability):
     """What became of the old nsproxy, where the kernel path shows the switch."""
-    from ..study import callpath
     if not rec.kernel_path:
         return ""
     hooks, _ = pathcheck.recorded_hooks(availability)
@@ -208,7 +210,7 @@ def _switch_note(rec, availability):
     return ""
 
 
-def demo_report(result, report, availability):
+def demo_report(result, report, availability, explain=False):
     out = [f"nstrace demo: {result.summary}", ""]
     records = [v.record for v in result.verdicts if v.record]
     if result.error:
@@ -245,7 +247,7 @@ def demo_report(result, report, availability):
             continue
         what = v.expect.what or v.expect.op
         out.append(f"== Kernel path of {what}: documented (kernel-notes/paths.toml) and observed")
-        out += documented_and_observed(v.steps, common)
+        out += documented_and_observed(v.steps, common, explain)
         out.append("")
     functions = [a for a in availability if a["layer"] == "function"]
     if functions and not any(a["attached"] for a in functions) and result.verdicts:
