@@ -13,6 +13,10 @@ _ROWS = defs.rows("functions.def", "HOOK")  # (kind, fn, ...)
 # enum nstrace_func of probes/nstrace.h, by value: a row's position, from 1
 FUNCTIONS = (None, *(fn for _, fn, *_ in _ROWS))
 
+# The namespace a CALL row's RET_NS function returns, by function: its slot's /proc entry name (NS_MNT: "mnt").
+NS_RETURNED = {fn: slot.removeprefix("NS_").lower() for kind, fn, *rest in _ROWS
+               if kind == "CALL" for _, ret, slot in [rest] if ret == "RET_NS"}
+
 # Hooked on entry only: the namespace tree's insertion (BIRTH), and each death function (DEATH, DEATH_ANY),
 # whose death record is made on the way in.
 ENTRY_ONLY = frozenset(fn for kind, fn, *_ in _ROWS if kind in ("BIRTH", "DEATH", "DEATH_ANY"))

@@ -9,7 +9,7 @@ import errno as errno_mod
 
 from ..kernel import documented, sourcelines
 from ..kernel import flags as fl
-from ..kernel.functions import ENTRY_ONLY
+from ..kernel.functions import ENTRY_ONLY, NS_RETURNED
 
 #
 # What decode_step makes is one step per probe hit. Below: each step's source line in the
@@ -193,7 +193,7 @@ def result(call, rec=None):
     if "ret" in s:
         ret = s["ret"]
         return str(ret) if ret >= 0 else f"{ret} {errno_mod.errorcode.get(-ret, '')}".rstrip()
-    entry = COPY_ENTRY.get(call.func)
+    entry = COPY_ENTRY.get(call.func) or NS_RETURNED.get(call.func)
     if entry and s.get("inode"):
         mark = {True: " new", False: " shared"}.get(s.get("created"), "")
         return _ns(entry, s["inode"]) + mark
@@ -246,13 +246,17 @@ def switch_summary(call, hooks=None):
     old_refs = s.get("old_refs")
     hooked = [f for f in FREE_NSPROXY if hooks and hooks.get(f) is not None and hooks[f].attached]
     if isinstance(old_refs, int):
+        # Every fork without CLONE_NEW* shares its parent's nsproxy (kernel/nsproxy.c copy_namespaces,
+        # 5.10 to 7.2): the other references are every task that shares it, as all the system's
+        # tasks share init's until one of them makes a new one.
         fate = ("freed: its count was 1, the caller's own reference" if old_refs == 1 else
-                f"kept: its count was {old_refs}, {old_refs - 1} reference{'s' if old_refs != 2 else ''} "
-                "besides the caller's (its children and threads)")
+                f"kept: its count was {old_refs}, the caller's reference and {old_refs - 1} more: every other "
+                "task that shares it (a fork without CLONE_NEW* shares its parent's, so init's is shared by "
+                "every task that never made a new one)")
     elif freed:
         fate = "freed: the caller held its last reference (put_nsproxy dropped the count to 0)"
     elif hooked:
-        fate = f"kept: {hooked[0]} did not run, so others still hold it (the caller's children or threads)"
+        fate = f"kept: {hooked[0]} did not run, so others still hold it (every other task that shares it)"
     elif hooks is not None:
         fate = "freed or kept: no function that frees an nsproxy is probed here"
     else:

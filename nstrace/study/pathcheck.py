@@ -58,6 +58,8 @@ def effective_flags(rec):
     if rec.op == "setns" and not value and rec.target and rec.target.get("type"):
         value = fl.CLONE_FLAGS[fl.NS_TYPES[rec.target["type"]]]
     names = {name.removeprefix("CLONE_") for name in fl.decode_flags(value, rec.op)}
+    if rec.op == "setns" and rec.target:
+        names.add({"pidfd": "PIDFD", "nsfs": "NSFS"}.get(rec.target.get("kind"), "FD"))  # pseudo-flags too
     before = rec.ns_before or {}
     if rec.op in ("clone", "clone3") and "VM" not in names and before.get("time") != before.get("time_for_children"):
         names.add("TIMENS_PENDING")  # a pseudo-flag of kernel-notes/paths.toml: see its key list
@@ -67,6 +69,19 @@ def effective_flags(rec):
 def _expected(step, flags):
     when, unless = set(step.get("when", [])), set(step.get("unless", []))
     return (not when or bool(when & flags)) and not (unless & flags)
+
+
+def _not_on_this_kernel(step, release):
+    """Why a step is not on the path of `release`'s kernel, or None: its `kernels` (the step's, else
+    its function's in paths.toml) leave out that series, one the notes measured."""
+    if step["kind"] != "function" or not release:
+        return None
+    notes = documented.notes()
+    kernels = step.get("kernels", notes.get("function", {}).get(step["name"], {}).get("kernels"))
+    series = sourcelines.series_of(release)
+    if not kernels or series not in notes.get("measured", ()) or series in kernels:
+        return None
+    return f"not on {series}: on {', '.join(kernels)} only" + (f" ({step['why']})" if step.get("why") else "")
 
 
 def _observability(step, hooks, tracepoints):
@@ -184,10 +199,13 @@ def compare(rec, hooks, tracepoints, release=None):
         file = step.get("file") or documented.source_file(step["name"])
         if step["kind"] == "tracepoint":
             file = "include/trace/events/" + ("task.h" if step["name"].startswith("task:") else "syscalls.h")
-        expected = _expected(step, flags)
+        absent = _not_on_this_kernel(step, release)
+        expected = _expected(step, flags) and not absent
         why_not = _observability(step, hooks, tracepoints)
         index = None if why_not else _observed_index(step, rec)
-        if why_not:
+        if why_not and not expected:
+            status, reason = "not expected", absent or step.get("note", "")
+        elif why_not:
             status, reason = "not observable", why_not
         elif index is not None:
             status = "observed" if expected else "unexpected"
@@ -196,7 +214,7 @@ def compare(rec, hooks, tracepoints, release=None):
                 status = "observed"
             seen_order.append((index, len(results)))
         elif not expected:
-            status, reason = "not expected", ""
+            status, reason = "not expected", absent or step.get("note", "")
         elif rec.ret < 0:
             status, reason = "not reached", f"the call failed with {rec.errno}"
         elif step.get("optional"):
@@ -214,7 +232,7 @@ def compare(rec, hooks, tracepoints, release=None):
             result.source = callpath.source_text(call.step)
             want = _expected_caller(step, by_name, observable)
             got = parent.get(id(call))
-            if got != want and status == "observed":
+            if got != want and got not in step.get("reached_from", ()) and status == "observed":
                 result.status = "out of place"
                 result.reason = f"called from {got or 'the syscall itself'}, the notes say {want or 'the syscall itself'}"
         elif index is not None:
@@ -224,14 +242,6 @@ def compare(rec, hooks, tracepoints, release=None):
             spot = sourcelines.where(step["name"], release or sourcelines.running_release())
             result.source = spot.text if spot else file
         results.append(result)
-    for func, call in observed.items():
-        if func not in by_name:
-            does, pointer, _ = callpath.explanation(func)
-            results.append(StepResult(func, "function", documented.source_file(func), False, "undocumented",
-                                      f"not in the documented path of {rec.op} (kernel-notes/paths.toml)",
-                                      depth=call.depth, values=_values(call, rec),
-                                      note=callpath.why(call, rec, hooks), duration_us=call.duration_us,
-                                      source=callpath.source_text(call.step), does=does, notes=pointer))
     # Documented order: observed steps must appear in the order the notes list them.
     last = None
     for index, pos in seen_order:
@@ -240,7 +250,35 @@ def compare(rec, hooks, tracepoints, release=None):
             results[pos].reason = f"seen before {results[last[1]].name}"
         else:
             last = (index, pos)
+    seen_at = {id(results[pos]): index for index, pos in seen_order}
+    for func, call in observed.items():
+        if func not in by_name:
+            does, pointer, _ = callpath.explanation(func)
+            row = StepResult(func, "function", documented.source_file(func), False, "undocumented",
+                             f"not in the documented path of {rec.op} (kernel-notes/paths.toml)",
+                             values=_values(call, rec), note=callpath.why(call, rec, hooks),
+                             duration_us=call.duration_us, source=callpath.source_text(call.step),
+                             does=does, notes=pointer)
+            _place(results, row, parent.get(id(call)), rec.kernel_path.index(call.step), seen_at)
     return results
+
+
+def _place(results, row, caller, index, seen_at):
+    """Put an undocumented call's row under its observed caller, after the rows already nested there,
+    one level in; one called from the syscall itself goes where its time puts it among the rows
+    observed (seen_at: a row's position in the record's path)."""
+    if caller is None:
+        later = [i for i, r in enumerate(results) if seen_at.get(id(r), -1) > index]
+        at = later[0] if later else len(results)
+        row.depth = 0
+    else:
+        at = next(i for i, r in enumerate(results) if r.name == caller and (r.values or r.status == "undocumented"))
+        row.depth = results[at].depth + 1
+        at += 1
+        while at < len(results) and results[at].depth >= row.depth:
+            at += 1
+    seen_at[id(row)] = index
+    results.insert(at, row)
 
 
 def passed(results):

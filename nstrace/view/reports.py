@@ -210,6 +210,15 @@ def _switch_note(rec, availability):
     return ""
 
 
+def nsproxy_line(rec):
+    """The record's two nsproxy ids, said for what they are: a clone switches no one's, its two are
+    the parent's (unchanged) and the child's (kernel/nsproxy.c copy_namespaces, 5.10 to 7.2)."""
+    before, after = rec.nsproxy["before"], rec.nsproxy["after"] or "-"
+    if rec.op in fl.CHILD_OPS:
+        return f"nsproxy: the parent's {before}, the child's {after} (short ids, not addresses)"
+    return f"task->nsproxy: {before} -> {after} (short ids, not addresses)"
+
+
 def demo_report(result, report, availability, explain=False):
     out = [f"nstrace demo: {result.summary}", ""]
     records = [v.record for v in result.verdicts if v.record]
@@ -231,8 +240,7 @@ def demo_report(result, report, availability, explain=False):
                 tabulate(rows, headers=["entry", "kernel before", "kernel after", "/proc now", ""],
                          tablefmt="simple"), ""]
         if main.nsproxy:
-            out.append(f"task->nsproxy: {main.nsproxy['before']} -> {main.nsproxy['after'] or '-'} "
-                       "(short ids, not addresses)" + _switch_note(main, availability))
+            out.append(nsproxy_line(main) + _switch_note(main, availability))
             out.append("")
     seen = [(v.expect.what, v.expect.seen_inside) for v in result.verdicts if v.expect.seen_inside]
     if seen:
