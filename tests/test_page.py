@@ -283,8 +283,9 @@ def test_a_lab_session_with_kernel_paths_reads_well_at_1400_px(browser, tmp_path
         document.querySelectorAll('.steps .step').length, document.querySelectorAll('.steps .observed').length,
         getComputedStyle(document.querySelector('.steps .observed .status')).color]""")
     assert steps[0] == 0 and steps[1] > steps[2] > len(records) and steps[3] == "rgb(26, 127, 55)", steps
-    # no demo recorded these with what it saw from inside: the page has no such section
-    assert browser.evaluate("document.getElementById('inside')") is None
+    # what a demo saw from inside, where it recorded it (the older sessions did not): a section of its own
+    inside = bool((reader.load(session).end or {}).get("seen_inside"))
+    assert (browser.evaluate("document.getElementById('inside')") is not None) == inside
 
 
 @pytest.fixture(scope="module")
@@ -467,7 +468,10 @@ def test_without_the_source_a_page_says_how_to_get_it_once(browser, tmp_path):
     browser.open(page.as_uri())
     assert browser.evaluate("[...document.querySelectorAll('#operations p.note')].map(p => p.textContent)")[1] == \
         said + "."
-    assert browser.evaluate(STEP_CODE) == []  # file:line alone, no step to open
+    # file:line alone, no code; each step still opens on what it does (shipped with nstrace)
+    steps = browser.evaluate(STEP_CODE)
+    assert steps and all(where == calls == decides == [] for _, where, calls, decides in steps), steps
+    assert all(texts for _, _, texts in browser.evaluate(EXPLAINED))
 
 
 def test_the_source_is_text_on_the_page():
@@ -480,3 +484,26 @@ def test_the_source_is_text_on_the_page():
         '<p class="where">defined at <a href="https://elixir.bootlin.com/linux/v6.1.192/source/kernel/x.c#L3">'
         'kernel/x.c:3</a></p><pre><span class="decides"><i>3</i>        x = 1; /* &lt;/pre&gt;&lt;script&gt;'
         'alert(1)&lt;/script&gt; \\x1b[2J */</span><span class="gap">\u2026</span><span><i>5</i>}</span></pre>')
+
+
+EXPLAINED = """[...document.querySelectorAll('.steps details.step')].map(d => [d.querySelector('.name a').textContent,
+    d.open, [...d.querySelectorAll('.explain p')].map(p => p.textContent)])"""
+
+
+@needs_chromium
+def test_each_step_expands_on_what_it_does_and_why_it_matters(browser, tmp_path):
+    """Each step of the path opens on what it does and the kernel-notes paragraph of its concept,
+    with that paragraph's gist (from the package: offline), beside its code; folded until opened, and
+    the page still reads well at 1400, 800 and 400 px with every step open."""
+    from nstrace.kernel import documented
+    from nstrace.session import reader
+    session = DATA / "lab-6.1-demo-newns.jsonl"
+    page = render(session, tmp_path / "page.html")
+    reads_well(browser, page, len(reader.load(session).records))
+    browser.open(page.as_uri())
+    steps = {name: (opened, texts) for name, opened, texts in browser.evaluate(EXPLAINED)}
+    opened, texts = steps["copy_pid_ns"]
+    assert not opened
+    assert texts == ["does " + documented.does("copy_pid_ns"),
+                     "why it matters kernel-notes/pid.md#pid-for-children: " + documented.gist("pid.md#pid-for-children")]
+    assert steps["alloc_mnt_ns"][1][1].startswith("why it matters kernel-notes/mnt.md#mount-copying")

@@ -169,6 +169,19 @@ def _step_html(s, tag, release, shown, note, more=""):
     return f'<details class="{klass}"><summary class="row">{cells}</summary><div class="more">{more}</div></details>'
 
 
+@functools.lru_cache(maxsize=256)
+def _explain_html(func):
+    """What the step does and the kernel-notes paragraph of the concept it teaches, with its gist
+    (paths.toml, shipped with nstrace: the page needs no network for it); "" where the notes say
+    nothing of func."""
+    does, pointer, gist = callpath.explanation(func)
+    parts = [f'<p class="does"><b>does</b> {_e(does)}</p>'] if does else []
+    if pointer:
+        parts.append(f'<p class="notes"><b>why it matters</b> <code>{_e(pointer)}</code>'
+                     + (f": {_e(gist)}" if gist else "") + "</p>")
+    return f'<div class="explain">{"".join(parts)}</div>' if parts else ""
+
+
 def _callers(rec):
     """Who called each function of rec's path: the caller a probe saw (its first call), else the one
     paths.toml documents (its first `in`)."""
@@ -245,7 +258,7 @@ def _path_html(rec, tag, hooks, tracepoints, common=None, release=None, opened=T
         note = s.note or (s.reason if s.values and s.reason else "")
         note, said = ("" if note in said else note), said | {note}  # each why once: seven copies say it seven times
         code = _code(s.name, callers.get(s.name), release, version) if s.kind == "function" and release else ""
-        rows.append(_step_html(s, tag, release, s.values or why_not, note, code))
+        rows.append(_step_html(s, tag, release, s.values or why_not, note, _explain_html(s.name) + code))
     if not rows:
         return None
     return (f'<details class="path"{" open" if opened else ""}><summary>{_e(_path_summary(results))}</summary>'

@@ -86,6 +86,7 @@ padding:.2rem .6rem;border-top:1px solid #eaeef2}
 .steps details[open]>summary .name::before{content:"\\25be\\00a0"}
 .steps .more{padding:.3rem .8rem .6rem 2rem;background:#fbfcfd;border-top:1px dashed #eaeef2}
 .steps .more{font-size:.95em}
+.explain p{margin:.2rem 0 .3rem;overflow-wrap:anywhere}.explain b{color:#57606a;font-weight:600;margin-right:.3em}
 .code p.where{margin:.4rem 0 .1rem;color:#57606a}
 .code pre{margin:0 0 .3rem;padding:.3rem 0;background:#f6f8fa;border:1px solid #eaeef2;border-radius:4px;
 white-space:pre-wrap;overflow-wrap:anywhere;font-size:.92em;line-height:1.35}
