@@ -138,3 +138,28 @@ def test_demo_explain_on_this_machine_explains_the_documented_steps():
     assert "| notes: kernel-notes/clone.md#nsproxy-sharing" in table
     plain = _nstrace("demo", "--flags", "NEWUTS")
     assert "| does:" not in plain.stdout
+
+
+@pytest.mark.lab
+@pytest.mark.root("boots a 6.1 guest and runs demo in it as root")
+def test_demo_explain_on_6_1_in_the_lab(tmp_path):
+    """The function layer runs only in the lab: one 6.1 boot, demo --explain there, its path rows
+    right (alloc_mnt_ns under copy_mnt_ns, returning the new mount namespace, before the syscall's
+    exit) and each observed step explained; the session it brings back carries the texts."""
+    done = subprocess.run([str(NSTRACE), "lab", "--kernel", "6.1", "--", "demo", "--explain", "--record", "d.jsonl"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "result: trace matches the documented path" in out
+    table = out.split("== Kernel path of")[1]
+    m = re.search(r"^ {8}copy_utsname +observed +\(NEWNS\|NEWUTS\|NEWPID\) = uts:\[\d+\] new .*\n"
+                  r" {10}\| does: (.*)\n", table, re.M)
+    assert m and documented.does("copy_utsname").startswith(m.group(1).strip()), table
+    mnt = re.search(r"^ {10}alloc_mnt_ns +observed +\(\) = mnt:\[(\d+)\] \(count 1\)", table, re.M)
+    assert mnt and table.index("copy_mnt_ns ") < mnt.start() < table.index("syscalls:sys_exit_clone"), table
+    assert "undocumented" not in table and "nsproxy: the parent's " in out
+    sess = reader.load(tmp_path / "d.jsonl")
+    [clone] = [r for r in sess.records if r.op == "clone" and r.changed]
+    entries = {s["func"]: s for s in clone.kernel_path if s["kind"] == "enter"}
+    assert entries["copy_pid_ns"]["notes"] == "kernel-notes/pid.md#pid-for-children"
+    assert entries["alloc_mnt_ns"]["does"] == documented.does("alloc_mnt_ns")
