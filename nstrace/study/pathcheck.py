@@ -199,7 +199,7 @@ def compare(rec, hooks, tracepoints, release=None):
         file = step.get("file") or documented.source_file(step["name"])
         if step["kind"] == "tracepoint":
             file = "include/trace/events/" + ("task.h" if step["name"].startswith("task:") else "syscalls.h")
-        absent = _not_on_this_kernel(step, release)
+        absent = _not_on_this_kernel(step, release or sourcelines.running_release())
         expected = _expected(step, flags) and not absent
         why_not = _observability(step, hooks, tracepoints)
         index = None if why_not else _observed_index(step, rec)
