@@ -77,11 +77,17 @@ def _not_on_this_kernel(step, release):
     if step["kind"] != "function" or not release:
         return None
     notes = documented.notes()
-    kernels = step.get("kernels", notes.get("function", {}).get(step["name"], {}).get("kernels"))
+    own = step.get("kernels")
+    function = notes.get("function", {}).get(step["name"], {})
+    kernels = own or function.get("kernels")
     series = sourcelines.series_of(release)
     if not kernels or series not in notes.get("measured", ()) or series in kernels:
         return None
-    return f"not on {series}: on {', '.join(kernels)} only" + (f" ({step['why']})" if step.get("why") else "")
+    if own:  # the function exists there, but this is not its path on that kernel
+        return f"not on {series}'s path: on {', '.join(kernels)} only" + (f" ({step['why']})" if step.get("why") else "")
+    # `kernels` is where the BTF has it: elsewhere it is gone, renamed or inlined, never probed
+    since = f"; since {function['since']}" if function.get("since") else ""
+    return f"not in {series}: a function of {', '.join(kernels)} only (their BTF){since}"
 
 
 def _observability(step, hooks, tracepoints):
