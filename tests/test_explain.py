@@ -34,7 +34,8 @@ def _nstrace(*args, cwd=None):
 
 
 def test_every_notes_pointer_names_a_concept_whose_anchor_exists():
-    pointers = {f["notes"] for f in PATHS["function"].values() if "notes" in f}
+    steps = [*PATHS["function"].values(), *PATHS["tracepoint"].values()]
+    pointers = {f["notes"] for f in steps if "notes" in f}
     assert pointers == set(PATHS["concept"]), pointers ^ set(PATHS["concept"])
     for pointer, concept in PATHS["concept"].items():
         file, anchor = pointer.split("#")
@@ -54,8 +55,10 @@ def test_the_concepts_the_issue_names_are_pointed_to():
     assert documented.notes_pointer("copy_mnt_ns") == "mnt.md#mount-copying"
 
 
-def test_every_hooked_function_says_what_it_does():
+def test_every_hooked_function_and_documented_step_says_what_it_does():
     assert [f for f in FUNCTIONS[1:] if not documented.does(f)] == []
+    steps = {s["name"] for op in PATHS["op"].values() for s in op["step"]}
+    assert sorted(s for s in steps if not documented.does(s)) == []
 
 
 def test_the_installed_package_has_the_texts_outside_the_checkout(tmp_path):

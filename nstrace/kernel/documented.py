@@ -22,15 +22,20 @@ def source_file(func):
     return notes().get("function", {}).get(func, {}).get("file", "?")
 
 
-def does(func):
-    """What the function does, per kernel-notes ("" for one the notes do not describe)."""
-    return notes().get("function", {}).get(func, {}).get("does", "")
+def _step(name):
+    """A path step's table: [function.NAME], or [tracepoint."NAME"] for a tracepoint (system:event)."""
+    return notes().get("tracepoint" if ":" in name else "function", {}).get(name, {})
 
 
-def notes_pointer(func):
-    """The kernel-notes paragraph explaining the concept the function's step teaches, as
-    "FILE#ANCHOR" under kernel-notes/, or ""."""
-    return notes().get("function", {}).get(func, {}).get("notes", "")
+def does(name):
+    """What the step does, per kernel-notes ("" for one the notes do not describe)."""
+    return _step(name).get("does", "")
+
+
+def notes_pointer(name):
+    """The kernel-notes paragraph explaining the concept the step teaches, as "FILE#ANCHOR" under
+    kernel-notes/, or ""."""
+    return _step(name).get("notes", "")
 
 
 def gist(pointer):
