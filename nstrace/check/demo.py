@@ -15,10 +15,12 @@ from . import checker, scenario
 
 def build(op, flags):
     """A Scenario performing op with flags (setns: into new namespaces of those types)."""
-    other = flags & ~fl.CLONE_NEW_MASK
+    makers = fl.ns_flags(op)
+    other = flags & ~sum(makers)
     if other:
-        raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, 'clone3'))}: "
-                         f"valid are {', '.join(n.removeprefix('CLONE_') for n in fl.NS_TYPES.values())}")
+        names = {bit: name for name, bit in fl.flag_table(op).items()}
+        raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, op))}: "
+                         f"valid for {op} are {', '.join(fl.short([names[bit]]) for bit in makers)}")
     types = fl.requested_types(flags, op)
     if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
         raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")
