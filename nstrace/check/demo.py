@@ -7,7 +7,7 @@ needs: the records, the /proc links, the inside view and the path verdicts.
 
 import os
 
-from ..errors import UsageError
+from ..errors import KernelSupportError, UsageError
 from ..kernel import flags as fl
 from ..linux.comm import safe_comm
 from . import checker, scenario
@@ -22,6 +22,10 @@ def build(op, flags):
         raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, op))}: "
                          f"valid for {op} are {', '.join(fl.short([names[bit]]) for bit in makers)}")
     types = fl.requested_types(flags, op)
+    lacking = scenario.lacks_empty_mntns(flags, op)
+    if lacking:
+        raise KernelSupportError(f"{lacking}; `nstrace lab --kernel sid -- demo --op {op} --flags EMPTY_MNTNS` "
+                                 "runs it on Debian's newest kernel")
     if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
         raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")
     if op == "setns" and not types:

@@ -20,6 +20,7 @@ from .scenario import (
     Unsupported,
     flag,
     hold,
+    lacks_empty_mntns,
     report,
     run_inside,
     run_inside_main,
@@ -95,22 +96,12 @@ scenario("fsmount-namespace", "fsmount(tmpfs, FSMOUNT_NAMESPACE) returns a new m
 
 # --- empty mount namespaces (7.1+) ------------------------------------------------------------
 
-# CLONE_EMPTY_MNTNS and UNSHARE_EMPTY_MNTNS came with 7.1 (include/uapi/linux/sched.h); a kernel
-# before refuses both with EINVAL (clone3_args_valid(), check_unshare_flags(): kernel/fork.c, 6.12)
-EMPTY_MNTNS_SINCE = (7, 1)
-
-
-def _kernel_series():
-    major, minor = os.uname().release.split(".")[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
-
-
 def _empty_mount_ns_birth(op, flag_name):
     """A scenario body: op with flag_name makes a mount namespace holding only a copy of the root mount."""
     def run(launcher):
-        if _kernel_series() < EMPTY_MNTNS_SINCE:
-            raise Unsupported(f"this kernel ({os.uname().release}) has no {flag_name}: Linux 7.1+")
         flags = fl.flag_table(op)[flag_name]
+        if lacks_empty_mntns(flags, op):
+            raise Unsupported(lacks_empty_mntns(flags, op))
         h = launcher.nsop({"op": op, "flags": flags, "inside": True})
         who = "the child" if op == "clone3" else "the caller"
         return [Expect(op, pid=h.pid, flags=flags, changed=["mnt"], inside={"mounts": 1},
