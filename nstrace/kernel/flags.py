@@ -9,6 +9,7 @@ from. The low byte of clone()'s flags (CSIGNAL) is the exit signal, which is why
 inside that byte) only works with unshare() and clone3().
 """
 
+import functools
 import re
 import signal
 
@@ -54,6 +55,7 @@ def flag_table(op):
     return OP_FLAGS.get(op, CLONE_FLAGS)
 
 
+@functools.cache  # on the way of every record a filter or created() asks about: do not change what it returns
 def ns_flags(op):
     """{bit: namespace type} of the flags in op's table that make a namespace (clone(): none in its
     signal byte, so not CLONE_NEWTIME)."""
