@@ -98,3 +98,13 @@ def test_ns_types():
     assert fl.ns_types_in(fl.parse_flags("NEWTIME|NEWUSER")) == ["user", "time"]
     with pytest.raises(UsageError):
         fl.parse_ns_types("bogus")
+
+
+def test_clone_and_setns_read_only_what_they_take():
+    """clone() keeps the low 32 bits of its flags (kernel/fork.c, 7.2.13): clone3's wide flags are no
+    flags of its; setns's nstype is CLONE_NEW* flags alone (check_setns_flags(), kernel/nsproxy.c)."""
+    assert fl.decode_flags(1 << 37, "clone") == ["0x2000000000"] and fl.requested_types(1 << 37, "clone") == []
+    with pytest.raises(UsageError):
+        fl.parse_flags("EMPTY_MNTNS", "clone")
+    assert fl.decode_flags(fl.CLONE_FLAGS["CLONE_NEWNET"] | 1 << 37, "setns") == ["CLONE_NEWNET", "0x2000000000"]
+    assert set(fl.flag_table("setns")) == set(fl.NS_TYPES.values())

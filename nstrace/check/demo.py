@@ -15,6 +15,8 @@ from . import checker, scenario
 
 def build(op, flags):
     """A Scenario performing op with flags (setns: into new namespaces of those types)."""
+    if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
+        raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")
     makers = fl.ns_flags(op)
     other = flags & ~sum(makers)
     if other:
@@ -26,8 +28,6 @@ def build(op, flags):
     if lacking:
         raise KernelSupportError(f"{lacking}; `nstrace lab --kernel sid -- demo --op {op} --flags EMPTY_MNTNS` "
                                  "runs it on Debian's newest kernel")
-    if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
-        raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")
     if op == "setns" and not types:
         raise UsageError("setns needs at least one namespace type to join, e.g. --flags NEWUTS")
 

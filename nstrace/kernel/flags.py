@@ -1,7 +1,7 @@
 """CLONE_* and UNSHARE_* flags and namespace types: names, values, parsing and decoding.
 
-Each operation reads its flags in its own table (flag_table()): clone, clone3, fork and vfork the
-CLONE_* flags; unshare its own UNSHARE_* flags first, which take bits of the clone flags over (7.1's
+Each operation reads its flags in its own table (flag_table()): clone3, fork and vfork the CLONE_*
+flags, clone() those of its 32 bits, setns() the CLONE_NEW* of its nstype; unshare its own UNSHARE_* flags first, which take bits of the clone flags over (7.1's
 UNSHARE_EMPTY_MNTNS is CLONE_PARENT_SETTID's 0x00100000), then the clone flags; open_tree and fsmount
 theirs (OP_FLAGS). The flags, the namespace types and the order of a snapshot's /proc entries are rows of
 probes/uapi.def and probes/record.def (nstrace/kernel/defs.py), the tables the BPF side is compiled
@@ -20,15 +20,20 @@ CSIGNAL = int(dict(defs.rows("uapi.def", "NSTRACE_CLONE_MASK"))["CSIGNAL"], 0)
 
 CLONE_FLAGS = {name: int(value, 0) for name, value in defs.rows("uapi.def", "NSTRACE_CLONE_FLAG")}
 UNSHARE_FLAGS = {name: int(value, 0) for name, value in defs.rows("uapi.def", "NSTRACE_UNSHARE_FLAG")}
-# unshare's table: its own flags, then every clone flag whose bit they leave free, of the 32 bits
-# clone() has (the wider ones are clone3()'s: check_unshare_flags() refuses them, kernel/fork.c 7.2.13)
-UNSHARE_TABLE = UNSHARE_FLAGS | {name: bit for name, bit in CLONE_FLAGS.items()
-                                 if bit < 1 << 32 and not any(bit & own for own in UNSHARE_FLAGS.values())}
+# clone()'s table: the clone flags of its 32 bits; the wider ones are clone3()'s, and clone() drops
+# them (lower_32_bits(clone_flags) in its kernel_clone_args, kernel/fork.c 7.2.13)
+CLONE_TABLE = {name: bit for name, bit in CLONE_FLAGS.items() if bit < 1 << 32}
+# unshare's table: its own flags, then every flag of clone()'s whose bit they leave free (the wider ones
+# check_unshare_flags() refuses, kernel/fork.c 7.2.13)
+UNSHARE_TABLE = UNSHARE_FLAGS | {name: bit for name, bit in CLONE_TABLE.items()
+                                 if not any(bit & own for own in UNSHARE_FLAGS.values())}
 
 # Namespace types: the /proc/<pid>/ns entry name and the flag that creates one.
 NS_TYPES = dict(defs.rows("uapi.def", "NSTRACE_NS_TYPE"))
 NS_FLAG_VALUES = {CLONE_FLAGS[flag]: ns for ns, flag in NS_TYPES.items()}
 CLONE_NEW_MASK = sum(CLONE_FLAGS[f] for f in NS_TYPES.values())
+# setns()'s nstype: the CLONE_NEW* flags alone (check_setns_flags(), kernel/nsproxy.c 7.2.13), in clone's order
+SETNS_TABLE = {name: bit for name, bit in CLONE_FLAGS.items() if name in NS_TYPES.values()}
 # Every flag that makes a namespace, by name: CLONE_NEW* and the 7.1+ EMPTY_MNTNS of clone3 and unshare
 _NS_OF_FLAG = {flag: ns for ns, flag in NS_TYPES.items()} | {flag: ns for ns, flag in defs.rows("uapi.def", "NSTRACE_NS_ALSO")}
 
@@ -52,6 +57,10 @@ def flag_table(op):
     """{name: bit} of the flags op takes, in the order a record names them."""
     if op == "unshare":
         return UNSHARE_TABLE
+    if op == "clone":
+        return CLONE_TABLE
+    if op == "setns":
+        return SETNS_TABLE
     return OP_FLAGS.get(op, CLONE_FLAGS)
 
 
