@@ -54,9 +54,13 @@ IN_GUEST = textwrap.dedent("""
     demo = subprocess.run([nstrace, "demo", "--op", "clone3", "--flags", "EMPTY_MNTNS", "--record", "/tmp/d.jsonl"],
                           capture_output=True, text=True)
     records = [json.loads(line) for line in open("/tmp/d.jsonl") if line.startswith("{")] if demo.returncode == 0 else []
+    # with other types, whose inside view reads /proc (ipc) and whose uid map is written through it (user)
+    mixed = subprocess.run([nstrace, "demo", "--op", "unshare", "--flags", "EMPTY_MNTNS|NEWUSER|NEWIPC"],
+                           capture_output=True, text=True)
     print(json.dumps({"check": check.returncode, "results": json.loads(check.stdout or "[]"), "demo": demo.returncode,
                       "demo_out": demo.stdout + demo.stderr[-1000:],
-                      "records": [r for r in records if r.get("op") == "clone3"]}))
+                      "records": [r for r in records if r.get("op") == "clone3"],
+                      "mixed": mixed.returncode, "mixed_out": mixed.stdout + mixed.stderr[-2000:]}))
 """)
 
 
@@ -70,6 +74,8 @@ def test_the_scenarios_and_demo_in_the_sid_guest():
     assert out["check"] == 0 and [(r["scenario"], r["ok"]) for r in out["results"]] == [(n, True) for n in SCENARIOS], out
     assert out["demo"] == 0, out["demo_out"]
     assert "mounts=1" in out["demo_out"], out["demo_out"]  # the child sees one mount, its root
+    assert out["mixed"] == 0, out["mixed_out"]
+    assert "mounts=1" in out["mixed_out"] and "msg_queues=0" in out["mixed_out"], out["mixed_out"]
     [rec] = out["records"]
     assert rec["flags"] == ["CLONE_EMPTY_MNTNS"] and rec["changed"] == ["mnt"], rec
     # the kernel added CLONE_NEWNS (kernel_clone(), kernel/fork.c 7.2.13): create_new_namespaces sees both

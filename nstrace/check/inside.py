@@ -15,14 +15,9 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000
 DEMO_HOSTNAME = "nstrace-demo"
 
 
-def view(types, proc_fd=None):
-    """Facts as seen by this process, for the namespace types it is in anew. proc_fd: a /proc opened
-    before the call, for a mount namespace with no /proc in it (an empty one, 7.1+): how many mounts
-    it holds."""
+def view(types):
+    """Facts as seen by this process, for the namespace types it is in anew."""
     facts = {"pid": os.getpid(), "uid": os.getuid()}
-    if proc_fd is not None:
-        with open("self/mountinfo", "rb", opener=lambda path, flags: os.open(path, flags, dir_fd=proc_fd)) as f:
-            facts["mounts"] = len(f.readlines())
     if "uts" in types:
         socket.sethostname(DEMO_HOSTNAME)
         facts["hostname"] = socket.gethostname()
@@ -44,6 +39,17 @@ def view(types, proc_fd=None):
     if "time" in types:
         facts["monotonic_s"] = round(time.clock_gettime(time.CLOCK_MONOTONIC), 3)
     return facts
+
+
+def leave_empty_root(proc_fd, old_root):
+    """In an empty mount namespace (7.1+), which has no /proc: how many mounts it holds, read through a
+    /proc opened before; then back to the old root (chroot: the mount namespace stays the new one), so
+    that /proc and the rest of the inside view are reached through the old tree."""
+    with open("self/mountinfo", "rb", opener=lambda path, flags: os.open(path, flags, dir_fd=proc_fd)) as f:
+        mounts = len(f.readlines())
+    os.fchdir(old_root)
+    os.chroot(".")
+    return mounts
 
 
 def write_id_maps(pid, outside_uid, outside_gid):
