@@ -90,10 +90,14 @@ struct batch_tables {
 	__u64 nstype_bits[8];
 	__s64 wall_offset_ns;		/* CLOCK_MONOTONIC -> wall clock (decode.WALL_OFFSET_NS) */
 	__u32 raw_addresses;
-	/* ops whose flags are their own (flags.OP_FLAGS: open_tree, fsmount); 0 names: CLONE_* */
+	/* ops with a flag table of their own (flags.flag_table(): unshare, open_tree, fsmount); 0 names: CLONE_* */
 	__u32 op_nflags[OP_MAX];
-	const char *op_flag_names[OP_MAX][8];
-	__u64 op_flag_bits[OP_MAX][8];
+	const char *op_flag_names[OP_MAX][64];
+	__u64 op_flag_bits[OP_MAX][64];
+	/* each op's flags that make a namespace (flags.ns_flags()): the flag, and its type's CLONE_NEW* */
+	__u32 op_nmakers[OP_MAX];
+	__u64 op_maker_flag[OP_MAX][16];
+	__u64 op_maker_type[OP_MAX][16];
 };
 
 #define BATCH_MAX_COMMS 16
@@ -488,13 +492,11 @@ static int comm_is_plain(const char *comm)
 /* Filter.wanted(): the types an operation touches (as CLONE_NEW* bits). */
 static __u64 touched_types(const struct batch_tables *t, const struct nstrace_event *e)
 {
-	__u64 flags = e->op == OP_CLONE ? e->raw_flags & ~CSIGNAL : e->raw_flags;
 	__u64 types = 0;
 
-	if (e->op < OP_MAX && t->op_nflags[e->op])	/* not CLONE_* flags */
-		flags = 0;
-	for (int i = 0; i < 8; i++)
-		types |= flags & t->nstype_bits[i];
+	for (__u32 i = 0; e->op < OP_MAX && i < t->op_nmakers[e->op]; i++)
+		if (e->raw_flags & t->op_maker_flag[e->op][i])
+			types |= t->op_maker_type[e->op][i];
 	if (has_ns(e))
 		types |= e->target_nstype;
 	if (e->before.valid && e->after.valid)

@@ -9,10 +9,11 @@
 
 #include "core.h"
 
-/* CSIGNAL, CLONE_*, and the open_tree/fsmount flags (OPEN_TREE_NAMESPACE, ...): uapi.def */
+/* CSIGNAL, CLONE_*, UNSHARE_*, and the open_tree/fsmount flags (OPEN_TREE_NAMESPACE, ...): uapi.def */
 enum {
 #define NSTRACE_CLONE_MASK(name, value) name = value,
 #define NSTRACE_CLONE_FLAG(name, value) name = value,
+#define NSTRACE_UNSHARE_FLAG(name, value) name = value,
 #define NSTRACE_OP_FLAG(op, name, value) name = value,
 #include "uapi.def"
 };
@@ -23,8 +24,15 @@ enum {
 #include "uapi.def"
 };
 
+/*
+ * The clone flags that make a namespace, but CLONE_NEWTIME (inside clone()'s
+ * signal byte): a fork with none of them is plain. CLONE_EMPTY_MNTNS (7.1)
+ * makes a mount namespace alone: kernel_clone() adds CLONE_NEWNS only after
+ * the syscall's entry (kernel/fork.c, 7.2.13).
+ */
 #define CLONE_NEW_ANY_BUT_TIME	(CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | \
-				 CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
+				 CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | \
+				 CLONE_EMPTY_MNTNS)
 
 /* include/uapi/linux/magic.h */
 #define NSFS_MAGIC		0x6e736673

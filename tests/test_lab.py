@@ -283,6 +283,37 @@ def test_bad_lab_usage():
     assert res.returncode == 2 and res.stderr.startswith("nstrace: error: nstrace lab runs no lab")
 
 
+@pytest.mark.parametrize("command, code, says", [
+    (["nosuch"], 2, "nstrace has no command 'nosuch'"),
+    (["demo", "--bogus"], 2, "No such option '--bogus'"),
+    (["demo", "--op", "nope"], 2, "'nope' is not one of"),
+    (["check", "no-such-scenario"], 2, "unknown scenario 'no-such-scenario'"),
+    (["show", "/nonexistent/session.jsonl"], 2, "No such file or directory"),
+    (["watch", "--", "nstrace-no-such-program"], 127, "cannot run nstrace-no-such-program: not found in the guest's PATH"),
+    (["watch", "--", "./nstrace-no-such-program"], 127, "cannot run ./nstrace-no-such-program: not found"),
+])
+def test_a_command_that_cannot_run_is_refused_before_the_boot(tmp_path, command, code, says):
+    """The guest runs this nstrace on the host's root: what its nstrace would refuse at once is refused
+    here, in a blink, with no guest started (no boot status, no console)."""
+    started = time.monotonic()
+    res = lab("--kernel", "6.1", "--", *command, cwd=tmp_path, timeout=60)
+    took = time.monotonic() - started
+    assert res.returncode == code, res.stderr
+    assert res.stderr.startswith("nstrace: error: ") and res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
+    assert res.stdout == "" and "boot" not in res.stderr
+    assert took < 5, f"{took:.1f} s: a guest's boot alone takes 10"
+
+
+def test_a_file_in_the_guests_own_tmp_is_refused_before_the_boot(tmp_path):
+    """/tmp is a tmpfs of the guest's own (initramfs.scratch_mounts) when the command runs elsewhere: a
+    session there is no file the guest can read."""
+    session = tmp_path / "session.jsonl"
+    session.write_text("")
+    res = lab("--kernel", "6.1", "--", "show", str(session), cwd="/", timeout=60)
+    assert res.returncode == 2 and "/tmp is a tmpfs of its own there" in res.stderr and "boot" not in res.stderr, \
+        res.stderr
+
+
 # --- the matrix CI runs: every kernel from 5.10 to sid ---------------------------------------------
 
 # kernel -> whether the kernel-function tests must run there and pass (not skip), besides the full

@@ -169,7 +169,7 @@ def test_einval_combinations(tracer, op, flags):
         assert rep["errno"] == errno.EINVAL, rep
         [rec] = wait_for(tracer, lambda r: r.pid == rep["pid"] and r.op == op)
         assert rec.errno == "EINVAL" and rec.ret == -errno.EINVAL
-        assert fl.encode_flags(rec.flags) == flags
+        assert fl.encode_flags(rec.flags, op) == flags
         assert rec.child_pid is None and rec.ns_after is None
         assert rec.proc_check["status"] == "match", "the caller stayed where it was"
 

@@ -7,7 +7,7 @@ needs: the records, the /proc links, the inside view and the path verdicts.
 
 import os
 
-from ..errors import UsageError
+from ..errors import KernelSupportError, UsageError
 from ..kernel import flags as fl
 from ..linux.comm import safe_comm
 from . import checker, scenario
@@ -15,13 +15,19 @@ from . import checker, scenario
 
 def build(op, flags):
     """A Scenario performing op with flags (setns: into new namespaces of those types)."""
-    other = flags & ~fl.CLONE_NEW_MASK
-    if other:
-        raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, 'clone3'))}: "
-                         f"valid are {', '.join(n.removeprefix('CLONE_') for n in fl.NS_TYPES.values())}")
-    types = fl.requested_types(flags, op)
     if op == "clone" and flags & fl.CLONE_FLAGS["CLONE_NEWTIME"]:
         raise UsageError("clone() cannot take NEWTIME (0x80 is its exit-signal byte): use --op clone3 or unshare")
+    makers = fl.ns_flags(op)
+    other = flags & ~sum(makers)
+    if other:
+        names = {bit: name for name, bit in fl.flag_table(op).items()}
+        raise UsageError(f"demo takes namespace flags only, not {fl.short(fl.decode_flags(other, op))}: "
+                         f"valid for {op} are {', '.join(fl.short([names[bit]]) for bit in makers)}")
+    types = fl.requested_types(flags, op)
+    lacking = scenario.lacks_empty_mntns(flags, op)
+    if lacking:
+        raise KernelSupportError(f"{lacking}; `nstrace lab --kernel sid -- demo --op {op} --flags EMPTY_MNTNS` "
+                                 "runs it on Debian's newest kernel")
     if op == "setns" and not types:
         raise UsageError("setns needs at least one namespace type to join, e.g. --flags NEWUTS")
 

@@ -41,6 +41,17 @@ def view(types):
     return facts
 
 
+def leave_empty_root(proc_fd, old_root):
+    """In an empty mount namespace (7.1+), which has no /proc: how many mounts it holds, read through a
+    /proc opened before; then back to the old root (chroot: the mount namespace stays the new one), so
+    that /proc and the rest of the inside view are reached through the old tree."""
+    with open("self/mountinfo", "rb", opener=lambda path, flags: os.open(path, flags, dir_fd=proc_fd)) as f:
+        mounts = len(f.readlines())
+    os.fchdir(old_root)
+    os.chroot(".")
+    return mounts
+
+
 def write_id_maps(pid, outside_uid, outside_gid):
     """Map root inside pid's user namespace to one id outside, as the seeds' parent does.
 

@@ -1,5 +1,6 @@
 """Mount namespaces: one kept alive by a bind mount of its ns file, births outside clone/unshare
-(open_tree, fsmount: 7.x), chroot beside pivot_root, and mount propagation (articles 001, 003, 004).
+(open_tree, fsmount: 7.x), empty ones (clone3 and unshare: 7.1+), chroot beside pivot_root, and mount
+propagation (articles 001, 003, 004).
 """
 
 import ctypes
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..kernel import flags as fl
 from ..linux import mountns
 from ..linux.mounts import umount
 from .scenario import (
@@ -18,6 +20,7 @@ from .scenario import (
     Unsupported,
     flag,
     hold,
+    lacks_empty_mntns,
     report,
     run_inside,
     run_inside_main,
@@ -89,6 +92,30 @@ scenario("open-tree-namespace", "open_tree(dir, OPEN_TREE_NAMESPACE) returns a n
                                 "the tree (7.x)")(_mount_ns_birth("open_tree", _open_tree))
 scenario("fsmount-namespace", "fsmount(tmpfs, FSMOUNT_NAMESPACE) returns a new mount namespace with the new "
                               "filesystem (7.x)")(_mount_ns_birth("fsmount", _fsmount))
+
+
+# --- empty mount namespaces (7.1+) ------------------------------------------------------------
+
+def _empty_mount_ns_birth(op, flag_name):
+    """A scenario body: op with flag_name makes a mount namespace holding only a copy of the root mount."""
+    def run(launcher):
+        flags = fl.flag_table(op)[flag_name]
+        if lacks_empty_mntns(flags, op):
+            raise Unsupported(lacks_empty_mntns(flags, op))
+        h = launcher.nsop({"op": op, "flags": flags, "inside": True})
+        who = "the child" if op == "clone3" else "the caller"
+        return [Expect(op, pid=h.pid, flags=flags, changed=["mnt"], inside={"mounts": 1},
+                       seen_inside=h.report.get("inside"),
+                       what=f"{op}({flag_name}) puts {who} in a new mount namespace whose only mount is a copy "
+                            "of the root: nothing mounted on it, not even /proc")]
+    return run
+
+
+scenario("empty-mntns-clone3", "clone3(CLONE_EMPTY_MNTNS): the child's new mount namespace holds the root mount "
+                               "alone (7.1+)")(_empty_mount_ns_birth("clone3", "CLONE_EMPTY_MNTNS"))
+scenario("empty-mntns-unshare", "unshare(UNSHARE_EMPTY_MNTNS), CLONE_PARENT_SETTID's bit: the caller's new mount "
+                                "namespace holds the root mount alone (7.1+)")(
+    _empty_mount_ns_birth("unshare", "UNSHARE_EMPTY_MNTNS"))
 
 
 # --- chroot beside pivot_root (003, 004) --------------------------------------------------

@@ -42,10 +42,14 @@ def _new_types(flags, op):
     return set(fl.requested_types(flags, op))
 
 
-def _child(go_r, facts_w, types, want_inside, rootfs=None):
-    """A new child: wait for the parent's go (uid maps written), report the inside view, hold."""
+def _child(go_r, facts_w, types, want_inside, rootfs=None, empty=None):
+    """A new child: wait for the parent's go (uid maps written), report the inside view, hold.
+    empty: (a /proc and the old root, opened before) for an empty mount namespace."""
     os.read(go_r, 1)
-    facts = inside_mod.view(types) if want_inside else {}
+    mounts = inside_mod.leave_empty_root(*empty) if empty else None
+    facts = inside_mod.view(types - {"mnt"} if empty else types) if want_inside else {}
+    if want_inside and empty:
+        facts["mounts"] = mounts
     if rootfs:
         facts["container"] = inside_mod.enter_rootfs(rootfs)
     os.write(facts_w, (json.dumps(facts) + "\n").encode())
@@ -54,7 +58,7 @@ def _child(go_r, facts_w, types, want_inside, rootfs=None):
     os._exit(0)
 
 
-def _spawn(call, types, want_inside, map_user, rootfs=None):
+def _spawn(call, types, want_inside, map_user, rootfs=None, empty=None):
     """Make a child with call() (clone, clone3, or fork); return (pid, inside facts, release fd)."""
     go_r, go_w = os.pipe()
     facts_r, facts_w = os.pipe()
@@ -62,7 +66,7 @@ def _spawn(call, types, want_inside, map_user, rootfs=None):
     if pid == 0:
         os.close(go_w)
         os.close(facts_r)
-        _child(go_r, facts_w, types, want_inside, rootfs)
+        _child(go_r, facts_w, types, want_inside, rootfs, empty)
     os.close(go_r)
     os.close(facts_w)
     if map_user:
@@ -89,6 +93,10 @@ def run(spec):
         _drop_to(int(spec["uid"]))
 
     types = _new_types(flags, op)
+    # An empty mount namespace has no /proc: inside.leave_empty_root() needs these, opened before
+    empty = (os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+             os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) if fl.empty_mount_ns(flags, op) else None
+    mounts = None
     outside_ids = os.getuid(), os.getgid()  # inside a new user ns these read as the overflow id
     report = {"pid": os.getpid(), "tid": os.getpid(), "op": op, "flags": flags, "fd": fd,
               "ret": None, "errno": None, "child_pid": None}
@@ -97,12 +105,13 @@ def run(spec):
         if op in ("clone", "clone3"):
             call = syscalls.clone if op == "clone" else syscalls.clone3
             pid, facts, go_w = _spawn(lambda: call(flags), types, want_inside,
-                                      outside_ids if "user" in types else None, spec.get("rootfs"))
+                                      outside_ids if "user" in types else None, spec.get("rootfs"), empty)
             report["ret"] = report["child_pid"] = pid
             report["inside"] = facts
             release.append((pid, go_w))
         elif op == "unshare":
             report["ret"] = syscalls.unshare(flags)
+            mounts = inside_mod.leave_empty_root(*empty) if empty else None
         elif op == "setns":
             report["ret"] = syscalls.setns(fd, flags)
         else:
@@ -117,7 +126,9 @@ def run(spec):
         if "user" in types and op == "unshare":
             inside_mod.write_id_maps(os.getpid(), *outside_ids)
         if want_inside:
-            report["inside"] = inside_mod.view(types - {"pid", "time"})
+            report["inside"] = inside_mod.view(types - {"pid", "time"} - ({"mnt"} if empty else set()))
+            if empty:
+                report["inside"]["mounts"] = mounts
         if spec.get("fork_after") or (want_inside and types & {"pid", "time"}):
             # pid and time namespaces are entered by the next child, not by the caller
             pid, facts, go_w = _spawn(os.fork, types, want_inside, None)

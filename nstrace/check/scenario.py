@@ -50,6 +50,24 @@ def flag(ns_type):
     return fl.CLONE_FLAGS[fl.NS_TYPES[ns_type]]
 
 
+# CLONE_EMPTY_MNTNS and UNSHARE_EMPTY_MNTNS came with 7.1 (include/uapi/linux/sched.h); a kernel
+# before refuses both with EINVAL (clone3_args_valid(), check_unshare_flags(): kernel/fork.c, 6.12)
+EMPTY_MNTNS_SINCE = (7, 1)
+
+
+def lacks_empty_mntns(flags, op):
+    """Why this kernel cannot run op with flags, if they ask for an empty mount namespace it has not; else None."""
+    if not fl.empty_mount_ns(flags, op) or _kernel_series() >= EMPTY_MNTNS_SINCE:
+        return None
+    name = next(n for n in fl.decode_flags(flags, op) if n.endswith("_EMPTY_MNTNS"))
+    return f"this kernel ({os.uname().release}) has no {name}: Linux 7.1+"
+
+
+def _kernel_series():
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 class Unsupported(Exception):
     """Raised by a scenario this kernel cannot run; the message says why. The check reports it as skipped."""
 

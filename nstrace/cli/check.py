@@ -13,7 +13,8 @@ from .params import file_name
 
 @click.command()
 @click.option("--flags", "flag_text", default="NEWPID|NEWNS|NEWUTS", show_default=True,
-              help="CLONE_* names, with or without CLONE_, '|' or ',' separated, any case.")
+              help="The op's flag names, with or without CLONE_ (or unshare's UNSHARE_), '|' or ',' separated, "
+                   "any case: EMPTY_MNTNS is UNSHARE_EMPTY_MNTNS with --op unshare, CLONE_EMPTY_MNTNS with clone3.")
 @click.option("--op", type=click.Choice(["clone", "clone3", "unshare", "setns"]), default="clone", show_default=True)
 @click.option("--record", "record_path", type=click.Path(dir_okay=False), callback=file_name,
               help="Also write the run as a session file (for nstrace show / render).")
@@ -30,7 +31,7 @@ def demo(flag_text, op, record_path, picture, picture_path, explain):
 
     from ..check.demo import run_demo
     from ..view import reports
-    value = fl.parse_flags(flag_text)
+    value = fl.parse_flags(flag_text, op)
     out = picture_path or f"nstrace-demo.{'json' if picture == 'perfetto' else picture}"
     picture_fd = _picture_output(out) if picture else None
     with tempfile.TemporaryDirectory(prefix="nstrace-demo-") as tmp:

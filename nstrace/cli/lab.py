@@ -56,6 +56,8 @@ def lab(kernels, timeout, verbose, pytest_args, check_only, compare, command):
         raise UsageError("--pytest-args, --check-only and --verbose are for the suite, not for a command")
     if command and command[0] == "lab":
         raise UsageError("nstrace lab runs no lab inside a guest")
+    if command:
+        _refuse_before_boot(list(command))
     if compare and (not command or len(set(kernels)) < 2):
         raise UsageError("--compare needs two kernels or more and a command that records, e.g. "
                          "--kernel 5.10 --kernel sid --compare -- demo --flags NEWUTS")
@@ -76,6 +78,43 @@ def lab(kernels, timeout, verbose, pytest_args, check_only, compare, command):
         _lab_command(list(dict.fromkeys(kernels)), list(command), timeout, keep)
     else:
         _lab_suite(list(dict.fromkeys(kernels)), pytest_args, check_only, timeout, verbose)
+
+
+def _refuse_before_boot(command):
+    """What the guest's nstrace would refuse at once, refused here before a guest boots (about 10 s, and
+    for watch the probes' attaching): the guest runs this interpreter and package on the host's root
+    (nstrace/lab/runner.py), so a command line this nstrace cannot parse fails the same there, and
+    nstrace/lab/preflight.py says which files it could not read or run."""
+    from ..lab import preflight
+    from .main import cli
+    if command[0].startswith("-"):
+        return  # nstrace's own options (--version, -h): the guest's answer is the same and as quick
+    parent = click.Context(cli, info_name="nstrace", **cli.context_settings)
+    sub = cli.get_command(parent, command[0])
+    if sub is None:
+        raise UsageError(f"nstrace has no command {command[0]!r} (it has {', '.join(cli.list_commands(parent))})")
+    try:
+        ctx = sub.make_context(command[0], command[1:], parent=parent)  # -h prints the help here, and exits 0
+    except click.ClickException as e:
+        raise UsageError(f"{command[0]}: {e.format_message()}") from None
+    cwd = os.getcwd()
+    for param in sub.params:
+        value = ctx.params.get(param.name)
+        # the file arguments (show FILE, render FILE, compare SESSIONS...) are read; files of options are written
+        if isinstance(param, click.Argument) and isinstance(param.type, click.Path) and value:
+            for path in (value if isinstance(value, tuple) else (value,)):
+                problem = path != "-" and preflight.unreadable_file(path, cwd)
+                if problem:
+                    raise UsageError(f"{command[0]}: {problem}")
+    if command[0] == "check":
+        from ..check import checker
+        checker.select(ctx.params["names"])  # the catalogue is this package's
+    program = ctx.params.get("command") if command[0] == "watch" else None
+    if program:
+        problem = preflight.missing_program(program[0], cwd)
+        if problem:
+            from ..errors import CommandNotRun
+            raise CommandNotRun(f"cannot run {problem}", 127)  # as watch says it (exit 127), with no boot
 
 
 def _recording(command):

@@ -49,10 +49,10 @@ def scratch_mounts(cwd: str, needed: tuple[str, ...] = ()) -> tuple[str, ...]:
     path the command needs (its program: `lab -- ARGS` runs this nstrace's interpreter, and a
     checkout's .venv may live under /tmp, as in CI)."""
     keep = (cwd, *needed)
-    return tuple(p for p in GUEST_TMPFS if not any(_under(k, p) for k in keep))
+    return tuple(p for p in GUEST_TMPFS if not any(under(k, p) for k in keep))
 
 
-def _under(path: str, top: str) -> bool:
+def under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
@@ -63,7 +63,7 @@ GUEST_MOUNTS = ("/proc", "/sys", "/dev")
 def can_bring_back(cwd: str, scratch: tuple[str, ...]) -> bool:
     """Whether files written in cwd can come back: cwd is a directory of the host's root in the guest
     (not / itself, which holds every other mount, nor inside a mount the guest makes)."""
-    return cwd != "/" and not any(_under(cwd, m) for m in (*GUEST_MOUNTS, *scratch))
+    return cwd != "/" and not any(under(cwd, m) for m in (*GUEST_MOUNTS, *scratch))
 
 
 # The ports (virtio_console) the host gives a guest, by name: init's control channel (its markers

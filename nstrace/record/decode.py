@@ -110,6 +110,12 @@ def decode(raw, raw_addresses=False):
     return rec
 
 
+# The hooked functions handed unshare()'s flags as the caller gave them (UNSHARE_EMPTY_MNTNS among
+# them); unshare_nsproxy_namespaces() turns that into CLONE_EMPTY_MNTNS before create_new_namespaces(),
+# and every other flags argument is the clone flags' (kernel/fork.c ksys_unshare(), kernel/nsproxy.c, 7.2.13).
+_TAKE_UNSHARE_FLAGS = frozenset(("ksys_unshare", "unshare_userns", "unshare_nsproxy_namespaces"))
+
+
 def decode_step(step, raw_addresses=False):
     """One struct nstrace_step as a dict (JSON-ready)."""
     func = FUNCTIONS[step.func] if step.func < len(FUNCTIONS) else f"fn{step.func}"
@@ -117,7 +123,7 @@ def decode_step(step, raw_addresses=False):
     out = {"func": func, "file": documented.source_file(func), "kind": STEP_KINDS.get(step.kind, "?"),
            "ts_ns": step.ts_ns}
     if what == "flags":
-        out["flags"] = fl.decode_flags(step.arg, "unshare")
+        out["flags"] = fl.decode_flags(step.arg, "unshare" if func in _TAKE_UNSHARE_FLAGS else "clone3")
     elif what in ("nsproxy", "switch"):
         out["nsproxy"] = format_id(step.nsproxy_id, raw_addresses)
         out["refs"] = step.refs

@@ -102,12 +102,10 @@ class Record:
         (kernel/nsproxy.c, kernel/utsname.c copy_utsname(), kernel/pid_namespace.c copy_pid_ns(),
         fs/namespace.c copy_mnt_ns() ...; kernel/user_namespace.c unshare_userns(); 6.1 and 7.2).
         A clone's child is in them; unshare's caller is, but for pid and time, whose new namespace is
-        its children's (pid_for_children, time_for_children). The flags nstrace names are not all:
-        7.x's UNSHARE_EMPTY_MNTNS and CLONE_EMPTY_MNTNS make a mount namespace too (kernel/fork.c,
-        7.2), so what the record saw counts as well: an unshare enters no namespace that existed, and
-        a clone's child differs from its parent only where it got new ones, or entered the parent's
-        pid_for_children or time_for_children, made earlier. An open_tree or fsmount with its 7.x flag
-        made a mount namespace (the record's ``ns``).
+        its children's (pid_for_children, time_for_children). 7.1's UNSHARE_EMPTY_MNTNS and
+        CLONE_EMPTY_MNTNS make a mount namespace too (kernel/fork.c, 7.2): the op's flag table says so
+        (probes/uapi.def NSTRACE_NS_ALSO, kernel/flags.py requested_types()). An open_tree or fsmount
+        with its 7.x flag made a mount namespace (the record's ``ns``).
         """
         return _any_of(ns_type, self._created_types())
 
@@ -122,10 +120,7 @@ class Record:
         if self.ret < 0:
             return set()
         if self.op in ("clone", "clone3", "unshare"):
-            seen = {fl.ns_type_of_entry(entry) for entry in self.changed}
-            if self.op != "unshare":
-                seen -= {"pid", "time"}  # the child may have entered its parent's _for_children
-            return set(fl.requested_types(self.raw_flags, self.op)) | seen
+            return set(fl.requested_types(self.raw_flags, self.op))
         if self.op in ("open_tree", "fsmount") and self.ns:
             return {self.ns.get("type")}
         return set()

@@ -44,8 +44,11 @@ class Tables(ctypes.Structure):
         ("wall_offset_ns", ctypes.c_int64),
         ("raw_addresses", ctypes.c_uint32),
         ("op_nflags", ctypes.c_uint32 * layout.OP_SLOTS),
-        ("op_flag_names", (ctypes.c_char_p * 8) * layout.OP_SLOTS),
-        ("op_flag_bits", (ctypes.c_uint64 * 8) * layout.OP_SLOTS),
+        ("op_flag_names", (ctypes.c_char_p * 64) * layout.OP_SLOTS),
+        ("op_flag_bits", (ctypes.c_uint64 * 64) * layout.OP_SLOTS),
+        ("op_nmakers", ctypes.c_uint32 * layout.OP_SLOTS),
+        ("op_maker_flag", (ctypes.c_uint64 * 16) * layout.OP_SLOTS),
+        ("op_maker_type", (ctypes.c_uint64 * 16) * layout.OP_SLOTS),
     ]
 
 
@@ -87,9 +90,14 @@ def tables(raw_addresses=False):
     t.wall_offset_ns = decode.WALL_OFFSET_NS
     t.raw_addresses = raw_addresses
     for num, name in layout.OPS.items():
-        for i, (flag, bit) in enumerate(fl.OP_FLAGS.get(name, {}).items()):
-            t.op_flag_names[num][i], t.op_flag_bits[num][i] = _js(flag), bit
-        t.op_nflags[num] = len(fl.OP_FLAGS.get(name, {}))
+        table = fl.flag_table(name)
+        if table is not fl.CLONE_FLAGS:
+            for i, (flag, bit) in enumerate(table.items()):
+                t.op_flag_names[num][i], t.op_flag_bits[num][i] = _js(flag), bit
+            t.op_nflags[num] = len(table)
+        for i, (bit, ns) in enumerate(fl.ns_flags(name).items()):
+            t.op_maker_flag[num][i], t.op_maker_type[num][i] = bit, fl.CLONE_FLAGS[fl.NS_TYPES[ns]]
+        t.op_nmakers[num] = len(fl.ns_flags(name))
     return t
 
 

@@ -60,6 +60,9 @@ def effective_flags(rec):
     names = {name.removeprefix("CLONE_") for name in fl.decode_flags(value, rec.op)}
     if rec.op == "setns" and rec.target:
         names.add({"pidfd": "PIDFD", "nsfs": "NSFS"}.get(rec.target.get("kind"), "FD"))  # pseudo-flags too
+    # an EMPTY_MNTNS flag (7.1+) is CLONE_NEWNS to the path: kernel_clone() and ksys_unshare() add it
+    # first thing (kernel/fork.c, 7.2.13)
+    names |= {fl.NS_TYPES[ns].removeprefix("CLONE_") for ns in fl.requested_types(value, rec.op)}
     before = rec.ns_before or {}
     if rec.op in ("clone", "clone3") and "VM" not in names and before.get("time") != before.get("time_for_children"):
         names.add("TIMENS_PENDING")  # a pseudo-flag of kernel-notes/paths.toml: see its key list
