@@ -202,6 +202,9 @@ def test_demo_in_the_lab_shows_the_nested_path():
     assert re.search(r"kernel/nsproxy\.c:\d+", steps["copy_namespaces"][1]), steps["copy_namespaces"][1]
     assert re.search(r"^nstrace: 6\.1: booted in \d+\.\d s$", res.stderr, re.M), res.stderr
     assert "NSTRACE-LAB" not in res.stdout + res.stderr
+    # the boot is not counted as the command's time
+    took = re.search(r"^nstrace: 6\.1: nstrace demo exited 0 \((\d+\.\d) s boot, then (\d+\.\d) s running it", res.stderr, re.M)
+    assert took, res.stderr
 
 
 def test_picture_comes_back(tmp_path):
@@ -213,6 +216,7 @@ def test_picture_comes_back(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     page = tmp_path / "demo.html"
     assert page.read_text().lstrip().lower().startswith("<!doctype html") and "copy_namespaces" in page.read_text()
+    assert "recorded on" in page.read_text() and "(none)" not in page.read_text()  # the guest's name, not the kernel's default
     st = page.stat()
     umask = os.umask(0)
     os.umask(umask)

@@ -152,6 +152,9 @@ def init_script(modules: list[str], argv: list[str], cwd: str, env: dict[str, st
         "/bin/busybox --install -s",
         "export PATH=/bin:/sbin:/usr/bin:/usr/sbin",
         "mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev",
+        # the kernel's UTS name until someone sets one is "(none)" (init/version.c, UTS_NODENAME): a session
+        # header, a page's title and show would name the guest so
+        "hostname nstrace-lab",
         "stty -F /dev/ttyS1 raw -echo; exec 3>/dev/ttyS1",
         fail,
         find_port,

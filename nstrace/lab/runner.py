@@ -103,7 +103,8 @@ def run(kernels: list[str], args: list[str], *, timeout: float, status: Status,
             err.close()
         if outcome.result is not None:
             say(f"nstrace {' '.join(args[:1])} exited {outcome.result.returncode} "
-                f"({outcome.result.boot_s:.1f} s boot, {outcome.result.duration_s:.1f} s in the guest)")
+                f"({outcome.result.boot_s:.1f} s boot, then "
+                f"{outcome.result.duration_s - outcome.result.boot_s:.1f} s running it and powering off)")
             if outcome.result.files:
                 if keep:
                     outcome.kept = file_in(outcome.result.files, keep)
