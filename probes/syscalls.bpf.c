@@ -391,6 +391,40 @@ static __always_inline void new_mount_ns(struct nstrace_event *e)
 }
 
 /*
+ * The slots an unshare with these flags cannot change: each namespace is
+ * copied into the new nsproxy unless its own flag asks for a new one
+ * (kernel/nsproxy.c create_new_namespaces(): copy_mnt_ns(), copy_utsname(),
+ * copy_ipcs(), copy_pid_ns(), copy_net_ns(), copy_cgroup_ns(),
+ * copy_time_ns() each return the old one without their flag; time_ns itself
+ * is always the old one), the user namespace changes only with
+ * CLONE_NEWUSER (kernel/fork.c unshare_userns()), and the active pid
+ * namespace never (see snapshot_btf()). 6.1 and 6.18. So the exit of the
+ * tight unshare loop reads one slot or two, not ten.
+ */
+static __always_inline __u32 unshare_same(__u64 flags)
+{
+	__u32 changed = 0;
+
+	if (flags & CLONE_NEWNS)
+		changed |= 1U << NS_MNT;
+	if (flags & CLONE_NEWUTS)
+		changed |= 1U << NS_UTS;
+	if (flags & CLONE_NEWIPC)
+		changed |= 1U << NS_IPC;
+	if (flags & CLONE_NEWPID)
+		changed |= 1U << NS_PID_FOR_CHILDREN;
+	if (flags & CLONE_NEWNET)
+		changed |= 1U << NS_NET;
+	if (flags & CLONE_NEWUSER)
+		changed |= 1U << NS_USER;
+	if (flags & CLONE_NEWCGROUP)
+		changed |= 1U << NS_CGROUP;
+	if (flags & CLONE_NEWTIME)
+		changed |= 1U << NS_TIME_FOR_CHILDREN;
+	return ~changed;
+}
+
+/*
  * Whether e is the caller's (a task that died inside a syscall leaves its
  * entry, and a new task may reuse the tid: start times tell them apart), and
  * if so, for unshare and setns, the snapshot of after. t: the caller as a
@@ -404,7 +438,8 @@ static __always_inline bool same_task_snapshot(struct nstrace_event *e, struct t
 		if (e->start_time_ns != t->start_boottime)
 			return false;
 		if (snap)
-			snapshot_btf(e, true, t->nsproxy, t->real_cred, NULL);
+			snapshot_btf_but(e, true, t->nsproxy, t->real_cred, NULL,
+					 e->op == OP_UNSHARE ? unshare_same(e->raw_flags) : 0);
 	} else {
 		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
