@@ -9,7 +9,6 @@ or a subclass with a one-line reason.
 
 import ctypes
 import errno
-import mmap
 import os
 import threading
 
@@ -186,6 +185,8 @@ class BpfObject:
             raise LibbpfError(f"no global {name} in {section}")
         offset, size = variables[name]
         if section not in self._mmaps:
+            import mmap  # once the watch is live, not before its first probe (bench: start-up breakdown)
+
             length = ctypes.c_size_t()
             self._lib.bpf_map__initial_value(self._map(section), ctypes.byref(length))
             pages = -(-length.value // mmap.PAGESIZE) * mmap.PAGESIZE
