@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from . import figures, hooks, lab, library, tracers
+from . import breakdown, figures, hooks, lab, library, tracers
 from .report import Report, stat
 from .workload import Workload
 
@@ -70,8 +70,19 @@ def startup(rep, work, background, a):
         ratio = [x / b for x, b in zip(st["nstrace"]["first_event_s"], st[tracers.NstraceWatch.BASELINE]["first_event_s"])
                  if x is not None and b]
         rep.add("start: exec -> first event captured", "nstrace / baseline", ratio, "x", fmt="{:.3f}")
+    if "bpftrace" in st:
+        ratio = [x / b for x, b in zip(st["nstrace"]["first_event_s"], st["bpftrace"]["first_event_s"]) if x and b]
+        rep.add("start: exec -> first event captured", "nstrace / bpftrace", ratio, "x", fmt="{:.3f}")
     s = stat(st["nstrace"]["first_event_s"])
     rep.target("live", s["median"], s["median"] is not None and f"{s['median'] * 1e3:.0f} ms")
+    rep.target("live-26", s["median"], s["median"] is not None and f"{s['median'] * 1e3:.0f} ms")
+    if "bpftrace" in st:
+        r = stat([x / b for x, b in zip(st["nstrace"]["first_event_s"], st["bpftrace"]["first_event_s"]) if x and b])
+        rep.target("live-bpftrace", r["median"], r["median"] is not None and f"{r['median']:.3f}x")
+    else:
+        rep.target("live-bpftrace", None, "bpftrace was not measured")
+    builds = {"nstrace": str(tracers.NSTRACE), **({"baseline": a.baseline} if a.baseline else {})}
+    breakdown.add_rows(rep, breakdown.measure(builds, a.reps, log))
     s = stat(st["nstrace"]["detached_s"])
     rep.target("shutdown", s["median"], f"{s['median'] * 1e3:.0f} ms (max {s['max'] * 1e3:.0f} ms)"
                + (f", {st['nstrace']['hung']} hung" if st["nstrace"]["hung"] else ""))
@@ -106,9 +117,21 @@ def short_command(rep, a):
     for name, values in res.items():
         rep.add("short command: exec -> exit (wall)" if "after it exited" not in name else
                 "short command: detach left to the holder", name, values, "ms", scale=1e3, fmt="{:.0f}")
-    if res["strace -f true"]:
-        rep.add("short command: exec -> exit (wall)", "nstrace / strace -f",
-                [n / s for n, s in zip(res["nstrace watch -- true"], res["strace -f true"])], "x", fmt="{:.1f}")
+    pairs = (("nstrace / strace -f", "nstrace watch -- true", "strace -f true"),
+             ("nstrace --json / strace -e (unshare --uts --ipc true)",
+              "nstrace watch --json -- unshare --uts --ipc true",
+              "strace -f -e trace=<ns syscalls> unshare --uts --ipc true"),
+             ("baseline / strace -f", "baseline watch -- true", "strace -f true"),
+             ("baseline --json / strace -e (unshare --uts --ipc true)",
+              "baseline watch --json -- unshare --uts --ipc true",
+              "strace -f -e trace=<ns syscalls> unshare --uts --ipc true"))
+    for label, num, den in pairs:
+        if res.get(num) and res.get(den):
+            rep.add("short command: exec -> exit (wall)", label, [n / s for n, s in zip(res[num], res[den])],
+                    "x", fmt="{:.1f}")
+    for key, (label, num, den) in zip(("command", "command-ns"), pairs):
+        r = stat([n / s for n, s in zip(res[num], res[den])])
+        rep.target(key, r["median"], r["median"] is not None and f"{r['median']:.1f}x (spread {r['min']:.1f}-{r['max']:.1f})")
 
 
 def log(msg):
@@ -223,6 +246,7 @@ def main(argv=None):
         if a.baseline:
             tracers.NstraceWatch.baseline = a.baseline
             background.insert(1, tracers.NstraceWatch.BASELINE)
+            side_by_side.insert(1, tracers.NstraceWatch.BASELINE)
         if a.only == "startup":
             startup(rep, work, background, a)
             return finish(rep, a, t_start, load_before)
@@ -246,6 +270,8 @@ def main(argv=None):
         for mode in ("churn", "unshare"):
             s = ratios[(mode, "nstrace")]
             rep.target(mode, s["median"], f"{s['median']:.3f}x (spread {s['min']:.3f}-{s['max']:.3f})")
+        s = ratios[("unshare", "nstrace")]
+        rep.target("unshare-26", s["median"], f"{s['median']:.3f}x (spread {s['min']:.3f}-{s['max']:.3f})")
 
         # 2. start-up and shutdown; a short command under watch -- COMMAND; the library's enter and exit
         st = startup(rep, work, background, a)
@@ -259,12 +285,17 @@ def main(argv=None):
             for prog, v in sorted(costs[tool].items()):
                 rep.add("kernel ns per probe hit", f"{tool} {prog}", v, "ns", fmt="{:.0f}")
         worst = max(((stat(v)["median"], p) for p, v in costs["nstrace"].items()), default=(None, None))
-        tight = figures.probe_cost(work, "unshare", n["unshare"], ["nstrace"], a.reps, log)["nstrace"]
-        for prog, v in sorted(tight.items()):
-            rep.add("kernel ns per probe hit, tight unshare loop", f"nstrace {prog}", v, "ns", fmt="{:.0f}")
+        nstraces = [t for t in background if t != "bpftrace"]
+        tights = figures.probe_cost(work, "unshare", n["unshare"], nstraces, a.reps, log)
+        for tool in nstraces:
+            for prog, v in sorted(tights[tool].items()):
+                rep.add("kernel ns per probe hit, tight unshare loop", f"{tool} {prog}", v, "ns", fmt="{:.0f}")
+        tight = tights["nstrace"]
         tight_worst = max(((stat(v)["median"], p) for p, v in tight.items() if "unshare" in p), default=(None, None))
-        rep.target("probe", worst[0], worst[1] and f"churn: worst {worst[1]} {worst[0]:.0f} ns" + (
-            f"; tight unshare loop: worst {tight_worst[1]} {tight_worst[0]:.0f} ns" if tight_worst[1] else ""))
+        detail = worst[1] and f"churn: worst {worst[1]} {worst[0]:.0f} ns" + (
+            f"; tight unshare loop: worst {tight_worst[1]} {tight_worst[0]:.0f} ns" if tight_worst[1] else "")
+        rep.target("probe", worst[0], detail)
+        rep.target("probe-26", None if worst[0] is None else max(worst[0], tight_worst[0] or 0), detail)
 
         # 4. the tax on unrelated syscalls, per hook set
         tax = figures.syscall_tax(work, n["getppid"], background, a.reps, log)

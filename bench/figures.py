@@ -22,6 +22,11 @@ def _shm_file(tag):
     return path
 
 
+def _nstrace(tool, out=os.devnull):
+    """The watch of this build ("nstrace") or of the baseline build (NstraceWatch.BASELINE)."""
+    return NstraceWatch(out, NstraceWatch.baseline if tool == NstraceWatch.BASELINE else None)
+
+
 def run_traced(work, tool, mode, n):
     """The workload's own timing (ns) under one tool, plus what the tool reported."""
     if tool == "untraced":
@@ -30,11 +35,13 @@ def run_traced(work, tool, mode, n):
         return work.run(mode, n, prefix=strace_prefix())["ns"], {}
     if tool == "perf":
         return work.run(mode, n, prefix=perf_prefix())["ns"], {}
-    if tool == "nstrace":
-        with NstraceWatch() as w:
+    if tool in ("nstrace", NstraceWatch.BASELINE):
+        with _nstrace(tool) as w:
             ns = work.run(mode, n)["ns"]
             hwm = w.vm_hwm_kib()
         s = w.summary() or {}
+        if tool != "nstrace":  # the figures of memory and loss are this build's
+            return ns, {}
         return ns, {"vm_hwm_kib": hwm, "lost": sum((s.get("lost") or {}).values()), "hung": w.hung}
     if tool in ("bpftrace", "floor"):
         out = _shm_file("bt")
@@ -78,9 +85,7 @@ def startup_shutdown(work, tools, reps, log):
             pinger = subprocess.Popen(work.argv("rate", 2000, 30), stdout=subprocess.DEVNULL)
             try:
                 time.sleep(0.05)
-                tracer = (NstraceWatch(out) if tool == "nstrace" else
-                          NstraceWatch(out, NstraceWatch.baseline) if tool == NstraceWatch.BASELINE else
-                          Bpftrace(out)).start()
+                tracer = (Bpftrace(out) if tool == "bpftrace" else _nstrace(tool, out)).start()
                 deadline = time.monotonic() + 10
                 while tracer.first_event_s(COMM) is None and time.monotonic() < deadline:
                     time.sleep(0.01)
@@ -106,27 +111,33 @@ def startup_shutdown(work, tools, reps, log):
     return res
 
 
+# strace's habit: the command, and what it did to namespaces (its syscalls that make or join one)
+STRACE_NS = ["strace", "-f", "-o", "/dev/null", "-e", "trace=clone,clone3,unshare,setns"]
+
+
 def short_command(reps, log, baseline=None):
     """Wall time of a command that does nothing: `true`, `strace -f true`, `nstrace watch -- true`
-    (exec to exit, as a shell waits for it), side by side, order rotated per repetition; and, for
-    nstrace, how long after its exit its programs were still attached (the detach it leaves to a
-    holder process, nstrace/bpf/teardown.py).
-
-    With a baseline (another build's nstrace executable, which has no `watch -- COMMAND`), the
-    same command under that build's `watch --pid` is not comparable; the baseline's figure is
-    `watch --duration 0.001`, the least a watch of it costs: start, go live, stop, detach.
+    (exec to exit, as a shell waits for it), and of `unshare --uts --ipc true` under strace with a
+    namespace filter and under `nstrace watch --json`, side by side, order rotated per repetition;
+    and, for nstrace, how long after its exit its programs were still attached (the detach it leaves
+    to a holder process, nstrace/bpf/teardown.py). With a baseline (another build's nstrace
+    executable), the same two watches of it, in the same rotation.
     """
+    ns_cmd = ["unshare", "--uts", "--ipc", "true"]
     runs = {"true": ["true"], "strace -f true": ["strace", "-f", "-o", "/dev/null", "true"],
-            "nstrace watch -- true": [str(NSTRACE), "watch", "--", "true"]}
+            "nstrace watch -- true": [str(NSTRACE), "watch", "--", "true"],
+            "strace -f -e trace=<ns syscalls> unshare --uts --ipc true": STRACE_NS + ns_cmd,
+            "nstrace watch --json -- unshare --uts --ipc true": [str(NSTRACE), "watch", "--json", "--", *ns_cmd]}
     if baseline:
-        runs["baseline watch --duration 0.001"] = [baseline, "watch", "--duration", "0.001"]
+        runs["baseline watch -- true"] = [baseline, "watch", "--", "true"]
+        runs["baseline watch --json -- unshare --uts --ipc true"] = [baseline, "watch", "--json", "--", *ns_cmd]
     res = {name: [] for name in runs}
     lingered = []
     for rep in range(reps):
         names = list(runs)
         names = names[rep % len(names):] + names[:rep % len(names)]
         for name in names:
-            before = set(kernel.prog_ids_named(("sys_enter", "sys_exit"))) if name.startswith("nstrace") else None
+            before = set(kernel.prog_ids_named(("sys_enter", "sys_exit"))) if name == "nstrace watch -- true" else None
             t = time.monotonic()
             subprocess.run(runs[name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             res[name].append(time.monotonic() - t)
@@ -153,7 +164,7 @@ def probe_cost(work, mode, n, tools, reps, log):
             for tool in tools:
                 path = _shm_file(tool)
                 try:
-                    with (NstraceWatch() if tool == "nstrace" else Bpftrace(path)) as tracer:
+                    with (Bpftrace(path) if tool == "bpftrace" else _nstrace(tool)) as tracer:
                         work.run(mode, n)
                         costs = kernel.cost_per_hit(kernel.programs_of(tracer.proc.pid))
                 finally:

@@ -154,6 +154,18 @@ static __always_inline void snapshot(struct nstrace_event *e, bool after, struct
 }
 
 /*
+ * A slot of after that the operation cannot have changed (a bit of same):
+ * copied from before without a load. Else as slot_btf().
+ */
+#define SLOT_BTF_BUT(e, after, slot, ns, same)					\
+	do {									\
+		if ((same) & (1U << (slot)))					\
+			copy_slot(e, slot);					\
+		else								\
+			slot_btf(e, after, slot, ns);				\
+	} while (0)
+
+/*
  * snapshot() of the calling task through BTF pointers: nsp, cred and pid are
  * its task->nsproxy, ->real_cred and ->thread_pid, which the caller loads
  * once for the whole program. Why once: on 6.18 the verifier searches the
@@ -172,9 +184,13 @@ static __always_inline void snapshot(struct nstrace_event *e, bool after, struct
  * at syscall exit, pid is not read (pass NULL): a task's struct pid, so its
  * active pid namespace, is its own for life (only exec by a non-leader
  * thread swaps it, fs/exec.c de_thread(), not unshare or setns).
+ *
+ * same: the slots (bits 1 << NS_*) an after snapshot copies from before
+ * unread, because the operation cannot have changed them (see
+ * unshare_same() in syscalls.bpf.c).
  */
-static __always_inline void snapshot_btf(struct nstrace_event *e, bool after, struct nsproxy *nsp,
-					 const struct cred *cred, struct pid *pid)
+static __always_inline void snapshot_btf_but(struct nstrace_event *e, bool after, struct nsproxy *nsp,
+					     const struct cred *cred, struct pid *pid, __u32 same)
 {
 	struct nstrace_ns_set *s = after ? &e->after : &e->before;
 
@@ -182,9 +198,9 @@ static __always_inline void snapshot_btf(struct nstrace_event *e, bool after, st
 		no_nsproxy(e, after);
 		return;
 	}
-	slot_btf(e, after, NS_MNT, &nsp->mnt_ns->ns);
-	slot_btf(e, after, NS_UTS, &nsp->uts_ns->ns);
-	slot_btf(e, after, NS_IPC, &nsp->ipc_ns->ns);
+	SLOT_BTF_BUT(e, after, NS_MNT, &nsp->mnt_ns->ns, same);
+	SLOT_BTF_BUT(e, after, NS_UTS, &nsp->uts_ns->ns, same);
+	SLOT_BTF_BUT(e, after, NS_IPC, &nsp->ipc_ns->ns, same);
 	if (after) {
 		copy_slot(e, NS_PID);
 	} else {
@@ -198,15 +214,22 @@ static __always_inline void snapshot_btf(struct nstrace_event *e, bool after, st
 			slot_probe(e, false, NS_PID, &up.ns->ns);
 		}
 	}
-	slot_btf(e, after, NS_PID_FOR_CHILDREN, &nsp->pid_ns_for_children->ns);
-	slot_btf(e, after, NS_NET, &nsp->net_ns->ns);
-	slot_btf(e, after, NS_USER, &cred->user_ns->ns);
-	slot_btf(e, after, NS_CGROUP, &nsp->cgroup_ns->ns);
-	slot_btf(e, after, NS_TIME, &nsp->time_ns->ns);
-	slot_btf(e, after, NS_TIME_FOR_CHILDREN, &nsp->time_ns_for_children->ns);
+	SLOT_BTF_BUT(e, after, NS_PID_FOR_CHILDREN, &nsp->pid_ns_for_children->ns, same);
+	SLOT_BTF_BUT(e, after, NS_NET, &nsp->net_ns->ns, same);
+	SLOT_BTF_BUT(e, after, NS_USER, &cred->user_ns->ns, same);
+	SLOT_BTF_BUT(e, after, NS_CGROUP, &nsp->cgroup_ns->ns, same);
+	SLOT_BTF_BUT(e, after, NS_TIME, &nsp->time_ns->ns, same);
+	SLOT_BTF_BUT(e, after, NS_TIME_FOR_CHILDREN, &nsp->time_ns_for_children->ns, same);
 	ptr_id_into(&s->nsproxy_id, nsp);
 	s->nsproxy_refs = *(int *)&nsp->count;
 	s->valid = 1;
 }
 
+
+/* Every slot read (where the stash allows nothing less). */
+static __always_inline void snapshot_btf(struct nstrace_event *e, bool after, struct nsproxy *nsp,
+					 const struct cred *cred, struct pid *pid)
+{
+	snapshot_btf_but(e, after, nsp, cred, pid, 0);
+}
 #endif /* NSTRACE_SNAPSHOT_BPF_H */

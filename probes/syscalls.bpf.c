@@ -373,20 +373,55 @@ static __always_inline void emit(struct nstrace_event *e, __u32 tid)
  * open_new_namespace() -> open_namespace_file(), 7.2): read it as setns
  * reads its fd, into target_*.
  */
-static __always_inline void new_mount_ns(struct task_struct *t, struct nstrace_event *e)
+static __always_inline void new_mount_ns(struct nstrace_event *e)
 {
+	/*
+	 * By helper calls even where the caller is a BTF pointer: a load of
+	 * task->files through it costs every load its BTF searches (see
+	 * snapshot_btf()), in the exit body every syscall shares, for a record
+	 * only 7.x makes.
+	 */
+	struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt;
+
 	if (e->ret < 0)
 		return;
-	if (have_task_btf()) {
-		struct fdtable *fdt = t->files->fdt;
+	fdt = BPF_CORE_READ(ct, files, fdt);
+	resolve_setns_fd(e, e->ret, BPF_CORE_READ(fdt, max_fds), BPF_CORE_READ(fdt, fd));
+}
 
-		resolve_setns_fd(e, e->ret, fdt->max_fds, fdt->fd);
-	} else {
-		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
-		struct fdtable *fdt = BPF_CORE_READ(ct, files, fdt);
+/*
+ * The slots an unshare with these flags cannot change: each namespace is
+ * copied into the new nsproxy unless its own flag asks for a new one
+ * (kernel/nsproxy.c create_new_namespaces(): copy_mnt_ns(), copy_utsname(),
+ * copy_ipcs(), copy_pid_ns(), copy_net_ns(), copy_cgroup_ns(),
+ * copy_time_ns() each return the old one without their flag; time_ns itself
+ * is always the old one), the user namespace changes only with
+ * CLONE_NEWUSER (kernel/fork.c unshare_userns()), and the active pid
+ * namespace never (see snapshot_btf()). 6.1 and 6.18. So the exit of the
+ * tight unshare loop reads one slot or two, not ten.
+ */
+static __always_inline __u32 unshare_same(__u64 flags)
+{
+	__u32 changed = 0;
 
-		resolve_setns_fd(e, e->ret, BPF_CORE_READ(fdt, max_fds), BPF_CORE_READ(fdt, fd));
-	}
+	if (flags & CLONE_NEWNS)
+		changed |= 1U << NS_MNT;
+	if (flags & CLONE_NEWUTS)
+		changed |= 1U << NS_UTS;
+	if (flags & CLONE_NEWIPC)
+		changed |= 1U << NS_IPC;
+	if (flags & CLONE_NEWPID)
+		changed |= 1U << NS_PID_FOR_CHILDREN;
+	if (flags & CLONE_NEWNET)
+		changed |= 1U << NS_NET;
+	if (flags & CLONE_NEWUSER)
+		changed |= 1U << NS_USER;
+	if (flags & CLONE_NEWCGROUP)
+		changed |= 1U << NS_CGROUP;
+	if (flags & CLONE_NEWTIME)
+		changed |= 1U << NS_TIME_FOR_CHILDREN;
+	return ~changed;
 }
 
 /*
@@ -403,7 +438,8 @@ static __always_inline bool same_task_snapshot(struct nstrace_event *e, struct t
 		if (e->start_time_ns != t->start_boottime)
 			return false;
 		if (snap)
-			snapshot_btf(e, true, t->nsproxy, t->real_cred, NULL);
+			snapshot_btf_but(e, true, t->nsproxy, t->real_cred, NULL,
+					 e->op == OP_UNSHARE ? unshare_same(e->raw_flags) : 0);
 	} else {
 		struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 
@@ -437,7 +473,7 @@ static __always_inline int op_exit(long ret)
 		if (!e->after.valid)	/* no child, or no nsproxy: clear the stash */
 			__builtin_memset(&e->after, 0, sizeof(e->after));
 		if (e->op == OP_OPEN_TREE || e->op == OP_FSMOUNT)
-			new_mount_ns(t, e);
+			new_mount_ns(e);
 		emit(e, tid);
 	}
 	inflight_give_back(e);
@@ -751,26 +787,48 @@ static __always_inline bool moved(const struct nstrace_event *e)
  */
 static __always_inline bool exec_may_move(struct task_struct *t)
 {
-	struct nsproxy *nsp = BPF_CORE_READ(t, nsproxy);
+	struct nsproxy *nsp;
 
+	if (have_task_btf()) {
+		/* plain loads: this runs on every exec of the machine (bench: kernel ns per probe hit) */
+		nsp = bpf_get_current_task_btf()->nsproxy;
+		return nsp && nsp->time_ns_for_children != nsp->time_ns;
+	}
+	nsp = BPF_CORE_READ(t, nsproxy);
 	return nsp && BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
 }
+
+/*
+ * Exec records between sched_prepare_exec and sched_process_exec, on all
+ * CPUs: while there is none, sched_process_exec has nothing to find and
+ * returns at once, without probing the in-flight table's cold slots. Only
+ * the rare exec that may move writes it; one whose task dies between the
+ * two (an error past the point of no return kills it, fs/exec.c) leaves
+ * it above zero, which costs the lookups again, never a record.
+ */
+__u64 exec_pending = 0;
 
 SEC("raw_tp/sched_prepare_exec")
 int BPF_PROG(sched_prepare_exec, struct task_struct *task)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid, tgid = pid_tgid >> 32;
+	__u64 pid_tgid;
+	__u32 tid, tgid;
 	struct nstrace_event *e;
 
-	if (!exec_may_move(t) || !wanted_process(tgid))
+	if (!exec_may_move(t))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tid = (__u32)pid_tgid;
+	tgid = pid_tgid >> 32;
+	if (!wanted_process(tgid))
 		return 0;
 	e = inflight_take(tid);
 	if (!e) {
 		__sync_fetch_and_add(&lost_inflight, 1);
 		return 0;
 	}
+	__sync_fetch_and_add(&exec_pending, 1);
 	if (kernel_path)
 		bpf_map_delete_elem(&paths, &tid);
 	clear_unwritten(e);
@@ -797,11 +855,15 @@ int BPF_PROG(sched_prepare_exec, struct task_struct *task)
 SEC("raw_tp/sched_process_exec")
 int BPF_PROG(sched_process_exec, struct task_struct *p, int old_pid)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct nstrace_event *e = inflight_find(old_pid);
+	__u32 tid;
+	struct nstrace_event *e;
 
+	if (!exec_pending)
+		return 0;
+	e = inflight_find(old_pid);
 	if (!e || e->op != OP_EXEC)
 		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
 	e->exit_ns = bpf_ktime_get_ns();
 	e->ret = 0;
 	e->tid = tid;
@@ -809,6 +871,7 @@ int BPF_PROG(sched_process_exec, struct task_struct *p, int old_pid)
 	if (e->after.valid && moved(e))
 		emit(e, tid);
 	inflight_give_back(e);
+	__sync_fetch_and_add(&exec_pending, -1);
 	if (kernel_path) {
 		bpf_map_delete_elem(&paths, &tid);
 		if ((__u32)old_pid != tid)

@@ -32,7 +32,13 @@ def test_quick_benchmark_table_and_json(tmp_path):
     assert start["unit"] == "ms" and 5 < start["median"] < 60_000, start
     # every target of issue 5 is stated, with a verdict or the reason it was not measured
     assert {t["target"] for t in doc["targets"]} == {"live", "shutdown", "churn", "unshare", "rate", "memory", "probe",
-                                                     "library"}
+                                                     "library", "live-26", "live-bpftrace", "command", "command-ns",
+                                                     "probe-26", "unshare-26"}
+    # where start-up goes (issue 26): each step, and the verifier's time for the bodies by name
+    steps = {f["variant"] for f in doc["figures"] if f["figure"] == "start-up breakdown"}
+    assert {"nstrace: object load (bpf(), the verifier)", "nstrace: attach"} <= steps, steps
+    per_program = {f["variant"] for f in doc["figures"] if f["figure"] == "start-up breakdown: verifier per program"}
+    assert {"nstrace: sys_enter", "nstrace: sys_exit"} <= per_program, per_program
     # the library's enter and exit (issue 25), in every repetition's fresh process
     library = [f for f in doc["figures"] if f["figure"] == "library: nstrace.trace()"]
     assert len(library) == 6 and all(f["n"] >= 1 and f["unit"] == "ms" for f in library), library

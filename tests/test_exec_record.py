@@ -33,6 +33,8 @@ def test_unshare_time_then_exec(tracer):
     assert exe.nsproxy["before"] != exe.nsproxy["after"]
     assert exe.ts >= unshare.ts
     assert exe.proc_check["status"] in ("match", "gone"), exe.proc_check
+    # every exec's sched_process_exec returns at once while no exec record is pending: none is now
+    assert tracer._obj.read_global(".bss", "exec_pending") == 0
 
 
 def test_a_plain_exec_makes_no_record(tracer):

@@ -216,3 +216,42 @@ def test_the_preload_thread_imports_only_what_loading_needs():
              "'tomllib', 'json') if m in sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", check=True)
     assert done.stdout.split() == [], done.stdout
+
+
+@pytest.mark.root("loads and attaches the probes")
+def test_links_a_holder_keeps_are_closed_without_threads(monkeypatch):
+    """watch -- COMMAND hands its links to a holder (bpf/teardown.py): closing ours then only drops a
+    reference, so detach_all starts none of the threads that wait out grace periods side by side
+    (a dozen, in every short watch). The holder's exit still detaches everything."""
+    from nshelpers import loader_programs, programs_left_after
+
+    from nstrace.bpf import teardown
+    before = set(loader_programs())
+    probes = ProbeSet(kernel_path=False).load()
+    probes.attach()
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    holder = teardown.hand_over(probes.obj.link_fds())
+    assert holder
+    try:
+        probes.close()
+    finally:
+        holder.let_go()
+    monkeypatch.undo()
+    assert started == []
+    assert not programs_left_after(before)
+
+
+def test_watch_leaves_without_the_interpreters_finalization():
+    """`nstrace watch` exits as soon as its last line is written (cli/main.py _leave()): what the
+    interpreter would run at its exit (here an atexit function that prints) does not run. The other
+    commands end as always."""
+    probe = ("import atexit, sys, nstrace.cli.main as m\n"
+             "atexit.register(lambda: print('finalized', file=sys.stderr))\n"
+             "sys.argv = ['nstrace', sys.argv[1], '--help']\nm.main()\n")
+    import sys
+    for command, finalized in (("watch", False), ("ls", True)):
+        done = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, cwd="/")
+        assert done.returncode == 0, done.stderr
+        assert ("finalized" in done.stderr) == finalized, (command, done.stderr)

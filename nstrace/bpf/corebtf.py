@@ -21,7 +21,6 @@ building it costs about as much as one load without it (a pass over the raw
 vmlinux BTF in Python), and only the first run after a boot or a rebuild pays.
 """
 
-import array
 import os
 import struct
 import time
@@ -100,6 +99,8 @@ class RawBtf:
             fixed[kind] = n // 4
         for kind, n in _PER_MEMBER.items():
             per_member[kind] = n // 4
+        import array  # only a boot's first start walks the raw BTF: the others read the copy
+
         offsets, named = array.array("I", [0]), []
         add = offsets.append
         i, n = 0, len(words)

@@ -9,13 +9,12 @@ or a subclass with a one-line reason.
 
 import ctypes
 import errno
-import mmap
 import os
 import threading
 
 from ..errors import LibbpfError, ProbeError
 from . import btf as btfmod
-from . import corebtf, features, libbpf
+from . import corebtf, features, libbpf, teardown
 
 _libc = ctypes.CDLL(None)
 # Strings, not pathlib: importing pathlib and what it imports delays `nstrace watch` going live.
@@ -186,6 +185,8 @@ class BpfObject:
             raise LibbpfError(f"no global {name} in {section}")
         offset, size = variables[name]
         if section not in self._mmaps:
+            import mmap  # once the watch is live, not before its first probe (bench: start-up breakdown)
+
             length = ctypes.c_size_t()
             self._lib.bpf_map__initial_value(self._map(section), ctypes.byref(length))
             pages = -(-length.value // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -252,6 +253,11 @@ class BpfObject:
         # (ctypes drops the GIL during the call). Trampoline and kprobe links go one at a time:
         # they patch kernel text, and concurrent fentry detaches under QEMU TCG were seen to leave
         # both vCPUs of a 6.1 guest in a soft lockup.
+        if teardown.held(self.link_fds()):
+            # a holder keeps them attached: each destroy only drops our reference, no grace period
+            for name in list(self._links):
+                self.detach(name)
+            return
         parallel = []
         for name in list(self._links):
             if self._sections.get(name, "").startswith(("tracepoint/", "raw_tp/")):

@@ -28,18 +28,29 @@ another thread), whose detach must stay theirs.
 """
 
 import os
-import signal
+
+# The fds a holder keeps too, until it is let go: closing ours only drops a reference, at once
+# (loader.BpfObject.detach_all asks, and spares the threads that wait out grace periods side by side)
+_held = set()
+
+
+def held(fds):
+    """Whether a holder keeps every one of fds (their teardown is the holder's)."""
+    return set(fds) <= _held
 
 
 class Holder:
     """The holder of one set of probes, waiting to be let go."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, fds):
         self._pipe = pipe  # the write end of the holder's pipe: its close lets the holder go
+        self._fds = fds
+        _held.update(fds)
 
     def let_go(self):
         """The caller holds no fd of the probes any more: the holder's exit detaches them now."""
         if self._pipe is not None:
+            _held.difference_update(self._fds)
             os.close(self._pipe)
             self._pipe = None
 
@@ -72,11 +83,12 @@ def hand_over(fds):
             os._exit(0)
     os.close(r)
     os.waitpid(pid, 0)
-    return Holder(w)
+    return Holder(w, keep)
 
 
 def _hold(r, keep):
     """The holder: the fds to keep and r alone, until r's EOF."""
+    import signal  # here, in the holder: signal imports enum, and the loader imports this module
     os.setsid()  # a hangup of the caller's terminal is not the holder's concern
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # watch -- COMMAND blocks some: not here
     null = os.open(os.devnull, os.O_RDWR)

@@ -95,6 +95,29 @@ def _silence_stdout():
 
 def main(argv=None):
     """Entry point: run the CLI, turning every known error into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = _main(args)
+    if args[:1] == ["watch"] and argv is None:
+        _leave(code)
+    return code
+
+
+def _leave(code):
+    """Exit now, as the process it is: watch's files are closed, its probes handed over or detached,
+    its held COMMAND released or cancelled (preload.discard()). What the interpreter would still do,
+    freeing every module and object one by one, costs tens of milliseconds after the last line was
+    written: every `watch -- COMMAND` in a script would pay them (bench: short command)."""
+    from ..bpf import preload
+    preload.discard()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # said already (main's WriteFailed), or a reader gone: nothing more to say
+    os._exit(code)
+
+
+def _main(args):
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     for signo in stops:
         signal.signal(signo, on_signal)
@@ -112,7 +135,6 @@ def main(argv=None):
             raise WriteFailed("stdout is closed: nstrace would write into whatever file it opens next; "
                               "redirect it to /dev/null to discard the output")
         # Not cli.main(): click turns EPIPE into exit 1 there, before the record file is closed.
-        args = list(sys.argv[1:] if argv is None else argv)
         if not args:
             # The help `nstrace -h` prints, on stderr, exit 2: no command is bad input. Click 8.2's groups
             # do the same; said here so that click 8.1's (help on stdout, exit 0) do not decide it.
