@@ -5,7 +5,7 @@ import os
 import subprocess
 
 import pytest
-from nshelpers import NSTRACE
+from nshelpers import ELSEWHERE, NSTRACE
 
 from nstrace.check import catalogue, checker, launcher, scenario
 from nstrace.check.launcher import Launcher
@@ -103,7 +103,9 @@ def test_killed_launcher_is_cleaned_by_the_next(tmp_path):
     script = ("import sys, time\nfrom nstrace.check.launcher import Launcher\n"
               f"l = Launcher(state_dir={str(tmp_path)!r})\nl.holder(['uts'])\nl.netns('killed')\n"
               "print(l.id, flush=True)\ntime.sleep(600)\n")
-    proc = subprocess.Popen([str(NSTRACE.parent / "python"), "-c", script], stdout=subprocess.PIPE, text=True)
+    # run elsewhere: from the checkout, `python -c` would import its nstrace, which has no built _bpf/
+    proc = subprocess.Popen([str(NSTRACE.parent / "python"), "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=ELSEWHERE)
     run_id = proc.stdout.readline().strip()
     assert run_id
     assert f"nstrace-{run_id}-killed" in subprocess.run(["ip", "netns", "list"], capture_output=True,
