@@ -110,6 +110,8 @@ def _leave(code):
     from ..bpf import preload
     preload.discard()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the descriptor closed (main refused that already)
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):

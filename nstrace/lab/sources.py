@@ -37,13 +37,14 @@ Chooser = Callable[[dict, str], Iterable[str]]
 def fetch(series: str, patterns: list[str], choose: Chooser, functions: list[str], status: Status = quiet,
           force: bool = False) -> dict:
     """The manifest of series' source in the cache, fetched first unless the suite's current version is
-    there already, chosen for (at least) these functions."""
+    there already, chosen for these functions: a cache chosen for others (an older nstrace's paths) is
+    fetched again, so that it keeps only the files the paths cite."""
     spec = apt.source_spec(series, status)
     root = trusted(trusted(cache_dir()) / "source")
     with locked(root / f".{series}.lock"):
         have = kernelsource.manifest(series)
         if (not force and have is not None and have.get("version") == spec.version
-                and set(functions) <= set(have.get("functions", ()))):
+                and set(functions) == set(have.get("functions", ()))):
             status(f"{series}: {have['package']} {have['version']} is here ({len(have['files'])} files)")
             return have
         return _build(spec, patterns, choose, functions, status)
