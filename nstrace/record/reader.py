@@ -46,6 +46,8 @@ class Tables(ctypes.Structure):
         ("op_nflags", ctypes.c_uint32 * layout.OP_SLOTS),
         ("op_flag_names", (ctypes.c_char_p * 8) * layout.OP_SLOTS),
         ("op_flag_bits", (ctypes.c_uint64 * 8) * layout.OP_SLOTS),
+        ("contexts", ctypes.c_char_p * 8),
+        ("holders", ctypes.c_char_p * 8),
     ]
 
 
@@ -90,6 +92,9 @@ def tables(raw_addresses=False):
         for i, (flag, bit) in enumerate(fl.OP_FLAGS.get(name, {}).items()):
             t.op_flag_names[num][i], t.op_flag_bits[num][i] = _js(flag), bit
         t.op_nflags[num] = len(fl.OP_FLAGS.get(name, {}))
+    for names, table in ((layout.CONTEXTS, t.contexts), (layout.HOLDERS, t.holders)):
+        for num, name in names.items():
+            table[num] = _js(name) if name else None
     return t
 
 
