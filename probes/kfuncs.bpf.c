@@ -411,27 +411,37 @@ static __always_inline int tree_add(enum nstrace_func fn, const struct ns_common
  * The CPU's preempt count, where softirq service is told (include/linux/preempt.h
  * in_serving_softirq(): SOFTIRQ_OFFSET, 1 << 8, 5.10.262 to 7.2.13). x86 keeps
  * it per CPU: int __preempt_count (arch/x86/include/asm/preempt.h, 5.10.262,
- * 6.1.192, 7.2.13), a member of struct pcpu_hot in between (6.12.118). Weak
- * ksyms: the one this kernel lacks resolves to 0, and its branch is dead to
- * the verifier. Its top bit is PREEMPT_NEED_RESCHED, inverted, not a count.
+ * 6.1.192, 7.2.13), a member of struct pcpu_hot in between (6.12.118), read
+ * at __per_cpu_offset[cpu] + the variable's per-CPU offset, as %gs does.
+ * Typeless ksyms, from kallsyms: 5.10's BTF has no per-CPU variables, so
+ * bpf_this_cpu_ptr() has nothing to take there. Weak: the one this kernel
+ * lacks is 0, and its branch is dead to the verifier.
  */
-extern int __preempt_count __ksym __weak;
+extern const void __preempt_count __ksym __weak;
+extern const void pcpu_hot __ksym __weak;
+extern const void __per_cpu_offset __ksym __weak;
 
 struct pcpu_hot {
 	int preempt_count;
 } __attribute__((preserve_access_index));
-extern struct pcpu_hot pcpu_hot __ksym __weak;
 
 #define SOFTIRQ_OFFSET 0x100
 
 static __always_inline bool in_serving_softirq(void)
 {
+	__u64 base = 0, where;
 	int count = 0;
 
 	if (&__preempt_count)
-		count = *(int *)bpf_this_cpu_ptr(&__preempt_count);
-	else if (&pcpu_hot)
-		count = ((struct pcpu_hot *)bpf_this_cpu_ptr(&pcpu_hot))->preempt_count;
+		where = (__u64)&__preempt_count;
+	else if (&pcpu_hot && bpf_core_field_exists(struct pcpu_hot, preempt_count))
+		where = (__u64)&pcpu_hot + bpf_core_field_offset(struct pcpu_hot, preempt_count);
+	else
+		return false;
+	if (!&__per_cpu_offset)
+		return false;
+	bpf_probe_read_kernel(&base, sizeof(base), (const __u64 *)&__per_cpu_offset + bpf_get_smp_processor_id());
+	bpf_probe_read_kernel(&count, sizeof(count), (const void *)(base + where));
 	return count & SOFTIRQ_OFFSET;
 }
 
