@@ -196,6 +196,18 @@ static __always_inline void path_enter(enum nstrace_func fn, enum arg_kind kind,
 }
 
 /*
+ * The DROPS functions no other is ever around: a task's exit, a mount's
+ * release (task work after the umount returned, a kworker's after exit:
+ * fs/namespace.c mntput_no_expire(), 6.1.192 and 7.2.13), net's cleanup
+ * work.
+ */
+static __always_inline bool dying_outermost(enum nstrace_func fn)
+{
+	return fn == FN_exit_task_namespaces || fn == FN_exit_nsproxy_namespaces || fn == FN_cleanup_mnt ||
+	       fn == FN_cleanup_net;
+}
+
+/*
  * The step of a DROPS function's entry that heads the death records made
  * inside it (ns_dies()), pushed on the task's stack of them.
  */
@@ -212,6 +224,8 @@ static __always_inline void dying_push(enum nstrace_func fn, enum arg_kind kind,
 		if (!st)
 			return;
 	}
+	if (dying_outermost(fn))
+		st->depth = 0;	/* what a missed kretprobe left is gone, not under this one */
 	i = st->depth++;
 	if (i >= DYING_DEPTH)
 		return;
