@@ -24,7 +24,7 @@ def deaths(name):
 
 
 def test_a_death_row_says_which_namespace_how_long_what_it_ran_in_and_who_held_it():
-    _, [rcu, umount, exited] = deaths("lab-6.1-deaths.jsonl")
+    _, [rcu, umount, exited] = deaths("watch-6.1-deaths.jsonl")
     text = table.row(umount, path=False)
     assert "died: uts:[4026532157], lived 2.071 s" in text
     assert "ran in umount (pid 154), its own call" in text
@@ -34,7 +34,7 @@ def test_a_death_row_says_which_namespace_how_long_what_it_ran_in_and_who_held_i
 
 def test_an_rcu_free_is_no_tasks_in_the_table():
     """Before: `swapper/0  0  free  NEWPID`, the task the softirq interrupted, as if it freed it."""
-    _, [rcu, *_] = deaths("lab-6.1-deaths.jsonl")
+    _, [rcu, *_] = deaths("watch-6.1-deaths.jsonl")
     first, *details = table.row(rcu, path=False).splitlines()
     assert first.split()[1:5] == ["(softirq)", "-", "-", "free"]
     assert details[:3] == ["    died: pid:[4026532157], lived 143.653 ms",
@@ -44,19 +44,19 @@ def test_an_rcu_free_is_no_tasks_in_the_table():
 
 
 def test_a_death_whose_birth_was_not_seen_says_so():
-    _, [rcu, *_] = deaths("lab-6.1-deaths.jsonl")
+    _, [rcu, *_] = deaths("watch-6.1-deaths.jsonl")
     unseen = dataclasses.replace(rcu, ns={**rcu.ns, "lived_ns": None})
     assert "died: pid:[4026532157], born before the trace (or its birth was not seen)" in table.row(unseen)
 
 
 def test_the_ns_id_is_shown_where_the_kernel_has_one():
-    _, [pid, *_] = deaths("lab-7.2-deaths.jsonl")
+    _, [pid, *_] = deaths("watch-7.2-deaths.jsonl")
     assert "died: pid:[4026532155] ns_id 11, lived 53.935 ms" in table.row(pid, path=False)
     assert "ran in kworker/0:1 (pid 11), a workqueue worker" in table.row(pid, path=False)
 
 
 def test_an_nsproxy_row_shows_its_members_before_and_after():
-    session = reader.load(DATA / "lab-7.2-deaths.jsonl")
+    session = reader.load(DATA / "watch-7.2-deaths.jsonl")
     [uts] = [r for r in session.records if r.op == "unshare" and r.changed == ["uts"]][:1]
     line = table.nsproxy_members(uts)
     before, after = uts.nsproxy["before"], uts.nsproxy["after"]
@@ -66,7 +66,7 @@ def test_an_nsproxy_row_shows_its_members_before_and_after():
     assert line in table.row(uts)
 
 
-@pytest.mark.parametrize("name", ["lab-6.1-deaths.jsonl", "lab-7.2-deaths.jsonl"])
+@pytest.mark.parametrize("name", ["watch-6.1-deaths.jsonl", "watch-7.2-deaths.jsonl"])
 def test_the_graph_draws_each_birth_and_death(name):
     session, frees = deaths(name)
     g = graph.graph(session.records)
@@ -85,7 +85,7 @@ def test_an_inode_reused_after_a_death_is_another_node():
     """Before 6.18 a namespace has no ns_id, and its inode number is the next one's once it died
     (kernel-notes/lifetime-and-identity.md): the sid session's two uts namespaces, without their
     ns_id, are two nodes, not one that died and came back."""
-    session = reader.load(DATA / "lab-7.2-deaths.jsonl")
+    session = reader.load(DATA / "watch-7.2-deaths.jsonl")
     records = [dataclasses.replace(r, ns_id_before=None, ns_id_after=None,
                                    ns=r.ns and {**r.ns, "ns_id": None}) for r in session.records]
     g = graph.graph(records)
