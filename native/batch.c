@@ -98,6 +98,8 @@ struct batch_tables {
 	__u32 op_nmakers[OP_MAX];
 	__u64 op_maker_flag[OP_MAX][16];
 	__u64 op_maker_type[OP_MAX][16];
+	const char *contexts[8];	/* layout.CONTEXTS, by enum nstrace_context; NULL: null */
+	const char *holders[8];		/* layout.HOLDERS, by enum nstrace_holder; NULL: null */
 };
 
 #define BATCH_MAX_COMMS 16
@@ -1084,6 +1086,15 @@ static size_t containers_len(const struct batch *b, const struct nstrace_event *
 	return (c >= 0 ? b->frags[BATCH_CGROUPS].len[c] : 0) + (tg >= 0 ? b->frags[BATCH_TARGETS].len[tg] : 0);
 }
 
+/* A table's JSON-ready name, or null */
+static void put_name(struct out *o, const char *name)
+{
+	if (name)
+		puts_(o, name);
+	else
+		PUT(o, "null");
+}
+
 /* "ns" of open_tree, fsmount and free: the namespace made or freed (and how long it lived). */
 static void put_ns(struct out *o, const struct batch_tables *t, const struct nstrace_event *e)
 {
@@ -1100,6 +1111,10 @@ static void put_ns(struct out *o, const struct batch_tables *t, const struct nst
 	if (e->op == OP_FREE) {
 		PUT(o, ",\"lived_ns\":");
 		put_opt_u64(o, e->lived_ns);
+		PUT(o, ",\"context\":");
+		put_name(o, e->context < 8 ? t->contexts[e->context] : NULL);
+		PUT(o, ",\"held_by\":");
+		put_name(o, e->holder < 8 ? t->holders[e->holder] : NULL);
 	}
 	*o->p++ = '}';
 }

@@ -61,16 +61,26 @@ struct {
 } births SEC(".maps");
 
 /*
- * A task inside a function that drops namespace references (free_nsproxy,
- * nsproxy_free, cleanup_net): that function's entry step, the first step of
- * any death record the task makes meanwhile. By tid, from entry to exit.
+ * The functions that drop namespace references a task is inside, outermost
+ * first (exit_task_namespaces -> free_nsproxy, cleanup_mnt -> nsfs_evict,
+ * cleanup_net): their entry steps, the first steps of any death record the
+ * task makes meanwhile. By tid, from the outermost entry to its exit.
  */
+#define DYING_DEPTH 3
+
+struct dying_stack {
+	__u32 depth;		/* entered; only the first DYING_DEPTH are kept */
+	struct nstrace_step steps[DYING_DEPTH];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u32);
-	__type(value, struct nstrace_step);
+	__type(value, struct dying_stack);
 } dying SEC(".maps");
+
+static const struct dying_stack empty_stack;
 
 /*
  * create_user_ns(struct cred *new) puts the user namespace it makes in
@@ -141,30 +151,14 @@ static __always_inline struct nstrace_step *next_step(void)
 	return &p->steps[i];
 }
 
-/* drops: fn is a DROPS row of functions.def, whose entry heads the death records made inside it */
-static __always_inline int step_enter(enum nstrace_func fn, bool drops, enum arg_kind kind, __u64 arg0,
-				      __u64 arg1)
+/* fn's entry as a step of the traced syscall the task is inside, if any */
+static __always_inline void path_enter(enum nstrace_func fn, enum arg_kind kind, __u64 arg0, __u64 arg1)
 {
-	struct nstrace_step *s;
+	struct nstrace_step *s = next_step();
 	struct nsproxy *nsp = NULL;
 
-	if (drops) {
-		/* what a death record shows as its first step, inside a traced call or not */
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-		struct nstrace_step ctx = { .ts_ns = bpf_ktime_get_ns(), .func = fn, .kind = STEP_ENTER };
-
-		if (kind == ARG_NSPROXY) {
-			ctx.what = VAL_NSPROXY;
-			ctx.nsproxy_id = ptr_id((void *)arg0);
-			ctx.refs = nsproxy_refs((struct nsproxy *)arg0);
-		}
-		bpf_map_update_elem(&dying, &tid, &ctx, BPF_ANY);
-	}
-	if (fn == FN_create_user_ns)
-		user_ns_enter(arg0);
-	s = next_step();
 	if (!s)
-		return 0;
+		return;
 	s->ts_ns = bpf_ktime_get_ns();
 	s->func = fn;
 	s->kind = STEP_ENTER;
@@ -199,8 +193,83 @@ static __always_inline int step_enter(enum nstrace_func fn, bool drops, enum arg
 		s->nsproxy_id = ptr_id(nsp);
 		s->refs = nsproxy_refs(nsp);
 	}
+}
+
+/*
+ * The DROPS functions no other is ever around: a task's exit, a mount's
+ * release (task work after the umount returned, a kworker's after exit:
+ * fs/namespace.c mntput_no_expire(), 6.1.192 and 7.2.13), net's cleanup
+ * work.
+ */
+static __always_inline bool dying_outermost(enum nstrace_func fn)
+{
+	return fn == FN_exit_task_namespaces || fn == FN_exit_nsproxy_namespaces || fn == FN_cleanup_mnt ||
+	       fn == FN_cleanup_net;
+}
+
+/*
+ * The step of a DROPS function's entry that heads the death records made
+ * inside it (ns_dies()), pushed on the task's stack of them.
+ */
+static __always_inline void dying_push(enum nstrace_func fn, enum arg_kind kind, __u64 arg0)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), i;
+	struct dying_stack *st;
+	struct nstrace_step *s;
+
+	st = bpf_map_lookup_elem(&dying, &tid);
+	if (!st) {
+		bpf_map_update_elem(&dying, &tid, &empty_stack, BPF_ANY);
+		st = bpf_map_lookup_elem(&dying, &tid);
+		if (!st)
+			return;
+	}
+	if (dying_outermost(fn))
+		st->depth = 0;	/* what a missed kretprobe left is gone, not under this one */
+	i = st->depth++;
+	if (i >= DYING_DEPTH)
+		return;
+	s = &st->steps[i];
+	__builtin_memset(s, 0, sizeof(*s));
+	s->ts_ns = bpf_ktime_get_ns();
+	s->func = fn;
+	s->kind = STEP_ENTER;
+	if (kind == ARG_NSPROXY) {
+		s->what = VAL_NSPROXY;
+		s->nsproxy_id = ptr_id((void *)arg0);
+		s->refs = nsproxy_refs((struct nsproxy *)arg0);
+	}
+}
+
+/* A DROPS function returns: off the stack, which goes with its outermost. */
+static __always_inline void dying_pop(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct dying_stack *st = bpf_map_lookup_elem(&dying, &tid);
+
+	if (!st)
+		return;
+	if (st->depth <= 1)
+		bpf_map_delete_elem(&dying, &tid);
+	else
+		st->depth--;
+}
+
+/* drops: fn is a DROPS row of functions.def, whose entry heads the death records made inside it */
+static __always_inline int step_enter(enum nstrace_func fn, bool drops, enum arg_kind kind, __u64 arg0,
+				      __u64 arg1)
+{
+	if (drops)
+		dying_push(fn, kind, arg0);
+	if (fn == FN_create_user_ns)
+		user_ns_enter(arg0);
+	path_enter(fn, kind, arg0, arg1);
+	/* the nsproxy's ids taken above: its address may hold another next, under another id (ptr_id.bpf.h) */
+	if (fn == FN_free_nsproxy || fn == FN_nsproxy_free)
+		ptr_retire((const void *)arg0);
 	return 0;
 }
+
 
 /* A pointer a function returns that is an error: ERR_PTR(-errno), include/linux/err.h IS_ERR_VALUE() */
 #define MAX_ERRNO 4095
@@ -283,11 +352,8 @@ static __always_inline int step_exit(enum nstrace_func fn, bool drops, enum ret_
 {
 	struct nstrace_step *s;
 
-	if (drops) {
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-
-		bpf_map_delete_elem(&dying, &tid);
-	}
+	if (drops)
+		dying_pop();
 	if (fn == FN_create_user_ns)
 		user_ns_exit(ret);
 	s = next_step();
@@ -356,9 +422,136 @@ static __always_inline int tree_add(enum nstrace_func fn, const struct ns_common
 }
 
 /*
+ * The CPU's preempt count, where softirq service is told (include/linux/preempt.h
+ * in_serving_softirq(): SOFTIRQ_OFFSET, 1 << 8, 5.10.262 to 7.2.13). x86 keeps
+ * it per CPU: int __preempt_count (arch/x86/include/asm/preempt.h, 5.10.262,
+ * 6.1.192, 7.2.13), a member of struct pcpu_hot in between (6.12.118), read
+ * at __per_cpu_offset[cpu] + the variable's per-CPU offset, as %gs does.
+ * Typeless ksyms, from kallsyms: 5.10's BTF has no per-CPU variables, so
+ * bpf_this_cpu_ptr() has nothing to take there. Weak: the one this kernel
+ * lacks is 0, and its branch is dead to the verifier.
+ */
+extern const void __preempt_count __ksym __weak;
+extern const void pcpu_hot __ksym __weak;
+extern const void __per_cpu_offset __ksym __weak;
+
+struct pcpu_hot {
+	int preempt_count;
+} __attribute__((preserve_access_index));
+
+#define SOFTIRQ_OFFSET 0x100
+
+static __always_inline bool in_serving_softirq(void)
+{
+	__u64 base = 0, where;
+	int count = 0;
+
+	if (&__preempt_count)
+		where = (__u64)&__preempt_count;
+	else if (&pcpu_hot && bpf_core_field_exists(struct pcpu_hot, preempt_count))
+		where = (__u64)&pcpu_hot + bpf_core_field_offset(struct pcpu_hot, preempt_count);
+	else
+		return false;
+	if (!&__per_cpu_offset)
+		return false;
+	bpf_probe_read_kernel(&base, sizeof(base), (const __u64 *)&__per_cpu_offset + bpf_get_smp_processor_id());
+	bpf_probe_read_kernel(&count, sizeof(count), (const void *)(base + where));
+	return count & SOFTIRQ_OFFSET;
+}
+
+/* task_struct->flags, whose bits say a kernel thread and a workqueue worker */
+struct task_struct___flags {
+	unsigned int flags;
+} __attribute__((preserve_access_index));
+
+#define PF_WQ_WORKER 0x00000020	/* include/linux/sched.h, 6.1.192 and 7.2.13 */
+#define PF_KTHREAD 0x00200000
+
+/*
+ * What a free runs in. A softirq first: it borrows whatever task it
+ * interrupted (swapper, a kworker, a process of the trace), which is
+ * nothing to the namespace.
+ */
+static __always_inline __u16 death_context(struct task_struct *t)
+{
+	unsigned int flags = BPF_CORE_READ((struct task_struct___flags *)t, flags);
+
+	if (in_serving_softirq())
+		return CTX_SOFTIRQ;
+	if (flags & PF_WQ_WORKER)
+		return CTX_KWORKER;
+	if (flags & PF_KTHREAD)
+		return CTX_KTHREAD;
+	return CTX_TASK;
+}
+
+/* Who held the last reference, by the dropping functions the freeing task is inside. */
+static __always_inline __u16 holder_of(const struct dying_stack *st)
+{
+	__u16 holder = HOLDER_NONE;
+
+	for (__u32 i = 0; i < DYING_DEPTH && i < st->depth; i++) {
+		switch (st->steps[i].func) {
+		case FN_exit_task_namespaces:
+		case FN_exit_nsproxy_namespaces:
+			return HOLDER_EXIT;	/* outermost: what the exit frees, it frees through free_nsproxy */
+		case FN_cleanup_mnt:
+			return HOLDER_UMOUNT;	/* outermost: the umount's release evicts the ns file inside it */
+		case FN_nsfs_evict:
+			holder = HOLDER_CLOSE;
+			break;
+		case FN_free_nsproxy:
+		case FN_nsproxy_free:
+			if (!holder)
+				holder = HOLDER_SWITCH;
+			break;
+		default:
+			break;
+		}
+	}
+	return holder;
+}
+
+/* Death records carry the dropping steps and the freeing function's: at most this many steps. */
+#define DEATH_STEPS (DYING_DEPTH + 1)
+#define DEATH_SIZE (NSTRACE_HEAD_SIZE + DEATH_STEPS * sizeof(struct nstrace_step))
+
+/* The record's task: the one that frees, when it is not a softirq's borrowed one. */
+static __always_inline void death_task(struct nstrace_event *rec, struct task_struct *t, __u64 pid_tgid)
+{
+	rec->pid = pid_tgid >> 32;
+	rec->tid = (__u32)pid_tgid;
+	rec->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	rec->uid = (__u32)bpf_get_current_uid_gid();
+	rec->start_time_ns = BPF_CORE_READ(t, start_boottime);
+	rec->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+}
+
+/* The dropping steps of the freeing task before fn's, and who they say held the namespace. */
+static __always_inline __u32 death_path(struct nstrace_event *rec, __u32 tid)
+{
+	const struct dying_stack *st = bpf_map_lookup_elem(&dying, &tid);
+	__u32 n = 0;
+
+	if (!st)
+		return 0;
+	for (__u32 i = 0; i < DYING_DEPTH; i++) {
+		if (i >= st->depth)
+			break;
+		rec->steps[i] = st->steps[i];
+		n = i + 1;
+	}
+	rec->holder = holder_of(st);
+	return n;
+}
+
+/*
  * A namespace dies: a record of its own, op OP_FREE, made here, outside any
- * syscall (a dying task's exit, an umount, a kworker's deferred free). Its
- * path: the dropping context the task is inside, if any (dying), then fn.
+ * syscall (a dying task's exit, an umount, a kworker's deferred free, an RCU
+ * callback). Its path: the dropping functions the freeing task is inside,
+ * if any (dying), then fn. In a softirq the task is a bystander: neither its
+ * identity nor its dropping functions are the record's.
  * With --pid, only deaths of namespaces a followed process made (births), or
  * dropped by a task it follows. An exit is not such a task: it leaves the
  * followed set at sched_process_exit, before exit_task_namespaces() drops
@@ -370,50 +563,47 @@ static __always_inline int ns_dies(enum nstrace_func fn, const struct ns_common 
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid(), key = (__u64)ns, now = bpf_ktime_get_ns(), lived = 0;
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	__u32 tid = (__u32)pid_tgid, n = 0;
-	struct nstrace_step *ctx;
+	__u16 context = death_context(t);
 	struct nstrace_event *rec;
+	struct nstrace_step *last;
 	__u64 *birth;
 	bool claimed;
+	__u32 n = 0;
 
 	birth = bpf_map_lookup_elem(&births, &key);
 	if (birth && *birth && now > *birth)
 		lived = now - *birth;
 	/* a birth is taken once: by its death here, or by user space as the trace ends (outlived) */
 	claimed = birth && !bpf_map_delete_elem(&births, &key);
-	if (!claimed && !wanted_process(pid_tgid >> 32))
+	if (!claimed && filter_tgid && (context == CTX_SOFTIRQ || !wanted_process(pid_tgid >> 32)))
 		return 0;
-	rec = bpf_ringbuf_reserve(&events, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step), 0);
+	rec = bpf_ringbuf_reserve(&events, DEATH_SIZE, 0);
 	if (!rec) {
 		__sync_fetch_and_add(&lost_events, 1);
 		return 0;
 	}
-	__builtin_memset(rec, 0, NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step));
+	__builtin_memset(rec, 0, DEATH_SIZE);
 	rec->enter_ns = rec->exit_ns = now;
 	rec->op = OP_FREE;
-	rec->pid = pid_tgid >> 32;
-	rec->tid = tid;
-	rec->ppid = BPF_CORE_READ(t, real_parent, tgid);
-	rec->uid = (__u32)bpf_get_current_uid_gid();
-	rec->start_time_ns = BPF_CORE_READ(t, start_boottime);
-	rec->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+	rec->context = context;
+	if (context != CTX_SOFTIRQ) {
+		death_task(rec, t, pid_tgid);
+		n = death_path(rec, (__u32)pid_tgid);
+	}
 	ns_fields(ns, &rec->target_inum, &rec->target_ns_id, NULL);
 	rec->target_nstype = type ?: ns_type(ns);
 	rec->raw_flags = rec->target_nstype;
 	rec->lived_ns = lived;
-	ctx = bpf_map_lookup_elem(&dying, &tid);
-	if (ctx) {
-		rec->steps[0] = *ctx;
-		n = 1;
-	}
-	rec->steps[n & 1].ts_ns = now;
-	rec->steps[n & 1].func = fn;
-	rec->steps[n & 1].kind = STEP_ENTER;
-	rec->steps[n & 1].what = VAL_NS_ARG;
-	rec->steps[n & 1].inum = rec->target_inum;
+	if (n >= DEATH_STEPS)	/* never: for the verifier */
+		n = DEATH_STEPS - 1;
+	last = &rec->steps[n];
+	last->ts_ns = now;
+	last->func = fn;
+	last->kind = STEP_ENTER;
+	last->what = VAL_NS_ARG;
+	last->inum = rec->target_inum;
 	rec->nsteps = n + 1;
-	bpf_ringbuf_submit(rec, wakeup_flags(NSTRACE_HEAD_SIZE + 2 * sizeof(struct nstrace_step)));
+	bpf_ringbuf_submit(rec, wakeup_flags(DEATH_SIZE));
 	return 0;
 }
 

@@ -43,6 +43,16 @@ enum nstrace_step_value {
 #include "record.def"
 };
 
+enum nstrace_context {
+#define NSTRACE_CONTEXT(name, value) CTX_##name = value,
+#include "record.def"
+};
+
+enum nstrace_holder {
+#define NSTRACE_HOLDER(name, value) HOLDER_##name = value,
+#include "record.def"
+};
+
 /* NSTRACE_MAX_STEPS */
 enum {
 #define NSTRACE_SIZE(name, value) NSTRACE_##name = value,
@@ -118,6 +128,8 @@ struct nstrace_event {
 	__u32 nsteps;
 	__u32 steps_dropped;	/* steps beyond NSTRACE_MAX_STEPS */
 	char comm[16];
+	__u16 context;		/* free: enum nstrace_context (fills the hole before the sets) */
+	__u16 holder;		/* free: enum nstrace_holder */
 	struct nstrace_ns_set before;
 	struct nstrace_ns_set after;	/* clone: the child's */
 	struct nstrace_step steps[NSTRACE_MAX_STEPS];

@@ -35,6 +35,7 @@ struct events_map events SEC(".maps");
 
 struct inflight_map inflight SEC(".maps");
 struct paths_map paths SEC(".maps");
+struct ptr_gen_map ptr_gens SEC(".maps");	/* ptr_id.bpf.h */
 
 /*
  * --pid: the traced process and every descendant born while tracing. Not an

@@ -141,3 +141,105 @@ def test_doctor_names_the_types_whose_deaths_it_cannot_see():
     tree = {"probe": "__ns_tree_remove", "layer": "function", "attached": True, "reason": ""}
     assert deaths_verdict([tree, missing]) == "recorded (op free) through __ns_tree_remove"
     assert deaths_verdict([missing]).startswith("not visible on this kernel")
+
+
+# --- what a death says of itself (issue 24: lifetimes are first-class) ------------------------------
+
+def deaths_of(records, ns_type, inode):
+    return [r for r in records if r["op"] == "free" and (r["ns"]["type"], r["ns"]["inode"]) == (ns_type, inode)]
+
+
+def made_inode(records, entry):
+    [made] = [r for r in records if r["op"] == "unshare" and entry in r["changed"]]
+    return made["ns_after"][entry]
+
+
+def funcs(rec):
+    return [s["func"] for s in rec["kernel_path"]]
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_an_rcu_free_is_credited_to_no_task(tracer):
+    """A pid namespace is freed a grace period after its last process, by an RCU callback in a softirq
+    (kernel/pid_namespace.c destroy_pid_ns() -> call_rcu(delayed_free_pidns), 5.10.262 and 6.1.192), or by a
+    kworker (7.2). The softirq runs on whatever task it interrupted (swapper/0, a kworker, sleep): the
+    record says softirq and names no task, instead of crediting that one."""
+    from nstrace.check.checker import deaths_visible
+    if not deaths_visible(tracer, "pid"):
+        pytest.skip("no hook sees pid namespaces die on this kernel (nstrace doctor says why)")
+    records, _ = watch("sh", "-c", f"unshare --pid --fork true; sleep {LINGER_S}")
+    [death] = deaths_of(records, "pid", made_inode(records, "pid_for_children"))
+    assert death["ns"]["context"] in ("softirq", "kworker", "kthread"), death
+    if death["ns"]["context"] == "softirq":
+        assert (death["pid"], death["tid"], death["comm"]) == (0, 0, ""), death
+        assert death["ns"]["held_by"] is None and funcs(death)[:-1] == [], death
+    assert death["ns"]["lived_ns"] > 0, death
+
+
+EXITS = ("exit_task_namespaces", "exit_nsproxy_namespaces")  # 7.x renamed it (kernel/nsproxy.c, 7.2.13)
+FREE_NSPROXY = ("free_nsproxy", "nsproxy_free")
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_a_death_at_exit_shows_the_exit_path(tracer):
+    """`unshare --ipc sleep`: the namespace dies as sleep exits, inside do_exit()'s exit_task_namespaces()
+    and free_nsproxy(): the record's path shows both, its task is sleep, and it says the exit held it."""
+    from nstrace.check.checker import deaths_visible
+    if not deaths_visible(tracer, "ipc"):
+        pytest.skip("no hook sees ipc namespaces die on this kernel (nstrace doctor says why)")
+    records, _ = watch("sh", "-c", f"unshare --ipc sleep 0.1; sleep {LINGER_S}")
+    [death] = deaths_of(records, "ipc", made_inode(records, "ipc"))
+    assert (death["comm"], death["ns"]["context"], death["ns"]["held_by"]) == ("sleep", "task", "exit"), death
+    assert funcs(death)[0] in EXITS and funcs(death)[1] in FREE_NSPROXY, death
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_a_bind_mount_held_namespace_dies_at_its_umount(tracer, tmp_path):
+    """`unshare --uts=FILE true` bind-mounts the new namespace's ns file on FILE: it outlives unshare,
+    and dies at `umount FILE`, in umount's task work (fs/namespace.c cleanup_mnt() -> fs/nsfs.c
+    nsfs_evict(), 6.1.192 and 7.2.13), which the record shows, held by the umount."""
+    from nstrace.check.checker import deaths_visible
+    if not deaths_visible(tracer, "uts"):
+        pytest.skip("no hook sees uts namespaces die on this kernel (nstrace doctor says why)")
+    keep = tmp_path / "uts"
+    keep.touch()
+    records, _ = watch("sh", "-c", f"unshare --uts={keep} true; sleep 0.2; umount {keep}; sleep 1")
+    [death] = deaths_of(records, "uts", made_inode(records, "uts"))
+    assert (death["comm"], death["ns"]["context"], death["ns"]["held_by"]) == ("umount", "task", "umount"), death
+    assert funcs(death)[:2] == ["cleanup_mnt", "nsfs_evict"], death
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_an_fd_held_namespace_dies_at_its_close(tracer):
+    """A shell holds the ns file of a process that has exited: the namespace dies when the shell closes
+    that fd (fs/nsfs.c nsfs_evict()), in the shell, held by the close."""
+    from nstrace.check.checker import deaths_visible
+    if not deaths_visible(tracer, "uts"):
+        pytest.skip("no hook sees uts namespaces die on this kernel (nstrace doctor says why)")
+    script = ("unshare --uts sleep 0.5 & P=$!; sleep 0.2; exec 3</proc/$P/ns/uts; wait $P; sleep 0.2; "
+              "exec 3<&-; sleep 1")
+    records, _ = watch("sh", "-c", script)
+    [death] = deaths_of(records, "uts", made_inode(records, "uts"))
+    assert (death["comm"], death["ns"]["context"], death["ns"]["held_by"]) == ("sh", "task", "close"), death
+    assert funcs(death)[0] == "nsfs_evict", death
+
+
+@pytest.mark.kernelpath
+@pytest.mark.root("attaches the kernel-function layer")
+@pytest.mark.usefixtures("function_layer")
+def test_an_nsproxy_address_reused_gets_a_new_id(tracer):
+    """Twenty `unshare --uts true` in a row: each makes an nsproxy that its exit frees, and the slab
+    hands the next one the same address (kernel/nsproxy.c nsproxy_cachep). Each is another nsproxy,
+    under another short id."""
+    records, _ = watch("sh", "-c", "for i in $(seq 20); do unshare --uts true; done")
+    ids = [r["nsproxy"]["after"] for r in records if r["op"] == "unshare"]
+    assert len(ids) == 20 and None not in ids, ids
+    assert len(set(ids)) == 20, ids

@@ -50,9 +50,12 @@ def made(raw):
         as_op(raw, "fsmount", raw_flags=0x2, ret=4, after=no_after, **nsfs),
         as_op(raw, "fsmount", raw_flags=0x2, ret=4, after=no_after, **{**nsfs, "target_ns_id": 0}),
         as_op(raw, "free", raw_flags=uts, ret=0, before=no_after, after=no_after, target_nstype=uts,
-              target_inum=ino, target_ns_id=77, lived_ns=123456789),
+              target_inum=ino, target_ns_id=77, lived_ns=123456789, context=1, holder=3),  # a task's umount
+        # an RCU callback (softirq): no task, no holder; then codes neither writer knows
         as_op(raw, "free", raw_flags=uts, ret=0, before=no_after, after=no_after, target_nstype=uts,
-              target_inum=ino, target_ns_id=0, lived_ns=0),
+              target_inum=ino, target_ns_id=0, lived_ns=0, context=2, holder=0, pid=0, tid=0, comm=b""),
+        as_op(raw, "free", raw_flags=uts, ret=0, before=no_after, after=no_after, target_nstype=uts,
+              target_inum=ino, target_ns_id=0, lived_ns=0, context=7, holder=9),
         as_op(raw, "exec", raw_flags=0, ret=0),
         # fork and vfork, as task_newtask fills them: the child's side, no duration
         as_op(raw, "fork", raw_flags=0, ret=4242, exit_signal=17, child_pid=4242, child_tid=4242,
@@ -74,8 +77,8 @@ def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa:
     for r in records:
         by_op.setdefault(r["op"], []).append(r)
     if not options:
-        assert [r["op"] for r in records] == ["open_tree", "open_tree", "fsmount", "fsmount", "free", "free", "exec",
-                                              "fork", "vfork"]
+        assert [r["op"] for r in records] == ["open_tree", "open_tree", "fsmount", "fsmount", "free", "free", "free",
+                                              "exec", "fork", "vfork"]
         fork, vfork = by_op["fork"][0], by_op["vfork"][0]
         assert fork["flags"] == [] and fork["child_pid"] == fork["ret"] == 4242 and fork["exit_signal"] == "SIGCHLD"
         assert vfork["flags"] == ["CLONE_VM", "CLONE_VFORK"] and vfork["child_pid"] == 4243
@@ -85,9 +88,12 @@ def test_both_writers_agree_on_the_new_ops(live, unshare_raw, options):  # noqa:
         assert failed["ns"] is None and failed["flags"] == ["OPEN_TREE_NAMESPACE", "0x40000000"]
         assert failed["errno"] == "ENOENT"
         assert by_op["fsmount"][1]["ns"]["ns_id"] is None and by_op["fsmount"][0]["flags"] == ["FSMOUNT_NAMESPACE"]
-        free, unknown = by_op["free"]
+        free, rcu, unknown = by_op["free"]
         assert free["ns"]["lived_ns"] == 123456789 and free["flags"] == ["CLONE_NEWUTS"]
-        assert unknown["ns"] == {"type": "uts", "inode": free["ns"]["inode"], "ns_id": None, "lived_ns": None}
+        assert (free["ns"]["context"], free["ns"]["held_by"]) == ("task", "umount")
+        assert rcu["ns"] == {"type": "uts", "inode": free["ns"]["inode"], "ns_id": None, "lived_ns": None,
+                             "context": "softirq", "held_by": None}
+        assert (unknown["ns"]["context"], unknown["ns"]["held_by"]) == (None, None)
         assert free["ns_before"] is None and free["changed"] == [] and free["proc_check"] is None
         assert by_op["exec"][0]["flags"] == [] and by_op["exec"][0]["ns"] is None
     if options.get("filter") == Filter(types=("mnt",)):

@@ -10,7 +10,9 @@ from ..kernel import flags as fl
 from ..kernel.functions import FUNCTIONS
 from ..linux.comm import safe_comm
 from .layout import (
+    CONTEXTS,
     HEAD_SIZE,
+    HOLDERS,
     MAX_STEPS,
     NS_OPS,
     OPS,
@@ -68,6 +70,8 @@ def decode(raw, raw_addresses=False):
               "inode": ev.target_inum, "ns_id": ev.target_ns_id or None}
         if op == "free":
             ns["lived_ns"] = ev.lived_ns or None
+            ns["context"] = CONTEXTS.get(ev.context)
+            ns["held_by"] = HOLDERS.get(ev.holder)
 
     ret = ev.ret
     steps = []

@@ -26,6 +26,9 @@ NS_OPS = ("open_tree", "fsmount", "free")
 TARGET_KINDS = {value: name if value else None for value, name in _codes("NSTRACE_TARGET").items()}  # NONE: null
 STEP_KINDS = _codes("NSTRACE_STEP_KIND")
 STEP_VALUES = _codes("NSTRACE_STEP_VALUE")
+# a free's context and last holder (enum nstrace_context, nstrace_holder); NONE: null
+CONTEXTS = {value: name if value else None for value, name in _codes("NSTRACE_CONTEXT").items()}
+HOLDERS = {value: name if value else None for value, name in _codes("NSTRACE_HOLDER").items()}
 
 
 class NsSet(ctypes.Structure):
@@ -79,6 +82,8 @@ _HEAD_FIELDS = [
         ("nsteps", ctypes.c_uint32),
         ("steps_dropped", ctypes.c_uint32),
         ("comm", ctypes.c_char * 16),
+        ("context", ctypes.c_uint16),
+        ("holder", ctypes.c_uint16),
         ("before", NsSet),
         ("after", NsSet),
 ]

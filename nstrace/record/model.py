@@ -53,7 +53,7 @@ class Record:
     child_start_ns: int | None
     cgroup_id: int | None = None   # None only in session files written before it was recorded
     container: dict | None = None  # the caller's container, from cgroup_id (the tracer fills it in)
-    ns: dict | None = None         # open_tree, fsmount, free: {"type", "inode", "ns_id"} (+ "lived_ns")
+    ns: dict | None = None         # open_tree, fsmount, free: {"type", "inode", "ns_id"} (+ "lived_ns", "context", "held_by")
     kernel_path: list = dataclasses.field(default_factory=list)
     kernel_path_dropped: int = 0
     proc_check: dict | None = None

@@ -49,6 +49,8 @@ class Tables(ctypes.Structure):
         ("op_nmakers", ctypes.c_uint32 * layout.OP_SLOTS),
         ("op_maker_flag", (ctypes.c_uint64 * 16) * layout.OP_SLOTS),
         ("op_maker_type", (ctypes.c_uint64 * 16) * layout.OP_SLOTS),
+        ("contexts", ctypes.c_char_p * 8),
+        ("holders", ctypes.c_char_p * 8),
     ]
 
 
@@ -98,6 +100,9 @@ def tables(raw_addresses=False):
         for i, (bit, ns) in enumerate(fl.ns_flags(name).items()):
             t.op_maker_flag[num][i], t.op_maker_type[num][i] = bit, fl.CLONE_FLAGS[fl.NS_TYPES[ns]]
         t.op_nmakers[num] = len(fl.ns_flags(name))
+    for names, table in ((layout.CONTEXTS, t.contexts), (layout.HOLDERS, t.holders)):
+        for num, name in names.items():
+            table[num] = _js(name) if name else None
     return t
 
 

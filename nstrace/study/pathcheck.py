@@ -169,6 +169,12 @@ def _expected_caller(step, by_name, observable):
     return None
 
 
+def _other_callers(step):
+    """The callers besides `in`'s that are in place as they are (`or_in`; "" for none: a death
+    freed by an RCU callback, or by a kworker's work itself)."""
+    return {name or None for name in step.get("or_in", ())}
+
+
 def _tracepoint_values(step, rec):
     name = step["name"]
     if name.startswith("syscalls:sys_enter_"):
@@ -241,7 +247,7 @@ def compare(rec, hooks, tracepoints, release=None):
             result.source = callpath.source_text(call.step)
             want = _expected_caller(step, by_name, observable)
             got = parent.get(id(call))
-            if got != want and got not in step.get("reached_from", ()) and status == "observed":
+            if got != want and got not in _other_callers(step) and status == "observed":
                 result.status = "out of place"
                 result.reason = f"called from {got or 'the syscall itself'}, the notes say {want or 'the syscall itself'}"
         elif index is not None:

@@ -30,6 +30,7 @@ import subprocess
 
 from ..errors import RenderError, UsageError
 from ..kernel import flags as fl
+from .table import death_lines, lifetime
 from .terminal import printable
 
 # dot's layout time grows faster than linearly with the graph (rank assignment and crossing
@@ -47,6 +48,7 @@ DOT_TIMEOUT_S = 30
 TYPE_COLOURS = {"mnt": "#8dd3c7", "uts": "#ffffb3", "ipc": "#bebada", "pid": "#fb8072",
                 "net": "#80b1d3", "user": "#fdb462", "cgroup": "#b3de69", "time": "#fccde5"}
 OP_COLOURS = {"clone": "#1f77b4", "clone3": "#17becf", "unshare": "#2ca02c", "setns": "#d62728"}
+DEATH_COLOUR = "#555555"
 
 
 
@@ -79,16 +81,31 @@ def ns_node_id(ns_type, inode, ns_id=None):
 
 
 def graph(records, snapshots=()):
-    """The session as {"processes": {id: {...}}, "namespaces": {id: {...}}, "edges": [...]}, edges in time order."""
+    """The session as {"processes": {id: {...}}, "namespaces": {id: {...}}, "deaths": {id: {...}},
+    "edges": [...]}, edges in time order. A namespace born in the session has "born" (the edge number
+    that made it), one that died "died" (the death's)."""
     procs = _Processes()
-    namespaces, edges = {}, []
+    namespaces, deaths, edges = {}, {}, []
+
+    current = {}  # (type, inode, ns_id) -> the node of the namespace that has it now
 
     def ns(ns_type, inode, ns_id):
-        node = ns_node_id(ns_type, inode, ns_id)
-        namespaces.setdefault(node, {"type": ns_type, "inode": inode, "ns_id": ns_id})
+        """The node of the namespace with this identity now: after a death, an inode (where there is no
+        ns_id, before 6.18) is the next namespace's, another node (kernel-notes/lifetime-and-identity.md)."""
+        key = (ns_type, inode, ns_id)
+        node = current.get(key)
+        if node is None or namespaces[node].get("died"):
+            base = ns_node_id(ns_type, inode, ns_id)
+            node = base if base not in namespaces else f"{base}-{sum(k == key for k in _keys(namespaces)) + 1}"
+            namespaces[node] = {"type": ns_type, "inode": inode, "ns_id": ns_id}
+            current[key] = node
         return node
 
     for n, rec in enumerate(sorted(records, key=lambda r: r.ts), 1):
+        if rec.op == "free":
+            if rec.ns and rec.ns.get("type") in fl.NS_TYPES:
+                _death(n, rec, ns(rec.ns["type"], rec.ns["inode"], rec.ns.get("ns_id")), namespaces, deaths, edges)
+            continue  # its task is not a mover: no process node for a kworker or an interrupted task
         caller = procs.node(rec.pid, rec.comm, rec.start_time_ns if rec.tid == rec.pid else None)
         mover = caller
         is_clone = rec.op in fl.CHILD_OPS
@@ -107,6 +124,8 @@ def graph(records, snapshots=()):
                 continue  # pid and pid_for_children: one edge
             done.add((mover, node))
             kind = "joined" if rec.op == "setns" else "created" if ns_type in made else "entered"
+            if kind == "created":
+                namespaces[node].setdefault("born", n)
             edges.append({"n": n, "from": mover, "to": node, "kind": kind, "op": rec.op, "ts": rec.ts,
                           "entry": entry})
         target = rec.target or {}
@@ -128,7 +147,42 @@ def graph(records, snapshots=()):
                 if owner and owner != node:
                     edges.append({"n": None, "from": node, "to": owner, "kind": "owner"})
                 break
-    return {"processes": procs.nodes, "namespaces": namespaces, "edges": edges}
+    return {"processes": procs.nodes, "namespaces": namespaces, "deaths": deaths, "edges": edges}
+
+
+# A death node says in a few words what the table says in lines (table.death_lines: its tooltip).
+_HELD = {"exit": "exit of {task}", "switch": "nsproxy switch of {task}", "umount": "umount by {task}",
+         "close": "fd close by {task}"}
+
+
+def _death_label(rec):
+    context, holder = rec.ns.get("context"), rec.ns.get("held_by")
+    task = f"{rec.comm} {rec.pid}"
+    lines = ["freed"]
+    if context == "softirq":
+        lines.append("in an RCU callback (softirq)")
+    elif context in ("kworker", "kthread"):
+        lines.append(f"in {rec.comm} (pid {rec.pid})")
+    if holder:
+        lines.append("held last: " + _HELD.get(holder, holder).replace("{task}", task))
+    elif context:
+        lines.append("held last: not seen")
+    return "\n".join(lines)
+
+
+def _keys(namespaces):
+    return ((n["type"], n["inode"], n["ns_id"]) for n in namespaces.values())
+
+
+def _death(n, rec, node, namespaces, deaths, edges):
+    """A free record: the namespace's death node and its "died" edge."""
+    death = f"death-{node}-{n}"
+    namespaces[node]["died"] = n
+    context = rec.ns.get("context")
+    deaths[death] = {"ns": node, "lived_ns": rec.ns.get("lived_ns"), "context": context,
+                     "held_by": rec.ns.get("held_by"), "label": _death_label(rec), "text": death_lines(rec)}
+    edges.append({"n": n, "from": node, "to": death, "kind": "died", "op": "free", "ts": rec.ts,
+                  "lived_ns": rec.ns.get("lived_ns")})
 
 
 def _q(text):
@@ -147,7 +201,7 @@ def dot_source(records, snapshots=(), started=None):
 
 def graph_size(g):
     """What dot's time grows with: the graph's nodes and edges (each edge label is a node to dot too)."""
-    return len(g["processes"]) + len(g["namespaces"]) + len(g["edges"])
+    return len(g["processes"]) + len(g["namespaces"]) + len(g.get("deaths", ())) + len(g["edges"])
 
 
 def too_large(g):
@@ -169,9 +223,14 @@ def dot_of(g, records, started):
                    f"label={_q(label)}, tooltip={_q('process ' + str(p['pid']))}];")
     for node, n in g["namespaces"].items():
         label = f"{n['type']}:[{n['inode']}]" + (f"\nns_id {n['ns_id']}" if n["ns_id"] else "")
+        life = [f"born ({n['born']})" if n.get("born") else "", f"died ({n['died']})" if n.get("died") else ""]
+        label += "\n" + ", ".join(x for x in life if x) if any(life) else ""
         out.append(f"  {_q(node)} [id={_q(node)}, shape=ellipse, style=filled, fillcolor={_q(TYPE_COLOURS.get(n['type'], '#dddddd'))}, "
                    f"label={_q(label)}, tooltip={_q(n['type'] + ' namespace ' + str(n['inode']))}];")
-    styles = {"clone": 'style=bold, color="#555555"', "created": 'color="#2ca02c"', "joined": 'color="#d62728", style=dashed',
+    for node, d in g.get("deaths", {}).items():
+        out.append(f"  {_q(node)} [id={_q(node)}, shape=box, style=\"dashed,rounded\", color={_q(DEATH_COLOUR)}, "
+                   f"fontcolor={_q(DEATH_COLOUR)}, label={_q(d['label'])}, tooltip={_q(chr(10).join(d['text']))}];")
+    styles = {"clone": 'style=bold, color="#555555"', "died": f'color="{DEATH_COLOUR}", arrowhead=tee', "created": 'color="#2ca02c"', "joined": 'color="#d62728", style=dashed',
               "entered": 'color="#1f77b4", style=dashed', "failed": 'color="#999999", style=dotted',
               "owner": 'color="#bbbbbb", style=dotted, arrowhead=empty, constraint=false'}
     for i, e in enumerate(g["edges"]):
@@ -180,6 +239,8 @@ def dot_of(g, records, started):
             continue
         what = e["kind"] if e["kind"] != "failed" else f"{e['op']} {e['errno']}"
         label = f"{e['n']}. {what} ({e['op']}) +{e['ts'] - t0:.3f}s" if e["kind"] != "failed" else f"{e['n']}. {what}"
+        if e["kind"] == "died":
+            label = f"{e['n']}. died +{e['ts'] - t0:.3f}s, " + lifetime({"lived_ns": e.get("lived_ns")})
         edge_id = f"edge-{e['n']}-{i}"
         out.append(f"  {_q(e['from'])} -> {_q(e['to'])} [id={_q(edge_id)}, {styles[e['kind']]}, "
                    f"label={_q(label)}, tooltip={_q(label)}];")

@@ -89,6 +89,87 @@ def nsproxy_cell(rec):
     return f"{before}>{after}"
 
 
+# --- a death (op free) ------------------------------------------------------------------------
+
+# What a free ran in (the record's ns.context), after the task where it has one.
+CONTEXTS = {"task": "its own call", "softirq": "an RCU callback (softirq): no task is its caller",
+            "kworker": "a workqueue worker: deferred work, no caller",
+            "kthread": "a kernel thread (RCU callbacks offloaded): no caller"}
+# What held it last (ns.held_by), best effort: what the freeing task was inside when it dropped it.
+HOLDERS = {"exit": "{task}, which exited",
+           "switch": "an nsproxy that {task} replaced or discarded (setns, unshare, a failed clone)",
+           "umount": "a bind mount of its ns file, released by the umount of {task}",
+           "close": "an open ns file, closed by {task}"}
+
+
+def lifetime(ns_):
+    """How long a namespace lived, as text: "lived 2.071 s", or that its birth was before the trace
+    (or unseen: the function layer's table of births forgot it, or cannot see births here)."""
+    lived = ns_.get("lived_ns")
+    if not isinstance(lived, int):
+        return "born before the trace (or its birth was not seen)"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if lived >= scale:
+            return f"lived {lived / scale:.3f} {unit}"
+    return f"lived {lived} ns"
+
+
+def death_lines(rec):
+    """A free record's death in plain text lines (no escaping): which namespace, how long it lived,
+    what the free ran in, and what held it last where nstrace saw that. Empty for other records."""
+    ns_ = rec.ns or {}
+    if rec.op != "free" or not ns_:
+        return []
+    what = f"died: {ns_.get('type')}:[{ns_.get('inode')}]" + (f" ns_id {ns_['ns_id']}" if ns_.get("ns_id") else "")
+    lines = [f"{what}, {lifetime(ns_)}"]
+    context = ns_.get("context")
+    task = f"{rec.comm} (pid {rec.pid})"
+    if context:
+        where = CONTEXTS.get(context, context)
+        lines.append(f"ran in {where}" if context == "softirq" else f"ran in {task}, {where}")
+    holder = ns_.get("held_by")
+    if holder:
+        said = HOLDERS.get(holder, f"{holder}: {{task}}").replace("{task}", task)
+        lines.append(f"held last by {said} (best effort: as nstrace saw it)")
+    elif context:
+        lines.append("held last by: not seen (its last reference was dropped before this free, out of nstrace's view)")
+    return lines
+
+
+def caller_cells(rec):
+    """COMM, PID and TID: a free in a softirq ran in no task of its own (the one it interrupted is not
+    the record's)."""
+    if rec.op == "free" and (rec.ns or {}).get("context") == "softirq":
+        return "(softirq)", "-", "-"
+    return rec.comm, rec.pid, rec.tid
+
+
+# --- the nsproxy ----------------------------------------------------------------------------------
+
+# The members of struct nsproxy, by the /proc/<pid>/ns entry each fills (include/linux/nsproxy.h,
+# 5.10.262 to 7.2.13): pid is the task's own (task_active_pid_ns), user its cred's.
+NSPROXY_ENTRIES = ("mnt", "uts", "ipc", "pid_for_children", "net", "cgroup", "time", "time_for_children")
+
+
+def nsproxy_members(rec):
+    """The nsproxy's members before and after as one text line, or None: which namespace each slot
+    points to, "old -> new" where the operation changed it (a clone: the parent's, then the child's)."""
+    before, after = rec.ns_before or {}, rec.ns_after or {}
+    ids = rec.nsproxy or {}
+    if not (before or after) or not (ids.get("before") or ids.get("after")):
+        return None
+    slots = []
+    for entry in NSPROXY_ENTRIES:
+        old, new = before.get(entry), after.get(entry)
+        if old is None and new is None:
+            continue
+        slots.append(f"{entry} {old}" if not after or old == new or new is None else f"{entry} {old} -> {new}")
+    head = ids.get("before") or "-"
+    if ids.get("after") and ids.get("after") != ids.get("before"):
+        head += f" -> {ids['after']}"
+    return f"nsproxy {head}: " + ", ".join(slots)
+
+
 def proc_cell(rec):
     return rec.proc_check["status"] if rec.proc_check else "-"
 
@@ -163,15 +244,18 @@ def row(rec, path=True, containers=False, explain=False):
     """The record as one table line plus indented detail lines (its kernel path with `path`, each
     step explained with `explain`); the CONTAINER cell last with `containers`."""
     stamp = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts * 1000) % 1000:03d}"
-    line = _row([stamp, rec.comm, rec.pid, rec.tid, rec.op, flags_cell(rec), ret_cell(rec),
+    line = _row([stamp, *caller_cells(rec), rec.op, flags_cell(rec), ret_cell(rec),
                  rec.child_pid or "-", nsproxy_cell(rec), proc_cell(rec)])
     if containers:
         first, _, rest = line.partition("\n")
         first = first.ljust(sum(w + len(GAP) for _, w in COLUMNS)) + container_cell(rec)
         line = first + ("\n" + rest if rest else "")
-    details = []
+    details = ["    " + text for text in death_lines(rec)]
     for entry in rec.changed:
         details.append(f"    {entry:<17} {(rec.ns_before or {}).get(entry)} -> {(rec.ns_after or {}).get(entry)}")
+    members = nsproxy_members(rec)
+    if members and rec.changed:
+        details.append("    " + members)
     if rec.kernel_path and path:
         details += path_table(rec, explain=explain)
     if rec.proc_check and rec.proc_check["status"] == "mismatch":
