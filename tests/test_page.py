@@ -507,3 +507,23 @@ def test_each_step_expands_on_what_it_does_and_why_it_matters(browser, tmp_path)
     assert texts == ["does " + documented.does("copy_pid_ns"),
                      "why it matters kernel-notes/pid.md#pid-for-children: " + documented.gist("pid.md#pid-for-children")]
     assert steps["alloc_mnt_ns"][1][1].startswith("why it matters kernel-notes/mnt.md#mount-copying")
+
+
+@needs_chromium
+@pytest.mark.parametrize("capture", sorted(DATA.glob("watch-*-deaths.jsonl")), ids=lambda p: p.stem)
+def test_the_graph_draws_each_death_and_says_how_long_it_lived(browser, tmp_path, capture):
+    """watch --json of namespaces dying in a lab guest (the exit path, an RCU callback, a umount): each
+    free is a died edge to a box of its own, labelled with the lifetime the record gives."""
+    from nstrace.session import reader
+    records = reader.load(capture).records
+    frees = [r for r in records if r.op == "free"]
+    page = render(capture, tmp_path / "page.html")
+    assert frees and reads_well(browser, page, len(records)) == []
+    browser.open(page.as_uri())
+    graph = browser.evaluate("document.querySelector('#graph svg').textContent")
+    for rec in frees:
+        if rec.ns.get("lived_ns") is not None:
+            assert re.search(r"died \+\d+\.\d+s, lived \d", graph), graph[:2000]
+    assert graph.count("freed") == len(frees), graph[:2000]
+    note = browser.evaluate("document.querySelector('#graph p.note').textContent")
+    assert "died" in note

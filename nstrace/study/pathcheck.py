@@ -282,12 +282,14 @@ def _place(results, row, caller, index, seen_at):
     """Put an undocumented call's row under its observed caller, after the rows already nested there,
     one level in; one called from the syscall itself goes where its time puts it among the rows
     observed (seen_at: a row's position in the record's path)."""
-    if caller is None:
+    # the caller's row as seen: values read, or a documented entry-only step (a dropper) observed
+    at = next((i for i, r in enumerate(results) if r.name == caller
+               and (r.values or r.status in ("observed", "undocumented"))), None)
+    if at is None:
         later = [i for i, r in enumerate(results) if seen_at.get(id(r), -1) > index]
         at = later[0] if later else len(results)
         row.depth = 0
     else:
-        at = next(i for i, r in enumerate(results) if r.name == caller and (r.values or r.status == "undocumented"))
         row.depth = results[at].depth + 1
         at += 1
         while at < len(results) and results[at].depth >= row.depth:

@@ -532,8 +532,10 @@ def html_page(session, records=None, warn=None):
 <section id="graph"><h2>Processes and namespaces</h2>
 <p class="note edges">Each edge is numbered by its operation: <b>created</b>, a namespace born of the call (its
 CLONE_NEW* flag); <b>entered</b>, a child born into a namespace its parent made for its children;
-<b>joined</b>, a namespace that existed, by setns; a bold edge joins a parent to the child its clone made;
-a dotted one, a namespace to the user namespace that owns it.</p>
+<b>joined</b>, a namespace that existed, by setns; <b>died</b> (grey, ending in a bar), a namespace to the
+dashed box of its death, which says how long it lived; a bold edge joins a parent to the child its clone made;
+a dotted one, a namespace to the user namespace that owns it. A namespace box says the edges of its birth and
+death; an inode the kernel gave again after a death is a new box.</p>
 {types_legend}{graph_html}</section>
 <section id="operations"><h2>Operations</h2>
 <p class="note">Each operation, the namespaces it changed, what /proc showed of it, and its kernel path: the
