@@ -52,9 +52,13 @@ static __always_inline __u64 ptr_id(const void *p)
 	if (raw_addresses)
 		return x;
 	x = mix64(x ^ id_key);
-	gen = bpf_map_lookup_elem(&ptr_gens, &x);
-	if (gen)
-		x = mix64(x + *gen * 0x9e3779b97f4a7c15ULL);
+	/* only the function layer sees frees: without it the map stays empty, and
+	 * the verifier drops the lookup (an LRU lookup on every syscall snapshot) */
+	if (kernel_path) {
+		gen = bpf_map_lookup_elem(&ptr_gens, &x);
+		if (gen)
+			x = mix64(x + *gen * 0x9e3779b97f4a7c15ULL);
+	}
 	return (x >> 32) | 1;	/* never 0: 0 means "no nsproxy" */
 }
 
