@@ -44,8 +44,10 @@ def this_build(kernel, command):
                          timeout=TIMEOUT_S, cwd="/tmp")
     took = time.monotonic() - start
     boot = re.search(r"booted in ([\d.]+) s", res.stderr)
-    guest = re.search(r"exited -?\d+ \([\d.]+ s boot, ([\d.]+) s in the guest\)", res.stderr)
-    return took, boot and float(boot.group(1)), guest and float(guest.group(1)), res.returncode, res.stderr
+    # nstrace/lab/runner.py: "exited N (B s boot, then C s running it and powering off)": qemu ran B + C s
+    ran = re.search(r"exited -?\d+ \(([\d.]+) s boot, then ([\d.]+) s running it", res.stderr)
+    guest = ran and float(ran.group(1)) + float(ran.group(2))
+    return took, boot and float(boot.group(1)), guest, res.returncode, res.stderr
 
 
 def baseline_build(nstrace, kernel, command):
