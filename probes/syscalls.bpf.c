@@ -402,26 +402,26 @@ static __always_inline void new_mount_ns(struct nstrace_event *e)
  * namespace never (see snapshot_btf()). 6.1 and 6.18. So the exit of the
  * tight unshare loop reads one slot or two, not ten.
  */
+/* the slot an unshare of each type changes: pid and time, their children's only */
+#define UNSHARE_SLOT_mnt	NS_MNT
+#define UNSHARE_SLOT_uts	NS_UTS
+#define UNSHARE_SLOT_ipc	NS_IPC
+#define UNSHARE_SLOT_pid	NS_PID_FOR_CHILDREN
+#define UNSHARE_SLOT_net	NS_NET
+#define UNSHARE_SLOT_user	NS_USER
+#define UNSHARE_SLOT_cgroup	NS_CGROUP
+#define UNSHARE_SLOT_time	NS_TIME_FOR_CHILDREN
+
 static __always_inline __u32 unshare_same(__u64 flags)
 {
 	__u32 changed = 0;
 
-	if (flags & CLONE_NEWNS)
-		changed |= 1U << NS_MNT;
-	if (flags & CLONE_NEWUTS)
-		changed |= 1U << NS_UTS;
-	if (flags & CLONE_NEWIPC)
-		changed |= 1U << NS_IPC;
-	if (flags & CLONE_NEWPID)
-		changed |= 1U << NS_PID_FOR_CHILDREN;
-	if (flags & CLONE_NEWNET)
-		changed |= 1U << NS_NET;
-	if (flags & CLONE_NEWUSER)
-		changed |= 1U << NS_USER;
-	if (flags & CLONE_NEWCGROUP)
-		changed |= 1U << NS_CGROUP;
-	if (flags & CLONE_NEWTIME)
-		changed |= 1U << NS_TIME_FOR_CHILDREN;
+	/* every flag that makes a namespace, uapi.def's (7.1's UNSHARE_EMPTY_MNTNS too) */
+#define NSTRACE_NS_TYPE(type, flag) \
+	if (flags & (flag)) \
+		changed |= 1U << UNSHARE_SLOT_##type;
+#define NSTRACE_NS_ALSO(type, flag) NSTRACE_NS_TYPE(type, flag)
+#include "uapi.def"
 	return ~changed;
 }
 
