@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -308,14 +309,19 @@ def test_a_command_that_cannot_run_is_refused_before_the_boot(tmp_path, command,
     assert took < 5, f"{took:.1f} s: a guest's boot alone takes 10"
 
 
-def test_a_file_in_the_guests_own_tmp_is_refused_before_the_boot(tmp_path):
-    """/tmp is a tmpfs of the guest's own (initramfs.scratch_mounts) when the command runs elsewhere: a
-    session there is no file the guest can read."""
-    session = tmp_path / "session.jsonl"
-    session.write_text("")
-    res = lab("--kernel", "6.1", "--", "show", str(session), cwd="/", timeout=60)
-    assert res.returncode == 2 and "/tmp is a tmpfs of its own there" in res.stderr and "boot" not in res.stderr, \
-        res.stderr
+def test_a_file_in_the_guests_own_tmp_is_refused_before_the_boot():
+    """/tmp, /var/tmp ... are tmpfs of the guest's own (initramfs.scratch_mounts) when neither the command's
+    directory nor this installation's interpreter is under them (a CI checkout in /tmp keeps /tmp the
+    host's): a session there is no file the guest can read."""
+    from nstrace.lab.initramfs import scratch_mounts
+    installation = tuple(str(NSTRACE.parent / name) for name in ("nstrace", "python", "python3"))
+    top = next(m for m in scratch_mounts("/", installation) if os.path.isdir(m))
+    with tempfile.TemporaryDirectory(dir=top) as where:
+        session = os.path.join(where, "session.jsonl")
+        open(session, "w").close()
+        res = lab("--kernel", "6.1", "--", "show", session, cwd="/", timeout=60)
+    assert res.returncode == 2 and f"{top} is a tmpfs of its own there" in res.stderr \
+        and "boot" not in res.stderr, res.stderr
 
 
 # --- the matrix CI runs: every kernel from 5.10 to sid ---------------------------------------------
