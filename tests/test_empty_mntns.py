@@ -48,12 +48,14 @@ def test_demo_takes_only_the_ops_namespace_flags():
 
 
 IN_GUEST = textwrap.dedent("""
-    import json, subprocess, sys
+    import json, os, subprocess, sys, tempfile
     nstrace = sys.argv[1]
+    # a scratch directory the guest can write: /tmp is the host's, read-only, when nstrace lives there (CI)
+    record = os.path.join(tempfile.mkdtemp(), "d.jsonl")
     check = subprocess.run([nstrace, "check", "--json", *sys.argv[2:]], capture_output=True, text=True)
-    demo = subprocess.run([nstrace, "demo", "--op", "clone3", "--flags", "EMPTY_MNTNS", "--record", "/tmp/d.jsonl"],
+    demo = subprocess.run([nstrace, "demo", "--op", "clone3", "--flags", "EMPTY_MNTNS", "--record", record],
                           capture_output=True, text=True)
-    records = [json.loads(line) for line in open("/tmp/d.jsonl") if line.startswith("{")] if demo.returncode == 0 else []
+    records = [json.loads(line) for line in open(record) if line.startswith("{")] if demo.returncode == 0 else []
     # with other types, whose inside view reads /proc (ipc) and whose uid map is written through it (user)
     mixed = subprocess.run([nstrace, "demo", "--op", "unshare", "--flags", "EMPTY_MNTNS|NEWUSER|NEWIPC"],
                            capture_output=True, text=True)
