@@ -85,7 +85,10 @@ def test_a_namespace_dies_with_its_last_process(tracer):
     if free.ns["lived_ns"] is not None:  # births are seen where copy_* refs are read (6.1+) or the tree is
         assert 0 < free.ns["lived_ns"] < 10e9
     funcs = [s["func"] for s in free.kernel_path]
-    assert funcs[0] in ("free_nsproxy", "nsproxy_free"), free.kernel_path  # the exit drops the nsproxy
+    # the exit path first: the exit drops the nsproxy, whose free drops the namespace
+    assert funcs[:2] in (["exit_task_namespaces", "free_nsproxy"], ["exit_nsproxy_namespaces", "nsproxy_free"]), \
+        free.kernel_path
+    assert free.ns["held_by"] == "exit" and free.ns["context"] == "task", free.ns
     assert funcs[-1] in ("__ns_tree_remove", "free_uts_ns"), free.kernel_path
 
 

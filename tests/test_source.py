@@ -30,7 +30,14 @@ R72 = "7.2.13+deb14-amd64"
 
 @pytest.fixture(scope="module")
 def cached():
-    """The default cache holds the source of 6.1, 6.12 and 7.2 (fetched where it does not)."""
+    """The default cache holds the source of 6.1, 6.12 and 7.2 (fetched where it does not). Other users
+    read it through the cache's root: nstrace makes that 0755, but an empty one handed in through
+    NSTRACE_LAB_CACHE (mktemp -d: 0700) is made searchable here, as nstrace would have made it."""
+    from nstrace.linux.labcache import cache_dir
+    root = cache_dir()
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if root.stat().st_uid == 0 and not root.stat().st_mode & 0o001:
+        os.chmod(root, root.stat().st_mode | 0o055)
     for series in ("6.1", "6.12", "7.2"):
         fetch(series, say=print)
     kernelsource.forget()
