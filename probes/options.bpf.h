@@ -21,6 +21,7 @@ extern const volatile __u64 id_key;		/* secret for nsproxy ids */
 extern const volatile bool raw_addresses;	/* show kernel addresses */
 extern const volatile __u32 wakeup_bytes;	/* 0: wake the reader per record */
 extern const volatile bool kernel_path;		/* function probes are loaded */
+extern const volatile __u32 task_struct_btf_id;	/* the kernel's, or 0: no bpf_rdonly_cast() */
 
 /* Counters user space reads live through the mmaped .bss. */
 extern __u64 lost_events;	/* ring buffer full: record dropped */

@@ -12,6 +12,7 @@
 #include "nstrace.h"
 #include "ns_read.bpf.h"
 #include "ptr_id.bpf.h"
+#include "caller.bpf.h"
 
 /*
  * Two ways to read kernel memory, with very different costs per probe hit.
@@ -32,7 +33,6 @@
  * the verifier, and so is the caller on 5.8-5.10 (no such helper): snapshot()
  * reads those with as few helper calls as the kernel's layout allows.
  */
-#define have_task_btf() bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)
 
 /*
  * A record's two snapshots: what /proc/<pid>/ns/ would show, read from the
@@ -168,15 +168,8 @@ static __always_inline void snapshot(struct nstrace_event *e, bool after, struct
 /*
  * snapshot() of the calling task through BTF pointers: nsp, cred and pid are
  * its task->nsproxy, ->real_cred and ->thread_pid, which the caller loads
- * once for the whole program. Why once: on 6.18 the verifier searches the
- * kernel's BTF by name for each instruction that loads a pointer field
- * through the trusted pointer bpf_get_current_task_btf() returns. It asks
- * whether the field is in task_struct's "__safe_trusted", "__safe_rcu" ...
- * lists, each found by name with a linear walk of the kernel's ~127k BTF types, four
- * walks per load (kernel/bpf/verifier.c check_ptr_to_btf_access(),
- * kernel/bpf/btf.c btf_find_by_name_kind(); since about 6.4, none of it in
- * 6.1; 7.x sorts the BTF and searches it). Scalar fields, and loads through
- * the pointers loaded that way (plain, untrusted), cost nothing of the kind.
+ * once for the whole program: where the verifier trusts the caller, each
+ * such load costs it milliseconds (caller.bpf.h caller_task()).
  *
  * One helper call is left, and only for a task in a nested pid namespace:
  * numbers[level] is at an offset the verifier cannot know, and it allows

@@ -26,6 +26,7 @@ const volatile __u64 id_key = 0;
 const volatile bool raw_addresses = false;
 const volatile __u32 wakeup_bytes = 0;
 const volatile bool kernel_path = false;
+const volatile __u32 task_struct_btf_id = 0;
 
 __u64 lost_events = 0;
 __u64 lost_inflight = 0;
@@ -66,8 +67,8 @@ const struct nstrace_event *btf_anchor_event __attribute__((unused));
 /*
  * The caller as BTF pointers (5.11+): the task and the task_struct pointer
  * fields a record reads, each loaded once per program, because each such
- * load costs the verifier milliseconds (see snapshot_btf()). All NULL on
- * kernels without bpf_get_current_task_btf(), whose readers use helpers.
+ * load may cost the verifier milliseconds (caller.bpf.h caller_task()). All
+ * NULL on kernels without bpf_get_current_task_btf(), whose readers use helpers.
  */
 struct caller {
 	struct task_struct *t;
@@ -378,9 +379,9 @@ static __always_inline void new_mount_ns(struct nstrace_event *e)
 {
 	/*
 	 * By helper calls even where the caller is a BTF pointer: a load of
-	 * task->files through it costs every load its BTF searches (see
-	 * snapshot_btf()), in the exit body every syscall shares, for a record
-	 * only 7.x makes.
+	 * task->files through a trusted one costs the verifier BTF searches
+	 * (caller.bpf.h caller_task()), in the exit body every syscall shares,
+	 * for a record only 7.x makes.
 	 */
 	struct task_struct *ct = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt;
@@ -459,7 +460,7 @@ static __always_inline int op_exit(long ret)
 	__u32 tid;
 
 	if (have_task_btf()) {
-		t = bpf_get_current_task_btf();
+		t = caller_task();
 		tid = t->pid;
 	} else {
 		tid = (__u32)bpf_get_current_pid_tgid();
@@ -486,9 +487,9 @@ static __always_inline int op_exit(long ret)
 /*
  * One body for every syscall entry and one for every exit, reached by tail
  * call from a small program per tracepoint. Why not a body inlined into each
- * of the eight: each of the body's dozen loads through the caller's
- * task_struct costs the verifier BTF name searches on 6.18 (see
- * snapshot_btf()), so it is verified once per direction instead of once per
+ * of the eight: the body is most of the object's instructions, and each costs
+ * the verifier time (the loads through a trusted task_struct most: caller.bpf.h
+ * caller_task()), so it is verified once per direction instead of once per
  * tracepoint (bench: start-up). The tail call keeps one program per
  * tracepoint, so bpf_stats still price each syscall on its own (a tail-called
  * body's run time counts to the program that called it: include/linux/filter.h
@@ -527,7 +528,7 @@ int sys_enter(struct trace_event_raw_sys_enter *ctx)
 	__u32 op;
 
 	if (have_task_btf()) {
-		c.t = bpf_get_current_task_btf();
+		c.t = caller_task();
 		c.nsp = c.t->nsproxy;
 		c.pid = c.t->thread_pid;
 		c.cred = c.t->real_cred;
@@ -783,8 +784,9 @@ static __always_inline bool moved(const struct nstrace_event *e)
  * a watch a tenth of a second to detach (bench: start-up), and this needs no
  * failure path. Every exec of the machine asks exec_may_move(): three reads.
  * The snapshots are read with helper calls, as task_newtask's: loads through
- * a BTF task pointer would cost each its BTF searches at load (see
- * snapshot_btf()), for programs that record only the rare exec that moves.
+ * a trusted BTF task pointer would cost each its BTF searches at load
+ * (caller.bpf.h caller_task()), for programs that record only the rare exec
+ * that moves.
  */
 static __always_inline bool exec_may_move(struct task_struct *t)
 {
@@ -792,7 +794,7 @@ static __always_inline bool exec_may_move(struct task_struct *t)
 
 	if (have_task_btf()) {
 		/* plain loads: this runs on every exec of the machine (bench: kernel ns per probe hit) */
-		nsp = bpf_get_current_task_btf()->nsproxy;
+		nsp = caller_task()->nsproxy;
 		return nsp && nsp->time_ns_for_children != nsp->time_ns;
 	}
 	nsp = BPF_CORE_READ(t, nsproxy);

@@ -127,6 +127,7 @@ _PROTOTYPES = {
     "bpf_program__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_program__insns": (ctypes.c_void_p, [ctypes.c_void_p]),
     "bpf_program__insn_cnt": (ctypes.c_size_t, [ctypes.c_void_p]),
+    "bpf_program__set_insns": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
     "bpf_link__destroy": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_link__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map__fd": (ctypes.c_int, [ctypes.c_void_p]),

@@ -134,6 +134,27 @@ class BpfObject:
         addr, size = self._global_ptr(".rodata", name)
         ctypes.memmove(addr, int(value).to_bytes(size, "little", signed=int(value) < 0), size)
 
+    def replace_calls(self, old, new):
+        """Replace the 8-byte instruction old with new wherever a program has it."""
+        self._setting(self._replace_calls, old, new)
+
+    def _replace_calls(self, old, new):
+        lib, prog = self._lib, None
+        while True:
+            prog = lib.bpf_object__next_program(self._obj, prog)
+            if not prog:
+                return
+            n = lib.bpf_program__insn_cnt(prog)
+            code = bytearray(ctypes.string_at(lib.bpf_program__insns(prog), 8 * n))
+            at, found = code.find(old), False
+            while at >= 0:
+                if at % 8 == 0:  # an instruction, not bytes across two
+                    code[at:at + 8], found = new, True
+                at = code.find(old, at + 1)
+            if found:
+                libbpf.check(lib.bpf_program__set_insns(prog, bytes(code), n),
+                             f"calls of {lib.bpf_program__name(prog).decode()}")
+
     # --- load and after -------------------------------------------------------
 
     def load(self):

@@ -14,7 +14,7 @@ import errno
 import os
 
 from ..errors import LibbpfError, ProbeError, UsageError
-from . import hookplan, libbpf, loader, tracefs
+from . import btfcalls, hookplan, libbpf, loader, tracefs
 
 # The syscall layer (probes/syscalls.bpf.c), attached on every kernel.
 SYSCALL_PROGRAMS = (
@@ -150,6 +150,7 @@ class ProbeSet:
         settings = self.settings()
         obj = loader.BpfObject(settings["object"])
         obj.set_rodata("id_key", int.from_bytes(os.urandom(8), "little"))  # a new key for every object
+        btfcalls.write_calls(obj)
         for name, value in settings["rodata"].items():
             obj.set_rodata(name, value)
         for name, entries in settings["max_entries"].items():

@@ -1,0 +1,65 @@
+"""Kernel functions nstrace's programs call by BTF id (kfuncs), written into the calls by nstrace.
+
+The object calls each function of probes/btf_calls.def as a helper number no
+kernel has (its mark). Before the load, the calls become calls by this
+kernel's BTF id of the function, and the option that goes with them is set;
+where the kernel has no such function, the mark stays, in code the option
+leaves dead. libbpf would resolve a ``__ksym`` extern itself, but to do so it
+parses the kernel's whole BTF (5.5 MB on 6.18) at every load, which costs
+more than the call saves the verifier (bench: start-up breakdown). The ids
+are a fact of the boot: looked up once, in one pass over the raw BTF
+(nstrace/bpf/corebtf.py RawBtf), and kept for the rest of it (bootcache).
+"""
+
+import struct
+
+from ..kernel import defs
+from . import bootcache
+
+# {function: its mark}: the helper number the object calls it by
+MARKS = {name: int(mark, 0) for name, mark in defs.rows("btf_calls.def", "NSTRACE_BTF_CALL")}
+# The BTF types whose ids the calls take, as options (probes/options.bpf.h): the type's kernel id,
+# or 0 where the kernel lacks the function that uses it.
+TYPE_OPTIONS = {"task_struct_btf_id": ("task_struct", "bpf_rdonly_cast")}
+
+_CALL = 0x85                 # BPF_JMP | BPF_CALL
+_PSEUDO_KFUNC_CALL = 2       # src_reg of a call by BTF id (include/uapi/linux/bpf.h)
+_INSN = struct.Struct("<BBhi")  # struct bpf_insn: code, dst_reg:4 src_reg:4, off, imm
+
+
+def _lookup():
+    """'name=id ...' for MARKS' functions and the option types, as this kernel's BTF has them."""
+    from . import corebtf
+    func, strukt = corebtf.FUNC, corebtf.STRUCT
+    wanted = {**{name: func for name in MARKS}, **{t: strukt for t, _ in TYPE_OPTIONS.values()}}
+    try:
+        with open(corebtf.VMLINUX_BTF, "rb") as f:
+            raw = corebtf.RawBtf(f.read())
+    except (OSError, ValueError):
+        return ""
+    starts, named = raw.walk(raw.name_offsets(set(wanted)))
+    found = {}
+    for type_id in named:
+        name_off, info = struct.unpack_from("<II", raw.data, raw.offset(starts, type_id))
+        name = raw.name(name_off)
+        if wanted.get(name) == info >> 24 & 0x1F:
+            found[name] = type_id
+    return " ".join(f"{name}={type_id}" for name, type_id in sorted(found.items()))
+
+
+def kernel_ids():
+    """{name: BTF id} of this boot's kernel, for the functions and types the calls need (those it has)."""
+    text = bootcache.text("btf-calls", _lookup)
+    return {name: int(type_id) for name, _, type_id in (word.partition("=") for word in text.split())}
+
+
+def write_calls(obj):
+    """Make obj's marked calls the kernel's functions, and set the options that enable them; before load."""
+    ids = kernel_ids()
+    for option, (type_name, function) in TYPE_OPTIONS.items():
+        if type_name in ids and function in ids:
+            obj.set_rodata(option, ids[type_name])
+    for function, mark in MARKS.items():
+        if function in ids:
+            obj.replace_calls(_INSN.pack(_CALL, 0, 0, mark),
+                              _INSN.pack(_CALL, _PSEUDO_KFUNC_CALL << 4, 0, ids[function]))
