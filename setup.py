@@ -44,4 +44,5 @@ class PlatformWheel(bdist_wheel):
         return ("py3", "none", sysconfig.get_platform().replace("-", "_").replace(".", "_"))
 
 
-setup(cmdclass={"build_py": BuildWithBpf, "bdist_wheel": PlatformWheel})
+# The command is a plain script, not a [project.scripts] entry point: see scripts/nstrace
+setup(cmdclass={"build_py": BuildWithBpf, "bdist_wheel": PlatformWheel}, scripts=["scripts/nstrace"])

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -84,7 +85,7 @@ def loads(monkeypatch):
     real = ProbeSet.load
 
     def load(self, *args, **kwargs):
-        seen.append(threading.current_thread().name)
+        seen.append("main" if threading.get_ident() == threading.main_thread().ident else "preload")
         return real(self, *args, **kwargs)
     monkeypatch.setattr(ProbeSet, "load", load)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
@@ -103,7 +104,7 @@ def test_the_preloaded_object_is_taken_when_the_options_agree(loads):
     preload.begin(["watch", "--json", "--buffer-kib", "256"])
     with Tracer(Options(ringbuf_bytes=256 * 1024)) as tracer:
         assert tracer.attached and tracer._obj
-    assert loads == ["nstrace-preload"]  # the main thread loaded nothing
+    assert loads == ["preload"]  # the main thread loaded nothing
 
 
 @root
@@ -113,13 +114,46 @@ def test_the_thread_attaches_so_tracing_is_live_before_the_command_line_is_parse
     preload._thread.join()
     before_start = subprocess.run(["unshare", "--uts", "true"], check=True)
     with Tracer(Options()) as tracer:
-        assert loads == ["nstrace-preload"] and tracer.attached
+        assert loads == ["preload"] and tracer.attached
         seen = []
         for _ in range(20):
             seen += [r for r in tracer.poll(100) if r.op == "unshare" and r.comm == "unshare"]
             if seen:
                 break
     assert seen and seen[0].ret == 0, before_start
+
+
+@root
+@pytest.mark.parametrize("args,yields", [(["watch", "--json"], True), (["watch", "--", "true"], False),
+                                         (["watch", "--pid", "1"], False)])
+def test_the_main_thread_yields_the_cpu_to_the_load_of_a_plain_watch(loads, monkeypatch, args, yields):
+    """Plain `watch`: the main thread's nice value is 10 higher until the thread has attached (so the
+    verifier is not slowed by the command line's imports on a busy machine), and as before once it has.
+    With a COMMAND or --pid the main thread's work is on the way to tracing too: it keeps its priority."""
+    def main_nice():  # the main thread's
+        return os.getpriority(os.PRIO_PROCESS, os.getpid())
+    before, during = main_nice(), []
+    real = ProbeSet.load
+
+    def load(self, *a, **k):
+        done = real(self, *a, **k)
+        deadline = time.monotonic() + 2
+        while main_nice() == before and yields and time.monotonic() < deadline:
+            time.sleep(0.001)  # the main thread lowers itself once the load has begun
+        during.append(main_nice())
+        return done
+    monkeypatch.setattr(ProbeSet, "load", load)
+    preload.begin(args)
+    held = preload.take_command()
+    try:
+        pre = preload.take()
+        if pre:
+            pre.close()
+    finally:
+        if held:
+            held.cancel()
+    assert during == [before + 10 if yields else before]
+    assert main_nice() == before
 
 
 @root
@@ -163,7 +197,7 @@ def test_with_a_command_the_thread_follows_it_and_attaches(loads):
     finally:
         held.cancel()
     assert held.status == 127 and held.argv is None  # cancelled: it ran nothing
-    assert loads == ["nstrace-preload"]
+    assert loads == ["preload"]
 
 
 @root
@@ -172,7 +206,7 @@ def test_a_wrong_guess_is_closed_and_the_right_object_loaded(loads):
     with Tracer(Options()) as tracer:
         assert tracer.attached
         assert tracer.probes.settings()["rodata"]["trace_all"] is False
-    assert loads == ["nstrace-preload", threading.main_thread().name]
+    assert loads == ["preload", "main"]
     assert preload.take() is None
 
 
@@ -184,7 +218,7 @@ def test_a_failed_guess_leaves_nothing_behind(loads):
     preload.begin(["watch", "--buffer-kib", "4"])  # the same guess with a size the kernel takes loads
     good = preload.take()
     try:
-        assert good is not None and good.obj and loads == ["nstrace-preload"]
+        assert good is not None and good.obj and loads == ["preload"]
     finally:
         good.close()
 
@@ -210,10 +244,11 @@ def test_the_preload_thread_imports_only_what_loading_needs():
     dataclasses (with inspect, ast and dis behind it), re or enum, which cost the start-up as much as the
     verifier does (bench --only startup). Run in a fresh interpreter, from /, as nstrace starts."""
     import sys
-    probe = ("import sys; from nstrace.bpf import loader, probeset; "
-             "p = probeset.ProbeSet(); p.hooks = p.plan(); p.settings(); "
+    ProbeSet(kernel_path=False)._open().close()  # what is built once per boot, built (it may import more)
+    probe = ("import sys; from nstrace.bpf import loader, preload, probeset; "
+             "p = probeset.ProbeSet(); p.hooks = p.plan(); p.settings(); p._open().close(); "
              "print(' '.join(sorted(m for m in ('dataclasses', 'inspect', 're', 'enum', 'click', 'pathlib', "
-             "'tomllib', 'json') if m in sys.modules)))")
+             "'tomllib', 'json', 'threading', 'functools', 'collections') if m in sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", check=True)
     assert done.stdout.split() == [], done.stdout
 

@@ -2,10 +2,10 @@
 version: BTF, and BPF's compare-and-swap (which of the builds of probes/Makefile loads here)."""
 
 import ctypes
-import functools
 import os
 
 from ..errors import KernelSupportError
+from ..once import once
 from . import libbpf
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
@@ -31,7 +31,7 @@ _CMPXCHG_PROG = (_insn(0x7a, dst=10, off=-8), _insn(0xb7), _insn(0xb7, dst=1, im
                  _insn(0xdb, dst=10, src=1, off=-8, imm=0xf1), _insn(0xb7), _insn(0x95))
 
 
-@functools.cache
+@once
 def kernel_has_cmpxchg():
     """True if this kernel's verifier takes BPF's compare-and-swap (BPF atomics, 5.12+).
 

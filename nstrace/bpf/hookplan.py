@@ -10,7 +10,6 @@ checks, never a version check.
 """
 
 import errno
-import functools
 import os
 
 # plan() runs in nstrace.bpf.preload's thread before the first probe is attached:
@@ -18,6 +17,7 @@ import os
 from ..errors import LibbpfError
 from ..kernel.functions import FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH
 from ..kernel.hooks import Hook
+from ..once import once
 from . import bootcache, libbpf, loader
 from .btf import KernelBtf
 
@@ -37,7 +37,7 @@ def kernel_config(option):
         return ""
 
 
-@functools.cache
+@once
 def fentry_refusal():
     """None if this kernel loads fentry/fexit programs, else why not (one line).
 
@@ -67,7 +67,7 @@ def kprobes_supported():
     return os.path.exists(KPROBE_PMU)
 
 
-@functools.cache
+@once
 def _kallsyms_text():
     names = set()
     with open("/proc/kallsyms") as f:
@@ -83,7 +83,7 @@ def kprobe_can_take(func):
     return kprobes_supported() and func in _kallsyms_text()
 
 
-@functools.cache
+@once
 def no_hook_reason():
     """Why neither fentry nor kprobes work on this kernel, in one line (kept for the boot: it reads
     /proc/config.gz, a decompression at every start on the kernels where it is needed)."""

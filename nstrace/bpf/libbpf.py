@@ -6,7 +6,6 @@ everything else; :func:`check` and :func:`check_ptr` turn both into
 :class:`~nstrace.errors.LibbpfError` with the last lines libbpf printed.
 """
 
-import collections
 import ctypes
 import errno as errno_mod
 import os
@@ -35,7 +34,8 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes
 RING_BUFFER_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 _lib = None
-_messages = collections.deque(maxlen=40)
+KEPT_MESSAGES = 40
+_messages = []  # the last KEPT_MESSAGES of libbpf's lines
 _print_cb = None
 
 
@@ -95,6 +95,7 @@ def _c_printer(level, fmt, va_list):
     text = buf.value.decode(errors="replace").rstrip()
     if text:
         _messages.append(text)
+        del _messages[:-KEPT_MESSAGES]
         if DEBUG:
             os.write(2, (text + "\n").encode())
     return 0

@@ -10,7 +10,6 @@ or a subclass with a one-line reason.
 import ctypes
 import errno
 import os
-import threading
 
 from ..errors import LibbpfError, ProbeError
 from . import btf as btfmod
@@ -285,6 +284,7 @@ class BpfObject:
                 parallel.append(self._links.pop(name))
             else:
                 self.detach(name)
+        import threading  # at detach only: the load that begins a watch needs no threads (preload.py)
         threads = [threading.Thread(target=self._lib.bpf_link__destroy, args=(link,)) for link in parallel]
         for t in threads:
             t.start()

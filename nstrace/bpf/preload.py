@@ -18,17 +18,64 @@ the table and attaches, and the command line only has to release it. The
 signals that watch reads from a signalfd then (linux.heldcommand.Inbox) are
 blocked before that fork and that thread: a signal must find no thread that
 takes it as an interruption.
+
+The thread is the interpreter's own (_thread), not a threading.Thread:
+threading and the functools and collections it imports cost 4 ms before the
+load could begin (bench: start-up breakdown).
 """
 
+import _thread as threads
+import os
 import sys
-import threading
+
+
+class _Flag:
+    """Set once, waited for: threading.Event's part this module needs, on a bare lock."""
+
+    def __init__(self, is_set=False):
+        self._lock = threads.allocate_lock()
+        self._set = is_set
+        if not is_set:
+            self._lock.acquire()
+
+    def set(self):
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout=-1):
+        """True once set; False if timeout (seconds) passed first."""
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+            return True
+        return False
+
+
+class _Thread:
+    """A thread running target(*args), and the wait for its end."""
+
+    def __init__(self, target, args):
+        self.done = _Flag()
+        self.ident = threads.start_new_thread(self._run, (target, args))
+
+    def _run(self, target, args):
+        try:
+            target(*args)
+        finally:
+            self.done.set()
+
+    def join(self):
+        self.done.wait()
+
 
 _thread = None
 _probes = None
 _command = None  # the HeldCommand of `watch -- COMMAND`, forked before the thread
 blocked = False  # begin() blocked the signals watch -- COMMAND reads from a signalfd
 _interval = 0.005
-_loading = threading.Event()  # the thread has reached the load (or given up)
+_loading = _Flag(is_set=True)  # the thread has reached the load (or given up)
+_yield = None      # the main thread's _MainYield to the thread, if it yields
+YIELD_NICE = 10    # how much lower, meanwhile (bench: start-up; 5 helped less)
 
 
 # watch's options that take a value (tests/test_startup.py holds this to the command line)
@@ -83,7 +130,7 @@ def guess(args):
 
 def begin(args):
     """Start loading in a thread if `args` is a watch command line."""
-    global _thread, _interval
+    global _thread, _interval, _loading, _yield
     global _command, blocked
     fields = guess(args)
     if fields is not None:
@@ -101,12 +148,15 @@ def begin(args):
         # between its load and its last attach: hand the GIL over sooner until it is done.
         _interval = sys.getswitchinterval()
         sys.setswitchinterval(1e-4)
-        _thread = threading.Thread(target=_load, args=(fields, seed), name="nstrace-preload")
-        _thread.start()
+        _loading = _Flag()
+        _yield = _MainYield() if seed is None and "pid" not in fields else None
+        _thread = _Thread(_load, (fields, seed))
         # The thread's Python (imports, plan, open) goes first, alone: taking turns on the GIL
         # with ours would only delay its load, which then runs in C and in the kernel's verifier
         # while this thread imports click and the command line.
         _loading.wait(1)
+        if _yield:
+            _yield.lower()
 
 
 def _load(fields, seed=None):
@@ -132,6 +182,53 @@ def _load(fields, seed=None):
     finally:
         _loading.set()
         sys.setswitchinterval(_interval)
+        if _yield:
+            _yield.restore()
+
+
+class _MainYield:
+    """The main thread's lower priority while the thread loads and attaches (plain `watch`).
+
+    With fewer CPUs than runnable threads (2 CPUs, a busy machine), the main
+    thread importing the command line takes CPU time from the verifier's run,
+    and tracing goes live later (bench: start-up, exec -> first event
+    captured); what the main thread makes ready meanwhile (the table's header)
+    can wait, the events wait in the ring buffer. Not with a COMMAND or --pid:
+    their tracing waits for the main thread too. Lowered once the thread runs
+    (a new thread inherits its creator's nice value), taken back by the thread
+    when it is done, and only where it can be taken back (CAP_SYS_NICE,
+    kernel/sys.c set_one_prio()).
+    """
+
+    def __init__(self):
+        self._lock = threads.allocate_lock()
+        self._nice = None   # the main thread's nice value before
+        self._over = False  # the thread is done: nothing to yield to
+
+    def lower(self):
+        """From the main thread, once the thread runs."""
+        from . import privileges
+        with self._lock:
+            if self._over:
+                return
+            try:
+                if privileges.effective_caps() >> privileges.CAP_SYS_NICE & 1:
+                    nice = os.getpriority(os.PRIO_PROCESS, 0)  # 0: the calling thread (nice is per thread)
+                    os.setpriority(os.PRIO_PROCESS, 0, min(nice + YIELD_NICE, 19))
+                    self._nice = nice
+            except OSError:
+                pass
+
+    def restore(self):
+        """From the thread, when it is done."""
+        with self._lock:
+            self._over = True
+            if self._nice is not None:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, os.getpid(), self._nice)  # the main thread's tid is the pid
+                except OSError:
+                    pass
+                self._nice = None
 
 
 def take():

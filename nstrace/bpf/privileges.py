@@ -5,7 +5,7 @@ import os
 from ..errors import PrivilegeError
 
 # include/uapi/linux/capability.h
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CAP_SYS_NICE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 23, 21, 38, 39
 
 
 def effective_caps(pid="self"):

@@ -8,9 +8,9 @@ top of a copy of the rootfs. x86-64 numbers from arch/x86/entry/syscalls/syscall
 
 import ctypes
 import errno
-import functools
 import os
 
+from ..once import once
 from .syscalls import call
 
 SYS_OPEN_TREE = 428
@@ -54,14 +54,14 @@ def _refuses_flag(call):
     return False  # cannot happen with the arguments given: a namespace would have been made
 
 
-@functools.cache
+@once
 def has_open_tree_namespace():
     """open_tree() takes OPEN_TREE_NAMESPACE (7.x). Asked with an empty path and no AT_EMPTY_PATH, which
     a kernel that knows the flag refuses (ENOENT) before it makes anything."""
     return not _refuses_flag(lambda: open_tree("", OPEN_TREE_NAMESPACE))
 
 
-@functools.cache
+@once
 def has_fsmount_namespace():
     """fsmount() takes FSMOUNT_NAMESPACE (7.x). Asked with fd -1: EBADF (or EPERM, unprivileged) where it
     knows the flag, before anything is made."""
