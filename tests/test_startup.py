@@ -240,12 +240,13 @@ def test_a_load_that_fails_still_says_why():
 
 @pytest.mark.root("plans the hooks and asks the kernel what it has, as the thread does")
 def test_the_preload_thread_imports_only_what_loading_needs():
-    """The thread that loads while click is imported pulls in the loader and the hook plan alone: not
+    """The thread that loads while click is imported pulls in the loader and the hook plan alone (and
+    watch -- COMMAND the held command before it): not
     dataclasses (with inspect, ast and dis behind it), re or enum, which cost the start-up as much as the
     verifier does (bench --only startup). Run in a fresh interpreter, from /, as nstrace starts."""
     import sys
     ProbeSet(kernel_path=False)._open().close()  # what is built once per boot, built (it may import more)
-    probe = ("import sys; from nstrace.bpf import loader, preload, probeset; "
+    probe = ("import sys; from nstrace.bpf import loader, preload, probeset; from nstrace.linux import heldcommand; "
              "p = probeset.ProbeSet(); p.hooks = p.plan(); p.settings(); p._open().close(); "
              "print(' '.join(sorted(m for m in ('dataclasses', 'inspect', 're', 'enum', 'click', 'pathlib', "
              "'tomllib', 'json', 'threading', 'functools', 'collections') if m in sys.modules)))")

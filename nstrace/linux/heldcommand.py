@@ -13,9 +13,9 @@ may have threads by then (the loader's), and only async-signal-safe work is
 safe in a forked child of a threaded process.
 """
 
+import _signal  # signal's functions and numbers without its enums: see below
 import errno
 import os
-import signal
 import struct
 
 from ..errors import CommandNotRun, UsageError
@@ -24,11 +24,24 @@ from ..errors import CommandNotRun, UsageError
 # blocked ones blocked, across execve (fs/exec.c flush_signal_handlers(), 6.12; the mask is the
 # task's own, exec leaves it). COMMAND must start as from a shell: nstrace blocks the signals it
 # reads from its signalfd (Inbox) before forking it.
-_RESET_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP")
-                       if hasattr(signal, name))
+_RESET_SIGNALS = tuple(getattr(_signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP")
+                       if hasattr(_signal, name))
 
 # The signals `watch -- COMMAND` reads as messages (Inbox) instead of taking them as interruptions.
-WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+WATCHED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+
+# This module is imported before `watch -- COMMAND` forks COMMAND and starts loading its probes
+# (nstrace.bpf.preload): through _signal, not signal, whose import (its IntEnums, enum) would cost
+# 4 ms before that (bench: short command). Only a signal's name needs signal.Signals.
+
+
+def signal_name(signo):
+    """"SIGTERM" for 15; "signal 99" for a number without a name."""
+    import signal
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
 
 
 class User:
@@ -150,12 +163,7 @@ class HeldCommand:
     @property
     def signal_name(self):
         """The name of the signal that killed COMMAND ("SIGTERM"), or None."""
-        if self.killed_by is None:
-            return None
-        try:
-            return signal.Signals(self.killed_by).name
-        except ValueError:
-            return f"signal {self.killed_by}"
+        return None if self.killed_by is None else signal_name(self.killed_by)
 
     def outcome(self):
         """What became of COMMAND, in words: "exit status 3", "killed by SIGTERM (exit status 143)"."""
@@ -177,9 +185,9 @@ def _gate(go_r, go_w, err_r, err_w):
         os.close(go_w)
         os.close(err_r)
         for signo in _RESET_SIGNALS:
-            signal.signal(signo, signal.SIG_DFL)
+            _signal.signal(signo, _signal.SIG_DFL)
         # after the dispositions: a signal already pending then acts as it would on COMMAND
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
         message = b""
         while True:
             chunk = os.read(go_r, 65536)
@@ -210,12 +218,12 @@ def _gate(go_r, go_w, err_r, err_w):
 
 def block_watched():
     """Block the signals an Inbox reads, in this thread and the threads it starts from now on."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED_SIGNALS)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, WATCHED_SIGNALS)
 
 
 def unblock_watched():
     """Take them as interruptions again (Python's handlers), pending ones first."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED_SIGNALS)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, WATCHED_SIGNALS)
 
 
 # A terminal's signals come from the line discipline: drivers/tty/n_tty.c __isig() calls
@@ -238,7 +246,7 @@ class Signal:
 
     @property
     def name(self):
-        return signal.Signals(self.signo).name
+        return signal_name(self.signo)
 
 
 class Inbox:
