@@ -290,6 +290,12 @@ def main(argv=None):
         for tool in nstraces:
             for prog, v in sorted(tights[tool].items()):
                 rep.add("kernel ns per probe hit, tight unshare loop", f"{tool} {prog}", v, "ns", fmt="{:.0f}")
+        # exec: every exec of the machine runs the exec programs, which record only one that moves
+        execs = figures.probe_cost(work, "exec", 50 if a.quick else 1000, nstraces, a.reps, log)
+        for tool in nstraces:
+            for prog, v in sorted(execs[tool].items()):
+                if "exec" in prog:
+                    rep.add("kernel ns per probe hit, exec loop", f"{tool} {prog}", v, "ns", fmt="{:.0f}")
         tight = tights["nstrace"]
         tight_worst = max(((stat(v)["median"], p) for p, v in tight.items() if "unshare" in p), default=(None, None))
         detail = worst[1] and f"churn: worst {worst[1]} {worst[0]:.0f} ns" + (

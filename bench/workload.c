@@ -12,6 +12,8 @@
  *                4 namespace operations and 2 plain forks per round.
  *   unshare N    N x unshare(CLONE_NEWUTS) in this one process (tight loop)
  *   getppid N    N x getppid(): an unrelated syscall, for the tracepoint tax
+ *   exec N       N x a child that execs /bin/true: execs that move no namespace,
+ *                which every exec program of a tracer sees
  *   rate R S     unshare(CLONE_NEWUTS) paced at R per second for S seconds
  *                (R = 0: as fast as possible); reports the rate reached
  *
@@ -119,13 +121,23 @@ int main(int argc, char **argv)
 			if (syscall(SYS_unshare, CLONE_NEWUTS))
 				die("unshare");
 		events = n;
+	} else if (!strcmp(mode, "exec")) {
+		for (long i = 0; i < n; i++) {
+			pid_t pid = fork();
+
+			if (pid == 0) {
+				execl("/bin/true", "true", (char *)NULL);
+				_exit(127);
+			}
+			reap(pid);
+		}
 	} else if (!strcmp(mode, "getppid")) {
 		for (long i = 0; i < n; i++)
 			syscall(SYS_getppid);
 	} else if (!strcmp(mode, "rate") && argc > 3) {
 		ops = events = rate(atof(argv[2]), atof(argv[3]));
 	} else {
-		fprintf(stderr, "usage: %s churn N | unshare N | getppid N | rate PER_S SECONDS\n", argv[0]);
+		fprintf(stderr, "usage: %s churn N | unshare N | getppid N | exec N | rate PER_S SECONDS\n", argv[0]);
 		return 2;
 	}
 	t1 = now_ns();

@@ -788,8 +788,9 @@ static __always_inline bool moved(const struct nstrace_event *e)
  * (caller.bpf.h caller_task()), for programs that record only the rare exec
  * that moves.
  */
-static __always_inline bool exec_may_move(struct task_struct *t)
+static __always_inline bool exec_may_move(void)
 {
+	struct task_struct *t;
 	struct nsproxy *nsp;
 
 	if (have_task_btf()) {
@@ -797,6 +798,7 @@ static __always_inline bool exec_may_move(struct task_struct *t)
 		nsp = caller_task()->nsproxy;
 		return nsp && nsp->time_ns_for_children != nsp->time_ns;
 	}
+	t = (struct task_struct *)bpf_get_current_task();
 	nsp = BPF_CORE_READ(t, nsproxy);
 	return nsp && BPF_CORE_READ(nsp, time_ns_for_children) != BPF_CORE_READ(nsp, time_ns);
 }
@@ -814,13 +816,14 @@ __u64 exec_pending = 0;
 SEC("raw_tp/sched_prepare_exec")
 int BPF_PROG(sched_prepare_exec, struct task_struct *task)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *t;
 	__u64 pid_tgid;
 	__u32 tid, tgid;
 	struct nstrace_event *e;
 
-	if (!exec_may_move(t))
+	if (!exec_may_move())	/* first, and alone: every exec of the machine asks */
 		return 0;
+	t = (struct task_struct *)bpf_get_current_task();
 	pid_tgid = bpf_get_current_pid_tgid();
 	tid = (__u32)pid_tgid;
 	tgid = pid_tgid >> 32;

@@ -56,3 +56,12 @@ def test_the_caller_is_cast_where_the_kernel_can():
     else:  # the call is dead code, and the kernel never saw the helper number it stands for
         assert option == 0
         assert "bpf_rdonly_cast" not in log and "call unknown" not in log
+
+
+def test_found_in_the_pass_that_builds_the_minimal_btf(tmp_path, monkeypatch):
+    """The ids come from corebtf's one pass over the kernel's BTF per boot, not a second pass."""
+    from nstrace.bpf import bootcache, corebtf, loader
+    monkeypatch.setattr(bootcache, "DIR", str(tmp_path))
+    assert corebtf.ensure(loader.OBJECT_PATH)
+    monkeypatch.setattr(btfcalls, "_lookup", lambda: pytest.fail("a second pass over the kernel's BTF"))
+    assert btfcalls.kernel_ids() == _libbpf_ids()

@@ -7,8 +7,9 @@ where the kernel has no such function, the mark stays, in code the option
 leaves dead. libbpf would resolve a ``__ksym`` extern itself, but to do so it
 parses the kernel's whole BTF (5.5 MB on 6.18) at every load, which costs
 more than the call saves the verifier (bench: start-up breakdown). The ids
-are a fact of the boot: looked up once, in one pass over the raw BTF
-(nstrace/bpf/corebtf.py RawBtf), and kept for the rest of it (bootcache).
+are a fact of the boot: found in the pass over the raw BTF that builds the
+boot's minimal copy of it (nstrace/bpf/corebtf.py), and kept for the rest of
+the boot (bootcache).
 """
 
 import struct
@@ -27,29 +28,43 @@ _PSEUDO_KFUNC_CALL = 2       # src_reg of a call by BTF id (include/uapi/linux/b
 _INSN = struct.Struct("<BBhi")  # struct bpf_insn: code, dst_reg:4 src_reg:4, off, imm
 
 
+_FUNC, _STRUCT = 12, 4  # BTF kinds (include/uapi/linux/btf.h)
+_CACHE = "btf-calls"    # bootcache name
+
+
+def wanted():
+    """{name: BTF kind} of what the calls need: MARKS' functions, and the types of TYPE_OPTIONS."""
+    return {**{name: _FUNC for name in MARKS}, **{t: _STRUCT for t, _ in TYPE_OPTIONS.values()}}
+
+
+def _text(ids):
+    return " ".join(f"{name}={type_id}" for name, type_id in sorted(ids.items()))
+
+
+def remember(ids):
+    """Keep {name: id} for the rest of the boot: corebtf.ensure() found them in its own pass."""
+    try:
+        bootcache.write(bootcache.path(_CACHE), _text(ids))
+    except OSError:
+        pass  # a read-only /run only costs the pass again
+
+
 def _lookup():
-    """'name=id ...' for MARKS' functions and the option types, as this kernel's BTF has them."""
+    """'name=id ...' for wanted(), as this kernel's BTF has them: a pass of its own over the BTF,
+    for a boot whose minimal copy (corebtf) was not built by this nstrace."""
     from . import corebtf
-    func, strukt = corebtf.FUNC, corebtf.STRUCT
-    wanted = {**{name: func for name in MARKS}, **{t: strukt for t, _ in TYPE_OPTIONS.values()}}
+    found = wanted()
     try:
         with open(corebtf.VMLINUX_BTF, "rb") as f:
-            raw = corebtf.RawBtf(f.read())
-    except (OSError, ValueError):
+            corebtf.minimal(f.read(), set(), found)
+    except (OSError, ValueError, struct.error):
         return ""
-    starts, named = raw.walk(raw.name_offsets(set(wanted)))
-    found = {}
-    for type_id in named:
-        name_off, info = struct.unpack_from("<II", raw.data, raw.offset(starts, type_id))
-        name = raw.name(name_off)
-        if wanted.get(name) == info >> 24 & 0x1F:
-            found[name] = type_id
-    return " ".join(f"{name}={type_id}" for name, type_id in sorted(found.items()))
+    return _text(found)
 
 
 def kernel_ids():
     """{name: BTF id} of this boot's kernel, for the functions and types the calls need (those it has)."""
-    text = bootcache.text("btf-calls", _lookup)
+    text = bootcache.text(_CACHE, _lookup)
     return {name: int(type_id) for name, _, type_id in (word.partition("=") for word in text.split())}
 
 

@@ -27,7 +27,7 @@ import time
 import zlib
 
 from ..linux import trusted_paths
-from . import bootcache, libbpf
+from . import bootcache, btfcalls, libbpf
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 FORMAT = 1  # bump when what is written changes: a file of another format is not reused
@@ -190,11 +190,26 @@ def _no_pointer(raw, starts, type_id):
             return kind not in (PTR, FUNC_PROTO)
 
 
-def minimal(vmlinux, names):
-    """Raw BTF with the types of `vmlinux` (bytes) whose essential name is in `names`, closed by value."""
+def minimal(vmlinux, names, found=None):
+    """Raw BTF with the types of `vmlinux` (bytes) whose essential name is in `names`, closed by value.
+
+    found: {name: BTF kind} of more types to look for in the same pass (the pass is most of the
+    cost), replaced in place by {name: id} of those the kernel has (nstrace/bpf/btfcalls.py).
+    """
     raw = RawBtf(vmlinux)
     s = raw.data
-    starts, roots = raw.walk(raw.name_offsets(names))
+    starts, roots = raw.walk(raw.name_offsets(names | set(found or ())))
+    if found is not None:
+        kinds, ids = dict(found), {}
+        for tid in roots:
+            name_off, info = struct.unpack_from("<II", s, raw.offset(starts, tid))
+            name = raw.name(name_off)
+            if kinds.get(name) == info >> 24 & 0x1F:
+                ids[name] = tid
+        found.clear()
+        found.update(ids)
+        roots = [t for t in roots if essential_name(raw.name(struct.unpack_from("<I", s, raw.offset(starts, t))[0]))
+                 in names]
     new_id, order = {0: 0}, []
     todo = [t for t in roots
             if (struct.unpack_from("<I", s, raw.offset(starts, t) + 4)[0] >> 24 & 0x1F) not in _NOT_TYPES]
@@ -328,10 +343,12 @@ def ensure(object_path):
         names = core_roots(obj)
         with open(VMLINUX_BTF, "rb") as f:
             vmlinux = f.read()
-        data = minimal(vmlinux, names)
+        found = btfcalls.wanted()
+        data = minimal(vmlinux, names, found)
         del vmlinux
         _check_parses(data)
         bootcache.write(path, data)
+        btfcalls.remember(found)  # one pass over the kernel's BTF per boot, not two
         _prune(keep=path)
         return path
     except (OSError, ValueError, KeyError, IndexError, struct.error):
