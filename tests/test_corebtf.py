@@ -102,3 +102,24 @@ def test_nothing_to_relocate_makes_an_empty_copy():
     raw = corebtf.RawBtf(data)
     assert raw.types == raw.types_end  # no types: an empty name must not match every string
     corebtf._check_parses(data)
+
+
+def test_one_walk_answers_as_libbpf_does(tmp_path, monkeypatch):
+    """What the hook plan asks of the kernel's BTF (which functions it has, whether bpf_func_id has a
+    helper) and the ids btfcalls needs, from one walk of the raw BTF, as libbpf answers each alone."""
+    from nstrace.bpf.btf import KernelBtf
+    from nstrace.kernel.functions import FUNCTIONS
+    monkeypatch.setattr(bootcache, "DIR", str(tmp_path))
+    kernel = corebtf.kernel()
+    lib = libbpf.lib()
+    with KernelBtf() as btf:
+        present = kernel.find({f: corebtf.FUNC for f in FUNCTIONS[1:]})
+        assert present == {f: lib.btf__find_by_name_kind(btf._btf, f.encode(), corebtf.FUNC)
+                           for f in FUNCTIONS[1:] if btf.has_function(f)}
+        assert len(present) > 20
+        for value in ("BPF_FUNC_get_func_arg", "BPF_FUNC_get_current_task_btf", "BPF_FUNC_no_such_helper"):
+            assert kernel.enum_has("bpf_func_id", value) == btf.has_enum_value("bpf_func_id", value)
+    expected = set(present) | ({hookplan.FUNC_ARG_HELPER} if kernel.enum_has("bpf_func_id", hookplan.FUNC_ARG_HELPER)
+                               else set())
+    assert hookplan.in_kernel_btf() == expected
+    corebtf.forget()

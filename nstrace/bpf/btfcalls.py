@@ -53,13 +53,10 @@ def _lookup():
     """'name=id ...' for wanted(), as this kernel's BTF has them: a pass of its own over the BTF,
     for a boot whose minimal copy (corebtf) was not built by this nstrace."""
     from . import corebtf
-    found = wanted()
     try:
-        with open(corebtf.VMLINUX_BTF, "rb") as f:
-            corebtf.minimal(f.read(), set(), found)
+        return _text(corebtf.kernel().find(wanted()))
     except (OSError, ValueError, struct.error):
         return ""
-    return _text(found)
 
 
 def kernel_ids():

@@ -43,6 +43,26 @@ _HEADER = struct.Struct("<HBBIIIII")
 _MAGIC = 0xEB9F
 
 
+_kernel = None  # the running kernel's RawBtf, walked at most once per process (kernel())
+
+
+def kernel():
+    """The running kernel's raw BTF (VMLINUX_BTF) as a RawBtf, read and walked once per process:
+    what a boot's first start asks of it (hookplan, the minimal copy, btfcalls) takes one walk.
+    Raises OSError or ValueError."""
+    global _kernel
+    if _kernel is None:
+        with open(VMLINUX_BTF, "rb") as f:
+            _kernel = RawBtf(f.read())
+    return _kernel
+
+
+def forget():
+    """Let the kernel's raw BTF go (megabytes): the load is over."""
+    global _kernel
+    _kernel = None
+
+
 def essential_name(name):
     """The name CO-RE matches on: 'nsproxy___old' -> 'nsproxy' (libbpf bpf_core_essential_name_len)."""
     for i in range(len(name) - 5, -1, -1):
@@ -63,6 +83,7 @@ class RawBtf:
         self.types_end = self.types + type_len
         self.strings = hdr_len + str_off
         self.strings_end = self.strings + str_len
+        self._walked = None
 
     def name(self, off):
         start = self.strings + off
@@ -86,33 +107,78 @@ class RawBtf:
                 found.add(start - self.strings)
         return found
 
-    def walk(self, wanted_name_offs=frozenset()):
-        """(where each type starts, by id, in 32-bit words from self.types; ids of the types named
-        by wanted_name_offs).
+    def walk(self):
+        """(where each type starts, by id, in 32-bit words from self.types; each type's name offset,
+        by id), made once per RawBtf.
 
         One pass over ~150,000 records in Python: the type section as 32-bit
         words, each record's length from its kind and vlen.
         """
-        words = memoryview(self.data)[self.types:self.types_end].cast("I")
-        fixed, per_member = [0] * 32, [0] * 32
-        for kind, n in _FIXED.items():
-            fixed[kind] = n // 4
-        for kind, n in _PER_MEMBER.items():
-            per_member[kind] = n // 4
-        import array  # only a boot's first start walks the raw BTF: the others read the copy
+        if self._walked is None:
+            words = memoryview(self.data)[self.types:self.types_end].cast("I")
+            fixed, per_member = [0] * 32, [0] * 32
+            for kind, n in _FIXED.items():
+                fixed[kind] = n // 4
+            for kind, n in _PER_MEMBER.items():
+                per_member[kind] = n // 4
+            import array  # only a boot's first start walks the raw BTF: the others read the copy
 
-        offsets, named = array.array("I", [0]), []
-        add = offsets.append
-        i, n = 0, len(words)
-        while i < n:
-            add(i)
-            if words[i] in wanted_name_offs:
-                named.append(len(offsets) - 1)
-            info = words[i + 1]
-            kind = info >> 24 & 0x1F
-            i += 3 + fixed[kind] + per_member[kind] * (info & 0xFFFF)
-        words.release()
-        return offsets, named
+            offsets, names = array.array("I", [0]), array.array("I", [0])
+            add, add_name = offsets.append, names.append
+            i, n = 0, len(words)
+            while i < n:
+                add(i)
+                add_name(words[i])
+                info = words[i + 1]
+                kind = info >> 24 & 0x1F
+                i += 3 + fixed[kind] + per_member[kind] * (info & 0xFFFF)
+            words.release()
+            self._walked = offsets, names
+        return self._walked
+
+    def ids_named(self, essential_names):
+        """Ids of the types whose essential name is one of these, in id order."""
+        _, names = self.walk()
+        table, ids = names.tobytes(), []
+        for off in self.name_offsets(essential_names):
+            word = struct.pack("<I", off)
+            at = table.find(word)
+            while at >= 0:
+                if at % 4 == 0:
+                    ids.append(at // 4)
+                at = table.find(word, at + 1)
+        return sorted(ids)
+
+    def kind(self, type_id):
+        starts, _ = self.walk()
+        return struct.unpack_from("<I", self.data, self.offset(starts, type_id) + 4)[0] >> 24 & 0x1F
+
+    def find(self, wanted):
+        """{name: id} of the types of wanted ({name: BTF kind}) this BTF has, each the first of its
+        name and kind (as btf__find_by_name_kind, exact names): one search for all of them."""
+        found = {}
+        for tid in self.ids_named(set(wanted)):
+            name = self.name(self._name_off(tid))
+            if name not in found and wanted.get(name) == self.kind(tid):
+                found[name] = tid
+        return found
+
+    def enum_has(self, enum_name, value_name):
+        """True if enum enum_name (ENUM or ENUM64) has the value value_name."""
+        starts, _ = self.walk()
+        for kind, size in ((ENUM, 8), (ENUM64, 12)):
+            tid = self.find({enum_name: kind}).get(enum_name)
+            if tid is not None:
+                off = self.offset(starts, tid)
+                vlen = struct.unpack_from("<I", self.data, off + 4)[0] & 0xFFFF
+                for k in range(vlen):
+                    name_off = struct.unpack_from("<I", self.data, off + 12 + k * size)[0]
+                    if self.name(name_off) == value_name:
+                        return True
+        return False
+
+    def _name_off(self, type_id):
+        return self.walk()[1][type_id]
 
     def offset(self, starts, type_id):
         return self.types + 4 * starts[type_id]
@@ -190,26 +256,21 @@ def _no_pointer(raw, starts, type_id):
             return kind not in (PTR, FUNC_PROTO)
 
 
-def minimal(vmlinux, names, found=None):
-    """Raw BTF with the types of `vmlinux` (bytes) whose essential name is in `names`, closed by value.
+def minimal(kernel, names, found=None):
+    """Raw BTF with the types of `kernel` (a RawBtf, or the raw bytes) whose essential name is in
+    `names`, closed by value.
 
-    found: {name: BTF kind} of more types to look for in the same pass (the pass is most of the
+    found: {name: BTF kind} of more types to look for in the same walk (the walk is most of the
     cost), replaced in place by {name: id} of those the kernel has (nstrace/bpf/btfcalls.py).
     """
-    raw = RawBtf(vmlinux)
+    raw = kernel if isinstance(kernel, RawBtf) else RawBtf(kernel)
     s = raw.data
-    starts, roots = raw.walk(raw.name_offsets(names | set(found or ())))
+    starts, _ = raw.walk()
+    roots = raw.ids_named(names)
     if found is not None:
-        kinds, ids = dict(found), {}
-        for tid in roots:
-            name_off, info = struct.unpack_from("<II", s, raw.offset(starts, tid))
-            name = raw.name(name_off)
-            if kinds.get(name) == info >> 24 & 0x1F:
-                ids[name] = tid
+        ids = raw.find(found)
         found.clear()
         found.update(ids)
-        roots = [t for t in roots if essential_name(raw.name(struct.unpack_from("<I", s, raw.offset(starts, t))[0]))
-                 in names]
     new_id, order = {0: 0}, []
     todo = [t for t in roots
             if (struct.unpack_from("<I", s, raw.offset(starts, t) + 4)[0] >> 24 & 0x1F) not in _NOT_TYPES]
@@ -341,11 +402,8 @@ def ensure(object_path):
             os.utime(path)  # in use: see _prune()
             return path
         names = core_roots(obj)
-        with open(VMLINUX_BTF, "rb") as f:
-            vmlinux = f.read()
         found = btfcalls.wanted()
-        data = minimal(vmlinux, names, found)
-        del vmlinux
+        data = minimal(kernel(), names, found)
         _check_parses(data)
         bootcache.write(path, data)
         btfcalls.remember(found)  # one pass over the kernel's BTF per boot, not two

@@ -11,6 +11,8 @@ checks, never a version check.
 
 import errno
 import os
+import struct
+import zlib
 
 # plan() runs in nstrace.bpf.preload's thread before the first probe is attached:
 # nothing here imports more than the loader and the function list at module level.
@@ -18,8 +20,7 @@ from ..errors import LibbpfError
 from ..kernel.functions import FUNCTIONS, PER_TYPE_DEATHS, TREE_DEATH
 from ..kernel.hooks import Hook
 from ..once import once
-from . import bootcache, libbpf, loader
-from .btf import KernelBtf
+from . import bootcache, corebtf, libbpf, loader
 
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
 
@@ -97,38 +98,52 @@ def no_hook_reason():
 FUNC_ARG_HELPER = "BPF_FUNC_get_func_arg"
 
 
+def in_kernel_btf():
+    """The names of FUNCTIONS the kernel's BTF has as functions (what fentry can target), and
+    FUNC_ARG_HELPER if its enum bpf_func_id has that helper: kept for the boot (per list of
+    functions), and found in the walk of the kernel's BTF that builds the boot's minimal copy too
+    (corebtf.kernel()). One search for all of them: libbpf's btf__find_by_name_kind() walks all
+    ~127k types per name, 49 times at every start (0.36 s in a TCG guest)."""
+    def find():
+        try:
+            kernel = corebtf.kernel()
+            present = kernel.find({func: corebtf.FUNC for func in FUNCTIONS[1:]})
+            helper = [FUNC_ARG_HELPER] if kernel.enum_has("bpf_func_id", FUNC_ARG_HELPER) else []
+        except (OSError, ValueError, struct.error) as e:
+            raise LibbpfError(f"reading the kernel's BTF ({corebtf.VMLINUX_BTF}): {e}") from None
+        return " ".join(helper + sorted(present))
+    listed = zlib.crc32(" ".join(FUNCTIONS[1:]).encode())
+    return set(bootcache.text(f"btf-functions-{listed:08x}", find).split())
+
+
 def plan():
     """A Hook per function of FUNCTIONS, chosen for the running kernel."""
     hooks = []
     fentry, kprobes = fentry_refusal() is None, kprobes_supported()
-    btf = KernelBtf() if fentry else None
-    try:
-        func_arg = fentry and btf.has_enum_value("bpf_func_id", FUNC_ARG_HELPER)
-        for func in FUNCTIONS[1:]:
-            in_btf = fentry and btf.has_function(func)
-            if in_btf and func_arg:
-                hooks.append(Hook(func, "fentry", why="fentry: in the kernel's BTF, and the kernel has "
-                                                      "bpf_get_func_arg, which our fentry programs call"))
-                continue
-            if not fentry:
-                not_fentry = fentry_refusal()
-            elif not func_arg:
-                not_fentry = ("fentry programs here would call bpf_get_func_arg, which this kernel lacks "
-                              "(5.17+)")
-            else:
-                not_fentry = "not in the kernel's BTF, so no fentry"
-            if kprobe_can_take(func):
-                hooks.append(Hook(func, "kprobe", why=f"kprobe: {not_fentry}"))
-            elif in_btf:  # fentry could reach it, but our programs cannot run there
-                hooks.append(Hook(func, None, f"{not_fentry}; and no kprobe to fall back on "
-                                              f"({'no kprobes' if not kprobes else 'not in /proc/kallsyms'})"))
-            elif fentry or kprobes:
-                hooks.append(Hook(func, None, "not in this kernel's BTF or symbols: inlined or renamed"))
-            else:
-                hooks.append(Hook(func, None, no_hook_reason()))
-    finally:
-        if btf:
-            btf.close()
+    btf = in_kernel_btf() if fentry else set()
+    func_arg = FUNC_ARG_HELPER in btf
+    for func in FUNCTIONS[1:]:
+        in_btf = func in btf
+        if in_btf and func_arg:
+            hooks.append(Hook(func, "fentry", why="fentry: in the kernel's BTF, and the kernel has "
+                                                  "bpf_get_func_arg, which our fentry programs call"))
+            continue
+        if not fentry:
+            not_fentry = fentry_refusal()
+        elif not func_arg:
+            not_fentry = ("fentry programs here would call bpf_get_func_arg, which this kernel lacks "
+                          "(5.17+)")
+        else:
+            not_fentry = "not in the kernel's BTF, so no fentry"
+        if kprobe_can_take(func):
+            hooks.append(Hook(func, "kprobe", why=f"kprobe: {not_fentry}"))
+        elif in_btf:  # fentry could reach it, but our programs cannot run there
+            hooks.append(Hook(func, None, f"{not_fentry}; and no kprobe to fall back on "
+                                          f"({'no kprobes' if not kprobes else 'not in /proc/kallsyms'})"))
+        elif fentry or kprobes:
+            hooks.append(Hook(func, None, "not in this kernel's BTF or symbols: inlined or renamed"))
+        else:
+            hooks.append(Hook(func, None, no_hook_reason()))
     return _one_death_hook(hooks)
 
 

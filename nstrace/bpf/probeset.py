@@ -14,7 +14,7 @@ import errno
 import os
 
 from ..errors import LibbpfError, ProbeError, UsageError
-from . import btfcalls, hookplan, libbpf, loader, tracefs
+from . import btfcalls, corebtf, hookplan, libbpf, loader, tracefs
 
 # The syscall layer (probes/syscalls.bpf.c), attached on every kernel.
 SYSCALL_PROGRAMS = (
@@ -123,6 +123,12 @@ class ProbeSet:
         kprobe where it was fentry and kprobes can take it, else is dropped
         (with the reason), and the object is loaded again, at most twice per hook.
         """
+        try:
+            return self._load(loading)
+        finally:
+            corebtf.forget()  # the kernel's raw BTF, if a boot's first start walked it: megabytes
+
+    def _load(self, loading):
         self.hooks = self.plan()
         self.planned = self.settings()
         for _ in range(2 * len(self.hooks) + 1):
