@@ -94,3 +94,23 @@ def test_strace_agrees_on_flags(tracer):
     [rec] = wait_for(tracer, lambda r: r.op == "unshare" and r.comm == "unshare"
                      and set(r.flags) == set(strace_flags))
     assert sorted(rec.flags) == strace_flags
+
+
+def test_kallsyms_functions_are_the_text_symbols_of_proc_kallsyms(tmp_path, monkeypatch):
+    """The hook plan's kallsyms answer (one regex pass, kept for the boot) is what a parse of every
+    line of /proc/kallsyms says of FUNCTIONS: text symbols, t or T, a module's too."""
+    from nstrace.bpf import bootcache
+    from nstrace.kernel.functions import FUNCTIONS
+    monkeypatch.setattr(bootcache, "DIR", str(tmp_path))
+    hookplan._in_kallsyms.cache_clear()
+    text = set()
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in "tT":
+                text.add(parts[2])
+    try:
+        assert hookplan._in_kallsyms() == {f for f in FUNCTIONS[1:] if f in text}
+        assert len(hookplan._in_kallsyms()) > 20
+    finally:
+        hookplan._in_kallsyms.cache_clear()
