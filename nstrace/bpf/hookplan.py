@@ -78,7 +78,7 @@ def _in_kallsyms():
             text = f.read()
         # "<address> <t|T> <name>[\t[<module>]]" per line: the wanted names, in one pass in C
         names = b"|".join(re.escape(func.encode()) for func in FUNCTIONS[1:])
-        found = re.findall(rb"^[0-9a-f]+ [tT] (" + names + rb")(?:\t|$)", text, re.M)
+        found = re.findall(rb"^[0-9a-f]+ [tT] (" + names + rb")(?:\t|$)", text, re.MULTILINE)
         return " ".join(sorted({name.decode() for name in found}))
     listed = zlib.crc32(" ".join(FUNCTIONS[1:]).encode())
     return set(bootcache.text(f"kallsyms-functions-{listed:08x}", find).split())
