@@ -116,8 +116,8 @@ def trace(*, pid: int | None = None, ops: Values = None, types: Values = None, c
     first line is traced. Leaving the block forgets the processes followed (nothing begins to be
     recorded after that), reads what the kernel already handed over and returns at once: the
     kernel's slow detaching of the probes is left to a holder process (nstrace/bpf/teardown.py).
-    nstrace runs no code of its own in the block, and starts no thread: what is traced is the
-    caller's doing. Records wait in the kernel until the block ends (a 4 MiB ring buffer: a few
+    nstrace runs no code of its own in the block, and no thread of its own runs there (the one
+    that loads the probes at entry has ended): what is traced is the caller's doing. Records wait in the kernel until the block ends (a 4 MiB ring buffer: a few
     thousand records); what does not fit is counted in ``lost``.
 
     ops, types, containers, namespaces: as watch's --op, --type, --container and --ns, each a value
@@ -127,12 +127,10 @@ def trace(*, pid: int | None = None, ops: Values = None, types: Values = None, c
     Raises nstrace.errors.PrivilegeError (not root), KernelSupportError (no BTF), LibbpfError (no
     libbpf, or a probe the kernel refused) or UsageError (a bad value) when the block is entered.
     """
-    from .tracing.tracer import Options, Tracer
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
         raise UsageError(f"pid must be a process id (an int), not {pid!r}")
-    tracer = Tracer(Options(pid=os.getpid() if pid is None else pid, kernel_path=bool(function_layer),
-                            filter=_filter(ops, types, containers, namespaces)))
-    tracer.start()
+    tracer = _started(pid=os.getpid() if pid is None else pid, kernel_path=bool(function_layer),
+                      filter_=lambda: _filter(ops, types, containers, namespaces))
     _warn_unseen(tracer, stacklevel=4)
     result = Trace()
     try:
@@ -140,6 +138,21 @@ def trace(*, pid: int | None = None, ops: Values = None, types: Values = None, c
     finally:
         tracer.unfollow()
         _finish(tracer, result, stacklevel=4)
+
+
+def _started(pid, kernel_path, filter_):
+    """A started Tracer following pid. Its object loads in a thread (nstrace.bpf.preload) while the
+    tracer's modules import, as watch's does: bench --only library. filter_(): the Filter, made once
+    they are imported."""
+    from .bpf import preload
+    preload.start({"pid": pid, "kernel_path": kernel_path})
+    try:
+        from .tracing.tracer import Options, Tracer
+        tracer = Tracer(Options(pid=pid, kernel_path=kernel_path, filter=filter_()))
+        tracer.start()  # takes the preloaded probes, if they are the ones it needs
+    finally:
+        preload.discard()  # ones it did not take
+    return tracer
 
 
 def run(argv: Sequence[str | bytes | os.PathLike], *, user: str | int | None = None, ops: Values = None,

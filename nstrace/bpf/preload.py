@@ -130,7 +130,6 @@ def guess(args):
 
 def begin(args):
     """Start loading in a thread if `args` is a watch command line."""
-    global _thread, _interval, _loading, _yield
     global _command, blocked
     fields = guess(args)
     if fields is not None:
@@ -143,20 +142,31 @@ def begin(args):
             blocked = True
             _command = HeldCommand()
             fields["pid"] = seed = _command.pid
-        # Every ctypes call gives up the GIL; taking it back waits out the main thread's
-        # switch interval (5 ms by default) while it imports. The thread makes a few dozen such calls
-        # between its load and its last attach: hand the GIL over sooner until it is done.
-        _interval = sys.getswitchinterval()
-        sys.setswitchinterval(1e-4)
-        _loading = _Flag()
-        _yield = _MainYield() if seed is None and "pid" not in fields else None
-        _thread = _Thread(_load, (fields, seed))
-        # The thread's Python (imports, plan, open) goes first, alone: taking turns on the GIL
-        # with ours would only delay its load, which then runs in C and in the kernel's verifier
-        # while this thread imports click and the command line.
-        _loading.wait(1)
-        if _yield:
-            _yield.lower()
+        start(fields, seed, yield_cpu=seed is None and "pid" not in fields)
+
+
+def start(fields, seed=None, yield_cpu=False):
+    """Load (and attach, unless fields has a pid that is not seed's) ProbeSet(**fields) in a thread
+    while this one goes on: for watch's command line (begin()) and nstrace.trace() (nstrace/api.py),
+    each importing the tracer meanwhile. take() has the probes. Nothing if a load is under way.
+    yield_cpu: this thread lowers its priority until the thread has attached (_MainYield)."""
+    global _thread, _interval, _loading, _yield
+    if _thread is not None:
+        return
+    # Every ctypes call gives up the GIL; taking it back waits out the main thread's
+    # switch interval (5 ms by default) while it imports. The thread makes a few dozen such calls
+    # between its load and its last attach: hand the GIL over sooner until it is done.
+    _interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    _loading = _Flag()
+    _yield = _MainYield() if yield_cpu else None
+    _thread = _Thread(_load, (fields, seed))
+    # The thread's Python (imports, plan, open) goes first, alone: taking turns on the GIL
+    # with ours would only delay its load, which then runs in C and in the kernel's verifier
+    # while this thread imports the rest.
+    _loading.wait(1)
+    if _yield:
+        _yield.lower()
 
 
 def _load(fields, seed=None):
