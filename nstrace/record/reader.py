@@ -13,8 +13,8 @@ reference: the C lines are byte-identical to :func:`nstrace.record.jsonline.json
 
 import ctypes
 import errno
+import os
 import types
-from pathlib import Path
 
 from ..bpf import libbpf
 from ..errors import LibbpfError
@@ -22,8 +22,9 @@ from ..kernel import flags as fl
 from . import decode, layout
 from .filters import BatchFilter
 
-# beside the BPF object, and found the same way (bpf/loader.py OBJECT_PATH)
-LIB_PATH = Path(__file__).resolve().parents[1] / "_bpf" / "libnstrace-batch.so"
+# beside the BPF object, and found the same way (bpf/loader.py OBJECT_PATH): strings, not pathlib,
+# whose import `watch -- COMMAND` would pay before its COMMAND runs (bench: short command)
+LIB_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_bpf", "libnstrace-batch.so")
 
 CGROUPS, TARGETS = 0, 1  # native/batch.c enum batch_frag_table
 
@@ -137,9 +138,9 @@ def states():
 def lib():
     global _LIB
     if _LIB is None:
-        if not LIB_PATH.exists():
+        if not os.path.exists(LIB_PATH):
             raise LibbpfError(f"{LIB_PATH} is missing: build it with `make -C native`")
-        so = ctypes.CDLL(str(LIB_PATH))
+        so = ctypes.CDLL(LIB_PATH)
         for name, res, args in (
             ("batch_new", ctypes.c_void_p, [ctypes.c_uint32]),
             ("batch_free", None, [ctypes.c_void_p]),
