@@ -291,3 +291,14 @@ def test_watch_leaves_without_the_interpreters_finalization():
         done = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, cwd="/")
         assert done.returncode == 0, done.stderr
         assert ("finalized" in done.stderr) == finalized, (command, done.stderr)
+
+
+def test_the_command_line_of_watch_imports_no_pathlib_nor_json():
+    """What `watch -- COMMAND` imports before COMMAND runs is time on every traced command (bench:
+    short command): pathlib (the record reader's library path) and json (the first JSON line) are not
+    part of it. Run in a fresh interpreter, from /, as nstrace starts."""
+    import sys
+    probe = ("import sys, nstrace.cli.main, nstrace.cli.watch, nstrace.tracing.watch, nstrace.view.table; "
+             "print(' '.join(m for m in ('pathlib', 'json') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", check=True)
+    assert done.stdout.split() == [], done.stdout
