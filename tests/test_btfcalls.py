@@ -63,5 +63,6 @@ def test_found_in_the_pass_that_builds_the_minimal_btf(tmp_path, monkeypatch):
     from nstrace.bpf import bootcache, corebtf, loader
     monkeypatch.setattr(bootcache, "DIR", str(tmp_path))
     assert corebtf.ensure(loader.OBJECT_PATH)
-    monkeypatch.setattr(btfcalls, "_lookup", lambda: pytest.fail("a second pass over the kernel's BTF"))
+    monkeypatch.setattr(corebtf, "RawBtf", lambda data: pytest.fail("a second pass over the kernel's BTF"))
     assert btfcalls.kernel_ids() == _libbpf_ids()
+    corebtf.forget()

@@ -60,9 +60,7 @@ def test_built_once_then_reused(tmp_path, monkeypatch):
     assert corebtf.ensure(loader.OBJECT_PATH) == path and os.stat(path).st_ino == built  # not written again
     data = open(path, "rb").read()
     assert len(data) < 200_000 < os.path.getsize(corebtf.VMLINUX_BTF)
-    # no temporary file left; beside the copy, the ids its pass found for nstrace/bpf/btfcalls.py
-    assert sorted(tmp_path.iterdir()) == sorted([tmp_path / os.path.basename(path),
-                                                 tmp_path / os.path.basename(bootcache.path("btf-calls"))])
+    assert list(tmp_path.iterdir()) == [tmp_path / os.path.basename(path)]  # no temporary file left
 
 
 def test_a_new_build_removes_copies_unused_for_a_minute(tmp_path, monkeypatch):
@@ -74,8 +72,7 @@ def test_a_new_build_removes_copies_unused_for_a_minute(tmp_path, monkeypatch):
     os.utime(old, (minutes_ago, minutes_ago))
     os.utime(other, (minutes_ago, minutes_ago))
     path = corebtf.ensure(loader.OBJECT_PATH)
-    calls = tmp_path / os.path.basename(bootcache.path("btf-calls"))
-    assert sorted(tmp_path.iterdir()) == sorted([tmp_path / os.path.basename(path), recent, other, calls])
+    assert sorted(tmp_path.iterdir()) == sorted([tmp_path / os.path.basename(path), recent, other])
 
 
 def test_without_a_writable_cache_libbpf_reads_the_kernel_btf(tmp_path, monkeypatch):

@@ -39,24 +39,19 @@ def write(path, data):
     trusted_paths.write_whole(path, data)
 
 
-def path(name):
-    """Where text(name, ...) keeps its answer: DIR/<name>-<boot id>.txt."""
-    return os.path.join(DIR, f"{name}-{boot_id()}.txt")
-
-
 def text(name, compute):
-    """compute()'s text, kept as path(name) for the rest of this boot."""
-    path_ = path(name)
+    """compute()'s text, kept as DIR/<name>-<boot id>.txt for the rest of this boot."""
+    path = os.path.join(DIR, f"{name}-{boot_id()}.txt")
     try:
         directory()
-        cached = trusted_paths.read_file(path_)
+        cached = trusted_paths.read_file(path)
     except OSError:
         cached = None  # no /run/nstrace and none can be made: the answer is only not kept
     if cached is not None:
         return cached
     value = compute()
     try:
-        write(path_, value)
+        write(path, value)
     except OSError:
         pass  # a read-only /run only costs the work again
     return value

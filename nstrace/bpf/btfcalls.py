@@ -7,9 +7,9 @@ where the kernel has no such function, the mark stays, in code the option
 leaves dead. libbpf would resolve a ``__ksym`` extern itself, but to do so it
 parses the kernel's whole BTF (5.5 MB on 6.18) at every load, which costs
 more than the call saves the verifier (bench: start-up breakdown). The ids
-are a fact of the boot: found in the pass over the raw BTF that builds the
-boot's minimal copy of it (nstrace/bpf/corebtf.py), and kept for the rest of
-the boot (bootcache).
+are a fact of the boot: found in the walk of the raw BTF that builds the
+boot's minimal copy of it (nstrace/bpf/corebtf.py kernel(), once per process),
+and kept for the rest of the boot (bootcache).
 """
 
 import struct
@@ -26,37 +26,24 @@ TYPE_OPTIONS = {"task_struct_btf_id": ("task_struct", "bpf_rdonly_cast")}
 _CALL = 0x85                 # BPF_JMP | BPF_CALL
 _PSEUDO_KFUNC_CALL = 2       # src_reg of a call by BTF id (include/uapi/linux/bpf.h)
 _INSN = struct.Struct("<BBhi")  # struct bpf_insn: code, dst_reg:4 src_reg:4, off, imm
-
-
 _FUNC, _STRUCT = 12, 4  # BTF kinds (include/uapi/linux/btf.h)
 _CACHE = "btf-calls"    # bootcache name
 
 
-def wanted():
+def _wanted():
     """{name: BTF kind} of what the calls need: MARKS' functions, and the types of TYPE_OPTIONS."""
     return {**{name: _FUNC for name in MARKS}, **{t: _STRUCT for t, _ in TYPE_OPTIONS.values()}}
 
 
-def _text(ids):
-    return " ".join(f"{name}={type_id}" for name, type_id in sorted(ids.items()))
-
-
-def remember(ids):
-    """Keep {name: id} for the rest of the boot: corebtf.ensure() found them in its own pass."""
-    try:
-        bootcache.write(bootcache.path(_CACHE), _text(ids))
-    except OSError:
-        pass  # a read-only /run only costs the pass again
-
-
 def _lookup():
-    """'name=id ...' for wanted(), as this kernel's BTF has them: a pass of its own over the BTF,
-    for a boot whose minimal copy (corebtf) was not built by this nstrace."""
+    """'name=id ...' for _wanted(), as this kernel's BTF has them: from the walk of it this process
+    made for the boot's minimal copy (corebtf.kernel()), or one of its own."""
     from . import corebtf
     try:
-        return _text(corebtf.kernel().find(wanted()))
+        ids = corebtf.kernel().find(_wanted())
     except (OSError, ValueError, struct.error):
         return ""
+    return " ".join(f"{name}={type_id}" for name, type_id in sorted(ids.items()))
 
 
 def kernel_ids():

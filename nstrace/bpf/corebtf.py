@@ -27,7 +27,7 @@ import time
 import zlib
 
 from ..linux import trusted_paths
-from . import bootcache, btfcalls, libbpf
+from . import bootcache, libbpf
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 FORMAT = 1  # bump when what is written changes: a file of another format is not reused
@@ -256,21 +256,13 @@ def _no_pointer(raw, starts, type_id):
             return kind not in (PTR, FUNC_PROTO)
 
 
-def minimal(kernel, names, found=None):
+def minimal(kernel, names):
     """Raw BTF with the types of `kernel` (a RawBtf, or the raw bytes) whose essential name is in
-    `names`, closed by value.
-
-    found: {name: BTF kind} of more types to look for in the same walk (the walk is most of the
-    cost), replaced in place by {name: id} of those the kernel has (nstrace/bpf/btfcalls.py).
-    """
+    `names`, closed by value."""
     raw = kernel if isinstance(kernel, RawBtf) else RawBtf(kernel)
     s = raw.data
     starts, _ = raw.walk()
     roots = raw.ids_named(names)
-    if found is not None:
-        ids = raw.find(found)
-        found.clear()
-        found.update(ids)
     new_id, order = {0: 0}, []
     todo = [t for t in roots
             if (struct.unpack_from("<I", s, raw.offset(starts, t) + 4)[0] >> 24 & 0x1F) not in _NOT_TYPES]
@@ -402,11 +394,9 @@ def ensure(object_path):
             os.utime(path)  # in use: see _prune()
             return path
         names = core_roots(obj)
-        found = btfcalls.wanted()
-        data = minimal(kernel(), names, found)
+        data = minimal(kernel(), names)
         _check_parses(data)
         bootcache.write(path, data)
-        btfcalls.remember(found)  # one pass over the kernel's BTF per boot, not two
         _prune(keep=path)
         return path
     except (OSError, ValueError, KeyError, IndexError, struct.error):
