@@ -117,8 +117,9 @@ def trace(*, pid: int | None = None, ops: Values = None, types: Values = None, c
     recorded after that), reads what the kernel already handed over and returns at once: the
     kernel's slow detaching of the probes is left to a holder process (nstrace/bpf/teardown.py).
     nstrace runs no code of its own in the block, and no thread of its own runs there (the one
-    that loads the probes at entry has ended): what is traced is the caller's doing. Records wait in the kernel until the block ends (a 4 MiB ring buffer: a few
-    thousand records); what does not fit is counted in ``lost``.
+    that loads the probes at entry has ended): what is traced is the caller's doing. Records wait
+    in the kernel until the block ends (a 4 MiB ring buffer: a few thousand records); what does not
+    fit is counted in ``lost``.
 
     ops, types, containers, namespaces: as watch's --op, --type, --container and --ns, each a value
     or a list of values (``ops="setns"``, ``types=["net", "uts"]``, ``namespaces="net:4026531840"``).

@@ -68,6 +68,11 @@ def kprobes_supported():
     return os.path.exists(KPROBE_PMU)
 
 
+def _per_functions(name):
+    """A bootcache name for an answer about FUNCTIONS: another list (another nstrace) asks again."""
+    return f"{name}-{zlib.crc32(' '.join(FUNCTIONS[1:]).encode()):08x}"
+
+
 @once
 def _in_kallsyms():
     """The names of FUNCTIONS /proc/kallsyms has as text symbols (t or T, a module's too), kept for
@@ -80,8 +85,7 @@ def _in_kallsyms():
         names = b"|".join(re.escape(func.encode()) for func in FUNCTIONS[1:])
         found = re.findall(rb"^[0-9a-f]+ [tT] (" + names + rb")(?:\t|$)", text, re.MULTILINE)
         return " ".join(sorted({name.decode() for name in found}))
-    listed = zlib.crc32(" ".join(FUNCTIONS[1:]).encode())
-    return set(bootcache.text(f"kallsyms-functions-{listed:08x}", find).split())
+    return set(bootcache.text(_per_functions("kallsyms-functions"), find).split())
 
 
 def kprobe_can_take(func):
@@ -117,8 +121,7 @@ def in_kernel_btf():
         except (OSError, ValueError, struct.error) as e:
             raise LibbpfError(f"reading the kernel's BTF ({corebtf.VMLINUX_BTF}): {e}") from None
         return " ".join(helper + sorted(present))
-    listed = zlib.crc32(" ".join(FUNCTIONS[1:]).encode())
-    return set(bootcache.text(f"btf-functions-{listed:08x}", find).split())
+    return set(bootcache.text(_per_functions("btf-functions"), find).split())
 
 
 def plan():

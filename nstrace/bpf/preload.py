@@ -56,7 +56,7 @@ class _Thread:
 
     def __init__(self, target, args):
         self.done = _Flag()
-        self.ident = threads.start_new_thread(self._run, (target, args))
+        threads.start_new_thread(self._run, (target, args))
 
     def _run(self, target, args):
         try:
@@ -212,7 +212,8 @@ class _MainYield:
 
     def __init__(self):
         self._lock = threads.allocate_lock()
-        self._nice = None   # the main thread's nice value before
+        self._tid = None    # the thread that yielded (lower())
+        self._nice = None   # its nice value before
         self._over = False  # the thread is done: nothing to yield to
 
     def lower(self):
@@ -225,7 +226,7 @@ class _MainYield:
                 if privileges.effective_caps() >> privileges.CAP_SYS_NICE & 1:
                     nice = os.getpriority(os.PRIO_PROCESS, 0)  # 0: the calling thread (nice is per thread)
                     os.setpriority(os.PRIO_PROCESS, 0, min(nice + YIELD_NICE, 19))
-                    self._nice = nice
+                    self._tid, self._nice = threads.get_native_id(), nice
             except OSError:
                 pass
 
@@ -235,7 +236,7 @@ class _MainYield:
             self._over = True
             if self._nice is not None:
                 try:
-                    os.setpriority(os.PRIO_PROCESS, os.getpid(), self._nice)  # the main thread's tid is the pid
+                    os.setpriority(os.PRIO_PROCESS, self._tid, self._nice)
                 except OSError:
                     pass
                 self._nice = None
