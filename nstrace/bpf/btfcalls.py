@@ -15,7 +15,7 @@ and kept for the rest of the boot (bootcache).
 import struct
 
 from ..kernel import defs
-from . import bootcache
+from . import bootcache, corebtf
 
 # {function: its mark}: the helper number the object calls it by
 MARKS = {name: int(mark, 0) for name, mark in defs.rows("btf_calls.def", "NSTRACE_BTF_CALL")}
@@ -26,19 +26,17 @@ TYPE_OPTIONS = {"task_struct_btf_id": ("task_struct", "bpf_rdonly_cast")}
 _CALL = 0x85                 # BPF_JMP | BPF_CALL
 _PSEUDO_KFUNC_CALL = 2       # src_reg of a call by BTF id (include/uapi/linux/bpf.h)
 _INSN = struct.Struct("<BBhi")  # struct bpf_insn: code, dst_reg:4 src_reg:4, off, imm
-_FUNC, _STRUCT = 12, 4  # BTF kinds (include/uapi/linux/btf.h)
 _CACHE = "btf-calls"    # bootcache name
 
 
 def _wanted():
     """{name: BTF kind} of what the calls need: MARKS' functions, and the types of TYPE_OPTIONS."""
-    return {**{name: _FUNC for name in MARKS}, **{t: _STRUCT for t, _ in TYPE_OPTIONS.values()}}
+    return {**{name: corebtf.FUNC for name in MARKS}, **{t: corebtf.STRUCT for t, _ in TYPE_OPTIONS.values()}}
 
 
 def _lookup():
     """'name=id ...' for _wanted(), as this kernel's BTF has them: from the walk of it this process
     made for the boot's minimal copy (corebtf.kernel()), or one of its own."""
-    from . import corebtf
     try:
         ids = corebtf.kernel().find(_wanted())
     except (OSError, ValueError, struct.error):
