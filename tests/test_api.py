@@ -296,7 +296,8 @@ def test_run_interrupted_kills_the_command():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert time.monotonic() - started < 10
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep30"]
+    # this process's own: another suite's `sleep 30` on the machine is not this one's to judge
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == os.getpid() and _cmdline(p) == "sleep30"]
 
 
 def _cmdline(pid):
@@ -305,6 +306,15 @@ def _cmdline(pid):
             return f.read().replace("\0", "")
     except OSError:
         return ""
+
+
+def _ppid(pid):
+    """pid's parent (0 if gone): the field after the parenthesised comm of /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 # --- the JSON line, load() and ls() ------------------------------------------------------------
