@@ -13,13 +13,10 @@ from __future__ import annotations  # ls()'s Namespace is imported when asked fo
 import contextlib
 import os
 import select
-import signal
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 from .errors import UsageError
-from .record import model
-from .record.model import KernelPath, Record, Step
 
 __all__ = ["trace", "run", "ls", "load", "Trace", "Record", "Step", "KernelPath", "Namespace"]
 
@@ -29,6 +26,7 @@ Values = str | Iterable[str] | None
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .linux.nsmap import Namespace
+    from .record.model import KernelPath, Record, Step
 
 
 def __getattr__(name):
@@ -36,6 +34,8 @@ def __getattr__(name):
     if name == "Namespace":
         from .linux.nsmap import Namespace
         return Namespace
+    if name in ("Record", "Step", "KernelPath"):
+        return getattr(_model(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -45,7 +45,13 @@ def _notebook():
     return notebook
 
 
-model.html_view = _notebook  # every Record and KernelPath shows itself in a notebook from now on
+def _model():
+    """nstrace.record.model, its records shown in a notebook from now on. Imported by the first trace(),
+    run() or load(), not with this module: a trace() imports it (dataclasses, inspect behind it) while
+    its probes load, not before the load begins (bench --only library)."""
+    from .record import model
+    model.html_view = _notebook
+    return model
 
 
 class Trace:
@@ -78,12 +84,12 @@ class Trace:
     def created(self, ns_type: str | None = None) -> bool:
         """True if an operation of the trace made a new namespace of `ns_type` (None: of any type);
         see Record.created."""
-        return model._any_of(ns_type, {t for r in self.records for t in r._created_types()})
+        return _model()._any_of(ns_type, {t for r in self.records for t in r._created_types()})
 
     def joined(self, ns_type: str | None = None) -> bool:
         """True if an operation of the trace moved its caller into a namespace of `ns_type` that
         existed before it (None: of any type); see Record.joined."""
-        return model._any_of(ns_type, {t for r in self.records for t in r._joined_types()})
+        return _model()._any_of(ns_type, {t for r in self.records for t in r._joined_types()})
 
     def __repr__(self) -> str:
         status = "" if self.exit_status is None else f", exit_status={self.exit_status}"
@@ -149,6 +155,7 @@ def _started(pid, kernel_path, filter_):
     preload.start({"pid": pid, "kernel_path": kernel_path})
     try:
         from .tracing.tracer import Options, Tracer
+        _model()
         tracer = Tracer(Options(pid=pid, kernel_path=kernel_path, filter=filter_()))
         tracer.start()  # takes the preloaded probes, if they are the ones it needs
     finally:
@@ -174,6 +181,7 @@ def run(argv: Sequence[str | bytes | os.PathLike], *, user: str | int | None = N
     """
     from .linux.heldcommand import HeldCommand, User
     from .tracing.tracer import Options, Tracer
+    _model()
     if isinstance(argv, (str, bytes)) or not argv:
         raise UsageError("give the command as a list of words, e.g. ['unshare', '--uts', 'true']")
     argv = [os.fsdecode(a) for a in argv]
@@ -195,6 +203,7 @@ def run(argv: Sequence[str | bytes | os.PathLike], *, user: str | int | None = N
             _wait(held, tracer)
             result.records += tracer.poll(0)
     except BaseException:
+        import signal  # (signal imports enum: not before a trace()'s load begins)
         held.signal(signal.SIGKILL)
         held.cancel()
         tracer.unfollow()
@@ -227,6 +236,7 @@ def load(path: str | os.PathLike) -> Trace:
     schema and the file's structure first, as `nstrace show` holds it (UsageError naming the line).
     Reading it needs no privilege."""
     from .session import reader
+    _model()
     session = reader.load(os.fspath(path))
     for warning in session.warnings:
         warnings.warn(f"{session.path}: {warning}", RuntimeWarning, stacklevel=2)

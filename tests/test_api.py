@@ -420,6 +420,20 @@ def test_a_block_imports_no_more_than_the_tracer_needs():
     assert res.stdout.strip() == "[]"
 
 
+def test_the_model_is_imported_while_the_probes_load():
+    """nstrace.trace, before it is called, has not imported the record model (dataclasses and inspect
+    behind it: ~10 ms): the first block imports it while its probes load (bench --only library). Every
+    name of the package still comes when asked for, the model's classes and a notebook's view of
+    them included."""
+    code = ("import sys, nstrace\nnstrace.trace\n"
+            "print([m for m in ('nstrace.record.model', 'dataclasses') if m in sys.modules])\n"
+            "from nstrace.record import model\n"
+            "print(nstrace.Record is model.Record, nstrace.Step is model.Step, nstrace.KernelPath is model.KernelPath,"
+            " model.html_view is not None)")
+    res = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True, cwd=ELSEWHERE)
+    assert res.stdout.splitlines() == ["[]", "True True True True"], res.stdout
+
+
 def test_trace_is_the_function_whatever_is_imported():
     """No sub-package is named trace (the tracer's is nstrace/tracing/): importing the tracer leaves
     nstrace.trace the function, as an import of a sub-package binds its name on the package."""
