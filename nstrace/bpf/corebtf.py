@@ -256,10 +256,8 @@ def _no_pointer(raw, starts, type_id):
             return kind not in (PTR, FUNC_PROTO)
 
 
-def minimal(kernel, names):
-    """Raw BTF with the types of `kernel` (a RawBtf, or the raw bytes) whose essential name is in
-    `names`, closed by value."""
-    raw = kernel if isinstance(kernel, RawBtf) else RawBtf(kernel)
+def minimal(raw, names):
+    """Raw BTF with the types of `raw` (a RawBtf) whose essential name is in `names`, closed by value."""
     s = raw.data
     starts, _ = raw.walk()
     roots = raw.ids_named(names)
